@@ -1,0 +1,277 @@
+"""Typed, frozen configuration loaded once from TOML.
+
+Decisions:
+- The dataclasses below are the only declaration of what a config file may
+  say: every section is a frozen dataclass, every key a field with a default.
+  An unknown section or key, a wrong type or an unparsable value raises
+  `ConfigError`, whose message names the file and the dotted key; the CLI
+  turns it into one line on stderr and exit code 2.
+- Durations are stored as float seconds, sizes as int bytes. The field's
+  metadata (`kind`) says which parser applies, so the TOML may use either a
+  string with a unit ("250ms", "50MiB") or a plain number.
+- Resolution order: --config PATH, $EVENTSTREAMD_CONFIG, ./eventstreamd.toml
+  when it exists, built-in defaults.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ENV_VAR = "EVENTSTREAMD_CONFIG"
+DEFAULT_FILE = "eventstreamd.toml"
+
+
+class ConfigError(Exception):
+    """A config file that cannot be used; the message is one line for the user."""
+
+
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_SIZE_UNITS = {
+    "b": 1,
+    "kb": 1000,
+    "mb": 1000**2,
+    "gb": 1000**3,
+    "tb": 1000**4,
+    "kib": 1024,
+    "mib": 1024**2,
+    "gib": 1024**3,
+    "tib": 1024**4,
+}
+_QUANTITY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from `"250ms"`, `"10s"`, `"5m"`, `"2h"`, `"30d"` or a number of seconds."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as \"10s\", not a boolean")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError("a duration cannot be negative")
+        return float(value)
+    if not isinstance(value, str):
+        raise ValueError(f"expected a duration such as \"10s\", got {type(value).__name__}")
+    match = _QUANTITY.match(value)
+    unit = match.group(2).lower() if match else ""
+    if not match or (unit and unit not in _DURATION_UNITS):
+        raise ValueError(f"bad duration {value!r} (use e.g. \"250ms\", \"10s\", \"5m\", \"30d\")")
+    return float(match.group(1)) * _DURATION_UNITS[unit or "s"]
+
+
+def parse_size(value: object) -> int:
+    """Bytes from `"512KiB"`, `"50MiB"`, `"4GiB"` or a number of bytes."""
+    if isinstance(value, bool):
+        raise ValueError("expected a size such as \"50MiB\", not a boolean")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError("a size cannot be negative")
+        return value
+    if not isinstance(value, str):
+        raise ValueError(f"expected a size such as \"50MiB\", got {type(value).__name__}")
+    match = _QUANTITY.match(value)
+    unit = match.group(2).lower() if match else ""
+    if not match or (unit and unit not in _SIZE_UNITS):
+        raise ValueError(f"bad size {value!r} (use e.g. \"512KiB\", \"50MiB\", \"4GiB\")")
+    return int(float(match.group(1)) * _SIZE_UNITS[unit or "b"])
+
+
+def _duration(default: str) -> Any:
+    return field(default=parse_duration(default), metadata={"kind": "duration"})
+
+
+def _size(default: str) -> Any:
+    return field(default=parse_size(default), metadata={"kind": "size"})
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    base_path: str = "/api/v1/org/integrations"
+    max_body: int = _size("10MiB")
+    max_header: int = _size("8KiB")
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    tokens: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    data_dir: str = "./data"
+    map_size: int = _size("4GiB")
+    retention: float = _duration("30d")
+    retention_check: float = _duration("1m")
+
+
+@dataclass(frozen=True)
+class ControlConfig:
+    socket: str = ""
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    max_integrations: int = 10
+    rejected_events: int = 30
+    log_entries: int = 50
+    restart_window: float = _duration("30d")
+
+
+@dataclass(frozen=True)
+class WebhookConfig:
+    timeout: float = _duration("10s")
+    max_in_flight: int = 8
+    retry_initial: float = _duration("1s")
+    retry_max: float = _duration("60s")
+    temporary_delete_after: float = _duration("1h")
+
+
+@dataclass(frozen=True)
+class S3Config:
+    endpoint_url: str = ""
+    rotate_interval: float = _duration("5m")
+    rotate_size: int = _size("50MiB")
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    level: str = "info"
+    format: str = "text"
+
+
+@dataclass(frozen=True)
+class Config:
+    tenant: str = "default"
+    server: ServerConfig = field(default_factory=ServerConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    control: ControlConfig = field(default_factory=ControlConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    webhook: WebhookConfig = field(default_factory=WebhookConfig)
+    s3: S3Config = field(default_factory=S3Config)
+    log: LogConfig = field(default_factory=LogConfig)
+    source: str = field(default="<defaults>", metadata={"internal": True})
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.storage.data_dir)
+
+    @property
+    def control_socket(self) -> Path:
+        return Path(self.control.socket) if self.control.socket else self.data_dir / "control.sock"
+
+
+_LOG_LEVELS = ("debug", "info", "warning", "error")
+_LOG_FORMATS = ("text", "json")
+
+
+def _convert(key: str, fld: dataclasses.Field[Any], value: object) -> object:
+    kind = fld.metadata.get("kind")
+    if kind == "duration":
+        return parse_duration(value)
+    if kind == "size":
+        return parse_size(value)
+    expected = fld.type
+    if expected == "str":
+        if not isinstance(value, str):
+            raise ValueError(f"expected a string, got {type(value).__name__}")
+        return value
+    if expected == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"expected an integer, got {type(value).__name__}")
+        if value < 0:
+            raise ValueError("must not be negative")
+        return value
+    if expected == "bool":
+        if not isinstance(value, bool):
+            raise ValueError(f"expected true or false, got {type(value).__name__}")
+        return value
+    if expected == "tuple[str, ...]":
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ValueError("expected a list of strings")
+        return tuple(value)
+    raise AssertionError(f"config field {key} has an unsupported type {expected!r}")
+
+
+def _build(cls: type[Any], data: dict[str, Any], prefix: str) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+    kwargs: dict[str, Any] = {}
+    for name, value in data.items():
+        key = f"{prefix}{name}"
+        fld = fields.get(name)
+        if fld is None:
+            raise ConfigError(f"unknown key {key!r}")
+        sub = _section_class(fld)
+        if sub is not None:
+            if not isinstance(value, dict):
+                raise ConfigError(f"{key!r} must be a table ([{key}])")
+            kwargs[name] = _build(sub, value, f"{key}.")
+            continue
+        try:
+            kwargs[name] = _convert(key, fld, value)
+        except ValueError as exc:
+            raise ConfigError(f"bad value for {key!r}: {exc}") from None
+    return cls(**kwargs)
+
+
+def _section_class(fld: dataclasses.Field[Any]) -> type[Any] | None:
+    factory = fld.default_factory
+    if factory is not dataclasses.MISSING and dataclasses.is_dataclass(factory):
+        return factory  # type: ignore[return-value]
+    return None
+
+
+def _check(config: Config) -> None:
+    """Cross-field rules that a type alone cannot express."""
+    if config.log.level not in _LOG_LEVELS:
+        raise ConfigError(f"bad value for 'log.level': use one of {', '.join(_LOG_LEVELS)}")
+    if config.log.format not in _LOG_FORMATS:
+        raise ConfigError(f"bad value for 'log.format': use one of {', '.join(_LOG_FORMATS)}")
+    if not config.server.base_path.startswith("/") or config.server.base_path.endswith("/"):
+        raise ConfigError("bad value for 'server.base_path': must start and not end with '/'")
+    if config.server.port > 65535:
+        raise ConfigError("bad value for 'server.port': must be at most 65535")
+    if config.webhook.max_in_flight < 1:
+        raise ConfigError("bad value for 'webhook.max_in_flight': must be at least 1")
+    if config.webhook.retry_max < config.webhook.retry_initial:
+        raise ConfigError("bad value for 'webhook.retry_max': must not be below retry_initial")
+    if config.storage.map_size < 1024 * 1024:
+        raise ConfigError("bad value for 'storage.map_size': must be at least 1MiB")
+    if not config.tenant:
+        raise ConfigError("bad value for 'tenant': must not be empty")
+    if any(not t for t in config.auth.tokens):
+        raise ConfigError("bad value for 'auth.tokens': tokens must not be empty strings")
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> Config:
+    """Load the config following the resolution order; raise ConfigError on any problem."""
+    chosen: Path | None = None
+    if path is not None:
+        chosen = Path(path)
+    elif os.environ.get(ENV_VAR):
+        chosen = Path(os.environ[ENV_VAR])
+    elif Path(DEFAULT_FILE).is_file():
+        chosen = Path(DEFAULT_FILE)
+    if chosen is None:
+        return Config()
+    try:
+        with chosen.open("rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"{chosen}: no such config file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{chosen}: not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"{chosen}: cannot read: {exc.strerror}") from None
+    try:
+        config = _build(Config, data, "")
+        _check(config)
+    except ConfigError as exc:
+        raise ConfigError(f"{chosen}: {exc}") from None
+    return dataclasses.replace(config, source=str(chosen))

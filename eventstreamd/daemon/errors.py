@@ -1,0 +1,89 @@
+"""One error body for every error: the seed's Error Details shape.
+
+Every error response, on every route (unknown routes and methods included), is
+`{"error_code", "message", "request_id"}` with `X-Request-Id` set to the same
+id. Handlers raise `ApiError`; the middleware here turns it, aiohttp's own
+HTTP exceptions and anything unexpected (500, logged with its traceback, never
+shown to the client) into that body.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from ..logs import kv
+
+log = logging.getLogger("eventstreamd.http")
+
+REQUEST_ID = web.RequestKey("request_id", str)
+
+_CODES_BY_STATUS = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    431: "headers_too_large",
+    500: "internal_error",
+    502: "delivery_failed",
+    503: "unavailable",
+    507: "insufficient_storage",
+}
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, error_code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.error_code = error_code
+        self.message = message
+
+
+def error_response(status: int, error_code: str, message: str, request_id: str) -> web.Response:
+    return web.json_response(
+        {"error_code": error_code, "message": message, "request_id": request_id},
+        status=status,
+        headers={"X-Request-Id": request_id},
+    )
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    request_id = uuid.uuid4().hex
+    request[REQUEST_ID] = request_id
+    try:
+        response = await handler(request)
+    except ApiError as exc:
+        return error_response(exc.status, exc.error_code, exc.message, request_id)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            exc.headers["X-Request-Id"] = request_id
+            raise
+        code = _CODES_BY_STATUS.get(exc.status, "http_error")
+        message = exc.reason if exc.status != 413 else (
+            f"request body larger than the limit of {request.app[MAX_BODY]} bytes"
+        )
+        response = error_response(exc.status, code, message, request_id)
+        if exc.status == 405:
+            allow = exc.headers.get("Allow")
+            if allow:
+                response.headers["Allow"] = allow
+        return response
+    except Exception:
+        log.exception("unhandled error", extra=kv(request_id=request_id, path=request.path))
+        return error_response(500, "internal_error", "internal server error", request_id)
+    response.headers["X-Request-Id"] = request_id
+    return response
+
+
+MAX_BODY = web.AppKey("max_body", int)

@@ -1,0 +1,51 @@
+"""The aiohttp application: middlewares, the plain routes, and where the API plugs in.
+
+Decisions:
+- Middleware order: errors outermost (so even auth failures and unknown
+  routes get the JSON error body and `X-Request-Id`), then auth.
+- `client_max_size` is `server.max_body`: aiohttp refuses larger bodies with
+  413 before they are read into memory; header limits go to the HTTP parser.
+- `X-Request-Id` on successful responses too, set by the error middleware.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+
+from aiohttp import web
+
+from ..config import Config
+from ..storage.lmdb_store import LmdbStore
+from .auth import TOKENS, auth_middleware
+from .errors import MAX_BODY, error_middleware
+from .publish import DEFAULT_TENANT, STORE, publish_events
+
+CONFIG = web.AppKey("config", Config)
+
+
+def spec_text() -> str:
+    return resources.files("eventstreamd.schemas").joinpath("eventstream.openapi.yaml").read_text()
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok", "head": request.app[STORE].head})
+
+
+async def openapi_yaml(request: web.Request) -> web.Response:
+    return web.Response(text=spec_text(), content_type="application/yaml")
+
+
+def build_app(config: Config, store: LmdbStore, tokens: tuple[str, ...]) -> web.Application:
+    app = web.Application(
+        middlewares=[error_middleware, auth_middleware],
+        client_max_size=config.server.max_body,
+    )
+    app[CONFIG] = config
+    app[STORE] = store
+    app[TOKENS] = tokens
+    app[MAX_BODY] = config.server.max_body
+    app[DEFAULT_TENANT] = config.tenant
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/openapi.yaml", openapi_yaml)
+    app.router.add_post("/events", publish_events)
+    return app

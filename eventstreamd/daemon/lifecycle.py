@@ -1,0 +1,155 @@
+"""The daemon's lifecycle: one owner that starts every long-lived part and stops them in reverse.
+
+Decisions:
+- One anyio task group owns the background tasks (log writer, retention, and
+  later the supervisor and control socket); an `AsyncExitStack` records how to
+  stop each part as it starts, so shutdown runs in exactly reverse order:
+  HTTP site first (no new requests; in-flight ones get `shutdown_grace`), then
+  the sinks, then the writer drains its queue, then LMDB closes.
+- SIGINT/SIGTERM set the stop event; `run()` returns normally, so the CLI
+  exits 0. A second signal while stopping is ignored: shutdown is bounded by
+  its own timeouts.
+- `{data_dir}/runtime.json` says where the running daemon listens (its port may
+  be 0 in the config); `eventstreamd publish` and the tests read it. It is
+  removed on a clean stop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import anyio
+from aiohttp import web
+
+from ..config import Config
+from ..logs import kv
+from ..storage.lmdb_store import LmdbStore
+from .auth import resolve_tokens
+from .http import build_app
+from .retention import retention_loop
+
+log = logging.getLogger("eventstreamd.daemon")
+
+RUNTIME_FILE = "runtime.json"
+SHUTDOWN_GRACE = 5.0
+
+
+@dataclass(frozen=True)
+class RuntimeInfo:
+    pid: int
+    url: str
+    port: int
+    control_socket: str
+
+
+class Daemon:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self._stop = anyio.Event()
+        self.info: RuntimeInfo | None = None
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def run(self, on_ready: Callable[[RuntimeInfo], None] | None = None) -> None:
+        config = self.config
+        async with contextlib.AsyncExitStack() as stack:
+            store = LmdbStore(
+                config.data_dir,
+                map_size=config.storage.map_size,
+                log_entries=config.limits.log_entries,
+                rejected_events=config.limits.rejected_events,
+            )
+            stack.callback(store.close)
+            tokens = resolve_tokens(config)
+            tg = await stack.enter_async_context(anyio.create_task_group())
+            stack.callback(tg.cancel_scope.cancel)  # runs before the group exits
+            tg.start_soon(self._watch_signals, name="signals")
+
+            await tg.start(store.writer.run)
+            stack.push_async_callback(store.writer.close)
+            tg.start_soon(
+                retention_loop, store, config.storage.retention, config.storage.retention_check,
+                name="retention",
+            )
+
+            app = build_app(config, store, tokens)
+            runner = web.AppRunner(
+                app,
+                access_log=None,
+                shutdown_timeout=SHUTDOWN_GRACE,
+                handle_signals=False,
+                max_field_size=config.server.max_header,
+                max_line_size=config.server.max_header,
+            )
+            await runner.setup()
+            stack.push_async_callback(runner.cleanup)
+            site = web.TCPSite(runner, config.server.host, config.server.port)
+            await site.start()
+            port = _bound_port(runner)
+            self.info = RuntimeInfo(
+                pid=os.getpid(),
+                url=f"http://{_url_host(config.server.host)}:{port}",
+                port=port,
+                control_socket=str(config.control_socket),
+            )
+            runtime_path = config.data_dir / RUNTIME_FILE
+            _write_runtime(runtime_path, self.info)
+            stack.callback(_remove, runtime_path)
+            log.info("eventstreamd listening", extra=kv(
+                url=self.info.url, data_dir=str(config.data_dir), head=store.head,
+                config=config.source,
+            ))
+            if on_ready is not None:
+                on_ready(self.info)
+            await self._stop.wait()
+            log.info("stopping")
+        log.info("stopped")
+
+    async def _watch_signals(self) -> None:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                log.info("signal received", extra=kv(signal=signal.Signals(signum).name))
+                self.request_stop()
+
+
+def _bound_port(runner: web.AppRunner) -> int:
+    for address in runner.addresses:
+        if isinstance(address, tuple):
+            return int(address[1])
+    raise RuntimeError("the HTTP site has no TCP address")
+
+
+def _url_host(host: str) -> str:
+    if host in ("", "0.0.0.0"):
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host else host
+
+
+def _write_runtime(path: os.PathLike[str], info: RuntimeInfo) -> None:
+    tmp = f"{os.fspath(path)}.tmp"
+    with open(tmp, "w") as fh:
+        json.dump(info.__dict__, fh)
+    os.replace(tmp, path)
+
+
+def _remove(path: os.PathLike[str]) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+def read_runtime(config: Config) -> dict[str, object] | None:
+    try:
+        with open(config.data_dir / RUNTIME_FILE) as fh:
+            data = json.load(fh)
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None

@@ -1,0 +1,338 @@
+"""The LMDB store: event log, integrations, cursors, integration logs, rejected events.
+
+Decisions:
+- One environment under `{data_dir}/lmdb` (the data dir is created 0700) with
+  named databases: `events` (big-endian u64 seq -> msgpack event), `meta`,
+  `integrations` (id -> msgpack record), `cursors` (id -> u64 next seq),
+  `logs` and `rejected` (id NUL u64 counter -> msgpack entry, so one prefix
+  scan yields an integration's entries oldest first).
+- Every write goes through the `LogWriter` (group commit). Reads open their own
+  short read transactions; they are bounded (`limit`) so nothing ever loads a
+  whole backlog.
+- Sequence numbers start at 1 and never repeat: `meta.last_seq` survives
+  pruning. Ingest times are made non-decreasing along the log by the writer,
+  so "first event at or after time T" is a binary search over sequence
+  numbers: O(log n) point reads, no scan and no second index to write.
+- A full map or disk raises `StoreFull`; the failed transaction is aborted, so
+  what was stored before stays intact and later writes succeed once space is
+  freed (retention, deletes) or the map is grown (restart with a larger
+  `storage.map_size`).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import lmdb
+
+from .records import (
+    PackedEvent,
+    StoredEvent,
+    from_u64,
+    ingested_at_of,
+    pack,
+    seal_event,
+    u64,
+    unpack,
+    unpack_event,
+)
+from .writer import LogWriter
+
+_LAST_SEQ = b"last_seq"
+_LAST_INGEST = b"last_ingested_at"
+_COUNTER = b"counter"
+
+
+class StoreFull(Exception):
+    """The LMDB map or the disk is full; nothing of the failed write was stored."""
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _prefix(integration_id: str) -> bytes:
+    return integration_id.encode() + b"\x00"
+
+
+class LmdbStore:
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        map_size: int,
+        log_entries: int = 50,
+        rejected_events: int = 30,
+    ) -> None:
+        self.data_dir = Path(data_dir)
+        self.log_entries = log_entries
+        self.rejected_events = rejected_events
+        self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(self.data_dir, 0o700)
+        self.env = lmdb.open(
+            str(self.data_dir / "lmdb"),
+            map_size=map_size,
+            max_dbs=8,
+            subdir=True,
+            sync=True,
+            metasync=True,
+            readahead=False,
+            max_readers=512,
+            mode=0o600,
+        )
+        self._events = self.env.open_db(b"events")
+        self._meta = self.env.open_db(b"meta")
+        self._integrations = self.env.open_db(b"integrations")
+        self._cursors = self.env.open_db(b"cursors")
+        self._logs = self.env.open_db(b"logs")
+        self._rejected = self.env.open_db(b"rejected")
+        self.writer = LogWriter(self.env)
+        with self.env.begin() as txn:
+            raw = txn.get(_LAST_SEQ, db=self._meta)
+        self._head = from_u64(raw) if raw else 0
+        self._head_moved = anyio.Event()
+        self._closed = False
+
+    # ---------------------------------------------------------------- lifecycle
+
+    def close(self) -> None:
+        """Close the environment. Safe to call twice."""
+        if not self._closed:
+            self._closed = True
+            self.env.close()
+
+    # --------------------------------------------------------------------- head
+
+    @property
+    def head(self) -> int:
+        """The sequence number of the newest committed event (0 when none ever was)."""
+        return self._head
+
+    async def wait_for_head(self, after: int, timeout: float | None = None) -> int:
+        """Wait until the head moves past `after` (or the timeout passes); return the head."""
+        with anyio.move_on_after(timeout):
+            while self._head <= after:
+                await self._head_moved.wait()
+        return self._head
+
+    def _set_head(self, head: int) -> None:
+        if head > self._head:
+            self._head = head
+            moved, self._head_moved = self._head_moved, anyio.Event()
+            moved.set()
+
+    # ------------------------------------------------------------------- writes
+
+    async def write(self, job: Callable[[lmdb.Transaction], Any]) -> Any:
+        """Run a compound job in the next group commit (see the txn_* methods)."""
+        try:
+            return await self.writer.submit(job)
+        except lmdb.MapFullError as exc:
+            raise StoreFull("the event store is full (storage.map_size reached)") from exc
+        except lmdb.DiskError as exc:
+            raise StoreFull("the disk under storage.data_dir is full") from exc
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise StoreFull("the disk under storage.data_dir is full") from exc
+            raise
+
+    async def append(self, events: list[PackedEvent]) -> tuple[int, int]:
+        """Append events durably; return (first_seq, last_seq)."""
+        first, last = await self.write(lambda txn: self.txn_append(txn, events))
+        self._set_head(last)
+        return first, last
+
+    def txn_append(self, txn: lmdb.Transaction, events: list[PackedEvent]) -> tuple[int, int]:
+        raw_seq = txn.get(_LAST_SEQ, db=self._meta)
+        last_seq = from_u64(raw_seq) if raw_seq else 0
+        raw_time = txn.get(_LAST_INGEST, db=self._meta)
+        ingested = max(now_ms(), from_u64(raw_time) if raw_time else 0)
+        first = last_seq + 1
+        with txn.cursor(db=self._events) as cur:
+            for offset, event in enumerate(events):
+                cur.put(u64(first + offset), seal_event(event, ingested), append=True)
+        last = first + len(events) - 1
+        txn.put(_LAST_SEQ, u64(last), db=self._meta)
+        txn.put(_LAST_INGEST, u64(ingested), db=self._meta)
+        return first, last
+
+    async def prune_before(self, cutoff_ms: int, chunk: int = 10_000) -> tuple[int, bool]:
+        """Delete up to `chunk` of the oldest events ingested before `cutoff_ms`.
+
+        Returns (deleted, more_to_do). Small chunks keep each transaction short so
+        publishers never wait long behind retention.
+        """
+        return await self.write(lambda txn: self._txn_prune(txn, cutoff_ms, chunk))
+
+    def _txn_prune(self, txn: lmdb.Transaction, cutoff_ms: int, chunk: int) -> tuple[int, bool]:
+        deleted = 0
+        with txn.cursor(db=self._events) as cur:
+            if not cur.first():
+                return 0, False
+            while deleted < chunk:
+                if ingested_at_of(cur.value()) >= cutoff_ms:
+                    return deleted, False
+                deleted += 1
+                if not cur.delete():
+                    return deleted, False
+                if not cur.key():
+                    return deleted, False
+        return deleted, True
+
+    def _next_counter(self, txn: lmdb.Transaction) -> int:
+        raw = txn.get(_COUNTER, db=self._meta)
+        value = (from_u64(raw) if raw else 0) + 1
+        txn.put(_COUNTER, u64(value), db=self._meta)
+        return value
+
+    def txn_put_integration(self, txn: lmdb.Transaction, record: dict[str, Any]) -> None:
+        txn.put(record["id"].encode(), pack(record), db=self._integrations)
+
+    def txn_delete_integration(self, txn: lmdb.Transaction, integration_id: str) -> bool:
+        existed = txn.delete(integration_id.encode(), db=self._integrations)
+        txn.delete(integration_id.encode(), db=self._cursors)
+        for db in (self._logs, self._rejected):
+            self._delete_prefix(txn, db, _prefix(integration_id))
+        return bool(existed)
+
+    def txn_set_cursor(self, txn: lmdb.Transaction, integration_id: str, next_seq: int) -> None:
+        txn.put(integration_id.encode(), u64(next_seq), db=self._cursors)
+
+    def txn_add_log(
+        self, txn: lmdb.Transaction, integration_id: str, action: str, reason: str,
+        created_at: str,
+    ) -> None:
+        key = _prefix(integration_id) + u64(self._next_counter(txn))
+        txn.put(key, pack({"created_at": created_at, "action": action, "reason": reason}),
+                db=self._logs)
+        self._trim_prefix(txn, self._logs, _prefix(integration_id), self.log_entries)
+
+    def txn_add_rejected(
+        self, txn: lmdb.Transaction, integration_id: str, entry: dict[str, Any]
+    ) -> list[dict[str, Any]]:
+        """Store a rejected event (replacing one with the same id); return those pushed out."""
+        prefix = _prefix(integration_id)
+        with txn.cursor(db=self._rejected) as cur:
+            if cur.set_range(prefix):
+                for key, value in cur:
+                    if not key.startswith(prefix):
+                        break
+                    if unpack(value)["id"] == entry["id"]:
+                        txn.delete(key, db=self._rejected)
+                        break
+        txn.put(prefix + u64(self._next_counter(txn)), pack(entry), db=self._rejected)
+        return [unpack(v) for v in self._trim_prefix(txn, self._rejected, prefix,
+                                                      self.rejected_events)]
+
+    def txn_delete_rejected(
+        self, txn: lmdb.Transaction, integration_id: str, rejected_id: str
+    ) -> bool:
+        for key, value in self._scan_prefix(txn, self._rejected, _prefix(integration_id)):
+            if unpack(value)["id"] == rejected_id:
+                return bool(txn.delete(key, db=self._rejected))
+        return False
+
+    @staticmethod
+    def _scan_prefix(txn: lmdb.Transaction, db: Any, prefix: bytes) -> list[tuple[bytes, bytes]]:
+        out: list[tuple[bytes, bytes]] = []
+        with txn.cursor(db=db) as cur:
+            if not cur.set_range(prefix):
+                return out
+            for key, value in cur:
+                if not key.startswith(prefix):
+                    break
+                out.append((key, value))
+        return out
+
+    def _delete_prefix(self, txn: lmdb.Transaction, db: Any, prefix: bytes) -> None:
+        for key, _ in self._scan_prefix(txn, db, prefix):
+            txn.delete(key, db=db)
+
+    def _trim_prefix(self, txn: lmdb.Transaction, db: Any, prefix: bytes, keep: int) -> list[bytes]:
+        """Keep the newest `keep` entries under a prefix; return the values removed."""
+        entries = self._scan_prefix(txn, db, prefix)
+        removed = entries[: max(0, len(entries) - keep)]
+        for key, _ in removed:
+            txn.delete(key, db=db)
+        return [value for _, value in removed]
+
+    # -------------------------------------------------------------------- reads
+
+    def first_seq(self) -> int:
+        """The oldest stored sequence number, or head + 1 when the log is empty."""
+        with self.env.begin(db=self._events) as txn, txn.cursor() as cur:
+            return from_u64(cur.key()) if cur.first() else self._head + 1
+
+    def count_events(self) -> int:
+        with self.env.begin() as txn:
+            return int(txn.stat(self._events)["entries"])
+
+    def read_events(self, from_seq: int, limit: int) -> list[StoredEvent]:
+        """At most `limit` events with seq >= from_seq, oldest first."""
+        out: list[StoredEvent] = []
+        with self.env.begin(db=self._events) as txn, txn.cursor() as cur:
+            if not cur.set_range(u64(from_seq)):
+                return out
+            for key, value in cur:
+                out.append(unpack_event(from_u64(key), value))
+                if len(out) >= limit:
+                    break
+        return out
+
+    def seq_at_or_after(self, ingested_ms: int) -> int:
+        """The first seq ingested at or after `ingested_ms` (head + 1 when none): a binary search."""
+        with self.env.begin(db=self._events) as txn, txn.cursor() as cur:
+            if not cur.first():
+                return self._head + 1
+            low = from_u64(cur.key())
+            cur.last()
+            high = from_u64(cur.key())
+            if ingested_at_of(cur.value()) < ingested_ms:
+                return high + 1
+            # Sequence numbers are contiguous from `low` (pruning only removes a prefix).
+            while low < high:
+                mid = (low + high) // 2
+                raw = txn.get(u64(mid))
+                if raw is None or ingested_at_of(raw) < ingested_ms:
+                    low = mid + 1
+                else:
+                    high = mid
+            return low
+
+    def get_integration(self, integration_id: str) -> dict[str, Any] | None:
+        with self.env.begin(db=self._integrations) as txn:
+            raw = txn.get(integration_id.encode())
+        return unpack(raw) if raw is not None else None
+
+    def list_integrations(self) -> list[dict[str, Any]]:
+        with self.env.begin(db=self._integrations) as txn:
+            return [unpack(v) for _, v in txn.cursor()]
+
+    def get_cursor(self, integration_id: str) -> int | None:
+        with self.env.begin(db=self._cursors) as txn:
+            raw = txn.get(integration_id.encode())
+        return from_u64(raw) if raw is not None else None
+
+    def list_logs(self, integration_id: str) -> list[dict[str, Any]]:
+        """The integration's log entries, newest first."""
+        with self.env.begin() as txn:
+            entries = self._scan_prefix(txn, self._logs, _prefix(integration_id))
+        return [unpack(v) for _, v in reversed(entries)]
+
+    def list_rejected(self, integration_id: str) -> list[dict[str, Any]]:
+        """The integration's rejected events, newest first."""
+        with self.env.begin() as txn:
+            entries = self._scan_prefix(txn, self._rejected, _prefix(integration_id))
+        return [unpack(v) for _, v in reversed(entries)]
+
+    def get_rejected(self, integration_id: str, rejected_id: str) -> dict[str, Any] | None:
+        for entry in self.list_rejected(integration_id):
+            if entry["id"] == rejected_id:
+                return entry
+        return None

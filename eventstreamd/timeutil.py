@@ -1,0 +1,51 @@
+"""RFC 3339 timestamps: parsing what users send, formatting what we return.
+
+Everything we emit is UTC with a `Z` and millisecond precision
+(`2019-01-17T12:00:00.000Z`, the seed's examples), or microseconds when the
+input carried them, so values round-trip without losing precision.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+
+# RFC 3339 requires the date, a T (or space), the time and an offset.
+_RFC3339 = re.compile(
+    r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$"
+)
+
+
+def parse_rfc3339(value: str) -> datetime:
+    """An aware datetime, or ValueError with a message fit for the user."""
+    if not isinstance(value, str) or not _RFC3339.match(value):
+        raise ValueError("must be an RFC 3339 timestamp such as 2024-05-01T12:00:00Z")
+    text = value.replace("z", "Z").replace("t", "T")
+    # Python parses at most 6 fractional digits; RFC 3339 allows more.
+    text = re.sub(r"(\.\d{6})\d+", r"\1", text)
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError("is not a valid date and time") from None
+
+
+def format_utc(moment: datetime) -> str:
+    moment = moment.astimezone(UTC)
+    spec = "microseconds" if moment.microsecond % 1000 else "milliseconds"
+    return moment.replace(tzinfo=None).isoformat(timespec=spec) + "Z"
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)
+
+
+def now_iso() -> str:
+    return format_utc(now_utc())
+
+
+def ms_to_iso(ms: int) -> str:
+    return format_utc(datetime.fromtimestamp(ms / 1000, UTC))
+
+
+def to_ms(moment: datetime) -> int:
+    return int(moment.timestamp() * 1000)

@@ -1,0 +1,138 @@
+"""Start the real daemon as a subprocess on port 0, for tests and benchmarks."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+STARTUP_TIMEOUT = 20.0
+
+
+def toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {value!r} as TOML")
+
+
+def write_config(path: Path, settings: dict[str, Any]) -> Path:
+    """Write a TOML file from {"tenant": ..., "server": {...}, ...}."""
+    lines = [f"{k} = {toml_value(v)}" for k, v in settings.items() if not isinstance(v, dict)]
+    for section, values in settings.items():
+        if isinstance(values, dict):
+            lines.append(f"[{section}]")
+            lines += [f"{k} = {toml_value(v)}" for k, v in values.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in base.items()}
+    for key, value in extra.items():
+        if isinstance(value, dict):
+            out.setdefault(key, {}).update(value)
+        else:
+            out[key] = value
+    return out
+
+
+class DaemonProcess:
+    """One daemon subprocess; `start()` waits until runtime.json and /healthz say it is up."""
+
+    def __init__(self, workdir: Path, settings: dict[str, Any] | None = None) -> None:
+        self.workdir = workdir
+        self.data_dir = workdir / "data"
+        base = {
+            "server": {"host": "127.0.0.1", "port": 0},
+            "auth": {"tokens": ["test-token-0123456789"]},
+            "storage": {"data_dir": str(self.data_dir)},
+            "log": {"level": "debug"},
+        }
+        self.settings = merge(base, settings or {})
+        self.config_path = write_config(workdir / "eventstreamd.toml", self.settings)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.url = ""
+        self.log_path = workdir / "daemon.log"
+        self._log_fh: Any = None
+
+    @property
+    def token(self) -> str:
+        return str(self.settings["auth"]["tokens"][0]) if self.settings["auth"].get("tokens") \
+            else (self.data_dir / "api_token").read_text().strip()
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+    def reconfigure(self, settings: dict[str, Any]) -> None:
+        self.settings = merge(self.settings, settings)
+        write_config(self.config_path, self.settings)
+
+    def start(self) -> DaemonProcess:
+        runtime = self.data_dir / "runtime.json"
+        if runtime.exists():
+            runtime.unlink()  # left by a killed predecessor
+        self._log_fh = open(self.log_path, "ab")  # noqa: SIM115 - closed in wait()
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "eventstreamd", "run", "--config", str(self.config_path)],
+            cwd=self.workdir, stdout=self._log_fh, stderr=subprocess.STDOUT, env=env,
+        )
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"daemon exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                info = json.loads(runtime.read_text())
+                if info.get("pid") == self.proc.pid:
+                    self.url = info["url"]
+                    return self
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.02)
+        self.kill()
+        raise RuntimeError(f"daemon did not start within {STARTUP_TIMEOUT}s:\n{self.log()}")
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.wait(timeout)
+        self.proc.send_signal(sig)
+        return self.wait(timeout)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+        self.wait(10)
+
+    def wait(self, timeout: float) -> int:
+        assert self.proc is not None
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            code = self.proc.wait(10)
+        if self._log_fh is not None:
+            self._log_fh.close()
+            self._log_fh = None
+        return code
+
+    def restart(self) -> DaemonProcess:
+        self.stop()
+        return self.start()
