@@ -99,7 +99,8 @@ class _Client:
         parts = urllib.parse.urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise PublishError(f"bad daemon URL {url!r}")
-        conn_cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+        conn_cls = (http.client.HTTPSConnection if parts.scheme == "https"
+                    else http.client.HTTPConnection)
         self._conn = conn_cls(parts.hostname, parts.port, timeout=timeout)
         self._url = url
         self._headers = {"Content-Type": "application/x-ndjson"}

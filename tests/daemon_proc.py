@@ -83,7 +83,7 @@ class DaemonProcess:
         runtime = self.data_dir / "runtime.json"
         if runtime.exists():
             runtime.unlink()  # left by a killed predecessor
-        self._log_fh = open(self.log_path, "ab")  # noqa: SIM115 - closed in wait()
+        self._log_fh = open(self.log_path, "ab")
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "eventstreamd", "run", "--config", str(self.config_path)],

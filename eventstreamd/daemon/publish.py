@@ -55,7 +55,9 @@ def parse_body(body: bytes, content_type: str) -> list[Any]:
             try:
                 events.append(orjson.loads(line))
             except orjson.JSONDecodeError as exc:
-                raise ApiError(400, "invalid_json", f"line {line_no}: not valid JSON ({exc})")
+                raise ApiError(
+                    400, "invalid_json", f"line {line_no}: not valid JSON ({exc})"
+                ) from None
         return events
     try:
         parsed = orjson.loads(body)

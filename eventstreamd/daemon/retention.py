@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 
 import anyio
+import anyio.lowlevel
 
 from ..logs import kv
 from ..storage.lmdb_store import LmdbStore, StoreFull, now_ms
@@ -28,7 +29,7 @@ async def prune_once(store: LmdbStore, retention_s: float, chunk: int = CHUNK) -
         total += deleted
         if not more:
             break
-        await anyio.sleep(0)  # let waiting publishers in between chunks
+        await anyio.lowlevel.checkpoint()  # let waiting publishers in between chunks
     if total:
         log.info("pruned events past retention", extra=kv(count=total, first_seq=store.first_seq()))
     return total

@@ -114,9 +114,9 @@ class LmdbStore:
         """The sequence number of the newest committed event (0 when none ever was)."""
         return self._head
 
-    async def wait_for_head(self, after: int, timeout: float | None = None) -> int:
-        """Wait until the head moves past `after` (or the timeout passes); return the head."""
-        with anyio.move_on_after(timeout):
+    async def wait_for_head(self, after: int, max_wait: float | None = None) -> int:
+        """Wait until the head moves past `after` (or `max_wait` passes); return the head."""
+        with anyio.move_on_after(max_wait):
             while self._head <= after:
                 await self._head_moved.wait()
         return self._head
@@ -286,7 +286,7 @@ class LmdbStore:
         return out
 
     def seq_at_or_after(self, ingested_ms: int) -> int:
-        """The first seq ingested at or after `ingested_ms` (head + 1 when none): a binary search."""
+        """The first seq ingested at or after `ingested_ms` (head + 1 if none): binary search."""
         with self.env.begin(db=self._events) as txn, txn.cursor() as cur:
             if not cur.first():
                 return self._head + 1

@@ -41,7 +41,9 @@ class PackedEvent:
     body: bytes  # the five packed key/value pairs, without a map header
 
 
-def pack_event(event_id: str, tenant: str, name: str, published_at: str, payload: Any) -> PackedEvent:
+def pack_event(
+    event_id: str, tenant: str, name: str, published_at: str, payload: Any
+) -> PackedEvent:
     packer = msgpack.Packer()
     parts = (
         packer.pack("id"), packer.pack(event_id),

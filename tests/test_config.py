@@ -1,0 +1,127 @@
+"""Config loading: units, every error path (exit 2, one line naming file and key), resolution."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from eventstreamd.config import Config, ConfigError, load_config, parse_duration, parse_size
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("250ms", 0.25), ("10s", 10), ("5m", 300), ("2h", 7200), ("30d", 2_592_000), (3, 3.0),
+     ("1.5s", 1.5), ("7", 7.0)],
+)
+def test_durations(text: object, seconds: float) -> None:
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [("512KiB", 512 * 1024), ("50MiB", 50 * 1024**2), ("4GiB", 4 * 1024**3), ("10MB", 10**7),
+     (1234, 1234), ("100", 100)],
+)
+def test_sizes(text: object, size: int) -> None:
+    assert parse_size(text) == size
+
+
+def test_defaults_when_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("EVENTSTREAMD_CONFIG", raising=False)
+    assert load_config() == Config()
+
+
+def test_shipped_file_matches_defaults() -> None:
+    shipped = load_config(Path(__file__).parents[1] / "eventstreamd.toml")
+    assert shipped.server == Config().server
+    assert shipped.storage == Config().storage
+    assert shipped.limits == Config().limits
+    assert shipped.webhook == Config().webhook
+    assert shipped.s3 == Config().s3
+    assert shipped.auth == Config().auth and shipped.tenant == Config().tenant
+
+
+def test_resolution_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "eventstreamd.toml").write_text('tenant = "from-cwd"\n')
+    env_file = tmp_path / "env.toml"
+    env_file.write_text('tenant = "from-env"\n')
+    arg_file = tmp_path / "arg.toml"
+    arg_file.write_text('tenant = "from-arg"\n')
+    monkeypatch.delenv("EVENTSTREAMD_CONFIG", raising=False)
+    assert load_config().tenant == "from-cwd"
+    monkeypatch.setenv("EVENTSTREAMD_CONFIG", str(env_file))
+    assert load_config().tenant == "from-env"
+    assert load_config(arg_file).tenant == "from-arg"
+
+
+def test_values_are_parsed(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[webhook]\ntimeout = "250ms"\n[s3]\nrotate_size = "1MiB"\n'
+                    '[auth]\ntokens = ["abcd1234"]\n')
+    config = load_config(path)
+    assert config.webhook.timeout == 0.25
+    assert config.s3.rotate_size == 1024 * 1024
+    assert config.auth.tokens == ("abcd1234",)
+    with pytest.raises(AttributeError):
+        config.tenant = "x"  # type: ignore[misc]  # frozen
+
+
+BAD_CONFIGS = [
+    ("unknown_key", "bogus = 1\n", "'bogus'"),
+    ("unknown_section", "[nope]\nx = 1\n", "'nope'"),
+    ("unknown_nested", "[server]\nprot = 1\n", "'server.prot'"),
+    ("wrong_type_int", '[server]\nport = "80"\n', "'server.port'"),
+    ("wrong_type_str", "tenant = 5\n", "'tenant'"),
+    ("wrong_type_list", "[auth]\ntokens = \"abc\"\n", "'auth.tokens'"),
+    ("bool_as_int", "[limits]\nmax_integrations = true\n", "'limits.max_integrations'"),
+    ("bad_duration", '[webhook]\ntimeout = "10 parsecs"\n', "'webhook.timeout'"),
+    ("negative_duration", "[webhook]\nretry_max = -1\n", "'webhook.retry_max'"),
+    ("bad_size", '[storage]\nmap_size = "4 lightyears"\n', "'storage.map_size'"),
+    ("section_not_table", "server = 1\n", "'server'"),
+    ("port_range", "[server]\nport = 70000\n", "'server.port'"),
+    ("base_path", '[server]\nbase_path = "api/"\n', "'server.base_path'"),
+    ("in_flight_zero", "[webhook]\nmax_in_flight = 0\n", "'webhook.max_in_flight'"),
+    ("log_level", '[log]\nlevel = "loud"\n', "'log.level'"),
+    ("not_toml", "this is = = not toml\n", "not valid TOML"),
+]
+
+
+@pytest.mark.parametrize(("case", "text", "key"), BAD_CONFIGS, ids=[c[0] for c in BAD_CONFIGS])
+def test_bad_config_raises_naming_file_and_key(tmp_path: Path, case: str, text: str,
+                                               key: str) -> None:
+    path = tmp_path / f"{case}.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    message = str(err.value)
+    assert str(path) in message and key in message and "\n" not in message
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no such config file"):
+        load_config(tmp_path / "absent.toml")
+
+
+@pytest.mark.parametrize("case", ["unknown_nested", "bad_duration", "wrong_type_int"])
+def test_cli_exits_2_with_one_line(tmp_path: Path, case: str) -> None:
+    text, key = next((t, k) for c, t, k in BAD_CONFIGS if c == case)
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    result = subprocess.run(
+        [sys.executable, "-m", "eventstreamd", "run", "--config", str(path)],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(path) in lines[0] and key in lines[0]
+
+
+def test_version() -> None:
+    result = subprocess.run([sys.executable, "-m", "eventstreamd", "--version"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stdout.startswith("eventstreamd ")
