@@ -40,7 +40,9 @@ def now_utc() -> datetime:
 
 
 def now_iso() -> str:
-    return format_utc(now_utc())
+    """Now, at millisecond precision (the seed's format)."""
+    moment = now_utc()
+    return format_utc(moment.replace(microsecond=moment.microsecond // 1000 * 1000))
 
 
 def ms_to_iso(ms: int) -> str:

@@ -1,0 +1,187 @@
+"""Webhook delivery: one POST per event, bearer api_key, retries, 400 = rejected.
+
+Decisions:
+- One attempt is `WebhookTarget.attempt`: it never raises for a delivery
+  problem, it classifies it (delivered / rejected / retry) with a reason, so
+  the retry loop, the rejected-event `_retry` endpoint and the tests share one
+  definition of what a response means.
+- Body exactly `{"tenant", "name", "published_at", "payload"}`; headers
+  `Content-Type`, `Idempotency-Key: <event id>` (the same on every retry and
+  redelivery) and `Authorization: Bearer <api_key>` when one is set.
+- At most `RESPONSE_EXCERPT` bytes of a response body are read: a receiver
+  cannot make us buffer a large error page. Redirects are not followed (a 3xx
+  is retried like any other non-2xx, non-400 answer).
+- Each failure is logged as `retry_triggered` with the seed's reason:
+  `Request to URL <url> failed. Reason: <reason> (HTTP status code <code>).
+  Payload: <event JSON, shortened>`. The URL is shown without userinfo.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import urllib.parse
+import uuid
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import aiohttp
+import orjson
+
+from ..logs import kv
+from ..storage.records import StoredEvent
+from ..timeutil import now_iso
+from .backoff import backoff_delay, parse_retry_after
+from .journal import add_log
+from .loop import SinkLoop, StopDelivery
+
+log = logging.getLogger("eventstreamd.webhook")
+
+RESPONSE_EXCERPT = 1024
+PAYLOAD_EXCERPT = 256
+REJECTED_NAMESPACE = uuid.UUID("5b0c6a86-1f0e-4b8e-9d43-8a3c8f1f2a10")
+
+Outcome = Literal["delivered", "rejected", "retry"]
+
+
+@dataclass(frozen=True)
+class AttemptResult:
+    outcome: Outcome
+    reason: str
+    status: int | None = None
+    retry_after: float | None = None
+
+
+def display_url(url: str) -> str:
+    """The URL without userinfo, safe for logs."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+def shorten(text: str, limit: int = PAYLOAD_EXCERPT) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def retry_reason(url: str, reason: str, status: int | None, body: bytes) -> str:
+    code = status if status is not None else "none"
+    payload = shorten(body.decode(errors="replace"))
+    return (f"Request to URL {display_url(url)} failed. Reason: {reason} "
+            f"(HTTP status code {code}). Payload: {payload}")
+
+
+def encode_body(event: dict[str, Any]) -> bytes:
+    return orjson.dumps(event)
+
+
+class WebhookTarget:
+    def __init__(self, session: aiohttp.ClientSession, params: dict[str, Any],
+                 timeout: float) -> None:
+        self._session = session
+        self.url: str = params["callback_url"]
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._timeout_s = timeout
+        self._headers = {"Content-Type": "application/json"}
+        if params.get("api_key"):
+            self._headers["Authorization"] = f"Bearer {params['api_key']}"
+
+    @property
+    def describe(self) -> str:
+        return urllib.parse.urlsplit(self.url).hostname or self.url
+
+    async def attempt(self, event_id: str, body: bytes) -> AttemptResult:
+        headers = {**self._headers, "Idempotency-Key": event_id}
+        try:
+            async with self._session.post(
+                self.url, data=body, headers=headers, timeout=self._timeout,
+                allow_redirects=False,
+            ) as response:
+                excerpt = await response.content.read(RESPONSE_EXCERPT)
+                status = response.status
+                retry_after = parse_retry_after(response.headers.get("Retry-After"))
+        except TimeoutError:
+            return AttemptResult("retry", f"timed out after {self._timeout_s:g}s")
+        except aiohttp.ClientConnectorError as exc:
+            return AttemptResult("retry", f"cannot connect ({exc.os_error.strerror or exc})")
+        except aiohttp.ServerDisconnectedError:
+            return AttemptResult("retry", "server closed the connection")
+        except aiohttp.ClientError as exc:
+            return AttemptResult("retry", f"{type(exc).__name__}: {exc}")
+        except (OSError, asyncio.IncompleteReadError) as exc:
+            return AttemptResult("retry", f"{type(exc).__name__}: {exc}")
+        text = shorten(excerpt.decode(errors="replace").strip(), 200)
+        if 200 <= status < 300:
+            return AttemptResult("delivered", "delivered", status)
+        if status == 400:
+            return AttemptResult("rejected", text or "Bad Request", status)
+        reason = f"HTTP {status}" + (f": {text}" if text else "")
+        return AttemptResult("retry", reason, status, retry_after)
+
+
+def rejected_id(integration_id: str, event: StoredEvent) -> str:
+    """Deterministic, so a redelivered and re-rejected event replaces its entry."""
+    return str(uuid.uuid5(REJECTED_NAMESPACE, f"{integration_id}/{event.seq}/{event.id}"))
+
+
+class WebhookDelivery:
+    """Delivers one event with retries until it is delivered or rejected (or the sink stops)."""
+
+    def __init__(self, target: WebhookTarget, retry_initial: float, retry_max: float) -> None:
+        self.target = target
+        self._retry_initial = retry_initial
+        self._retry_max = retry_max
+
+    async def __call__(self, event: StoredEvent, sink: SinkLoop) -> None:
+        body = encode_body(event.delivery_body())
+        attempt = 0
+        while True:
+            result = await self.target.attempt(event.id, body)
+            if result.outcome == "delivered":
+                sink.stats.delivered += 1
+                return
+            if result.outcome == "rejected":
+                await self._reject(event, sink, result)
+                return
+            attempt += 1
+            reason = retry_reason(self.target.url, result.reason, result.status, body)
+            sink.record_failure(reason)
+            log.warning("delivery failed, will retry", extra=kv(
+                integration=sink.integration_id, seq=event.seq, attempt=attempt,
+                reason=result.reason))
+            await add_log(sink.store, sink.integration_id, "retry_triggered", reason)
+            delay = result.retry_after
+            if delay is None:
+                delay = backoff_delay(attempt, self._retry_initial, self._retry_max)
+            if await sink.sleep_unless_stopping(delay):
+                raise StopDelivery
+
+    async def _reject(self, event: StoredEvent, sink: SinkLoop, result: AttemptResult) -> None:
+        store, integration_id = sink.store, sink.integration_id
+        entry = {
+            "id": rejected_id(integration_id, event),
+            "created_at": now_iso(),
+            "seq": event.seq,
+            "event_id": event.id,
+            "event": event.delivery_body(),
+        }
+        reason = (f"Event {event.id} ({event.name}) was rejected with HTTP 400: "
+                  f"{shorten(result.reason, 200)}")
+        created_at = entry["created_at"]
+
+        def job(txn: Any) -> list[dict[str, Any]]:
+            pushed = store.txn_add_rejected(txn, integration_id, entry)
+            store.txn_add_log(txn, integration_id, "event_rejected", reason, created_at)
+            for old in pushed:
+                store.txn_add_log(
+                    txn, integration_id, "rejected_event_dropped",
+                    f"Rejected event {old['id']} was removed to keep the newest "
+                    f"{store.rejected_events}.", created_at)
+            return pushed
+
+        await store.write(job)
+        sink.stats.rejected += 1
+        log.info("event rejected", extra=kv(integration=integration_id, seq=event.seq,
+                                            rejected_id=entry["id"]))
