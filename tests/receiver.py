@@ -40,6 +40,7 @@ class Receiver:
         self.delivered: list[Received] = []  # answered 2xx
         self.attempts: dict[str, int] = {}
         self._server: TestServer | None = None
+        self._url = ""
         self._changed = anyio.Event()
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
@@ -60,6 +61,7 @@ class Receiver:
         app.router.add_post("/{tail:.*}", self._handle)
         self._server = TestServer(app, host="127.0.0.1", port=0)
         await self._server.start_server()
+        self._url = str(self._server.make_url("/events"))
         return self
 
     async def close(self) -> None:
@@ -68,8 +70,7 @@ class Receiver:
 
     @property
     def url(self) -> str:
-        assert self._server is not None
-        return str(self._server.make_url("/events"))
+        return self._url
 
     @property
     def delivered_keys(self) -> set[str]:

@@ -125,7 +125,7 @@ class Supervisor:
             self.session, self._tg = session, tg
             for record in self.store.list_integrations():
                 register_secrets(record)
-                self._dirty.add(record["id"])
+                self.integration_changed(record["id"])
             tg.start_soon(self._reconcile_forever, name="supervisor:reconcile")
             tg.start_soon(self._janitor_forever, name="supervisor:janitor")
             task_status.started()

@@ -1,0 +1,301 @@
+"""Webhook delivery end to end: real daemon subprocess, real local aiohttp receivers."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import anyio
+import pytest
+from aiohttp import web
+from api_client import ApiClient, events
+from daemon_proc import DaemonProcess
+from receiver import Received, Receiver
+
+Factory = Callable[..., DaemonProcess]
+
+FAST = {
+    "webhook": {"timeout": "1s", "retry_initial": "50ms", "retry_max": "200ms",
+                "max_in_flight": 8, "temporary_delete_after": "1s"},
+    "limits": {"log_entries": 10, "rejected_events": 3},
+}
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    r = await Receiver().start()
+    yield r
+    await r.close()
+
+
+@pytest.fixture
+def fast(daemon_factory: Factory) -> DaemonProcess:
+    return daemon_factory(FAST)
+
+
+async def test_exact_body_and_headers(fast: DaemonProcess, receiver: Receiver) -> None:
+    async with ApiClient(fast) as api:
+        await api.webhook("w1", receiver.url, api_key="sekrit-key-1")
+        await api.publish([{"name": "order.created", "payload": {"n": 1}, "tenant": "acme",
+                            "id": "evt-42", "published_at": "2024-05-01T12:00:00Z"}])
+        await receiver.wait_for(lambda: len(receiver.delivered) == 1)
+    got = receiver.delivered[0]
+    assert got.body == {"tenant": "acme", "name": "order.created",
+                        "published_at": "2024-05-01T12:00:00.000Z", "payload": {"n": 1}}
+    assert got.headers["Content-Type"] == "application/json"
+    assert got.headers["Authorization"] == "Bearer sekrit-key-1"
+    assert got.headers["Idempotency-Key"] == "evt-42"
+    assert "sekrit-key-1" not in fast.log()
+
+
+async def test_no_api_key_no_authorization(fast: DaemonProcess, receiver: Receiver) -> None:
+    async with ApiClient(fast) as api:
+        await api.webhook("w1", receiver.url)
+        await api.publish(events(1))
+        await receiver.wait_for(lambda: len(receiver.delivered) == 1)
+    assert "Authorization" not in receiver.delivered[0].headers
+
+
+async def test_200_events_distinct_keys(fast: DaemonProcess, receiver: Receiver) -> None:
+    async with ApiClient(fast) as api:
+        await api.webhook("w1", receiver.url)
+        await api.publish(events(200))
+        await receiver.wait_for(lambda: len(receiver.delivered_keys) == 200)
+    assert sorted(r.body["payload"]["i"] for r in receiver.delivered) == list(range(200))
+    assert len(receiver.requests) == 200
+
+
+@pytest.mark.parametrize(("conditions", "expected"), [
+    ({"event_filter": ["order.created"]}, {"order.created"}),
+    ({"entity_filter": ["return"]}, {"return.processed", "return.created"}),
+    ({"event_filter": ["order.created"], "entity_filter": ["return"]},
+     {"order.created", "return.processed", "return.created"}),
+    (None, {"order.created", "order.completed", "return.processed", "return.created",
+            "shipment.sent"}),
+])
+async def test_filters(fast: DaemonProcess, receiver: Receiver, conditions: Any,
+                       expected: set[str]) -> None:
+    names = ["order.created", "order.completed", "return.processed", "return.created",
+             "shipment.sent"]
+    extra = {"filter_conditions": conditions} if conditions else {}
+    async with ApiClient(fast) as api:
+        await api.webhook("w1", receiver.url, **extra)
+        await api.publish([{"name": n, "payload": {}} for n in names])
+        await api.publish([{"name": "zz.marker", "payload": {}}])
+        if conditions is not None:
+            # A second, unfiltered integration tells us when everything was dispatched.
+            marker = await Receiver().start()
+            try:
+                await api.webhook("w2", marker.url, starts_at="2000-01-01T00:00:00Z")
+                await marker.wait_for(lambda: len(marker.delivered) == 6)
+            finally:
+                await marker.close()
+        await receiver.wait_for(lambda: len(receiver.delivered) >= len(expected))
+        await anyio.sleep(0.3)  # room for a wrong extra delivery to show up
+    got = {r.body["name"] for r in receiver.delivered} - {"zz.marker"}
+    assert got == expected
+
+
+async def test_rejected_then_retry(fast: DaemonProcess) -> None:
+    accept = False
+
+    def respond(received: Received, attempt: int) -> web.Response:
+        return web.Response(status=200 if accept else 400, text="bad order")
+
+    receiver = await Receiver(respond).start()
+    try:
+        async with ApiClient(fast) as api:
+            await api.webhook("w1", receiver.url)
+            await api.publish(events(2))
+            await receiver.wait_for(lambda: len(receiver.requests) == 2)
+            with anyio.fail_after(10):
+                while len(await api.rejected("w1")) < 2:
+                    await anyio.sleep(0.05)
+            rejected = await api.rejected("w1")
+            assert all(len(r["id"]) == 36 for r in rejected)
+            logs = await api.wait_logs("w1", "event_rejected", 2)
+            assert "HTTP 400" in logs[0]["reason"] and "bad order" in logs[0]["reason"]
+            # The receiver still refuses: 502, and the event stays.
+            failed = await api.retry("w1", rejected[0]["id"], expect=502)
+            assert failed["error_code"] and failed["request_id"]
+            assert len(await api.rejected("w1")) == 2
+            accept = True
+            await api.retry("w1", rejected[0]["id"], expect=200)
+            remaining = await api.rejected("w1")
+            assert [r["id"] for r in remaining] == [rejected[1]["id"]]
+            assert len(receiver.delivered) == 1
+    finally:
+        await receiver.close()
+
+
+async def test_rejected_list_keeps_newest_and_says_so(fast: DaemonProcess) -> None:
+    receiver = await Receiver(lambda r, a: web.Response(status=400)).start()
+    try:
+        async with ApiClient(fast) as api:
+            await api.webhook("w1", receiver.url)
+            await api.publish(events(5))
+            await api.wait_logs("w1", "rejected_event_dropped", 2)
+            assert len(await api.rejected("w1")) == 3  # limits.rejected_events
+    finally:
+        await receiver.close()
+
+
+async def test_transient_failures_are_retried_until_delivered(fast: DaemonProcess) -> None:
+    async def respond(received: Received, attempt: int) -> web.StreamResponse:
+        kind = received.body["payload"]["i"] % 4
+        if attempt <= 2:
+            if kind == 0:
+                return web.Response(status=429, headers={"Retry-After": "0"})
+            if kind == 1:
+                return web.Response(status=500, text="boom")
+            if kind == 2:
+                await asyncio.sleep(1.5)  # past the 1s timeout
+                return web.Response(status=200)
+            if kind == 3:
+                return web.Response(status=503)
+        return web.Response(status=200)
+
+    receiver = await Receiver(respond).start()
+    try:
+        async with ApiClient(fast) as api:
+            await api.webhook("w1", receiver.url)
+            await api.publish(events(8))
+            await receiver.wait_for(lambda: len(receiver.delivered_keys) == 8, timeout=30)
+            reasons = [e["reason"] for e in await api.logs("w1")
+                       if e["action"] == "retry_triggered"]
+    finally:
+        await receiver.close()
+    assert reasons
+    assert all(r.startswith(f"Request to URL {receiver.url} failed. Reason: ") for r in reasons)
+    joined = "\n".join(reasons)
+    assert "(HTTP status code 500)" in joined or "(HTTP status code 429)" in joined
+    assert "Payload: {" in joined
+
+
+async def test_refused_connection_is_retried(fast: DaemonProcess) -> None:
+    receiver = await Receiver().start()
+    url = receiver.url
+    await receiver.close()  # nothing listens there now
+    async with ApiClient(fast) as api:
+        await api.webhook("w1", url)
+        await api.publish(events(3))
+        entries = await api.wait_logs("w1", "retry_triggered", 2)
+        assert "cannot connect" in entries[0]["reason"]
+        assert "(HTTP status code none)" in entries[0]["reason"]
+        # Log keeps only the newest limits.log_entries (10) entries, newest first.
+        entries = await api.wait_logs("w1", "retry_triggered", 10)
+        logs = await api.logs("w1")
+        assert len(logs) == 10
+        assert [e["created_at"] for e in logs] == sorted((e["created_at"] for e in logs),
+                                                         reverse=True)
+
+
+async def test_stop_publish_start(fast: DaemonProcess, receiver: Receiver) -> None:
+    async with ApiClient(fast) as api:
+        await api.webhook("w1", receiver.url)
+        await api.publish(events(5))
+        await receiver.wait_for(lambda: len(receiver.delivered) == 5)
+        stopped = await api.stop("w1")
+        assert stopped["status"] == "stopped"
+        await api.publish(events(20, start=5))
+        await anyio.sleep(1.0)
+        assert len(receiver.delivered) == 5
+        assert (await api.start("w1"))["status"] == "running"
+        await receiver.wait_for(lambda: len(receiver.delivered_keys) == 25)
+    assert sorted(r.body["payload"]["i"] for r in receiver.delivered) == list(range(25))
+
+
+async def test_new_integration_gets_only_new_events_unless_starts_at(
+        fast: DaemonProcess, receiver: Receiver) -> None:
+    replay = await Receiver().start()
+    try:
+        async with ApiClient(fast) as api:
+            await api.publish(events(10))
+            await api.webhook("fresh", receiver.url)
+            await api.webhook("replay", replay.url, starts_at="2000-01-01T00:00:00Z")
+            await api.publish(events(5, start=10))
+            await replay.wait_for(lambda: len(replay.delivered) == 15)
+            await receiver.wait_for(lambda: len(receiver.delivered) == 5)
+    finally:
+        await replay.close()
+    assert sorted(r.body["payload"]["i"] for r in receiver.delivered) == list(range(10, 15))
+
+
+async def test_temporary_integration_completes_and_is_deleted(
+        fast: DaemonProcess, receiver: Receiver) -> None:
+    async with ApiClient(fast) as api:
+        await api.publish(events(10))
+        health = await api.request("GET", "/healthz")
+        assert health["head"] == 10
+        from eventstreamd.timeutil import now_iso
+        ends = now_iso()
+        await anyio.sleep(0.05)
+        await api.publish(events(5, start=10))  # after ends_at: not part of the range
+        await api.create(id="tmp", integration_type="temporary",
+                         starts_at="2000-01-01T00:00:00Z", ends_at=ends,
+                         callback_parameters={"callback_url": receiver.url})
+        await receiver.wait_for(lambda: len(receiver.delivered) == 10)
+        completed = await api.wait_logs("tmp", "integration_completed")
+        assert "stopped automatically" in completed[0]["reason"]
+        assert (await api.get("tmp"))["status"] == "stopped"
+        with anyio.fail_after(15):  # temporary_delete_after is 1s
+            while (await api.get("tmp", expect=None)).get("error_code") != \
+                    "integration_not_found":
+                await anyio.sleep(0.2)
+    assert sorted(r.body["payload"]["i"] for r in receiver.delivered) == list(range(10))
+
+
+async def test_slow_receiver_does_not_delay_another(fast: DaemonProcess) -> None:
+    release = anyio.Event()
+
+    async def stuck(received: Received, attempt: int) -> web.Response:
+        await release.wait()
+        return web.Response(status=200)
+
+    slow = await Receiver(stuck).start()
+    quick = await Receiver().start()
+    try:
+        async with ApiClient(fast) as api:
+            await api.webhook("slow", slow.url)
+            await api.webhook("quick", quick.url)
+            await api.publish(events(100))
+            await quick.wait_for(lambda: len(quick.delivered) == 100)
+            assert len(slow.delivered) == 0
+            assert len(slow.requests) <= 8  # the slow one holds only its window
+            release.set()
+            await slow.wait_for(lambda: len(slow.delivered_keys) == 100, timeout=60)
+    finally:
+        release.set()
+        await slow.close()
+        await quick.close()
+
+
+async def test_sigkill_mid_delivery_redelivers_at_most_the_window(
+        daemon_factory: Factory) -> None:
+    d = daemon_factory({**FAST, "webhook": {**FAST["webhook"], "max_in_flight": 8}})
+
+    async def slowish(received: Received, attempt: int) -> web.Response:
+        await asyncio.sleep(0.002)
+        return web.Response(status=200)
+
+    receiver = await Receiver(slowish).start()
+    total = 5000
+    try:
+        async with ApiClient(d) as api:
+            await api.webhook("w1", receiver.url)
+            for start in range(0, total, 1000):
+                await api.publish(events(1000, start=start))
+            await receiver.wait_for(lambda: len(receiver.delivered) >= 1500, timeout=120)
+        d.proc.send_signal(signal.SIGKILL)  # type: ignore[union-attr]
+        d.wait(10)
+        delivered_before = len(receiver.delivered)
+        assert delivered_before < total, "delivery finished before the kill; test proves nothing"
+        d.start()
+        await receiver.wait_for(lambda: len(receiver.delivered_keys) == total, timeout=120)
+        await anyio.sleep(0.5)
+    finally:
+        await receiver.close()
+    duplicates = len(receiver.delivered) - len(receiver.delivered_keys)
+    assert duplicates <= 8, duplicates
