@@ -43,19 +43,17 @@ def test_resume_position_rule() -> None:
 
 
 def test_window_bounds_and_cursor() -> None:
-    window = DeliveryWindow(1, 3)
+    window = DeliveryWindow(3)
     for seq in (1, 2, 3):
         window.dispatch(seq)
-    assert window.full and window.safe_cursor() == 1
+    assert window.full and window.safe_cursor(4) == 1
     window.finish(2)
     window.finish(3)
-    assert window.safe_cursor() == 1 and window.full  # 1 still out: nothing runs ahead
+    assert window.safe_cursor(4) == 1 and window.full  # 1 still out: nothing runs ahead
     window.finish(1)
-    assert window.safe_cursor() == 4 and window.full  # full until the cursor is durable
+    assert window.safe_cursor(4) == 4 and window.full  # full until the cursor is durable
     window.committed(4)
-    assert len(window) == 0 and not window.dirty
-    window.skip_to(10)
-    assert window.safe_cursor() == 10 and window.dirty
+    assert len(window) == 0 and window.safe_cursor(10) == 10
 
 
 def test_filter_semantics() -> None:

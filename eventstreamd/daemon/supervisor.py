@@ -36,8 +36,8 @@ from .. import __version__
 from ..config import Config
 from ..logs import kv, redactor
 from ..sinks.journal import add_log
-from ..sinks.loop import SinkLoop
-from ..sinks.webhook import WebhookDelivery, WebhookTarget, encode_body
+from ..sinks.loop import Pipeline, SinkLoop
+from ..sinks.webhook import WebhookPipeline, WebhookTarget, encode_body
 from ..storage.lmdb_store import LmdbStore
 from ..timeutil import format_utc, now_utc
 from .contracts import DeliveryFailed
@@ -231,12 +231,12 @@ class Supervisor:
         if record.get("callback_parameters"):
             assert self.session is not None
             target = WebhookTarget(self.session, record["callback_parameters"], webhook.timeout)
-            deliver = WebhookDelivery(target, webhook.retry_initial, webhook.retry_max)
+            pipeline: Pipeline = WebhookPipeline(target, webhook.retry_initial, webhook.retry_max,
+                                                 webhook.max_in_flight)
         else:
             raise RuntimeError("S3 delivery is not available in this build yet")
         return SinkLoop(
-            store=self.store, record=record, deliver=deliver,
-            window_size=webhook.max_in_flight,
+            store=self.store, record=record, pipeline=pipeline,
             restart_window=self.config.limits.restart_window,
             stop_grace=webhook.timeout + 1.0, clock=self.clock,
         )
@@ -287,14 +287,13 @@ class Supervisor:
         if handle is None or handle.loop is None:
             return None
         loop = handle.loop
-        window = loop.window
         return {
             "delivered": loop.stats.delivered,
             "rejected": loop.stats.rejected,
             "failures": loop.stats.failures,
             "last_error": loop.stats.last_error,
             "last_error_at": loop.stats.last_error_at,
-            "in_flight": window.in_flight if window is not None else 0,
-            "cursor": window.durable_cursor if window is not None else None,
+            "cursor": loop.durable_cursor or None,
             "crashes": handle.crashes,
+            **loop.pipeline.status(),
         }

@@ -1,13 +1,15 @@
-"""The common sink loop: read the log from the integration's cursor, filter, deliver, advance.
+"""The common sink loop: read the log from the integration's cursor, filter, hand on, advance.
 
 Decisions:
-- Reads come in bounded batches (`READ_BATCH`) from the window's read
-  position; memory is bounded by that batch plus the delivery window, however
-  large the backlog.
-- Each matching event is handed to the target's `deliver` in its own task once
-  the window has room; `deliver` returns when the event is finished
-  (delivered, or rejected and stored) and raises `StopDelivery` when the sink
-  stops before that. Filtered-out events finish at once.
+- The loop owns what every target shares: where delivery starts, bounded
+  reads, filtering, the end of a temporary integration, stop, and writing the
+  cursor. What happens to a matching event is the *pipeline*'s business
+  (`Pipeline`): the webhook pipeline POSTs it in a bounded window of
+  concurrent requests, the S3 pipeline spools it into a file. The pipeline
+  says how far the cursor may safely move (`safe_cursor`).
+- Reads come in bounded batches (`READ_BATCH`); memory is bounded by that
+  batch plus what the pipeline holds (a window of events, or an open file on
+  disk), however large the backlog.
 - The cursor is written by one flusher task through the group commit whenever
   the safe cursor moved; while one write is in flight further progress
   accumulates, so cursor writes cost little and never block delivery.
@@ -16,20 +18,21 @@ Decisions:
   past events that retention pruned (skipped, logged with the count). A
   temporary integration ends at the first event ingested after `ends_at` (or
   when the log is drained and `ends_at` has passed).
-- Stop: no new dispatch; requests in flight finish (bounded by the request
-  timeout), retries waiting in backoff are abandoned (they stay before the
-  cursor and are delivered after the next start), the cursor is flushed.
+- Stop: nothing new is handed on; the pipeline finishes what it can within
+  the grace period (requests in flight, an open file's upload), the cursor is
+  flushed, and whatever did not finish stays after the cursor for next time.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import anyio
+from anyio.abc import TaskGroup
 
 from ..logs import kv
 from ..storage.lmdb_store import LmdbStore
@@ -37,19 +40,18 @@ from ..storage.records import StoredEvent
 from ..timeutil import parse_rfc3339, to_ms
 from .filters import EventFilter
 from .journal import add_log
-from .window import DeliveryWindow
 
 log = logging.getLogger("eventstreamd.sink")
 
 READ_BATCH = 256
-HEAD_POLL = 0.2  # seconds; also bounds how long a stop request waits for an idle loop
+HEAD_POLL = 0.2  # seconds; also how often a pipeline's tick runs while the log is idle
 
 Clock = Callable[[], float]
 Outcome = Literal["stopped", "completed"]
 
 
 class StopDelivery(Exception):
-    """The sink is stopping; the event was not finished and stays before the cursor."""
+    """The sink is stopping; the event was not finished and stays after the cursor."""
 
 
 @dataclass
@@ -60,6 +62,32 @@ class SinkStats:
     last_error: str | None = None
     last_error_at: float | None = None
     started_at: float = field(default_factory=time.time)
+
+
+class Pipeline(Protocol):
+    async def open(self, sink: SinkLoop) -> None:
+        """Before the first event (the S3 pipeline re-uploads recorded files here)."""
+
+    async def accept(self, event: StoredEvent, sink: SinkLoop, tg: TaskGroup) -> bool:
+        """Take one matching event, in sequence order; False if stopping prevented it."""
+
+    async def tick(self, sink: SinkLoop) -> None:
+        """Called between batches and while idle (time-based work such as file rotation)."""
+
+    def blocked(self) -> bool:
+        """True while the pipeline cannot take another event (the loop waits for progress)."""
+
+    def safe_cursor(self, read_position: int) -> int:
+        """The lowest sequence number not yet finished for good."""
+
+    def committed(self, cursor: int) -> None:
+        """A cursor write of `cursor` is durable."""
+
+    async def close(self, sink: SinkLoop, outcome: Outcome, grace: float) -> None:
+        """Finish what can be finished within `grace` seconds."""
+
+    def status(self) -> dict[str, Any]:
+        """Pipeline-specific live figures for the status snapshot."""
 
 
 def resume_position(cursor: int, head: int, stopped_at_ms: int | None, now_ms: int,
@@ -80,8 +108,7 @@ class SinkLoop:
         *,
         store: LmdbStore,
         record: dict[str, Any],
-        deliver: Callable[[StoredEvent, SinkLoop], Awaitable[None]],
-        window_size: int,
+        pipeline: Pipeline,
         restart_window: float,
         stop_grace: float,
         clock: Clock = time.time,
@@ -89,33 +116,38 @@ class SinkLoop:
         self.store = store
         self.record = record
         self.integration_id: str = record["id"]
-        self._deliver = deliver
-        self._window_size = window_size
+        self.pipeline = pipeline
         self._restart_window = restart_window
         self._stop_grace = stop_grace
-        self._clock = clock
-        self._filter = EventFilter.from_conditions(record.get("filter_conditions"))
+        self.clock = clock
+        self.filter = EventFilter.from_conditions(record.get("filter_conditions"))
         self._ends_ms = (to_ms(parse_rfc3339(record["ends_at"]))
                          if record.get("integration_type") == "temporary" and record.get("ends_at")
                          else None)
         self.stopping = anyio.Event()
         self.stats = SinkStats(started_at=clock())
-        self.window: DeliveryWindow | None = None
-        self._active = 0
-        self._idle = anyio.Event()
-        self._idle.set()
+        self.read_position = 0  # next sequence number to read
+        self.durable_cursor = 0  # last cursor committed to the store
+        self._changed = anyio.Event()
 
     # ------------------------------------------------------------------ control
 
     def request_stop(self) -> None:
         self.stopping.set()
-        if self.window is not None:
-            self.window.wake()
+        self.progressed()
+
+    def progressed(self) -> None:
+        """Wake the loop and the cursor flusher: the safe cursor may have moved."""
+        changed, self._changed = self._changed, anyio.Event()
+        changed.set()
+
+    async def wait_progress(self) -> None:
+        await self._changed.wait()
 
     def record_failure(self, reason: str) -> None:
         self.stats.failures += 1
         self.stats.last_error = reason
-        self.stats.last_error_at = self._clock()
+        self.stats.last_error_at = self.clock()
 
     async def sleep_unless_stopping(self, delay: float) -> bool:
         """Sleep up to `delay`; True when the sink is stopping (the caller should give up)."""
@@ -124,23 +156,27 @@ class SinkLoop:
         return self.stopping.is_set()
 
     @property
-    def cursor(self) -> int | None:
-        return self.window.durable_cursor if self.window is not None else None
+    def cursor(self) -> int:
+        return self.durable_cursor
+
+    @property
+    def ends_ms(self) -> int | None:
+        return self._ends_ms
 
     # --------------------------------------------------------------------- run
 
     async def run(self) -> Outcome:
-        window = self.window = DeliveryWindow(await self._starting_position(), self._window_size)
+        start = await self._starting_position()
+        self.read_position = self.durable_cursor = start
+        await self.pipeline.open(self)
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._flush_forever, name=f"cursor:{self.integration_id}")
             outcome = await self._dispatch(tg)
-            with anyio.move_on_after(self._stop_grace):
-                await self._idle.wait()
-            if self._active:
-                log.warning("deliveries still running at stop; abandoning them",
-                            extra=kv(integration=self.integration_id, active=self._active))
-            await self._flush(window)
+            await self.pipeline.close(self, outcome, self._stop_grace)
+            await self._flush()
             tg.cancel_scope.cancel()
+        if outcome == "completed" and self.stopping.is_set():
+            outcome = "stopped"  # stopped before the last events were finished
         return outcome
 
     async def _starting_position(self) -> int:
@@ -148,7 +184,7 @@ class SinkLoop:
         cursor = store.get_cursor(self.integration_id)
         if cursor is None:
             cursor = store.head + 1
-        now_ms = int(self._clock() * 1000)
+        now_ms = int(self.clock() * 1000)
         position, skipped = resume_position(
             cursor, store.head, record.get("stopped_at_ms"), now_ms,
             int(self._restart_window * 1000))
@@ -167,49 +203,33 @@ class SinkLoop:
                      extra=kv(integration=self.integration_id, skipped=skipped))
         return position
 
-    async def _dispatch(self, tg: Any) -> Outcome:
-        window = self.window
-        assert window is not None
+    async def _dispatch(self, tg: TaskGroup) -> Outcome:
+        pipeline = self.pipeline
         while not self.stopping.is_set():
-            if window.full:
-                await window.wait_changed()
+            await pipeline.tick(self)
+            if pipeline.blocked():
+                with anyio.move_on_after(HEAD_POLL):
+                    await self.wait_progress()
                 continue
-            batch = self.store.read_events(window.read_position, READ_BATCH)
+            batch = self.store.read_events(self.read_position, READ_BATCH)
             if not batch:
-                if self._ends_ms is not None and self._clock() * 1000 > self._ends_ms:
+                if self._ends_ms is not None and self.clock() * 1000 > self._ends_ms:
                     return "completed"
-                await self.store.wait_for_head(window.read_position - 1, max_wait=HEAD_POLL)
+                await self.store.wait_for_head(self.read_position - 1, max_wait=HEAD_POLL)
                 continue
-            if batch[0].seq > window.read_position:
-                await self._report_pruned(batch[0].seq - window.read_position)
-                window.skip_to(batch[0].seq)
+            if batch[0].seq > self.read_position:
+                await self._report_pruned(batch[0].seq - self.read_position)
+                self.read_position = batch[0].seq
             for event in batch:
                 if self._ends_ms is not None and event.ingested_at > self._ends_ms:
                     return "completed"
-                if not self._filter.matches(event):
-                    window.skip_to(event.seq + 1)
-                    continue
-                while window.full and not self.stopping.is_set():
-                    await window.wait_changed()
+                if self.filter.matches(event) and not await pipeline.accept(event, self, tg):
+                    break  # stopping
+                self.read_position = event.seq + 1
                 if self.stopping.is_set():
                     break
-                window.dispatch(event.seq)
-                self._active += 1
-                self._idle = anyio.Event() if self._idle.is_set() else self._idle
-                tg.start_soon(self._deliver_one, event)
+            self.progressed()
         return "stopped"
-
-    async def _deliver_one(self, event: StoredEvent) -> None:
-        assert self.window is not None
-        try:
-            await self._deliver(event, self)
-            self.window.finish(event.seq)
-        except StopDelivery:
-            pass
-        finally:
-            self._active -= 1
-            if self._active == 0:
-                self._idle.set()
 
     async def _report_pruned(self, count: int) -> None:
         await add_log(self.store, self.integration_id, "events_pruned",
@@ -219,18 +239,18 @@ class SinkLoop:
             integration=self.integration_id, count=count))
 
     async def _flush_forever(self) -> None:
-        window = self.window
-        assert window is not None
         while True:
-            if window.dirty:
-                await self._flush(window)
+            if self.pipeline.safe_cursor(self.read_position) > self.durable_cursor:
+                await self._flush()
             else:
-                await window.wait_changed()
+                await self.wait_progress()
 
-    async def _flush(self, window: DeliveryWindow) -> None:
-        cursor = window.safe_cursor()
-        if cursor <= window.durable_cursor:
+    async def _flush(self) -> None:
+        cursor = self.pipeline.safe_cursor(self.read_position)
+        if cursor <= self.durable_cursor:
             return
         await self.store.write(
             lambda txn: self.store.txn_set_cursor(txn, self.integration_id, cursor))
-        window.committed(cursor)
+        self.durable_cursor = max(self.durable_cursor, cursor)
+        self.pipeline.committed(cursor)
+        self.progressed()

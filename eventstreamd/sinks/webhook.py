@@ -26,7 +26,9 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import aiohttp
+import anyio
 import orjson
+from anyio.abc import TaskGroup
 
 from ..logs import kv
 from ..storage.records import StoredEvent
@@ -34,6 +36,7 @@ from ..timeutil import now_iso
 from .backoff import backoff_delay, parse_retry_after
 from .journal import add_log
 from .loop import SinkLoop, StopDelivery
+from .window import DeliveryWindow
 
 log = logging.getLogger("eventstreamd.webhook")
 
@@ -126,15 +129,79 @@ def rejected_id(integration_id: str, event: StoredEvent) -> str:
     return str(uuid.uuid5(REJECTED_NAMESPACE, f"{integration_id}/{event.seq}/{event.id}"))
 
 
-class WebhookDelivery:
-    """Delivers one event with retries until it is delivered or rejected (or the sink stops)."""
+class WebhookPipeline:
+    """Delivers each event in its own task, at most `window_size` at once, with retries."""
 
-    def __init__(self, target: WebhookTarget, retry_initial: float, retry_max: float) -> None:
+    def __init__(self, target: WebhookTarget, retry_initial: float, retry_max: float,
+                 window_size: int) -> None:
         self.target = target
         self._retry_initial = retry_initial
         self._retry_max = retry_max
+        self.window = DeliveryWindow(window_size)
+        self._active = 0
+        self._idle = anyio.Event()
+        self._idle.set()
 
-    async def __call__(self, event: StoredEvent, sink: SinkLoop) -> None:
+    async def open(self, sink: SinkLoop) -> None:
+        return None
+
+    async def tick(self, sink: SinkLoop) -> None:
+        return None
+
+    def blocked(self) -> bool:
+        return self.window.full
+
+    def safe_cursor(self, read_position: int) -> int:
+        return self.window.safe_cursor(read_position)
+
+    def committed(self, cursor: int) -> None:
+        self.window.committed(cursor)
+
+    def status(self) -> dict[str, Any]:
+        return {"in_flight": self.window.in_flight, "target": self.target.describe}
+
+    async def accept(self, event: StoredEvent, sink: SinkLoop, tg: TaskGroup) -> bool:
+        while self.window.full and not sink.stopping.is_set():
+            await sink.wait_progress()
+        if sink.stopping.is_set():
+            return False
+        self.window.dispatch(event.seq)
+        if self._active == 0:
+            self._idle = anyio.Event()
+        self._active += 1
+        tg.start_soon(self._deliver_one, event, sink)
+        return True
+
+    async def close(self, sink: SinkLoop, outcome: str, grace: float) -> None:
+        if outcome == "completed":
+            # A temporary integration is done only when every event is finished,
+            # however long retries take; a stop request ends that wait.
+            async with anyio.create_task_group() as tg:
+                async def until_idle() -> None:
+                    await self._idle.wait()
+                    tg.cancel_scope.cancel()
+                tg.start_soon(until_idle)
+                await sink.stopping.wait()
+                tg.cancel_scope.cancel()
+        with anyio.move_on_after(grace):
+            await self._idle.wait()
+        if self._active:
+            log.warning("deliveries still running at stop; abandoning them",
+                        extra=kv(integration=sink.integration_id, active=self._active))
+
+    async def _deliver_one(self, event: StoredEvent, sink: SinkLoop) -> None:
+        try:
+            await self._deliver(event, sink)
+            self.window.finish(event.seq)
+            sink.progressed()
+        except StopDelivery:
+            pass
+        finally:
+            self._active -= 1
+            if self._active == 0:
+                self._idle.set()
+
+    async def _deliver(self, event: StoredEvent, sink: SinkLoop) -> None:
         body = encode_body(event.delivery_body())
         attempt = 0
         while True:
