@@ -17,10 +17,11 @@ def daemon_factory(tmp_path: Path) -> Iterator[Callable[..., DaemonProcess]]:
     """Start real daemons (subprocess, port 0, temp data dir); all are stopped afterwards."""
     started: list[DaemonProcess] = []
 
-    def factory(settings: dict[str, Any] | None = None, name: str = "d") -> DaemonProcess:
+    def factory(settings: dict[str, Any] | None = None, name: str = "d",
+                env: dict[str, str] | None = None) -> DaemonProcess:
         workdir = tmp_path / f"{name}{len(started)}"
         workdir.mkdir()
-        proc = DaemonProcess(workdir, settings).start()
+        proc = DaemonProcess(workdir, settings, env).start()
         started.append(proc)
         return proc
 

@@ -50,7 +50,9 @@ def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 class DaemonProcess:
     """One daemon subprocess; `start()` waits until runtime.json and /healthz say it is up."""
 
-    def __init__(self, workdir: Path, settings: dict[str, Any] | None = None) -> None:
+    def __init__(self, workdir: Path, settings: dict[str, Any] | None = None,
+                 env: dict[str, str] | None = None) -> None:
+        self.env = dict(env or {})
         self.workdir = workdir
         self.data_dir = workdir / "data"
         base = {
@@ -84,7 +86,7 @@ class DaemonProcess:
         if runtime.exists():
             runtime.unlink()  # left by a killed predecessor
         self._log_fh = open(self.log_path, "ab")
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **self.env)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "eventstreamd", "run", "--config", str(self.config_path)],
             cwd=self.workdir, stdout=self._log_fh, stderr=subprocess.STDOUT, env=env,

@@ -37,6 +37,7 @@ from ..config import Config
 from ..logs import kv, redactor
 from ..sinks.journal import add_log
 from ..sinks.loop import Pipeline, SinkLoop
+from ..sinks.s3 import S3Pipeline
 from ..sinks.webhook import WebhookPipeline, WebhookTarget, encode_body
 from ..storage.lmdb_store import LmdbStore
 from ..timeutil import format_utc, now_utc
@@ -47,6 +48,7 @@ log = logging.getLogger("eventstreamd.supervisor")
 CRASH_BACKOFF_INITIAL = 1.0
 CRASH_BACKOFF_MAX = 60.0
 JANITOR_EVERY = 1.0
+S3_STOP_GRACE = 20.0  # an open file's last upload at stop; after it, it is rebuilt next start
 # Fields whose change restarts a running sink; status, stop time and the
 # `done` flag are lifecycle, not delivery settings.
 _DELIVERY_FIELDS = ("integration_type", "starts_at", "ends_at", "filter_conditions",
@@ -136,7 +138,7 @@ class Supervisor:
         self._shutting_down = True
         for handle in list(self.handles.values()):
             handle.request_stop()
-        grace = self.config.webhook.timeout + 2.0
+        grace = max(self.config.webhook.timeout + 1.0, S3_STOP_GRACE) + 1.0
         with anyio.move_on_after(grace):
             for handle in list(self.handles.values()):
                 await handle.finished.wait()
@@ -180,7 +182,7 @@ class Supervisor:
     async def _stop_sink(self, handle: SinkHandle) -> None:
         """Graceful stop, bounded: cancelled outright when the grace period runs out."""
         handle.request_stop()
-        with anyio.move_on_after(self.config.webhook.timeout + 2.0):
+        with anyio.move_on_after(max(self.config.webhook.timeout + 1.0, S3_STOP_GRACE) + 1.0):
             await handle.finished.wait()
         if not handle.finished.is_set():
             log.warning("sink did not stop in time; cancelling it",
@@ -233,12 +235,22 @@ class Supervisor:
             target = WebhookTarget(self.session, record["callback_parameters"], webhook.timeout)
             pipeline: Pipeline = WebhookPipeline(target, webhook.retry_initial, webhook.retry_max,
                                                  webhook.max_in_flight)
+            grace = webhook.timeout + 1.0
         else:
-            raise RuntimeError("S3 delivery is not available in this build yet")
+            pipeline = S3Pipeline(
+                store=self.store, integration_id=record["id"], params=record["s3_parameters"],
+                endpoint_url=self.config.s3.endpoint_url,
+                rotate_interval=self.config.s3.rotate_interval,
+                rotate_size=self.config.s3.rotate_size,
+                retry_initial=webhook.retry_initial, retry_max=webhook.retry_max,
+                timeout=webhook.timeout,
+                spool_dir=self.config.data_dir / "spool" / record["id"],
+            )
+            grace = S3_STOP_GRACE
         return SinkLoop(
             store=self.store, record=record, pipeline=pipeline,
             restart_window=self.config.limits.restart_window,
-            stop_grace=webhook.timeout + 1.0, clock=self.clock,
+            stop_grace=grace, clock=self.clock,
         )
 
     async def _complete(self, integration_id: str) -> None:
