@@ -4,6 +4,7 @@ Decisions:
 - One environment under `{data_dir}/lmdb` (the data dir is created 0700) with
   named databases: `events` (big-endian u64 seq -> msgpack event), `meta`,
   `integrations` (id -> msgpack record), `cursors` (id -> u64 next seq),
+  `sink_state` (id -> msgpack, a sink's own bookkeeping),
   `logs` and `rejected` (id NUL u64 counter -> msgpack entry, so one prefix
   scan yields an integration's entries oldest first).
 - Every write goes through the `LogWriter` (group commit). Reads open their own
@@ -92,6 +93,7 @@ class LmdbStore:
         self._cursors = self.env.open_db(b"cursors")
         self._logs = self.env.open_db(b"logs")
         self._rejected = self.env.open_db(b"rejected")
+        self._sink_state = self.env.open_db(b"sink_state")
         self.writer = LogWriter(self.env)
         with self.env.begin() as txn:
             raw = txn.get(_LAST_SEQ, db=self._meta)
@@ -194,15 +196,32 @@ class LmdbStore:
     def txn_put_integration(self, txn: lmdb.Transaction, record: dict[str, Any]) -> None:
         txn.put(record["id"].encode(), pack(record), db=self._integrations)
 
+    def txn_get_integration(
+        self, txn: lmdb.Transaction, integration_id: str
+    ) -> dict[str, Any] | None:
+        """The record as this write transaction sees it (for check-then-write in one job)."""
+        raw = txn.get(integration_id.encode(), db=self._integrations)
+        return unpack(raw) if raw is not None else None
+
+    def txn_count_integrations(self, txn: lmdb.Transaction) -> int:
+        return int(txn.stat(self._integrations)["entries"])
+
     def txn_delete_integration(self, txn: lmdb.Transaction, integration_id: str) -> bool:
         existed = txn.delete(integration_id.encode(), db=self._integrations)
         txn.delete(integration_id.encode(), db=self._cursors)
+        txn.delete(integration_id.encode(), db=self._sink_state)
         for db in (self._logs, self._rejected):
             self._delete_prefix(txn, db, _prefix(integration_id))
         return bool(existed)
 
     def txn_set_cursor(self, txn: lmdb.Transaction, integration_id: str, next_seq: int) -> None:
         txn.put(integration_id.encode(), u64(next_seq), db=self._cursors)
+
+    def txn_put_sink_state(
+        self, txn: lmdb.Transaction, integration_id: str, state: dict[str, Any]
+    ) -> None:
+        """A sink's own durable bookkeeping (the S3 sink's recorded files and watermarks)."""
+        txn.put(integration_id.encode(), pack(state), db=self._sink_state)
 
     def txn_add_log(
         self, txn: lmdb.Transaction, integration_id: str, action: str, reason: str,
@@ -313,6 +332,11 @@ class LmdbStore:
     def list_integrations(self) -> list[dict[str, Any]]:
         with self.env.begin(db=self._integrations) as txn:
             return [unpack(v) for _, v in txn.cursor()]
+
+    def get_sink_state(self, integration_id: str) -> dict[str, Any] | None:
+        with self.env.begin(db=self._sink_state) as txn:
+            raw = txn.get(integration_id.encode())
+        return unpack(raw) if raw is not None else None
 
     def get_cursor(self, integration_id: str) -> int | None:
         with self.env.begin(db=self._cursors) as txn:
