@@ -21,7 +21,7 @@ log = logging.getLogger("eventstreamd.http")
 
 REQUEST_ID = web.RequestKey("request_id", str)
 
-_CODES_BY_STATUS = {
+CODES_BY_STATUS = {
     400: "bad_request",
     401: "unauthorized",
     403: "forbidden",
@@ -69,7 +69,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if exc.status < 400:
             exc.headers["X-Request-Id"] = request_id
             raise
-        code = _CODES_BY_STATUS.get(exc.status, "http_error")
+        code = CODES_BY_STATUS.get(exc.status, "http_error")
         message = exc.reason if exc.status != 413 else (
             f"request body larger than the limit of {request.app[MAX_BODY]} bytes"
         )
