@@ -140,6 +140,11 @@ class S3Config:
 
 
 @dataclass(frozen=True)
+class SecurityConfig:
+    block_targets: str = "link-local"
+
+
+@dataclass(frozen=True)
 class LogConfig:
     level: str = "info"
     format: str = "text"
@@ -155,6 +160,7 @@ class Config:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     webhook: WebhookConfig = field(default_factory=WebhookConfig)
     s3: S3Config = field(default_factory=S3Config)
+    security: SecurityConfig = field(default_factory=SecurityConfig)
     log: LogConfig = field(default_factory=LogConfig)
     source: str = field(default="<defaults>", metadata={"internal": True})
 
@@ -169,6 +175,7 @@ class Config:
 
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 _LOG_FORMATS = ("text", "json")
+_BLOCK_POLICIES = ("none", "link-local", "private")  # see eventstreamd/sinks/ssrf.py
 
 
 def _convert(key: str, fld: dataclasses.Field[Any], value: object) -> object:
@@ -231,6 +238,9 @@ def _check(config: Config) -> None:
     """Cross-field rules that a type alone cannot express."""
     if config.log.level not in _LOG_LEVELS:
         raise ConfigError(f"bad value for 'log.level': use one of {', '.join(_LOG_LEVELS)}")
+    if config.security.block_targets not in _BLOCK_POLICIES:
+        raise ConfigError("bad value for 'security.block_targets': use one of "
+                          f"{', '.join(_BLOCK_POLICIES)}")
     if config.log.format not in _LOG_FORMATS:
         raise ConfigError(f"bad value for 'log.format': use one of {', '.join(_LOG_FORMATS)}")
     if not config.server.base_path.startswith("/") or config.server.base_path.endswith("/"):

@@ -38,6 +38,7 @@ from ..logs import kv, redactor
 from ..sinks.journal import add_log
 from ..sinks.loop import Pipeline, SinkLoop
 from ..sinks.s3 import S3Pipeline
+from ..sinks.ssrf import guarded_connector_args
 from ..sinks.webhook import WebhookPipeline, WebhookTarget, encode_body
 from ..storage.lmdb_store import LmdbStore
 from ..timeutil import format_utc, now_utc
@@ -107,7 +108,7 @@ class Supervisor:
             raise DeliveryFailed("this integration has no webhook target to retry against")
         assert self.session is not None
         target = WebhookTarget(self.session, record["callback_parameters"],
-                               self.config.webhook.timeout)
+                               self.config.webhook.timeout, self.config.security.block_targets)
         result = await target.attempt(entry.get("event_id", entry["id"]),
                                       encode_body(entry["event"]))
         if result.outcome == "delivered":
@@ -120,7 +121,9 @@ class Supervisor:
     # -------------------------------------------------------------- lifecycle
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=30)
+        connector = aiohttp.TCPConnector(
+            limit=0, limit_per_host=0, keepalive_timeout=30,
+            **guarded_connector_args(self.config.security.block_targets))
         headers = {"User-Agent": f"eventstreamd/{__version__}"}
         async with aiohttp.ClientSession(connector=connector, headers=headers) as session, \
                 anyio.create_task_group() as tg:
@@ -232,7 +235,8 @@ class Supervisor:
         webhook = self.config.webhook
         if record.get("callback_parameters"):
             assert self.session is not None
-            target = WebhookTarget(self.session, record["callback_parameters"], webhook.timeout)
+            target = WebhookTarget(self.session, record["callback_parameters"], webhook.timeout,
+                                   self.config.security.block_targets)
             pipeline: Pipeline = WebhookPipeline(target, webhook.retry_initial, webhook.retry_max,
                                                  webhook.max_in_flight)
             grace = webhook.timeout + 1.0

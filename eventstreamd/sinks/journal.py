@@ -1,13 +1,27 @@
-"""Integration log entries written by the delivery layer (the seed's actions and reasons)."""
+"""Integration log entries written by the delivery layer (the seed's actions and reasons).
+
+A log entry that cannot be written because the store is full is dropped with a
+warning: losing one line of an integration's log is better than stalling or
+crashing delivery while the operator frees space.
+"""
 
 from __future__ import annotations
 
-from ..storage.lmdb_store import LmdbStore
+import logging
+
+from ..logs import kv
+from ..storage.lmdb_store import LmdbStore, StoreFull
 from ..timeutil import now_iso
+
+log = logging.getLogger("eventstreamd.journal")
 
 
 async def add_log(store: LmdbStore, integration_id: str, action: str, reason: str) -> None:
     created_at = now_iso()
-    await store.write(
-        lambda txn: store.txn_add_log(txn, integration_id, action, reason, created_at)
-    )
+    try:
+        await store.write(
+            lambda txn: store.txn_add_log(txn, integration_id, action, reason, created_at)
+        )
+    except StoreFull:
+        log.warning("integration log entry dropped: the store is full",
+                    extra=kv(integration=integration_id, action=action))

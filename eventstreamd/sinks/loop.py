@@ -25,6 +25,7 @@ Decisions:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -35,7 +36,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from ..logs import kv
-from ..storage.lmdb_store import LmdbStore
+from ..storage.lmdb_store import LmdbStore, StoreFull
 from ..storage.records import StoredEvent
 from ..timeutil import parse_rfc3339, to_ms
 from .filters import EventFilter
@@ -45,6 +46,7 @@ log = logging.getLogger("eventstreamd.sink")
 
 READ_BATCH = 256
 HEAD_POLL = 0.2  # seconds; also how often a pipeline's tick runs while the log is idle
+CURSOR_RETRY = 1.0  # seconds between cursor writes while the store is full
 
 Clock = Callable[[], float]
 Outcome = Literal["stopped", "completed"]
@@ -173,7 +175,8 @@ class SinkLoop:
             tg.start_soon(self._flush_forever, name=f"cursor:{self.integration_id}")
             outcome = await self._dispatch(tg)
             await self.pipeline.close(self, outcome, self._stop_grace)
-            await self._flush()
+            with contextlib.suppress(StoreFull):  # then it is redelivered: at least once
+                await self._flush()
             tg.cancel_scope.cancel()
         if outcome == "completed" and self.stopping.is_set():
             outcome = "stopped"  # stopped before the last events were finished
@@ -241,7 +244,14 @@ class SinkLoop:
     async def _flush_forever(self) -> None:
         while True:
             if self.pipeline.safe_cursor(self.read_position) > self.durable_cursor:
-                await self._flush()
+                try:
+                    await self._flush()
+                except StoreFull:
+                    # Delivery goes on; the window stays held until the cursor is
+                    # durable, so nothing runs further ahead than promised.
+                    log.warning("cursor not saved: the store is full; retrying",
+                                extra=kv(integration=self.integration_id))
+                    await anyio.sleep(CURSOR_RETRY)
             else:
                 await self.wait_progress()
 

@@ -36,6 +36,7 @@ from ..timeutil import now_iso
 from .backoff import backoff_delay, parse_retry_after
 from .journal import add_log
 from .loop import SinkLoop, StopDelivery
+from .ssrf import BlockedTarget, check_host
 from .window import DeliveryWindow
 
 log = logging.getLogger("eventstreamd.webhook")
@@ -82,9 +83,11 @@ def encode_body(event: dict[str, Any]) -> bytes:
 
 class WebhookTarget:
     def __init__(self, session: aiohttp.ClientSession, params: dict[str, Any],
-                 timeout: float) -> None:
+                 timeout: float, block_policy: str = "none") -> None:
         self._session = session
         self.url: str = params["callback_url"]
+        self._host = urllib.parse.urlsplit(self.url).hostname
+        self._block_policy = block_policy
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._timeout_s = timeout
         self._headers = {"Content-Type": "application/json"}
@@ -98,6 +101,10 @@ class WebhookTarget:
     async def attempt(self, event_id: str, body: bytes) -> AttemptResult:
         headers = {**self._headers, "Idempotency-Key": event_id}
         try:
+            check_host(self._host, self._block_policy)
+        except BlockedTarget as exc:
+            return AttemptResult("retry", str(exc))
+        try:
             async with self._session.post(
                 self.url, data=body, headers=headers, timeout=self._timeout,
                 allow_redirects=False,
@@ -108,6 +115,8 @@ class WebhookTarget:
         except TimeoutError:
             return AttemptResult("retry", f"timed out after {self._timeout_s:g}s")
         except aiohttp.ClientConnectorError as exc:
+            if isinstance(exc.os_error, BlockedTarget):
+                return AttemptResult("retry", str(exc.os_error))
             return AttemptResult("retry", f"cannot connect ({exc.os_error.strerror or exc})")
         except aiohttp.ServerDisconnectedError:
             return AttemptResult("retry", "server closed the connection")

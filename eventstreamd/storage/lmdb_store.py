@@ -143,6 +143,14 @@ class LmdbStore:
             if exc.errno == errno.ENOSPC:
                 raise StoreFull("the disk under storage.data_dir is full") from exc
             raise
+        except lmdb.Error as exc:
+            # LMDB reports a short write at commit (ENOSPC included) as EIO. The
+            # commit did not happen and the environment stays usable, so this is
+            # "cannot store now", like a full map.
+            if "Input/output error" in str(exc) or "No space left" in str(exc):
+                raise StoreFull("cannot write to the disk under storage.data_dir "
+                                "(full, or an I/O error)") from exc
+            raise
 
     async def append(self, events: list[PackedEvent]) -> tuple[int, int]:
         """Append events durably; return (first_seq, last_seq)."""
