@@ -62,6 +62,7 @@ class DaemonProcess:
             "log": {"level": "debug"},
         }
         self.settings = merge(base, settings or {})
+        self.data_dir = Path(self.settings["storage"]["data_dir"])
         self.config_path = write_config(workdir / "eventstreamd.toml", self.settings)
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = ""
