@@ -1,4 +1,4 @@
-"""A raw-TCP webhook receiver that misbehaves at random: errors, throttling, slowness, drops, garbage.
+"""A raw-TCP webhook receiver misbehaving at random: errors, throttling, slowness, drops, garbage.
 
 It speaks just enough HTTP/1.1 to read one request at a time (Content-Length
 bodies) and answer. Faults are drawn from a seeded RNG per (key, attempt), so a

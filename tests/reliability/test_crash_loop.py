@@ -12,7 +12,6 @@ import collections
 import random
 import signal
 from collections.abc import Callable
-from typing import Any
 
 import aiohttp
 import anyio
