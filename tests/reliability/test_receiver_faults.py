@@ -1,4 +1,4 @@
-"""A receiver failing every way: each event ends delivered or rejected, once, with reasons.
+"""A receiver failing every way: each event ends delivered or rejected, once, with reasons."""
 
 from __future__ import annotations
 
