@@ -16,8 +16,11 @@ from aiohttp import web
 
 from ..config import Config
 from ..storage.lmdb_store import LmdbStore
+from .api import add_routes
 from .auth import TOKENS, auth_middleware
+from .contracts import SinkControl
 from .errors import MAX_BODY, error_middleware
+from .integrations import IntegrationService
 from .publish import DEFAULT_TENANT, STORE, publish_events
 
 CONFIG = web.AppKey("config", Config)
@@ -35,7 +38,9 @@ async def openapi_yaml(request: web.Request) -> web.Response:
     return web.Response(text=spec_text(), content_type="application/yaml")
 
 
-def build_app(config: Config, store: LmdbStore, tokens: tuple[str, ...]) -> web.Application:
+def build_app(
+    config: Config, store: LmdbStore, tokens: tuple[str, ...], sinks: SinkControl
+) -> web.Application:
     app = web.Application(
         middlewares=[error_middleware, auth_middleware],
         client_max_size=config.server.max_body,
@@ -48,4 +53,7 @@ def build_app(config: Config, store: LmdbStore, tokens: tuple[str, ...]) -> web.
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/openapi.yaml", openapi_yaml)
     app.router.add_post("/events", publish_events)
+    service = IntegrationService(store, config, sinks)
+    service.register_stored_secrets()  # before any request or log line can show them
+    add_routes(app, service, config.server.base_path)
     return app

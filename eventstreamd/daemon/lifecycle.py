@@ -31,6 +31,7 @@ from ..config import Config
 from ..logs import kv
 from ..storage.lmdb_store import LmdbStore
 from .auth import resolve_tokens
+from .contracts import DeliveryFailed
 from .http import build_app
 from .retention import retention_loop
 
@@ -46,6 +47,16 @@ class RuntimeInfo:
     url: str
     port: int
     control_socket: str
+
+
+class _NoSinks:
+    """Placeholder SinkControl until the supervisor exists: changes are stored, nothing delivers."""
+
+    def integration_changed(self, integration_id: str) -> None:
+        pass
+
+    async def retry_rejected(self, record: dict[str, object], entry: dict[str, object]) -> None:
+        raise DeliveryFailed("no sink is running for this integration yet")
 
 
 class Daemon:
@@ -79,7 +90,7 @@ class Daemon:
                 name="retention",
             )
 
-            app = build_app(config, store, tokens)
+            app = build_app(config, store, tokens, _NoSinks())
             runner = web.AppRunner(
                 app,
                 access_log=None,

@@ -1,0 +1,122 @@
+"""The configuration API's HTTP face: the 12 operations of the spec under `{base_path}`.
+
+Handlers only parse, call `IntegrationService`, and serialize; every rule lives
+in the service so the control socket shares it.
+
+Decisions:
+- Bodies are read as JSON whatever the Content-Type says (like `POST /events`,
+  so `curl -d` works); an empty or malformed body is 400 `invalid_json`.
+- Operations the spec documents without a response body (DELETE, `_retry`)
+  answer 200 with an empty body.
+- `_start`, `_stop` and `_retry` take no body; one sent anyway is ignored.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from .errors import ApiError
+from .integrations import IntegrationService
+
+INTEGRATIONS = web.AppKey("integrations", IntegrationService)
+
+
+def _service(request: web.Request) -> IntegrationService:
+    return request.app[INTEGRATIONS]
+
+
+def _id(request: web.Request) -> str:
+    return request.match_info["integration_id"]
+
+
+def _event_id(request: web.Request) -> str:
+    return request.match_info["event_id"]
+
+
+def _json(data: Any) -> web.Response:
+    return web.json_response(data, dumps=lambda obj: orjson.dumps(obj).decode())
+
+
+async def _body(request: web.Request) -> Any:
+    raw = await request.read()
+    if not raw.strip():
+        raise ApiError(400, "invalid_json", "the request body is empty; expected a JSON object")
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ApiError(400, "invalid_json", f"the request body is not valid JSON ({exc})") from None
+
+
+async def list_integrations(request: web.Request) -> web.Response:
+    return _json({"integrations": await _service(request).list_integrations()})
+
+
+async def register_integration(request: web.Request) -> web.Response:
+    return _json(await _service(request).create(await _body(request)))
+
+
+async def get_integration(request: web.Request) -> web.Response:
+    return _json(await _service(request).get(_id(request)))
+
+
+async def update_integration(request: web.Request) -> web.Response:
+    return _json(await _service(request).update(_id(request), await _body(request)))
+
+
+async def delete_integration(request: web.Request) -> web.Response:
+    await _service(request).delete(_id(request))
+    return web.Response(status=200)
+
+
+async def start_integration(request: web.Request) -> web.Response:
+    return _json(await _service(request).start(_id(request)))
+
+
+async def stop_integration(request: web.Request) -> web.Response:
+    return _json(await _service(request).stop(_id(request)))
+
+
+async def list_log_entries(request: web.Request) -> web.Response:
+    return _json({"entries": await _service(request).logs(_id(request))})
+
+
+async def list_rejected_events(request: web.Request) -> web.Response:
+    return _json({"rejected_events": await _service(request).list_rejected(_id(request))})
+
+
+async def get_rejected_event(request: web.Request) -> web.Response:
+    return _json(await _service(request).get_rejected(_id(request), _event_id(request)))
+
+
+async def delete_rejected_event(request: web.Request) -> web.Response:
+    await _service(request).delete_rejected(_id(request), _event_id(request))
+    return web.Response(status=200)
+
+
+async def retry_rejected_event(request: web.Request) -> web.Response:
+    await _service(request).retry_rejected(_id(request), _event_id(request))
+    return web.Response(status=200)
+
+
+def add_routes(app: web.Application, service: IntegrationService, base_path: str) -> None:
+    app[INTEGRATIONS] = service
+    root = f"{base_path}/eventstream"
+    one = f"{root}/{{integration_id}}"
+    rejected = f"{one}/rejected_events/{{event_id}}"
+    app.router.add_routes([
+        web.get(root, list_integrations),
+        web.post(root, register_integration),
+        web.get(one, get_integration),
+        web.patch(one, update_integration),
+        web.delete(one, delete_integration),
+        web.post(f"{one}/_start", start_integration),
+        web.post(f"{one}/_stop", stop_integration),
+        web.get(f"{one}/logs", list_log_entries),
+        web.get(f"{one}/rejected_events", list_rejected_events),
+        web.get(rejected, get_rejected_event),
+        web.delete(rejected, delete_rejected_event),
+        web.post(f"{rejected}/_retry", retry_rejected_event),
+    ])

@@ -1,0 +1,136 @@
+"""What the API stores survives a restart, in the shape the delivery layer reads.
+
+Between the two runs the test opens the stopped daemon's LMDB in-process to
+check the stored records against the contract in daemon/contracts.py (secrets
+in clear, stopped_at_ms, one target) and to seed rejected events. Cursors set
+at creation are checked in-process (tests/test_api_retry.py), where no sink
+moves them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from daemon_proc import DaemonProcess
+from test_api import (
+    API_KEY,
+    AWS_SECRET,
+    PAST,
+    connect,
+    local_daemon,
+    rejected_entry,
+    s3,
+    webhook,
+    write_rejected,
+)
+
+from eventstreamd.config import Config
+from eventstreamd.daemon.integrations import IntegrationService
+from eventstreamd.logs import MASK, redactor
+from eventstreamd.storage.lmdb_store import LmdbStore
+
+Factory = Callable[..., DaemonProcess]
+
+
+class _NoSinks:
+    def integration_changed(self, integration_id: str) -> None:
+        pass
+
+    async def retry_rejected(self, record: dict[str, Any], entry: dict[str, Any]) -> None:
+        raise AssertionError("not used here")
+
+
+async def _snapshot(daemon: DaemonProcess) -> dict[str, Any]:
+    async with connect(daemon) as api:
+        integrations = sorted(await api.list(), key=lambda i: i["id"])
+        return {
+            "integrations": integrations,
+            "logs": {i["id"]: await api.logs(i["id"]) for i in integrations},
+            "rejected": {i["id"]: await api.rejected(i["id"]) for i in integrations},
+            "events": {i["id"]: [await api.get_rejected(i["id"], r["id"])
+                                 for r in await api.rejected(i["id"])] for i in integrations},
+        }
+
+
+def _stored(daemon: DaemonProcess) -> dict[str, dict[str, Any]]:
+    store = LmdbStore(daemon.data_dir, map_size=Config().storage.map_size)
+    try:
+        return {r["id"]: r for r in store.list_integrations()}
+    finally:
+        store.close()
+
+
+# The daemon runs the real supervisor: filters that match nothing keep the sinks
+# quiet, so what this test sees is what the API stored (delivery has its own tests).
+QUIET = {"event_filter": ["never.published"]}
+
+
+async def test_integrations_statuses_logs_and_rejected_events_survive_a_restart(
+    daemon_factory: Factory,
+) -> None:
+    daemon = local_daemon(daemon_factory)
+    async with connect(daemon) as api:
+        await api.create(webhook("hook", filter_conditions=QUIET))
+        await api.create(s3("bucket", starts_at=PAST, filter_conditions=QUIET))
+        await api.stop("bucket")
+        await api.create(webhook("replay", integration_type="temporary", starts_at=PAST,
+                                 ends_at="2999-01-01T00:00:00Z", filter_conditions=QUIET))
+    before = await _snapshot(daemon)
+    assert daemon.stop() == 0
+
+    records = _stored(daemon)
+    hook, bucket = records["hook"], records["bucket"]
+    assert hook["callback_parameters"]["api_key"] == API_KEY  # clear: the sink needs it
+    assert bucket["s3_parameters"]["aws_secret_access_key"] == AWS_SECRET
+    assert "s3_parameters" not in hook and "callback_parameters" not in bucket
+    assert (hook["status"], hook["stopped_at_ms"], hook["done"]) == ("running", None, False)
+    assert bucket["status"] == "stopped" and isinstance(bucket["stopped_at_ms"], int)
+    assert hook["starts_at"] is None and hook["ends_at"] is None
+    assert all(r["created_at"].endswith("Z") for r in records.values())
+
+    entries = {"hook": [rejected_entry(n) for n in range(2)], "bucket": [rejected_entry(5)]}
+    await write_rejected(daemon.data_dir, entries)
+    daemon.start()
+
+    after = await _snapshot(daemon)
+    assert after["integrations"] == before["integrations"]  # statuses included
+    assert {i["id"]: i["status"] for i in after["integrations"]} == \
+        {"hook": "running", "bucket": "stopped", "replay": "running"}
+    for integration_id, logs in before["logs"].items():
+        # Newest first: whatever came after the restart sits on top of what was there.
+        assert after["logs"][integration_id][-len(logs):] == logs
+    for integration_id, items in entries.items():
+        assert [r["id"] for r in after["rejected"][integration_id]] == \
+            [e["id"] for e in reversed(items)]
+        assert after["events"][integration_id] == [e["event"] for e in reversed(items)]
+    assert after["rejected"]["replay"] == []
+
+    # And the API keeps working on what it reloaded.
+    async with connect(daemon) as api:
+        assert (await api.start("bucket"))["status"] == "running"
+        await api.delete("hook")
+        assert [i["id"] for i in await api.list()] == ["bucket", "replay"]
+
+
+async def test_stored_secrets_are_registered_with_the_redactor_at_startup(
+    daemon_factory: Factory,
+) -> None:
+    secret_key, secret_aws = "restart-api-key-0123456789", "restart-aws-secret-0123456789"
+    daemon = local_daemon(daemon_factory)
+    async with connect(daemon) as api:
+        body = webhook("hook")
+        body["callback_parameters"]["api_key"] = secret_key
+        await api.create(body)
+        body = s3("bucket")
+        body["s3_parameters"]["aws_secret_access_key"] = secret_aws
+        await api.create(body)
+    assert daemon.stop() == 0
+    assert redactor.scrub(secret_key) == secret_key  # this process has not seen them yet
+
+    store = LmdbStore(daemon.data_dir, map_size=Config().storage.map_size)
+    try:
+        IntegrationService(store, Config(), _NoSinks()).register_stored_secrets()
+    finally:
+        store.close()
+    assert redactor.scrub(f"key={secret_key} aws={secret_aws}") == f"key={MASK} aws={MASK}"
