@@ -4,7 +4,7 @@ Decisions:
 - One anyio task group owns the background tasks (log writer, retention, and
   later the supervisor and control socket); an `AsyncExitStack` records how to
   stop each part as it starts, so shutdown runs in exactly reverse order:
-  HTTP site first (no new requests; in-flight ones get `shutdown_grace`), then
+  the HTTP site first (no new requests; in-flight ones get `shutdown_grace`), then
   the sinks, then the writer drains its queue, then LMDB closes.
 - SIGINT/SIGTERM set the stop event; `run()` returns normally, so the CLI
   exits 0. A second signal while stopping is ignored: shutdown is bounded by
@@ -31,9 +31,10 @@ from ..config import Config
 from ..logs import kv
 from ..storage.lmdb_store import LmdbStore
 from .auth import resolve_tokens
-from .contracts import DeliveryFailed
 from .http import build_app
+from .http_server import DaemonRunner
 from .retention import retention_loop
+from .supervisor import Supervisor
 
 log = logging.getLogger("eventstreamd.daemon")
 
@@ -47,16 +48,6 @@ class RuntimeInfo:
     url: str
     port: int
     control_socket: str
-
-
-class _NoSinks:
-    """Placeholder SinkControl until the supervisor exists: changes are stored, nothing delivers."""
-
-    def integration_changed(self, integration_id: str) -> None:
-        pass
-
-    async def retry_rejected(self, record: dict[str, object], entry: dict[str, object]) -> None:
-        raise DeliveryFailed("no sink is running for this integration yet")
 
 
 class Daemon:
@@ -90,8 +81,12 @@ class Daemon:
                 name="retention",
             )
 
-            app = build_app(config, store, tokens, _NoSinks())
-            runner = web.AppRunner(
+            supervisor = Supervisor(config, store)
+            await tg.start(supervisor.run)
+            stack.push_async_callback(supervisor.shutdown)
+
+            app = build_app(config, store, tokens, supervisor)
+            runner = DaemonRunner(
                 app,
                 access_log=None,
                 shutdown_timeout=SHUTDOWN_GRACE,
