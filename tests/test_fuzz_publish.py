@@ -1,4 +1,4 @@
-"""Fuzz `POST /events` on a real daemon: nothing may crash it, give a 500, or store half a request."""
+"""Fuzz `POST /events` on a real daemon: nothing may crash it, 500, or store half a request."""
 
 from __future__ import annotations
 

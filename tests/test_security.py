@@ -9,22 +9,20 @@ from typing import Any
 
 import aiohttp
 import pytest
-import yaml
 from api_client import ApiClient, events
 from daemon_proc import DaemonProcess
 from multidict import CIMultiDict
 
 from eventstreamd.daemon import auth
-from eventstreamd.daemon.http import spec_text
+from eventstreamd.schemas.validation import spec
 
 Factory = Callable[..., DaemonProcess]
 BASE = "/api/v1/org/integrations"
 
 
 def spec_operations() -> list[tuple[str, str]]:
-    spec = yaml.safe_load(spec_text())
     ops = []
-    for path, item in spec["paths"].items():
+    for path, item in spec()["paths"].items():
         for method in item:
             if method in ("get", "post", "patch", "delete", "put"):
                 concrete = path.replace("{integration_id}", "some-id").replace(

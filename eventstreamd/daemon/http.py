@@ -10,11 +10,10 @@ Decisions:
 
 from __future__ import annotations
 
-from importlib import resources
-
 from aiohttp import web
 
 from ..config import Config
+from ..schemas.validation import spec_text
 from ..storage.lmdb_store import LmdbStore
 from .api import add_routes
 from .auth import TOKENS, auth_middleware
@@ -24,10 +23,6 @@ from .integrations import IntegrationService
 from .publish import DEFAULT_TENANT, STORE, publish_events
 
 CONFIG = web.AppKey("config", Config)
-
-
-def spec_text() -> str:
-    return resources.files("eventstreamd.schemas").joinpath("eventstream.openapi.yaml").read_text()
 
 
 async def healthz(request: web.Request) -> web.Response:
