@@ -90,3 +90,7 @@ def setup_logging(level: str = "info", fmt: str = "text") -> None:
     root.setLevel(level.upper())
     # aiohttp's access log is one line per request: too much at ingest rates.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    # botocore's debug output dumps whole signed requests: noise, and no place for
+    # anything near a credential. Their warnings still come through.
+    for name in ("botocore", "aiobotocore", "urllib3", "asyncio"):
+        logging.getLogger(name).setLevel(max(root.level, logging.INFO))
