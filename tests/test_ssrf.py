@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-from api_client import ApiClient, events
+from api_client import BASE, ApiClient, events
 from daemon_proc import DaemonProcess
 from receiver import Receiver
 
@@ -43,12 +43,16 @@ async def test_private_policy_refuses_loopback_receiver(daemon_factory: Factory)
     receiver = await Receiver().start()
     try:
         async with ApiClient(d) as api:
-            await api.webhook("w1", receiver.url)
+            # A literal address is refused when the integration is registered...
+            refused = await api.request("POST", BASE, {
+                "id": "w1", "integration_type": "permanent",
+                "callback_parameters": {"callback_url": receiver.url}}, expect=400)
+            assert refused["error_code"] == "callback_url_blocked"
+            # ...a name is checked where it matters: after resolution, at connect time.
             await api.webhook("w2", receiver.url.replace("127.0.0.1", "localhost"))
             await api.publish(events(1))
-            for integration in ("w1", "w2"):
-                entries = await api.wait_logs(integration, "retry_triggered", 1)
-                assert "security.block_targets" in entries[0]["reason"]
+            entries = await api.wait_logs("w2", "retry_triggered", 1)
+            assert "security.block_targets" in entries[0]["reason"]
         assert receiver.requests == []
     finally:
         await receiver.close()
@@ -56,7 +60,9 @@ async def test_private_policy_refuses_loopback_receiver(daemon_factory: Factory)
 
 async def test_default_policy_refuses_metadata_address(daemon: DaemonProcess) -> None:
     async with ApiClient(daemon) as api:
-        await api.webhook("w1", "http://169.254.169.254/latest/meta-data")
-        await api.publish(events(1))
-        entries = await api.wait_logs("w1", "retry_triggered", 1)
-        assert "refused by security.block_targets" in entries[0]["reason"]
+        refused = await api.request("POST", BASE, {
+            "id": "w1", "integration_type": "permanent",
+            "callback_parameters": {"callback_url": "http://169.254.169.254/latest/meta-data"}},
+            expect=400)
+        assert refused["error_code"] == "callback_url_blocked"
+        assert "security.block_targets" in refused["message"]

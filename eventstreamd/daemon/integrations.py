@@ -42,6 +42,7 @@ import lmdb
 from ..config import Config
 from ..logs import MASK, kv, redactor
 from ..schemas.validation import RequestInvalid, validate_request
+from ..sinks.ssrf import BlockedTarget, check_host
 from ..storage.lmdb_store import LmdbStore, StoreFull, now_ms
 from ..storage.writer import WriterClosed
 from ..timeutil import format_utc, now_iso, now_utc, parse_rfc3339, to_ms
@@ -138,7 +139,7 @@ def register_secrets(record: dict[str, Any]) -> None:
 # ------------------------------------------------------------ body checking
 
 
-def _validated(operation_id: str, body: Any) -> dict[str, Any]:
+def _validated(operation_id: str, body: Any, block_policy: str) -> dict[str, Any]:
     if isinstance(body, dict) and all(body.get(t) is not None for t in TARGETS):
         raise bad_request(
             "ambiguous_target",
@@ -150,11 +151,11 @@ def _validated(operation_id: str, body: Any) -> dict[str, Any]:
         raise bad_request("invalid_request", str(exc)) from None
     assert isinstance(body, dict)  # the schema says "type: object"
     if body.get(WEBHOOK) is not None:
-        _check_callback_url(body[WEBHOOK]["callback_url"])
+        _check_callback_url(body[WEBHOOK]["callback_url"], block_policy)
     return body
 
 
-def _check_callback_url(url: str) -> None:
+def _check_callback_url(url: str, block_policy: str) -> None:
     # `format: uri` admits any scheme; events can only be POSTed over HTTP(S).
     try:
         parts = urlsplit(url)
@@ -167,6 +168,14 @@ def _check_callback_url(url: str) -> None:
             "invalid_callback_url",
             "'callback_parameters.callback_url' must be an http:// or https:// URL with a host",
         )
+    # Literal addresses are refused here already; names are checked again at connect
+    # time, after resolution (see sinks/ssrf.py).
+    try:
+        check_host(host, block_policy)
+    except BlockedTarget as exc:
+        raise bad_request(
+            "callback_url_blocked", f"'callback_parameters.callback_url': {exc}"
+        ) from None
 
 
 def _timestamp(body: dict[str, Any], key: str) -> datetime | None:
@@ -302,7 +311,7 @@ class IntegrationService:
     # ----------------------------------------------------------------- writes
 
     async def create(self, body: Any) -> dict[str, Any]:
-        body = _validated("registerIntegration", body)
+        body = _validated("registerIntegration", body, self.config.security.block_targets)
         integration_type = body["integration_type"]
         starts = _timestamp(body, "starts_at")
         ends = _timestamp(body, "ends_at")
@@ -352,7 +361,7 @@ class IntegrationService:
             for key, reason in _IMMUTABLE.items():
                 if key in body:
                     raise bad_request("immutable_field", f"'{key}': {reason}")
-        body = _validated("updateIntegration", body)
+        body = _validated("updateIntegration", body, self.config.security.block_targets)
         target = _target_params(body)
         filters = _filters(body)
         if target is not None:
