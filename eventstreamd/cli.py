@@ -38,6 +38,11 @@ def _parser() -> argparse.ArgumentParser:
     pub.add_argument("file", nargs="?", default="-", help="input file, or - for stdin")
     pub.add_argument("--url", help="daemon URL (default: from the running daemon or config)")
     pub.add_argument("--token", help="API token (default: $EVENTSTREAMD_TOKEN or from config)")
+
+    tui = sub.add_parser("tui", help="live dashboard, attached to the daemon's control socket")
+    where = tui.add_mutually_exclusive_group()
+    where.add_argument("--config", metavar="PATH", help="config file (TOML) naming the socket")
+    where.add_argument("--socket", metavar="PATH", help="control socket path")
     return parser
 
 
@@ -78,9 +83,17 @@ def _publish(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tui(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .tui.main import run_tui
+
+    return run_tui(Path(args.socket) if args.socket else _load(args.config).control_socket)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    handlers = {"run": _run, "publish": _publish}
+    handlers = {"run": _run, "publish": _publish, "tui": _tui}
     try:
         return handlers[args.command](args)
     except KeyboardInterrupt:

@@ -4,7 +4,8 @@ Decisions:
 - One anyio task group owns the background tasks (log writer, retention, and
   later the supervisor and control socket); an `AsyncExitStack` records how to
   stop each part as it starts, so shutdown runs in exactly reverse order:
-  the HTTP site first (no new requests; in-flight ones get `shutdown_grace`), then
+  the control socket first (its clients are closed, the socket file removed),
+  the HTTP site (no new requests; in-flight ones get `shutdown_grace`), then
   the sinks, then the writer drains its queue, then LMDB closes.
 - SIGINT/SIGTERM set the stop event; `run()` returns normally, so the CLI
   exits 0. A second signal while stopping is ignored: shutdown is bounded by
@@ -30,7 +31,9 @@ from aiohttp import web
 from ..config import Config
 from ..logs import kv
 from ..storage.lmdb_store import LmdbStore
+from .api import INTEGRATIONS
 from .auth import resolve_tokens
+from .control import build_control_server
 from .http import build_app
 from .http_server import DaemonRunner
 from .retention import retention_loop
@@ -99,6 +102,11 @@ class Daemon:
             site = web.TCPSite(runner, config.server.host, config.server.port)
             await site.start()
             port = _bound_port(runner)
+            # After the HTTP app (it shares its IntegrationService); registered after
+            # the supervisor, so it stops before it: no client acts on a stopping sink.
+            control = build_control_server(config, store, supervisor, app[INTEGRATIONS])
+            await tg.start(control.run)
+            stack.push_async_callback(control.stop)
             self.info = RuntimeInfo(
                 pid=os.getpid(),
                 url=f"http://{_url_host(config.server.host)}:{port}",

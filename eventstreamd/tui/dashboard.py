@@ -1,0 +1,175 @@
+"""The dashboard: one live row per integration, so a glance tells healthy from stuck.
+
+Decisions:
+- Rows are keyed by integration id and updated cell by cell on every
+  snapshot, so the cursor stays on the integration the user picked; the table
+  is rebuilt (sorted by id) only when integrations come or go.
+- Fixed column widths: the layout does not jump as numbers grow, and a fixed
+  snapshot always renders the same (the SVG snapshot test depends on it).
+- The status cell carries the daemon's `health` verdict (coloured, with a
+  symbol); lag and age take the same colour when they are the problem.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Horizontal
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Header, Sparkline, Static
+
+from . import format as fmt
+from .detail import IntegrationScreen
+from .widgets import ConnectionBar
+
+if TYPE_CHECKING:
+    from .app import DashboardApp
+
+# (key, label, width)
+COLUMNS: tuple[tuple[str, str, int | None], ...] = (
+    ("id", "Integration", 16),
+    ("kind", "Type", 7),
+    ("health", "Status", 11),
+    ("target", "Target", 21),
+    ("cursor", "Cursor", 8),
+    ("lag", "Lag", 7),
+    ("oldest", "Oldest", 6),
+    ("rate", "Delivered/s", 18),
+    ("failures", "Fails", 5),
+    ("rejected", "Rej", 3),
+    ("last_error", "Last error", 32),
+)
+SPARK_WIDTH = 10
+LAST_ERROR_WIDTH = 32  # the whole error is on the details screen
+
+
+def row_cells(item: dict[str, Any]) -> list[Any]:
+    health = item.get("health")
+    alert = fmt.health_style(health) if health in ("lagging", "failing") else ""
+    rejected = item.get("rejected_events") or 0
+    return [
+        item["id"],
+        item.get("kind", ""),
+        fmt.health_text(health),
+        fmt.shorten(item.get("target"), 21),
+        Text(fmt.count(item.get("cursor")), justify="right"),
+        Text(fmt.count(item.get("lag_events")), style=alert, justify="right"),
+        Text(fmt.age(item.get("lag_seconds")), style=alert, justify="right"),
+        Text(f"{fmt.rate(item.get('delivered_rate')):>7} "
+             f"{fmt.sparkline(item.get('delivered_history') or [], SPARK_WIDTH)}"),
+        Text(fmt.count(item.get("failures")),
+             style="red" if item.get("failures") else "", justify="right"),
+        Text(str(rejected), style="yellow" if rejected else "", justify="right"),
+        Text(fmt.shorten(item.get("last_error"), LAST_ERROR_WIDTH), style="red"),
+    ]
+
+
+def summary(snapshot: dict[str, Any]) -> str:
+    items = snapshot.get("integrations") or []
+    counts: dict[str, int] = {}
+    for item in items:
+        counts[item.get("health", "?")] = counts.get(item.get("health", "?"), 0) + 1
+    states = ", ".join(f"{n} {fmt.HEALTH.get(h, (h,))[0].split()[-1]}"
+                       for h, n in sorted(counts.items()))
+    return (f"head {fmt.count(snapshot.get('head'))}  ·  "
+            f"ingest {fmt.rate(snapshot.get('ingest_rate'))}  ·  "
+            f"{len(items)} integration{'s' if len(items) != 1 else ''}"
+            + (f" ({states})" if states else ""))
+
+
+class DashboardScreen(Screen[None]):
+    DEFAULT_CSS = """
+    DashboardScreen #summary-row { height: 2; padding: 0 1; }
+    DashboardScreen #summary { width: 1fr; content-align: left middle; height: 2; }
+    DashboardScreen #ingest-spark { width: 40; height: 2; }
+    DashboardScreen #integrations { height: 1fr; }
+    DashboardScreen #empty { padding: 1 2; color: $text-muted; }
+    """
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("enter", "details", "Details", priority=True),
+        Binding("s", "start", "Start"),
+        Binding("x", "stop", "Stop"),
+        Binding("r", "refresh", "Refresh"),
+    ]
+
+    @property
+    def dashboard(self) -> DashboardApp:
+        return self.app  # type: ignore[return-value]
+
+    def compose(self) -> ComposeResult:
+        yield Header(show_clock=False)
+        yield ConnectionBar(id="link")
+        with Horizontal(id="summary-row"):
+            yield Static("waiting for the first status…", id="summary")
+            yield Sparkline([], summary_function=max, id="ingest-spark")
+        table: DataTable[Any] = DataTable(id="integrations", cursor_type="row",
+                                          zebra_stripes=True)
+        for key, label, width in COLUMNS:
+            table.add_column(label, key=key, width=width)
+        yield table
+        yield Footer()
+
+    def on_mount(self) -> None:
+        if self.dashboard.snapshot is not None:
+            self._show(self.dashboard.snapshot)
+
+    # ------------------------------------------------------------------ display
+
+    def show_snapshot(self, snapshot: dict[str, Any]) -> None:
+        if self.is_mounted:  # else on_mount shows the app's latest snapshot
+            self._show(snapshot)
+
+    def _show(self, snapshot: dict[str, Any]) -> None:
+        self.query_one("#summary", Static).update(summary(snapshot))
+        self.query_one("#ingest-spark", Sparkline).data = list(
+            snapshot.get("ingest_history") or [0.0])
+        table: DataTable[Any] = self.query_one("#integrations", DataTable)
+        items = {item["id"]: item for item in snapshot.get("integrations") or []}
+        if set(items) != {key.value for key in table.rows}:
+            selected = self.selected_id()
+            table.clear()
+            for integration_id in sorted(items):
+                table.add_row(*row_cells(items[integration_id]), key=integration_id)
+            if selected in items:
+                table.move_cursor(row=table.get_row_index(selected))
+            return
+        for integration_id, item in items.items():
+            for (key, _, _), value in zip(COLUMNS, row_cells(item), strict=True):
+                table.update_cell(integration_id, key, value)
+
+    def selected_id(self) -> str | None:
+        table: DataTable[Any] = self.query_one("#integrations", DataTable)
+        if table.row_count == 0:
+            return None
+        row_key, _ = table.coordinate_to_cell_key(table.cursor_coordinate)
+        return row_key.value
+
+    # ------------------------------------------------------------------ actions
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        self.action_details()
+
+    def action_details(self) -> None:
+        integration_id = self.selected_id()
+        if integration_id is not None:
+            self.app.push_screen(IntegrationScreen(integration_id))
+
+    def action_start(self) -> None:
+        self._act("start", "started")
+
+    def action_stop(self) -> None:
+        self._act("stop", "stopped")
+
+    def action_refresh(self) -> None:
+        self.run_worker(self.dashboard.refresh_status(), group="refresh", exclusive=True)
+
+    def _act(self, op: str, done: str) -> None:
+        integration_id = self.selected_id()
+        if integration_id is None:
+            self.dashboard.say("no integration selected", error=True)
+            return
+        self.run_worker(self.dashboard.act(op, f"{integration_id} {done}",
+                                           integration_id=integration_id), group="actions")

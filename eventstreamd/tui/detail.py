@@ -1,0 +1,253 @@
+"""One integration: its live figures, its rejected events and its log, with the actions on them.
+
+Decisions:
+- The figures come from the pushed snapshot; the rejected events and the log
+  are fetched over the socket on every snapshot while the screen is shown
+  (one exclusive worker, so a slow answer is replaced, never queued behind).
+- Enter (or v) opens the selected rejected event's payload; retry (y) and
+  delete (d, after a confirmation) act on the selected one, here or from the
+  payload view. Every action goes through the app's `act`, which reports the
+  daemon's own error message.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from rich.table import Table
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Header, Label, Static
+
+from . import format as fmt
+from .dialogs import ConfirmScreen, PayloadScreen
+from .widgets import ConnectionBar
+
+if TYPE_CHECKING:
+    from .app import DashboardApp
+
+LOG_REASON_WIDTH = 200
+
+
+def details_table(item: dict[str, Any] | None, integration_id: str) -> Table:
+    grid = Table.grid(padding=(0, 2))
+    for _ in range(4):
+        grid.add_column()
+    if item is None:
+        grid.add_row(Text(f"{integration_id}: not in the daemon's status (deleted?)",
+                          style="bold red"))
+        return grid
+    s3 = item.get("kind") == "s3"
+    pairs: list[tuple[str, Text | str]] = [
+        ("Integration", Text(item["id"], style="bold")),
+        ("Status", fmt.health_text(item.get("health"))),
+        ("Type", f"{item.get('kind')} · {item.get('integration_type')}"),
+        ("Target", str(item.get("target") or "")),
+        ("Cursor", fmt.count(item.get("cursor"))),
+        ("Lag", f"{fmt.count(item.get('lag_events'))} events · oldest "
+                f"{fmt.age(item.get('lag_seconds'))}"),
+        ("Delivered", f"{fmt.count(item.get('delivered'))} · "
+                      f"{fmt.rate(item.get('delivered_rate'))} "
+                      f"{fmt.sparkline(item.get('delivered_history') or [], 20)}"),
+        ("In flight", fmt.count(item.get("in_flight"))),
+        ("Failures", f"{fmt.count(item.get('failures'))} · crashes "
+                     f"{fmt.count(item.get('crashes'))}"),
+        ("Rejected", str(item.get("rejected_events") or 0)),
+    ]
+    if s3:
+        pairs.append(("Open file", f"{fmt.size(item.get('s3_open_file_bytes'))} · age "
+                                   f"{fmt.age(item.get('s3_open_file_age'))}"))
+    for index in range(0, len(pairs), 2):
+        row: list[Text | str] = []
+        for label, value in pairs[index:index + 2]:
+            row += [Text(label, style="dim"), value]
+        grid.add_row(*row)
+    error = item.get("last_error")
+    if error:
+        when = fmt.age(item.get("last_error_age"))
+        grid.add_row(Text("Last error", style="dim"),
+                     Text(f"{error} ({when} ago)", style="red"))
+    return grid
+
+
+class IntegrationScreen(Screen[None]):
+    DEFAULT_CSS = """
+    IntegrationScreen #details { height: auto; padding: 0 1; margin-bottom: 1; }
+    IntegrationScreen .section { padding: 0 1; text-style: bold; background: $boost; width: 1fr; }
+    IntegrationScreen #rejected { height: 9; }
+    IntegrationScreen #log { height: 1fr; }
+    """
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape", "back", "Back"),
+        Binding("s", "start", "Start"),
+        Binding("x", "stop", "Stop"),
+        Binding("enter", "payload", "Payload", priority=True),
+        Binding("v", "payload", "Payload", show=False),
+        Binding("y", "retry", "Retry"),
+        Binding("d", "delete", "Delete"),
+        Binding("r", "refresh", "Refresh"),
+    ]
+
+    def __init__(self, integration_id: str) -> None:
+        super().__init__()
+        self.integration_id = integration_id
+        self.sub_title = integration_id
+        self._log_shown: list[dict[str, Any]] | None = None
+
+    @property
+    def dashboard(self) -> DashboardApp:
+        return self.app  # type: ignore[return-value]
+
+    def compose(self) -> ComposeResult:
+        yield Header(show_clock=False)
+        yield ConnectionBar(id="link")
+        yield Static(id="details")
+        yield Label("Rejected events (newest first) — enter: payload · y: retry · d: delete",
+                    classes="section")
+        rejected: DataTable[Any] = DataTable(id="rejected", cursor_type="row")
+        rejected.add_column("Rejected event id", key="id", width=38)
+        rejected.add_column("Rejected at", key="created_at", width=26)
+        yield rejected
+        yield Label("Log (newest first)", classes="section")
+        log: DataTable[Any] = DataTable(id="log", cursor_type="row", zebra_stripes=True)
+        log.add_column("At", key="created_at", width=24)
+        log.add_column("Action", key="action", width=26)
+        log.add_column("Reason", key="reason")
+        yield log
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#rejected", DataTable).focus()
+        self._show(self.dashboard.snapshot)
+
+    # ------------------------------------------------------------------ display
+
+    def show_snapshot(self, snapshot: dict[str, Any] | None) -> None:
+        if self.is_mounted:  # else on_mount shows the app's latest snapshot
+            self._show(snapshot)
+
+    def _show(self, snapshot: dict[str, Any] | None) -> None:
+        item = None
+        for candidate in (snapshot or {}).get("integrations") or []:
+            if candidate["id"] == self.integration_id:
+                item = candidate
+        self.query_one("#details", Static).update(details_table(item, self.integration_id))
+        self.action_refresh_lists()
+
+    def action_refresh_lists(self) -> None:
+        self.run_worker(self._load_lists(), group="lists", exclusive=True)
+
+    async def _load_lists(self) -> None:
+        rejected = await self.dashboard.fetch("rejected", integration_id=self.integration_id)
+        entries = await self.dashboard.fetch("logs", integration_id=self.integration_id)
+        if rejected is not None:
+            self._fill_rejected(rejected.get("rejected_events") or [])
+        if entries is not None:
+            self._fill_log(entries.get("entries") or [])
+
+    def _fill_rejected(self, events: list[dict[str, Any]]) -> None:
+        table: DataTable[Any] = self.query_one("#rejected", DataTable)
+        ids = [e["id"] for e in events]
+        if ids == [key.value for key in table.rows]:
+            return
+        selected = self.selected_rejected()
+        table.clear()
+        for event in events:
+            table.add_row(event["id"], event.get("created_at", ""), key=event["id"])
+        if selected in ids:
+            table.move_cursor(row=ids.index(selected))
+
+    def _fill_log(self, entries: list[dict[str, Any]]) -> None:
+        if entries == self._log_shown:
+            return  # unchanged: keep the user's place in the table
+        self._log_shown = entries
+        table: DataTable[Any] = self.query_one("#log", DataTable)
+        table.clear()
+        for entry in entries:
+            table.add_row(entry.get("created_at", ""), entry.get("action", ""),
+                          fmt.shorten(entry.get("reason"), LOG_REASON_WIDTH))
+
+    def selected_rejected(self) -> str | None:
+        table: DataTable[Any] = self.query_one("#rejected", DataTable)
+        if table.row_count == 0:
+            return None
+        row_key, _ = table.coordinate_to_cell_key(table.cursor_coordinate)
+        return row_key.value
+
+    # ------------------------------------------------------------------ actions
+
+    def action_back(self) -> None:
+        self.app.pop_screen()
+
+    def action_refresh(self) -> None:
+        self.run_worker(self._refresh(), group="refresh", exclusive=True)
+
+    async def _refresh(self) -> None:
+        await self.dashboard.refresh_status()
+        await self._load_lists()
+
+    def action_start(self) -> None:
+        self._act("start", f"{self.integration_id} started")
+
+    def action_stop(self) -> None:
+        self._act("stop", f"{self.integration_id} stopped")
+
+    def action_payload(self) -> None:
+        event_id = self.selected_rejected()
+        if event_id is None:
+            self.dashboard.say("no rejected event selected", error=True)
+            return
+        self.run_worker(self._show_payload(event_id), group="payload", exclusive=True)
+
+    async def _show_payload(self, event_id: str) -> None:
+        event = await self.dashboard.fetch("rejected_event", report=True,
+                                           integration_id=self.integration_id,
+                                           event_id=event_id)
+        if event is None:
+            return
+
+        def after(choice: str | None) -> None:
+            if choice == "retry":
+                self._retry(event_id)
+            elif choice == "delete":
+                self._confirm_delete(event_id)
+
+        self.app.push_screen(PayloadScreen(self.integration_id, event_id, event), after)
+
+    def action_retry(self) -> None:
+        event_id = self.selected_rejected()
+        if event_id is None:
+            self.dashboard.say("no rejected event selected", error=True)
+            return
+        self._retry(event_id)
+
+    def action_delete(self) -> None:
+        event_id = self.selected_rejected()
+        if event_id is None:
+            self.dashboard.say("no rejected event selected", error=True)
+            return
+        self._confirm_delete(event_id)
+
+    def _retry(self, event_id: str) -> None:
+        self.dashboard.say(f"retrying {event_id}…")
+        self._act("retry_rejected", f"rejected event {event_id} delivered and removed",
+                  event_id=event_id)
+
+    def _confirm_delete(self, event_id: str) -> None:
+        def after(confirmed: bool | None) -> None:
+            if confirmed:
+                self._act("delete_rejected", f"rejected event {event_id} deleted",
+                          event_id=event_id)
+
+        self.app.push_screen(ConfirmScreen(
+            f"Delete rejected event {event_id} of {self.integration_id}?\n"
+            "It is gone for good: it cannot be retried afterwards."), after)
+
+    def _act(self, op: str, done: str, **fields: Any) -> None:
+        async def run() -> None:
+            await self.dashboard.act(op, done, integration_id=self.integration_id, **fields)
+            await self._load_lists()
+
+        self.run_worker(run(), group="actions")

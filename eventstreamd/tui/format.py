@@ -1,0 +1,99 @@
+"""How the TUI shows numbers and states: short, fixed-width, and the same on every screen.
+
+Decisions:
+- Pure functions of the snapshot's values (never the clock), so the same
+  snapshot always renders the same text: what makes the SVG snapshot tests
+  deterministic.
+- Health colours: green running, yellow lagging, bold red failing, grey
+  stopped, blue completed. A symbol goes with each colour so the state reads
+  without colour too.
+- Rates get a text sparkline (block characters, scaled to the largest value
+  shown) so a stalled integration shows a flat line next to a moving one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from rich.text import Text
+
+HEALTH = {
+    "ok": ("● running", "green"),
+    "lagging": ("▲ lagging", "yellow"),
+    "failing": ("✖ failing", "bold red"),
+    "stopped": ("■ stopped", "grey50"),
+    "completed": ("✔ completed", "blue"),
+}
+_BLOCKS = "▁▂▃▄▅▆▇█"
+NONE = "-"
+
+
+def health_text(health: str | None) -> Text:
+    label, style = HEALTH.get(health or "", (health or "?", "magenta"))
+    return Text(label, style=style)
+
+
+def health_style(health: str | None) -> str:
+    return HEALTH.get(health or "", ("", ""))[1]
+
+
+def count(value: int | None) -> str:
+    return NONE if value is None else f"{value:,}"
+
+
+def rate(value: float | None) -> str:
+    if value is None:
+        return NONE
+    if value >= 10_000:
+        return f"{value / 1000:.0f}k/s"
+    if value >= 1000:
+        return f"{value / 1000:.1f}k/s"
+    return f"{value:.1f}/s"
+
+
+def age(seconds: float | None) -> str:
+    if seconds is None:
+        return NONE
+    whole = int(seconds)
+    if whole < 60:
+        return f"{seconds:.1f}s" if seconds < 10 else f"{whole}s"
+    minutes, secs = divmod(whole, 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 48:
+        return f"{hours}h{minutes:02d}m"
+    days, hours = divmod(hours, 24)
+    return f"{days}d{hours:02d}h"
+
+
+def size(value: int | None) -> str:
+    if value is None:
+        return NONE
+    amount = float(value)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if amount < 1024 or unit == "GiB":
+            return f"{amount:.0f} {unit}" if unit == "B" else f"{amount:.1f} {unit}"
+        amount /= 1024
+    return f"{value} B"  # not reached
+
+
+def sparkline(values: Sequence[float], width: int = 10) -> str:
+    """The last `width` values as block characters; empty history is blank space."""
+    shown = list(values)[-width:]
+    if not shown:
+        return " " * width
+    top = max(shown)
+    if top <= 0:
+        cells = _BLOCKS[0] * len(shown)
+    else:
+        cells = "".join(_BLOCKS[min(len(_BLOCKS) - 1, int(v / top * (len(_BLOCKS) - 1) + 0.5))]
+                        for v in shown)
+    return cells.rjust(width)
+
+
+def shorten(text: str | None, limit: int) -> str:
+    if not text:
+        return ""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"

@@ -1,0 +1,29 @@
+"""Small widgets every screen shares: the connection bar.
+
+The connection bar watches the app's `link` (state, text) so each screen shows
+the same connection state without the app knowing which screens exist.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from textual.widgets import Static
+
+
+class ConnectionBar(Static):
+    DEFAULT_CSS = """
+    ConnectionBar { height: 1; padding: 0 1; background: $boost; }
+    ConnectionBar.-connected { color: $success; }
+    ConnectionBar.-connecting { color: $warning; }
+    ConnectionBar.-disconnected { background: $error 30%; color: $text; text-style: bold; }
+    """
+
+    def on_mount(self) -> None:
+        self.watch(self.app, "link", self._show)
+
+    def _show(self, link: Any) -> None:
+        state, text = link
+        for name in ("connected", "connecting", "disconnected"):
+            self.set_class(state == name, f"-{name}")
+        self.update(text)

@@ -1,0 +1,446 @@
+"""The control socket: permissions, concurrent clients, a stuck client, malformed input; and the
+status snapshot it pushes (lag, rates, health), built in-process from a real store."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import stat
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+import orjson
+import pytest
+from anyio.abc import SocketStream
+from anyio.streams.buffered import BufferedByteReceiveStream
+from api_client import BASE, ApiClient, events
+from daemon_proc import DaemonProcess
+from receiver import Receiver
+
+from eventstreamd.config import Config, StorageConfig
+from eventstreamd.daemon.control import ControlServer
+from eventstreamd.daemon.integrations import IntegrationService
+from eventstreamd.daemon.status import StatusSampler, health, target_of
+from eventstreamd.daemon.supervisor import Supervisor
+from eventstreamd.storage.lmdb_store import LmdbStore
+from eventstreamd.storage.records import pack_event
+
+Factory = Callable[..., DaemonProcess]
+WAIT = 20.0  # the bound on every wait in this file, in seconds
+
+
+class Line:
+    """A raw control-socket client: send exact bytes, read one JSON line at a time."""
+
+    def __init__(self, stream: SocketStream) -> None:
+        self.stream = stream
+        self.reader = BufferedByteReceiveStream(stream)
+        self._ids = 0
+
+    @classmethod
+    async def connect(cls, path: Path) -> Line:
+        return cls(await anyio.connect_unix(path))
+
+    async def send_raw(self, data: bytes) -> None:
+        await self.stream.send(data)
+
+    async def read(self, within: float = WAIT) -> dict[str, Any]:
+        with anyio.fail_after(within):
+            return orjson.loads(await self.reader.receive_until(b"\n", 1 << 24))
+
+    async def response(self, within: float = WAIT) -> dict[str, Any]:
+        """The next response, skipping status pushes."""
+        with anyio.fail_after(within):
+            while True:
+                message = await self.read()
+                if "event" not in message:
+                    return message
+
+    async def push(self, within: float = WAIT) -> dict[str, Any]:
+        with anyio.fail_after(within):
+            while True:
+                message = await self.read()
+                if message.get("event") == "status":
+                    return message["data"]
+
+    async def call(self, op: str, **fields: Any) -> dict[str, Any]:
+        self._ids += 1
+        await self.send_raw(orjson.dumps({"id": self._ids, "op": op, **fields}) + b"\n")
+        response = await self.response()
+        assert response["id"] == self._ids
+        return response
+
+    async def close(self) -> None:
+        await self.stream.aclose()
+
+
+def control_path(daemon: DaemonProcess) -> Path:
+    return daemon.data_dir / "control.sock"
+
+
+def integration(snapshot: dict[str, Any], integration_id: str) -> dict[str, Any] | None:
+    return next((i for i in snapshot["integrations"] if i["id"] == integration_id), None)
+
+
+# ------------------------------------------------------------- real daemon
+
+
+async def test_socket_is_private_and_removed_on_stop(daemon: DaemonProcess) -> None:
+    path = control_path(daemon)
+    mode = os.stat(path).st_mode
+    assert stat.S_ISSOCK(mode)
+    assert stat.S_IMODE(mode) == 0o600
+    assert not [p for p in daemon.data_dir.iterdir() if p.name.startswith(".c")]  # bind dir gone
+    client = await Line.connect(path)
+    assert (await client.call("ping"))["result"]["protocol"] == 1
+    await client.close()
+    assert daemon.stop() == 0
+    assert not path.exists()
+
+
+async def test_stale_socket_is_replaced_live_or_foreign_file_refused(
+        daemon_factory: Factory, tmp_path: Path) -> None:
+    path = tmp_path / "ctl.sock"
+    # A socket file nobody listens on: what a SIGKILLed daemon leaves behind.
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(path))
+    stale.close()
+    daemon = daemon_factory({"control": {"socket": str(path)}})
+    client = await Line.connect(path)
+    assert (await client.call("ping"))["ok"] is True
+    await client.close()
+    # A second daemon on the same socket would steal it: refused, the first keeps it.
+    with pytest.raises(RuntimeError, match="another process is listening"):
+        daemon_factory({"control": {"socket": str(path)}}, name="second")
+    client = await Line.connect(path)
+    assert (await client.call("ping"))["ok"] is True
+    await client.close()
+    assert daemon.stop() == 0
+    foreign = tmp_path / "not-a-socket"
+    foreign.write_text("keep me")
+    with pytest.raises(RuntimeError, match="is not a socket"):
+        daemon_factory({"control": {"socket": str(foreign)}}, name="third")
+    assert foreign.read_text() == "keep me"
+
+
+async def test_two_clients_at_once_share_the_api(daemon: DaemonProcess) -> None:
+    receiver = await Receiver().start()
+    try:
+        async with ApiClient(daemon) as api:
+            await api.webhook("w1", receiver.url)
+            await api.publish(events(3))
+            await receiver.wait_for(lambda: len(receiver.delivered) == 3)
+            first = await Line.connect(control_path(daemon))
+            second = await Line.connect(control_path(daemon))
+            try:
+                for client in (first, second):
+                    subscribed = await client.call("subscribe")
+                    assert subscribed["ok"] and subscribed["result"]["head"] == 3
+                    assert (await client.push())["integrations"][0]["id"] == "w1"
+                # What the socket lists is what the HTTP API lists.
+                listed = (await first.call("list"))["result"]["integrations"]
+                assert listed == (await api.request("GET", BASE))["integrations"]
+                # One client stops the integration; the other sees it, and so does HTTP.
+                stopped = await first.call("stop", integration_id="w1")
+                assert stopped["result"]["status"] == "stopped"
+                assert (await api.get("w1"))["status"] == "stopped"
+                with anyio.fail_after(WAIT):
+                    while True:
+                        item = integration(await second.push(), "w1")
+                        if item and item["status"] == "stopped":
+                            break
+                assert item["health"] == "stopped"
+                assert item["cursor"] == 4 and item["lag_events"] == 0
+                started = await second.call("start", integration_id="w1")
+                assert started["result"]["status"] == "running"
+                assert (await api.get("w1"))["status"] == "running"
+                logs = (await first.call("logs", integration_id="w1"))["result"]["entries"]
+                assert [e["action"] for e in logs[:2]] == ["integration_started",
+                                                          "integration_stopped"]
+            finally:
+                await first.close()
+                await second.close()
+    finally:
+        await receiver.close()
+
+
+async def test_api_errors_are_the_http_api_errors(daemon: DaemonProcess) -> None:
+    client = await Line.connect(control_path(daemon))
+    try:
+        async with ApiClient(daemon) as api:
+            for op, fields, method, path in [
+                ("get", {"integration_id": "nope"}, "GET", f"{BASE}/nope"),
+                ("start", {"integration_id": "nope"}, "POST", f"{BASE}/nope/_start"),
+                ("rejected_event", {"integration_id": "nope", "event_id": "e"}, "GET",
+                 f"{BASE}/nope/rejected_events/e"),
+            ]:
+                response = await client.call(op, **fields)
+                http = await api.request(method, path, expect=404)
+                assert response["ok"] is False
+                assert response["error"] == {"error_code": http["error_code"],
+                                             "message": http["message"], "status": 404}
+    finally:
+        await client.close()
+
+
+async def test_malformed_lines_get_errors_and_the_daemon_survives(
+        daemon: DaemonProcess) -> None:
+    path = control_path(daemon)
+    client = await Line.connect(path)
+    cases: list[tuple[bytes, str]] = [
+        (b"this is not json", "invalid_json"),
+        (b"{\"op\": \"ping\"", "invalid_json"),
+        (b"[1, 2]", "invalid_request"),
+        (b"\"ping\"", "invalid_request"),
+        (b"{\"id\": {\"x\": 1}, \"op\": \"ping\"}", "invalid_request"),
+        (b"{\"id\": 5}", "missing_field"),
+        (b"{\"id\": 6, \"op\": \"explode\"}", "unknown_op"),
+        (b"{\"id\": 7, \"op\": 42}", "unknown_op"),
+        (b"{\"id\": 8, \"op\": \"stop\"}", "missing_field"),
+        (b"{\"id\": 9, \"op\": \"stop\", \"integration_id\": 3}", "invalid_request"),
+        (b"{\"id\": 10, \"op\": \"retry_rejected\", \"integration_id\": \"w\"}", "missing_field"),
+        (b"\xff\xfe binary", "invalid_json"),
+    ]
+    try:
+        for line, code in cases:
+            await client.send_raw(line + b"\n")
+            response = await client.response()
+            assert response["ok"] is False, line
+            assert response["error"]["error_code"] == code, (line, response)
+            assert response["error"]["message"]
+        await client.send_raw(b"\n   \n")  # blank lines are ignored, not answered
+        assert (await client.call("ping"))["ok"] is True  # still usable
+        # A line longer than the limit cannot be framed: error, then the server closes.
+        await client.send_raw(b"{\"op\": \"" + b"x" * (70 * 1024) + b"\"}\n")
+        response = await client.response()
+        assert response["error"]["error_code"] == "line_too_long"
+        # Closed with the rest of our line unread, so the kernel may report a reset.
+        with anyio.fail_after(WAIT), pytest.raises((anyio.IncompleteRead, anyio.EndOfStream,
+                                                    anyio.BrokenResourceError)):
+            await client.read()
+    finally:
+        await client.close()
+    # A client that hangs up mid-request, and one that half-closes after a request
+    # without a trailing newline (as `printf ... | socat` does), harm nothing.
+    rude = await Line.connect(path)
+    await rude.send_raw(b"{\"id\": 1, \"op\": \"sta")
+    await rude.close()
+    polite = await Line.connect(path)
+    await polite.send_raw(b"{\"id\": 2, \"op\": \"status\"}")
+    await polite.stream.send_eof()
+    answer = await polite.response()
+    assert answer["id"] == 2 and answer["ok"] and "head" in answer["result"]
+    await polite.close()
+    fresh = await Line.connect(path)
+    assert (await fresh.call("status"))["ok"] is True
+    await fresh.close()
+    async with ApiClient(daemon) as api:
+        assert (await api.request("GET", "/healthz"))["status"] == "ok"
+
+
+# ------------------------------------------------------------- in-process
+
+
+@pytest.fixture
+async def served(tmp_path: Path) -> AsyncIterator[tuple[ControlServer, LmdbStore, Path]]:
+    """A real store, service and control server with a tiny queue and a fast push rate."""
+    config = Config(storage=StorageConfig(data_dir=str(tmp_path / "data")))
+    store = LmdbStore(config.data_dir, map_size=64 * 1024 * 1024)
+    supervisor = Supervisor(config, store)  # not running: no sinks, only records
+    service = IntegrationService(store, config, supervisor)
+    path = tmp_path / "c.sock"
+    server = ControlServer(path, service, StatusSampler(store, supervisor),
+                           queue_size=4, push_interval=0.005)
+    # Plain tasks, not a task group: the fixture's setup and teardown run in different tasks.
+    tasks = [asyncio.create_task(store.writer.run())]
+    await anyio.lowlevel.checkpoint()
+    for i in range(10):  # ~5 KiB snapshots: the kernel buffer fills in a few dozen pushes
+        await service.create({"id": f"webhook-{i}", "integration_type": "permanent",
+                              "callback_parameters": {
+                                  "callback_url": f"http://127.0.0.1:9/hook/{i}"}})
+    tasks.append(asyncio.create_task(server.run()))
+    with anyio.fail_after(WAIT):
+        while not path.exists():
+            await anyio.sleep(0.01)
+    yield server, store, path
+    await server.stop()
+    await store.writer.close()
+    for task in tasks:
+        with anyio.move_on_after(5):
+            await task
+    store.close()
+
+
+async def test_a_client_that_never_reads_is_dropped(
+        served: tuple[ControlServer, LmdbStore, Path]) -> None:
+    server, _, path = served
+    healthy = await Line.connect(path)
+    assert (await healthy.call("subscribe"))["ok"]
+    stuck = await anyio.connect_unix(path)
+    await stuck.send(b"{\"id\": 1, \"op\": \"subscribe\"}\n")  # ... and never reads again
+    pushes_seen = 0
+    with anyio.fail_after(WAIT):
+        while server.dropped == 0:
+            await healthy.push()  # the healthy client keeps reading all along
+            pushes_seen += 1
+    assert server.dropped == 1
+    assert server.high_water <= server.queue_size  # never more queued than the bound
+    assert len(server.clients) == 1  # only the healthy one is left
+    # The healthy client is unaffected and still gets pushes.
+    for _ in range(3):
+        assert len((await healthy.push())["integrations"]) == 10
+    # The stuck client's connection was closed: what was in flight, then EOF.
+    with anyio.fail_after(WAIT):
+        try:
+            while await stuck.receive():
+                pass
+        except (anyio.EndOfStream, anyio.BrokenResourceError):
+            pass
+    await stuck.aclose()
+    await healthy.close()
+    assert pushes_seen > 0
+
+
+async def test_clients_beyond_the_limit_are_refused(
+        served: tuple[ControlServer, LmdbStore, Path]) -> None:
+    server, _, path = served
+    server.max_clients = 1
+    first = await Line.connect(path)
+    assert (await first.call("ping"))["ok"]
+    second = await Line.connect(path)
+    refused = await second.read()
+    assert refused["error"]["error_code"] == "too_many_clients"
+    with anyio.fail_after(WAIT), pytest.raises((anyio.IncompleteRead, anyio.EndOfStream)):
+        await second.read()
+    await second.close()
+    assert (await first.call("ping"))["ok"]  # the admitted client is unaffected
+    await first.close()
+
+
+async def test_stop_closes_clients_and_removes_the_socket(
+        served: tuple[ControlServer, LmdbStore, Path]) -> None:
+    server, _, path = served
+    client = await Line.connect(path)
+    assert (await client.call("subscribe"))["ok"]
+    await server.stop()
+    assert not path.exists()
+    with anyio.fail_after(WAIT), pytest.raises((anyio.IncompleteRead, anyio.EndOfStream)):
+        while True:
+            await client.read()
+    await client.close()
+    await server.stop()  # twice is fine
+
+
+# ------------------------------------------------------------- the snapshot
+
+
+class Sinks:
+    """Live sink counters as `Supervisor.sink_status` reports them, set by the test."""
+
+    def __init__(self) -> None:
+        self.status: dict[str, dict[str, Any]] = {}
+
+    def sink_status(self, integration_id: str) -> dict[str, Any] | None:
+        return self.status.get(integration_id)
+
+
+class Clock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[LmdbStore]:
+    store = LmdbStore(tmp_path / "data", map_size=64 * 1024 * 1024)
+    writer = asyncio.create_task(store.writer.run())
+    await anyio.lowlevel.checkpoint()
+    yield store
+    await store.writer.close()
+    with anyio.move_on_after(5):
+        await writer
+    store.close()
+
+
+async def _put(store: LmdbStore, record: dict[str, Any], cursor: int) -> None:
+    base = {"integration_type": "permanent", "status": "running", "done": False}
+
+    def job(txn: Any) -> None:
+        store.txn_put_integration(txn, {**base, **record})
+        store.txn_set_cursor(txn, record["id"], cursor)
+
+    await store.write(job)
+
+
+async def _publish(store: LmdbStore, n: int) -> None:
+    await store.append([pack_event(f"e{i}", "t", "order.created", "2024-01-01T00:00:00Z", {})
+                        for i in range(n)])
+
+
+async def test_snapshot_lag_rates_and_restarted_counters(store: LmdbStore) -> None:
+    await _publish(store, 10)
+    oldest = store.read_events(4, 1)[0].ingested_at / 1000
+    await _put(store, {"id": "w1", "callback_parameters": {
+        "callback_url": "https://user:pw@hooks.example.com/x?token=1"}}, cursor=4)
+    await _put(store, {"id": "s3", "s3_parameters": {"bucket": "b", "key_prefix": "p/"}},
+               cursor=11)
+    sinks = Sinks()
+    clock = Clock(oldest + 5.0)
+    sampler = StatusSampler(store, sinks, clock=clock)
+    sinks.status["w1"] = {"delivered": 0, "failures": 0, "cursor": 4, "in_flight": 2}
+    sinks.status["s3"] = {"delivered": 0, "cursor": 11, "open_file_bytes": 2048,
+                          "open_file_started_at": clock.now - 30}
+    sampler.tick()
+    await _publish(store, 5)
+    clock.now += 2.0
+    sinks.status["w1"]["delivered"] = 10
+    sampler.tick()
+    snap = sampler.snapshot()
+    assert snap["head"] == 15 and snap["ingest_rate"] == 2.5
+    w1 = integration(snap, "w1")
+    assert w1 is not None
+    assert (w1["kind"], w1["target"], w1["cursor"]) == ("webhook", "hooks.example.com", 4)
+    assert w1["lag_events"] == 12  # 15 - 4 + 1
+    assert w1["lag_seconds"] == pytest.approx(7.0, abs=0.1)
+    assert w1["delivered_rate"] == 5.0 and w1["delivered_history"] == [5.0]
+    assert w1["health"] == "ok" and w1["in_flight"] == 2
+    assert w1["s3_open_file_bytes"] is None and w1["s3_open_file_age"] is None
+    s3 = integration(snap, "s3")
+    assert s3 is not None
+    assert (s3["kind"], s3["target"], s3["lag_events"]) == ("s3", "b/p", 5)
+    assert (s3["s3_open_file_bytes"], s3["s3_open_file_age"]) == (2048, 32.0)
+    # A sink restart resets its counter: the new value is the whole delta, never negative.
+    clock.now += 1.0
+    sinks.status["w1"]["delivered"] = 3
+    sampler.tick()
+    assert integration(sampler.snapshot(), "w1")["delivered_rate"] == 3.0  # type: ignore[index]
+    # A stopped integration has no live counters, but its stored lag stays.
+    del sinks.status["w1"]
+    await _put(store, {"id": "w1", "status": "stopped", "callback_parameters": {
+        "callback_url": "https://hooks.example.com/x"}}, cursor=4)
+    w1 = integration(sampler.snapshot(), "w1")
+    assert w1 is not None
+    assert (w1["health"], w1["delivered"], w1["failures"], w1["lag_events"]) == \
+        ("stopped", None, None, 12)
+    assert orjson.loads(orjson.dumps(sampler.snapshot()))  # plain JSON all the way
+
+
+def test_health_rules() -> None:
+    base = {"status": "running", "done": False, "lag_events": 5, "lag_seconds": 1.0,
+            "last_error_at": None, "now": 1000.0}
+    assert health(**base) == "ok"
+    assert health(**{**base, "last_error_at": 990.0}) == "failing"
+    assert health(**{**base, "last_error_at": 990.0, "lag_events": 0}) == "ok"  # caught up
+    assert health(**{**base, "last_error_at": 900.0}) == "ok"  # an old failure
+    assert health(**{**base, "lag_seconds": 31.0}) == "lagging"
+    assert health(**{**base, "lag_seconds": 31.0, "lag_allowance": 300.0}) == "ok"  # S3 file
+    assert health(**{**base, "status": "stopped", "last_error_at": 990.0}) == "stopped"
+    assert health(**{**base, "done": True, "status": "stopped"}) == "completed"
+    assert target_of({"callback_parameters": {"callback_url": "http://[::1]:8080/x"}}) == "::1"
+    assert target_of({"s3_parameters": {"bucket": "b"}}) == "b"

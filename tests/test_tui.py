@@ -1,0 +1,297 @@
+"""The TUI against a real daemon (Textual pilot), its SVG snapshot with fixed data, the command."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from aiohttp import web
+from api_client import ApiClient, events
+from daemon_proc import DaemonProcess
+from receiver import Received, Receiver
+from textual.pilot import Pilot
+from textual.widgets import DataTable
+
+from eventstreamd.tui import format as fmt
+from eventstreamd.tui.app import DashboardApp
+from eventstreamd.tui.detail import IntegrationScreen
+from eventstreamd.tui.dialogs import ConfirmScreen, PayloadScreen
+from eventstreamd.tui.sample import SIZE, SNAPSHOT, SOCKET_LABEL
+from eventstreamd.tui.widgets import ConnectionBar
+
+Factory = Callable[..., DaemonProcess]
+FAST = {"webhook": {"timeout": "1s", "retry_initial": "50ms", "retry_max": "200ms"}}
+WAIT = 20.0  # the bound on every wait in this file, in seconds
+TERMINAL = (160, 40)
+
+
+def tui_for(daemon: DaemonProcess) -> DashboardApp:
+    return DashboardApp(daemon.data_dir / "control.sock", reconnect_delay=0.2)
+
+
+async def until(pilot: Pilot[Any], condition: Callable[[], bool], what: str) -> None:
+    with anyio.fail_after(WAIT):
+        while not condition():
+            await pilot.pause(0.05)
+    assert condition(), what
+
+
+async def until_async(pilot: Pilot[Any], condition: Callable[[], Awaitable[bool]],
+                      what: str) -> None:
+    with anyio.fail_after(WAIT):
+        while not await condition():
+            await pilot.pause(0.1)
+
+
+def table(app: DashboardApp, selector: str = "#integrations") -> DataTable[Any]:
+    return app.screen.query_one(selector, DataTable)
+
+
+def cell(app: DashboardApp, row: str, column: str) -> str | None:
+    grid = table(app)
+    if row not in {key.value for key in grid.rows}:
+        return None
+    value = grid.get_cell(row, column)
+    return getattr(value, "plain", str(value))
+
+
+def row_ids(app: DashboardApp, selector: str) -> list[str]:
+    return [str(key.value) for key in table(app, selector).rows]
+
+
+def select(app: DashboardApp, row: str, selector: str = "#integrations") -> None:
+    grid = table(app, selector)
+    grid.move_cursor(row=grid.get_row_index(row))
+
+
+# ------------------------------------------------------------- live daemon
+
+
+async def test_table_lists_integrations_with_live_status(daemon_factory: Factory) -> None:
+    daemon = daemon_factory(FAST)
+    receiver = await Receiver().start()
+    try:
+        async with ApiClient(daemon) as api:
+            await api.webhook("w1", receiver.url)
+            await api.webhook("w2", receiver.url)
+            await api.stop("w2")
+            app = tui_for(daemon)
+            async with app.run_test(size=TERMINAL) as pilot:
+                await until(pilot, lambda: app.link[0] == "connected", "connected")
+                await until(pilot, lambda: cell(app, "w2", "health") == "■ stopped",
+                            "both listed")
+                assert cell(app, "w1", "health") == "● running"
+                assert cell(app, "w1", "kind") == "webhook"
+                assert cell(app, "w1", "target") == "127.0.0.1"
+                # Events flow: the cursor and lag move on screen without a key press.
+                await api.publish(events(5))
+                await receiver.wait_for(lambda: len(receiver.delivered) == 5)
+                await until(pilot, lambda: cell(app, "w1", "cursor") == "6", "w1 delivered")
+                assert cell(app, "w1", "lag") == "0"
+                await until(pilot, lambda: cell(app, "w2", "lag") == "5", "w2 lags by 5")
+                # The stopped one counts what it has not delivered, and has no live counters.
+                assert cell(app, "w2", "failures") == "-"
+    finally:
+        await receiver.close()
+
+
+async def test_stop_and_start_from_the_tui(daemon_factory: Factory) -> None:
+    daemon = daemon_factory(FAST)
+    receiver = await Receiver().start()
+    try:
+        async with ApiClient(daemon) as api:
+            await api.webhook("a1", receiver.url)
+            await api.webhook("w1", receiver.url)
+
+            async def http_status(expected: str) -> bool:
+                return bool((await api.get("w1"))["status"] == expected)
+
+            app = tui_for(daemon)
+            async with app.run_test(size=TERMINAL) as pilot:
+                await until(pilot, lambda: cell(app, "w1", "health") == "● running", "listed")
+                select(app, "w1")
+                await pilot.press("x")
+                await until_async(pilot, lambda: http_status("stopped"), "stopped via HTTP")
+                await until(pilot, lambda: cell(app, "w1", "health") == "■ stopped",
+                            "stopped on screen")
+                assert cell(app, "a1", "health") == "● running"  # only the selected one
+                assert app.last_message == "w1 stopped"
+                await pilot.press("s")
+                await until_async(pilot, lambda: http_status("running"), "running via HTTP")
+                await until(pilot, lambda: cell(app, "w1", "health") == "● running",
+                            "running on screen")
+                actions = [e["action"] for e in await api.logs("w1")]
+                assert actions[:2] == ["integration_started", "integration_stopped"]
+    finally:
+        await receiver.close()
+
+
+async def test_rejected_event_is_viewed_retried_and_deleted(daemon_factory: Factory) -> None:
+    daemon = daemon_factory(FAST)
+    accept = False
+
+    def respond(received: Received, attempt: int) -> web.Response:
+        return web.Response(status=200 if accept else 400, text="no such order")
+
+    receiver = await Receiver(respond).start()
+    try:
+        async with ApiClient(daemon) as api:
+            await api.webhook("w1", receiver.url)
+            await api.publish([{"name": "order.created", "payload": {"order": n}}
+                               for n in (1, 2)])
+            with anyio.fail_after(WAIT):
+                while len(await api.rejected("w1")) < 2:
+                    await anyio.sleep(0.05)
+            newest = (await api.rejected("w1"))[0]["id"]
+
+            app = tui_for(daemon)
+            async with app.run_test(size=TERMINAL) as pilot:
+                await until(pilot, lambda: cell(app, "w1", "rejected") == "2", "2 rejected")
+                select(app, "w1")
+                await pilot.press("enter")
+                await until(pilot, lambda: isinstance(app.screen, IntegrationScreen),
+                            "details open")
+                await until(pilot, lambda: len(row_ids(app, "#rejected")) == 2, "listed")
+                assert row_ids(app, "#rejected")[0] == newest
+                await until(pilot, lambda: "event_rejected" in [
+                    str(r[1]) for r in (table(app, "#log").get_row_at(i)
+                                        for i in range(table(app, "#log").row_count))],
+                    "the log shows the rejection")
+
+                # The payload, as the receiver would get it.
+                await pilot.press("enter")
+                await until(pilot, lambda: isinstance(app.screen, PayloadScreen), "payload")
+                payload = app.screen
+                assert isinstance(payload, PayloadScreen)
+                assert payload.event["name"] == "order.created"
+                assert payload.event["payload"] in ({"order": 1}, {"order": 2})
+                await pilot.press("escape")
+                await until(pilot, lambda: isinstance(app.screen, IntegrationScreen), "back")
+
+                # Retried while the receiver still refuses: the daemon's reason, event kept.
+                await pilot.press("y")
+                await until(pilot, lambda: "failed" in app.last_message, "retry failed")
+                assert "rejected the event again" in app.last_message
+                assert len(await api.rejected("w1")) == 2
+
+                # The receiver accepts now: retried from the TUI, it disappears.
+                accept = True
+                select(app, newest, "#rejected")
+                await pilot.press("y")
+                await until(pilot, lambda: row_ids(app, "#rejected") != [] and
+                            newest not in row_ids(app, "#rejected"), "retried away")
+                assert [r["id"] for r in await api.rejected("w1")] == row_ids(app, "#rejected")
+                assert len(receiver.delivered) == 1
+
+                # Delete asks first; "n" keeps it, "y" deletes it.
+                await pilot.press("d")
+                await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), "confirm")
+                await pilot.press("n")
+                await until(pilot, lambda: isinstance(app.screen, IntegrationScreen), "kept")
+                assert len(await api.rejected("w1")) == 1
+                await pilot.press("d")
+                await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), "confirm")
+                await pilot.press("y")
+                await until(pilot, lambda: row_ids(app, "#rejected") == [], "deleted")
+                assert await api.rejected("w1") == []
+                await pilot.press("escape")
+                await until(pilot, lambda: cell(app, "w1", "rejected") == "0", "dashboard")
+    finally:
+        await receiver.close()
+
+
+async def test_daemon_gone_then_back(daemon_factory: Factory) -> None:
+    daemon = daemon_factory(FAST)
+    async with ApiClient(daemon) as api:
+        await api.webhook("w1", "http://127.0.0.1:9/unused")
+    app = tui_for(daemon)
+    async with app.run_test(size=TERMINAL) as pilot:
+        await until(pilot, lambda: cell(app, "w1", "health") is not None, "listed")
+        assert app.connections == 1
+        bar = app.screen.query_one(ConnectionBar)
+        assert bar.has_class("-connected")
+
+        assert await anyio.to_thread.run_sync(daemon.stop) == 0
+        await until(pilot, lambda: app.link[0] == "disconnected", "disconnected")
+        assert "disconnected" in app.link[1]
+        assert bar.has_class("-disconnected")
+        assert cell(app, "w1", "health") is not None  # the last status stays on screen
+        await pilot.press("x")  # an action while disconnected is refused, not a crash
+        await until(pilot, lambda: "not connected" in app.last_message, "refused")
+
+        await anyio.to_thread.run_sync(daemon.start)
+        await until(pilot, lambda: app.link[0] == "connected", "reconnected")
+        assert app.connections == 2 and bar.has_class("-connected")
+        assert app.last_message == "reconnected to the daemon"
+        select(app, "w1")
+        await pilot.press("x")
+        async with ApiClient(daemon) as api:
+            with anyio.fail_after(WAIT):
+                while (await api.get("w1"))["status"] != "stopped":
+                    await anyio.sleep(0.1)
+
+
+# ------------------------------------------------------------- the command
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "eventstreamd", "tui", *args],
+                          capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+
+
+def test_wrong_socket_path_is_a_clear_error(tmp_path: Path) -> None:
+    missing = run_cli("--socket", str(tmp_path / "nope.sock"))
+    assert missing.returncode == 1
+    assert "no control socket at" in missing.stderr and "Traceback" not in missing.stderr
+    stale = tmp_path / "stale.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(str(stale))
+    sock.close()
+    refused = run_cli("--socket", str(stale))
+    assert refused.returncode == 1
+    assert "nothing is listening" in refused.stderr and "Traceback" not in refused.stderr
+    config = tmp_path / "c.toml"
+    config.write_text(f"[control]\nsocket = \"{tmp_path / 'from-config.sock'}\"\n")
+    from_config = run_cli("--config", str(config))
+    assert from_config.returncode == 1 and "from-config.sock" in from_config.stderr
+    both = run_cli("--config", str(config), "--socket", str(stale))
+    assert both.returncode == 2 and "not allowed with" in both.stderr
+
+
+# ------------------------------------------------------------- fixed data
+
+
+def test_dashboard_snapshot(snap_compare: Any) -> None:
+    assert snap_compare(DashboardApp(SOCKET_LABEL, snapshot=SNAPSHOT), terminal_size=SIZE)
+
+
+async def test_fixed_snapshot_shows_every_state_and_refuses_actions() -> None:
+    app = DashboardApp(SOCKET_LABEL, snapshot=SNAPSHOT)
+    async with app.run_test(size=SIZE) as pilot:
+        assert row_ids(app, "#integrations") == sorted(i["id"] for i in SNAPSHOT["integrations"])
+        assert cell(app, "returns-erp", "health") == "✖ failing"
+        assert cell(app, "analytics", "health") == "▲ lagging"
+        assert cell(app, "legacy-crm", "oldest") == "2h03m"
+        await pilot.press("x")
+        await until(pilot, lambda: "not connected" in app.last_message, "refused")
+
+
+def test_formatting() -> None:
+    assert fmt.age(None) == "-" and fmt.age(0.44) == "0.4s" and fmt.age(75) == "1m15s"
+    assert fmt.age(7380) == "2h03m" and fmt.age(3 * 86400 + 3600) == "3d01h"
+    assert fmt.rate(182.54) == "182.5/s" and fmt.rate(12_345) == "12k/s"
+    assert fmt.size(1_887_436) == "1.8 MiB" and fmt.size(10) == "10 B"
+    assert fmt.sparkline([0, 1, 2, 4], 6) == "  ▁▃▅█"
+    assert fmt.sparkline([0.0, 0.0], 2) == "▁▁" and fmt.sparkline([], 3) == "   "
+    assert fmt.shorten("a  b\nc", 10) == "a b c" and fmt.shorten("abcdef", 4) == "abc…"
+
+
+@pytest.mark.parametrize("health", ["ok", "lagging", "failing", "stopped", "completed"])
+def test_every_health_has_a_colour(health: str) -> None:
+    assert fmt.health_text(health).style
