@@ -55,11 +55,18 @@ def _load(path: str | None) -> Config:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .daemon.lifecycle import Daemon
+    from .daemon.lifecycle import Daemon, StartupError
 
     config = _load(args.config)
     setup_logging(config.log.level, config.log.format)
-    anyio.run(Daemon(config).run)
+    failure: list[BaseException] = []
+    try:
+        anyio.run(Daemon(config).run)
+    except* StartupError as group:  # raised inside the daemon's task group
+        failure.extend(group.exceptions)
+    if failure:
+        print(f"eventstreamd: {failure[0]}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -119,6 +119,7 @@ async def test_logs_and_rejected_keep_newest(store: LmdbStore) -> None:
         entry = {"id": f"{i:036d}", "created_at": "t", "seq": i, "event_id": "e", "event": {}}
         pushed += await store.write(lambda txn, e=entry: store.txn_add_rejected(txn, "a", e))
     assert [p["seq"] for p in pushed] == [0]
+    assert store.count_rejected("a") == 2 and store.count_rejected("b") == 0
     assert [e["seq"] for e in store.list_rejected("a")] == [2, 1]
     # The same id again replaces rather than duplicates.
     again = {"id": f"{1:036d}", "created_at": "t2", "seq": 1, "event_id": "e", "event": {}}

@@ -18,14 +18,17 @@ Decisions:
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import anyio
+import lmdb
 from aiohttp import web
 
 from ..config import Config
@@ -33,7 +36,7 @@ from ..logs import kv
 from ..storage.lmdb_store import LmdbStore
 from .api import INTEGRATIONS
 from .auth import resolve_tokens
-from .control import build_control_server
+from .control import ControlSocketError, build_control_server
 from .http import build_app
 from .http_server import DaemonRunner
 from .retention import retention_loop
@@ -53,6 +56,38 @@ class RuntimeInfo:
     control_socket: str
 
 
+LOCK_FILE = "daemon.lock"
+
+
+def _lock_data_dir(data_dir: Path) -> int:
+    """Hold an exclusive lock on the data dir for the daemon's lifetime.
+
+    LMDB itself would let a second process in; two daemons on one log would
+    deliver everything twice and disagree about the head. The lock goes with
+    the process, so a SIGKILLed daemon never leaves a stale one behind.
+    """
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise RuntimeError("another eventstreamd is running with this data_dir") from None
+    return fd
+
+
+class StartupError(Exception):
+    """The daemon cannot start; the message is one line for the user."""
+
+
+@contextlib.contextmanager
+def _starting(what: str) -> Iterator[None]:
+    try:
+        yield
+    except (OSError, lmdb.Error, RuntimeError, ControlSocketError) as exc:
+        raise StartupError(f"cannot {what}: {exc}") from exc
+
+
 class Daemon:
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -65,14 +100,17 @@ class Daemon:
     async def run(self, on_ready: Callable[[RuntimeInfo], None] | None = None) -> None:
         config = self.config
         async with contextlib.AsyncExitStack() as stack:
-            store = LmdbStore(
-                config.data_dir,
-                map_size=config.storage.map_size,
-                log_entries=config.limits.log_entries,
-                rejected_events=config.limits.rejected_events,
-            )
+            with _starting(f"open the store in {config.data_dir}"):
+                stack.callback(os.close, _lock_data_dir(config.data_dir))
+                store = LmdbStore(
+                    config.data_dir,
+                    map_size=config.storage.map_size,
+                    log_entries=config.limits.log_entries,
+                    rejected_events=config.limits.rejected_events,
+                )
             stack.callback(store.close)
-            tokens = resolve_tokens(config)
+            with _starting("set up the API token"):
+                tokens = resolve_tokens(config)
             tg = await stack.enter_async_context(anyio.create_task_group())
             stack.callback(tg.cancel_scope.cancel)  # runs before the group exits
             tg.start_soon(self._watch_signals, name="signals")
@@ -100,12 +138,14 @@ class Daemon:
             await runner.setup()
             stack.push_async_callback(runner.cleanup)
             site = web.TCPSite(runner, config.server.host, config.server.port)
-            await site.start()
+            with _starting(f"listen on {config.server.host}:{config.server.port}"):
+                await site.start()
             port = _bound_port(runner)
             # After the HTTP app (it shares its IntegrationService); registered after
             # the supervisor, so it stops before it: no client acts on a stopping sink.
             control = build_control_server(config, store, supervisor, app[INTEGRATIONS])
-            await tg.start(control.run)
+            with _starting("open the control socket"):
+                await tg.start(control.run)
             stack.push_async_callback(control.stop)
             self.info = RuntimeInfo(
                 pid=os.getpid(),

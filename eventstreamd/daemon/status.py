@@ -192,7 +192,7 @@ class StatusSampler:
             "last_error_age": round(now - last_error_at, 1) if last_error_at else None,
             "in_flight": sink.get("in_flight") if sink else None,
             "crashes": sink.get("crashes") if sink else None,
-            "rejected_events": len(self.store.list_rejected(integration_id)),
+            "rejected_events": self.store.count_rejected(integration_id),
             "s3_open_file_bytes": (sink or {}).get("open_file_bytes") if kind == "s3" else None,
             "s3_open_file_age": round(max(0.0, now - opened), 1)
             if kind == "s3" and opened is not None else None,

@@ -363,6 +363,18 @@ class LmdbStore:
             entries = self._scan_prefix(txn, self._rejected, _prefix(integration_id))
         return [unpack(v) for _, v in reversed(entries)]
 
+    def count_rejected(self, integration_id: str) -> int:
+        """How many rejected events an integration holds, without unpacking them."""
+        prefix = _prefix(integration_id)
+        count = 0
+        with self.env.begin(db=self._rejected) as txn, txn.cursor() as cur:
+            if cur.set_range(prefix):
+                for key in cur.iternext(keys=True, values=False):
+                    if not key.startswith(prefix):
+                        break
+                    count += 1
+        return count
+
     def get_rejected(self, integration_id: str, rejected_id: str) -> dict[str, Any] | None:
         for entry in self.list_rejected(integration_id):
             if entry["id"] == rejected_id:
