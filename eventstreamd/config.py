@@ -46,38 +46,36 @@ _SIZE_UNITS = {
 _QUANTITY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
 
 
-def parse_duration(value: object) -> float:
-    """Seconds from `"250ms"`, `"10s"`, `"5m"`, `"2h"`, `"30d"` or a number of seconds."""
+def _parse_quantity(value: object, kind: str, example: str, units: dict[str, float],
+                    default_unit: str, numbers: tuple[type, ...]) -> float:
+    """A non-negative number, or a string of a number and one of `units`."""
     if isinstance(value, bool):
-        raise ValueError("expected a duration such as \"10s\", not a boolean")
-    if isinstance(value, int | float):
-        if value < 0:
-            raise ValueError("a duration cannot be negative")
-        return float(value)
+        raise ValueError(f"expected a {kind} such as \"{example}\", not a boolean")
+    if isinstance(value, numbers):
+        if value < 0:  # type: ignore[operator]
+            raise ValueError(f"a {kind} cannot be negative")
+        return value  # type: ignore[return-value]
     if not isinstance(value, str):
-        raise ValueError(f"expected a duration such as \"10s\", got {type(value).__name__}")
+        raise ValueError(f"expected a {kind} such as \"{example}\", got {type(value).__name__}")
     match = _QUANTITY.match(value)
     unit = match.group(2).lower() if match else ""
-    if not match or (unit and unit not in _DURATION_UNITS):
-        raise ValueError(f"bad duration {value!r} (use e.g. \"250ms\", \"10s\", \"5m\", \"30d\")")
-    return float(match.group(1)) * _DURATION_UNITS[unit or "s"]
+    if not match or (unit and unit not in units):
+        examples = ", ".join(f'"{u}"' for u in _EXAMPLES[kind])
+        raise ValueError(f"bad {kind} {value!r} (use e.g. {examples})")
+    return float(match.group(1)) * units[unit or default_unit]
+
+
+_EXAMPLES = {"duration": ("250ms", "10s", "5m", "30d"), "size": ("512KiB", "50MiB", "4GiB")}
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from `"250ms"`, `"10s"`, `"5m"`, `"2h"`, `"30d"` or a number of seconds."""
+    return float(_parse_quantity(value, "duration", "10s", _DURATION_UNITS, "s", (int, float)))
 
 
 def parse_size(value: object) -> int:
     """Bytes from `"512KiB"`, `"50MiB"`, `"4GiB"` or a number of bytes."""
-    if isinstance(value, bool):
-        raise ValueError("expected a size such as \"50MiB\", not a boolean")
-    if isinstance(value, int):
-        if value < 0:
-            raise ValueError("a size cannot be negative")
-        return value
-    if not isinstance(value, str):
-        raise ValueError(f"expected a size such as \"50MiB\", got {type(value).__name__}")
-    match = _QUANTITY.match(value)
-    unit = match.group(2).lower() if match else ""
-    if not match or (unit and unit not in _SIZE_UNITS):
-        raise ValueError(f"bad size {value!r} (use e.g. \"512KiB\", \"50MiB\", \"4GiB\")")
-    return int(float(match.group(1)) * _SIZE_UNITS[unit or "b"])
+    return int(_parse_quantity(value, "size", "50MiB", _SIZE_UNITS, "b", (int,)))
 
 
 def _duration(default: str) -> Any:
