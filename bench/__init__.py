@@ -1,0 +1,20 @@
+"""Benchmarks of the real daemon against raw baselines: `python -m bench [--quick]`.
+
+See bench/README.md for the scenarios and how to read the results.
+"""
+
+# Every scenario the suite runs, in order; every one has at least one row in results.json.
+SCENARIO_IDS = (
+    "ingest-ndjson",
+    "ingest-single",
+    "webhook-inflight-8",
+    "webhook-inflight-1",
+    "webhook-fanout-10",
+    "latency-1000eps",
+    "s3-upload",
+    "backlog-rss",
+    "restart",
+)
+
+# The keys of every object in results.json.
+RESULT_KEYS = ("scenario", "figure", "unit", "value", "baseline", "ratio", "target", "met")

@@ -1,0 +1,591 @@
+"""The scenarios: each starts its own daemon (own config, own temp data dir), drives it
+from other processes, and measures a raw baseline in the same run.
+
+Decisions:
+- The orchestrator (this process) never carries load. Load generators,
+  baselines, receivers and the bare servers are separate processes
+  (`bench.worker`, `bench.receiver`, `bench.bareserver`); the daemon is
+  `python -m eventstreamd run` with a TOML config written for the scenario.
+- Throughput is counted where it is true: ingest by the publisher (a 200
+  means fsync'd), webhook delivery at the receiver (arrival times), S3 in the
+  bucket (bytes listed by moto). Baselines are timed the same way.
+- Every row says how busy the processes were during the measured phase (CPU
+  seconds / wall seconds; 1.0 = one core): above all the load generator's, to
+  show it was not the bottleneck.
+- Each wait is bounded in time and rounds; a scenario that fails reports a
+  row with value null and the reason instead of ending the run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import SCENARIO_IDS
+from .common import (
+    API_BASE,
+    MIB,
+    TOKEN,
+    Children,
+    EventFactory,
+    Helper,
+    Meter,
+    free_port,
+    http,
+    ticks,
+)
+from .daemon import BenchDaemon
+
+S3_KEY_ID = "bench-access-key-id"
+S3_SECRET = "bench-secret-access-key-0123"
+
+
+@dataclass
+class Row:
+    scenario: str
+    figure: str
+    unit: str
+    value: float | None
+    baseline: float | None = None
+    ratio: float | None = None
+    target: str | None = None
+    met: bool | None = None
+    note: str = ""
+    busy: dict[str, float] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        for key in ("value", "baseline", "ratio"):
+            if isinstance(out[key], float):
+                out[key] = round(out[key], 4)
+        out["busy"] = {k: round(v, 3) for k, v in self.busy.items()}
+        return out
+
+
+def ratio_row(scenario: str, figure: str, unit: str, value: float | None,
+              baseline: float | None, min_ratio: float | None, min_value: float | None = None,
+              note: str = "", busy: dict[str, float] | None = None) -> Row:
+    ratio = value / baseline if value is not None and baseline else None
+    parts = []
+    if min_ratio is not None:
+        parts.append(f">= {min_ratio:g} x baseline")
+    if min_value is not None:
+        parts.append(f">= {min_value:,.0f} {unit}")
+    met = None
+    if parts and value is not None:
+        met = ((min_ratio is None or (ratio is not None and ratio >= min_ratio))
+               and (min_value is None or value >= min_value))
+    return Row(scenario, figure, unit, value, baseline, ratio, " and ".join(parts) or None,
+               met, note, busy or {})
+
+
+def limit_row(scenario: str, figure: str, unit: str, value: float | None,
+              max_value: float | None, note: str = "",
+              busy: dict[str, float] | None = None) -> Row:
+    target = f"<= {max_value:g} {unit}" if max_value is not None else None
+    met = value <= max_value if value is not None and max_value is not None else None
+    return Row(scenario, figure, unit, value, None, None, target, met, note, busy or {})
+
+
+# --------------------------------------------------------------------- helpers
+
+class ReceiverProc:
+    """A `bench.receiver` process: the webhook endpoint for daemon and baseline alike."""
+
+    def __init__(self, children: Children) -> None:
+        self.helper = Helper(children, "bench.receiver")
+        self.url = f"http://127.0.0.1:{self.helper.line(20)['port']}"
+        self.pid = self.helper.pid
+
+    def stats(self, skip: int = 0) -> dict[str, Any]:
+        status, payload = http("GET", f"{self.url}/_stats?skip={skip}")
+        if status != 200:
+            raise RuntimeError(f"receiver stats answered {status}")
+        return dict(payload)
+
+    def reset(self) -> None:
+        http("POST", f"{self.url}/_reset")
+
+    def wait_count(self, count: int, timeout: float, idle_timeout: float = 30.0) -> dict[str, Any]:
+        """Wait until `count` requests arrived, or nothing new came for `idle_timeout`."""
+        stats = self.stats()
+        last_change, last_count = time.monotonic(), stats["count"]
+        for _ in ticks(timeout, 0.05):
+            stats = self.stats()
+            if stats["count"] >= count:
+                break
+            if stats["count"] != last_count:
+                last_change, last_count = time.monotonic(), stats["count"]
+            elif time.monotonic() - last_change > idle_timeout:
+                break
+        return stats
+
+    def stop(self) -> None:
+        self.helper.end()
+
+
+class MotoProc:
+    def __init__(self, children: Children) -> None:
+        exe = shutil.which("moto_server", path=str(Path(sys.executable).parent)) or "moto_server"
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.children = children
+        self.proc = children.spawn(
+            [exe, "-H", "127.0.0.1", "-p", str(self.port)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            env={**os.environ, "MOTO_ALLOW_NONEXISTENT_REGION": "true"})
+        self.pid = self.proc.pid
+        for _ in ticks(30, 0.1):
+            status, _ = self._probe()
+            if status == 200:
+                return
+            if self.proc.poll() is not None:
+                raise RuntimeError("moto_server exited")
+        raise RuntimeError("moto_server did not start")
+
+    def _probe(self) -> tuple[int, Any]:
+        try:
+            return http("GET", f"{self.url}/moto-api/", timeout=2)
+        except OSError:
+            return 0, None
+
+    def stop(self) -> None:
+        self.children.end(self.proc)
+
+
+class Ctx:
+    def __init__(self, quick: bool, tmp: Path, children: Children,
+                 profile: set[str], profile_dir: Path,
+                 log: Callable[[str], None], daemon_env: dict[str, str] | None = None) -> None:
+        self.quick = quick
+        self.daemon_env = daemon_env or {}
+        self.tmp = tmp
+        self.children = children
+        self.profile = profile
+        self.profile_dir = profile_dir
+        self.log = log
+        self.published_at = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime())
+        self.factory = EventFactory(self.published_at)
+        self._template: tuple[Path, dict[str, Any], str] | None = None
+        self._daemons = 0
+
+    def size(self, full: Any, quick: Any) -> Any:
+        return quick if self.quick else full
+
+    def workdir(self, name: str) -> Path:
+        path = self.tmp / name
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def daemon(self, scenario: str, settings: dict[str, Any] | None = None,
+               workdir: Path | None = None, start: bool = True) -> BenchDaemon:
+        self._daemons += 1
+        profile_cmd = None
+        if scenario in self.profile:
+            exe = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or "py-spy"
+            self.profile_dir.mkdir(parents=True, exist_ok=True)
+            out = self.profile_dir / f"{scenario}-{self._daemons}.txt"
+            profile_cmd = [exe, "record", "--rate", "200", "--nonblocking", "--format", "raw",
+                           "--output", str(out), "--"]
+            self.log(f"  profiling the daemon with py-spy into {out}")
+        daemon = BenchDaemon(self.children, workdir or self.workdir(f"{scenario}-daemon"),
+                             settings, profile_cmd, self.daemon_env)
+        return daemon.start() if start else daemon
+
+    def worker(self, command: str, args: dict[str, Any]) -> Helper:
+        return Helper(self.children, "bench.worker", command,
+                      json.dumps({"published_at": self.published_at, **args}))
+
+    def measure(self, command: str, args: dict[str, Any], pids: dict[str, int],
+                timeout: float) -> tuple[dict[str, Any], dict[str, float]]:
+        """Run a load-generating worker; its result and how busy everyone was meanwhile."""
+        worker = self.worker(command, args)
+        worker.line(60)  # {"phase": "start"}
+        meter = Meter(pids)
+        result = worker.result(timeout)
+        # /proc figures cover start marker to worker exit, as seen from here.
+        return result, {"loadgen": result["busy"], **meter.busy()}
+
+    def run(self, command: str, args: dict[str, Any], timeout: float) -> dict[str, Any]:
+        return self.worker(command, args).result(timeout)
+
+    def template_store(self) -> tuple[Path, dict[str, Any], str]:
+        """A data dir holding the backlog events, filled once per run and copied per scenario.
+
+        Filled with the daemon's own store code (`LmdbStore.txn_append`, 10,000
+        events per transaction) before any daemon starts, rather than published.
+        """
+        if self._template is None:
+            count = self.size(1_000_000, 50_000)
+            data_dir = self.workdir("template") / "data"
+            starts_at = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(time.time() - 60))
+            self.log(f"  filling a template store with {count:,} events (in-process LmdbStore)")
+            info = self.run("fill_store", {"data_dir": str(data_dir), "count": count,
+                                           "map_size": 4 << 30}, timeout=600)
+            self._template = (data_dir, info, starts_at)
+        return self._template
+
+    def copy_template(self, name: str) -> tuple[Path, dict[str, Any], str]:
+        data_dir, info, starts_at = self.template_store()
+        target = self.workdir(name) / "data"
+        shutil.copytree(data_dir, target)
+        return target, info, starts_at
+
+
+def starts_at_now(seconds_ago: float = 5.0) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(time.time() - seconds_ago))
+
+
+def fmt_busy(busy: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.2f}" for k, v in busy.items())
+
+
+# ------------------------------------------------------------------- scenarios
+
+def ingest_ndjson(ctx: Ctx) -> list[Row]:
+    scenario = "ingest-ndjson"
+    batches, batch, concurrency = ctx.size(300, 40), 1000, 4
+    baseline_args = {"batch": batch, "count": batches, "warmup": 3}
+
+    def run_baseline(n: int) -> dict[str, Any]:
+        ctx.log(f"  baseline ({n}): orjson + msgpack + LMDB (fsync'd), {batches} x {batch} events")
+        workdir = ctx.workdir(f"{scenario}-baseline-{n}")
+        result = ctx.run("lmdb_baseline", {**baseline_args, "dir": str(workdir)}, timeout=300)
+        shutil.rmtree(workdir, ignore_errors=True)
+        return result
+
+    # The baseline is disk-bound and fsync latency on shared disks drifts: it runs
+    # before and after the daemon, and the better of the two counts.
+    bases = [run_baseline(1)]
+    daemon = ctx.daemon(scenario)
+    try:
+        ctx.log(f"  daemon: {batches} NDJSON batches of {batch} over {concurrency} connections")
+        result, busy = ctx.measure(
+            "ingest", {"url": f"{daemon.url}/events", "mode": "ndjson", "batch": batch,
+                       "count": batches, "concurrency": concurrency, "warmup": 3},
+            {"daemon": daemon.pid}, timeout=300)
+    finally:
+        daemon.stop()
+    bases.append(run_baseline(2))
+    rates = [b["events"] / b["wall_s"] for b in bases]
+    best = bases[rates.index(max(rates))]
+    baseline = max(rates)
+    busy["baseline"] = best["busy"]
+    bad = {k: v for k, v in result["statuses"].items() if k != "200"}
+    value = result["events"] / result["wall_s"]
+    note = (f"{result['events']:,} events in {result['wall_s']:.2f}s; baseline runs before/after "
+            f"{' / '.join(f'{r:,.0f}' for r in rates)} events/s (the better one counts)"
+            + (f"; non-200 answers {bad}" if bad else ""))
+    return [ratio_row(scenario, "durable events/s", "events/s", value, baseline, 0.5, 50_000,
+                      note, busy)]
+
+
+def ingest_single(ctx: Ctx) -> list[Row]:
+    scenario = "ingest-single"
+    count, concurrency = ctx.size(40_000, 3_000), 32
+    bare = Helper(ctx.children, "bench.bareserver")
+    bare_url = f"http://127.0.0.1:{bare.line(20)['port']}"
+    args = {"mode": "single", "count": count, "concurrency": concurrency, "warmup": 64}
+    try:
+        ctx.log(f"  baseline: bare aiohttp server, {count:,} requests, {concurrency} clients")
+        base, base_busy = ctx.measure("ingest", {**args, "url": f"{bare_url}/events"},
+                                      {"server": bare.pid}, timeout=300)
+    finally:
+        bare.end()
+    baseline = base["events"] / base["wall_s"]
+    daemon = ctx.daemon(scenario)
+    try:
+        ctx.log(f"  daemon: {count:,} requests of one event, {concurrency} clients")
+        result, busy = ctx.measure("ingest", {**args, "url": f"{daemon.url}/events"},
+                                   {"daemon": daemon.pid}, timeout=300)
+    finally:
+        daemon.stop()
+    busy["baseline_loadgen"] = base_busy["loadgen"]
+    busy["baseline_server"] = base_busy["server"]
+    busy["baseline_machine"] = base_busy["machine"]
+    bad = {k: v for k, v in result["statuses"].items() if k != "200"}
+    value = result["events"] / result["wall_s"]
+    note = (f"{result['events']:,} events in {result['wall_s']:.2f}s"
+            + (f"; non-200 answers {bad}" if bad else ""))
+    return [ratio_row(scenario, "durable events/s", "events/s", value, baseline, 0.5,
+                      note=note, busy=busy)]
+
+
+def _webhook(ctx: Ctx, scenario: str, in_flight: int, integrations: int, per: int,
+             min_ratio: float | None) -> list[Row]:
+    total = integrations * per
+    receiver = ReceiverProc(ctx.children)
+    try:
+        urls = [f"{receiver.url}/hook/{k}" for k in range(integrations)]
+        ctx.log(f"  baseline: bare aiohttp client, {total:,} posts, "
+                f"{integrations} x {in_flight} concurrent")
+        base, base_busy = ctx.measure(
+            "webhook_baseline", {"urls": urls, "count": per, "concurrency": in_flight},
+            {"receiver": receiver.pid}, timeout=600)
+        stats = receiver.wait_count(total, 30)
+        baseline = stats["count"] / ((stats["last_ns"] - base["t0_ns"]) / 1e9)
+
+        daemon = ctx.daemon(scenario, {"webhook": {"max_in_flight": in_flight}})
+        try:
+            starts_at = starts_at_now()
+            ctx.log(f"  daemon: publishing {per:,} events, then {integrations} integration(s) "
+                    f"catch up (max_in_flight {in_flight})")
+            ctx.run("publish_all", {"url": f"{daemon.url}/events", "events": per}, timeout=300)
+            receiver.reset()
+            meter = Meter({"daemon": daemon.pid, "receiver": receiver.pid})
+            t0 = time.monotonic_ns()
+            for k in range(integrations):
+                daemon.create_webhook(f"bench-{k}", urls[k], starts_at)
+            limit = max(60.0, total / 300) if not ctx.quick else 40.0
+            stats = receiver.wait_count(total, limit)
+            t1 = time.monotonic_ns()
+            elapsed = ((stats["last_ns"] or t1) - t0) / 1e9
+            wall = (t1 - t0) / 1e9
+            busy = {**meter.busy(wall), "baseline_client": base_busy["loadgen"],
+                    "baseline_receiver": base_busy["receiver"],
+                    "baseline_machine": base_busy["machine"]}
+        finally:
+            daemon.stop()
+    finally:
+        receiver.stop()
+    value = stats["count"] / elapsed if stats["count"] else None
+    note = f"{stats['count']:,} of {total:,} delivered in {elapsed:.2f}s"
+    if stats["count"] < total:
+        note += " (INCOMPLETE within the time limit)"
+    return [ratio_row(scenario, "delivered events/s", "events/s", value, baseline, min_ratio,
+                      note=note, busy=busy)]
+
+
+def webhook_8(ctx: Ctx) -> list[Row]:
+    return _webhook(ctx, "webhook-inflight-8", 8, 1, ctx.size(20_000, 2_000), 0.8)
+
+
+def webhook_1(ctx: Ctx) -> list[Row]:
+    return _webhook(ctx, "webhook-inflight-1", 1, 1, ctx.size(5_000, 600), None)
+
+
+def webhook_fanout(ctx: Ctx) -> list[Row]:
+    return _webhook(ctx, "webhook-fanout-10", 8, 10, ctx.size(4_000, 300), 0.7)
+
+
+def latency(ctx: Ctx) -> list[Row]:
+    scenario = "latency-1000eps"
+    rate, duration, warmup = 1000, ctx.size(20.0, 3.0), 200
+    receiver = ReceiverProc(ctx.children)
+    try:
+        daemon = ctx.daemon(scenario)
+        try:
+            daemon.create_webhook("latency", f"{receiver.url}/latency", None)
+            time.sleep(0.3)  # the sink starts
+            ctx.log(f"  {rate} events/s, one per request, for {duration:g}s")
+            result, busy = ctx.measure(
+                "paced", {"url": f"{daemon.url}/events", "rate": rate, "duration": duration},
+                {"daemon": daemon.pid, "receiver": receiver.pid}, timeout=duration + 120)
+            receiver.wait_count(result["sent"], 30)
+            stats = receiver.stats(skip=warmup)
+        finally:
+            daemon.stop()
+    finally:
+        receiver.stop()
+    lat = stats["latency"]
+    note = (f"{lat.get('n', 0):,} samples after {warmup} warm-up; p90 {lat.get('p90_ms', 0):.2f}, "
+            f"p99.9 {lat.get('p999_ms', 0):.2f}, max {lat.get('max_ms', 0):.2f} ms; "
+            f"achieved {result['achieved_rate']:.0f} events/s, publish ack p50 "
+            f"{result['ack_p50_ms']:.2f} / p99 {result['ack_p99_ms']:.2f} ms, "
+            f"load generator at most {result['max_behind_ms']:.1f} ms behind schedule; "
+            f"received {stats['count']:,} of {result['sent']:,}")
+    return [limit_row(scenario, "publish-to-receipt p50", "ms", lat.get("p50_ms"), None,
+                      busy=busy),
+            limit_row(scenario, "publish-to-receipt p99", "ms", lat.get("p99_ms"), 25, note,
+                      busy)]
+
+
+def s3_upload(ctx: Ctx) -> list[Row]:
+    scenario = "s3-upload"
+    files, rotate_mib = ctx.size((4, 50), (2, 12))
+    rotate_size = rotate_mib * MIB
+    line_len = len(ctx.factory.delivery_body(0)) + 1
+    lines_per_file = math.ceil(rotate_size / line_len)  # a file is sealed at the first line
+    events = files * lines_per_file                     # that takes it to rotate_size
+    expected = events * line_len
+    mib = expected / MIB
+    moto = MotoProc(ctx.children)
+    creds = {"endpoint": moto.url, "key_id": S3_KEY_ID, "secret": S3_SECRET}
+    try:
+        for bucket in ("bench-baseline", "bench-daemon"):
+            ctx.run("s3_create_bucket", {**creds, "bucket": bucket}, timeout=60)
+        ctx.log(f"  baseline: put_object of {files} files, {mib:.1f} MiB")
+        base, base_busy = ctx.measure(
+            "s3_baseline", {**creds, "bucket": "bench-baseline", "files": files,
+                            "lines_per_file": lines_per_file},
+            {"moto": moto.pid}, timeout=600)
+        baseline = base["mib"] / base["wall_s"]
+
+        daemon = ctx.daemon(scenario, {"s3": {"endpoint_url": moto.url,
+                                              "rotate_size": rotate_size,
+                                              "rotate_interval": "30m"}})
+        try:
+            starts_at = starts_at_now()
+            ctx.log(f"  daemon: publishing {events:,} events ({mib:.1f} MiB as NDJSON lines)")
+            ctx.run("publish_all", {"url": f"{daemon.url}/events", "events": events},
+                    timeout=600)
+            first_timeout = ctx.size(60.0, 15.0)
+            watch = ctx.worker("s3_watch", {**creds, "bucket": "bench-daemon",
+                                            "expected": expected, "interval": 0.2,
+                                            "first_timeout": first_timeout,
+                                            "timeout": ctx.size(300.0, 40.0)})
+            watch.line(60)  # ready
+            meter = Meter({"daemon": daemon.pid, "moto": moto.pid})
+            t0 = time.monotonic_ns()
+            status, answer = http("POST", f"{daemon.url}{API_BASE}", {
+                "id": "bench-s3", "integration_type": "permanent", "starts_at": starts_at,
+                "s3_parameters": {"aws_access_key_id": S3_KEY_ID,
+                                  "aws_secret_access_key": S3_SECRET,
+                                  "aws_region": "us-east-1", "bucket": "bench-daemon",
+                                  "key_prefix": "bench"}}, token=TOKEN)
+            if status != 200:
+                watch.end()
+                return [Row(scenario, "MiB/s uploaded", "MiB/s", None, baseline, None,
+                            ">= 0.8 x baseline", None,
+                            f"S3 sink not available: creating the integration answered "
+                            f"{status}: {str(answer)[:200]}")]
+            seen = watch.result(ctx.size(420.0, 60.0))
+            wall = (time.monotonic_ns() - t0) / 1e9
+            busy = {**meter.busy(wall), "baseline_client": base_busy["loadgen"],
+                    "baseline_moto": base_busy["moto"], "baseline_machine": base_busy["machine"]}
+        finally:
+            daemon.stop()
+    finally:
+        moto.stop()
+    if not seen["total"]:
+        return [Row(scenario, "MiB/s uploaded", "MiB/s", None, baseline, None,
+                    ">= 0.8 x baseline", None,
+                    f"S3 sink not available: nothing uploaded within {first_timeout:g}s",
+                    busy)]
+    elapsed = (seen["done_ns"] - t0) / 1e9
+    value = seen["total"] / MIB / elapsed
+    sizes = sorted({size for _, size in seen["objects"]})
+    note = (f"{seen['total'] / MIB:.1f} of {mib:.1f} MiB in {len(seen['objects'])} objects "
+            f"in {elapsed:.2f}s (bucket polled every 0.2s); object sizes {sizes}; "
+            f"baseline {base['mib']:.1f} MiB in {base['wall_s']:.2f}s")
+    if not seen["reached"]:
+        note += " (INCOMPLETE within the time limit)"
+    return [ratio_row(scenario, "MiB/s uploaded", "MiB/s", value, baseline, 0.8, note=note,
+                      busy=busy)]
+
+
+def backlog_rss(ctx: Ctx) -> list[Row]:
+    scenario = "backlog-rss"
+    integrations, seconds = 10, ctx.size(45.0, 4.0)
+    data_dir, info, starts_at = ctx.copy_template(scenario)
+    receiver = ReceiverProc(ctx.children)
+    samples: list[dict[str, float]] = []
+    try:
+        daemon = ctx.daemon(scenario, {"storage": {"data_dir": str(data_dir)}})
+        try:
+            idle = daemon.memory()
+            ctx.log(f"  {info['events']:,} events stored; {integrations} integrations catch up "
+                    f"for {seconds:g}s while RSS is sampled every 0.1s")
+            meter = Meter({"daemon": daemon.pid, "receiver": receiver.pid})
+            t0 = time.monotonic()
+            for k in range(integrations):
+                daemon.create_webhook(f"backlog-{k}", f"{receiver.url}/b/{k}", starts_at)
+            for _ in ticks(seconds, 0.1):
+                samples.append(daemon.memory())
+            wall = time.monotonic() - t0
+            final = daemon.memory()
+            busy = meter.busy(wall)
+            delivered = receiver.stats()["count"]
+        finally:
+            daemon.stop()
+    finally:
+        receiver.stop()
+    samples.append(final)
+    peak_sample = max(samples, key=lambda m: m.get("VmRSS", 0.0))
+    peak = max(final.get("VmHWM", 0.0), peak_sample.get("VmRSS", 0.0))
+    peak_anon = max(m.get("RssAnon", 0.0) for m in samples)
+    note = (f"{info['events']:,} events stored; at the sampled peak: anon "
+            f"{peak_sample.get('RssAnon', 0):.0f} MiB + file-backed (LMDB map pages) "
+            f"{peak_sample.get('RssFile', 0):.0f} MiB; idle before catch-up "
+            f"{idle.get('VmRSS', 0):.0f} MiB; {delivered:,} deliveries in {wall:.1f}s "
+            f"({delivered / wall:,.0f}/s)")
+    return [limit_row(scenario, "peak RSS of the daemon", "MiB", peak, 250, note, busy),
+            limit_row(scenario, "peak anonymous RSS (heap)", "MiB", peak_anon, None, busy=busy)]
+
+
+def restart(ctx: Ctx) -> list[Row]:
+    scenario = "restart"
+    restarts, integrations = ctx.size(3, 2), 10
+    data_dir, info, starts_at = ctx.copy_template(scenario)
+    port = free_port()
+    receiver = ReceiverProc(ctx.children)
+    times: list[float] = []
+    stops: list[float] = []
+    try:
+        daemon = ctx.daemon(scenario, {"storage": {"data_dir": str(data_dir)},
+                                       "server": {"port": port}})
+        try:
+            for k in range(integrations):
+                daemon.create_webhook(f"restart-{k}", f"{receiver.url}/r/{k}", starts_at)
+            time.sleep(1.0)
+            ctx.log(f"  {info['events']:,} events stored, {integrations} integrations behind; "
+                    f"{restarts} restarts (SIGTERM, start, poll /healthz every 5ms)")
+            for _ in range(restarts):
+                stops.append(daemon.stop())
+                t0 = time.monotonic()
+                daemon.start(wait=False)
+                answered = None
+                for _ in ticks(30.0, 0.005):
+                    try:
+                        status, _ = http("GET", f"http://127.0.0.1:{port}/healthz", timeout=2)
+                    except OSError:
+                        continue
+                    if status == 200:
+                        answered = time.monotonic() - t0
+                        break
+                if answered is None:
+                    raise RuntimeError("/healthz did not answer within 30s after a restart")
+                times.append(answered)
+                daemon.wait_ready()
+                time.sleep(0.5)
+        finally:
+            daemon.stop()
+    finally:
+        receiver.stop()
+    floor = _import_floor(ctx)
+    note = (f"{info['events']:,} events, {integrations} webhook integrations catching up; "
+            f"restarts {', '.join(f'{t:.3f}' for t in times)} s (worst reported); "
+            f"graceful stops took {', '.join(f'{t:.2f}' for t in stops)} s; "
+            f"interpreter + importing the daemon alone takes {floor:.2f} s")
+    return [limit_row(scenario, "seconds until /healthz answers", "s", max(times), 2.0, note)]
+
+
+def _import_floor(ctx: Ctx) -> float:
+    """Seconds for a fresh interpreter to import the daemon's modules (a floor for start-up)."""
+    start = time.monotonic()
+    subprocess.run([sys.executable, "-c", "import eventstreamd.cli, eventstreamd.daemon.lifecycle"],
+                   check=True, timeout=60, cwd=ctx.tmp)
+    return time.monotonic() - start
+
+
+SCENARIOS: dict[str, Callable[[Ctx], list[Row]]] = {
+    "ingest-ndjson": ingest_ndjson,
+    "ingest-single": ingest_single,
+    "webhook-inflight-8": webhook_8,
+    "webhook-inflight-1": webhook_1,
+    "webhook-fanout-10": webhook_fanout,
+    "latency-1000eps": latency,
+    "s3-upload": s3_upload,
+    "backlog-rss": backlog_rss,
+    "restart": restart,
+}
+assert tuple(SCENARIOS) == SCENARIO_IDS

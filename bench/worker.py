@@ -1,0 +1,391 @@
+"""Load generators and baselines, each run as its own process.
+
+`python -m bench.worker COMMAND 'JSON-ARGS'` runs one job and prints one JSON
+line with its result. Every job that generates load reports its own CPU time
+over wall time for the measured phase (`busy`; 1.0 = one core fully used),
+which is how the suite shows that the load generator was not the bottleneck.
+
+Commands:
+- `ingest`            POST /events with the raw client: NDJSON batches or one event
+                      per request, C connections, N requests.
+- `paced`             one event per request at a steady rate; each event carries its
+                      send time (`payload.t`, monotonic ns) for the receiver.
+- `lmdb_baseline`     orjson parse + msgpack pack + LMDB put, one transaction per batch,
+                      fsync'd like the daemon's store.
+- `webhook_baseline`  bare aiohttp client posting the webhook bodies at a concurrency.
+- `fill_store`        writes N events straight into an LmdbStore (no daemon running).
+- `s3_create_bucket`, `s3_watch`, `s3_baseline`  against a moto server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from .common import MIB, TOKEN, EventFactory
+from .rawhttp import RawConnection, encode_request, split_url
+
+NDJSON = "application/x-ndjson"
+MAX_DISTINCT_BODIES = 16
+
+
+class Phase:
+    """Wall and CPU time of this process over one measured phase."""
+
+    def __init__(self) -> None:
+        print(json.dumps({"phase": "start"}), flush=True)
+        self.wall0 = time.monotonic()
+        self.cpu0 = time.process_time()
+        self.t0_ns = time.monotonic_ns()
+
+    def result(self) -> dict[str, float]:
+        wall = time.monotonic() - self.wall0
+        cpu = time.process_time() - self.cpu0
+        return {"wall_s": wall, "cpu_s": cpu, "busy": cpu / wall if wall > 0 else 0.0,
+                "t0_ns": self.t0_ns, "t1_ns": time.monotonic_ns()}
+
+
+# ---------------------------------------------------------------------- ingest
+
+def _ingest_requests(a: dict[str, Any]) -> list[bytes]:
+    factory = EventFactory(a["published_at"])
+    headers = {"Authorization": f"Bearer {a.get('token', TOKEN)}"}
+    url = a["url"]
+    out = []
+    if a["mode"] == "ndjson":
+        batch = int(a["batch"])
+        for n in range(min(MAX_DISTINCT_BODIES, int(a["count"]))):
+            body = factory.ndjson(n * batch, batch)
+            out.append(encode_request("POST", url, body, {**headers, "Content-Type": NDJSON}))
+    else:
+        for i in range(1024):
+            body = orjson.dumps(factory.event(i))
+            out.append(encode_request("POST", url, body,
+                                      {**headers, "Content-Type": "application/json"}))
+    return out
+
+
+async def ingest(a: dict[str, Any]) -> dict[str, Any]:
+    requests = _ingest_requests(a)
+    host, port, _ = split_url(a["url"])
+    concurrency, count = int(a["concurrency"]), int(a["count"])
+    time_limit = float(a.get("time_limit", 300.0))
+    conns = [await RawConnection(host, port).connect() for _ in range(concurrency)]
+    statuses: dict[int, int] = {}
+    accepted = 0
+
+    async def send(conn: RawConnection, i: int) -> None:
+        nonlocal accepted
+        status, body = await conn.request(requests[i % len(requests)])
+        statuses[status] = statuses.get(status, 0) + 1
+        if status == 200:
+            accepted += int(orjson.loads(body)["accepted"])
+
+    warmup = int(a.get("warmup", 0))
+    for i in range(warmup):
+        await send(conns[i % concurrency], i)
+    accepted, statuses = 0, {}
+    phase = Phase()
+    end = time.monotonic() + time_limit
+    state = {"next": 0}
+
+    async def run(conn: RawConnection) -> None:
+        while state["next"] < count and time.monotonic() < end:
+            i = state["next"]
+            state["next"] += 1
+            await send(conn, i)
+
+    await asyncio.gather(*(run(c) for c in conns))
+    result = phase.result()
+    for conn in conns:
+        await conn.close()
+    return {**result, "requests": sum(statuses.values()), "events": accepted,
+            "statuses": {str(k): v for k, v in statuses.items()}}
+
+
+async def publish_all(a: dict[str, Any]) -> dict[str, Any]:
+    """Publish events 0..N-1 (each exactly once) in NDJSON batches; for filling the log."""
+    factory = EventFactory(a["published_at"])
+    host, port, _ = split_url(a["url"])
+    total, batch = int(a["events"]), int(a.get("batch", 1000))
+    headers = {"Authorization": f"Bearer {a.get('token', TOKEN)}", "Content-Type": NDJSON}
+    state = {"next": 0, "accepted": 0}
+
+    async def run() -> None:
+        conn = await RawConnection(host, port).connect()
+        while state["next"] < total:
+            start = state["next"]
+            n = min(batch, total - start)
+            state["next"] += n
+            body = factory.ndjson(start, n)
+            status, answer = await conn.request(encode_request("POST", a["url"], body, headers))
+            if status != 200:
+                raise RuntimeError(f"publish answered {status}: {answer[:300]!r}")
+            state["accepted"] += int(orjson.loads(answer)["accepted"])
+        await conn.close()
+
+    phase = Phase()
+    await asyncio.gather(*(run() for _ in range(int(a.get("concurrency", 2)))))
+    return {**phase.result(), "events": state["accepted"]}
+
+
+async def paced(a: dict[str, Any]) -> dict[str, Any]:
+    """One event per request at `rate`/s for `duration` s, each stamped with its send time."""
+    factory = EventFactory(a["published_at"])
+    url, rate, duration = a["url"], float(a["rate"]), float(a["duration"])
+    max_conns = int(a.get("max_conns", 64))
+    host, port, _ = split_url(url)
+    headers = {"Authorization": f"Bearer {a.get('token', TOKEN)}",
+               "Content-Type": "application/json"}
+    total = int(rate * duration)
+    idle: asyncio.Queue[RawConnection] = asyncio.Queue()
+    opened = 0
+    acks: list[int] = []
+    statuses: dict[int, int] = {}
+    behind_ms = 0.0
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def send(conn: RawConnection, i: int) -> None:
+        event = factory.event(i)
+        sent = time.monotonic_ns()
+        event["payload"]["t"] = sent
+        status, _ = await conn.request(encode_request("POST", url, orjson.dumps(event), headers))
+        acks.append(time.monotonic_ns() - sent)
+        statuses[status] = statuses.get(status, 0) + 1
+        idle.put_nowait(conn)
+
+    for _ in range(8):
+        idle.put_nowait(await RawConnection(host, port).connect())
+        opened += 1
+    phase = Phase()
+    start = time.monotonic()
+    for i in range(total):
+        due = start + i / rate
+        delay = due - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        else:
+            behind_ms = max(behind_ms, -delay * 1000)
+        if idle.empty() and opened < max_conns:
+            idle.put_nowait(await RawConnection(host, port).connect())
+            opened += 1
+        conn = await asyncio.wait_for(idle.get(), 30)
+        task = asyncio.create_task(send(conn, i))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+    if tasks:
+        await asyncio.wait_for(asyncio.gather(*tasks), 60)
+    result = phase.result()
+    while not idle.empty():
+        await idle.get_nowait().close()
+    acks.sort()
+
+    def at(q: float) -> float | None:
+        return acks[min(len(acks) - 1, round(q * (len(acks) - 1)))] / 1e6 if acks else None
+
+    return {**result, "sent": total, "connections": opened,
+            "statuses": {str(k): v for k, v in statuses.items()},
+            "achieved_rate": total / result["wall_s"], "max_behind_ms": behind_ms,
+            "ack_p50_ms": at(0.5), "ack_p99_ms": at(0.99)}
+
+
+# ---------------------------------------------------------------- raw baselines
+
+def lmdb_baseline(a: dict[str, Any]) -> dict[str, Any]:
+    """What ingest essentially is, with the bare libraries: parse, pack, durable batched put."""
+    import lmdb
+    import msgpack
+
+    from eventstreamd.storage.records import u64
+
+    factory = EventFactory(a["published_at"])
+    batch, count = int(a["batch"]), int(a["count"])
+    bodies = [factory.ndjson(n * batch, batch) for n in range(min(MAX_DISTINCT_BODIES, count))]
+    env = lmdb.open(a["dir"], map_size=4 << 30, max_dbs=2, subdir=True, sync=True,
+                    metasync=True, readahead=False)
+    db = env.open_db(b"events")
+    seq = 0
+
+    def one(body: bytes) -> int:
+        nonlocal seq
+        with env.begin(write=True) as txn, txn.cursor(db=db) as cur:
+            for line in body.split(b"\n"):
+                if line:
+                    seq += 1
+                    cur.put(u64(seq), msgpack.packb(orjson.loads(line)), append=True)
+        return batch
+
+    for n in range(int(a.get("warmup", 0))):
+        one(bodies[n % len(bodies)])
+    start_seq = seq
+    phase = Phase()
+    for n in range(count):
+        one(bodies[n % len(bodies)])
+    result = phase.result()
+    env.close()
+    return {**result, "events": seq - start_seq}
+
+
+async def webhook_baseline(a: dict[str, Any]) -> dict[str, Any]:
+    """Bare aiohttp client: the daemon's webhook bodies and headers, `concurrency` per URL."""
+    import aiohttp
+
+    factory = EventFactory(a["published_at"])
+    urls, count, concurrency = a["urls"], int(a["count"]), int(a["concurrency"])
+    bodies = [factory.delivery_body(i) for i in range(count)]
+    keys = [str(uuid.uuid4()) for _ in range(count)]
+    statuses: dict[int, int] = {}
+    end = time.monotonic() + float(a.get("time_limit", 300.0))
+    connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=30)
+    timeout = aiohttp.ClientTimeout(total=10)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        phase = Phase()
+
+        async def run(url: str, state: dict[str, int]) -> None:
+            while state["next"] < count and time.monotonic() < end:
+                i = state["next"]
+                state["next"] += 1
+                headers = {"Content-Type": "application/json", "Idempotency-Key": keys[i]}
+                async with session.post(url, data=bodies[i], headers=headers,
+                                        timeout=timeout, allow_redirects=False) as response:
+                    await response.content.read(1024)
+                    statuses[response.status] = statuses.get(response.status, 0) + 1
+
+        states = {url: {"next": 0} for url in urls}
+        await asyncio.gather(*(run(url, states[url]) for url in urls for _ in range(concurrency)))
+        result = phase.result()
+    return {**result, "sent": sum(statuses.values()),
+            "statuses": {str(k): v for k, v in statuses.items()}}
+
+
+# ------------------------------------------------------------------ store fill
+
+async def fill_store(a: dict[str, Any]) -> dict[str, Any]:
+    """N events written with the daemon's own store code, before any daemon runs."""
+    from eventstreamd.storage.lmdb_store import LmdbStore
+    from eventstreamd.storage.records import pack_event
+
+    factory = EventFactory(a["published_at"])
+    count, chunk = int(a["count"]), 10_000
+    store = LmdbStore(Path(a["data_dir"]), map_size=int(a["map_size"]))
+    events = [factory.event(i) for i in range(4096)]  # ids stay unique, payloads repeat
+    phase = Phase()
+    try:
+        written = 0
+        while written < count:
+            n = min(chunk, count - written)
+            packed = []
+            for i in range(written, written + n):
+                event = events[i % len(events)]
+                packed.append(pack_event(str(uuid.uuid4()), "default", event["name"],
+                                         event["published_at"], event["payload"]))
+            with store.env.begin(write=True) as txn:
+                store.txn_append(txn, packed)
+            written += n
+        head = store.count_events()
+    finally:
+        store.close()
+    return {**phase.result(), "events": head}
+
+
+# -------------------------------------------------------------------------- S3
+
+def _s3_client(a: dict[str, Any]) -> Any:
+    from aiobotocore.session import get_session
+
+    return get_session().create_client(
+        "s3", region_name="us-east-1", endpoint_url=a["endpoint"],
+        aws_access_key_id=a["key_id"], aws_secret_access_key=a["secret"])
+
+
+async def s3_create_bucket(a: dict[str, Any]) -> dict[str, Any]:
+    async with _s3_client(a) as s3:
+        await s3.create_bucket(Bucket=a["bucket"])
+    return {"ok": True}
+
+
+async def _s3_total(s3: Any, bucket: str) -> tuple[int, list[tuple[str, int]]]:
+    objects: list[tuple[str, int]] = []
+    paginator = s3.get_paginator("list_objects_v2")
+    async for page in paginator.paginate(Bucket=bucket):
+        objects += [(item["Key"], int(item["Size"])) for item in page.get("Contents", [])]
+    return sum(size for _, size in objects), objects
+
+
+async def s3_watch(a: dict[str, Any]) -> dict[str, Any]:
+    """Poll the bucket until `expected` bytes are there (or `timeout`); when did they arrive."""
+    expected, timeout, interval = int(a["expected"]), float(a["timeout"]), float(a["interval"])
+    first_timeout = float(a.get("first_timeout", timeout))
+    started = time.monotonic()
+    first_ns = None
+    total, objects = 0, []
+    end = time.monotonic() + timeout
+    async with _s3_client(a) as s3:
+        print(json.dumps({"ready": True}), flush=True)
+        for _ in range(int(timeout / interval) + 2):
+            total, objects = await _s3_total(s3, a["bucket"])
+            if total and first_ns is None:
+                first_ns = time.monotonic_ns()
+            if total >= expected or time.monotonic() >= end:
+                break
+            if not total and time.monotonic() - started > first_timeout:
+                break
+            await asyncio.sleep(interval)
+    return {"done_ns": time.monotonic_ns(), "first_ns": first_ns, "total": total,
+            "objects": objects, "reached": total >= expected}
+
+
+async def s3_baseline(a: dict[str, Any]) -> dict[str, Any]:
+    """put_object of the same files (same lines, same sizes), one after another."""
+    factory = EventFactory(a["published_at"])
+    files, lines_per_file = int(a["files"]), int(a["lines_per_file"])
+    results = []
+    async with _s3_client(a) as s3:
+        start = 0
+        payloads = []
+        for _ in range(files):
+            payloads.append(b"".join(factory.delivery_body(i) + b"\n"
+                                     for i in range(start, start + lines_per_file)))
+            start += lines_per_file
+        phase = Phase()
+        for n, body in enumerate(payloads):
+            await s3.put_object(Bucket=a["bucket"], Key=f"baseline/file-{n}.export", Body=body)
+            results.append(len(body))
+        result = phase.result()
+    return {**result, "bytes": sum(results), "mib": sum(results) / MIB}
+
+
+COMMANDS: dict[str, Callable[[dict[str, Any]], Any]] = {
+    "ingest": ingest,
+    "paced": paced,
+    "publish_all": publish_all,
+    "lmdb_baseline": lmdb_baseline,
+    "webhook_baseline": webhook_baseline,
+    "fill_store": fill_store,
+    "s3_create_bucket": s3_create_bucket,
+    "s3_watch": s3_watch,
+    "s3_baseline": s3_baseline,
+}
+
+
+def main(argv: list[str]) -> int:
+    command, args = argv[0], json.loads(argv[1])
+    job = COMMANDS[command]
+    result = job(args)
+    if asyncio.iscoroutine(result):
+        result = asyncio.run(result)
+    sys.stdout.write(json.dumps(result) + "\n")
+    sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
