@@ -484,13 +484,23 @@ def s3_upload(ctx: Ctx) -> list[Row]:
 
 
 def backlog_rss(ctx: Ctx) -> list[Row]:
+    """Peak RSS while 10 integrations catch up on the stored backlog.
+
+    In the measured window the 10 webhook integrations get through only a part
+    of the log (delivery runs at a few thousand events/s). What their memory
+    comes to once the log has been read through is shown by a second phase:
+    an 11th integration whose filter matches nothing reads the whole log in
+    seconds (every page of the LMDB map is touched, as a full catch-up would).
+    """
     scenario = "backlog-rss"
     integrations, seconds = 10, ctx.size(45.0, 4.0)
     data_dir, info, starts_at = ctx.copy_template(scenario)
     receiver = ReceiverProc(ctx.children)
     samples: list[dict[str, float]] = []
+    scan: list[dict[str, float]] = []
     try:
-        daemon = ctx.daemon(scenario, {"storage": {"data_dir": str(data_dir)}})
+        daemon = ctx.daemon(scenario, {"storage": {"data_dir": str(data_dir)},
+                                       "limits": {"max_integrations": integrations + 1}})
         try:
             idle = daemon.memory()
             ctx.log(f"  {info['events']:,} events stored; {integrations} integrations catch up "
@@ -505,21 +515,45 @@ def backlog_rss(ctx: Ctx) -> list[Row]:
             final = daemon.memory()
             busy = meter.busy(wall)
             delivered = receiver.stats()["count"]
+            samples.append(final)
+
+            ctx.log("  then an 11th integration (filter matching nothing) reads the whole log")
+            daemon.api("POST", API_BASE, {
+                "id": "backlog-scan", "integration_type": "permanent", "starts_at": starts_at,
+                "callback_parameters": {"callback_url": f"{receiver.url}/scan"},
+                "filter_conditions": {"event_filter": ["return.processed"]}})
+            scan_t0 = time.monotonic()
+            stable_since, last_file = time.monotonic(), -1.0
+            for _ in ticks(ctx.size(90.0, 15.0), 0.1):
+                memory = daemon.memory()
+                scan.append(memory)
+                if abs(memory.get("RssFile", 0.0) - last_file) > 0.5:
+                    stable_since, last_file = time.monotonic(), memory.get("RssFile", 0.0)
+                elif time.monotonic() - stable_since > 3.0:
+                    break  # file-backed pages stopped growing: the log has been read
+            scan_wall = time.monotonic() - scan_t0 - 3.0
+            scan.append(daemon.memory())
         finally:
             daemon.stop()
     finally:
         receiver.stop()
-    samples.append(final)
     peak_sample = max(samples, key=lambda m: m.get("VmRSS", 0.0))
     peak = max(final.get("VmHWM", 0.0), peak_sample.get("VmRSS", 0.0))
-    peak_anon = max(m.get("RssAnon", 0.0) for m in samples)
+    peak_anon = max(m.get("RssAnon", 0.0) for m in samples + scan)
+    scan_peak = max(scan, key=lambda m: m.get("VmRSS", 0.0))
     note = (f"{info['events']:,} events stored; at the sampled peak: anon "
             f"{peak_sample.get('RssAnon', 0):.0f} MiB + file-backed (LMDB map pages) "
             f"{peak_sample.get('RssFile', 0):.0f} MiB; idle before catch-up "
             f"{idle.get('VmRSS', 0):.0f} MiB; {delivered:,} deliveries in {wall:.1f}s "
-            f"({delivered / wall:,.0f}/s)")
+            f"({delivered / wall:,.0f}/s), i.e. the integrations read only part of the log")
+    scan_note = (f"after the whole log was read once (~{max(scan_wall, 0):.0f}s): anon "
+                 f"{scan_peak.get('RssAnon', 0):.0f} MiB + file-backed "
+                 f"{scan_peak.get('RssFile', 0):.0f} MiB. File-backed pages are LMDB's "
+                 "read-only map: shared page cache the kernel can reclaim, not heap")
     return [limit_row(scenario, "peak RSS of the daemon", "MiB", peak, 250, note, busy),
-            limit_row(scenario, "peak anonymous RSS (heap)", "MiB", peak_anon, None, busy=busy)]
+            limit_row(scenario, "peak RSS once the log was read through", "MiB",
+                      scan_peak.get("VmRSS"), 250, scan_note),
+            limit_row(scenario, "peak anonymous RSS (heap)", "MiB", peak_anon, None)]
 
 
 def restart(ctx: Ctx) -> list[Row]:
