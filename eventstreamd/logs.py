@@ -50,6 +50,14 @@ class SecretRedactor:
 
 redactor = SecretRedactor()
 
+_CONTROL = dict.fromkeys(range(32), " ")
+
+
+def clean_text(text: str) -> str:
+    """Text from outside (a receiver's answer, an exception) made safe to store and show:
+    known secrets masked, control characters (forged log lines) flattened."""
+    return redactor.scrub(text).translate(_CONTROL)
+
 
 class _TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:

@@ -12,6 +12,7 @@ import pytest
 from receiver import Receiver
 
 from eventstreamd.config import Config, LimitsConfig, WebhookConfig
+from eventstreamd.daemon.integrations import IntegrationService
 from eventstreamd.daemon.retention import prune_once
 from eventstreamd.daemon.supervisor import Supervisor
 from eventstreamd.sinks.filters import EventFilter
@@ -101,7 +102,7 @@ class Harness:
                   "starts_at": None, "ends_at": None, "filter_conditions": None,
                   "callback_parameters": {"callback_url": url}, "s3_parameters": None,
                   "created_at": "2024-01-01T00:00:00.000Z", "stopped_at_ms": None,
-                  "done": False, **fields}
+                  "done": False, "incarnation": "i1", **fields}
 
         def job(txn: Any) -> None:
             self.store.txn_put_integration(txn, record)
@@ -133,22 +134,51 @@ async def harness(tmp_path: Path) -> AsyncIterator[tuple[Harness, FakeClock]]:
 async def test_restart_window(harness: tuple[Harness, FakeClock], receiver: Receiver,
                               stopped_days: int, expect_old: bool) -> None:
     h, clock = harness
-    await h.publish(10)
-    stopped_at_ms = int((clock.now - stopped_days * DAY) * 1000)
-    await h.add_webhook(receiver.url, cursor=1, stopped_at_ms=stopped_at_ms)
     await h.start_supervisor()
+    service = IntegrationService(h.store, h.config, h.supervisor, clock=clock)
+    await h.add_webhook(receiver.url, cursor=1)
+    await service.stop("w1")  # stopped now, by the fake clock
+    await h.publish(10)  # published while stopped
+    clock.now += stopped_days * DAY
+    await service.start("w1")
     await h.publish(5, start=10)
     expected = set(range(15)) if expect_old else set(range(10, 15))
     await receiver.wait_for(lambda: len(receiver.delivered) >= len(expected))
     await anyio.sleep(0.2)
     assert {r.body["payload"]["i"] for r in receiver.delivered} == expected
-    logs = h.store.list_logs("w1")
     if expect_old:
         assert "events_skipped" not in h.actions()
     else:
-        [skipped] = [e for e in logs if e["action"] == "events_skipped"]
+        [skipped] = [e for e in h.store.list_logs("w1") if e["action"] == "events_skipped"]
         assert "skipped 10 events" in skipped["reason"]
-    assert h.store.get_integration("w1")["stopped_at_ms"] is None  # applied once
+    assert h.store.get_integration("w1")["stopped_at_ms"] is None
+    # A later daemon or sink restart does not apply the rule again.
+    clock.now += 40 * DAY
+    h.supervisor.integration_changed("w1")
+    await h.publish(1, start=15)
+    await receiver.wait_for(lambda: 15 in {r.body["payload"]["i"] for r in receiver.delivered})
+
+
+async def test_deleted_integrations_sink_never_writes_into_its_successor(
+        harness: tuple[Harness, FakeClock], receiver: Receiver) -> None:
+    h, _ = harness
+    await h.add_webhook(receiver.url, cursor=1, incarnation="old")
+    sink_store_writes = []
+    # The old sink's write, attempted after the id was re-created, is refused.
+    from eventstreamd.sinks.loop import SinkLoop
+    from eventstreamd.sinks.webhook import WebhookPipeline
+
+    loop = SinkLoop(store=h.store, record=h.store.get_integration("w1"),
+                    pipeline=WebhookPipeline(None, 0.1, 0.1, 8),  # type: ignore[arg-type]
+                    stop_grace=1.0)
+    await h.store.write(lambda txn: h.store.txn_delete_integration(txn, "w1"))
+    await h.add_webhook(receiver.url, cursor=1, incarnation="new")
+    sink_store_writes.append(await loop.write(
+        lambda txn: h.store.txn_set_cursor(txn, "w1", 99)))
+    await loop.add_log("retry_triggered", "from the old sink")
+    assert sink_store_writes == [False] and loop.stopping.is_set()
+    assert h.store.get_cursor("w1") == 1
+    assert h.store.list_logs("w1") == []
 
 
 async def test_pruned_events_are_skipped_and_logged(harness: tuple[Harness, FakeClock],

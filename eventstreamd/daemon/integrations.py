@@ -32,6 +32,8 @@ from __future__ import annotations
 
 import logging
 import re
+import time
+import uuid
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -42,8 +44,9 @@ import lmdb
 from ..config import Config
 from ..logs import MASK, kv, redactor
 from ..schemas.validation import RequestInvalid, validate_request
+from ..sinks.loop import resume_position
 from ..sinks.ssrf import BlockedTarget, check_host
-from ..storage.lmdb_store import LmdbStore, StoreFull, now_ms
+from ..storage.lmdb_store import LmdbStore, StoreFull
 from ..storage.writer import WriterClosed
 from ..timeutil import format_utc, now_iso, now_utc, parse_rfc3339, to_ms
 from .contracts import DeliveryFailed, SinkControl
@@ -152,6 +155,11 @@ def _validated(operation_id: str, body: Any, block_policy: str) -> dict[str, Any
     assert isinstance(body, dict)  # the schema says "type: object"
     if body.get(WEBHOOK) is not None:
         _check_callback_url(body[WEBHOOK]["callback_url"], block_policy)
+        api_key = body[WEBHOOK].get("api_key")
+        if isinstance(api_key, str) and any(ord(c) < 32 or ord(c) == 127 for c in api_key):
+            # It becomes an HTTP header: a line break would be refused at send time.
+            raise bad_request("invalid_api_key",
+                              "'callback_parameters.api_key' must not contain control characters")
     return body
 
 
@@ -167,6 +175,11 @@ def _check_callback_url(url: str, block_policy: str) -> None:
         raise bad_request(
             "invalid_callback_url",
             "'callback_parameters.callback_url' must be an http:// or https:// URL with a host",
+        )
+    if parts.username is not None or parts.password is not None:
+        raise bad_request(
+            "invalid_callback_url",
+            "'callback_parameters.callback_url' must not carry credentials; use 'api_key'",
         )
     # Literal addresses are refused here already; names are checked again at connect
     # time, after resolution (see sinks/ssrf.py).
@@ -235,10 +248,12 @@ Job = Callable[[lmdb.Transaction], Any]
 
 
 class IntegrationService:
-    def __init__(self, store: LmdbStore, config: Config, sinks: SinkControl) -> None:
+    def __init__(self, store: LmdbStore, config: Config, sinks: SinkControl,
+                 clock: Callable[[], float] = time.time) -> None:
         self.store = store
         self.config = config
         self.sinks = sinks
+        self.clock = clock  # injectable, so the restart-window rule is testable without sleeping
 
     def register_stored_secrets(self) -> None:
         """Register the secrets of every stored integration with the log redactor (start-up)."""
@@ -329,6 +344,9 @@ class IntegrationService:
             "created_at": now_iso(),
             "stopped_at_ms": None,
             "done": False,
+            # Tells this integration apart from an earlier one with the same id, so a
+            # sink still finishing for a deleted integration cannot write into it.
+            "incarnation": uuid.uuid4().hex,
         }
         register_secrets(record)
         # Computed before the job: the first event to deliver. Events committed
@@ -414,18 +432,24 @@ class IntegrationService:
         self._changed(integration_id)
 
     async def start(self, integration_id: str) -> dict[str, Any]:
-        # stopped_at_ms stays: the supervisor applies the restart-window rule with it.
-        return await self._set_status(integration_id, "running", STARTED, None)
+        return await self._set_status(integration_id, "running", STARTED)
 
     async def stop(self, integration_id: str) -> dict[str, Any]:
-        return await self._set_status(integration_id, "stopped", STOPPED, now_ms())
+        return await self._set_status(integration_id, "stopped", STOPPED)
 
     async def _set_status(
-        self, integration_id: str, status: str, entry: tuple[str, str], stopped_at_ms: int | None
+        self, integration_id: str, status: str, entry: tuple[str, str]
     ) -> dict[str, Any]:
-        """Idempotent: an integration already in `status` is returned unchanged."""
+        """Idempotent: an integration already in `status` is returned unchanged.
+
+        Starting applies the restart-window rule in the same transaction: after a
+        stop longer than `limits.restart_window` the cursor skips to the head and
+        the log says how many events were skipped.
+        """
         if not ID_PATTERN.fullmatch(integration_id):
             raise not_found(integration_id)
+        now = int(self.clock() * 1000)
+        window_ms = int(self.config.limits.restart_window * 1000)
 
         def job(txn: lmdb.Transaction) -> Any:
             current = self.store.txn_get_integration(txn, integration_id)
@@ -434,8 +458,21 @@ class IntegrationService:
             if current["status"] == status:
                 return current
             record = dict(current, status=status)
-            if stopped_at_ms is not None:
-                record["stopped_at_ms"] = stopped_at_ms
+            if status == "stopped":
+                record["stopped_at_ms"] = now
+            else:
+                record["stopped_at_ms"] = None
+                cursor = self.store.txn_get_cursor(txn, integration_id)
+                head = self.store.txn_head(txn)
+                position, skipped = resume_position(
+                    cursor if cursor is not None else head + 1, head,
+                    current.get("stopped_at_ms"), now, window_ms)
+                if skipped:
+                    self.store.txn_set_cursor(txn, integration_id, position)
+                    self.store.txn_add_log(
+                        txn, integration_id, "events_skipped",
+                        f"Stopped for longer than the restart window; skipped {skipped} "
+                        "events.", now_iso())
             self.store.txn_put_integration(txn, record)
             self._log(txn, integration_id, entry)
             return record

@@ -89,7 +89,7 @@ def validate_event(index: int, raw: Any, default_tenant: str, now: str) -> Packe
     else:
         try:
             published_at = format_utc(parse_rfc3339(published_at))
-        except ValueError as exc:
+        except (ValueError, OverflowError) as exc:
             raise _bad(f"event {index}: 'published_at' {exc}") from None
     tenant = raw.get("tenant", default_tenant)
     if not isinstance(tenant, str) or not tenant or len(tenant) > MAX_TENANT \

@@ -14,6 +14,7 @@ import anyio.lowlevel
 
 from ..logs import kv
 from ..storage.lmdb_store import LmdbStore, StoreFull, now_ms
+from ..storage.writer import WriterClosed
 
 log = logging.getLogger("eventstreamd.retention")
 
@@ -31,6 +32,7 @@ async def prune_once(store: LmdbStore, retention_s: float, chunk: int = CHUNK) -
             break
         await anyio.lowlevel.checkpoint()  # let waiting publishers in between chunks
     if total:
+        await store.settle_freed_pages()
         log.info("pruned events past retention", extra=kv(count=total, first_seq=store.first_seq()))
     return total
 
@@ -39,6 +41,8 @@ async def retention_loop(store: LmdbStore, retention_s: float, every_s: float) -
     while True:
         try:
             await prune_once(store, retention_s)
+        except WriterClosed:
+            return  # shutting down
         except StoreFull:
             # Deleting needs a few free pages too; try again on the next round.
             log.warning("retention could not run: the store is full")

@@ -34,7 +34,7 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from .. import __version__
 from ..config import Config
-from ..logs import kv, redactor
+from ..logs import kv
 from ..sinks.journal import add_log
 from ..sinks.loop import Pipeline, SinkLoop
 from ..sinks.s3 import S3Pipeline
@@ -43,6 +43,7 @@ from ..sinks.webhook import WebhookPipeline, WebhookTarget, encode_body
 from ..storage.lmdb_store import LmdbStore
 from ..timeutil import format_utc, now_utc
 from .contracts import DeliveryFailed
+from .integrations import register_secrets
 
 log = logging.getLogger("eventstreamd.supervisor")
 
@@ -52,17 +53,12 @@ JANITOR_EVERY = 1.0
 S3_STOP_GRACE = 20.0  # an open file's last upload at stop; after it, it is rebuilt next start
 # Fields whose change restarts a running sink; status, stop time and the
 # `done` flag are lifecycle, not delivery settings.
-_DELIVERY_FIELDS = ("integration_type", "starts_at", "ends_at", "filter_conditions",
-                    "callback_parameters", "s3_parameters")
+_DELIVERY_FIELDS = ("incarnation", "integration_type", "starts_at", "ends_at",
+                    "filter_conditions", "callback_parameters", "s3_parameters")
 
 
 def delivery_settings(record: dict[str, Any]) -> tuple[Any, ...]:
     return tuple(repr(record.get(f)) for f in _DELIVERY_FIELDS)
-
-
-def register_secrets(record: dict[str, Any]) -> None:
-    redactor.add((record.get("callback_parameters") or {}).get("api_key"))
-    redactor.add((record.get("s3_parameters") or {}).get("aws_secret_access_key"))
 
 
 @dataclass
@@ -213,14 +209,21 @@ class Supervisor:
                         log.exception("sink crashed", extra=kv(
                             integration=integration_id, restart_in=delay))
                         with contextlib.suppress(Exception):
-                            await add_log(self.store, integration_id, "sink_crashed",
+                            await add_log(self.store, integration_id, record.get("incarnation"),
+                                          "sink_crashed",
                                           f"Delivery task crashed ({type(exc).__name__}: {exc}); "
                                           f"restarting in {delay:g}s.")
                         with anyio.move_on_after(delay):
                             await handle.stop_event.wait()
                         continue
                     if outcome == "completed":
-                        await self._complete(integration_id)
+                        try:
+                            await self._complete(record)
+                        except Exception:
+                            # Not marked done: the next start finds the range delivered
+                            # and completes again.
+                            log.exception("could not mark the integration completed",
+                                          extra=kv(integration=integration_id))
                     log.info("sink stopped", extra=kv(integration=integration_id,
                                                       outcome=outcome))
                     return
@@ -253,32 +256,39 @@ class Supervisor:
             grace = S3_STOP_GRACE
         return SinkLoop(
             store=self.store, record=record, pipeline=pipeline,
-            restart_window=self.config.limits.restart_window,
             stop_grace=grace, clock=self.clock,
         )
 
-    async def _complete(self, integration_id: str) -> None:
-        record = self.store.get_integration(integration_id)
-        if record is None:
-            return
-        now = self.clock()
-        record = {**record, "status": "stopped", "done": True, "stopped_at_ms": int(now * 1000)}
-        reason = (f"All events up to {record.get('ends_at')} were sent; stopped automatically. "
+    async def _complete(self, started: dict[str, Any]) -> None:
+        """Mark a temporary integration done — only if it is still the one that ran, running."""
+        integration_id = started["id"]
+        now_ms = int(self.clock() * 1000)
+        reason = (f"All events up to {started.get('ends_at')} were sent; stopped automatically. "
                   f"Deleted in {self.config.webhook.temporary_delete_after:g}s.")
         created_at = format_utc(now_utc())
 
-        def job(txn: Any) -> None:
-            self.store.txn_put_integration(txn, record)
+        def job(txn: Any) -> bool:
+            current = self.store.txn_get_integration(txn, integration_id)
+            if (current is None or current.get("incarnation") != started.get("incarnation")
+                    or current.get("status") != "running"):
+                return False  # deleted, replaced or stopped meanwhile: leave it be
+            done = {**current, "status": "stopped", "done": True, "stopped_at_ms": now_ms}
+            self.store.txn_put_integration(txn, done)
             self.store.txn_add_log(txn, integration_id, "integration_completed", reason,
                                    created_at)
-        await self.store.write(job)
-        log.info("temporary integration completed", extra=kv(integration=integration_id))
+            return True
+
+        if await self.store.write(job):
+            log.info("temporary integration completed", extra=kv(integration=integration_id))
 
     # ---------------------------------------------------------------- janitor
 
     async def _janitor_forever(self) -> None:
         while True:
-            await self.delete_expired_temporaries()
+            try:
+                await self.delete_expired_temporaries()
+            except Exception:
+                log.exception("janitor round failed; trying again")
             await anyio.sleep(JANITOR_EVERY)
 
     async def delete_expired_temporaries(self) -> list[str]:

@@ -19,7 +19,8 @@ MAX_RETRY_AFTER = 3600.0
 def backoff_delay(attempt: int, initial: float, cap: float,
                   rng: random.Random | None = None) -> float:
     """Delay before retry number `attempt` (1 for the first retry)."""
-    ceiling = min(cap, initial * (2 ** max(0, attempt - 1)))
+    # The exponent is capped so a days-long outage cannot overflow the float.
+    ceiling = min(cap, initial * (2 ** min(max(0, attempt - 1), 60)))
     return (rng or random).uniform(0, ceiling)
 
 
@@ -28,11 +29,11 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdecimal():
         return min(float(value), MAX_RETRY_AFTER)
     try:
         when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError, IndexError):
         return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)

@@ -1,8 +1,12 @@
 """Integration log entries written by the delivery layer (the seed's actions and reasons).
 
-A log entry that cannot be written because the store is full is dropped with a
-warning: losing one line of an integration's log is better than stalling or
-crashing delivery while the operator frees space.
+Decisions:
+- A sink writes only while its integration is still the one it was started
+  for (`incarnation`): a sink finishing for a deleted integration must not
+  leave entries under a new integration that reuses the id.
+- An entry that cannot be written because the store is full is dropped with a
+  warning: losing one line of an integration's log is better than stalling or
+  crashing delivery while the operator frees space.
 """
 
 from __future__ import annotations
@@ -16,12 +20,16 @@ from ..timeutil import now_iso
 log = logging.getLogger("eventstreamd.journal")
 
 
-async def add_log(store: LmdbStore, integration_id: str, action: str, reason: str) -> None:
+async def add_log(store: LmdbStore, integration_id: str, incarnation: str | None, action: str,
+                  reason: str) -> None:
     created_at = now_iso()
+
+    def job(txn: object) -> None:
+        if store.txn_is_incarnation(txn, integration_id, incarnation):  # type: ignore[arg-type]
+            store.txn_add_log(txn, integration_id, action, reason, created_at)  # type: ignore[arg-type]
+
     try:
-        await store.write(
-            lambda txn: store.txn_add_log(txn, integration_id, action, reason, created_at)
-        )
+        await store.write(job)
     except StoreFull:
         log.warning("integration log entry dropped: the store is full",
                     extra=kv(integration=integration_id, action=action))

@@ -13,11 +13,15 @@ Decisions:
 - The cursor is written by one flusher task through the group commit whenever
   the safe cursor moved; while one write is in flight further progress
   accumulates, so cursor writes cost little and never block delivery.
-- Where delivery starts: the stored cursor, except after a stop longer than
-  `limits.restart_window` (skip to the head, logged with the count), and
-  past events that retention pruned (skipped, logged with the count). A
+- Where delivery starts: the stored cursor (`_start` already applied the
+  restart-window rule to it), skipping past events that retention pruned
+  (logged with the count). A
   temporary integration ends at the first event ingested after `ends_at` (or
   when the log is drained and `ends_at` has passed).
+- Every write a sink makes (cursor, logs, rejected events, S3 bookkeeping)
+  goes through `write()`, which checks in the transaction that the
+  integration is still the one the sink started for: a sink finishing after
+  a DELETE never writes into a new integration that reuses the id.
 - Stop: nothing new is handed on; the pipeline finishes what it can within
   the grace period (requests in flight, an open file's upload), the cursor is
   flushed, and whatever did not finish stays after the cursor for next time.
@@ -45,7 +49,9 @@ from .journal import add_log
 log = logging.getLogger("eventstreamd.sink")
 
 READ_BATCH = 256
+READ_BYTES = 4 * 1024 * 1024  # a batch stops at this much stored data, too
 HEAD_POLL = 0.2  # seconds; also how often a pipeline's tick runs while the log is idle
+COMPLETION_MARGIN_MS = 5_000  # see _range_closed
 CURSOR_RETRY = 1.0  # seconds between cursor writes while the store is full
 
 Clock = Callable[[], float]
@@ -88,6 +94,9 @@ class Pipeline(Protocol):
     async def close(self, sink: SinkLoop, outcome: Outcome, grace: float) -> None:
         """Finish what can be finished within `grace` seconds."""
 
+    async def release(self) -> None:
+        """Free resources (clients, files); safe to call after close() and after a crash."""
+
     def status(self) -> dict[str, Any]:
         """Pipeline-specific live figures for the status snapshot."""
 
@@ -111,7 +120,6 @@ class SinkLoop:
         store: LmdbStore,
         record: dict[str, Any],
         pipeline: Pipeline,
-        restart_window: float,
         stop_grace: float,
         clock: Clock = time.time,
     ) -> None:
@@ -119,7 +127,7 @@ class SinkLoop:
         self.record = record
         self.integration_id: str = record["id"]
         self.pipeline = pipeline
-        self._restart_window = restart_window
+        self.incarnation: str | None = record.get("incarnation")
         self._stop_grace = stop_grace
         self.clock = clock
         self.filter = EventFilter.from_conditions(record.get("filter_conditions"))
@@ -170,41 +178,50 @@ class SinkLoop:
     async def run(self) -> Outcome:
         start = await self._starting_position()
         self.read_position = self.durable_cursor = start
-        await self.pipeline.open(self)
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(self._flush_forever, name=f"cursor:{self.integration_id}")
-            outcome = await self._dispatch(tg)
-            await self.pipeline.close(self, outcome, self._stop_grace)
-            with contextlib.suppress(StoreFull):  # then it is redelivered: at least once
-                await self._flush()
-            tg.cancel_scope.cancel()
+        outcome: Outcome = "stopped"
+        try:
+            async with anyio.create_task_group() as tg:
+                await self.pipeline.open(self)
+                tg.start_soon(self._flush_forever, name=f"cursor:{self.integration_id}")
+                outcome = await self._dispatch(tg)
+                await self.pipeline.close(self, outcome, self._stop_grace)
+                with contextlib.suppress(StoreFull):  # then it is redelivered: at least once
+                    await self._flush()
+                tg.cancel_scope.cancel()
+        finally:
+            # After a crash too: the pipeline's client and open files are released.
+            with anyio.CancelScope(shield=True), anyio.move_on_after(self._stop_grace):
+                await self.pipeline.release()
         if outcome == "completed" and self.stopping.is_set():
             outcome = "stopped"  # stopped before the last events were finished
         return outcome
 
     async def _starting_position(self) -> int:
-        store, record = self.store, self.record
-        cursor = store.get_cursor(self.integration_id)
-        if cursor is None:
-            cursor = store.head + 1
-        now_ms = int(self.clock() * 1000)
-        position, skipped = resume_position(
-            cursor, store.head, record.get("stopped_at_ms"), now_ms,
-            int(self._restart_window * 1000))
-        if record.get("stopped_at_ms") is not None or position != cursor:
-            record = {**record, "stopped_at_ms": None}
-            self.record = record
+        # The restart-window rule was applied by `_start` when the integration was
+        # started (daemon/integrations.py), in the same transaction as the status.
+        cursor = self.store.get_cursor(self.integration_id)
+        return cursor if cursor is not None else self.store.head + 1
 
-            def job(txn: Any) -> None:
-                store.txn_put_integration(txn, record)
-                store.txn_set_cursor(txn, self.integration_id, position)
-            await store.write(job)
-        if skipped:
-            await add_log(store, self.integration_id, "events_skipped",
-                          f"Stopped for longer than the restart window; skipped {skipped} events.")
-            log.info("restart window passed; skipping to the head",
-                     extra=kv(integration=self.integration_id, skipped=skipped))
-        return position
+    async def write(self, job: Callable[[Any], None]) -> bool:
+        """Run `job` in the group commit only while the integration is still ours.
+
+        False (and the sink stops) when it was deleted or replaced by a new
+        integration with the same id.
+        """
+        def guarded(txn: Any) -> bool:
+            if not self.store.txn_is_incarnation(txn, self.integration_id, self.incarnation):
+                return False
+            job(txn)
+            return True
+
+        if await self.store.write(guarded):
+            return True
+        log.info("integration gone; its sink stops", extra=kv(integration=self.integration_id))
+        self.request_stop()
+        return False
+
+    async def add_log(self, action: str, reason: str) -> None:
+        await add_log(self.store, self.integration_id, self.incarnation, action, reason)
 
     async def _dispatch(self, tg: TaskGroup) -> Outcome:
         pipeline = self.pipeline
@@ -214,9 +231,9 @@ class SinkLoop:
                 with anyio.move_on_after(HEAD_POLL):
                     await self.wait_progress()
                 continue
-            batch = self.store.read_events(self.read_position, READ_BATCH)
+            batch = self.store.read_events(self.read_position, READ_BATCH, READ_BYTES)
             if not batch:
-                if self._ends_ms is not None and self.clock() * 1000 > self._ends_ms:
+                if self._ends_ms is not None and self._range_closed():
                     return "completed"
                 await self.store.wait_for_head(self.read_position - 1, max_wait=HEAD_POLL)
                 continue
@@ -234,10 +251,21 @@ class SinkLoop:
             self.progressed()
         return "stopped"
 
+    def _range_closed(self) -> bool:
+        """No event ingested at or before `ends_at` can still appear in the log.
+
+        Ingest times are stamped in commit order, so a commit stamped after
+        `ends_at` closes the range; so does `ends_at` being older than any commit
+        could take (an event stamped just before it may still be fsyncing).
+        """
+        assert self._ends_ms is not None
+        return (self.store.last_ingested_ms() > self._ends_ms
+                or self.clock() * 1000 > self._ends_ms + COMPLETION_MARGIN_MS)
+
     async def _report_pruned(self, count: int) -> None:
-        await add_log(self.store, self.integration_id, "events_pruned",
-                      f"{count} events were removed by retention before they were delivered; "
-                      "skipped.")
+        await self.add_log("events_pruned",
+                           f"{count} events were removed by retention before they were "
+                           "delivered; skipped.")
         log.warning("events pruned before delivery", extra=kv(
             integration=self.integration_id, count=count))
 
@@ -259,8 +287,9 @@ class SinkLoop:
         cursor = self.pipeline.safe_cursor(self.read_position)
         if cursor <= self.durable_cursor:
             return
-        await self.store.write(
-            lambda txn: self.store.txn_set_cursor(txn, self.integration_id, cursor))
+        if not await self.write(
+                lambda txn: self.store.txn_set_cursor(txn, self.integration_id, cursor)):
+            return
         self.durable_cursor = max(self.durable_cursor, cursor)
         self.pipeline.committed(cursor)
         self.progressed()

@@ -58,12 +58,12 @@ from ..storage.lmdb_store import LmdbStore
 from ..storage.records import StoredEvent
 from .backoff import backoff_delay
 from .filters import EventFilter
-from .journal import add_log
 from .loop import SinkLoop
 
 log = logging.getLogger("eventstreamd.s3")
 
 PART_SIZE = 8 * 1024 * 1024
+MAX_OPEN_FILES = 64  # per integration; one per tenant until then
 REBUILD_BATCH = 1024
 
 
@@ -163,6 +163,7 @@ class S3Pipeline:
         for manifest in list(self.pending):
             log.info("re-uploading a recorded file", extra=kv(
                 integration=self.integration_id, key=manifest["key"]))
+            await self._abort_stale_multipart(manifest["key"])
             if not await self._upload(manifest, sink, None):
                 return
 
@@ -171,6 +172,12 @@ class S3Pipeline:
             return True  # already in a recorded file (we crashed after recording it)
         open_file = self.files.get(event.tenant)
         if open_file is None:
+            if len(self.files) >= MAX_OPEN_FILES:
+                # Tenants come from publishers: cap the descriptors one sink holds by
+                # sealing the oldest file early.
+                oldest = min(self.files.values(), key=lambda f: f.started_at)
+                if not await self._rotate([oldest], sink):
+                    return False
             open_file = self._new_file(event.tenant, event.seq, sink.clock())
         line = event_line(event)
         open_file.handle.write(line)
@@ -199,15 +206,15 @@ class S3Pipeline:
         return None
 
     async def close(self, sink: SinkLoop, outcome: str, grace: float) -> None:
-        try:
-            with anyio.move_on_after(grace if outcome == "stopped" else None):
-                if self.files:
-                    await self._rotate(list(self.files.values()), sink)
-        finally:
-            for open_file in self.files.values():
-                open_file.handle.close()
-            self.files.clear()
-            await self._stack.aclose()
+        with anyio.move_on_after(grace if outcome == "stopped" else None):
+            if self.files:
+                await self._rotate(list(self.files.values()), sink)
+
+    async def release(self) -> None:
+        for open_file in self.files.values():
+            open_file.handle.close()
+        self.files.clear()
+        await self._stack.aclose()
 
     def status(self) -> dict[str, Any]:
         now_files = list(self.files.values())
@@ -247,19 +254,48 @@ class S3Pipeline:
         for manifest in manifests:
             self.watermarks[manifest["tenant"]] = manifest["last_seq"]
         self.pending.extend(manifests)
-        await self._save_state()
+        if not await self._save_state(sink):
+            return False  # deleted or replaced: upload nothing more for it
         for manifest in manifests:
             if not await self._upload(manifest, sink, Path(manifest["path"])):
                 return False
         return True
 
-    async def _save_state(self) -> None:
+    async def _save_state(self, sink: SinkLoop) -> bool:
+        """Commit watermarks and pending files; False when the integration is gone."""
         state = {"watermarks": self.watermarks,
                  "pending": [{k: v for k, v in m.items() if k != "path"} for m in self.pending]}
-        await self.store.write(
+        return await sink.write(
             lambda txn: self.store.txn_put_sink_state(txn, self.integration_id, state))
 
-    def _rebuild(self, manifest: dict[str, Any]) -> Path:
+    async def _forget(self, manifest: dict[str, Any], sink: SinkLoop, path: Path) -> bool:
+        log.warning("recorded file not re-uploaded (its events were pruned)", extra=kv(
+            integration=self.integration_id, key=manifest["key"]))
+        self.pending = [m for m in self.pending if m["key"] != manifest["key"]]
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        await self._save_state(sink)
+        sink.progressed()
+        return True
+
+    async def _exists(self, key: str) -> bool:
+        try:
+            await self._client.head_object(Bucket=self.bucket, Key=key)
+            return True
+        except (ClientError, BotoCoreError, OSError):
+            return False
+
+    async def _abort_stale_multipart(self, key: str) -> None:
+        """Abort multipart uploads of `key` left by a crash, so no orphaned parts stay billed."""
+        with contextlib.suppress(ClientError, BotoCoreError, OSError), \
+                anyio.move_on_after(self._timeout):
+            listing = await self._client.list_multipart_uploads(Bucket=self.bucket, Prefix=key)
+            for upload in listing.get("Uploads", []):
+                if upload.get("Key") == key:
+                    await self._client.abort_multipart_upload(
+                        Bucket=self.bucket, Key=key, UploadId=upload["UploadId"])
+
+    def _rebuild(self, manifest: dict[str, Any]) -> tuple[Path, int]:
         """Write the recorded file again from the log: same range, tenant and filter."""
         path = self.spool_dir / (manifest["key"].replace("/", "_") + ".rebuilt")
         event_filter = EventFilter.from_conditions(manifest.get("filter"))
@@ -267,7 +303,7 @@ class S3Pipeline:
         position = manifest["first_seq"]
         with open(path, "wb") as out:
             while position <= manifest["last_seq"]:
-                batch = self.store.read_events(position, REBUILD_BATCH)
+                batch = self.store.read_events(position, REBUILD_BATCH, 8 * 1024 * 1024)
                 if not batch:
                     break
                 for event in batch:
@@ -281,13 +317,19 @@ class S3Pipeline:
             log.warning("rebuilt file differs from the recorded one (events pruned?)", extra=kv(
                 integration=self.integration_id, key=manifest["key"],
                 recorded=manifest["lines"], rebuilt=lines))
-        return path
+        return path, lines
 
     # --------------------------------------------------------------- upload
 
     async def _upload(self, manifest: dict[str, Any], sink: SinkLoop, path: Path | None) -> bool:
         if path is None or not await anyio.Path(path).exists():
-            path = await anyio.to_thread.run_sync(self._rebuild, manifest)
+            path, lines = await anyio.to_thread.run_sync(self._rebuild, manifest)
+            if lines != manifest["lines"] and await self._exists(manifest["key"]):
+                # Retention pruned part of the range since; the object that went up
+                # before the crash is the complete one: keep it, do not shrink it.
+                return await self._forget(manifest, sink, path)
+            if lines == 0:
+                return await self._forget(manifest, sink, path)
         attempt = 0
         while True:
             try:
@@ -305,12 +347,12 @@ class S3Pipeline:
                 log.warning("upload failed, will retry", extra=kv(
                     integration=self.integration_id, key=manifest["key"], attempt=attempt,
                     reason=cause))
-                await add_log(self.store, self.integration_id, "retry_triggered", reason)
+                await sink.add_log("retry_triggered", reason)
                 delay = backoff_delay(attempt, self._retry_initial, self._retry_max)
                 if await sink.sleep_unless_stopping(delay):
                     return False
         self.pending = [m for m in self.pending if m["key"] != manifest["key"]]
-        await self._save_state()
+        await self._save_state(sink)
         with contextlib.suppress(OSError):
             os.unlink(path)
         self.uploads += 1
@@ -343,7 +385,9 @@ class S3Pipeline:
                 Bucket=self.bucket, Key=key, UploadId=upload_id,
                 MultipartUpload={"Parts": parts})
         except BaseException:
-            with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+            # Shielded so a stop cannot skip it, bounded so it cannot hold a stop up.
+            with anyio.CancelScope(shield=True), anyio.move_on_after(self._timeout), \
+                    contextlib.suppress(Exception):
                 await self._client.abort_multipart_upload(
                     Bucket=self.bucket, Key=key, UploadId=upload_id)
             raise

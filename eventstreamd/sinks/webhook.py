@@ -31,10 +31,10 @@ import orjson
 from anyio.abc import TaskGroup
 
 from ..logs import kv
+from ..storage.lmdb_store import StoreFull
 from ..storage.records import StoredEvent
 from ..timeutil import now_iso
 from .backoff import backoff_delay, parse_retry_after
-from .journal import add_log
 from .loop import SinkLoop, StopDelivery
 from .ssrf import BlockedTarget, check_host
 from .window import DeliveryWindow
@@ -124,6 +124,11 @@ class WebhookTarget:
             return AttemptResult("retry", f"{type(exc).__name__}: {exc}")
         except (OSError, asyncio.IncompleteReadError) as exc:
             return AttemptResult("retry", f"{type(exc).__name__}: {exc}")
+        except Exception as exc:
+            # Whatever else goes wrong in one attempt (a header aiohttp refuses, a
+            # bug) must fail that attempt, not the whole sink.
+            log.warning("unexpected error delivering", exc_info=True)
+            return AttemptResult("retry", f"{type(exc).__name__}: {exc}")
         text = shorten(excerpt.decode(errors="replace").strip(), 200)
         if 200 <= status < 300:
             return AttemptResult("delivered", "delivered", status)
@@ -168,6 +173,9 @@ class WebhookPipeline:
 
     def status(self) -> dict[str, Any]:
         return {"in_flight": self.window.in_flight, "target": self.target.describe}
+
+    async def release(self) -> None:
+        return None  # the ClientSession is the supervisor's
 
     async def accept(self, event: StoredEvent, sink: SinkLoop, tg: TaskGroup) -> bool:
         while self.window.full and not sink.stopping.is_set():
@@ -219,18 +227,24 @@ class WebhookPipeline:
                 sink.stats.delivered += 1
                 return
             if result.outcome == "rejected":
-                await self._reject(event, sink, result)
-                return
+                try:
+                    await self._reject(event, sink, result)
+                    return
+                except StoreFull:
+                    # Not stored, so not finished: deliver again later (it stays
+                    # before the cursor) instead of crashing the sink.
+                    result = AttemptResult("retry", "rejected with HTTP 400, but the store is "
+                                                    "full: the rejection cannot be kept yet")
             attempt += 1
             reason = retry_reason(self.target.url, result.reason, result.status, body)
             sink.record_failure(reason)
             log.warning("delivery failed, will retry", extra=kv(
                 integration=sink.integration_id, seq=event.seq, attempt=attempt,
                 reason=result.reason))
-            await add_log(sink.store, sink.integration_id, "retry_triggered", reason)
-            delay = result.retry_after
-            if delay is None:
-                delay = backoff_delay(attempt, self._retry_initial, self._retry_max)
+            await sink.add_log("retry_triggered", reason)
+            # Retry-After is honoured as a lower bound: "0" must not become a tight loop.
+            delay = max(result.retry_after or 0.0,
+                        backoff_delay(attempt, self._retry_initial, self._retry_max))
             if await sink.sleep_unless_stopping(delay):
                 raise StopDelivery
 
@@ -257,7 +271,7 @@ class WebhookPipeline:
                     f"{store.rejected_events}.", created_at)
             return pushed
 
-        await store.write(job)
+        await sink.write(job)
         sink.stats.rejected += 1
         log.info("event rejected", extra=kv(integration=integration_id, seq=event.seq,
                                             rejected_id=entry["id"]))

@@ -32,6 +32,7 @@ from typing import Any
 import anyio
 import lmdb
 
+from ..logs import clean_text
 from .records import (
     PackedEvent,
     StoredEvent,
@@ -180,6 +181,18 @@ class LmdbStore:
         """
         return await self.write(lambda txn: self._txn_prune(txn, cutoff_ms, chunk))
 
+    async def settle_freed_pages(self) -> None:
+        """Make pages freed by the last commits reusable, by committing twice more.
+
+        LMDB keeps the previous snapshot alive (its two meta pages), so pages freed
+        by a commit can be reused only once two later commits happened. When the
+        map is full, every append fails and aborts, nothing commits, and the space
+        that retention just freed would stay out of reach: these two tiny commits
+        hand it back.
+        """
+        for _ in range(2):
+            await self.write(lambda txn: self._next_counter(txn))
+
     def _txn_prune(self, txn: lmdb.Transaction, cutoff_ms: int, chunk: int) -> tuple[int, bool]:
         deleted = 0
         with txn.cursor(db=self._events) as cur:
@@ -211,6 +224,20 @@ class LmdbStore:
         raw = txn.get(integration_id.encode(), db=self._integrations)
         return unpack(raw) if raw is not None else None
 
+    def txn_get_cursor(self, txn: lmdb.Transaction, integration_id: str) -> int | None:
+        raw = txn.get(integration_id.encode(), db=self._cursors)
+        return from_u64(raw) if raw is not None else None
+
+    def txn_head(self, txn: lmdb.Transaction) -> int:
+        raw = txn.get(_LAST_SEQ, db=self._meta)
+        return from_u64(raw) if raw else 0
+
+    def txn_is_incarnation(self, txn: lmdb.Transaction, integration_id: str,
+                           incarnation: str | None) -> bool:
+        """True while the integration exists and is still the one a sink was started for."""
+        record = self.txn_get_integration(txn, integration_id)
+        return record is not None and record.get("incarnation") == incarnation
+
     def txn_count_integrations(self, txn: lmdb.Transaction) -> int:
         return int(txn.stat(self._integrations)["entries"])
 
@@ -236,8 +263,9 @@ class LmdbStore:
         created_at: str,
     ) -> None:
         key = _prefix(integration_id) + u64(self._next_counter(txn))
-        txn.put(key, pack({"created_at": created_at, "action": action, "reason": reason}),
-                db=self._logs)
+        # Reasons quote receivers and exceptions: scrub secrets before they are kept.
+        entry = {"created_at": created_at, "action": action, "reason": clean_text(reason)}
+        txn.put(key, pack(entry), db=self._logs)
         self._trim_prefix(txn, self._logs, _prefix(integration_id), self.log_entries)
 
     def txn_add_rejected(
@@ -291,6 +319,12 @@ class LmdbStore:
 
     # -------------------------------------------------------------------- reads
 
+    def last_ingested_ms(self) -> int:
+        """The ingest time stamped on the newest commit (0 before the first)."""
+        with self.env.begin(db=self._meta) as txn:
+            raw = txn.get(_LAST_INGEST)
+        return from_u64(raw) if raw else 0
+
     def first_seq(self) -> int:
         """The oldest stored sequence number, or head + 1 when the log is empty."""
         with self.env.begin(db=self._events) as txn, txn.cursor() as cur:
@@ -300,15 +334,19 @@ class LmdbStore:
         with self.env.begin() as txn:
             return int(txn.stat(self._events)["entries"])
 
-    def read_events(self, from_seq: int, limit: int) -> list[StoredEvent]:
-        """At most `limit` events with seq >= from_seq, oldest first."""
+    def read_events(self, from_seq: int, limit: int,
+                    max_bytes: int = 8 * 1024 * 1024) -> list[StoredEvent]:
+        """Events with seq >= from_seq, oldest first: at most `limit` of them, and no more
+        than about `max_bytes` of stored data (always at least one event)."""
         out: list[StoredEvent] = []
+        size = 0
         with self.env.begin(db=self._events) as txn, txn.cursor() as cur:
             if not cur.set_range(u64(from_seq)):
                 return out
             for key, value in cur:
                 out.append(unpack_event(from_u64(key), value))
-                if len(out) >= limit:
+                size += len(value)
+                if len(out) >= limit or size >= max_bytes:
                     break
         return out
 
