@@ -98,7 +98,13 @@ def unpack_event(seq: int, raw: bytes) -> StoredEvent:
 
 
 def ingested_at_of(raw: bytes) -> int:
-    """The ingest time of a stored event without building a StoredEvent."""
+    """The ingest time of a stored event, read from its first pair: the payload,
+    however large, is not unpacked (retention and the time lookup call this)."""
+    unpacker = msgpack.Unpacker()
+    unpacker.feed(raw)
+    unpacker.read_map_header()
+    if unpacker.unpack() == "ingested_at":
+        return int(unpacker.unpack())
     return int(msgpack.unpackb(raw)["ingested_at"])
 
 
