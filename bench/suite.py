@@ -493,7 +493,8 @@ def backlog_rss(ctx: Ctx) -> list[Row]:
     seconds (every page of the LMDB map is touched, as a full catch-up would).
     """
     scenario = "backlog-rss"
-    integrations, seconds = 10, ctx.size(45.0, 4.0)
+    integrations, seconds = 10, ctx.size(45.0, 3.0)
+    settle = ctx.size(3.0, 1.0)  # RssFile unchanged this long: the log has been read
     data_dir, info, starts_at = ctx.copy_template(scenario)
     receiver = ReceiverProc(ctx.children)
     samples: list[dict[str, float]] = []
@@ -529,9 +530,9 @@ def backlog_rss(ctx: Ctx) -> list[Row]:
                 scan.append(memory)
                 if abs(memory.get("RssFile", 0.0) - last_file) > 0.5:
                     stable_since, last_file = time.monotonic(), memory.get("RssFile", 0.0)
-                elif time.monotonic() - stable_since > 3.0:
+                elif time.monotonic() - stable_since > settle:
                     break  # file-backed pages stopped growing: the log has been read
-            scan_wall = time.monotonic() - scan_t0 - 3.0
+            scan_wall = time.monotonic() - scan_t0 - settle
             scan.append(daemon.memory())
         finally:
             daemon.stop()
