@@ -54,6 +54,14 @@ def _load(path: str | None) -> Config:
         raise SystemExit(2) from None
 
 
+def _have_uvloop() -> bool:
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def _run(args: argparse.Namespace) -> int:
     from .daemon.lifecycle import Daemon, StartupError
 
@@ -61,7 +69,9 @@ def _run(args: argparse.Namespace) -> int:
     setup_logging(config.log.level, config.log.format)
     failure: list[BaseException] = []
     try:
-        anyio.run(Daemon(config).run)
+        # uvloop where available: the daemon is bound by event-loop overhead (socket
+        # writes, callbacks) on its delivery and ingest paths; see bench/README.md.
+        anyio.run(Daemon(config).run, backend_options={"use_uvloop": _have_uvloop()})
     except* StartupError as group:  # raised inside the daemon's task group
         failure.extend(group.exceptions)
     if failure:
