@@ -86,8 +86,12 @@ class WebhookTarget:
                  timeout: float, block_policy: str = "none") -> None:
         self._session = session
         self.url: str = params["callback_url"]
-        self._host = urllib.parse.urlsplit(self.url).hostname
-        self._block_policy = block_policy
+        # A literal address is judged once here; names at connect time (ssrf.py).
+        self._blocked: str | None = None
+        try:
+            check_host(urllib.parse.urlsplit(self.url).hostname, block_policy)
+        except BlockedTarget as exc:
+            self._blocked = str(exc)
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._timeout_s = timeout
         self._headers = {"Content-Type": "application/json"}
@@ -99,11 +103,9 @@ class WebhookTarget:
         return urllib.parse.urlsplit(self.url).hostname or self.url
 
     async def attempt(self, event_id: str, body: bytes) -> AttemptResult:
+        if self._blocked is not None:
+            return AttemptResult("retry", self._blocked)
         headers = {**self._headers, "Idempotency-Key": event_id}
-        try:
-            check_host(self._host, self._block_policy)
-        except BlockedTarget as exc:
-            return AttemptResult("retry", str(exc))
         try:
             async with self._session.post(
                 self.url, data=body, headers=headers, timeout=self._timeout,
