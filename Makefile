@@ -23,8 +23,11 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
+# The long forms: 100 crashes instead of 10, and 10x the fuzz examples.
 soak: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m soak -o addopts=""
+	EVENTSTREAMD_FUZZ_EXAMPLES=2000 $(BIN)/python -m pytest -q -p no:cacheprovider \
+		tests/test_schemathesis.py tests/test_fuzz_publish.py tests/test_control_fuzz.py
 
 bench: $(STAMP)
 	$(BIN)/python -m bench $(if $(QUICK),--quick,)

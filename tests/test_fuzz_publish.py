@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import os
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
@@ -67,8 +68,8 @@ def head(d: DaemonProcess) -> int:
     return int(body["last_seq"])
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow,
-                                                                   HealthCheck.data_too_large])
+@settings(max_examples=int(os.environ.get("EVENTSTREAMD_FUZZ_EXAMPLES", "300")), deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(body=bodies, content_type=content_types)
 def test_random_bodies(fuzz_daemon: DaemonProcess, body: bytes, content_type: str) -> None:
     status, parsed = post(fuzz_daemon, body, content_type)

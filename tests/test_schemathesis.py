@@ -26,6 +26,7 @@ Decisions:
 
 from __future__ import annotations
 
+import os
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -54,7 +55,7 @@ from eventstreamd.schemas.validation import SPEC_FILE, spec, spec_text
 from eventstreamd.storage.lmdb_store import LmdbStore
 
 BASE_PATH = Config().server.base_path
-MAX_EXAMPLES = 50
+MAX_EXAMPLES = int(os.environ.get("EVENTSTREAMD_FUZZ_EXAMPLES", "50"))  # make soak: 2000
 CHECKS = [
     not_a_server_error,
     status_code_conformance,
