@@ -1,8 +1,8 @@
 """The real daemon as a subprocess, for the benchmarks.
 
 The same approach as `tests/daemon_proc.py` (TOML config on port 0, wait for
-`{data_dir}/runtime.json`), copied here so the benchmark does not depend on the
-test helpers, plus what a benchmark needs on top:
+`{data_dir}/runtime.json`), whose config writing it shares, plus what a
+benchmark needs on top:
 - the daemon's own pid from runtime.json, for CPU time and RSS from /proc;
 - an optional profiler wrapper (`py-spy record ... --`), in which case the
   Popen'd process is py-spy and the daemon is its child;
@@ -22,39 +22,10 @@ from typing import Any
 
 from .common import API_BASE, TOKEN, Children, child_env, cpu_seconds, http, memory
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from daemon_proc import merge, write_config
+
 STARTUP_TIMEOUT = 30.0
-
-
-def toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    raise TypeError(f"cannot write {value!r} as TOML")
-
-
-def write_config(path: Path, settings: dict[str, Any]) -> Path:
-    lines = [f"{k} = {toml_value(v)}" for k, v in settings.items() if not isinstance(v, dict)]
-    for section, values in settings.items():
-        if isinstance(values, dict):
-            lines.append(f"[{section}]")
-            lines += [f"{k} = {toml_value(v)}" for k, v in values.items()]
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    out = {k: dict(v) if isinstance(v, dict) else v for k, v in base.items()}
-    for key, value in extra.items():
-        if isinstance(value, dict):
-            out.setdefault(key, {}).update(value)
-        else:
-            out[key] = value
-    return out
 
 
 class BenchDaemon:
