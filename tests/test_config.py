@@ -45,6 +45,25 @@ def test_shipped_file_matches_defaults() -> None:
     assert shipped.auth == Config().auth and shipped.tenant == Config().tenant
 
 
+def test_shipped_file_lists_every_key() -> None:
+    import dataclasses
+    import tomllib
+
+    with open(Path(__file__).parents[1] / "eventstreamd.toml", "rb") as fh:
+        shipped = tomllib.load(fh)
+    missing = []
+    for fld in dataclasses.fields(Config):
+        section = fld.default_factory if fld.default_factory is not dataclasses.MISSING else None
+        if fld.metadata.get("internal"):
+            continue
+        if section is not None and dataclasses.is_dataclass(section):
+            missing += [f"{fld.name}.{key.name}" for key in dataclasses.fields(section)
+                        if key.name not in shipped.get(fld.name, {})]
+        elif fld.name not in shipped:
+            missing.append(fld.name)
+    assert missing == []
+
+
 def test_resolution_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     (tmp_path / "eventstreamd.toml").write_text('tenant = "from-cwd"\n')

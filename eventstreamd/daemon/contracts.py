@@ -14,8 +14,12 @@ The stored integration record (msgpack in the `integrations` database) has:
 "stopped"), `starts_at` / `ends_at` (RFC 3339 or None), `filter_conditions`
 (dict or None), exactly one of `callback_parameters` / `s3_parameters` (dict,
 secrets in clear: the store is 0700), `created_at` (RFC 3339), `stopped_at_ms`
-(int ms of the last stop, or None), `done` (bool: a temporary integration that
-delivered its whole range). Each integration's cursor (`cursors` database) is
+(int ms of the last stop, or None; `_start` applies the restart-window rule
+with it and clears it, in one transaction), `done` (bool: a temporary
+integration that delivered its whole range), `incarnation` (random, new for
+every registration: a sink writes only while the record still carries the
+incarnation it started with, so nothing of a deleted integration leaks into a
+new one with the same id). Each integration's cursor (`cursors` database) is
 the next sequence number to deliver; it is set when the integration is
 created (head + 1, or the first event at/after `starts_at`).
 """
