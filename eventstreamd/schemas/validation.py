@@ -103,10 +103,6 @@ def _operations() -> dict[str, tuple[str, str]]:
     return found
 
 
-def operation_ids() -> list[str]:
-    return sorted(_operations())
-
-
 def operation(operation_id: str) -> dict[str, Any]:
     path, method = _locate(operation_id)
     return spec()["paths"][path][method]  # type: ignore[no-any-return]

@@ -165,14 +165,6 @@ class SinkLoop:
             await self.stopping.wait()
         return self.stopping.is_set()
 
-    @property
-    def cursor(self) -> int:
-        return self.durable_cursor
-
-    @property
-    def ends_ms(self) -> int | None:
-        return self._ends_ms
-
     # --------------------------------------------------------------------- run
 
     async def run(self) -> Outcome:
