@@ -83,7 +83,9 @@ class _JsonFormatter(logging.Formatter):
 
 
 def _render(value: Any) -> str:
-    text = str(value)
+    # Field values quote the outside world (receivers' answers): no line breaks
+    # or other control characters may forge log lines.
+    text = str(value).translate(_CONTROL)
     return f'"{text}"' if (" " in text or not text) else text
 
 

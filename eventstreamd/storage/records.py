@@ -60,7 +60,7 @@ def seal_event(event: PackedEvent, ingested_at_ms: int) -> bytes:
     return _MAP_HEADER + _INGESTED_KEY + msgpack.packb(ingested_at_ms) + event.body
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen init costs ~2 µs per event on every sink's path
 class StoredEvent:
     seq: int
     id: str
