@@ -1,8 +1,8 @@
 """The daemon's lifecycle: one owner that starts every long-lived part and stops them in reverse.
 
 Decisions:
-- One anyio task group owns the background tasks (log writer, retention, and
-  later the supervisor and control socket); an `AsyncExitStack` records how to
+- One anyio task group owns the background tasks (log writer, retention,
+  supervisor, control socket); an `AsyncExitStack` records how to
   stop each part as it starts, so shutdown runs in exactly reverse order:
   the control socket first (its clients are closed, the socket file removed),
   the HTTP site (no new requests; in-flight ones get `shutdown_grace`), then
@@ -10,6 +10,9 @@ Decisions:
 - SIGINT/SIGTERM set the stop event; `run()` returns normally, so the CLI
   exits 0. A second signal while stopping is ignored: shutdown is bounded by
   its own timeouts.
+- An exclusive lock on `{data_dir}/daemon.lock` keeps a second daemon off the
+  same log; failures while starting (lock, port, store, socket) become one
+  `StartupError` line and exit code 1 in the CLI.
 - `{data_dir}/runtime.json` says where the running daemon listens (its port may
   be 0 in the config); `eventstreamd publish` and the tests read it. It is
   removed on a clean stop.
