@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import logging
 
+import lmdb
+
 from ..logs import kv
 from ..storage.lmdb_store import LmdbStore, StoreFull
 from ..timeutil import now_iso
@@ -24,9 +26,9 @@ async def add_log(store: LmdbStore, integration_id: str, incarnation: str | None
                   reason: str) -> None:
     created_at = now_iso()
 
-    def job(txn: object) -> None:
-        if store.txn_is_incarnation(txn, integration_id, incarnation):  # type: ignore[arg-type]
-            store.txn_add_log(txn, integration_id, action, reason, created_at)  # type: ignore[arg-type]
+    def job(txn: lmdb.Transaction) -> None:
+        if store.txn_is_incarnation(txn, integration_id, incarnation):
+            store.txn_add_log(txn, integration_id, action, reason, created_at)
 
     try:
         await store.write(job)
