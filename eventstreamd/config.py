@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .naming import valid_tenant
+
 ENV_VAR = "EVENTSTREAMD_CONFIG"
 DEFAULT_FILE = "eventstreamd.toml"
 
@@ -93,6 +95,7 @@ class ServerConfig:
     base_path: str = "/api/v1/org/integrations"
     max_body: int = _size("10MiB")
     max_header: int = _size("8KiB")
+    max_inflight_bytes: int = _size("32MiB")
 
 
 @dataclass(frozen=True)
@@ -245,14 +248,18 @@ def _check(config: Config) -> None:
         raise ConfigError("bad value for 'server.base_path': must start and not end with '/'")
     if config.server.port > 65535:
         raise ConfigError("bad value for 'server.port': must be at most 65535")
+    if config.server.max_inflight_bytes < config.server.max_body:
+        raise ConfigError("bad value for 'server.max_inflight_bytes': must be at least "
+                          "server.max_body")
     if config.webhook.max_in_flight < 1:
         raise ConfigError("bad value for 'webhook.max_in_flight': must be at least 1")
     if config.webhook.retry_max < config.webhook.retry_initial:
         raise ConfigError("bad value for 'webhook.retry_max': must not be below retry_initial")
     if config.storage.map_size < 1024 * 1024:
         raise ConfigError("bad value for 'storage.map_size': must be at least 1MiB")
-    if not config.tenant:
-        raise ConfigError("bad value for 'tenant': must not be empty")
+    if not valid_tenant(config.tenant):
+        raise ConfigError("bad value for 'tenant': must be 1-128 letters, digits, '.', '_' or "
+                          "'-' (and not '.' or '..')")
     if any(not t for t in config.auth.tokens):
         raise ConfigError("bad value for 'auth.tokens': tokens must not be empty strings")
 

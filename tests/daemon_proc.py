@@ -51,9 +51,14 @@ class DaemonProcess:
     """One daemon subprocess; `start()` waits until runtime.json and /healthz say it is up."""
 
     def __init__(self, workdir: Path, settings: dict[str, Any] | None = None,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, *, wrapper: list[str] | None = None,
+                 cwd: Path | None = None) -> None:
         self.env = dict(env or {})
         self.workdir = workdir
+        # A command prefix such as `setpriv --reuid=nobody ...` (run as another user)
+        # or `prlimit --nofile=256` (tighter limits); the daemon is its last child.
+        self.wrapper = list(wrapper or [])
+        self.cwd = cwd or workdir
         self.data_dir = workdir / "data"
         base = {
             "server": {"host": "127.0.0.1", "port": 0},
@@ -89,8 +94,9 @@ class DaemonProcess:
         self._log_fh = open(self.log_path, "ab")
         env = dict(os.environ, PYTHONUNBUFFERED="1", **self.env)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "eventstreamd", "run", "--config", str(self.config_path)],
-            cwd=self.workdir, stdout=self._log_fh, stderr=subprocess.STDOUT, env=env,
+            [*self.wrapper, sys.executable, "-m", "eventstreamd", "run",
+             "--config", str(self.config_path)],
+            cwd=self.cwd, stdout=self._log_fh, stderr=subprocess.STDOUT, env=env,
         )
         deadline = time.monotonic() + STARTUP_TIMEOUT
         while time.monotonic() < deadline:

@@ -76,7 +76,9 @@ def read_token(config: Config) -> str | None:
 
 
 def token_matches(presented: str, tokens: tuple[str, ...]) -> bool:
-    candidate = presented.encode()
+    # aiohttp decodes header bytes that are not UTF-8 as surrogate escapes: give
+    # them back as the bytes that were sent (they match no token) instead of failing.
+    candidate = presented.encode("utf-8", "surrogateescape")
     matched = False
     for token in tokens:
         matched |= hmac.compare_digest(candidate, token.encode())

@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from ..logs import kv
 
@@ -30,6 +31,7 @@ CODES_BY_STATUS = {
     409: "conflict",
     413: "payload_too_large",
     415: "unsupported_media_type",
+    408: "request_timeout",
     431: "headers_too_large",
     500: "internal_error",
     502: "delivery_failed",
@@ -39,18 +41,21 @@ CODES_BY_STATUS = {
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, error_code: str, message: str) -> None:
+    def __init__(self, status: int, error_code: str, message: str,
+                 headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.error_code = error_code
         self.message = message
+        self.headers = headers or {}
 
 
-def error_response(status: int, error_code: str, message: str, request_id: str) -> web.Response:
+def error_response(status: int, error_code: str, message: str, request_id: str,
+                   headers: dict[str, str] | None = None) -> web.Response:
     return web.json_response(
         {"error_code": error_code, "message": message, "request_id": request_id},
         status=status,
-        headers={"X-Request-Id": request_id},
+        headers={**(headers or {}), "X-Request-Id": request_id},
     )
 
 
@@ -64,7 +69,16 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         response = await handler(request)
     except ApiError as exc:
-        return error_response(exc.status, exc.error_code, exc.message, request_id)
+        return error_response(exc.status, exc.error_code, exc.message, request_id, exc.headers)
+    except (HttpProcessingError, web.RequestPayloadError) as exc:
+        # A body aiohttp cannot decode (bad gzip or deflate, a broken chunked
+        # encoding) is the client's fault: 400, never a 500 with a traceback.
+        cause = exc.__cause__ or exc
+        reason = str(getattr(cause, "message", "") or cause)
+        log.info("request body refused", extra=kv(request_id=request_id, path=request.path,
+                                                  reason=reason))
+        return error_response(400, "invalid_body", "the request body cannot be read (bad "
+                              f"Content-Encoding or chunked framing): {reason}", request_id)
     except web.HTTPException as exc:
         if exc.status < 400:
             exc.headers["X-Request-Id"] = request_id

@@ -17,6 +17,7 @@ from ..schemas.validation import spec_text
 from ..storage.lmdb_store import LmdbStore
 from .api import add_routes
 from .auth import TOKENS, auth_middleware
+from .budget import INGEST_BUDGET, BodyBudget
 from .contracts import SinkControl
 from .errors import MAX_BODY, error_middleware
 from .integrations import IntegrationService
@@ -45,6 +46,7 @@ def build_app(
     app[TOKENS] = tokens
     app[MAX_BODY] = config.server.max_body
     app[DEFAULT_TENANT] = config.tenant
+    app[INGEST_BUDGET] = BodyBudget(config.server.max_inflight_bytes, config.server.max_body)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/openapi.yaml", openapi_yaml)
     app.router.add_post("/events", publish_events)

@@ -40,11 +40,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import lmdb
+import yarl
 
 from ..config import Config
 from ..logs import MASK, kv, redactor
 from ..schemas.validation import RequestInvalid, validate_request
 from ..sinks.loop import resume_position
+from ..sinks.s3 import s3_params_problem
 from ..sinks.ssrf import BlockedTarget, check_host
 from ..storage.lmdb_store import LmdbStore, StoreFull
 from ..storage.writer import WriterClosed
@@ -155,12 +157,24 @@ def _validated(operation_id: str, body: Any, block_policy: str) -> dict[str, Any
     assert isinstance(body, dict)  # the schema says "type: object"
     if body.get(WEBHOOK) is not None:
         _check_callback_url(body[WEBHOOK]["callback_url"], block_policy)
-        api_key = body[WEBHOOK].get("api_key")
-        if isinstance(api_key, str) and any(ord(c) < 32 or ord(c) == 127 for c in api_key):
-            # It becomes an HTTP header: a line break would be refused at send time.
-            raise bad_request("invalid_api_key",
-                              "'callback_parameters.api_key' must not contain control characters")
+        _check_header_safe(body[WEBHOOK], WEBHOOK, ("api_key",), "invalid_api_key")
+    if body.get(S3) is not None:
+        # The credentials go into a signed Authorization header, too.
+        _check_header_safe(body[S3], S3, ("aws_access_key_id", "aws_secret_access_key"),
+                           "invalid_s3_parameters")
+        problem = s3_params_problem(body[S3])
+        if problem is not None:
+            raise bad_request("invalid_s3_parameters", f"'{S3}.{problem[0]}' {problem[1]}")
     return body
+
+
+def _check_header_safe(params: dict[str, Any], target: str, fields: tuple[str, ...],
+                       error_code: str) -> None:
+    """Values that end up in HTTP headers: a control character would fail every send."""
+    for name in fields:
+        value = params.get(name)
+        if isinstance(value, str) and any(ord(c) < 32 or ord(c) == 127 for c in value):
+            raise bad_request(error_code, f"'{target}.{name}' must not contain control characters")
 
 
 def _check_callback_url(url: str, block_policy: str) -> None:
@@ -168,21 +182,28 @@ def _check_callback_url(url: str, block_policy: str) -> None:
     try:
         parts = urlsplit(url)
         host = parts.hostname
+        port = parts.port  # raises for a port outside 0-65535
+        yarl.URL(url).raw_host  # noqa: B018 - what aiohttp will parse it with
     except ValueError:
-        host = None
-        parts = None
-    if parts is None or parts.scheme.lower() not in ("http", "https") or not host:
+        raise bad_request(
+            "invalid_callback_url",
+            "'callback_parameters.callback_url' is not a URL that can be requested "
+            "(check the host and that the port is 1-65535)") from None
+    if parts.scheme.lower() not in ("http", "https") or not host:
         raise bad_request(
             "invalid_callback_url",
             "'callback_parameters.callback_url' must be an http:// or https:// URL with a host",
         )
+    if port == 0:
+        raise bad_request("invalid_callback_url",
+                          "'callback_parameters.callback_url' must have a port of 1-65535")
     if parts.username is not None or parts.password is not None:
         raise bad_request(
             "invalid_callback_url",
             "'callback_parameters.callback_url' must not carry credentials; use 'api_key'",
         )
-    # Literal addresses are refused here already; names are checked again at connect
-    # time, after resolution (see sinks/ssrf.py).
+    # Literal addresses (in every form the resolver accepts) are refused here
+    # already; names are checked again at connect time, after resolution (ssrf.py).
     try:
         check_host(host, block_policy)
     except BlockedTarget as exc:
@@ -503,22 +524,24 @@ class IntegrationService:
         except DeliveryFailed as exc:
             reason = str(exc) or "the delivery failed"
             await self._write(self._retry_outcome_job(
-                integration_id, None, (RETRY_FAILED, f"Retry of rejected event {event_id} "
-                                                     f"failed: {reason}")))
+                record, None, (RETRY_FAILED, f"Retry of rejected event {event_id} "
+                                             f"failed: {reason}")))
             raise ApiError(502, "delivery_failed", reason) from None
         await self._write(self._retry_outcome_job(
-            integration_id, event_id,
+            record, event_id,
             (RETRIED, f"Rejected event {event_id} delivered on retry via API.")))
         log.info("rejected event delivered on retry",
                  extra=kv(integration=integration_id, rejected_id=event_id))
 
     def _retry_outcome_job(
-        self, integration_id: str, remove_id: str | None, entry: tuple[str, str]
+        self, record: dict[str, Any], remove_id: str | None, entry: tuple[str, str]
     ) -> Job:
+        integration_id, incarnation = record["id"], record.get("incarnation")
+
         def job(txn: lmdb.Transaction) -> None:
-            # The integration may have been deleted while the attempt ran: then
-            # there is nothing left to log to (and no orphan entries to leave).
-            if self.store.txn_get_integration(txn, integration_id) is None:
+            # The integration may have been deleted (and even re-created with the
+            # same id) while the attempt ran: then this outcome is not its business.
+            if not self.store.txn_is_incarnation(txn, integration_id, incarnation):
                 return
             if remove_id is not None:
                 self.store.txn_delete_rejected(txn, integration_id, remove_id)

@@ -11,33 +11,48 @@ Decisions:
 - All or nothing: every event is validated and packed before any is handed to
   the writer, and the writer appends a request's events in one job.
 - 200 only after the group commit that holds the events is fsync'd.
+- Accepted means deliverable: an event is checked with the same rules the
+  sinks apply when they send it. Its delivery body is encoded with the
+  delivery encoder (orjson refuses nesting beyond 254 levels, which its own
+  parser would accept up to 1,024); its id must be visible ASCII, because it
+  becomes the `Idempotency-Key` header; names and tenants are matched in
+  full (`fullmatch`: `$` would let a trailing newline through), and a tenant
+  may not be `.` or `..`, because it becomes a segment of S3 keys.
+- Bounded ingest: a request's bytes count against `server.max_inflight_bytes`
+  from the moment they are read until the request is answered; a request
+  that would exceed it gets 503 with `Retry-After` before its body is read
+  (its declared length) or while it is read (chunked bodies). Large bodies
+  are validated in chunks of `CHUNK_EVENTS` events with a yield to the event
+  loop in between, so one 10 MiB body never stalls `/healthz` or other
+  publishers, and only the packed events (about the size of the input) stay
+  in memory: the parsed objects of one chunk are dropped before the next.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any
 
 import orjson
 from aiohttp import web
 
+from ..naming import MAX_ID, MAX_TENANT, valid_event_id, valid_name, valid_tenant
 from ..storage.lmdb_store import LmdbStore, StoreFull
 from ..storage.records import PackedEvent, pack_event
 from ..storage.writer import WriterClosed
 from ..timeutil import format_utc, now_iso, parse_rfc3339
+from .budget import INGEST_BUDGET
 from .errors import ApiError
 
 STORE = web.AppKey("store", LmdbStore)
 DEFAULT_TENANT = web.AppKey("default_tenant", str)
 
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)+$")
-TENANT_PATTERN = re.compile(r"^[A-Za-z0-9._-]+$")
-MAX_NAME = 256
-MAX_TENANT = 128
-MAX_ID = 128
+CHUNK_EVENTS = 2000  # events validated between two yields to the event loop
+SMALL_BODY = 64 * 1024  # bodies up to this are validated without yielding
 ALLOWED_FIELDS = frozenset({"name", "payload", "published_at", "tenant", "id"})
 NDJSON_TYPES = frozenset({"application/x-ndjson", "application/ndjson", "application/jsonl",
                           "application/x-jsonlines"})
@@ -47,27 +62,42 @@ def _bad(message: str) -> ApiError:
     return ApiError(400, "invalid_event", message)
 
 
-def parse_body(body: bytes, content_type: str) -> list[Any]:
-    """The list of raw event objects in a request body."""
-    if content_type in NDJSON_TYPES:
-        events = []
-        for line_no, line in enumerate(body.split(b"\n"), start=1):
-            if not line.strip():
-                continue
-            try:
-                events.append(orjson.loads(line))
-            except orjson.JSONDecodeError as exc:
-                raise ApiError(
-                    400, "invalid_json", f"line {line_no}: not valid JSON ({exc})"
-                ) from None
-        return events
+def _ndjson_chunks(body: bytes) -> Iterator[list[Any]]:
+    """The raw event objects of an NDJSON body, `CHUNK_EVENTS` at a time."""
+    chunk: list[Any] = []
+    for line_no, line in enumerate(body.split(b"\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            chunk.append(orjson.loads(line))
+        except orjson.JSONDecodeError as exc:
+            raise ApiError(
+                400, "invalid_json", f"line {line_no}: not valid JSON ({exc})"
+            ) from None
+        if len(chunk) >= CHUNK_EVENTS:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _json_chunks(body: bytes) -> Iterator[list[Any]]:
     try:
         parsed = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise ApiError(400, "invalid_json", f"body is not valid JSON ({exc})") from None
-    if isinstance(parsed, list):
-        return parsed
-    return [parsed]
+    if not isinstance(parsed, list):
+        yield [parsed]
+        return
+    for offset in range(0, len(parsed), CHUNK_EVENTS):
+        yield parsed[offset:offset + CHUNK_EVENTS]
+
+
+def raw_event_chunks(body: bytes, content_type: str) -> Iterator[list[Any]]:
+    """The raw event objects in a request body, in chunks of at most `CHUNK_EVENTS`."""
+    if content_type in NDJSON_TYPES:
+        return _ndjson_chunks(body)
+    return _json_chunks(body)
 
 
 # Fast paths (the ingest hot path runs this per event; see bench/README.md):
@@ -104,6 +134,19 @@ def new_event_ids(count: int) -> list[str]:
     return ids
 
 
+def _check_deliverable(index: int, tenant: str, name: str, published_at: str,
+                       payload: Any) -> None:
+    """Encode the delivery body as the sinks will: what cannot be sent is refused now."""
+    try:
+        orjson.dumps({"tenant": tenant, "name": name, "published_at": published_at,
+                      "payload": payload})
+    except orjson.JSONEncodeError as exc:
+        if "Recursion" in str(exc):
+            raise _bad(f"event {index}: 'payload' is nested too deeply to be delivered "
+                       "(at most 250 levels)") from None
+        raise _bad(f"event {index}: 'payload' cannot be encoded for delivery ({exc})") from None
+
+
 def validate_event(index: int, raw: Any, default_tenant: str, now: str,
                    new_id: Callable[[], str] | None = None) -> PackedEvent:
     """Check one event and pack it; raise a 400 naming the index and the field."""
@@ -116,7 +159,7 @@ def validate_event(index: int, raw: Any, default_tenant: str, now: str,
     if not isinstance(name, str) or not name:
         raise _bad(f"event {index}: 'name' is required and must be a string")
     if name not in _seen_names:
-        if len(name) > MAX_NAME or not NAME_PATTERN.match(name):
+        if not valid_name(name):
             raise _bad(f"event {index}: 'name' must look like entity.action "
                        "(e.g. order.created)")
         _remember(_seen_names, name)
@@ -133,17 +176,17 @@ def validate_event(index: int, raw: Any, default_tenant: str, now: str,
             raise _bad(f"event {index}: 'published_at' {exc}") from None
     tenant = raw.get("tenant", default_tenant)
     if not isinstance(tenant, str) or tenant not in _seen_tenants:
-        if not isinstance(tenant, str) or not tenant or len(tenant) > MAX_TENANT \
-                or not TENANT_PATTERN.match(tenant):
+        if not isinstance(tenant, str) or not valid_tenant(tenant):
             raise _bad(f"event {index}: 'tenant' must be 1-{MAX_TENANT} letters, digits, '.', "
-                       "'_' or '-'")
+                       "'_' or '-' (and not '.' or '..')")
         _remember(_seen_tenants, tenant)
     event_id = raw.get("id")
     if event_id is None:
         event_id = new_id() if new_id is not None else new_event_ids(1)[0]
-    elif not isinstance(event_id, str) or not event_id or len(event_id) > MAX_ID:
-        raise _bad(f"event {index}: 'id' must be a non-empty string of at most {MAX_ID} "
-                   "characters")
+    elif not isinstance(event_id, str) or not valid_event_id(event_id):
+        raise _bad(f"event {index}: 'id' must be 1-{MAX_ID} visible ASCII characters "
+                   "(it becomes the Idempotency-Key header)")
+    _check_deliverable(index, tenant, name, published_at, payload)
     try:
         return pack_event(event_id, tenant, name, published_at, payload)
     except (ValueError, OverflowError, TypeError) as exc:
@@ -151,23 +194,31 @@ def validate_event(index: int, raw: Any, default_tenant: str, now: str,
         raise _bad(f"event {index}: 'payload' cannot be stored ({exc})") from None
 
 
-def validate_events(raw_events: list[Any], default_tenant: str) -> list[PackedEvent]:
-    if not raw_events:
-        raise ApiError(400, "invalid_event", "the request holds no events")
+async def validate_body(body: bytes, content_type: str,
+                        default_tenant: str) -> list[PackedEvent]:
+    """Parse and validate a whole body; large ones in chunks, yielding in between."""
+    small = len(body) <= SMALL_BODY
     now = now_iso()
-    new_id = iter(new_event_ids(len(raw_events))).__next__
-    return [validate_event(i, raw, default_tenant, now, new_id)
-            for i, raw in enumerate(raw_events)]
+    packed: list[PackedEvent] = []
+    for chunk in raw_event_chunks(body, content_type):
+        new_id = iter(new_event_ids(len(chunk))).__next__
+        offset = len(packed)
+        packed.extend(validate_event(offset + i, raw, default_tenant, now, new_id)
+                      for i, raw in enumerate(chunk))
+        if not small:
+            await asyncio.sleep(0)  # let /healthz and other publishers in
+    if not packed:
+        raise ApiError(400, "invalid_event", "the request holds no events")
+    return packed
 
 
 async def publish_events(request: web.Request) -> web.Response:
-    body = await request.read()
-    raw_events = parse_body(body, request.content_type)
-    events = validate_events(raw_events, request.app[DEFAULT_TENANT])
-    try:
-        first, last = await request.app[STORE].append(events)
-    except StoreFull as exc:
-        raise ApiError(507, "insufficient_storage", str(exc)) from None
-    except WriterClosed:
-        raise ApiError(503, "unavailable", "the daemon is shutting down") from None
+    async with request.app[INGEST_BUDGET].body(request) as body:
+        events = await validate_body(body, request.content_type, request.app[DEFAULT_TENANT])
+        try:
+            first, last = await request.app[STORE].append(events)
+        except StoreFull as exc:
+            raise ApiError(507, "insufficient_storage", str(exc)) from None
+        except WriterClosed:
+            raise ApiError(503, "unavailable", "the daemon is shutting down") from None
     return web.json_response({"accepted": len(events), "first_seq": first, "last_seq": last})

@@ -23,8 +23,9 @@ Decisions:
   `ingested_at`.
 - `health` is decided here, not in the TUI, so every client shows the same
   verdict and the rule is tested in one place:
-  `completed` (temporary, done) > `stopped` > `failing` (a delivery failure
-  within `FAILING_WINDOW` seconds and events still waiting) > `lagging` (the
+  `completed` (temporary, done) > `stopped` > `failing` (its sink crashed
+  and waits to restart, or a delivery failure within `FAILING_WINDOW`
+  seconds and events still waiting) > `lagging` (the
   oldest undelivered event is older than `LAGGING_AFTER`, plus the rotate
   interval for S3, which holds events in its open file by design) > `ok`.
 - S3 sinks report their open file through `sink_status` (`open_file_bytes`,
@@ -75,11 +76,14 @@ def kind_of(record: dict[str, Any]) -> str:
 def health(
     *, status: str, done: bool, lag_events: int, lag_seconds: float | None,
     last_error_at: float | None, now: float, lag_allowance: float = 0.0,
+    crashed: bool = False,
 ) -> str:
     if done:
         return "completed"
     if status != "running":
         return "stopped"
+    if crashed:
+        return "failing"  # its sink is down, waiting to restart: nothing is delivered
     if last_error_at is not None and now - last_error_at <= FAILING_WINDOW and lag_events > 0:
         return "failing"
     if lag_seconds is not None and lag_seconds > LAGGING_AFTER + lag_allowance:
@@ -179,7 +183,8 @@ class StatusSampler:
             "health": health(
                 status=str(record.get("status")), done=bool(record.get("done")),
                 lag_events=lag_events, lag_seconds=lag_seconds, last_error_at=last_error_at,
-                now=now, lag_allowance=self._s3_allowance if kind == "s3" else 0.0),
+                now=now, lag_allowance=self._s3_allowance if kind == "s3" else 0.0,
+                crashed=(sink or {}).get("state") == "crashed"),
             "target": target_of(record),
             "cursor": cursor,
             "lag_events": lag_events,
@@ -192,6 +197,7 @@ class StatusSampler:
             "last_error_age": round(now - last_error_at, 1) if last_error_at else None,
             "in_flight": sink.get("in_flight") if sink else None,
             "crashes": sink.get("crashes") if sink else None,
+            "restart_in": sink.get("restart_in") if sink else None,
             "rejected_events": self.store.count_rejected(integration_id),
             "s3_open_file_bytes": (sink or {}).get("open_file_bytes") if kind == "s3" else None,
             "s3_open_file_age": round(max(0.0, now - opened), 1)

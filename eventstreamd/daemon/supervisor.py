@@ -31,13 +31,14 @@ from typing import Any
 import aiohttp
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
+from botocore.exceptions import BotoCoreError, ClientError
 
 from .. import __version__
 from ..config import Config
 from ..logs import kv
 from ..sinks.journal import add_log
-from ..sinks.loop import Pipeline, SinkLoop
-from ..sinks.s3 import S3Pipeline
+from ..sinks.loop import Pipeline, SinkLoop, SinkStats
+from ..sinks.s3 import S3Pipeline, describe_error, upload_single
 from ..sinks.ssrf import guarded_connector_args
 from ..sinks.webhook import WebhookPipeline, WebhookTarget, encode_body
 from ..storage.lmdb_store import LmdbStore
@@ -70,6 +71,9 @@ class SinkHandle:
     stop_event: anyio.Event = field(default_factory=anyio.Event)
     finished: anyio.Event = field(default_factory=anyio.Event)
     crashes: int = 0
+    # Outlives each run of the loop: a crash-looping sink shows its failures.
+    stats: SinkStats = field(default_factory=SinkStats)
+    restart_at: float | None = None  # wall clock of the next start after a crash
 
     @property
     def stop_requested(self) -> bool:
@@ -100,8 +104,11 @@ class Supervisor:
         self._wake.set()
 
     async def retry_rejected(self, record: dict[str, Any], entry: dict[str, Any]) -> None:
-        if not record.get("callback_parameters"):
-            raise DeliveryFailed("this integration has no webhook target to retry against")
+        if entry.get("deliverable") is False:
+            raise DeliveryFailed(f"this event cannot be delivered: {entry.get('reason')}")
+        if record.get("s3_parameters"):
+            await self._retry_s3(record["s3_parameters"], entry)
+            return
         assert self.session is not None
         target = WebhookTarget(self.session, record["callback_parameters"],
                                self.config.webhook.timeout, self.config.security.block_targets)
@@ -113,6 +120,18 @@ class Supervisor:
             raise DeliveryFailed(f"the receiver rejected the event again (HTTP 400): "
                                  f"{result.reason}")
         raise DeliveryFailed(f"delivery failed: {result.reason}")
+
+    async def _retry_s3(self, params: dict[str, Any], entry: dict[str, Any]) -> None:
+        try:
+            await upload_single(params, self.config.s3.endpoint_url,
+                                self.config.webhook.timeout, entry["event"])
+        except ValueError as exc:
+            raise DeliveryFailed(f"this event cannot be delivered: {exc}") from None
+        except (ClientError, BotoCoreError, OSError, TimeoutError) as exc:
+            cause, status = describe_error(exc)
+            code = f" (HTTP status code {status})" if status is not None else ""
+            raise DeliveryFailed(f"upload to s3://{params['bucket']} failed: {cause}{code}") \
+                from None
 
     # -------------------------------------------------------------- lifecycle
 
@@ -197,7 +216,7 @@ class Supervisor:
                     if record is None:
                         return
                     try:
-                        handle.loop = self._build_loop(record)
+                        handle.loop = self._build_loop(record, handle.stats)
                         if handle.stop_requested:
                             return
                         log.info("sink started", extra=kv(integration=integration_id))
@@ -206,15 +225,18 @@ class Supervisor:
                         handle.crashes += 1
                         delay = min(CRASH_BACKOFF_MAX,
                                     CRASH_BACKOFF_INITIAL * 2 ** (handle.crashes - 1))
+                        reason = (f"Delivery task crashed ({type(exc).__name__}: {exc}); "
+                                  f"restarting in {delay:g}s.")
+                        handle.stats.record_failure(reason, self.clock())
+                        handle.restart_at = self.clock() + delay
                         log.exception("sink crashed", extra=kv(
                             integration=integration_id, restart_in=delay))
                         with contextlib.suppress(Exception):
                             await add_log(self.store, integration_id, record.get("incarnation"),
-                                          "sink_crashed",
-                                          f"Delivery task crashed ({type(exc).__name__}: {exc}); "
-                                          f"restarting in {delay:g}s.")
+                                          "sink_crashed", reason)
                         with anyio.move_on_after(delay):
                             await handle.stop_event.wait()
+                        handle.restart_at = None
                         continue
                     if outcome == "completed":
                         try:
@@ -234,7 +256,7 @@ class Supervisor:
             # Look again: the integration may want a sink with new settings now.
             self.integration_changed(integration_id)
 
-    def _build_loop(self, record: dict[str, Any]) -> SinkLoop:
+    def _build_loop(self, record: dict[str, Any], stats: SinkStats) -> SinkLoop:
         webhook = self.config.webhook
         if record.get("callback_parameters"):
             assert self.session is not None
@@ -256,7 +278,7 @@ class Supervisor:
             grace = S3_STOP_GRACE
         return SinkLoop(
             store=self.store, record=record, pipeline=pipeline,
-            stop_grace=grace, clock=self.clock,
+            stop_grace=grace, clock=self.clock, stats=stats,
         )
 
     async def _complete(self, started: dict[str, Any]) -> None:
@@ -310,16 +332,20 @@ class Supervisor:
 
     def sink_status(self, integration_id: str) -> dict[str, Any] | None:
         handle = self.handles.get(integration_id)
-        if handle is None or handle.loop is None:
+        if handle is None:
             return None
-        loop = handle.loop
+        loop, stats = handle.loop, handle.stats
         return {
-            "delivered": loop.stats.delivered,
-            "rejected": loop.stats.rejected,
-            "failures": loop.stats.failures,
-            "last_error": loop.stats.last_error,
-            "last_error_at": loop.stats.last_error_at,
-            "cursor": loop.durable_cursor or None,
+            "delivered": stats.delivered,
+            "rejected": stats.rejected,
+            "failures": stats.failures,
+            "last_error": stats.last_error,
+            "last_error_at": stats.last_error_at,
+            "cursor": (loop.durable_cursor or None) if loop is not None else None,
             "crashes": handle.crashes,
-            **loop.pipeline.status(),
+            # "crashed": waiting to restart after a crash (restart_in seconds from now).
+            "state": "crashed" if handle.restart_at is not None else "running",
+            "restart_in": (round(max(0.0, handle.restart_at - self.clock()), 1)
+                           if handle.restart_at is not None else None),
+            **(loop.pipeline.status() if loop is not None else {}),
         }

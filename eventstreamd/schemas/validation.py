@@ -223,8 +223,31 @@ def documented_statuses(operation_id: str) -> set[int]:
 # -------------------------------------------------------------------- checking
 
 
+MAX_DEPTH = 32  # the spec's request bodies nest 3 levels deep
+
+
+def exceeds_depth(value: Any, limit: int) -> bool:
+    """True when `value` nests objects or arrays more than `limit` levels deep (iterative:
+    a deep body must not exhaust the recursion that jsonschema would use on it)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
 def validate_request(operation_id: str, body: Any) -> None:
     """Raise `RequestInvalid` (naming the field) when `body` fails the operation's schema."""
+    if exceeds_depth(body, MAX_DEPTH):
+        raise RequestInvalid("", f"the request body nests more than {MAX_DEPTH} levels deep")
     error = best_match(request_validator(operation_id).iter_errors(body))
     if error is not None:
         field, message = describe(_deepest(error))

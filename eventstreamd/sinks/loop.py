@@ -25,6 +25,14 @@ Decisions:
 - Stop: nothing new is handed on; the pipeline finishes what it can within
   the grace period (requests in flight, an open file's upload), the cursor is
   flushed, and whatever did not finish stays after the cursor for next time.
+- One event never stalls an integration: an event the pipeline can never
+  send (a receiver's 400, or a reason on our side that retrying cannot cure:
+  it cannot be encoded, its id cannot be a header, its tenant cannot be part
+  of a key) is *set aside* (`set_aside`) as a rejected event, with the
+  reason, inspectable and retryable through the API, and delivery goes on.
+- The counters (`SinkStats`) belong to the supervisor's handle, not to one
+  run of the loop: a sink that crashes and restarts keeps its history, and
+  its crash is a failure like any other (status shows it as failing).
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -42,7 +51,7 @@ from anyio.abc import TaskGroup
 from ..logs import kv
 from ..storage.lmdb_store import LmdbStore, StoreFull
 from ..storage.records import StoredEvent
-from ..timeutil import parse_rfc3339, to_ms
+from ..timeutil import now_iso, parse_rfc3339, to_ms
 from .filters import EventFilter
 from .journal import add_log
 
@@ -53,6 +62,9 @@ READ_BYTES = 4 * 1024 * 1024  # a batch stops at this much stored data, too
 HEAD_POLL = 0.2  # seconds; also how often a pipeline's tick runs while the log is idle
 COMPLETION_MARGIN_MS = 5_000  # see _range_closed
 CURSOR_RETRY = 1.0  # seconds between cursor writes while the store is full
+REJECTED_NAMESPACE = uuid.UUID("5b0c6a86-1f0e-4b8e-9d43-8a3c8f1f2a10")
+# The payload shown for a set-aside event that cannot be encoded as JSON at all.
+UNENCODABLE = "the payload cannot be encoded as JSON; see the rejected event's reason"
 
 Clock = Callable[[], float]
 Outcome = Literal["stopped", "completed"]
@@ -70,6 +82,11 @@ class SinkStats:
     last_error: str | None = None
     last_error_at: float | None = None
     started_at: float = field(default_factory=time.time)
+
+    def record_failure(self, reason: str, at: float) -> None:
+        self.failures += 1
+        self.last_error = reason
+        self.last_error_at = at
 
 
 class Pipeline(Protocol):
@@ -101,6 +118,11 @@ class Pipeline(Protocol):
         """Pipeline-specific live figures for the status snapshot."""
 
 
+def rejected_id(integration_id: str, event: StoredEvent) -> str:
+    """Deterministic, so a redelivered and re-rejected event replaces its entry."""
+    return str(uuid.uuid5(REJECTED_NAMESPACE, f"{integration_id}/{event.seq}/{event.id}"))
+
+
 def resume_position(cursor: int, head: int, stopped_at_ms: int | None, now_ms: int,
                     restart_window_ms: int) -> tuple[int, int]:
     """Where a (re)started integration resumes, and how many events it skips.
@@ -122,6 +144,7 @@ class SinkLoop:
         pipeline: Pipeline,
         stop_grace: float,
         clock: Clock = time.time,
+        stats: SinkStats | None = None,
     ) -> None:
         self.store = store
         self.record = record
@@ -135,7 +158,7 @@ class SinkLoop:
                          if record.get("integration_type") == "temporary" and record.get("ends_at")
                          else None)
         self.stopping = anyio.Event()
-        self.stats = SinkStats(started_at=clock())
+        self.stats = stats if stats is not None else SinkStats(started_at=clock())
         self.read_position = 0  # next sequence number to read
         self.durable_cursor = 0  # last cursor committed to the store
         self._changed = anyio.Event()
@@ -155,9 +178,7 @@ class SinkLoop:
         await self._changed.wait()
 
     def record_failure(self, reason: str) -> None:
-        self.stats.failures += 1
-        self.stats.last_error = reason
-        self.stats.last_error_at = self.clock()
+        self.stats.record_failure(reason, self.clock())
 
     async def sleep_unless_stopping(self, delay: float) -> bool:
         """Sleep up to `delay`; True when the sink is stopping (the caller should give up)."""
@@ -214,6 +235,45 @@ class SinkLoop:
 
     async def add_log(self, action: str, reason: str) -> None:
         await add_log(self.store, self.integration_id, self.incarnation, action, reason)
+
+    async def set_aside(self, event: StoredEvent, reason: str, *, status: int | None = None,
+                        encodable: bool = True) -> None:
+        """Keep `event` as a rejected event with `reason`; the integration goes on.
+
+        Raises StoreFull when it cannot be kept (then the event is not finished and
+        the caller retries it). `encodable=False` for an event whose body cannot be
+        encoded: the stored copy carries a placeholder payload, and a retry refuses.
+        """
+        store, integration_id = self.store, self.integration_id
+        body = event.delivery_body()
+        entry: dict[str, Any] = {
+            "id": rejected_id(integration_id, event),
+            "created_at": now_iso(),
+            "seq": event.seq,
+            "event_id": event.id,
+            "reason": reason,
+            "status": status,
+            "event": body if encodable else {**body, "payload": {"error": UNENCODABLE}},
+            "deliverable": encodable,
+        }
+        what = f"rejected with HTTP {status}" if status is not None else "set aside"
+        message = f"Event {event.id} ({event.name}) was {what}: {reason}"
+        created_at = entry["created_at"]
+
+        def job(txn: Any) -> None:
+            pushed = store.txn_add_rejected(txn, integration_id, entry)
+            store.txn_add_log(txn, integration_id, "event_rejected", message, created_at)
+            for old in pushed:
+                store.txn_add_log(
+                    txn, integration_id, "rejected_event_dropped",
+                    f"Rejected event {old['id']} was removed to keep the newest "
+                    f"{store.rejected_events}.", created_at)
+
+        await self.write(job)
+        self.stats.rejected += 1
+        log.info("event set aside as rejected", extra=kv(
+            integration=integration_id, seq=event.seq, rejected_id=entry["id"],
+            reason=reason[:200]))
 
     async def _dispatch(self, tg: TaskGroup) -> Outcome:
         pipeline = self.pipeline

@@ -32,6 +32,11 @@ Decisions:
 - Stop: open files are sealed and uploaded within the grace period; what
   cannot finish stays recorded (or, if not sealed, simply after the cursor)
   and is rebuilt on the next start.
+- An event no object can hold (it cannot be encoded, or its tenant cannot be
+  a key segment; ingest refuses both today, older logs may hold them) is set
+  aside as a rejected event and skipped, never retried forever. Its `_retry`
+  uploads it alone as a one-line object (`upload_single`). Spool files are
+  named by a random id, not by the key, which may be longer than a file name.
 """
 
 from __future__ import annotations
@@ -39,7 +44,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import shutil
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,7 +61,8 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from ..faults import crash_point
 from ..logs import kv
-from ..storage.lmdb_store import LmdbStore
+from ..naming import valid_tenant
+from ..storage.lmdb_store import LmdbStore, StoreFull
 from ..storage.records import StoredEvent
 from .backoff import backoff_delay
 from .filters import EventFilter
@@ -80,6 +88,34 @@ class OpenFile:
     lines: int = 0
 
 
+# What S3 (and S3-compatible servers) accept, so that an integration that can never
+# upload is refused at registration. Buckets: AWS's rules, plus the upper case and
+# underscores of legacy us-east-1 names (the spec's own example is `sap_export`).
+BUCKET_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{1,61}[A-Za-z0-9]")
+PREFIX_SEGMENT = re.compile(r"[A-Za-z0-9_.-]+")
+REGION_PATTERN = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")  # as botocore
+
+
+def s3_params_problem(params: dict[str, Any]) -> tuple[str, str] | None:
+    """(field, what is wrong) for S3 parameters no upload could ever succeed with."""
+    bucket = params.get("bucket", "")
+    if (not BUCKET_PATTERN.fullmatch(bucket) or ".." in bucket
+            or re.fullmatch(r"\d+\.\d+\.\d+\.\d+", bucket)):
+        return "bucket", ("must be 3-63 letters, digits, '.', '_' or '-', start and end with a "
+                          "letter or digit, hold no '..' and not look like an IP address")
+    region = params.get("aws_region", "")
+    if not REGION_PATTERN.fullmatch(region):
+        return "aws_region", "must be a region name such as us-east-1"
+    prefix = params.get("key_prefix")
+    if prefix:
+        segments = prefix.split("/")
+        if not all(PREFIX_SEGMENT.fullmatch(seg) and seg not in (".", "..") for seg in segments):
+            return "key_prefix", ("must be segments of letters, digits, '_', '.' or '-' "
+                                  "separated by single '/', none of them '.' or '..', "
+                                  "and not start or end with '/'")
+    return None
+
+
 def object_key(prefix: str | None, tenant: str, epoch_ms: int) -> str:
     name = f"{epoch_ms}-data-{uuid.uuid4().hex}.export"
     return f"{prefix}/{tenant}/{name}" if prefix else f"{tenant}/{name}"
@@ -100,6 +136,41 @@ def describe_error(exc: BaseException) -> tuple[str, int | None]:
     if isinstance(exc, TimeoutError):
         return "timed out", None
     return f"{type(exc).__name__}: {exc}", None
+
+
+def s3_client(params: dict[str, Any], endpoint_url: str | None, timeout: float) -> Any:
+    """An aiobotocore S3 client (an async context manager) for an integration's parameters."""
+    config = AioConfig(
+        connect_timeout=timeout, read_timeout=max(timeout, 30.0),
+        retries={"max_attempts": 1, "mode": "standard"},
+        s3={"addressing_style": "path"} if endpoint_url else None,
+    )
+    return get_session().create_client(
+        "s3",
+        region_name=params["aws_region"],
+        endpoint_url=endpoint_url or None,
+        aws_access_key_id=params.get("aws_access_key_id"),
+        aws_secret_access_key=params.get("aws_secret_access_key"),
+        config=config,
+    )
+
+
+async def upload_single(params: dict[str, Any], endpoint_url: str | None,
+                        request_timeout: float, event: dict[str, Any]) -> str:
+    """Upload one event as its own one-line object (a rejected event's retry); its key.
+
+    Raises ValueError when the event cannot be encoded or its tenant cannot be part
+    of a key, and the botocore/OS errors of a failed upload.
+    """
+    tenant = str(event.get("tenant", ""))
+    if not valid_tenant(tenant):
+        raise ValueError("its tenant cannot be part of an S3 key")
+    line = orjson.dumps(event) + b"\n"
+    key = object_key(params.get("key_prefix") or None, tenant, int(time.time() * 1000))
+    with anyio.fail_after(request_timeout * 2):
+        async with s3_client(params, endpoint_url, request_timeout) as client:
+            await client.put_object(Bucket=params["bucket"], Key=key, Body=line)
+    return key
 
 
 class S3Pipeline:
@@ -147,19 +218,8 @@ class S3Pipeline:
         # Whatever a previous run left in the spool is rebuilt from the log.
         shutil.rmtree(self.spool_dir, ignore_errors=True)
         self.spool_dir.mkdir(parents=True, exist_ok=True)
-        config = AioConfig(
-            connect_timeout=self._timeout, read_timeout=max(self._timeout, 30.0),
-            retries={"max_attempts": 1, "mode": "standard"},
-            s3={"addressing_style": "path"} if self._endpoint_url else None,
-        )
-        self._client = await self._stack.enter_async_context(get_session().create_client(
-            "s3",
-            region_name=self._params["aws_region"],
-            endpoint_url=self._endpoint_url,
-            aws_access_key_id=self._params.get("aws_access_key_id"),
-            aws_secret_access_key=self._params.get("aws_secret_access_key"),
-            config=config,
-        ))
+        self._client = await self._stack.enter_async_context(
+            s3_client(self._params, self._endpoint_url, self._timeout))
         for manifest in list(self.pending):
             log.info("re-uploading a recorded file", extra=kv(
                 integration=self.integration_id, key=manifest["key"]))
@@ -170,6 +230,13 @@ class S3Pipeline:
     async def accept(self, event: StoredEvent, sink: SinkLoop, tg: TaskGroup) -> bool:
         if event.seq <= self.watermarks.get(event.tenant, 0):
             return True  # already in a recorded file (we crashed after recording it)
+        if not valid_tenant(event.tenant):
+            return await self._set_aside(event, sink, "its tenant cannot be part of an S3 key")
+        try:
+            line = event_line(event)
+        except (TypeError, ValueError) as exc:  # orjson: nesting beyond 254 levels
+            return await self._set_aside(event, sink, f"it cannot be encoded as JSON ({exc})",
+                                         encodable=False)
         open_file = self.files.get(event.tenant)
         if open_file is None:
             if len(self.files) >= MAX_OPEN_FILES:
@@ -179,7 +246,6 @@ class S3Pipeline:
                 if not await self._rotate([oldest], sink):
                     return False
             open_file = self._new_file(event.tenant, event.seq, sink.clock())
-        line = event_line(event)
         open_file.handle.write(line)
         open_file.size += len(line)
         open_file.lines += 1
@@ -187,6 +253,18 @@ class S3Pipeline:
         if open_file.size >= self.rotate_size:
             return await self._rotate([open_file], sink)
         return True
+
+    @staticmethod
+    async def _set_aside(event: StoredEvent, sink: SinkLoop, reason: str, *,
+                         encodable: bool = True) -> bool:
+        """Keep an event no object can hold as rejected; False when stopping first."""
+        while True:
+            try:
+                await sink.set_aside(event, reason, encodable=encodable)
+                return True
+            except StoreFull:
+                if await sink.sleep_unless_stopping(1.0):
+                    return False
 
     async def tick(self, sink: SinkLoop) -> None:
         now = sink.clock()
@@ -232,7 +310,8 @@ class S3Pipeline:
     def _new_file(self, tenant: str, first_seq: int, now: float) -> OpenFile:
         epoch_ms = int(now * 1000)
         key = object_key(self.prefix, tenant, epoch_ms)
-        path = self.spool_dir / key.replace("/", "_")
+        # Not named after the key: a key may be longer than a file name may be.
+        path = self.spool_dir / f"{uuid.uuid4().hex}.ndjson"
         handle = open(path, "wb")  # closed when the file is sealed
         open_file = OpenFile(tenant, key, path, handle, first_seq, first_seq, now)
         self.files[tenant] = open_file
@@ -297,7 +376,7 @@ class S3Pipeline:
 
     def _rebuild(self, manifest: dict[str, Any]) -> tuple[Path, int]:
         """Write the recorded file again from the log: same range, tenant and filter."""
-        path = self.spool_dir / (manifest["key"].replace("/", "_") + ".rebuilt")
+        path = self.spool_dir / f"{uuid.uuid4().hex}.rebuilt"
         event_filter = EventFilter.from_conditions(manifest.get("filter"))
         lines = 0
         position = manifest["first_seq"]
@@ -310,7 +389,11 @@ class S3Pipeline:
                     if event.seq > manifest["last_seq"]:
                         break
                     if event.tenant == manifest["tenant"] and event_filter.matches(event):
-                        out.write(event_line(event))
+                        try:
+                            line = event_line(event)
+                        except (TypeError, ValueError):
+                            continue  # set aside when it was first read, never in a file
+                        out.write(line)
                         lines += 1
                 position = batch[-1].seq + 1
         if lines != manifest["lines"]:

@@ -32,21 +32,70 @@ class BlockedTarget(OSError):
     """The target resolves to an address the SSRF policy refuses."""
 
 
-def is_blocked(address: str, policy: str) -> bool:
-    if policy == "none":
-        return False
+_IPv4 = ipaddress.IPv4Address
+_IP = ipaddress.IPv4Address | ipaddress.IPv6Address
+_IPV4_COMPATIBLE = ipaddress.ip_network("::/96")  # deprecated ::a.b.c.d
+_NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+_SHARED = ipaddress.ip_network("100.64.0.0/10")
+
+
+def parse_address(host: str) -> _IP | None:
+    """The address a connection to `host` would reach, when `host` is an address literal
+    in any form the resolver accepts; None for a name.
+
+    `getaddrinfo` (and so aiohttp) accepts the old `inet_aton` forms as well:
+    `2852039166`, `0xA9FEA9FE`, `0251.0376.0251.0376` and `169.254.1` all
+    mean 169.254.169.254 and must be judged as that.
+    """
+    text = host.strip("[]").split("%", 1)[0]
     try:
-        ip = ipaddress.ip_address(address.split("%", 1)[0])
+        return ipaddress.ip_address(text)
     except ValueError:
-        return False  # not an IP literal: the resolver checks what it resolves to
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+        pass
+    if not text or ":" in text or not all(c.isalnum() or c == "." for c in text):
+        return None
+    try:
+        return _IPv4(socket.inet_aton(text))
+    except OSError:
+        return None
+
+
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address carries and is routed to (mapped, compatible,
+    NAT64, 6to4, Teredo), if any."""
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip in _IPV4_COMPATIBLE and int(ip) > 1:  # not :: or ::1
+        return _IPv4(int(ip) & 0xFFFFFFFF)
+    if any(ip in net for net in _NAT64):
+        return _IPv4(int(ip) & 0xFFFFFFFF)
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    if ip.teredo is not None:
+        return ip.teredo[1]
+    return None
+
+
+def _refused(ip: _IP, policy: str) -> bool:
     if ip.is_link_local:
         return True
     if policy == "private":
         return (ip.is_loopback or ip.is_private or ip.is_multicast or ip.is_reserved
-                or ip.is_unspecified or ip in ipaddress.ip_network("100.64.0.0/10"))
+                or ip.is_unspecified or (isinstance(ip, _IPv4) and ip in _SHARED))
     return False
+
+
+def is_blocked(address: str, policy: str) -> bool:
+    if policy == "none":
+        return False
+    ip = parse_address(address)
+    if ip is None:
+        return False  # a name: the resolver checks what it resolves to
+    if isinstance(ip, ipaddress.IPv6Address):
+        inner = _embedded_ipv4(ip)
+        if inner is not None and _refused(inner, policy):
+            return True
+    return _refused(ip, policy)
 
 
 def check_host(host: str | None, policy: str) -> None:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import urllib.parse
-import uuid
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -31,9 +30,9 @@ import orjson
 from anyio.abc import TaskGroup
 
 from ..logs import kv
+from ..naming import valid_event_id
 from ..storage.lmdb_store import StoreFull
 from ..storage.records import StoredEvent
-from ..timeutil import now_iso
 from .backoff import backoff_delay, parse_retry_after
 from .loop import SinkLoop, StopDelivery
 from .ssrf import BlockedTarget, check_host
@@ -43,9 +42,10 @@ log = logging.getLogger("eventstreamd.webhook")
 
 RESPONSE_EXCERPT = 1024
 PAYLOAD_EXCERPT = 256
-REJECTED_NAMESPACE = uuid.UUID("5b0c6a86-1f0e-4b8e-9d43-8a3c8f1f2a10")
 
-Outcome = Literal["delivered", "rejected", "retry"]
+# "unsendable": the event can never be sent from our side (its id is no valid header
+# value); like a 400 it is set aside, since retrying cannot change it.
+Outcome = Literal["delivered", "rejected", "retry", "unsendable"]
 
 
 @dataclass(frozen=True)
@@ -105,6 +105,9 @@ class WebhookTarget:
     async def attempt(self, event_id: str, body: bytes) -> AttemptResult:
         if self._blocked is not None:
             return AttemptResult("retry", self._blocked)
+        if not valid_event_id(event_id):
+            return AttemptResult("unsendable", "its id cannot be sent as the Idempotency-Key "
+                                               "header (visible ASCII only)")
         headers = {**self._headers, "Idempotency-Key": event_id}
         try:
             async with self._session.post(
@@ -138,11 +141,6 @@ class WebhookTarget:
             return AttemptResult("rejected", text or "Bad Request", status)
         reason = f"HTTP {status}" + (f": {text}" if text else "")
         return AttemptResult("retry", reason, status, retry_after)
-
-
-def rejected_id(integration_id: str, event: StoredEvent) -> str:
-    """Deterministic, so a redelivered and re-rejected event replaces its entry."""
-    return str(uuid.uuid5(REJECTED_NAMESPACE, f"{integration_id}/{event.seq}/{event.id}"))
 
 
 class WebhookPipeline:
@@ -240,22 +238,24 @@ class WebhookPipeline:
                 self._idle.set()
 
     async def _deliver(self, event: StoredEvent, sink: SinkLoop) -> None:
-        body = encode_body(event.delivery_body())
+        try:
+            body = encode_body(event.delivery_body())
+        except (TypeError, ValueError) as exc:  # orjson: nesting beyond 254 levels
+            await self._set_aside(event, sink, f"it cannot be encoded as JSON ({exc})",
+                                  None, encodable=False)
+            return
         attempt = 0
         while True:
             result = await self.target.attempt(event.id, body)
             if result.outcome == "delivered":
                 sink.stats.delivered += 1
                 return
-            if result.outcome == "rejected":
-                try:
-                    await self._reject(event, sink, result)
+            if result.outcome in ("rejected", "unsendable"):
+                if await self._set_aside(event, sink, shorten(result.reason, 200),
+                                         result.status):
                     return
-                except StoreFull:
-                    # Not stored, so not finished: deliver again later (it stays
-                    # before the cursor) instead of crashing the sink.
-                    result = AttemptResult("retry", "rejected with HTTP 400, but the store is "
-                                                    "full: the rejection cannot be kept yet")
+                result = AttemptResult("retry", f"{result.reason}; but the store is full: "
+                                                "the rejection cannot be kept yet")
             attempt += 1
             reason = retry_reason(self.target.url, result.reason, result.status, body)
             sink.record_failure(reason)
@@ -269,30 +269,12 @@ class WebhookPipeline:
             if await sink.sleep_unless_stopping(delay):
                 raise StopDelivery
 
-    async def _reject(self, event: StoredEvent, sink: SinkLoop, result: AttemptResult) -> None:
-        store, integration_id = sink.store, sink.integration_id
-        entry = {
-            "id": rejected_id(integration_id, event),
-            "created_at": now_iso(),
-            "seq": event.seq,
-            "event_id": event.id,
-            "event": event.delivery_body(),
-        }
-        reason = (f"Event {event.id} ({event.name}) was rejected with HTTP 400: "
-                  f"{shorten(result.reason, 200)}")
-        created_at = entry["created_at"]
-
-        def job(txn: Any) -> list[dict[str, Any]]:
-            pushed = store.txn_add_rejected(txn, integration_id, entry)
-            store.txn_add_log(txn, integration_id, "event_rejected", reason, created_at)
-            for old in pushed:
-                store.txn_add_log(
-                    txn, integration_id, "rejected_event_dropped",
-                    f"Rejected event {old['id']} was removed to keep the newest "
-                    f"{store.rejected_events}.", created_at)
-            return pushed
-
-        await sink.write(job)
-        sink.stats.rejected += 1
-        log.info("event rejected", extra=kv(integration=integration_id, seq=event.seq,
-                                            rejected_id=entry["id"]))
+    @staticmethod
+    async def _set_aside(event: StoredEvent, sink: SinkLoop, reason: str, status: int | None,
+                         *, encodable: bool = True) -> bool:
+        """Keep the event as rejected; False when the store is full (it stays unfinished)."""
+        try:
+            await sink.set_aside(event, reason, status=status, encodable=encodable)
+        except StoreFull:
+            return False
+        return True

@@ -77,6 +77,10 @@ class LmdbStore:
         self.rejected_events = rejected_events
         self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(self.data_dir, 0o700)
+        # Made here: LMDB would create the directory with the *file* mode (0600),
+        # which lacks the search bit, and then cannot open its own files in it
+        # (root does not notice; the unprivileged user a service runs as does).
+        (self.data_dir / "lmdb").mkdir(mode=0o700, exist_ok=True)
         self.env = lmdb.open(
             str(self.data_dir / "lmdb"),
             map_size=map_size,
