@@ -51,10 +51,14 @@ class DaemonProcess:
     """One daemon subprocess; `start()` waits until runtime.json and /healthz say it is up."""
 
     def __init__(self, workdir: Path, settings: dict[str, Any] | None = None,
-                 env: dict[str, str] | None = None, nofile: int | None = None) -> None:
+                 env: dict[str, str] | None = None, *, wrapper: list[str] | None = None,
+                 cwd: Path | None = None) -> None:
         self.env = dict(env or {})
-        self.nofile = nofile  # soft and hard RLIMIT_NOFILE for the daemon; None: inherited
         self.workdir = workdir
+        # A command prefix such as `setpriv --reuid=nobody ...` (run as another user)
+        # or `prlimit --nofile=256` (tighter limits); the daemon is its last child.
+        self.wrapper = list(wrapper or [])
+        self.cwd = cwd or workdir
         self.data_dir = workdir / "data"
         base = {
             "server": {"host": "127.0.0.1", "port": 0},
@@ -89,13 +93,10 @@ class DaemonProcess:
             runtime.unlink()  # left by a killed predecessor
         self._log_fh = open(self.log_path, "ab")
         env = dict(os.environ, PYTHONUNBUFFERED="1", **self.env)
-        command = [sys.executable, "-m", "eventstreamd", "run", "--config", str(self.config_path)]
-        if self.nofile is not None:
-            # `ulimit -n` sets the soft and the hard limit; exec keeps the pid.
-            command = ["sh", "-c", 'ulimit -n "$0" && exec "$@"', str(self.nofile), *command]
         self.proc = subprocess.Popen(
-            command,
-            cwd=self.workdir, stdout=self._log_fh, stderr=subprocess.STDOUT, env=env,
+            [*self.wrapper, sys.executable, "-m", "eventstreamd", "run",
+             "--config", str(self.config_path)],
+            cwd=self.cwd, stdout=self._log_fh, stderr=subprocess.STDOUT, env=env,
         )
         deadline = time.monotonic() + STARTUP_TIMEOUT
         while time.monotonic() < deadline:

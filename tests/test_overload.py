@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import resource
 import select
+import shutil
 import socket
 import time
 from collections.abc import Callable
@@ -150,8 +151,11 @@ async def test_running_out_of_descriptors_degrades_and_recovers(
             pytest.skip("the test needs 1024 open files")
         resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))
     # Timeouts long enough that the idle connections stay for the whole test.
+    prlimit = shutil.which("prlimit")
+    if prlimit is None:
+        pytest.skip("needs prlimit (util-linux)")
     d = daemon_factory({"server": {"header_timeout": "60s", "idle_timeout": "60s"}},
-                       nofile=256)
+                       wrapper=[prlimit, "--nofile=256"])  # soft and hard; prlimit execs
     acked: list[tuple[int, int]] = []
 
     async def publish(session: aiohttp.ClientSession, n: int) -> int:
