@@ -93,6 +93,13 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8080
     base_path: str = "/api/v1/org/integrations"
+    # Overload protection (see eventstreamd/daemon/http_server.py): concurrent
+    # connections (further capped by the open-file limit), and how long a client
+    # may take to send its headers, to send its body, or to sit idle between requests.
+    max_connections: int = 1024
+    header_timeout: float = _duration("10s")
+    body_timeout: float = _duration("30s")
+    idle_timeout: float = _duration("60s")
     max_body: int = _size("10MiB")
     max_header: int = _size("8KiB")
     max_inflight_bytes: int = _size("32MiB")
@@ -114,6 +121,7 @@ class StorageConfig:
 @dataclass(frozen=True)
 class ControlConfig:
     socket: str = ""
+    idle_timeout: float = _duration("60s")  # no request in flight and not subscribed
 
 
 @dataclass(frozen=True)
@@ -246,6 +254,14 @@ def _check(config: Config) -> None:
         raise ConfigError(f"bad value for 'log.format': use one of {', '.join(_LOG_FORMATS)}")
     if not config.server.base_path.startswith("/") or config.server.base_path.endswith("/"):
         raise ConfigError("bad value for 'server.base_path': must start and not end with '/'")
+    if config.server.max_connections < 1:
+        raise ConfigError("bad value for 'server.max_connections': must be at least 1")
+    for key, value in (("server.header_timeout", config.server.header_timeout),
+                       ("server.body_timeout", config.server.body_timeout),
+                       ("server.idle_timeout", config.server.idle_timeout),
+                       ("control.idle_timeout", config.control.idle_timeout)):
+        if value <= 0:
+            raise ConfigError(f"bad value for {key!r}: must be more than 0")
     if config.server.port > 65535:
         raise ConfigError("bad value for 'server.port': must be at most 65535")
     if config.server.max_inflight_bytes < config.server.max_body:

@@ -15,6 +15,8 @@ from __future__ import annotations
 import logging
 import sys
 import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -104,3 +106,28 @@ def setup_logging(level: str = "info", fmt: str = "text") -> None:
     # anything near a credential. Their warnings still come through.
     for name in ("botocore", "aiobotocore", "urllib3", "asyncio"):
         logging.getLogger(name).setLevel(max(root.level, logging.INFO))
+
+
+class Throttle:
+    """One log line per `interval` seconds for a condition that can repeat thousands of
+    times a second (refused connections, failing accepts), with a count of the rest.
+
+    `hit()` counts one occurrence and returns how many to report now (this one and
+    those kept quiet since the last report), or 0 while the interval has not passed.
+    """
+
+    def __init__(self, interval: float = 5.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval = interval
+        self._clock = clock
+        self._next = float("-inf")
+        self._count = 0
+
+    def hit(self) -> int:
+        self._count += 1
+        now = self._clock()
+        if now < self._next:
+            return 0
+        self._next = now + self.interval
+        count, self._count = self._count, 0
+        return count

@@ -19,10 +19,10 @@ def daemon_factory(tmp_path: Path) -> Iterator[Callable[..., DaemonProcess]]:
     started: list[DaemonProcess] = []
 
     def factory(settings: dict[str, Any] | None = None, name: str = "d",
-                env: dict[str, str] | None = None) -> DaemonProcess:
+                env: dict[str, str] | None = None, **options: Any) -> DaemonProcess:
         workdir = tmp_path / f"{name}{len(started)}"
         workdir.mkdir()
-        proc = DaemonProcess(workdir, settings, env).start()
+        proc = DaemonProcess(workdir, settings, env, **options).start()
         started.append(proc)
         return proc
 

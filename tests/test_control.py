@@ -4,7 +4,10 @@ status snapshot it pushes (lag, rates, health), built in-process from a real sto
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import os
+import resource
 import socket
 import stat
 from collections.abc import AsyncIterator, Callable
@@ -15,7 +18,7 @@ import anyio
 import anyio.lowlevel
 import orjson
 import pytest
-from anyio.abc import SocketStream
+from anyio.abc import SocketStream, UNIXSocketStream
 from anyio.streams.buffered import BufferedByteReceiveStream
 from api_client import BASE, ApiClient, events
 from daemon_proc import DaemonProcess
@@ -305,12 +308,13 @@ async def test_a_client_that_never_reads_is_dropped(
     assert pushes_seen > 0
 
 
-async def test_clients_beyond_the_limit_are_refused(
+async def test_clients_beyond_the_limit_are_refused_when_none_is_idle(
         served: tuple[ControlServer, LmdbStore, Path]) -> None:
     server, _, path = served
     server.max_clients = 1
+    server.push_interval = 0.5  # the subscriber may pause reading while the test connects
     first = await Line.connect(path)
-    assert (await first.call("ping"))["ok"]
+    assert (await first.call("subscribe"))["ok"]  # subscribed: never idle, never evicted
     second = await Line.connect(path)
     refused = await second.read()
     assert refused["error"]["error_code"] == "too_many_clients"
@@ -319,6 +323,98 @@ async def test_clients_beyond_the_limit_are_refused(
     await second.close()
     assert (await first.call("ping"))["ok"]  # the admitted client is unaffected
     await first.close()
+
+
+async def closed_by_server(client: Line) -> bool:
+    """Whether the server closes the connection within WAIT (reading past any pushes)."""
+    with anyio.move_on_after(WAIT):
+        try:
+            while True:
+                await client.read()
+        except (anyio.IncompleteRead, anyio.EndOfStream, anyio.BrokenResourceError):
+            return True
+    return False
+
+
+async def test_idle_clients_make_room_for_a_new_one(
+        served: tuple[ControlServer, LmdbStore, Path], caplog: pytest.LogCaptureFixture) -> None:
+    server, _, path = served
+    caplog.set_level(logging.INFO, "eventstreamd.control")
+    assert server.max_clients == 32
+    idle = [await Line.connect(path) for _ in range(server.max_clients)]
+    for client in idle[1:]:
+        assert (await client.call("ping"))["ok"]  # all active since the first one
+    newcomer = await Line.connect(path)  # not locked out: the longest-idle one makes room
+    assert (await newcomer.call("ping"))["ok"]
+    assert await closed_by_server(idle[0])
+    assert server.evicted == 1 and len(server.clients) == server.max_clients
+    assert (await idle[1].call("ping"))["ok"]  # the others are untouched
+    for client in [newcomer, *idle]:
+        await client.close()
+    gone = [r for r in caplog.records if r.getMessage() == "control client gone"]
+    assert any("evicted" in r.fields["reason"] for r in gone)  # type: ignore[attr-defined]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_idle_clients_are_closed_after_the_idle_timeout(
+        served: tuple[ControlServer, LmdbStore, Path], caplog: pytest.LogCaptureFixture) -> None:
+    server, _, path = served
+    caplog.set_level(logging.INFO, "eventstreamd.control")
+    server.idle_timeout = 0.5
+    server.push_interval = 0.05
+    silent = await Line.connect(path)  # never sends a thing
+    asked = await Line.connect(path)  # one request, then nothing
+    assert (await asked.call("ping"))["ok"]
+    partial = await Line.connect(path)  # a request it never finishes
+    await partial.send_raw(b'{"op": "pi')
+    subscriber = await Line.connect(path)  # subscribed and reading: never idle
+    assert (await subscriber.call("subscribe"))["ok"]
+    for client in (silent, asked, partial):
+        assert await closed_by_server(client)
+    for _ in range(5):  # pushes keep coming well past the idle timeout
+        await subscriber.push()
+    assert (await subscriber.call("ping"))["ok"]
+    for client in (silent, asked, partial, subscriber):
+        await client.close()
+    reasons = [r.fields["reason"] for r in caplog.records  # type: ignore[attr-defined]
+               if r.getMessage() == "control client gone" and r.levelno == logging.INFO]
+    assert sum("idle" in reason for reason in reasons) == 3
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_accept_survives_running_out_of_descriptors(
+        served: tuple[ControlServer, LmdbStore, Path], caplog: pytest.LogCaptureFixture) -> None:
+    """Real EMFILE: this process's descriptors are used up while a client waits in the
+    backlog; the server keeps going and accepts it once they are back."""
+    server, _, path = served
+    caplog.set_level(logging.WARNING, "eventstreamd.control")
+    waiting = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)  # made while there is room
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    in_use = len(os.listdir("/dev/fd"))  # the descriptors open now (Linux and macOS)
+    fillers: list[int] = []
+    warned = False
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(soft, in_use + 64), hard))
+    try:
+        with contextlib.suppress(OSError):  # EMFILE: every descriptor is in use
+            for _ in range(in_use + 64):
+                fillers.append(os.dup(waiting.fileno()))
+        waiting.connect(str(path))  # needs no new descriptor here; the server's accept does
+        with anyio.move_on_after(WAIT):
+            while not warned:
+                await anyio.sleep(0.05)
+                warned = any("accept failed" in r.getMessage() for r in caplog.records)
+    finally:
+        for fd in fillers:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert warned and server.accept_failures >= 1
+    waiting.setblocking(False)
+    client = Line(await UNIXSocketStream.from_socket(waiting))
+    assert (await client.call("ping"))["ok"]  # accepted once descriptors were back
+    fresh = await Line.connect(path)
+    assert (await fresh.call("status"))["ok"]
+    await client.close()
+    await fresh.close()
 
 
 async def test_stop_closes_clients_and_removes_the_socket(

@@ -44,6 +44,19 @@ Decisions:
   rest of that line cannot be framed), requests in flight per client at
   `REQUESTS_PER_CLIENT` (the reader stops reading meanwhile: back-pressure),
   and clients at `max_clients`.
+- Idle clients make room. A client with no request in flight and no
+  subscription is idle; one idle for `control.idle_timeout` is closed, and when
+  `max_clients` are connected a newcomer evicts the longest-idle one. Only when
+  every client is busy or subscribed is the newcomer refused
+  (`too_many_clients`): idle connections can never lock the TUI out. A
+  subscribed client that stops reading is dropped by its full queue, so no
+  client holds a slot without using it. Activity is a request received or
+  answered; a partial line does not count, so a client trickling bytes
+  without ever finishing a line is idle too.
+- Out of descriptors (EMFILE and the like) the accept loop backs off (0.1 s,
+  doubling to 1 s) and keeps going, with one warning per few seconds; the
+  pending connections wait in the backlog until descriptors free up. A
+  client going away is one INFO line saying why, never a traceback.
 - One sampler task serves every subscriber: it ticks the rate sampler and
   encodes each snapshot once, whatever the number of clients.
 - A malformed line (bad JSON, not an object, unknown op, a missing or
@@ -85,7 +98,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from .. import __version__
 from ..config import Config
-from ..logs import kv
+from ..logs import Throttle, kv
 from ..storage.lmdb_store import LmdbStore
 from .errors import ApiError
 from .integrations import IntegrationService
@@ -102,6 +115,8 @@ REQUESTS_PER_CLIENT = 4
 DRAIN_TIMEOUT = 30.0  # seconds a half-closed client's pending requests may take
 STOP_TIMEOUT = 5.0
 BACKLOG = 64
+IDLE_TIMEOUT = 60.0  # seconds; the default of control.idle_timeout
+ACCEPT_BACKOFF = (0.1, 1.0)  # first and longest pause after a failed accept
 
 
 class ControlSocketError(Exception):
@@ -118,6 +133,13 @@ class _Client:
     flushed: anyio.Event = field(default_factory=anyio.Event)
     subscribed: bool = False
     dropped: bool = False
+    in_flight: int = 0  # requests received and not yet answered
+    last_active: float = field(default_factory=anyio.current_time)
+    closed_because: str = "disconnected"
+
+    @property
+    def idle(self) -> bool:
+        return not self.subscribed and self.in_flight == 0
 
 
 Handler = Callable[..., Awaitable[Any]]
@@ -146,6 +168,7 @@ class ControlServer:
         push_interval: float = PUSH_INTERVAL,
         max_clients: int = MAX_CLIENTS,
         max_line: int = MAX_LINE,
+        idle_timeout: float = IDLE_TIMEOUT,
     ) -> None:
         self.path = Path(path)
         self.service = service
@@ -154,8 +177,11 @@ class ControlServer:
         self.push_interval = push_interval
         self.max_clients = max_clients
         self.max_line = max_line
+        self.idle_timeout = idle_timeout
         self.clients: set[_Client] = set()
         self.dropped = 0  # clients dropped for not reading
+        self.evicted = 0  # idle clients closed to make room for a new one
+        self.accept_failures = 0
         self.high_water = 0  # the most lines any client's queue ever held
         self._numbers = itertools.count(1)
         self._scope = anyio.CancelScope()
@@ -187,6 +213,7 @@ class ControlServer:
                 log.info("control socket listening", extra=kv(path=str(self.path)))
                 async with listener, anyio.create_task_group() as tg:
                     tg.start_soon(self._push_forever, name="control:push")
+                    tg.start_soon(self._close_idle_forever, name="control:idle")
                     task_status.started()
                     await self._accept_forever(listener, tg)
         finally:
@@ -233,25 +260,38 @@ class ControlServer:
         self._inode = None
 
     async def _accept_forever(self, listener: SocketListener, tg: TaskGroup) -> None:
+        throttle = Throttle()
+        backoff = ACCEPT_BACKOFF[0]
         while True:
             try:
                 stream = await listener.accept()
-            except OSError as exc:
-                # Out of file descriptors and the like: wait, rather than spin or die.
-                log.warning("control socket accept failed", extra=kv(error=str(exc)))
-                await anyio.sleep(0.5)
+            except (anyio.BrokenResourceError, OSError) as exc:
+                # Out of file descriptors (EMFILE, ENFILE) or kernel memory (ENOBUFS,
+                # ENOMEM): anyio raises BrokenResourceError from the OSError, but the
+                # listener is intact. Wait rather than spin or die; the connection
+                # stays in the backlog and is accepted once descriptors free up.
+                self.accept_failures += 1
+                if count := throttle.hit():
+                    cause = exc.__cause__ if isinstance(exc, anyio.BrokenResourceError) else exc
+                    log.warning("control socket accept failed; retrying", extra=kv(
+                        error=str(cause or exc), failures=count, backoff=backoff))
+                await anyio.sleep(backoff)
+                backoff = min(backoff * 2, ACCEPT_BACKOFF[1])
                 continue
+            backoff = ACCEPT_BACKOFF[0]
             tg.start_soon(self._serve_client, stream, name="control:client")
 
     # ------------------------------------------------------------------ clients
 
     async def _serve_client(self, stream: SocketStream) -> None:
         async with stream:
-            if len(self.clients) >= self.max_clients:
+            if len(self.clients) >= self.max_clients and not self._evict_one():
+                log.info("control client refused: every client is busy or subscribed",
+                         extra=kv(clients=len(self.clients)))
                 with contextlib.suppress(Exception):
                     await stream.send(encode(error_message(
                         None, "too_many_clients",
-                        f"at most {self.max_clients} control clients at once")))
+                        f"at most {self.max_clients} control clients at once, all busy")))
                 return
             send, receive = anyio.create_memory_object_stream[bytes](self.queue_size)
             client = _Client(next(self._numbers), send)
@@ -272,12 +312,39 @@ class ControlServer:
                             await client.flushed.wait()
                         tg.cancel_scope.cancel()
             except Exception:
+                client.closed_because = "error"
                 log.exception("control client failed", extra=kv(client=client.number))
             finally:
                 self.clients.discard(client)
                 send.close()
-                log.debug("control client gone", extra=kv(client=client.number,
-                                                         dropped=client.dropped))
+                reason = client.closed_because
+                if reason == "disconnected" and self._scope.cancel_called:
+                    reason = "the daemon is stopping"
+                log.info("control client gone", extra=kv(client=client.number, reason=reason))
+
+    def _close(self, client: _Client, reason: str) -> None:
+        """End a client's connection from the server side; its task logs the reason."""
+        client.closed_because = reason
+        self.clients.discard(client)  # its slot is free now, not when its task winds down
+        client.scope.cancel()
+
+    def _evict_one(self) -> bool:
+        """Close the longest-idle client to make room; False if every client is busy."""
+        idle = [c for c in self.clients if c.idle]
+        if not idle:
+            return False
+        victim = min(idle, key=lambda c: c.last_active)
+        self.evicted += 1
+        self._close(victim, "evicted: idle, and a new client needed its slot")
+        return True
+
+    async def _close_idle_forever(self) -> None:
+        while True:
+            await anyio.sleep(min(1.0, self.idle_timeout / 4))
+            now = anyio.current_time()
+            for client in [c for c in self.clients if c.idle]:
+                if now - client.last_active >= self.idle_timeout:
+                    self._close(client, f"idle for {self.idle_timeout:g}s")
 
     async def _write_loop(self, stream: SocketStream,
                           receive: MemoryObjectReceiveStream[bytes], client: _Client) -> None:
@@ -299,9 +366,11 @@ class ControlServer:
                 line = bytes(buffered.buffer)  # a last request without its newline
                 if line.strip():
                     await client.requests.acquire()
+                    client.in_flight += 1
                     tg.start_soon(self._handle_line, client, line, name="control:request")
                 return
             except anyio.DelimiterNotFound:
+                client.closed_because = "line too long"
                 self._offer(client, encode(error_message(
                     None, "line_too_long",
                     f"a request line may be at most {self.max_line} bytes; closing")))
@@ -312,6 +381,8 @@ class ControlServer:
             if not line.strip():
                 continue
             await client.requests.acquire()  # back-pressure: stop reading while busy
+            client.in_flight += 1
+            client.last_active = anyio.current_time()
             tg.start_soon(self._handle_line, client, line, name="control:request")
 
     async def _handle_line(self, client: _Client, line: bytes) -> None:
@@ -319,6 +390,8 @@ class ControlServer:
             response = await self.respond(client, line)
         finally:
             client.requests.release()
+            client.in_flight -= 1
+            client.last_active = anyio.current_time()
         try:
             data = encode(response)
         except TypeError:
@@ -335,6 +408,7 @@ class ControlServer:
             client.outbox.send_nowait(line)
         except anyio.WouldBlock:
             client.dropped = True
+            client.closed_because = "not reading its messages"
             self.dropped += 1
             log.warning("control client dropped: it is not reading its messages",
                         extra=kv(client=client.number, queued=self.queue_size))
@@ -478,4 +552,5 @@ def build_control_server(
     config: Config, store: LmdbStore, sinks: SinkStatusSource, service: IntegrationService
 ) -> ControlServer:
     sampler = StatusSampler(store, sinks, s3_rotate_interval=config.s3.rotate_interval)
-    return ControlServer(config.control_socket, service, sampler)
+    return ControlServer(config.control_socket, service, sampler,
+                         idle_timeout=config.control.idle_timeout)

@@ -4,7 +4,8 @@ Every error response, on every route (unknown routes and methods included), is
 `{"error_code", "message", "request_id"}` with `X-Request-Id` set to the same
 id. Handlers raise `ApiError`; the middleware here turns it, aiohttp's own
 HTTP exceptions and anything unexpected (500, logged with its traceback, never
-shown to the client) into that body.
+shown to the client) into that body. A client that disconnected before its
+answer gets neither: one INFO line, and the connection is dropped.
 """
 
 from __future__ import annotations
@@ -93,7 +94,16 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             if allow:
                 response.headers["Allow"] = allow
         return response
-    except Exception:
+    except Exception as exc:
+        if isinstance(exc, ConnectionError) and request.transport is None:
+            # The client went away (mid-body, or before its answer): nothing to
+            # answer, nothing wrong here. aiohttp drops the connection quietly
+            # (http_server.py); a ConnectionError of the handler's own, with the
+            # client still there, is a 500 like anything else.
+            log.info("client disconnected before the response", extra=kv(
+                request_id=request_id, method=request.method, path=request.path,
+                error=f"{type(exc).__name__}: {exc}"))
+            raise
         log.exception("unhandled error", extra=kv(request_id=request_id, path=request.path))
         return error_response(500, "internal_error", "internal server error", request_id)
     response.headers["X-Request-Id"] = request_id

@@ -13,6 +13,9 @@ Decisions:
 - An exclusive lock on `{data_dir}/daemon.lock` keeps a second daemon off the
   same log; failures while starting (lock, port, store, socket) become one
   `StartupError` line and exit code 1 in the CLI.
+- At start the soft open-file limit is raised to the hard one and the HTTP
+  connection cap fitted within it (`http_server.connection_limits`), so
+  descriptors run out for neither HTTP clients nor anything else.
 - `{data_dir}/runtime.json` says where the running daemon listens (its port may
   be 0 in the config); `eventstreamd publish` and the tests read it. It is
   removed on a clean stop.
@@ -41,7 +44,7 @@ from .api import INTEGRATIONS
 from .auth import resolve_tokens
 from .control import ControlSocketError, build_control_server
 from .http import build_app
-from .http_server import DaemonRunner
+from .http_server import DaemonRunner, connection_limits
 from .retention import retention_loop
 from .supervisor import Supervisor
 
@@ -102,6 +105,8 @@ class Daemon:
 
     async def run(self, on_ready: Callable[[RuntimeInfo], None] | None = None) -> None:
         config = self.config
+        # Raises the open-file limit, which the HTTP connection cap is derived from.
+        limits = connection_limits(config.server)
         async with contextlib.AsyncExitStack() as stack:
             with _starting(f"open the store in {config.data_dir}"):
                 stack.callback(os.close, _lock_data_dir(config.data_dir))
@@ -132,13 +137,15 @@ class Daemon:
             app = build_app(config, store, tokens, supervisor)
             runner = DaemonRunner(
                 app,
+                limits=limits,
                 access_log=None,
                 shutdown_timeout=SHUTDOWN_GRACE,
                 handle_signals=False,
                 max_field_size=config.server.max_header,
                 max_line_size=config.server.max_header,
             )
-            await runner.setup()
+            with _starting("set up the HTTP server"):
+                await runner.setup()
             stack.push_async_callback(runner.cleanup)
             site = web.TCPSite(runner, config.server.host, config.server.port)
             with _starting(f"listen on {config.server.host}:{config.server.port}"):
