@@ -174,7 +174,8 @@ class BodyTimeout(ApiError, TimeoutError):
 
     def __init__(self, timeout: float) -> None:
         super().__init__(408, "request_timeout",
-                         f"the request body did not arrive within {timeout:g}s")
+                         f"the request body did not arrive within {timeout:g}s",
+                         headers={"Connection": "close"})
 
 
 def _refusal(max_connections: int) -> bytes:
