@@ -20,10 +20,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .common import API_BASE, TOKEN, Children, child_env, cpu_seconds, http, memory
+from tests.helpers.daemon import merge, write_config
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from daemon_proc import merge, write_config
+from .common import API_BASE, TOKEN, Children, child_env, cpu_seconds, http, memory
 
 STARTUP_TIMEOUT = 30.0
 

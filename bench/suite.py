@@ -221,7 +221,7 @@ class Ctx:
     def template_store(self) -> tuple[Path, dict[str, Any], str]:
         """A data dir holding the backlog events, filled once per run and copied per scenario.
 
-        Filled with the daemon's own store code (`LmdbStore.txn_append`, 10,000
+        Filled with the daemon's own store code (`LmdbStore.append`, 10,000
         events per transaction) before any daemon starts, rather than published.
         """
         if self._template is None:

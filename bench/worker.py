@@ -270,29 +270,27 @@ async def webhook_baseline(a: dict[str, Any]) -> dict[str, Any]:
 
 async def fill_store(a: dict[str, Any]) -> dict[str, Any]:
     """N events written with the daemon's own store code, before any daemon runs."""
+    import orjson
+
+    from eventstreamd.model import NewEvent
     from eventstreamd.storage.lmdb_store import LmdbStore
-    from eventstreamd.storage.records import pack_event
 
     factory = EventFactory(a["published_at"])
     count, chunk = int(a["count"]), 10_000
-    store = LmdbStore(Path(a["data_dir"]), map_size=int(a["map_size"]))
     events = [factory.event(i) for i in range(4096)]  # ids stay unique, payloads repeat
+    bodies = [orjson.dumps({"tenant": "default", "name": e["name"],
+                            "published_at": e["published_at"], "payload": e["payload"]})
+              for e in events]
     phase = Phase()
-    try:
+    async with LmdbStore(Path(a["data_dir"]), map_size=int(a["map_size"])) as store:
         written = 0
         while written < count:
             n = min(chunk, count - written)
-            packed = []
-            for i in range(written, written + n):
-                event = events[i % len(events)]
-                packed.append(pack_event(str(uuid.uuid4()), "default", event["name"],
-                                         event["published_at"], event["payload"]))
-            with store.env.begin(write=True) as txn:
-                store.txn_append(txn, packed)
+            await store.append([
+                NewEvent(str(uuid.uuid4()), "default", events[i % len(events)]["name"],
+                         bodies[i % len(events)]) for i in range(written, written + n)])
             written += n
-        head = store.count_events()
-    finally:
-        store.close()
+        head = (await store.stats()).events
     return {**phase.result(), "events": head}
 
 

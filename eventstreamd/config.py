@@ -146,6 +146,9 @@ class S3Config:
     endpoint_url: str = ""
     rotate_interval: float = _duration("5m")
     rotate_size: int = _size("50MiB")
+    timeout: float = _duration("30s")
+    retry_initial: float = _duration("1s")
+    retry_max: float = _duration("60s")
 
 
 @dataclass(frozen=True)
@@ -269,8 +272,11 @@ def _check(config: Config) -> None:
                           "server.max_body")
     if config.webhook.max_in_flight < 1:
         raise ConfigError("bad value for 'webhook.max_in_flight': must be at least 1")
-    if config.webhook.retry_max < config.webhook.retry_initial:
-        raise ConfigError("bad value for 'webhook.retry_max': must not be below retry_initial")
+    for section in ("webhook", "s3"):
+        retry = getattr(config, section)
+        if retry.retry_max < retry.retry_initial:
+            raise ConfigError(f"bad value for '{section}.retry_max': must not be below "
+                              "retry_initial")
     if config.storage.map_size < 1024 * 1024:
         raise ConfigError("bad value for 'storage.map_size': must be at least 1MiB")
     if not valid_tenant(config.tenant):

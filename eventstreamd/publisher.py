@@ -29,8 +29,7 @@ from typing import IO, Any
 import orjson
 
 from .config import Config
-from .daemon.auth import read_token
-from .daemon.lifecycle import read_runtime
+from .runtime import read_runtime, read_token
 
 BATCH_EVENTS = 1000
 BATCH_BYTES = 4 * 1024 * 1024

@@ -1,16 +1,12 @@
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-sys.path.insert(0, str(Path(__file__).parent / "reliability"))
-
-from daemon_proc import DaemonProcess
+from tests.helpers.daemon import DaemonProcess
 
 
 @pytest.fixture

@@ -25,11 +25,12 @@ from typing import Any
 
 import orjson
 import pytest
-from daemon_proc import DaemonProcess
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from receiver import Receiver
-from s3_server import MotoServer, s3_params
+
+from tests.helpers.daemon import DaemonProcess
+from tests.helpers.receiver import Receiver
+from tests.helpers.s3 import MotoServer, s3_params
 
 EXAMPLES = int(os.environ.get("EVENTSTREAMD_FUZZ_EXAMPLES", "25"))
 WAIT = float(os.environ.get("PROPERTY_WAIT", "30"))

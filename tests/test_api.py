@@ -10,22 +10,21 @@ the store in-process while the daemon is stopped (`seed_rejected`).
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 import aiohttp
-import anyio
 import orjson
-from daemon_proc import DaemonProcess, merge
 
 from eventstreamd.config import Config
+from eventstreamd.model import RejectedEvent
 from eventstreamd.schemas.validation import documented_statuses, response_errors
-from eventstreamd.storage.lmdb_store import LmdbStore
+from tests.helpers.daemon import DaemonProcess, Factory, merge
+from tests.helpers.store import event_of, rejected_entry
+from tests.helpers.store import seed_rejected as store_seed_rejected
 
 BASE = Config().server.base_path + "/eventstream"
-Factory = Callable[..., DaemonProcess]
 
 API_KEY = "webhook-api-key-0123456789"
 AWS_SECRET = "aws-secret-access-key-0123456789"
@@ -149,35 +148,10 @@ def local_daemon(factory: Factory, settings: dict[str, Any] | None = None) -> Da
     return factory(merge(LOCAL_ONLY, settings or {}))
 
 
-def rejected_entry(n: int, tenant: str = "acme") -> dict[str, Any]:
-    """A rejected entry as the delivery layer stores it (see daemon/contracts.py)."""
-    return {
-        "id": str(uuid.uuid4()),
-        "created_at": f"2024-03-01T00:00:{n:02d}.000Z",
-        "seq": n + 1,
-        "event_id": f"event-{n}",
-        "event": {"tenant": tenant, "name": "order.created",
-                  "published_at": f"2024-02-29T23:59:{n:02d}.000Z", "payload": {"n": n}},
-    }
-
-
-async def write_rejected(data_dir: Path, entries: dict[str, list[dict[str, Any]]]) -> None:
-    """Store rejected entries in a (stopped) daemon's LMDB, in-process."""
-    store = LmdbStore(data_dir, map_size=Config().storage.map_size)
-    try:
-        async with anyio.create_task_group() as tg:
-            await tg.start(store.writer.run)
-            for integration_id, items in entries.items():
-                await store.write(lambda txn, i=integration_id, es=items: [
-                    store.txn_add_rejected(txn, i, e) for e in es])
-            await store.writer.close()
-    finally:
-        store.close()
-
-
-async def seed_rejected(daemon: DaemonProcess, entries: dict[str, list[dict[str, Any]]]) -> None:
+async def seed_rejected(daemon: DaemonProcess,
+                        entries: dict[str, list[RejectedEvent]]) -> None:
     assert daemon.stop() == 0
-    await write_rejected(daemon.data_dir, entries)
+    await store_seed_rejected(daemon.data_dir, entries)
     daemon.start()
 
 
@@ -461,28 +435,28 @@ async def test_rejected_events_list_get_delete_retry(daemon_factory: Factory) ->
     await seed_rejected(daemon, {"erp-1": entries, "other": [rejected_entry(9)]})
     async with connect(daemon) as api:
         listed = await api.rejected("erp-1")
-        assert listed == [{"id": e["id"], "created_at": e["created_at"]}
+        assert listed == [{"id": e.id, "created_at": e.created_at}
                           for e in reversed(entries)]  # newest first
         assert all(len(item["id"]) == 36 for item in listed)
         first = entries[0]
-        assert await api.get_rejected("erp-1", first["id"]) == first["event"]
+        assert await api.get_rejected("erp-1", first.id) == event_of(first)
         # Ids are per integration.
-        error = await api.get_rejected("other", first["id"], expect=404)
+        error = await api.get_rejected("other", first.id, expect=404)
         assert error["error_code"] == "rejected_event_not_found"
 
         # Nothing listens on the callback URL: the retry fails with 502 and the
         # event stays. tests/test_api_retry.py covers success with a test double.
-        error = await api.retry("erp-1", first["id"], expect=502)
+        error = await api.retry("erp-1", first.id, expect=502)
         assert error["error_code"] == "delivery_failed"
         assert error["message"]
         assert len(await api.rejected("erp-1")) == 3
         assert (await api.logs("erp-1"))[0]["action"] == "rejected_event_retry_failed"
 
-        assert await api.delete_rejected("erp-1", first["id"]) is None
-        await api.delete_rejected("erp-1", first["id"], expect=404)
-        await api.get_rejected("erp-1", first["id"], expect=404)
+        assert await api.delete_rejected("erp-1", first.id) is None
+        await api.delete_rejected("erp-1", first.id, expect=404)
+        await api.get_rejected("erp-1", first.id, expect=404)
         assert [r["id"] for r in await api.rejected("erp-1")] == \
-            [entries[2]["id"], entries[1]["id"]]
+            [entries[2].id, entries[1].id]
         assert len(await api.rejected("other")) == 1
 
 
@@ -501,7 +475,7 @@ async def test_delete_removes_the_integration_with_its_logs_and_rejected_events(
         await api.get("erp-1", expect=404)
         await api.logs("erp-1", expect=404)
         await api.rejected("erp-1", expect=404)
-        await api.get_rejected("erp-1", doomed["id"], expect=404)
+        await api.get_rejected("erp-1", doomed.id, expect=404)
         await api.delete("erp-1", expect=404)
         assert [i["id"] for i in await api.list()] == ["keep"]
         # A new integration under the same id starts with nothing of the old one.

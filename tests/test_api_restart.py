@@ -1,44 +1,30 @@
 """What the API stores survives a restart, in the shape the delivery layer reads.
 
-Between the two runs the test opens the stopped daemon's LMDB in-process to
-check the stored records against the contract in daemon/contracts.py (secrets
-in clear, stopped_at_ms, one target) and to seed rejected events. Cursors set
-at creation are checked in-process (tests/test_api_retry.py), where no sink
-moves them.
+Between the two runs the test opens the stopped daemon's store in-process to
+check the stored integrations (secrets in clear, stopped_at_ms, one target) and
+to seed rejected events. Cursors set at creation are checked in-process
+(tests/test_api_retry.py), where no sink moves them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
-from daemon_proc import DaemonProcess
-from test_api import (
+from eventstreamd.logs import MASK, redactor
+from eventstreamd.model import Integration
+from eventstreamd.sinks.s3 import S3Target
+from eventstreamd.sinks.webhook import WebhookTarget
+from tests.helpers.daemon import DaemonProcess, Factory
+from tests.helpers.store import event_of, opened, rejected_entry, seed_rejected
+from tests.test_api import (
     API_KEY,
     AWS_SECRET,
     PAST,
     connect,
     local_daemon,
-    rejected_entry,
     s3,
     webhook,
-    write_rejected,
 )
-
-from eventstreamd.config import Config
-from eventstreamd.daemon.integrations import IntegrationService
-from eventstreamd.logs import MASK, redactor
-from eventstreamd.storage.lmdb_store import LmdbStore
-
-Factory = Callable[..., DaemonProcess]
-
-
-class _NoSinks:
-    def integration_changed(self, integration_id: str) -> None:
-        pass
-
-    async def retry_rejected(self, record: dict[str, Any], entry: dict[str, Any]) -> None:
-        raise AssertionError("not used here")
 
 
 async def _snapshot(daemon: DaemonProcess) -> dict[str, Any]:
@@ -53,12 +39,9 @@ async def _snapshot(daemon: DaemonProcess) -> dict[str, Any]:
         }
 
 
-def _stored(daemon: DaemonProcess) -> dict[str, dict[str, Any]]:
-    store = LmdbStore(daemon.data_dir, map_size=Config().storage.map_size)
-    try:
-        return {r["id"]: r for r in store.list_integrations()}
-    finally:
-        store.close()
+async def _stored(daemon: DaemonProcess) -> dict[str, Integration]:
+    async with opened(daemon.data_dir) as store:
+        return {i.id: i for i in await store.list_integrations()}
 
 
 # The daemon runs the real supervisor: filters that match nothing keep the sinks
@@ -79,18 +62,18 @@ async def test_integrations_statuses_logs_and_rejected_events_survive_a_restart(
     before = await _snapshot(daemon)
     assert daemon.stop() == 0
 
-    records = _stored(daemon)
+    records = await _stored(daemon)
     hook, bucket = records["hook"], records["bucket"]
-    assert hook["callback_parameters"]["api_key"] == API_KEY  # clear: the sink needs it
-    assert bucket["s3_parameters"]["aws_secret_access_key"] == AWS_SECRET
-    assert "s3_parameters" not in hook and "callback_parameters" not in bucket
-    assert (hook["status"], hook["stopped_at_ms"], hook["done"]) == ("running", None, False)
-    assert bucket["status"] == "stopped" and isinstance(bucket["stopped_at_ms"], int)
-    assert hook["starts_at"] is None and hook["ends_at"] is None
-    assert all(r["created_at"].endswith("Z") for r in records.values())
+    assert isinstance(hook.target, WebhookTarget) and isinstance(bucket.target, S3Target)
+    assert hook.target.api_key == API_KEY  # clear: the sink needs it
+    assert bucket.target.aws_secret_access_key == AWS_SECRET
+    assert (hook.status, hook.stopped_at_ms, hook.done) == ("running", None, False)
+    assert bucket.status == "stopped" and isinstance(bucket.stopped_at_ms, int)
+    assert hook.starts_at is None and hook.ends_at is None
+    assert all(r.created_at.endswith("Z") for r in records.values())
 
     entries = {"hook": [rejected_entry(n) for n in range(2)], "bucket": [rejected_entry(5)]}
-    await write_rejected(daemon.data_dir, entries)
+    await seed_rejected(daemon.data_dir, entries)
     daemon.start()
 
     after = await _snapshot(daemon)
@@ -102,8 +85,8 @@ async def test_integrations_statuses_logs_and_rejected_events_survive_a_restart(
         assert after["logs"][integration_id][-len(logs):] == logs
     for integration_id, items in entries.items():
         assert [r["id"] for r in after["rejected"][integration_id]] == \
-            [e["id"] for e in reversed(items)]
-        assert after["events"][integration_id] == [e["event"] for e in reversed(items)]
+            [e.id for e in reversed(items)]
+        assert after["events"][integration_id] == [event_of(e) for e in reversed(items)]
     assert after["rejected"]["replay"] == []
 
     # And the API keeps working on what it reloaded.
@@ -128,9 +111,6 @@ async def test_stored_secrets_are_registered_with_the_redactor_at_startup(
     assert daemon.stop() == 0
     assert redactor.scrub(secret_key) == secret_key  # this process has not seen them yet
 
-    store = LmdbStore(daemon.data_dir, map_size=Config().storage.map_size)
-    try:
-        IntegrationService(store, Config(), _NoSinks()).register_stored_secrets()
-    finally:
-        store.close()
+    # Reading the integrations back (as the daemon does at start) registers them.
+    await _stored(daemon)
     assert redactor.scrub(f"key={secret_key} aws={secret_aws}") == f"key={MASK} aws={MASK}"

@@ -14,10 +14,9 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from bench import RESULT_KEYS, SCENARIO_IDS
 
-from bench import RESULT_KEYS, SCENARIO_IDS  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.timeout(240)

@@ -10,7 +10,7 @@ import os
 import resource
 import socket
 import stat
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -20,19 +20,23 @@ import orjson
 import pytest
 from anyio.abc import SocketStream, UNIXSocketStream
 from anyio.streams.buffered import BufferedByteReceiveStream
-from api_client import BASE, ApiClient, events
-from daemon_proc import DaemonProcess
-from receiver import Receiver
 
 from eventstreamd.config import Config, StorageConfig
+from eventstreamd.daemon.contracts import ChangeFeed
 from eventstreamd.daemon.control import ControlServer
 from eventstreamd.daemon.integrations import IntegrationService
-from eventstreamd.daemon.status import StatusSampler, health, target_of
-from eventstreamd.daemon.supervisor import Supervisor
+from eventstreamd.daemon.status import StatusSampler, health
+from eventstreamd.daemon.supervisor import SinkStatus
+from eventstreamd.model import Change, Integration, LogEntry, TargetParams
+from eventstreamd.sinks.base import PipelineStatus, SinkStats
+from eventstreamd.sinks.s3 import S3Target
+from eventstreamd.sinks.webhook import WebhookTarget
 from eventstreamd.storage.lmdb_store import LmdbStore
-from eventstreamd.storage.records import pack_event
+from tests.helpers.api import BASE, ApiClient, events
+from tests.helpers.daemon import DaemonProcess, Factory
+from tests.helpers.receiver import Receiver
+from tests.helpers.store import held, new_event, opened
 
-Factory = Callable[..., DaemonProcess]
 WAIT = 20.0  # the bound on every wait in this file, in seconds
 
 
@@ -252,30 +256,27 @@ async def test_malformed_lines_get_errors_and_the_daemon_survives(
 async def served(tmp_path: Path) -> AsyncIterator[tuple[ControlServer, LmdbStore, Path]]:
     """A real store, service and control server with a tiny queue and a fast push rate."""
     config = Config(storage=StorageConfig(data_dir=str(tmp_path / "data")))
-    store = LmdbStore(config.data_dir, map_size=64 * 1024 * 1024)
-    supervisor = Supervisor(config, store)  # not running: no sinks, only records
-    service = IntegrationService(store, config, supervisor)
-    path = tmp_path / "c.sock"
-    server = ControlServer(path, service, StatusSampler(store, supervisor),
-                           queue_size=4, push_interval=0.005)
-    # Plain tasks, not a task group: the fixture's setup and teardown run in different tasks.
-    tasks = [asyncio.create_task(store.writer.run())]
-    await anyio.lowlevel.checkpoint()
-    for i in range(10):  # ~5 KiB snapshots: the kernel buffer fills in a few dozen pushes
-        await service.create({"id": f"webhook-{i}", "integration_type": "permanent",
-                              "callback_parameters": {
-                                  "callback_url": f"http://127.0.0.1:9/hook/{i}"}})
-    tasks.append(asyncio.create_task(server.run()))
-    with anyio.fail_after(WAIT):
-        while not path.exists():
-            await anyio.sleep(0.01)
-    yield server, store, path
-    await server.stop()
-    await store.writer.close()
-    for task in tasks:
+    async with held(opened(config.data_dir)) as store:
+        changes = ChangeFeed()
+        service = IntegrationService(store, config, changes, None)
+        path = tmp_path / "c.sock"
+        # No sinks run: the snapshot says only what the store says.
+        server = ControlServer(path, service, StatusSampler(store, Sinks(), config),
+                               queue_size=4, push_interval=0.005)
+        for i in range(10):  # ~5 KiB snapshots: the kernel buffer fills in a few dozen pushes
+            await service.create({"id": f"webhook-{i}", "integration_type": "permanent",
+                                  "callback_parameters": {
+                                      "callback_url": f"http://127.0.0.1:9/hook/{i}"}})
+        # A plain task, not a task group: the fixture's setup and teardown run in
+        # different tasks.
+        task = asyncio.create_task(server.run())
+        with anyio.fail_after(WAIT):
+            while not path.exists():
+                await anyio.sleep(0.01)
+        yield server, store, path
+        await server.stop()
         with anyio.move_on_after(5):
             await task
-    store.close()
 
 
 async def test_a_client_that_never_reads_is_dropped(
@@ -435,13 +436,20 @@ async def test_stop_closes_clients_and_removes_the_socket(
 
 
 class Sinks:
-    """Live sink counters as `Supervisor.sink_status` reports them, set by the test."""
+    """Live sink status as `Supervisor.sink_status` reports it, set by the test."""
 
     def __init__(self) -> None:
-        self.status: dict[str, dict[str, Any]] = {}
+        self.status: dict[str, SinkStatus] = {}
 
-    def sink_status(self, integration_id: str) -> dict[str, Any] | None:
+    def sink_status(self, integration_id: str) -> SinkStatus | None:
         return self.status.get(integration_id)
+
+
+def sink(delivered: int, cursor: int, pipeline: PipelineStatus | None = None,
+         failures: int = 0) -> SinkStatus:
+    return SinkStatus(stats=SinkStats(delivered=delivered, failures=failures), crashes=0,
+                      crashed=False, restart_in=None, cursor=cursor,
+                      pipeline=pipeline or PipelineStatus())
 
 
 class Clock:
@@ -454,77 +462,75 @@ class Clock:
 
 @pytest.fixture
 async def store(tmp_path: Path) -> AsyncIterator[LmdbStore]:
-    store = LmdbStore(tmp_path / "data", map_size=64 * 1024 * 1024)
-    writer = asyncio.create_task(store.writer.run())
-    await anyio.lowlevel.checkpoint()
-    yield store
-    await store.writer.close()
-    with anyio.move_on_after(5):
-        await writer
-    store.close()
+    async with held(opened(tmp_path / "data")) as store:
+        yield store
 
 
-async def _put(store: LmdbStore, record: dict[str, Any], cursor: int) -> None:
-    base = {"integration_type": "permanent", "status": "running", "done": False}
+def _integration(integration_id: str, target: TargetParams,
+                 status: str = "running") -> Integration:
+    return Integration(id=integration_id, type="permanent", status=status,  # type: ignore[arg-type]
+                       target=target, incarnation="i-1", created_at="2024-01-01T00:00:00Z")
 
-    def job(txn: Any) -> None:
-        store.txn_put_integration(txn, {**base, **record})
-        store.txn_set_cursor(txn, record["id"], cursor)
 
-    await store.write(job)
+async def _put(store: LmdbStore, integration: Integration, cursor: int) -> None:
+    if await store.get_integration(integration.id) is None:
+        await store.create_integration(integration, cursor=cursor, limit=10,
+                                       log=LogEntry("2024-01-01T00:00:00Z", "created", "test"))
+        return
+    await store.change_integration(integration.id, lambda current, view: Change(integration))
 
 
 async def _publish(store: LmdbStore, n: int) -> None:
-    await store.append([pack_event(f"e{i}", "t", "order.created", "2024-01-01T00:00:00Z", {})
-                        for i in range(n)])
+    await store.append([new_event(f"e{i}", {}, tenant="t") for i in range(n)])
 
 
 async def test_snapshot_lag_rates_and_restarted_counters(store: LmdbStore) -> None:
     await _publish(store, 10)
-    oldest = store.read_events(4, 1)[0].ingested_at / 1000
-    await _put(store, {"id": "w1", "callback_parameters": {
-        "callback_url": "https://user:pw@hooks.example.com/x?token=1"}}, cursor=4)
-    await _put(store, {"id": "s3", "s3_parameters": {"bucket": "b", "key_prefix": "p/"}},
+    oldest = (await store.read_events(4, 1))[0].ingested_at / 1000
+    hook = WebhookTarget("https://user:pw@hooks.example.com/x?token=1")
+    await _put(store, _integration("w1", hook), cursor=4)
+    await _put(store, _integration("s3", S3Target("us-east-1", "b", key_prefix="p")),
                cursor=11)
     sinks = Sinks()
     clock = Clock(oldest + 5.0)
-    sampler = StatusSampler(store, sinks, clock=clock)
-    sinks.status["w1"] = {"delivered": 0, "failures": 0, "cursor": 4, "in_flight": 2}
-    sinks.status["s3"] = {"delivered": 0, "cursor": 11, "open_file_bytes": 2048,
-                          "open_file_started_at": clock.now - 30}
-    sampler.tick()
+    sampler = StatusSampler(store, sinks, Config(), clock=clock)
+    sinks.status["w1"] = sink(0, 4, PipelineStatus(in_flight=2))
+    sinks.status["s3"] = sink(0, 11, PipelineStatus(buffered_bytes=2048,
+                                                     buffered_since=clock.now - 30))
+    await sampler.tick()
     await _publish(store, 5)
     clock.now += 2.0
-    sinks.status["w1"]["delivered"] = 10
-    sampler.tick()
-    snap = sampler.snapshot()
+    sinks.status["w1"] = sink(10, 4, PipelineStatus(in_flight=2))
+    await sampler.tick()
+    snap = await sampler.snapshot()
     assert snap["head"] == 15 and snap["ingest_rate"] == 2.5
     w1 = integration(snap, "w1")
     assert w1 is not None
-    assert (w1["kind"], w1["target"], w1["cursor"]) == ("webhook", "hooks.example.com", 4)
+    # The target shows host and path, never userinfo or the query.
+    assert (w1["kind"], w1["target"], w1["cursor"]) == ("webhook", "hooks.example.com/x", 4)
     assert w1["lag_events"] == 12  # 15 - 4 + 1
     assert w1["lag_seconds"] == pytest.approx(7.0, abs=0.1)
     assert w1["delivered_rate"] == 5.0 and w1["delivered_history"] == [5.0]
     assert w1["health"] == "ok" and w1["in_flight"] == 2
-    assert w1["s3_open_file_bytes"] is None and w1["s3_open_file_age"] is None
+    assert w1["buffered_bytes"] is None and w1["buffered_age"] is None
     s3 = integration(snap, "s3")
     assert s3 is not None
-    assert (s3["kind"], s3["target"], s3["lag_events"]) == ("s3", "b/p", 5)
-    assert (s3["s3_open_file_bytes"], s3["s3_open_file_age"]) == (2048, 32.0)
+    assert (s3["kind"], s3["target"], s3["lag_events"]) == ("s3", "s3://b/p", 5)
+    assert (s3["buffered_bytes"], s3["buffered_age"]) == (2048, 32.0)
+    assert (s3["s3_open_file_bytes"], s3["s3_open_file_age"]) == (2048, 32.0)  # protocol 1
     # A sink restart resets its counter: the new value is the whole delta, never negative.
     clock.now += 1.0
-    sinks.status["w1"]["delivered"] = 3
-    sampler.tick()
-    assert integration(sampler.snapshot(), "w1")["delivered_rate"] == 3.0  # type: ignore[index]
+    sinks.status["w1"] = sink(3, 4)
+    await sampler.tick()
+    assert integration(await sampler.snapshot(), "w1")["delivered_rate"] == 3.0  # type: ignore[index]
     # A stopped integration has no live counters, but its stored lag stays.
     del sinks.status["w1"]
-    await _put(store, {"id": "w1", "status": "stopped", "callback_parameters": {
-        "callback_url": "https://hooks.example.com/x"}}, cursor=4)
-    w1 = integration(sampler.snapshot(), "w1")
+    await _put(store, _integration("w1", hook, status="stopped"), cursor=4)
+    w1 = integration(await sampler.snapshot(), "w1")
     assert w1 is not None
     assert (w1["health"], w1["delivered"], w1["failures"], w1["lag_events"]) == \
         ("stopped", None, None, 12)
-    assert orjson.loads(orjson.dumps(sampler.snapshot()))  # plain JSON all the way
+    assert orjson.loads(orjson.dumps(await sampler.snapshot()))  # plain JSON all the way
 
 
 def test_health_rules() -> None:
@@ -538,5 +544,5 @@ def test_health_rules() -> None:
     assert health(**{**base, "lag_seconds": 31.0, "lag_allowance": 300.0}) == "ok"  # S3 file
     assert health(**{**base, "status": "stopped", "last_error_at": 990.0}) == "stopped"
     assert health(**{**base, "done": True, "status": "stopped"}) == "completed"
-    assert target_of({"callback_parameters": {"callback_url": "http://[::1]:8080/x"}}) == "::1"
-    assert target_of({"s3_parameters": {"bucket": "b"}}) == "b"
+    assert WebhookTarget("http://[::1]:8080/x").describe() == "[::1]:8080/x"
+    assert S3Target("us-east-1", "b").describe() == "s3://b"

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import orjson
 import pytest
-from daemon_proc import DaemonProcess
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from tests.helpers.daemon import DaemonProcess
 
 EXAMPLES = int(os.environ.get("EVENTSTREAMD_FUZZ_EXAMPLES", "200"))
 OPS = ["ping", "status", "subscribe", "unsubscribe", "list", "get", "logs", "rejected",

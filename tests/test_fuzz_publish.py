@@ -11,9 +11,10 @@ from typing import Any
 
 import orjson
 import pytest
-from daemon_proc import DaemonProcess
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from tests.helpers.daemon import DaemonProcess
 
 json_scalars = st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | \
     st.floats(allow_nan=False) | st.text(max_size=20)

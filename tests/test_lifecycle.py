@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Callable
 
-from daemon_proc import DaemonProcess, write_config
-
-Factory = Callable[..., DaemonProcess]
+from tests.helpers.daemon import DaemonProcess, write_config
 
 
 def run_daemon(config_path: str) -> subprocess.CompletedProcess[str]:

@@ -13,20 +13,18 @@ import select
 import shutil
 import socket
 import time
-from collections.abc import Callable
 from urllib.parse import urlsplit
 
 import aiohttp
 import anyio
 import pytest
-from api_client import BASE, events
-from daemon_proc import DaemonProcess
-from test_control import Line, control_path
-from test_publish import read_all
 
 from eventstreamd.daemon.http_server import connection_cap
+from tests.helpers.api import BASE, events
+from tests.helpers.daemon import DaemonProcess, Factory
+from tests.helpers.store import read_all
+from tests.test_control import Line, control_path
 
-Factory = Callable[..., DaemonProcess]
 WAIT = 20.0  # seconds: the bound on every wait for something the daemon should do
 TRICKLE = 0.3  # seconds between the bytes of a slow client
 SLOW_BYTES = 40  # a slow client gives up after this many bytes (12 s at TRICKLE)
@@ -198,7 +196,7 @@ async def test_running_out_of_descriptors_degrades_and_recovers(
                 await anyio.sleep(0.1)
         assert await publish(kept, 10) == 200  # after
     assert d.stop() == 0
-    stored = {e.seq for e in read_all(d.data_dir)}
+    stored = {e.seq for e in await read_all(d.data_dir)}
     assert all(seq in stored for first, last in acked for seq in range(first, last + 1))
     assert sum(last - first + 1 for first, last in acked) >= 30
     log = d.log()

@@ -5,28 +5,16 @@ from __future__ import annotations
 import os
 import signal
 import stat
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 import anyio
 import orjson
 import pytest
-from daemon_proc import DaemonProcess
 from multidict import CIMultiDict
 
-from eventstreamd.storage.lmdb_store import LmdbStore
-
-Factory = Callable[..., DaemonProcess]
-
-
-def read_all(data_dir: Path) -> list[Any]:
-    store = LmdbStore(data_dir, map_size=64 * 1024 * 1024)
-    try:
-        return store.read_events(1, 1_000_000)
-    finally:
-        store.close()
+from tests.helpers.daemon import DaemonProcess, Factory
+from tests.helpers.store import decoded, read_all
 
 
 async def post(d: DaemonProcess, body: bytes, content_type: str = "application/json",
@@ -50,9 +38,11 @@ async def test_single_object(daemon: DaemonProcess) -> None:
     assert status == 200 and body == {"accepted": 1, "first_seq": 1, "last_seq": 1}
     assert "X-Request-Id" in headers
     daemon.stop()
-    [event] = read_all(daemon.data_dir)
+    [event] = await read_all(daemon.data_dir)
     assert (event.id, event.tenant, event.name) == ("evt-1", "acme", "order.created")
-    assert event.published_at == "2024-05-01T10:00:00.000Z" and event.payload == {"a": 1}
+    # The delivery body, encoded once at ingest, exactly as every sink will send it.
+    assert event.body == (b'{"tenant":"acme","name":"order.created",'
+                          b'"published_at":"2024-05-01T10:00:00.000Z","payload":{"a":1}}')
 
 
 async def test_array_and_defaults(daemon: DaemonProcess) -> None:
@@ -60,11 +50,11 @@ async def test_array_and_defaults(daemon: DaemonProcess) -> None:
     status, body, _ = await post(daemon, orjson.dumps(events))
     assert status == 200 and body == {"accepted": 3, "first_seq": 1, "last_seq": 3}
     daemon.stop()
-    stored = read_all(daemon.data_dir)
-    assert [e.payload["i"] for e in stored] == [0, 1, 2]
+    stored = await read_all(daemon.data_dir)
+    assert [decoded(e)["payload"]["i"] for e in stored] == [0, 1, 2]
     assert all(e.tenant == "default" for e in stored)
     assert len({e.id for e in stored}) == 3 and all(len(e.id) == 36 for e in stored)
-    assert all(e.published_at.endswith("Z") for e in stored)
+    assert all(decoded(e)["published_at"].endswith("Z") for e in stored)
 
 
 async def test_ndjson(daemon: DaemonProcess) -> None:
@@ -165,7 +155,7 @@ async def test_full_store_gets_507_and_recovers(daemon_factory: Factory) -> None
     status, body, _ = await post(d, event)
     assert status == 200 and body["first_seq"] == acknowledged + extra + 1
     d.stop()
-    assert len(read_all(d.data_dir)) == acknowledged + extra + 1
+    assert len(await read_all(d.data_dir)) == acknowledged + extra + 1
 
 
 async def test_sigkill_after_ack_loses_nothing(daemon: DaemonProcess) -> None:
@@ -190,7 +180,7 @@ async def test_sigkill_after_ack_loses_nothing(daemon: DaemonProcess) -> None:
     async with aiohttp.ClientSession() as s, s.get(f"{daemon.url}/healthz") as r:
         assert (await r.json())["head"] == 800
     daemon.stop()
-    stored = {e.seq for e in read_all(daemon.data_dir)}
+    stored = {e.seq for e in await read_all(daemon.data_dir)}
     assert all(seq in stored for first, last in acked for seq in range(first, last + 1))
     assert len(acked) == 160
 

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import orjson
 import pytest
-from daemon_proc import DaemonProcess
 
 from eventstreamd.config import load_config
 from eventstreamd.publisher import PublishError, iter_batches, iter_events
+from tests.helpers.daemon import DaemonProcess
 
 
 def run_publish(

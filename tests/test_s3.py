@@ -5,17 +5,17 @@ from __future__ import annotations
 import collections
 import re
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import anyio
 import orjson
 import pytest
-from api_client import ApiClient, events
-from daemon_proc import DaemonProcess
-from s3_server import MotoServer, s3_params
 
-Factory = Callable[..., DaemonProcess]
+from tests.helpers.api import ApiClient, events
+from tests.helpers.daemon import Factory
+from tests.helpers.s3 import MotoServer, s3_params
+
 KEY = re.compile(r"^(?:(?P<prefix>.+)/)?(?P<tenant>[^/]+)/(?P<ms>\d{13})-data-(?P<rand>[0-9a-f]+)"
                  r"\.export$")
 

@@ -26,6 +26,7 @@ Decisions:
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import urllib.request
 import uuid
@@ -37,7 +38,6 @@ from typing import Any
 import anyio
 import pytest
 import schemathesis
-from daemon_proc import DaemonProcess
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from jsonschema import Draft4Validator
@@ -50,9 +50,12 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from eventstreamd.config import Config
+from eventstreamd.daemon.contracts import ChangeFeed
 from eventstreamd.daemon.integrations import IntegrationService
+from eventstreamd.model import RejectedEvent
 from eventstreamd.schemas.validation import SPEC_FILE, spec, spec_text
-from eventstreamd.storage.lmdb_store import LmdbStore
+from tests.helpers.daemon import DaemonProcess
+from tests.helpers.store import opened, rejected_entry, seed_rejected
 
 BASE_PATH = Config().server.base_path
 MAX_EXAMPLES = int(os.environ.get("EVENTSTREAMD_FUZZ_EXAMPLES", "50"))  # make soak: 2000
@@ -99,27 +102,12 @@ REJECTED_PER_INTEGRATION = 3
 ERROR_DETAILS = Draft4Validator(spec()["components"]["schemas"]["error_details"])
 
 
-class _NoSinks:
-    def integration_changed(self, integration_id: str) -> None:
-        pass
-
-    async def retry_rejected(self, record: dict[str, Any], entry: dict[str, Any]) -> None:
-        raise AssertionError("not used while seeding")
+def _rejected_entry(n: int) -> RejectedEvent:
+    return dataclasses.replace(rejected_entry(n), id=str(uuid.UUID(int=n + 1)))
 
 
-def _rejected_entry(n: int) -> dict[str, Any]:
-    return {
-        "id": str(uuid.UUID(int=n + 1)),
-        "created_at": "2024-03-01T00:00:00.000Z",
-        "seq": n + 1,
-        "event_id": f"event-{n}",
-        "event": {"tenant": "acme", "name": "order.created",
-                  "published_at": "2024-03-01T00:00:00.000Z", "payload": {"n": n}},
-    }
-
-
-def _rejected_plan() -> dict[str, list[dict[str, Any]]]:
-    plan: dict[str, list[dict[str, Any]]] = {}
+def _rejected_plan() -> dict[str, list[RejectedEvent]]:
+    plan: dict[str, list[RejectedEvent]] = {}
     for k, integration_id in enumerate([s["id"] for s in SEEDS]):
         first = k * REJECTED_PER_INTEGRATION
         plan[integration_id] = [_rejected_entry(first + i) for i in range(REJECTED_PER_INTEGRATION)]
@@ -131,21 +119,13 @@ REJECTED = _rejected_plan()
 
 async def _seed(data_dir: Path) -> None:
     """Integrations and rejected events, written through the service and the store."""
-    store = LmdbStore(data_dir, map_size=Config().storage.map_size)
-    try:
-        async with anyio.create_task_group() as tg:
-            await tg.start(store.writer.run)
-            service = IntegrationService(store, Config(), _NoSinks())
-            for body in SEEDS:
-                await service.create(body)
-            for integration_id in STOPPED:
-                await service.stop(integration_id)
-            for integration_id, entries in REJECTED.items():
-                await store.write(lambda txn, i=integration_id, es=entries: [
-                    store.txn_add_rejected(txn, i, e) for e in es])
-            await store.writer.close()
-    finally:
-        store.close()
+    async with opened(data_dir) as store:
+        service = IntegrationService(store, Config(), ChangeFeed(), None)
+        for body in SEEDS:
+            await service.create(body)
+        for integration_id in STOPPED:
+            await service.stop(integration_id)
+    await seed_rejected(data_dir, REJECTED)
 
 
 @pytest.fixture(scope="module")
@@ -162,7 +142,7 @@ def seeded_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonPr
 
 
 def _ids(integration_ids: list[str]) -> list[str]:
-    return [e["id"] for i in integration_ids for e in REJECTED[i]]
+    return [e.id for i in integration_ids for e in REJECTED[i]]
 
 
 schema = schemathesis.openapi.from_path(

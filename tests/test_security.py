@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Callable
 from typing import Any
 
 import aiohttp
 import pytest
-from api_client import ApiClient, events
-from daemon_proc import DaemonProcess
 from multidict import CIMultiDict
 
 from eventstreamd.daemon import auth
 from eventstreamd.schemas.validation import spec
+from tests.helpers.api import ApiClient, events
+from tests.helpers.daemon import DaemonProcess, Factory
 
-Factory = Callable[..., DaemonProcess]
 BASE = "/api/v1/org/integrations"
 
 

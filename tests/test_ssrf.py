@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import pytest
-from api_client import BASE, ApiClient, events
-from daemon_proc import DaemonProcess
-from receiver import Receiver
 
 from eventstreamd.config import Config
 from eventstreamd.sinks.ssrf import is_blocked
-
-Factory = Callable[..., DaemonProcess]
+from tests.helpers.api import BASE, ApiClient, events
+from tests.helpers.daemon import DaemonProcess, Factory
+from tests.helpers.receiver import Receiver
 
 
 @pytest.mark.parametrize(("address", "none", "link_local", "private"), [

@@ -20,9 +20,10 @@ from pathlib import Path
 
 import anyio
 import pytest
-from api_client import ApiClient, events
-from daemon_proc import DaemonProcess
-from receiver import Receiver
+
+from tests.helpers.api import ApiClient, events
+from tests.helpers.daemon import DaemonProcess
+from tests.helpers.receiver import Receiver
 
 AS_ROOT = os.geteuid() == 0
 WAIT = 20.0

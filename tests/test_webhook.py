@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
 import pytest
 from aiohttp import web
-from api_client import ApiClient, events
-from daemon_proc import DaemonProcess
-from receiver import Received, Receiver
 
-Factory = Callable[..., DaemonProcess]
+from tests.helpers.api import ApiClient, events
+from tests.helpers.daemon import DaemonProcess, Factory
+from tests.helpers.receiver import Received, Receiver
 
 FAST = {
     "webhook": {"timeout": "1s", "retry_initial": "50ms", "retry_max": "200ms",

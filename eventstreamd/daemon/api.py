@@ -5,7 +5,8 @@ in the service so the control socket shares it.
 
 Decisions:
 - Bodies are read as JSON whatever the Content-Type says (like `POST /events`,
-  so `curl -d` works); an empty or malformed body is 400 `invalid_json`.
+  so `curl -d` works), through the request-bytes budget (budget.py); an empty
+  or malformed body is 400 `invalid_json`.
 - Operations the spec documents without a response body (DELETE, `_retry`)
   answer 200 with an empty body.
 - `_start`, `_stop` and `_retry` take no body; one sent anyway is ignored.
@@ -20,8 +21,7 @@ from aiohttp import web
 
 from .errors import ApiError
 from .integrations import IntegrationService
-
-INTEGRATIONS = web.AppKey("integrations", IntegrationService)
+from .keys import INGEST_BUDGET, INTEGRATIONS
 
 
 def _service(request: web.Request) -> IntegrationService:
@@ -41,13 +41,15 @@ def _json(data: Any) -> web.Response:
 
 
 async def _body(request: web.Request) -> Any:
-    raw = await request.read()
-    if not raw.strip():
-        raise ApiError(400, "invalid_json", "the request body is empty; expected a JSON object")
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise ApiError(400, "invalid_json", f"the request body is not valid JSON ({exc})") from None
+    async with request.app[INGEST_BUDGET].body(request) as raw:
+        if not raw.strip():
+            raise ApiError(400, "invalid_json",
+                           "the request body is empty; expected a JSON object")
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise ApiError(400, "invalid_json",
+                           f"the request body is not valid JSON ({exc})") from None
 
 
 async def list_integrations(request: web.Request) -> web.Response:
@@ -101,8 +103,7 @@ async def retry_rejected_event(request: web.Request) -> web.Response:
     return web.Response(status=200)
 
 
-def add_routes(app: web.Application, service: IntegrationService, base_path: str) -> None:
-    app[INTEGRATIONS] = service
+def add_routes(app: web.Application, base_path: str) -> None:
     root = f"{base_path}/eventstream"
     one = f"{root}/{{integration_id}}"
     rejected = f"{one}/rejected_events/{{event_id}}"

@@ -22,17 +22,13 @@ from aiohttp import web
 
 from ..config import Config
 from ..logs import kv, redactor
+from ..runtime import token_file
 from .errors import ApiError, Handler
+from .keys import TOKENS
 
 log = logging.getLogger("eventstreamd.auth")
 
-TOKENS = web.AppKey("tokens", tuple)
 PUBLIC_PATHS = frozenset({"/healthz"})
-TOKEN_FILE = "api_token"
-
-
-def token_file(config: Config) -> Path:
-    return config.data_dir / TOKEN_FILE
 
 
 def resolve_tokens(config: Config) -> tuple[str, ...]:
@@ -63,16 +59,6 @@ def _load_or_create(path: Path) -> str:
         extra=kv(file=str(path)),
     )
     return token
-
-
-def read_token(config: Config) -> str | None:
-    """The token a local client should send: the first configured one, or the stored one."""
-    if config.auth.tokens:
-        return config.auth.tokens[0]
-    try:
-        return token_file(config).read_text().strip() or None
-    except OSError:
-        return None
 
 
 def token_matches(presented: str, tokens: tuple[str, ...]) -> bool:

@@ -1,9 +1,10 @@
-"""The in-flight request-bytes budget (`server.max_inflight_bytes`): bounded ingest memory.
+"""The in-flight request-bytes budget (`server.max_inflight_bytes`): bounded request memory.
 
 Decisions:
-- Every byte of a publish body counts against one process-wide budget from
-  the moment it is read until the request is answered (the packed events
-  live that long too). A request whose declared length would exceed the
+- Every byte of a request body (publish and configuration API alike) counts
+  against one process-wide budget from the moment it is read until the
+  request is answered (the encoded events live that long too). A request
+  whose declared length would exceed the
   budget gets 503 with `Retry-After` before a byte of its body is read; a
   chunked (or compressed) body reserves as it is read and gets the same
   503 at the point it would exceed. The first request in flight is always
@@ -77,5 +78,3 @@ class BodyBudget:
         finally:
             self.used -= held
 
-
-INGEST_BUDGET = web.AppKey("ingest_budget", BodyBudget)

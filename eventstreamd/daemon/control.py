@@ -97,12 +97,10 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from .. import __version__
-from ..config import Config
 from ..logs import Throttle, kv
-from ..storage.lmdb_store import LmdbStore
 from .errors import ApiError
 from .integrations import IntegrationService
-from .status import SinkStatusSource, StatusSampler
+from .status import StatusSampler
 
 log = logging.getLogger("eventstreamd.control")
 
@@ -463,11 +461,11 @@ class ControlServer:
         return {"protocol": PROTOCOL_VERSION, "version": __version__}
 
     async def _status(self, client: _Client) -> dict[str, Any]:
-        return self.sampler.snapshot()
+        return await self.sampler.snapshot()
 
     async def _subscribe(self, client: _Client) -> dict[str, Any]:
         client.subscribed = True
-        return self.sampler.snapshot()
+        return await self.sampler.snapshot()
 
     async def _unsubscribe(self, client: _Client) -> dict[str, Any]:
         client.subscribed = False
@@ -510,10 +508,10 @@ class ControlServer:
     async def _push_forever(self) -> None:
         while True:
             try:
-                self.sampler.tick()
+                await self.sampler.tick()
                 subscribers = [c for c in self.clients if c.subscribed and not c.dropped]
                 if subscribers:
-                    line = encode({"event": "status", "data": self.sampler.snapshot()})
+                    line = encode({"event": "status", "data": await self.sampler.snapshot()})
                     for client in subscribers:
                         self._offer(client, line)
             except Exception:
@@ -546,11 +544,3 @@ def _clear_stale(path: Path) -> None:
         probe.close()
     raise ControlSocketError(f"another process is listening on the control socket {path} "
                              "(is another daemon running with this data_dir or control.socket?)")
-
-
-def build_control_server(
-    config: Config, store: LmdbStore, sinks: SinkStatusSource, service: IntegrationService
-) -> ControlServer:
-    sampler = StatusSampler(store, sinks, s3_rotate_interval=config.s3.rotate_interval)
-    return ControlServer(config.control_socket, service, sampler,
-                         idle_timeout=config.control.idle_timeout)

@@ -85,9 +85,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             exc.headers["X-Request-Id"] = request_id
             raise
         code = CODES_BY_STATUS.get(exc.status, "http_error")
-        message = exc.reason if exc.status != 413 else (
-            f"request body larger than the limit of {request.app[MAX_BODY]} bytes"
-        )
+        message = exc.text if exc.status == 413 and exc.text else exc.reason
         response = error_response(exc.status, code, message, request_id)
         if exc.status == 405:
             allow = exc.headers.get("Allow")
@@ -109,5 +107,3 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     response.headers["X-Request-Id"] = request_id
     return response
 
-
-MAX_BODY = web.AppKey("max_body", int)

@@ -3,9 +3,12 @@
 Decisions:
 - Middleware order: errors outermost (so even auth failures and unknown
   routes get the JSON error body and `X-Request-Id`), then auth.
-- `client_max_size` is `server.max_body`: aiohttp refuses larger bodies with
-  413 before they are read into memory; header limits go to the HTTP parser.
+- `client_max_size` is `server.max_body` (bodies are read through the
+  request-bytes budget, which applies it to decoded bytes); header limits go
+  to the HTTP parser.
 - `X-Request-Id` on successful responses too, set by the error middleware.
+- The app is built from what the lifecycle built once (store, service,
+  tokens); it creates nothing long-lived of its own.
 """
 
 from __future__ import annotations
@@ -14,16 +17,14 @@ from aiohttp import web
 
 from ..config import Config
 from ..schemas.validation import spec_text
-from ..storage.lmdb_store import LmdbStore
+from ..storage.base import Store
 from .api import add_routes
-from .auth import TOKENS, auth_middleware
-from .budget import INGEST_BUDGET, BodyBudget
-from .contracts import SinkControl
-from .errors import MAX_BODY, error_middleware
+from .auth import auth_middleware
+from .budget import BodyBudget
+from .errors import error_middleware
 from .integrations import IntegrationService
-from .publish import DEFAULT_TENANT, STORE, publish_events
-
-CONFIG = web.AppKey("config", Config)
+from .keys import CONFIG, DEFAULT_TENANT, INGEST_BUDGET, INTEGRATIONS, STORE, TOKENS
+from .publish import publish_events
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -34,9 +35,8 @@ async def openapi_yaml(request: web.Request) -> web.Response:
     return web.Response(text=spec_text(), content_type="application/yaml")
 
 
-def build_app(
-    config: Config, store: LmdbStore, tokens: tuple[str, ...], sinks: SinkControl
-) -> web.Application:
+def build_app(config: Config, store: Store, tokens: tuple[str, ...],
+              service: IntegrationService) -> web.Application:
     app = web.Application(
         middlewares=[error_middleware, auth_middleware],
         client_max_size=config.server.max_body,
@@ -44,13 +44,11 @@ def build_app(
     app[CONFIG] = config
     app[STORE] = store
     app[TOKENS] = tokens
-    app[MAX_BODY] = config.server.max_body
+    app[INTEGRATIONS] = service
     app[DEFAULT_TENANT] = config.tenant
     app[INGEST_BUDGET] = BodyBudget(config.server.max_inflight_bytes, config.server.max_body)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/openapi.yaml", openapi_yaml)
     app.router.add_post("/events", publish_events)
-    service = IntegrationService(store, config, sinks)
-    service.register_stored_secrets()  # before any request or log line can show them
-    add_routes(app, service, config.server.base_path)
+    add_routes(app, config.server.base_path)
     return app

@@ -1,35 +1,35 @@
-"""The integration service: every rule of the configuration API, for HTTP and the control socket.
+"""The integration service: every rule of integrations, and their only writer.
 
 Decisions:
-- Both front ends (the aiohttp handlers in `api.py`, later the control socket)
-  call these methods and nothing else, so a rule cannot hold on one path and
-  not the other. That is also why request bodies are validated here (against
-  the spec's own schemas, see `eventstreamd.schemas.validation`) rather than
-  only in the HTTP handlers. Errors are `ApiError`s (status, error_code,
-  message); the socket maps them the same way the HTTP middleware does.
-- Check-then-write happens inside one writer job, against the write
-  transaction's own view (`txn_get_integration`), so two racing requests
-  cannot both pass a check (duplicate id, the integration limit, "stop before
-  update"). A failed check is *returned* from the job, not raised: raising
-  would abort the whole group commit and make the writer replay its
-  neighbours (other requests' events) one by one.
-- Records hold secrets in clear (the sinks need them; the store is 0700);
-  every view leaving the service masks them, and every secret is registered
-  with the log redactor as it enters the process (create, update, and once at
-  start-up for stored records).
+- Both front ends (the aiohttp handlers in `api.py`, the control socket) call
+  these methods and nothing else, so a rule cannot hold on one path and not
+  the other. Request bodies are validated here against the spec's own schemas
+  (`eventstreamd.schemas.validation`), then by the target's sink type
+  (`SinkType.check`: what no delivery could ever succeed with). Errors are
+  `ApiError`s (status, error_code, message).
+- The service is the one writer of integration records: register, patch,
+  start, stop, complete (the supervisor asks when a temporary integration has
+  delivered its range), expire (the janitor) and delete. Each is one
+  `Store.change_integration` transition — a pure function of the current
+  record — so two racing requests cannot both pass a check (duplicate id, the
+  integration limit, "stop before update"), whatever the backend.
+- After every committed change the `ChangeFeed` is told the id, and the
+  supervisor re-reads the record; also after `_start`/`_stop` that changed
+  nothing, which lets a user nudge a sink that is not running when it should.
 - Replace semantics for PATCH: a target object in the body replaces the stored
-  one (so switching webhook <-> S3 drops the other). A secret sent back
-  exactly as we returned it (masked) keeps the stored secret, so "GET, edit
-  the URL, PATCH it back" does not overwrite the key with its mask.
+  one (switching webhook <-> S3 drops the other). A secret sent back exactly
+  as we returned it (masked) keeps the stored secret.
 - The spec allows extra properties in a new integration (no
   `additionalProperties: false`); they are ignored and never stored.
-- `integration_changed` is called after every committed change, and also for
-  `_start`/`_stop` that changed nothing: it is idempotent on the supervisor's
-  side and lets a user nudge a sink that is not running when it should be.
+- A rejected event's `_retry` is one attempt through the sink type
+  (`SinkType.retry_rejected`); its outcome is written fenced by the
+  incarnation the retry started with, so a retry that finishes after the
+  integration was deleted and re-created leaves the new one alone.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import time
@@ -37,21 +37,36 @@ import uuid
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
-from urllib.parse import urlsplit
 
-import lmdb
-import yarl
+import anyio
 
+from .. import codec
 from ..config import Config
-from ..logs import MASK, kv, redactor
+from ..logs import kv
+from ..model import (
+    Change,
+    ChangeView,
+    EventFilterSpec,
+    Integration,
+    IntegrationType,
+    LogEntry,
+    RejectedEvent,
+    TargetParams,
+)
 from ..schemas.validation import RequestInvalid, validate_request
+from ..sinks.base import DeliveryFailed, SinkEnv, TargetRefused
 from ..sinks.loop import resume_position
-from ..sinks.s3 import s3_params_problem
-from ..sinks.ssrf import BlockedTarget, check_host
-from ..storage.lmdb_store import LmdbStore, StoreFull
-from ..storage.writer import WriterClosed
+from ..sinks.registry import sink_type
+from ..storage.base import (
+    IntegrationExists,
+    IntegrationLimitReached,
+    IntegrationMissing,
+    Store,
+    StoreFull,
+    StoreUnavailable,
+)
 from ..timeutil import format_utc, now_iso, now_utc, parse_rfc3339, to_ms
-from .contracts import DeliveryFailed, SinkControl
+from .contracts import ChangeFeed
 from .errors import ApiError
 
 log = logging.getLogger("eventstreamd.integrations")
@@ -59,13 +74,6 @@ log = logging.getLogger("eventstreamd.integrations")
 # What the spec allows an id to be; anything else cannot name a stored integration
 # (and must not reach LMDB, whose keys are limited to 511 bytes).
 ID_PATTERN = re.compile(r"[a-z0-9-]{1,50}")
-WEBHOOK = "callback_parameters"
-S3 = "s3_parameters"
-TARGETS = (WEBHOOK, S3)
-_WEBHOOK_FIELDS = ("callback_url", "api_key")
-_S3_FIELDS = ("aws_access_key_id", "aws_secret_access_key", "aws_region", "bucket", "key_prefix")
-_FILTER_FIELDS = ("event_filter", "entity_filter")
-_SECRETS = {WEBHOOK: "api_key", S3: "aws_secret_access_key"}
 # Fields a PATCH may not carry, with the reason the client gets.
 _IMMUTABLE = {
     "id": "the id of an integration cannot be changed",
@@ -74,8 +82,7 @@ _IMMUTABLE = {
     "ends_at": "the end date cannot be changed after creation",
     "status": "the status is changed with _start and _stop, not by an update",
 }
-_MASK_KEEP = 2  # leading characters a masked secret keeps, so users can tell keys apart
-_MASK_MIN = 12  # shorter secrets are masked entirely
+JANITOR_EVERY = 1.0  # seconds between looks for completed temporaries to delete
 
 # Log entries this service writes (the delivery layer adds its own).
 CREATED = ("integration_created", "Created via API.")
@@ -84,6 +91,10 @@ STARTED = ("integration_started", "Started via API.")
 STOPPED = ("integration_stopped", "Stopped via API.")
 RETRIED = "rejected_event_retried"
 RETRY_FAILED = "rejected_event_retry_failed"
+
+
+def _entry(action_reason: tuple[str, str]) -> LogEntry:
+    return LogEntry(now_iso(), *action_reason)
 
 
 def _shown(value: str, limit: int = 64) -> str:
@@ -105,111 +116,35 @@ def bad_request(error_code: str, message: str) -> ApiError:
     return ApiError(400, error_code, message)
 
 
-def mask(secret: str) -> str:
-    if not secret:
-        return secret
-    return (secret[:_MASK_KEEP] if len(secret) >= _MASK_MIN else "") + MASK
-
-
-def public_view(record: dict[str, Any]) -> dict[str, Any]:
-    """The record as the API shows it: the spec's Integration shape, secrets masked."""
-    view: dict[str, Any] = {
-        "id": record["id"],
-        "status": record["status"],
-        "integration_type": record["integration_type"],
-    }
-    for key in ("starts_at", "ends_at", "filter_conditions"):
-        if record.get(key) is not None:
-            view[key] = record[key]
-    for target, secret in _SECRETS.items():
-        params = record.get(target)
-        if params is not None:
-            shown = dict(params)
-            if shown.get(secret) is not None:
-                shown[secret] = mask(shown[secret])
-            view[target] = shown
-    return view
-
-
-def target_of(record: dict[str, Any]) -> str:
-    return WEBHOOK if record.get(WEBHOOK) is not None else S3
-
-
-def register_secrets(record: dict[str, Any]) -> None:
-    for target, secret in _SECRETS.items():
-        params = record.get(target) or {}
-        redactor.add(params.get(secret))
-
-
 # ------------------------------------------------------------ body checking
 
 
-def _validated(operation_id: str, body: Any, block_policy: str) -> dict[str, Any]:
-    if isinstance(body, dict) and all(body.get(t) is not None for t in TARGETS):
-        raise bad_request(
-            "ambiguous_target",
-            "give either 'callback_parameters' (webhook) or 's3_parameters' (S3), not both",
-        )
+def _validated(operation_id: str, body: Any, config: Config) -> dict[str, Any]:
+    fields = codec.target_field_names()
+    if isinstance(body, dict) and sum(body.get(f) is not None for f in fields) > 1:
+        raise bad_request("ambiguous_target", "give one target, not both: " + " or ".join(
+            f"'{f}' ({codec.target_for_field(f).kind})" for f in sorted(fields)))
     try:
         validate_request(operation_id, body)
     except RequestInvalid as exc:
         raise bad_request("invalid_request", str(exc)) from None
     assert isinstance(body, dict)  # the schema says "type: object"
-    if body.get(WEBHOOK) is not None:
-        _check_callback_url(body[WEBHOOK]["callback_url"], block_policy)
-        _check_header_safe(body[WEBHOOK], WEBHOOK, ("api_key",), "invalid_api_key")
-    if body.get(S3) is not None:
-        # The credentials go into a signed Authorization header, too.
-        _check_header_safe(body[S3], S3, ("aws_access_key_id", "aws_secret_access_key"),
-                           "invalid_s3_parameters")
-        problem = s3_params_problem(body[S3])
-        if problem is not None:
-            raise bad_request("invalid_s3_parameters", f"'{S3}.{problem[0]}' {problem[1]}")
     return body
 
 
-def _check_header_safe(params: dict[str, Any], target: str, fields: tuple[str, ...],
-                       error_code: str) -> None:
-    """Values that end up in HTTP headers: a control character would fail every send."""
-    for name in fields:
-        value = params.get(name)
-        if isinstance(value, str) and any(ord(c) < 32 or ord(c) == 127 for c in value):
-            raise bad_request(error_code, f"'{target}.{name}' must not contain control characters")
+def _target(body: dict[str, Any], config: Config) -> TargetParams | None:
+    target = codec.target_from_api(body)
+    if target is not None:
+        _check_target(target, config)
+    return target
 
 
-def _check_callback_url(url: str, block_policy: str) -> None:
-    # `format: uri` admits any scheme; events can only be POSTed over HTTP(S).
+def _check_target(target: TargetParams, config: Config) -> None:
+    """The sink type's own check: what no delivery could ever succeed with."""
     try:
-        parts = urlsplit(url)
-        host = parts.hostname
-        port = parts.port  # raises for a port outside 0-65535
-        yarl.URL(url).raw_host  # noqa: B018 - what aiohttp will parse it with
-    except ValueError:
-        raise bad_request(
-            "invalid_callback_url",
-            "'callback_parameters.callback_url' is not a URL that can be requested "
-            "(check the host and that the port is 1-65535)") from None
-    if parts.scheme.lower() not in ("http", "https") or not host:
-        raise bad_request(
-            "invalid_callback_url",
-            "'callback_parameters.callback_url' must be an http:// or https:// URL with a host",
-        )
-    if port == 0:
-        raise bad_request("invalid_callback_url",
-                          "'callback_parameters.callback_url' must have a port of 1-65535")
-    if parts.username is not None or parts.password is not None:
-        raise bad_request(
-            "invalid_callback_url",
-            "'callback_parameters.callback_url' must not carry credentials; use 'api_key'",
-        )
-    # Literal addresses (in every form the resolver accepts) are refused here
-    # already; names are checked again at connect time, after resolution (ssrf.py).
-    try:
-        check_host(host, block_policy)
-    except BlockedTarget as exc:
-        raise bad_request(
-            "callback_url_blocked", f"'callback_parameters.callback_url': {exc}"
-        ) from None
+        sink_type(target.kind).check(target, config)
+    except TargetRefused as exc:
+        raise bad_request(exc.error_code, exc.message) from None
 
 
 def _timestamp(body: dict[str, Any], key: str) -> datetime | None:
@@ -245,318 +180,284 @@ def _check_dates(integration_type: str, starts: datetime | None, ends: datetime 
         )
 
 
-def _pick(source: dict[str, Any], fields: tuple[str, ...]) -> dict[str, Any]:
-    return {key: source[key] for key in fields if key in source}
-
-
-def _target_params(body: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
-    if body.get(WEBHOOK) is not None:
-        return WEBHOOK, _pick(body[WEBHOOK], _WEBHOOK_FIELDS)
-    if body.get(S3) is not None:
-        return S3, _pick(body[S3], _S3_FIELDS)
-    return None
-
-
-def _filters(body: dict[str, Any]) -> dict[str, Any] | None:
-    raw = body.get("filter_conditions")
-    return _pick(raw, _FILTER_FIELDS) if raw is not None else None
-
-
 # ------------------------------------------------------------------ service
 
 
-Job = Callable[[lmdb.Transaction], Any]
-
-
 class IntegrationService:
-    def __init__(self, store: LmdbStore, config: Config, sinks: SinkControl,
+    def __init__(self, store: Store, config: Config, changes: ChangeFeed, env: SinkEnv | None,
                  clock: Callable[[], float] = time.time) -> None:
         self.store = store
         self.config = config
-        self.sinks = sinks
+        self.changes = changes
+        self.env = env  # what a rejected event's retry delivers with
         self.clock = clock  # injectable, so the restart-window rule is testable without sleeping
-
-    def register_stored_secrets(self) -> None:
-        """Register the secrets of every stored integration with the log redactor (start-up)."""
-        for record in self.store.list_integrations():
-            register_secrets(record)
 
     # ------------------------------------------------------------- plumbing
 
-    async def _write(self, job: Job) -> Any:
-        """Run a job in the group commit; a returned ApiError is raised here, after it."""
+    async def _do(self, operation: Any) -> Any:
+        """Await a store operation, mapping the store's failures to API errors."""
         try:
-            result = await self.store.write(job)
+            return await operation
         except StoreFull as exc:
             raise ApiError(507, "insufficient_storage", str(exc)) from None
-        except WriterClosed:
-            raise ApiError(503, "unavailable", "the daemon is shutting down") from None
-        if isinstance(result, ApiError):
-            raise result
-        return result
+        except StoreUnavailable as exc:
+            raise ApiError(503, "unavailable", f"the store is unavailable: {exc}") from None
+        except IntegrationMissing as exc:
+            raise not_found(str(exc)) from None
 
-    def _changed(self, integration_id: str) -> None:
-        try:
-            self.sinks.integration_changed(integration_id)
-        except Exception:
-            # The change is committed; the supervisor's failure must not turn it into a 500.
-            log.exception("the supervisor failed to take an integration change",
-                          extra=kv(integration=integration_id))
-
-    def _record(self, integration_id: str) -> dict[str, Any]:
-        record = self.store.get_integration(integration_id) \
+    async def _integration(self, integration_id: str) -> Integration:
+        found = await self._do(self.store.get_integration(integration_id)) \
             if ID_PATTERN.fullmatch(integration_id) else None
-        if record is None:
+        if found is None:
             raise not_found(integration_id)
-        return record
+        return found  # type: ignore[no-any-return]
 
-    def _log(self, txn: lmdb.Transaction, integration_id: str, entry: tuple[str, str]) -> None:
-        self.store.txn_add_log(txn, integration_id, entry[0], entry[1], now_iso())
+    async def _change(self, integration_id: str,
+                      change: Callable[[Integration, ChangeView], Change]) -> Integration:
+        if not ID_PATTERN.fullmatch(integration_id):
+            raise not_found(integration_id)
+        changed: Integration = await self._do(self.store.change_integration(integration_id,
+                                                                            change))
+        self.changes.notify(integration_id)
+        return changed
 
     # ------------------------------------------------------------------ reads
 
     async def list_integrations(self) -> list[dict[str, Any]]:
-        return [public_view(r) for r in self.store.list_integrations()]
+        return [codec.to_api(i) for i in await self._do(self.store.list_integrations())]
 
     async def get(self, integration_id: str) -> dict[str, Any]:
-        return public_view(self._record(integration_id))
+        return codec.to_api(await self._integration(integration_id))
 
     async def logs(self, integration_id: str) -> list[dict[str, Any]]:
         """The newest `limits.log_entries` entries, newest first."""
-        self._record(integration_id)
-        entries = self.store.list_logs(integration_id)[: self.config.limits.log_entries]
-        return [{k: e[k] for k in ("created_at", "action", "reason")} for e in entries]
+        await self._integration(integration_id)
+        entries = await self._do(self.store.list_logs(integration_id,
+                                                      self.config.limits.log_entries))
+        return [e.to_api() for e in entries]
 
     async def list_rejected(self, integration_id: str) -> list[dict[str, Any]]:
-        self._record(integration_id)
-        return [{"id": e["id"], "created_at": e["created_at"]}
-                for e in self.store.list_rejected(integration_id)]
+        await self._integration(integration_id)
+        return [{"id": e.id, "created_at": e.created_at}
+                for e in await self._do(self.store.list_rejected(integration_id))]
 
-    async def get_rejected(self, integration_id: str, event_id: str) -> dict[str, Any]:
-        return dict(self._rejected_entry(integration_id, event_id)[1]["event"])
+    async def get_rejected(self, integration_id: str, event_id: str) -> Any:
+        return codec.rejected_event_view((await self._rejected(integration_id, event_id))[1])
 
-    def _rejected_entry(
-        self, integration_id: str, event_id: str
-    ) -> tuple[dict[str, Any], dict[str, Any]]:
-        record = self._record(integration_id)
-        entry = self.store.get_rejected(integration_id, event_id)
+    async def _rejected(self, integration_id: str,
+                        event_id: str) -> tuple[Integration, RejectedEvent]:
+        integration = await self._integration(integration_id)
+        entry = await self._do(self.store.get_rejected(integration_id, event_id))
         if entry is None:
             raise rejected_not_found(integration_id, event_id)
-        return record, entry
+        return integration, entry
 
     # ----------------------------------------------------------------- writes
 
     async def create(self, body: Any) -> dict[str, Any]:
-        body = _validated("registerIntegration", body, self.config.security.block_targets)
+        body = _validated("registerIntegration", body, self.config)
         integration_type = body["integration_type"]
         starts = _timestamp(body, "starts_at")
         ends = _timestamp(body, "ends_at")
         _check_dates(integration_type, starts, ends)
-        target = _target_params(body)
+        target = codec.target_from_api(body)
         assert target is not None  # the schema's oneOf requires one
-        record: dict[str, Any] = {
-            "id": body["id"],
-            "integration_type": integration_type,
-            "status": "running",  # new integrations start automatically
-            "starts_at": format_utc(starts) if starts else None,
-            "ends_at": format_utc(ends) if ends else None,
-            "filter_conditions": _filters(body),
-            target[0]: target[1],
-            "created_at": now_iso(),
-            "stopped_at_ms": None,
-            "done": False,
+        integration = await self.register(
+            body["id"], integration_type, target, starts=starts, ends=ends,
+            filter_spec=codec.filter_from_api(body.get("filter_conditions")))
+        return codec.to_api(integration)
+
+    async def register(self, integration_id: str, integration_type: IntegrationType,
+                       target: TargetParams, *, starts: datetime | None = None,
+                       ends: datetime | None = None,
+                       filter_spec: EventFilterSpec | None = None) -> Integration:
+        """Register an integration from checked parts (the API's `create`, and tests)."""
+        _check_target(target, self.config)
+        integration = Integration(
+            id=integration_id, type=integration_type,
+            status="running",  # new integrations start automatically
+            target=target,
             # Tells this integration apart from an earlier one with the same id, so a
             # sink still finishing for a deleted integration cannot write into it.
-            "incarnation": uuid.uuid4().hex,
-        }
-        register_secrets(record)
-        # Computed before the job: the first event to deliver. Events committed
-        # between here and the job's commit arrived after the request, so
-        # delivering them is right for "from now".
-        cursor = self.store.seq_at_or_after(to_ms(starts)) if starts else self.store.head + 1
+            incarnation=uuid.uuid4().hex,
+            created_at=now_iso(),
+            starts_at=format_utc(starts) if starts else None,
+            ends_at=format_utc(ends) if ends else None,
+            filter=filter_spec,
+        )
+        # The first event to deliver. Events committed between here and the create
+        # arrived after the request, so delivering them is right for "from now".
+        cursor = (await self._do(self.store.seq_at_or_after(to_ms(starts))) if starts
+                  else self.store.head + 1)
         limit = self.config.limits.max_integrations
-
-        def job(txn: lmdb.Transaction) -> Any:
-            if self.store.txn_get_integration(txn, record["id"]) is not None:
-                return ApiError(409, "integration_exists",
-                                f"an integration with id '{record['id']}' already exists")
-            if self.store.txn_count_integrations(txn) >= limit:
-                return bad_request("max_integrations_reached",
-                                   f"at most {limit} integrations can be registered; "
-                                   "delete one first")
-            self.store.txn_put_integration(txn, record)
-            self.store.txn_set_cursor(txn, record["id"], cursor)
-            self._log(txn, record["id"], CREATED)
-            return record
-
-        await self._write(job)
+        try:
+            await self._do(self.store.create_integration(
+                integration, cursor=cursor, limit=limit, log=_entry(CREATED)))
+        except IntegrationExists:
+            raise ApiError(409, "integration_exists",
+                           f"an integration with id '{integration_id}' already exists") from None
+        except IntegrationLimitReached:
+            raise bad_request("max_integrations_reached",
+                              f"at most {limit} integrations can be registered; "
+                              "delete one first") from None
         log.info("integration created", extra=kv(
-            integration=record["id"], type=integration_type, target=target[0], cursor=cursor))
-        self._changed(record["id"])
-        return public_view(record)
+            integration=integration_id, type=integration_type, kind=target.kind, cursor=cursor))
+        self.changes.notify(integration_id)
+        return integration
 
     async def update(self, integration_id: str, body: Any) -> dict[str, Any]:
         if isinstance(body, dict):
             for key, reason in _IMMUTABLE.items():
                 if key in body:
                     raise bad_request("immutable_field", f"'{key}': {reason}")
-        body = _validated("updateIntegration", body, self.config.security.block_targets)
-        target = _target_params(body)
-        filters = _filters(body)
-        if target is not None:
-            redactor.add(target[1].get(_SECRETS[target[0]]))
-        if not ID_PATTERN.fullmatch(integration_id):
-            raise not_found(integration_id)
+        body = _validated("updateIntegration", body, self.config)
+        target = _target(body, self.config)
+        filters = body.get("filter_conditions")
+        filter_spec = codec.filter_from_api(filters)
 
-        def job(txn: lmdb.Transaction) -> Any:
-            current = self.store.txn_get_integration(txn, integration_id)
-            if current is None:
-                return not_found(integration_id)
-            if current["integration_type"] == "temporary":
-                return bad_request("temporary_not_updatable",
-                                   "temporary integrations cannot be updated; delete it and "
-                                   "register a new one")
-            if current["status"] != "stopped":
-                return bad_request("integration_running",
-                                   "stop the integration before updating it (_stop, wait until "
-                                   "its status is 'stopped', update, then _start)")
-            record = dict(current)
+        def change(current: Integration, view: ChangeView) -> Change:
+            if current.type == "temporary":
+                raise bad_request("temporary_not_updatable",
+                                  "temporary integrations cannot be updated; delete it and "
+                                  "register a new one")
+            if current.status != "stopped":
+                raise bad_request("integration_running",
+                                  "stop the integration before updating it (_stop, wait until "
+                                  "its status is 'stopped', update, then _start)")
+            updated = current
             if target is not None:
-                record[target[0]] = _keep_masked_secret(current, *target)
-                for other in TARGETS:
-                    if other != target[0]:
-                        record.pop(other, None)
+                updated = dataclasses.replace(
+                    updated, target=codec.keep_masked_secrets(current.target, target))
             if filters is not None:
-                record["filter_conditions"] = filters
-            self.store.txn_put_integration(txn, record)
-            self._log(txn, integration_id, UPDATED)
-            return record
+                updated = dataclasses.replace(updated, filter=filter_spec)
+            return Change(updated, logs=(_entry(UPDATED),))
 
-        record = await self._write(job)
+        integration = await self._change(integration_id, change)
         log.info("integration updated", extra=kv(integration=integration_id,
-                                                 target=target_of(record)))
-        self._changed(integration_id)
-        return public_view(record)
+                                                 kind=integration.kind))
+        return codec.to_api(integration)
 
     async def delete(self, integration_id: str) -> None:
         """Remove the integration with its cursor, logs and rejected events."""
-        if not ID_PATTERN.fullmatch(integration_id):
+        if not ID_PATTERN.fullmatch(integration_id) or \
+                not await self._do(self.store.delete_integration(integration_id)):
             raise not_found(integration_id)
-
-        def job(txn: lmdb.Transaction) -> Any:
-            if not self.store.txn_delete_integration(txn, integration_id):
-                return not_found(integration_id)
-            return None
-
-        await self._write(job)
         log.info("integration deleted", extra=kv(integration=integration_id))
-        self._changed(integration_id)
+        self.changes.notify(integration_id)
 
     async def start(self, integration_id: str) -> dict[str, Any]:
-        return await self._set_status(integration_id, "running", STARTED)
-
-    async def stop(self, integration_id: str) -> dict[str, Any]:
-        return await self._set_status(integration_id, "stopped", STOPPED)
-
-    async def _set_status(
-        self, integration_id: str, status: str, entry: tuple[str, str]
-    ) -> dict[str, Any]:
-        """Idempotent: an integration already in `status` is returned unchanged.
-
-        Starting applies the restart-window rule in the same transaction: after a
-        stop longer than `limits.restart_window` the cursor skips to the head and
-        the log says how many events were skipped.
-        """
-        if not ID_PATTERN.fullmatch(integration_id):
-            raise not_found(integration_id)
+        """Idempotent. Starting applies the restart-window rule in the same atomic step:
+        after a stop longer than `limits.restart_window` the cursor skips to the head
+        and the log says how many events were skipped."""
         now = int(self.clock() * 1000)
         window_ms = int(self.config.limits.restart_window * 1000)
 
-        def job(txn: lmdb.Transaction) -> Any:
-            current = self.store.txn_get_integration(txn, integration_id)
-            if current is None:
-                return not_found(integration_id)
-            if current["status"] == status:
-                return current
-            record = dict(current, status=status)
-            if status == "stopped":
-                record["stopped_at_ms"] = now
-            else:
-                record["stopped_at_ms"] = None
-                cursor = self.store.txn_get_cursor(txn, integration_id)
-                head = self.store.txn_head(txn)
-                position, skipped = resume_position(
-                    cursor if cursor is not None else head + 1, head,
-                    current.get("stopped_at_ms"), now, window_ms)
-                if skipped:
-                    self.store.txn_set_cursor(txn, integration_id, position)
-                    self.store.txn_add_log(
-                        txn, integration_id, "events_skipped",
-                        f"Stopped for longer than the restart window; skipped {skipped} "
-                        "events.", now_iso())
-            self.store.txn_put_integration(txn, record)
-            self._log(txn, integration_id, entry)
-            return record
+        def change(current: Integration, view: ChangeView) -> Change:
+            if current.status == "running":
+                return Change(current)
+            position, skipped = resume_position(
+                view.cursor if view.cursor is not None else view.head + 1, view.head,
+                current.stopped_at_ms, now, window_ms)
+            logs: list[LogEntry] = []
+            if skipped:
+                logs.append(LogEntry(now_iso(), "events_skipped",
+                                     "Stopped for longer than the restart window; skipped "
+                                     f"{skipped} events."))
+            logs.append(_entry(STARTED))
+            return Change(dataclasses.replace(current, status="running", stopped_at_ms=None),
+                          cursor=position if skipped else None, logs=tuple(logs))
 
-        record = await self._write(job)
-        log.info("integration %s", status, extra=kv(integration=integration_id))
-        self._changed(integration_id)
-        return public_view(record)
+        integration = await self._change(integration_id, change)
+        log.info("integration running", extra=kv(integration=integration_id))
+        return codec.to_api(integration)
+
+    async def stop(self, integration_id: str) -> dict[str, Any]:
+        now = int(self.clock() * 1000)
+
+        def change(current: Integration, view: ChangeView) -> Change:
+            if current.status == "stopped":
+                return Change(current)
+            return Change(dataclasses.replace(current, status="stopped", stopped_at_ms=now),
+                          logs=(_entry(STOPPED),))
+
+        integration = await self._change(integration_id, change)
+        log.info("integration stopped", extra=kv(integration=integration_id))
+        return codec.to_api(integration)
+
+    async def complete(self, ran: Integration) -> bool:
+        """A temporary integration delivered its whole range: mark it stopped and done —
+        only if it is still the one that ran, and running. True when it was marked."""
+        now = int(self.clock() * 1000)
+        reason = (f"All events up to {ran.ends_at} were sent; stopped automatically. "
+                  f"Deleted in {self.config.webhook.temporary_delete_after:g}s.")
+
+        def change(current: Integration, view: ChangeView) -> Change:
+            if current.incarnation != ran.incarnation or current.status != "running":
+                return Change(current)  # deleted, replaced or stopped meanwhile: leave it be
+            return Change(dataclasses.replace(current, status="stopped", done=True,
+                                              stopped_at_ms=now),
+                          logs=(LogEntry(now_iso(), "integration_completed", reason),))
+
+        try:
+            changed = await self._change(ran.id, change)
+        except ApiError:
+            return False  # deleted meanwhile
+        if changed.done and changed.incarnation == ran.incarnation:
+            log.info("temporary integration completed", extra=kv(integration=ran.id))
+            return True
+        return False
+
+    async def delete_expired(self) -> list[str]:
+        """Delete completed temporary integrations `webhook.temporary_delete_after` after
+        they stopped (the stored stop time, so the deletion survives a restart)."""
+        now_ms = int(self.clock() * 1000)
+        after_ms = int(self.config.webhook.temporary_delete_after * 1000)
+        deleted = []
+        for integration in await self._do(self.store.list_integrations()):
+            stopped = integration.stopped_at_ms
+            if integration.done and stopped is not None and now_ms - stopped >= after_ms \
+                    and await self._do(self.store.delete_integration(
+                        integration.id, integration.incarnation)):
+                log.info("completed temporary integration deleted",
+                         extra=kv(integration=integration.id))
+                self.changes.notify(integration.id)
+                deleted.append(integration.id)
+        return deleted
+
+    async def run_janitor(self) -> None:
+        while True:
+            try:
+                await self.delete_expired()
+            except Exception:
+                log.exception("janitor round failed; trying again")
+            await anyio.sleep(JANITOR_EVERY)
+
+    # -------------------------------------------------------- rejected events
 
     async def delete_rejected(self, integration_id: str, event_id: str) -> None:
-        self._record(integration_id)
-
-        def job(txn: lmdb.Transaction) -> Any:
-            if not self.store.txn_delete_rejected(txn, integration_id, event_id):
-                return rejected_not_found(integration_id, event_id)
-            return None
-
-        await self._write(job)
+        await self._integration(integration_id)
+        if not await self._do(self.store.delete_rejected(integration_id, event_id)):
+            raise rejected_not_found(integration_id, event_id)
 
     async def retry_rejected(self, integration_id: str, event_id: str) -> None:
-        """One delivery attempt through the integration's sink; removed when delivered.
+        """One delivery attempt through the integration's sink type; removed when delivered.
 
         A failed attempt keeps the event and raises 502 with the sink's reason.
         """
-        record, entry = self._rejected_entry(integration_id, event_id)
+        integration, entry = await self._rejected(integration_id, event_id)
+        fence = integration.fence()
         try:
-            await self.sinks.retry_rejected(record, entry)
+            if not entry.deliverable:
+                raise DeliveryFailed(f"this event cannot be delivered: {entry.reason}")
+            if self.env is None:
+                raise DeliveryFailed("delivery is not running in this process")
+            await sink_type(integration.kind).retry_rejected(self.env, integration, entry)
         except DeliveryFailed as exc:
             reason = str(exc) or "the delivery failed"
-            await self._write(self._retry_outcome_job(
-                record, None, (RETRY_FAILED, f"Retry of rejected event {event_id} "
-                                             f"failed: {reason}")))
+            await self._do(self.store.resolve_rejected(fence, None, LogEntry(
+                now_iso(), RETRY_FAILED, f"Retry of rejected event {event_id} failed: {reason}")))
             raise ApiError(502, "delivery_failed", reason) from None
-        await self._write(self._retry_outcome_job(
-            record, event_id,
-            (RETRIED, f"Rejected event {event_id} delivered on retry via API.")))
+        await self._do(self.store.resolve_rejected(fence, event_id, LogEntry(
+            now_iso(), RETRIED, f"Rejected event {event_id} delivered on retry via API.")))
         log.info("rejected event delivered on retry",
                  extra=kv(integration=integration_id, rejected_id=event_id))
-
-    def _retry_outcome_job(
-        self, record: dict[str, Any], remove_id: str | None, entry: tuple[str, str]
-    ) -> Job:
-        integration_id, incarnation = record["id"], record.get("incarnation")
-
-        def job(txn: lmdb.Transaction) -> None:
-            # The integration may have been deleted (and even re-created with the
-            # same id) while the attempt ran: then this outcome is not its business.
-            if not self.store.txn_is_incarnation(txn, integration_id, incarnation):
-                return
-            if remove_id is not None:
-                self.store.txn_delete_rejected(txn, integration_id, remove_id)
-            self._log(txn, integration_id, entry)
-
-        return job
-
-
-def _keep_masked_secret(
-    current: dict[str, Any], target: str, params: dict[str, Any]
-) -> dict[str, Any]:
-    """A secret sent back exactly as we showed it (masked) keeps the stored one."""
-    secret_key = _SECRETS[target]
-    stored = (current.get(target) or {}).get(secret_key)
-    sent = params.get(secret_key)
-    if stored and sent is not None and sent == mask(stored):
-        return dict(params, **{secret_key: stored})
-    return params

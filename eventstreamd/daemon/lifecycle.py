@@ -1,12 +1,17 @@
 """The daemon's lifecycle: one owner that starts every long-lived part and stops them in reverse.
 
 Decisions:
-- One anyio task group owns the background tasks (log writer, retention,
-  supervisor, control socket); an `AsyncExitStack` records how to
-  stop each part as it starts, so shutdown runs in exactly reverse order:
-  the control socket first (its clients are closed, the socket file removed),
-  the HTTP site (no new requests; in-flight ones get `shutdown_grace`), then
-  the sinks, then the writer drains its queue, then LMDB closes.
+- The wiring is built once, here, and passed down: the store (an async
+  context that owns its writer), the shared sink resources (`SinkEnv`: the
+  HTTP client session), the change feed, the integration service (the one
+  writer of integration records), the supervisor, the HTTP app and the
+  control socket. Nothing is fished back out of another part.
+- One anyio task group owns the background tasks (retention, supervisor,
+  janitor, control socket); an `AsyncExitStack` records how to stop each
+  part as it starts, so shutdown runs in exactly reverse order: the control
+  socket first (its clients are closed, the socket file removed), the HTTP
+  site (no new requests; in-flight ones get `shutdown_grace`), then the
+  sinks, then the store drains its writes and closes.
 - SIGINT/SIGTERM set the stop event; `run()` returns normally, so the CLI
   exits 0. A second signal while stopping is ignored: shutdown is bounded by
   its own timeouts.
@@ -16,52 +21,46 @@ Decisions:
 - At start the soft open-file limit is raised to the hard one and the HTTP
   connection cap fitted within it (`http_server.connection_limits`), so
   descriptors run out for neither HTTP clients nor anything else.
-- `{data_dir}/runtime.json` says where the running daemon listens (its port may
-  be 0 in the config); `eventstreamd publish` and the tests read it. It is
-  removed on a clean stop.
+- `{data_dir}/runtime.json` (runtime.py) says where the running daemon listens
+  (its port may be 0 in the config); it is removed on a clean stop.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import logging
 import os
 import signal
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
 import anyio
 import lmdb
 from aiohttp import web
 
+from .. import __version__
 from ..config import Config
 from ..logs import kv
-from ..storage.lmdb_store import LmdbStore
-from .api import INTEGRATIONS
+from ..runtime import RuntimeInfo, remove_runtime, runtime_file, write_runtime
+from ..sinks.base import SinkEnv
+from ..sinks.ssrf import guarded_connector_args
+from ..storage.factory import open_store
+from ..storage.lmdb_store import StoreFormatError
 from .auth import resolve_tokens
-from .control import ControlSocketError, build_control_server
+from .contracts import ChangeFeed
+from .control import ControlServer, ControlSocketError
 from .http import build_app
 from .http_server import DaemonRunner, connection_limits
+from .integrations import IntegrationService
 from .retention import retention_loop
+from .status import StatusSampler
 from .supervisor import Supervisor
 
 log = logging.getLogger("eventstreamd.daemon")
 
-RUNTIME_FILE = "runtime.json"
 SHUTDOWN_GRACE = 5.0
-
-
-@dataclass(frozen=True)
-class RuntimeInfo:
-    pid: int
-    url: str
-    port: int
-    control_socket: str
-
-
 LOCK_FILE = "daemon.lock"
 
 
@@ -90,8 +89,18 @@ class StartupError(Exception):
 def _starting(what: str) -> Iterator[None]:
     try:
         yield
-    except (OSError, lmdb.Error, RuntimeError, ControlSocketError) as exc:
+    except (OSError, lmdb.Error, RuntimeError, ControlSocketError, StoreFormatError) as exc:
         raise StartupError(f"cannot {what}: {exc}") from exc
+
+
+def http_session(config: Config) -> aiohttp.ClientSession:
+    """One keep-alive client for every webhook sink and retry (no global connection cap:
+    each integration's window bounds its own requests)."""
+    connector = aiohttp.TCPConnector(
+        limit=0, limit_per_host=0, keepalive_timeout=30,
+        **guarded_connector_args(config.security.block_targets))
+    return aiohttp.ClientSession(connector=connector,
+                                 headers={"User-Agent": f"eventstreamd/{__version__}"})
 
 
 class Daemon:
@@ -110,33 +119,28 @@ class Daemon:
         async with contextlib.AsyncExitStack() as stack:
             with _starting(f"open the store in {config.data_dir}"):
                 stack.callback(os.close, _lock_data_dir(config.data_dir))
-                store = LmdbStore(
-                    config.data_dir,
-                    map_size=config.storage.map_size,
-                    log_entries=config.limits.log_entries,
-                    rejected_events=config.limits.rejected_events,
-                )
-            stack.callback(store.close)
+                store = await stack.enter_async_context(open_store(config))
             with _starting("set up the API token"):
                 tokens = resolve_tokens(config)
             tg = await stack.enter_async_context(anyio.create_task_group())
             stack.callback(tg.cancel_scope.cancel)  # runs before the group exits
             tg.start_soon(self._watch_signals, name="signals")
-
-            await tg.start(store.writer.run)
-            stack.push_async_callback(store.writer.close)
             tg.start_soon(
                 retention_loop, store, config.storage.retention, config.storage.retention_check,
                 name="retention",
             )
 
-            supervisor = Supervisor(config, store)
+            session = await stack.enter_async_context(http_session(config))
+            env = SinkEnv(config=config, session=session, spool_root=config.data_dir / "spool")
+            changes = ChangeFeed()
+            service = IntegrationService(store, config, changes, env)
+            supervisor = Supervisor(env, store, changes, on_completed=service.complete)
             await tg.start(supervisor.run)
             stack.push_async_callback(supervisor.shutdown)
+            tg.start_soon(service.run_janitor, name="janitor")
 
-            app = build_app(config, store, tokens, supervisor)
             runner = DaemonRunner(
-                app,
+                build_app(config, store, tokens, service),
                 limits=limits,
                 access_log=None,
                 shutdown_timeout=SHUTDOWN_GRACE,
@@ -151,9 +155,11 @@ class Daemon:
             with _starting(f"listen on {config.server.host}:{config.server.port}"):
                 await site.start()
             port = _bound_port(runner)
-            # After the HTTP app (it shares its IntegrationService); registered after
-            # the supervisor, so it stops before it: no client acts on a stopping sink.
-            control = build_control_server(config, store, supervisor, app[INTEGRATIONS])
+            # Registered after the supervisor, so it stops before it: no client acts
+            # on a stopping sink.
+            control = ControlServer(config.control_socket, service,
+                                    StatusSampler(store, supervisor, config),
+                                    idle_timeout=config.control.idle_timeout)
             with _starting("open the control socket"):
                 await tg.start(control.run)
             stack.push_async_callback(control.stop)
@@ -163,9 +169,9 @@ class Daemon:
                 port=port,
                 control_socket=str(config.control_socket),
             )
-            runtime_path = config.data_dir / RUNTIME_FILE
-            _write_runtime(runtime_path, self.info)
-            stack.callback(_remove, runtime_path)
+            runtime_path = runtime_file(config)
+            write_runtime(runtime_path, self.info)
+            stack.callback(remove_runtime, runtime_path)
             log.info("eventstreamd listening", extra=kv(
                 url=self.info.url, data_dir=str(config.data_dir), head=store.head,
                 config=config.source,
@@ -196,24 +202,3 @@ def _url_host(host: str) -> str:
     if host == "::":
         return "[::1]"
     return f"[{host}]" if ":" in host else host
-
-
-def _write_runtime(path: os.PathLike[str], info: RuntimeInfo) -> None:
-    tmp = f"{os.fspath(path)}.tmp"
-    with open(tmp, "w") as fh:
-        json.dump(info.__dict__, fh)
-    os.replace(tmp, path)
-
-
-def _remove(path: os.PathLike[str]) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
-
-
-def read_runtime(config: Config) -> dict[str, object] | None:
-    try:
-        with open(config.data_dir / RUNTIME_FILE) as fh:
-            data = json.load(fh)
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None

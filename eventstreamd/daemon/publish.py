@@ -8,9 +8,12 @@ Decisions:
   the ingest hot path, and its messages name the event's index and field
   (`event 3: 'name' ...`). Unknown fields are refused, so a typo such as
   `playload` is caught instead of silently publishing an empty event.
-- All or nothing: every event is validated and packed before any is handed to
-  the writer, and the writer appends a request's events in one job.
-- 200 only after the group commit that holds the events is fsync'd.
+- Each event's delivery body (`{"tenant","name","published_at","payload"}`,
+  the bytes every sink sends) is encoded once, here, and stored as is.
+- All or nothing: every event is validated and encoded before any is handed to
+  the store, which appends a request's events in one atomic step.
+- 200 only after the events are durably stored (LMDB: the group commit that
+  holds them was fsync'd).
 - Accepted means deliverable: an event is checked with the same rules the
   sinks apply when they send it. Its delivery body is encoded with the
   delivery encoder (orjson refuses nesting beyond 254 levels, which its own
@@ -24,7 +27,7 @@ Decisions:
   (its declared length) or while it is read (chunked bodies). Large bodies
   are validated in chunks of `CHUNK_EVENTS` events with a yield to the event
   loop in between, so one 10 MiB body never stalls `/healthz` or other
-  publishers, and only the packed events (about the size of the input) stay
+  publishers, and only the encoded events (about the size of the input) stay
   in memory: the parsed objects of one chunk are dropped before the next.
 """
 
@@ -40,16 +43,12 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from ..model import NewEvent
 from ..naming import MAX_ID, MAX_TENANT, valid_event_id, valid_name, valid_tenant
-from ..storage.lmdb_store import LmdbStore, StoreFull
-from ..storage.records import PackedEvent, pack_event
-from ..storage.writer import WriterClosed
+from ..storage.base import StoreFull, StoreUnavailable
 from ..timeutil import format_utc, now_iso, parse_rfc3339
-from .budget import INGEST_BUDGET
 from .errors import ApiError
-
-STORE = web.AppKey("store", LmdbStore)
-DEFAULT_TENANT = web.AppKey("default_tenant", str)
+from .keys import DEFAULT_TENANT, INGEST_BUDGET, STORE
 
 CHUNK_EVENTS = 2000  # events validated between two yields to the event loop
 SMALL_BODY = 64 * 1024  # bodies up to this are validated without yielding
@@ -106,14 +105,17 @@ def raw_event_chunks(body: bytes, content_type: str) -> Iterator[list[Any]]:
 # regex; missing ids come from one urandom call per request.
 _CANONICAL_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
 _SEEN_CACHE_MAX = 4096
-_seen_names: set[str] = set()
-_seen_tenants: set[str] = set()
+# value -> the same value: besides skipping the check, a large publish then holds
+# one string per distinct name instead of one per event.
+_seen_names: dict[str, str] = {}
+_seen_tenants: dict[str, str] = {}
 
 
-def _remember(cache: set[str], value: str) -> None:
+def _remember(cache: dict[str, str], value: str) -> str:
     if len(cache) >= _SEEN_CACHE_MAX:
         cache.clear()  # bounded: an attacker inventing names only costs regex checks
-    cache.add(value)
+    cache[value] = value
+    return value
 
 
 def _normalized_time(value: Any) -> str:
@@ -134,12 +136,16 @@ def new_event_ids(count: int) -> list[str]:
     return ids
 
 
-def _check_deliverable(index: int, tenant: str, name: str, published_at: str,
-                       payload: Any) -> None:
-    """Encode the delivery body as the sinks will: what cannot be sent is refused now."""
+def _delivery_body(index: int, tenant: str, name: str, published_at: str,
+                   payload: Any) -> bytes:
+    """The exact bytes every sink will send, encoded once, here; what the encoder refuses
+    could never be delivered and is refused now."""
     try:
-        orjson.dumps({"tenant": tenant, "name": name, "published_at": published_at,
-                      "payload": payload})
+        encoded = orjson.dumps({"tenant": tenant, "name": name, "published_at": published_at,
+                                "payload": payload})
+        # orjson's result keeps its whole output buffer (4 KiB at least): held for every
+        # event of a large publish that is 4 KiB each, so keep an exact-size copy.
+        return memoryview(encoded).tobytes()
     except orjson.JSONEncodeError as exc:
         if "Recursion" in str(exc):
             raise _bad(f"event {index}: 'payload' is nested too deeply to be delivered "
@@ -148,7 +154,7 @@ def _check_deliverable(index: int, tenant: str, name: str, published_at: str,
 
 
 def validate_event(index: int, raw: Any, default_tenant: str, now: str,
-                   new_id: Callable[[], str] | None = None) -> PackedEvent:
+                   new_id: Callable[[], str] | None = None) -> NewEvent:
     """Check one event and pack it; raise a 400 naming the index and the field."""
     if not isinstance(raw, dict):
         raise _bad(f"event {index}: must be a JSON object")
@@ -158,11 +164,13 @@ def validate_event(index: int, raw: Any, default_tenant: str, now: str,
     name = raw.get("name")
     if not isinstance(name, str) or not name:
         raise _bad(f"event {index}: 'name' is required and must be a string")
-    if name not in _seen_names:
+    seen_name = _seen_names.get(name)
+    if seen_name is None:
         if not valid_name(name):
             raise _bad(f"event {index}: 'name' must look like entity.action "
                        "(e.g. order.created)")
-        _remember(_seen_names, name)
+        seen_name = _remember(_seen_names, name)
+    name = seen_name
     payload = raw.get("payload")
     if not isinstance(payload, dict):
         raise _bad(f"event {index}: 'payload' is required and must be an object")
@@ -175,31 +183,29 @@ def validate_event(index: int, raw: Any, default_tenant: str, now: str,
         except (ValueError, OverflowError) as exc:
             raise _bad(f"event {index}: 'published_at' {exc}") from None
     tenant = raw.get("tenant", default_tenant)
-    if not isinstance(tenant, str) or tenant not in _seen_tenants:
+    seen_tenant = _seen_tenants.get(tenant) if isinstance(tenant, str) else None
+    if seen_tenant is None:
         if not isinstance(tenant, str) or not valid_tenant(tenant):
             raise _bad(f"event {index}: 'tenant' must be 1-{MAX_TENANT} letters, digits, '.', "
                        "'_' or '-' (and not '.' or '..')")
-        _remember(_seen_tenants, tenant)
+        seen_tenant = _remember(_seen_tenants, tenant)
+    tenant = seen_tenant
     event_id = raw.get("id")
     if event_id is None:
         event_id = new_id() if new_id is not None else new_event_ids(1)[0]
     elif not isinstance(event_id, str) or not valid_event_id(event_id):
         raise _bad(f"event {index}: 'id' must be 1-{MAX_ID} visible ASCII characters "
                    "(it becomes the Idempotency-Key header)")
-    _check_deliverable(index, tenant, name, published_at, payload)
-    try:
-        return pack_event(event_id, tenant, name, published_at, payload)
-    except (ValueError, OverflowError, TypeError) as exc:
-        # msgpack refuses integers beyond 64 bits and over-deep nesting.
-        raise _bad(f"event {index}: 'payload' cannot be stored ({exc})") from None
+    return NewEvent(event_id, tenant, name,
+                    _delivery_body(index, tenant, name, published_at, payload))
 
 
 async def validate_body(body: bytes, content_type: str,
-                        default_tenant: str) -> list[PackedEvent]:
+                        default_tenant: str) -> list[NewEvent]:
     """Parse and validate a whole body; large ones in chunks, yielding in between."""
     small = len(body) <= SMALL_BODY
     now = now_iso()
-    packed: list[PackedEvent] = []
+    packed: list[NewEvent] = []
     for chunk in raw_event_chunks(body, content_type):
         new_id = iter(new_event_ids(len(chunk))).__next__
         offset = len(packed)
@@ -219,6 +225,7 @@ async def publish_events(request: web.Request) -> web.Response:
             first, last = await request.app[STORE].append(events)
         except StoreFull as exc:
             raise ApiError(507, "insufficient_storage", str(exc)) from None
-        except WriterClosed:
-            raise ApiError(503, "unavailable", "the daemon is shutting down") from None
+        except StoreUnavailable as exc:
+            raise ApiError(503, "unavailable", f"the events were not stored: {exc}",
+                           headers={"Retry-After": "1"}) from None
     return web.json_response({"accepted": len(events), "first_seq": first, "last_seq": last})

@@ -3,19 +3,16 @@
 Decisions:
 - Built from the two sources of truth only: the store (head, integration
   records, cursors, the oldest undelivered event, stored rejected events) and
-  `Supervisor.sink_status(id)` (live counters of running sinks). Nothing here
-  keeps its own copy of delivery state, so the snapshot cannot drift.
+  the supervisor's `sink_status(id)` (live counters of running sinks). Nothing
+  here keeps its own copy of delivery state, so the snapshot cannot drift.
 - Rates come from successive counter samples: `tick()` (called once per push
   interval by the control server) records the head and every sink's
   `delivered` counter and turns the differences into per-second rates, with a
   short history (`HISTORY` samples) so a freshly attached TUI can draw its
-  sparklines at once. `snapshot()` never moves the rate baseline, so a
-  client asking for `status` between ticks gets fresh state with the last
-  tick's rates instead of a rate over a few milliseconds.
-- A sink's counters start from zero whenever its sink starts (they live in
-  the running `SinkLoop`); a counter that went down is a restart, and the new
-  value is the whole delta. A stopped integration has no live counters: those
-  fields are null, the stored ones (cursor, lag, rejected count) are not.
+  sparklines at once. `snapshot()` never moves the rate baseline.
+- A sink's counters live as long as its sink is wanted (a crash and restart
+  keeps them); a stopped integration has no live counters: those fields are
+  null, the stored ones (cursor, lag, rejected count) are not.
 - Lag is "roughly" by design: `head - cursor + 1` counts every event after the
   cursor, including ones the integration's filter will skip (the cursor moves
   over those as soon as they are read, so they only count while unread). The
@@ -25,12 +22,14 @@ Decisions:
   verdict and the rule is tested in one place:
   `completed` (temporary, done) > `stopped` > `failing` (its sink crashed
   and waits to restart, or a delivery failure within `FAILING_WINDOW`
-  seconds and events still waiting) > `lagging` (the
-  oldest undelivered event is older than `LAGGING_AFTER`, plus the rotate
-  interval for S3, which holds events in its open file by design) > `ok`.
-- S3 sinks report their open file through `sink_status` (`open_file_bytes`,
-  `open_file_started_at`); the snapshot shows size and age when present and
-  null otherwise, so the keys are always there.
+  seconds and events still waiting) > `lagging` (the oldest undelivered
+  event is older than `LAGGING_AFTER`, plus the sink type's allowance: S3
+  holds events in its open file for up to the rotate interval) > `ok`.
+- Nothing here names a sink type: the target is the sink's own one-line
+  description (`TargetParams.describe`), and what a sink buffers comes from
+  its typed `PipelineStatus`. `s3_open_file_bytes` and `s3_open_file_age`
+  stay as aliases of `buffered_bytes` and `buffered_age` for protocol-1
+  clients.
 """
 
 from __future__ import annotations
@@ -40,10 +39,13 @@ import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
-from urllib.parse import urlsplit
 
 from .. import __version__
-from ..storage.lmdb_store import LmdbStore
+from ..config import Config
+from ..model import Integration
+from ..sinks.registry import sink_type
+from ..storage.base import Store
+from .supervisor import SinkStatus
 
 HISTORY = 30  # samples kept per rate (30 s of sparkline at the default 1 s interval)
 FAILING_WINDOW = 15.0  # seconds
@@ -51,26 +53,7 @@ LAGGING_AFTER = 30.0  # seconds
 
 
 class SinkStatusSource(Protocol):
-    def sink_status(self, integration_id: str) -> dict[str, Any] | None: ...
-
-
-def target_of(record: dict[str, Any]) -> str:
-    """What the integration delivers to, safe to show: the URL's host, or bucket/prefix."""
-    webhook = record.get("callback_parameters")
-    if webhook:
-        url = str(webhook.get("callback_url", ""))
-        try:
-            return urlsplit(url).hostname or url  # never userinfo or the path's query
-        except ValueError:
-            return "?"
-    s3 = record.get("s3_parameters") or {}
-    prefix = str(s3.get("key_prefix") or "").strip("/")
-    bucket = str(s3.get("bucket", "?"))
-    return f"{bucket}/{prefix}" if prefix else bucket
-
-
-def kind_of(record: dict[str, Any]) -> str:
-    return "webhook" if record.get("callback_parameters") else "s3"
+    def sink_status(self, integration_id: str) -> SinkStatus | None: ...
 
 
 def health(
@@ -96,19 +79,12 @@ def _rate(delta: float, seconds: float) -> float:
 
 
 class StatusSampler:
-    def __init__(
-        self,
-        store: LmdbStore,
-        sinks: SinkStatusSource,
-        *,
-        s3_rotate_interval: float = 0.0,
-        clock: Callable[[], float] = time.time,
-        history: int = HISTORY,
-    ) -> None:
+    def __init__(self, store: Store, sinks: SinkStatusSource, config: Config, *,
+                 clock: Callable[[], float] = time.time, history: int = HISTORY) -> None:
         self.store = store
         self.sinks = sinks
+        self.config = config
         self.clock = clock
-        self._s3_allowance = s3_rotate_interval
         self._history = history
         self._started_at = clock()
         self._last_at: float | None = None
@@ -121,15 +97,14 @@ class StatusSampler:
 
     # ----------------------------------------------------------------- sampling
 
-    def tick(self) -> None:
+    async def tick(self) -> None:
         """Take a counter sample; rates are the differences to the previous one."""
         now = self.clock()
         head = self.store.head
-        ids = [r["id"] for r in self.store.list_integrations()]
         delivered = {}
-        for integration_id in ids:
-            sink = self.sinks.sink_status(integration_id)
-            delivered[integration_id] = int(sink["delivered"]) if sink else 0
+        for integration in await self.store.list_integrations():
+            sink = self.sinks.sink_status(integration.id)
+            delivered[integration.id] = sink.stats.delivered if sink else 0
         if self._last_at is not None:
             elapsed = now - self._last_at
             self._ingest_rate = _rate(head - self._last_head, elapsed)
@@ -148,10 +123,10 @@ class StatusSampler:
 
     # ----------------------------------------------------------------- snapshot
 
-    def snapshot(self) -> dict[str, Any]:
+    async def snapshot(self) -> dict[str, Any]:
         now = self.clock()
         head = self.store.head
-        records = sorted(self.store.list_integrations(), key=lambda r: r["id"])
+        integrations = sorted(await self.store.list_integrations(), key=lambda i: i.id)
         return {
             "time": round(now, 3),
             "daemon": {"version": __version__, "pid": os.getpid(),
@@ -159,47 +134,53 @@ class StatusSampler:
             "head": head,
             "ingest_rate": self._ingest_rate,
             "ingest_history": list(self._ingest_history),
-            "integrations": [self._integration(r, head, now) for r in records],
+            "integrations": [await self._integration(i, head, now) for i in integrations],
         }
 
-    def _integration(self, record: dict[str, Any], head: int, now: float) -> dict[str, Any]:
-        integration_id = record["id"]
+    async def _integration(self, integration: Integration, head: int,
+                           now: float) -> dict[str, Any]:
+        integration_id = integration.id
         sink = self.sinks.sink_status(integration_id)
-        cursor = (sink or {}).get("cursor") or self.store.get_cursor(integration_id) or head + 1
+        cursor = ((sink.cursor if sink else None)
+                  or await self.store.get_cursor(integration_id) or head + 1)
         lag_events = max(0, head - cursor + 1)
         lag_seconds = None
         if lag_events:
-            oldest = self.store.read_events(cursor, 1)
+            oldest = await self.store.read_events(cursor, 1, 1)
             if oldest:
                 lag_seconds = round(max(0.0, now - oldest[0].ingested_at / 1000), 1)
-        kind = kind_of(record)
-        last_error_at = (sink or {}).get("last_error_at")
-        opened = (sink or {}).get("open_file_started_at")
+        stats = sink.stats if sink else None
+        pipeline = sink.pipeline if sink else None
+        last_error_at = stats.last_error_at if stats else None
+        buffered = pipeline.buffered_bytes if pipeline else None
+        since = pipeline.buffered_since if pipeline else None
+        buffered_age = round(max(0.0, now - since), 1) if since is not None else None
         return {
             "id": integration_id,
-            "kind": kind,
-            "integration_type": record.get("integration_type"),
-            "status": record.get("status"),
+            "kind": integration.kind,
+            "integration_type": integration.type,
+            "status": integration.status,
             "health": health(
-                status=str(record.get("status")), done=bool(record.get("done")),
-                lag_events=lag_events, lag_seconds=lag_seconds, last_error_at=last_error_at,
-                now=now, lag_allowance=self._s3_allowance if kind == "s3" else 0.0,
-                crashed=(sink or {}).get("state") == "crashed"),
-            "target": target_of(record),
+                status=integration.status, done=integration.done, lag_events=lag_events,
+                lag_seconds=lag_seconds, last_error_at=last_error_at, now=now,
+                lag_allowance=sink_type(integration.kind).lag_allowance(self.config),
+                crashed=bool(sink and sink.crashed)),
+            "target": integration.target.describe(),
             "cursor": cursor,
             "lag_events": lag_events,
             "lag_seconds": lag_seconds,
-            "delivered": sink.get("delivered") if sink else None,
+            "delivered": stats.delivered if stats else None,
             "delivered_rate": self._rates.get(integration_id, 0.0),
             "delivered_history": list(self._histories.get(integration_id, ())),
-            "failures": sink.get("failures") if sink else None,
-            "last_error": sink.get("last_error") if sink else None,
+            "failures": stats.failures if stats else None,
+            "last_error": stats.last_error if stats else None,
             "last_error_age": round(now - last_error_at, 1) if last_error_at else None,
-            "in_flight": sink.get("in_flight") if sink else None,
-            "crashes": sink.get("crashes") if sink else None,
-            "restart_in": sink.get("restart_in") if sink else None,
-            "rejected_events": self.store.count_rejected(integration_id),
-            "s3_open_file_bytes": (sink or {}).get("open_file_bytes") if kind == "s3" else None,
-            "s3_open_file_age": round(max(0.0, now - opened), 1)
-            if kind == "s3" and opened is not None else None,
+            "in_flight": pipeline.in_flight if pipeline else None,
+            "crashes": sink.crashes if sink else None,
+            "restart_in": sink.restart_in if sink else None,
+            "rejected_events": await self.store.count_rejected(integration_id),
+            "buffered_bytes": buffered,
+            "buffered_age": buffered_age,
+            "s3_open_file_bytes": buffered,
+            "s3_open_file_age": buffered_age,
         }

@@ -9,9 +9,8 @@ sink loop pays O(1) per event.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
-from ..storage.records import StoredEvent
+from ..model import EventFilterSpec, StoredEvent
 
 
 @dataclass(frozen=True)
@@ -20,13 +19,12 @@ class EventFilter:
     entities: frozenset[str] | None
 
     @classmethod
-    def from_conditions(cls, conditions: dict[str, Any] | None) -> EventFilter:
-        conditions = conditions or {}
-        names = conditions.get("event_filter")
-        entities = conditions.get("entity_filter")
+    def of(cls, spec: EventFilterSpec | None) -> EventFilter:
+        if spec is None:
+            return cls(None, None)
         return cls(
-            names=frozenset(names) if names is not None else None,
-            entities=frozenset(entities) if entities is not None else None,
+            names=frozenset(spec.event_filter) if spec.event_filter is not None else None,
+            entities=frozenset(spec.entity_filter) if spec.entity_filter is not None else None,
         )
 
     @property

@@ -3,40 +3,47 @@
 Decisions:
 - One open file per tenant, spooled to disk under
   `{data_dir}/spool/{integration}/`, never held in memory (Vector's S3 sink
-  holds whole batches in RAM and its users hit OOM). Each line is the same
-  JSON object a webhook receives.
+  holds whole batches in RAM and its users hit OOM). Each line is the event's
+  stored delivery body — the same bytes a webhook receives — plus a newline.
 - Objects are named `{key_prefix}/{tenant}/{epoch_ms}-data-{random}.export`
   (`{tenant}/...` without a prefix), `epoch_ms` being when the file started.
+  Spool files are named by a random id, not by the key, which may be longer
+  than a file name may be.
 - Rotation: a file is sealed when it reaches `s3.rotate_size`, or when it is
   `s3.rotate_interval` old by the wall clock — checked on every loop tick, so
   a file goes up on time even when no new event arrives.
 - Exactly-once objects (the Kafka Connect approach, with recorded rather than
   derived names): before a sealed file is uploaded, its key, tenant, sequence
-  range and filter are committed to the store (`sink_state.pending`) together
-  with the tenant's *watermark* (the last sequence number that is in a
-  recorded file). The cursor never passes the first sequence number of a
-  pending or open file. After a crash, `open()` rebuilds every pending file
-  from the log (same range, tenant and filter, so the same bytes) and uploads
-  it under the same key, which overwrites rather than duplicates; events at or
-  below a tenant's watermark are skipped when the log is read again, so no
-  event lands in two objects. Only after the upload succeeded is the file
-  removed from `pending`.
+  range and filter are saved as the sink's state, together with the tenant's
+  *watermark* (the last sequence number that is in a recorded file). The
+  cursor never passes the first sequence number of a pending or open file.
+  After a crash, `open()` rebuilds every pending file from the log (same
+  range, tenant and filter, so the same bytes) and uploads it under the same
+  key, which overwrites rather than duplicates; events at or below a tenant's
+  watermark are skipped when the log is read again, so no event lands in two
+  objects. Only after the upload succeeded is the file removed from
+  `pending`.
 - Small files go up with one PUT; files larger than `PART_SIZE` as multipart
   uploads with parts of `PART_SIZE` (8 MiB), read from the spool file one
   part at a time, so memory stays bounded by one part. A multipart upload that
   fails is aborted so no orphaned parts are left to bill.
 - Upload failures (server down, 5xx, throttling, bad credentials, missing
-  bucket) are retried with the webhook backoff settings and logged as
-  `retry_triggered` with a reason naming the cause; they also show in the
-  sink's status. Nothing is lost or duplicated by retrying.
+  bucket) are retried with `s3.retry_initial` / `s3.retry_max` (the shared
+  retry loop, `retry.py`) and logged as `retry_triggered` with a reason
+  naming the cause; they also show in the sink's status. Nothing is lost or
+  duplicated by retrying.
 - Stop: open files are sealed and uploaded within the grace period; what
   cannot finish stays recorded (or, if not sealed, simply after the cursor)
   and is rebuilt on the next start.
-- An event no object can hold (it cannot be encoded, or its tenant cannot be
-  a key segment; ingest refuses both today, older logs may hold them) is set
-  aside as a rejected event and skipped, never retried forever. Its `_retry`
-  uploads it alone as a one-line object (`upload_single`). Spool files are
-  named by a random id, not by the key, which may be longer than a file name.
+- An event no object can hold (its tenant cannot be a key segment; ingest
+  refuses that today, older logs may hold it) is set aside as a rejected
+  event and skipped, never retried forever. Its `_retry` uploads it alone as
+  a one-line object (`upload_single`).
+- Registration refuses what S3 never accepts: bucket names outside AWS's
+  rules (plus the upper case and underscores of legacy us-east-1 names: the
+  spec's own example is `sap_export`), a `key_prefix` with characters or
+  segments no key may hold, a region that is no region name, credentials
+  with control characters (they go into a signed header).
 """
 
 from __future__ import annotations
@@ -50,29 +57,107 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, ClassVar
 
 import anyio
 import orjson
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
-from anyio.abc import TaskGroup
 from botocore.exceptions import BotoCoreError, ClientError
 
+from ..codec import filter_from_api, filter_to_api
+from ..config import Config
 from ..faults import crash_point
 from ..logs import kv
+from ..model import Integration, RejectedEvent, StoredEvent, TargetParams
 from ..naming import valid_tenant
-from ..storage.lmdb_store import LmdbStore, StoreFull
-from ..storage.records import StoredEvent
-from .backoff import backoff_delay
+from ..storage.base import StoreFull
+from .base import (
+    DeliveryFailed,
+    PipelineStatus,
+    SinkContext,
+    SinkEnv,
+    SinkType,
+    TargetRefused,
+)
 from .filters import EventFilter
-from .loop import SinkLoop
+from .retry import Failure, RetryPolicy, retry_until_stopped
 
 log = logging.getLogger("eventstreamd.s3")
 
 PART_SIZE = 8 * 1024 * 1024
 MAX_OPEN_FILES = 64  # per integration; one per tenant until then
 REBUILD_BATCH = 1024
+UPLOAD_ERRORS = (ClientError, BotoCoreError, OSError, TimeoutError)
+
+BUCKET_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{1,61}[A-Za-z0-9]")
+PREFIX_SEGMENT = re.compile(r"[A-Za-z0-9_.-]+")
+REGION_PATTERN = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")  # as botocore
+
+
+@dataclass(frozen=True)
+class S3Target(TargetParams):
+    kind: ClassVar[str] = "s3"
+    api_field: ClassVar[str] = "s3_parameters"
+    secret_fields: ClassVar[tuple[str, ...]] = ("aws_secret_access_key",)
+    api_fields: ClassVar[tuple[str, ...]] = (
+        "aws_access_key_id", "aws_secret_access_key", "aws_region", "bucket", "key_prefix")
+
+    aws_region: str
+    bucket: str
+    aws_access_key_id: str | None = None
+    aws_secret_access_key: str | None = None
+    key_prefix: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {"aws_access_key_id": self.aws_access_key_id,
+               "aws_secret_access_key": self.aws_secret_access_key,
+               "aws_region": self.aws_region, "bucket": self.bucket,
+               "key_prefix": self.key_prefix}
+        return {k: v for k, v in out.items() if v is not None}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> S3Target:
+        return cls(aws_region=data["aws_region"], bucket=data["bucket"],
+                   aws_access_key_id=data.get("aws_access_key_id"),
+                   aws_secret_access_key=data.get("aws_secret_access_key"),
+                   key_prefix=data.get("key_prefix") or None)
+
+    def describe(self) -> str:
+        prefix = (self.key_prefix or "").strip("/")
+        return f"s3://{self.bucket}/{prefix}" if prefix else f"s3://{self.bucket}"
+
+
+# ----------------------------------------------------------------- registration
+
+
+def check(params: TargetParams, config: Config) -> None:
+    assert isinstance(params, S3Target)
+    field = S3Target.api_field
+    for name in ("aws_access_key_id", "aws_secret_access_key"):
+        value = getattr(params, name)
+        if value is not None and any(ord(c) < 32 or ord(c) == 127 for c in value):
+            raise TargetRefused("invalid_s3_parameters",
+                                f"'{field}.{name}' must not contain control characters")
+    bucket = params.bucket
+    if (not BUCKET_PATTERN.fullmatch(bucket) or ".." in bucket
+            or re.fullmatch(r"\d+\.\d+\.\d+\.\d+", bucket)):
+        raise TargetRefused("invalid_s3_parameters", (
+            f"'{field}.bucket' must be 3-63 letters, digits, '.', '_' or '-', start and end "
+            "with a letter or digit, hold no '..' and not look like an IP address"))
+    if not REGION_PATTERN.fullmatch(params.aws_region):
+        raise TargetRefused("invalid_s3_parameters",
+                            f"'{field}.aws_region' must be a region name such as us-east-1")
+    if params.key_prefix:
+        segments = params.key_prefix.split("/")
+        if not all(PREFIX_SEGMENT.fullmatch(seg) and seg not in (".", "..") for seg in segments):
+            raise TargetRefused("invalid_s3_parameters", (
+                f"'{field}.key_prefix' must be segments of letters, digits, '_', '.' or '-' "
+                "separated by single '/', none of them '.' or '..', and not start or end "
+                "with '/'"))
+
+
+# ------------------------------------------------------------------------ objects
 
 
 @dataclass
@@ -88,58 +173,26 @@ class OpenFile:
     lines: int = 0
 
 
-# What S3 (and S3-compatible servers) accept, so that an integration that can never
-# upload is refused at registration. Buckets: AWS's rules, plus the upper case and
-# underscores of legacy us-east-1 names (the spec's own example is `sap_export`).
-BUCKET_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{1,61}[A-Za-z0-9]")
-PREFIX_SEGMENT = re.compile(r"[A-Za-z0-9_.-]+")
-REGION_PATTERN = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")  # as botocore
-
-
-def s3_params_problem(params: dict[str, Any]) -> tuple[str, str] | None:
-    """(field, what is wrong) for S3 parameters no upload could ever succeed with."""
-    bucket = params.get("bucket", "")
-    if (not BUCKET_PATTERN.fullmatch(bucket) or ".." in bucket
-            or re.fullmatch(r"\d+\.\d+\.\d+\.\d+", bucket)):
-        return "bucket", ("must be 3-63 letters, digits, '.', '_' or '-', start and end with a "
-                          "letter or digit, hold no '..' and not look like an IP address")
-    region = params.get("aws_region", "")
-    if not REGION_PATTERN.fullmatch(region):
-        return "aws_region", "must be a region name such as us-east-1"
-    prefix = params.get("key_prefix")
-    if prefix:
-        segments = prefix.split("/")
-        if not all(PREFIX_SEGMENT.fullmatch(seg) and seg not in (".", "..") for seg in segments):
-            return "key_prefix", ("must be segments of letters, digits, '_', '.' or '-' "
-                                  "separated by single '/', none of them '.' or '..', "
-                                  "and not start or end with '/'")
-    return None
-
-
 def object_key(prefix: str | None, tenant: str, epoch_ms: int) -> str:
     name = f"{epoch_ms}-data-{uuid.uuid4().hex}.export"
     return f"{prefix}/{tenant}/{name}" if prefix else f"{tenant}/{name}"
 
 
-def event_line(event: StoredEvent) -> bytes:
-    return orjson.dumps(event.delivery_body()) + b"\n"
-
-
-def describe_error(exc: BaseException) -> tuple[str, int | None]:
-    """A reason naming the cause, and the HTTP status when S3 answered."""
+def describe_error(exc: BaseException) -> Failure:
+    """The cause in words, and the HTTP status when S3 answered."""
     if isinstance(exc, ClientError):
         error = exc.response.get("Error", {})
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
         code = error.get("Code", "Error")
         message = error.get("Message", "")
-        return f"{code}: {message}".rstrip(": "), status
+        return Failure(f"{code}: {message}".rstrip(": "), status)
     if isinstance(exc, TimeoutError):
-        return "timed out", None
-    return f"{type(exc).__name__}: {exc}", None
+        return Failure("timed out")
+    return Failure(f"{type(exc).__name__}: {exc}")
 
 
-def s3_client(params: dict[str, Any], endpoint_url: str | None, timeout: float) -> Any:
-    """An aiobotocore S3 client (an async context manager) for an integration's parameters."""
+def s3_client(target: S3Target, endpoint_url: str | None, timeout: float) -> Any:
+    """An aiobotocore S3 client (an async context manager) for an integration's target."""
     config = AioConfig(
         connect_timeout=timeout, read_timeout=max(timeout, 30.0),
         retries={"max_attempts": 1, "mode": "standard"},
@@ -147,130 +200,94 @@ def s3_client(params: dict[str, Any], endpoint_url: str | None, timeout: float) 
     )
     return get_session().create_client(
         "s3",
-        region_name=params["aws_region"],
+        region_name=target.aws_region,
         endpoint_url=endpoint_url or None,
-        aws_access_key_id=params.get("aws_access_key_id"),
-        aws_secret_access_key=params.get("aws_secret_access_key"),
+        aws_access_key_id=target.aws_access_key_id,
+        aws_secret_access_key=target.aws_secret_access_key,
         config=config,
     )
 
 
-async def upload_single(params: dict[str, Any], endpoint_url: str | None,
-                        request_timeout: float, event: dict[str, Any]) -> str:
-    """Upload one event as its own one-line object (a rejected event's retry); its key.
-
-    Raises ValueError when the event cannot be encoded or its tenant cannot be part
-    of a key, and the botocore/OS errors of a failed upload.
-    """
-    tenant = str(event.get("tenant", ""))
-    if not valid_tenant(tenant):
-        raise ValueError("its tenant cannot be part of an S3 key")
-    line = orjson.dumps(event) + b"\n"
-    key = object_key(params.get("key_prefix") or None, tenant, int(time.time() * 1000))
-    with anyio.fail_after(request_timeout * 2):
-        async with s3_client(params, endpoint_url, request_timeout) as client:
-            await client.put_object(Bucket=params["bucket"], Key=key, Body=line)
-    return key
-
-
 class S3Pipeline:
-    def __init__(
-        self,
-        *,
-        store: LmdbStore,
-        integration_id: str,
-        params: dict[str, Any],
-        endpoint_url: str,
-        rotate_interval: float,
-        rotate_size: int,
-        retry_initial: float,
-        retry_max: float,
-        timeout: float,
-        spool_dir: Path,
-    ) -> None:
-        self.store = store
-        self.integration_id = integration_id
-        self.bucket: str = params["bucket"]
-        self.prefix: str | None = params.get("key_prefix") or None
-        self._params = params
+    def __init__(self, *, target: S3Target, endpoint_url: str, rotate_interval: float,
+                 rotate_size: int, policy: RetryPolicy, timeout: float,
+                 spool_dir: Path) -> None:
+        self.target = target
+        self.bucket = target.bucket
+        self.prefix = target.key_prefix
         self._endpoint_url = endpoint_url or None
         self.rotate_interval = rotate_interval
         self.rotate_size = rotate_size
-        self._retry_initial = retry_initial
-        self._retry_max = retry_max
+        self._policy = policy
         self._timeout = timeout
         self.spool_dir = spool_dir
         self.files: dict[str, OpenFile] = {}
-        state = store.get_sink_state(integration_id) or {}
-        self.watermarks: dict[str, int] = dict(state.get("watermarks", {}))
-        self.pending: list[dict[str, Any]] = list(state.get("pending", []))
+        self.watermarks: dict[str, int] = {}
+        self.pending: list[dict[str, Any]] = []
         self._client: Any = None
         self._stack = contextlib.AsyncExitStack()
         self.uploads = 0
 
-    @property
-    def target(self) -> str:
-        return f"{self.bucket}/{self.prefix}" if self.prefix else self.bucket
-
     # ------------------------------------------------------------- pipeline
 
-    async def open(self, sink: SinkLoop) -> None:
+    async def open(self, ctx: SinkContext) -> None:
+        state = await ctx.load_state() or {}
+        self.watermarks = dict(state.get("watermarks", {}))  # type: ignore[call-overload]
+        self.pending = list(state.get("pending", []))  # type: ignore[call-overload]
         # Whatever a previous run left in the spool is rebuilt from the log.
         shutil.rmtree(self.spool_dir, ignore_errors=True)
         self.spool_dir.mkdir(parents=True, exist_ok=True)
         self._client = await self._stack.enter_async_context(
-            s3_client(self._params, self._endpoint_url, self._timeout))
+            s3_client(self.target, self._endpoint_url, self._timeout))
         for manifest in list(self.pending):
             log.info("re-uploading a recorded file", extra=kv(
-                integration=self.integration_id, key=manifest["key"]))
+                integration=ctx.integration.id, key=manifest["key"]))
             await self._abort_stale_multipart(manifest["key"])
-            if not await self._upload(manifest, sink, None):
+            if not await self._upload(manifest, ctx, None):
                 return
 
-    async def accept(self, event: StoredEvent, sink: SinkLoop, tg: TaskGroup) -> bool:
+    async def serve(self, ctx: SinkContext) -> None:
+        return None
+
+    async def accept(self, event: StoredEvent, ctx: SinkContext) -> bool:
         if event.seq <= self.watermarks.get(event.tenant, 0):
             return True  # already in a recorded file (we crashed after recording it)
         if not valid_tenant(event.tenant):
-            return await self._set_aside(event, sink, "its tenant cannot be part of an S3 key")
-        try:
-            line = event_line(event)
-        except (TypeError, ValueError) as exc:  # orjson: nesting beyond 254 levels
-            return await self._set_aside(event, sink, f"it cannot be encoded as JSON ({exc})",
-                                         encodable=False)
+            return await self._set_aside(event, ctx, "its tenant cannot be part of an S3 key")
         open_file = self.files.get(event.tenant)
         if open_file is None:
             if len(self.files) >= MAX_OPEN_FILES:
                 # Tenants come from publishers: cap the descriptors one sink holds by
                 # sealing the oldest file early.
                 oldest = min(self.files.values(), key=lambda f: f.started_at)
-                if not await self._rotate([oldest], sink):
+                if not await self._rotate([oldest], ctx):
                     return False
-            open_file = self._new_file(event.tenant, event.seq, sink.clock())
-        open_file.handle.write(line)
-        open_file.size += len(line)
+            open_file = self._new_file(event.tenant, event.seq, ctx.clock())
+        open_file.handle.write(event.body)
+        open_file.handle.write(b"\n")
+        open_file.size += len(event.body) + 1
         open_file.lines += 1
         open_file.last_seq = event.seq
         if open_file.size >= self.rotate_size:
-            return await self._rotate([open_file], sink)
+            return await self._rotate([open_file], ctx)
         return True
 
     @staticmethod
-    async def _set_aside(event: StoredEvent, sink: SinkLoop, reason: str, *,
-                         encodable: bool = True) -> bool:
+    async def _set_aside(event: StoredEvent, ctx: SinkContext, reason: str) -> bool:
         """Keep an event no object can hold as rejected; False when stopping first."""
         while True:
             try:
-                await sink.set_aside(event, reason, encodable=encodable)
+                await ctx.set_aside(event, reason)
                 return True
             except StoreFull:
-                if await sink.sleep_unless_stopping(1.0):
+                if await ctx.sleep_unless_stopping(1.0):
                     return False
 
-    async def tick(self, sink: SinkLoop) -> None:
-        now = sink.clock()
+    async def tick(self, ctx: SinkContext) -> None:
+        now = ctx.clock()
         due = [f for f in self.files.values() if now - f.started_at >= self.rotate_interval]
         if due:
-            await self._rotate(due, sink)
+            await self._rotate(due, ctx)
 
     def blocked(self) -> bool:
         return False
@@ -283,10 +300,10 @@ class S3Pipeline:
     def committed(self, cursor: int) -> None:
         return None
 
-    async def close(self, sink: SinkLoop, outcome: str, grace: float) -> None:
+    async def close(self, ctx: SinkContext, outcome: str, grace: float) -> None:
         with anyio.move_on_after(grace if outcome == "stopped" else None):
             if self.files:
-                await self._rotate(list(self.files.values()), sink)
+                await self._rotate(list(self.files.values()), ctx)
 
     async def release(self) -> None:
         for open_file in self.files.values():
@@ -294,30 +311,27 @@ class S3Pipeline:
         self.files.clear()
         await self._stack.aclose()
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> PipelineStatus:
         now_files = list(self.files.values())
-        return {
-            "target": self.target,
-            "open_files": len(now_files),
-            "open_file_bytes": sum(f.size for f in now_files),
-            "open_file_started_at": min((f.started_at for f in now_files), default=None),
-            "pending_uploads": len(self.pending),
-            "uploads": self.uploads,
-        }
+        return PipelineStatus(
+            buffered_bytes=sum(f.size for f in now_files),
+            buffered_since=min((f.started_at for f in now_files), default=None),
+            pending_uploads=len(self.pending),
+            uploads=self.uploads,
+        )
 
     # ---------------------------------------------------------------- files
 
     def _new_file(self, tenant: str, first_seq: int, now: float) -> OpenFile:
         epoch_ms = int(now * 1000)
         key = object_key(self.prefix, tenant, epoch_ms)
-        # Not named after the key: a key may be longer than a file name may be.
         path = self.spool_dir / f"{uuid.uuid4().hex}.ndjson"
         handle = open(path, "wb")  # closed when the file is sealed
         open_file = OpenFile(tenant, key, path, handle, first_seq, first_seq, now)
         self.files[tenant] = open_file
         return open_file
 
-    async def _rotate(self, files: list[OpenFile], sink: SinkLoop) -> bool:
+    async def _rotate(self, files: list[OpenFile], ctx: SinkContext) -> bool:
         """Seal, record and upload `files`; False when a stop cut the upload short."""
         manifests = []
         for open_file in files:
@@ -327,121 +341,112 @@ class S3Pipeline:
                 "key": open_file.key, "tenant": open_file.tenant,
                 "first_seq": open_file.first_seq, "last_seq": open_file.last_seq,
                 "lines": open_file.lines, "size": open_file.size,
-                "filter": sink.record.get("filter_conditions"),
+                "filter": filter_to_api(ctx.integration.filter),
                 "path": str(open_file.path),
             })
         for manifest in manifests:
             self.watermarks[manifest["tenant"]] = manifest["last_seq"]
         self.pending.extend(manifests)
-        if not await self._save_state(sink):
+        if not await self._save_state(ctx):
             return False  # deleted or replaced: upload nothing more for it
         for manifest in manifests:
-            if not await self._upload(manifest, sink, Path(manifest["path"])):
+            if not await self._upload(manifest, ctx, Path(manifest["path"])):
                 return False
         return True
 
-    async def _save_state(self, sink: SinkLoop) -> bool:
-        """Commit watermarks and pending files; False when the integration is gone."""
-        state = {"watermarks": self.watermarks,
-                 "pending": [{k: v for k, v in m.items() if k != "path"} for m in self.pending]}
-        return await sink.write(
-            lambda txn: self.store.txn_put_sink_state(txn, self.integration_id, state))
+    async def _save_state(self, ctx: SinkContext) -> bool:
+        """Save watermarks and pending files; False when the integration is gone."""
+        state: dict[str, object] = {
+            "watermarks": self.watermarks,
+            "pending": [{k: v for k, v in m.items() if k != "path"} for m in self.pending]}
+        return await ctx.save_state(state)
 
-    async def _forget(self, manifest: dict[str, Any], sink: SinkLoop, path: Path) -> bool:
+    async def _forget(self, manifest: dict[str, Any], ctx: SinkContext, path: Path) -> bool:
         log.warning("recorded file not re-uploaded (its events were pruned)", extra=kv(
-            integration=self.integration_id, key=manifest["key"]))
+            integration=ctx.integration.id, key=manifest["key"]))
         self.pending = [m for m in self.pending if m["key"] != manifest["key"]]
         with contextlib.suppress(OSError):
             os.unlink(path)
-        await self._save_state(sink)
-        sink.progressed()
+        await self._save_state(ctx)
+        ctx.progressed()
         return True
 
     async def _exists(self, key: str) -> bool:
         try:
             await self._client.head_object(Bucket=self.bucket, Key=key)
             return True
-        except (ClientError, BotoCoreError, OSError):
+        except UPLOAD_ERRORS:
             return False
 
     async def _abort_stale_multipart(self, key: str) -> None:
         """Abort multipart uploads of `key` left by a crash, so no orphaned parts stay billed."""
-        with contextlib.suppress(ClientError, BotoCoreError, OSError), \
-                anyio.move_on_after(self._timeout):
+        with contextlib.suppress(*UPLOAD_ERRORS), anyio.move_on_after(self._timeout):
             listing = await self._client.list_multipart_uploads(Bucket=self.bucket, Prefix=key)
             for upload in listing.get("Uploads", []):
                 if upload.get("Key") == key:
                     await self._client.abort_multipart_upload(
                         Bucket=self.bucket, Key=key, UploadId=upload["UploadId"])
 
-    def _rebuild(self, manifest: dict[str, Any]) -> tuple[Path, int]:
+    async def _rebuild(self, manifest: dict[str, Any], ctx: SinkContext) -> tuple[Path, int]:
         """Write the recorded file again from the log: same range, tenant and filter."""
         path = self.spool_dir / f"{uuid.uuid4().hex}.rebuilt"
-        event_filter = EventFilter.from_conditions(manifest.get("filter"))
+        event_filter = EventFilter.of(filter_from_api(manifest.get("filter")))
         lines = 0
         position = manifest["first_seq"]
-        with open(path, "wb") as out:
+        async with await anyio.open_file(path, "wb") as out:
             while position <= manifest["last_seq"]:
-                batch = self.store.read_events(position, REBUILD_BATCH, 8 * 1024 * 1024)
+                batch = await ctx.read_events(position, REBUILD_BATCH, 8 * 1024 * 1024)
                 if not batch:
                     break
-                for event in batch:
-                    if event.seq > manifest["last_seq"]:
-                        break
-                    if event.tenant == manifest["tenant"] and event_filter.matches(event):
-                        try:
-                            line = event_line(event)
-                        except (TypeError, ValueError):
-                            continue  # set aside when it was first read, never in a file
-                        out.write(line)
-                        lines += 1
+                chunk = [event.body + b"\n" for event in batch
+                         if event.seq <= manifest["last_seq"]
+                         and event.tenant == manifest["tenant"] and event.problem is None
+                         and event_filter.matches(event)]
+                await out.write(b"".join(chunk))  # one write per batch, off the loop
+                lines += len(chunk)
                 position = batch[-1].seq + 1
         if lines != manifest["lines"]:
             log.warning("rebuilt file differs from the recorded one (events pruned?)", extra=kv(
-                integration=self.integration_id, key=manifest["key"],
+                integration=ctx.integration.id, key=manifest["key"],
                 recorded=manifest["lines"], rebuilt=lines))
         return path, lines
 
     # --------------------------------------------------------------- upload
 
-    async def _upload(self, manifest: dict[str, Any], sink: SinkLoop, path: Path | None) -> bool:
+    async def _upload(self, manifest: dict[str, Any], ctx: SinkContext,
+                      path: Path | None) -> bool:
         if path is None or not await anyio.Path(path).exists():
-            path, lines = await anyio.to_thread.run_sync(self._rebuild, manifest)
+            path, lines = await self._rebuild(manifest, ctx)
             if lines != manifest["lines"] and await self._exists(manifest["key"]):
                 # Retention pruned part of the range since; the object that went up
                 # before the crash is the complete one: keep it, do not shrink it.
-                return await self._forget(manifest, sink, path)
+                return await self._forget(manifest, ctx, path)
             if lines == 0:
-                return await self._forget(manifest, sink, path)
-        attempt = 0
-        while True:
+                return await self._forget(manifest, ctx, path)
+        key, spooled = manifest["key"], path
+
+        async def attempt() -> bool | Failure:
             try:
-                await self._put(manifest["key"], path)
+                await self._put(key, spooled)
                 crash_point("s3_after_upload")
-                break
-            except (ClientError, BotoCoreError, OSError, TimeoutError) as exc:
-                attempt += 1
-                cause, status = describe_error(exc)
-                code = status if status is not None else "none"
-                reason = (f"Request to URL s3://{self.bucket}/{manifest['key']} failed. "
-                          f"Reason: {cause} (HTTP status code {code}). "
-                          f"Payload: {manifest['lines']} events, {manifest['size']} bytes")
-                sink.record_failure(reason)
-                log.warning("upload failed, will retry", extra=kv(
-                    integration=self.integration_id, key=manifest["key"], attempt=attempt,
-                    reason=cause))
-                await sink.add_log("retry_triggered", reason)
-                delay = backoff_delay(attempt, self._retry_initial, self._retry_max)
-                if await sink.sleep_unless_stopping(delay):
-                    return False
-        self.pending = [m for m in self.pending if m["key"] != manifest["key"]]
-        await self._save_state(sink)
+                return True
+            except UPLOAD_ERRORS as exc:
+                return describe_error(exc)
+
+        done = await retry_until_stopped(
+            ctx, attempt, url=f"s3://{self.bucket}/{key}",
+            payload=lambda: f"{manifest['lines']} events, {manifest['size']} bytes",
+            policy=self._policy)
+        if done is None:
+            return False
+        self.pending = [m for m in self.pending if m["key"] != key]
+        await self._save_state(ctx)
         with contextlib.suppress(OSError):
             os.unlink(path)
         self.uploads += 1
-        sink.stats.delivered += manifest["lines"]
-        sink.progressed()
-        log.info("uploaded", extra=kv(integration=self.integration_id, key=manifest["key"],
+        ctx.stats.delivered += manifest["lines"]
+        ctx.progressed()
+        log.info("uploaded", extra=kv(integration=ctx.integration.id, key=key,
                                       events=manifest["lines"], bytes=manifest["size"]))
         return True
 
@@ -474,3 +479,63 @@ class S3Pipeline:
                 await self._client.abort_multipart_upload(
                     Bucket=self.bucket, Key=key, UploadId=upload_id)
             raise
+
+
+# ------------------------------------------------------------------ the sink type
+
+
+def build(env: SinkEnv, integration: Integration) -> S3Pipeline:
+    s3 = env.config.s3
+    assert isinstance(integration.target, S3Target)
+    return S3Pipeline(
+        target=integration.target, endpoint_url=s3.endpoint_url,
+        rotate_interval=s3.rotate_interval, rotate_size=s3.rotate_size,
+        policy=RetryPolicy(s3.retry_initial, s3.retry_max), timeout=s3.timeout,
+        spool_dir=env.spool_root / integration.id,
+    )
+
+
+async def upload_single(target: S3Target, endpoint_url: str | None, request_timeout: float,
+                        tenant: str, body: bytes) -> str:
+    """Upload one event as its own one-line object (a rejected event's retry); its key."""
+    key = object_key(target.key_prefix, tenant, int(time.time() * 1000))
+    with anyio.fail_after(request_timeout * 2):
+        async with s3_client(target, endpoint_url, request_timeout) as client:
+            await client.put_object(Bucket=target.bucket, Key=key, Body=body + b"\n")
+    return key
+
+
+async def retry_rejected(env: SinkEnv, integration: Integration,
+                         entry: RejectedEvent) -> None:
+    assert isinstance(integration.target, S3Target)
+    tenant = str(entry.extra.get("tenant") or _tenant_of(entry.body))
+    if not valid_tenant(tenant):
+        raise DeliveryFailed("this event cannot be delivered: its tenant cannot be part of "
+                             "an S3 key")
+    try:
+        await upload_single(integration.target, env.config.s3.endpoint_url,
+                            env.config.s3.timeout, tenant, entry.body)
+    except UPLOAD_ERRORS as exc:
+        failure = describe_error(exc)
+        code = f" (HTTP status code {failure.status})" if failure.status is not None else ""
+        raise DeliveryFailed(f"upload to s3://{integration.target.bucket} failed: "
+                             f"{failure.cause}{code}") from None
+
+
+def _tenant_of(body: bytes) -> str:
+    try:
+        return str(orjson.loads(body).get("tenant", ""))
+    except (ValueError, AttributeError):
+        return ""
+
+
+SINK = SinkType(
+    params=S3Target,
+    description="NDJSON files per tenant in an S3 bucket, rotated by time and size, "
+                "exactly once",
+    check=check,
+    build=build,
+    retry_rejected=retry_rejected,
+    stop_grace=lambda config: 20.0,  # an open file's last upload; after it, rebuilt next start
+    lag_allowance=lambda config: config.s3.rotate_interval,
+)

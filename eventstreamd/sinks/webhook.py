@@ -1,19 +1,22 @@
 """Webhook delivery: one POST per event, bearer api_key, retries, 400 = rejected.
 
 Decisions:
-- One attempt is `WebhookTarget.attempt`: it never raises for a delivery
-  problem, it classifies it (delivered / rejected / retry) with a reason, so
-  the retry loop, the rejected-event `_retry` endpoint and the tests share one
-  definition of what a response means.
-- Body exactly `{"tenant", "name", "published_at", "payload"}`; headers
-  `Content-Type`, `Idempotency-Key: <event id>` (the same on every retry and
-  redelivery) and `Authorization: Bearer <api_key>` when one is set.
+- One attempt is `WebhookClient.attempt`: it never raises for a delivery
+  problem, it classifies it (delivered / rejected / retry / unsendable) with a
+  cause, so the retry loop, the rejected-event `_retry` and the tests share
+  one definition of what a response means.
+- Body: the event's stored delivery body, sent as is (never re-encoded).
+  Headers: `Content-Type`, `Idempotency-Key: <event id>` (the same on every
+  retry and redelivery) and `Authorization: Bearer <api_key>` when one is set.
 - At most `RESPONSE_EXCERPT` bytes of a response body are read: a receiver
   cannot make us buffer a large error page. Redirects are not followed (a 3xx
   is retried like any other non-2xx, non-400 answer).
-- Each failure is logged as `retry_triggered` with the seed's reason:
-  `Request to URL <url> failed. Reason: <reason> (HTTP status code <code>).
-  Payload: <event JSON, shortened>`. The URL is shown without userinfo.
+- Each failure is logged as `retry_triggered` with the seed's reason (see
+  `retry.py`); the URL is shown without userinfo.
+- Registration refuses what could never be requested: not http(s), no host,
+  a port outside 1-65535, userinfo in the URL, a literal address the SSRF
+  policy blocks (names are checked again at connect time, after resolution),
+  control characters in the api_key (it becomes a header).
 """
 
 from __future__ import annotations
@@ -22,38 +25,66 @@ import asyncio
 import logging
 import urllib.parse
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import aiohttp
 import anyio
-import orjson
-from anyio.abc import TaskGroup
+import yarl
 
-from ..logs import kv
+from ..config import Config
+from ..model import Integration, RejectedEvent, StoredEvent, TargetParams
 from ..naming import valid_event_id
-from ..storage.lmdb_store import StoreFull
-from ..storage.records import StoredEvent
-from .backoff import backoff_delay, parse_retry_after
-from .loop import SinkLoop, StopDelivery
+from ..storage.base import StoreFull
+from .backoff import parse_retry_after
+from .base import (
+    DeliveryFailed,
+    PipelineStatus,
+    SinkContext,
+    SinkEnv,
+    SinkType,
+    StopDelivery,
+    TargetRefused,
+)
+from .retry import Failure, RetryPolicy, retry_until_stopped, shorten
 from .ssrf import BlockedTarget, check_host
 from .window import DeliveryWindow
 
 log = logging.getLogger("eventstreamd.webhook")
 
 RESPONSE_EXCERPT = 1024
-PAYLOAD_EXCERPT = 256
-
-# "unsendable": the event can never be sent from our side (its id is no valid header
-# value); like a 400 it is set aside, since retrying cannot change it.
-Outcome = Literal["delivered", "rejected", "retry", "unsendable"]
 
 
 @dataclass(frozen=True)
-class AttemptResult:
-    outcome: Outcome
-    reason: str
-    status: int | None = None
-    retry_after: float | None = None
+class WebhookTarget(TargetParams):
+    kind: ClassVar[str] = "webhook"
+    api_field: ClassVar[str] = "callback_parameters"
+    secret_fields: ClassVar[tuple[str, ...]] = ("api_key",)
+    api_fields: ClassVar[tuple[str, ...]] = ("callback_url", "api_key")
+
+    callback_url: str
+    api_key: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"callback_url": self.callback_url}
+        if self.api_key is not None:
+            out["api_key"] = self.api_key
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> WebhookTarget:
+        return cls(callback_url=data["callback_url"], api_key=data.get("api_key"))
+
+    def describe(self) -> str:
+        """Host, port and path: enough to tell two receivers on one host apart; never
+        userinfo or the query (either may carry a credential)."""
+        try:
+            parts = urllib.parse.urlsplit(self.callback_url)
+            host = parts.hostname or "?"
+            port = f":{parts.port}" if parts.port else ""
+        except ValueError:
+            return "?"
+        host = f"[{host}]" if ":" in host else host
+        return f"{host}{port}{parts.path}"
 
 
 def display_url(url: str) -> str:
@@ -66,26 +97,60 @@ def display_url(url: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
-def shorten(text: str, limit: int = PAYLOAD_EXCERPT) -> str:
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+# ----------------------------------------------------------------- registration
 
 
-def retry_reason(url: str, reason: str, status: int | None, body: bytes) -> str:
-    code = status if status is not None else "none"
-    payload = shorten(body.decode(errors="replace"))
-    return (f"Request to URL {display_url(url)} failed. Reason: {reason} "
-            f"(HTTP status code {code}). Payload: {payload}")
+def check(params: TargetParams, config: Config) -> None:
+    assert isinstance(params, WebhookTarget)
+    field = f"'{WebhookTarget.api_field}.callback_url'"
+    url = params.callback_url
+    try:
+        parts = urllib.parse.urlsplit(url)
+        host = parts.hostname
+        port = parts.port  # raises for a port outside 0-65535
+        yarl.URL(url).raw_host  # noqa: B018 - what aiohttp will parse it with
+    except ValueError:
+        raise TargetRefused("invalid_callback_url",
+                            f"{field} is not a URL that can be requested (check the host and "
+                            "that the port is 1-65535)") from None
+    if parts.scheme.lower() not in ("http", "https") or not host:
+        raise TargetRefused("invalid_callback_url",
+                            f"{field} must be an http:// or https:// URL with a host")
+    if port == 0:
+        raise TargetRefused("invalid_callback_url", f"{field} must have a port of 1-65535")
+    if parts.username is not None or parts.password is not None:
+        raise TargetRefused("invalid_callback_url",
+                            f"{field} must not carry credentials; use 'api_key'")
+    try:
+        check_host(host, config.security.block_targets)
+    except BlockedTarget as exc:
+        raise TargetRefused("callback_url_blocked", f"{field}: {exc}") from None
+    if params.api_key is not None and any(ord(c) < 32 or ord(c) == 127 for c in params.api_key):
+        raise TargetRefused("invalid_api_key",
+                            f"'{WebhookTarget.api_field}.api_key' must not contain control "
+                            "characters")
 
 
-def encode_body(event: dict[str, Any]) -> bytes:
-    return orjson.dumps(event)
+# ---------------------------------------------------------------------- attempts
 
 
-class WebhookTarget:
-    def __init__(self, session: aiohttp.ClientSession, params: dict[str, Any],
+@dataclass(frozen=True)
+class AttemptResult:
+    # "unsendable": the event can never be sent from our side (its id is no valid
+    # header value); like a 400 it is set aside, since retrying cannot change it.
+    outcome: Literal["delivered", "rejected", "unsendable"]
+    cause: str
+    status: int | None = None
+
+
+class WebhookClient:
+    """Sends one event to one integration's URL and classifies the outcome."""
+
+    def __init__(self, session: aiohttp.ClientSession, target: WebhookTarget,
                  timeout: float, block_policy: str = "none") -> None:
         self._session = session
-        self.url: str = params["callback_url"]
+        self.url = target.callback_url
+        self.shown_url = display_url(target.callback_url)
         # A literal address is judged once here; names at connect time (ssrf.py).
         self._blocked: str | None = None
         try:
@@ -95,16 +160,12 @@ class WebhookTarget:
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._timeout_s = timeout
         self._headers = {"Content-Type": "application/json"}
-        if params.get("api_key"):
-            self._headers["Authorization"] = f"Bearer {params['api_key']}"
+        if target.api_key:
+            self._headers["Authorization"] = f"Bearer {target.api_key}"
 
-    @property
-    def describe(self) -> str:
-        return urllib.parse.urlsplit(self.url).hostname or self.url
-
-    async def attempt(self, event_id: str, body: bytes) -> AttemptResult:
+    async def attempt(self, event_id: str, body: bytes) -> AttemptResult | Failure:
         if self._blocked is not None:
-            return AttemptResult("retry", self._blocked)
+            return Failure(self._blocked)
         if not valid_event_id(event_id):
             return AttemptResult("unsendable", "its id cannot be sent as the Idempotency-Key "
                                                "header (visible ASCII only)")
@@ -115,32 +176,33 @@ class WebhookTarget:
                 allow_redirects=False,
             ) as response:
                 excerpt = await response.content.read(RESPONSE_EXCERPT)
-                status = response.status
+                status, phrase = response.status, response.reason or ""
                 retry_after = parse_retry_after(response.headers.get("Retry-After"))
         except TimeoutError:
-            return AttemptResult("retry", f"timed out after {self._timeout_s:g}s")
+            return Failure(f"timed out after {self._timeout_s:g}s")
         except aiohttp.ClientConnectorError as exc:
             if isinstance(exc.os_error, BlockedTarget):
-                return AttemptResult("retry", str(exc.os_error))
-            return AttemptResult("retry", f"cannot connect ({exc.os_error.strerror or exc})")
+                return Failure(str(exc.os_error))
+            return Failure(f"cannot connect ({exc.os_error.strerror or exc})")
         except aiohttp.ServerDisconnectedError:
-            return AttemptResult("retry", "server closed the connection")
-        except aiohttp.ClientError as exc:
-            return AttemptResult("retry", f"{type(exc).__name__}: {exc}")
-        except (OSError, asyncio.IncompleteReadError) as exc:
-            return AttemptResult("retry", f"{type(exc).__name__}: {exc}")
+            return Failure("server closed the connection")
+        except (aiohttp.ClientError, OSError, asyncio.IncompleteReadError) as exc:
+            return Failure(f"{type(exc).__name__}: {exc}")
         except Exception as exc:
-            # Whatever else goes wrong in one attempt (a header aiohttp refuses, a
-            # bug) must fail that attempt, not the whole sink.
+            # Whatever else goes wrong in one attempt (a bug) must fail that
+            # attempt, not the whole sink.
             log.warning("unexpected error delivering", exc_info=True)
-            return AttemptResult("retry", f"{type(exc).__name__}: {exc}")
+            return Failure(f"{type(exc).__name__}: {exc}")
         text = shorten(excerpt.decode(errors="replace").strip(), 200)
         if 200 <= status < 300:
             return AttemptResult("delivered", "delivered", status)
         if status == 400:
-            return AttemptResult("rejected", text or "Bad Request", status)
-        reason = f"HTTP {status}" + (f": {text}" if text else "")
-        return AttemptResult("retry", reason, status, retry_after)
+            return AttemptResult("rejected", text or phrase or "Bad Request", status)
+        # The status is in the reason's "(HTTP status code N)" already: say what came back.
+        return Failure(text or phrase or "no answer body", status, retry_after)
+
+
+# ---------------------------------------------------------------------- pipeline
 
 
 class WebhookPipeline:
@@ -151,22 +213,24 @@ class WebhookPipeline:
     event to an idle worker; the window still decides when the next may go.
     """
 
-    def __init__(self, target: WebhookTarget, retry_initial: float, retry_max: float,
-                 window_size: int) -> None:
-        self.target = target
-        self._retry_initial = retry_initial
-        self._retry_max = retry_max
+    def __init__(self, client: WebhookClient, policy: RetryPolicy, window_size: int) -> None:
+        self.client = client
+        self._policy = policy
         self.window = DeliveryWindow(window_size)
         self._active = 0
         self._idle = anyio.Event()
         self._idle.set()
         self._send, self._receive = anyio.create_memory_object_stream[StoredEvent](0)
-        self._workers_started = False
 
-    async def open(self, sink: SinkLoop) -> None:
+    async def open(self, ctx: SinkContext) -> None:
         return None
 
-    async def tick(self, sink: SinkLoop) -> None:
+    async def serve(self, ctx: SinkContext) -> None:
+        async with anyio.create_task_group() as tg:
+            for number in range(self.window.size):
+                tg.start_soon(self._worker, ctx, name=f"webhook:{ctx.integration.id}:{number}")
+
+    async def tick(self, ctx: SinkContext) -> None:
         return None
 
     def blocked(self) -> bool:
@@ -178,23 +242,19 @@ class WebhookPipeline:
     def committed(self, cursor: int) -> None:
         self.window.committed(cursor)
 
-    def status(self) -> dict[str, Any]:
-        return {"in_flight": self.window.in_flight, "target": self.target.describe}
+    def status(self) -> PipelineStatus:
+        return PipelineStatus(in_flight=self.window.in_flight)
 
     async def release(self) -> None:
-        # The ClientSession is the supervisor's; only the hand-over stream is ours.
+        # The ClientSession is the process's; only the hand-over stream is ours.
         self._send.close()
         self._receive.close()
 
-    async def accept(self, event: StoredEvent, sink: SinkLoop, tg: TaskGroup) -> bool:
-        while self.window.full and not sink.stopping.is_set():
-            await sink.wait_progress()
-        if sink.stopping.is_set():
+    async def accept(self, event: StoredEvent, ctx: SinkContext) -> bool:
+        while self.window.full and not ctx.stopping.is_set():
+            await ctx.wait_progress()
+        if ctx.stopping.is_set():
             return False
-        if not self._workers_started:
-            self._workers_started = True
-            for number in range(self.window.size):
-                tg.start_soon(self._worker, sink, name=f"webhook:{sink.integration_id}:{number}")
         self.window.dispatch(event.seq)
         if self._active == 0:
             self._idle = anyio.Event()
@@ -202,12 +262,12 @@ class WebhookPipeline:
         await self._send.send(event)
         return True
 
-    async def _worker(self, sink: SinkLoop) -> None:
+    async def _worker(self, ctx: SinkContext) -> None:
         async with self._receive.clone() as events:
             async for event in events:
-                await self._deliver_one(event, sink)
+                await self._deliver_one(event, ctx)
 
-    async def close(self, sink: SinkLoop, outcome: str, grace: float) -> None:
+    async def close(self, ctx: SinkContext, outcome: str, grace: float) -> None:
         if outcome == "completed":
             # A temporary integration is done only when every event is finished,
             # however long retries take; a stop request ends that wait.
@@ -216,20 +276,21 @@ class WebhookPipeline:
                     await self._idle.wait()
                     tg.cancel_scope.cancel()
                 tg.start_soon(until_idle)
-                await sink.stopping.wait()
+                await ctx.stopping.wait()
                 tg.cancel_scope.cancel()
         with anyio.move_on_after(grace):
             await self._idle.wait()
         self._send.close()  # idle workers end; busy ones end after their event
         if self._active:
             log.warning("deliveries still running at stop; abandoning them",
-                        extra=kv(integration=sink.integration_id, active=self._active))
+                        extra={"fields": {"integration": ctx.integration.id,
+                                          "active": self._active}})
 
-    async def _deliver_one(self, event: StoredEvent, sink: SinkLoop) -> None:
+    async def _deliver_one(self, event: StoredEvent, ctx: SinkContext) -> None:
         try:
-            await self._deliver(event, sink)
+            await self._deliver(event, ctx)
             self.window.finish(event.seq)
-            sink.progressed()
+            ctx.progressed()
         except StopDelivery:
             pass
         finally:
@@ -237,44 +298,62 @@ class WebhookPipeline:
             if self._active == 0:
                 self._idle.set()
 
-    async def _deliver(self, event: StoredEvent, sink: SinkLoop) -> None:
-        try:
-            body = encode_body(event.delivery_body())
-        except (TypeError, ValueError) as exc:  # orjson: nesting beyond 254 levels
-            await self._set_aside(event, sink, f"it cannot be encoded as JSON ({exc})",
-                                  None, encodable=False)
-            return
-        attempt = 0
-        while True:
-            result = await self.target.attempt(event.id, body)
-            if result.outcome == "delivered":
-                sink.stats.delivered += 1
-                return
-            if result.outcome in ("rejected", "unsendable"):
-                if await self._set_aside(event, sink, shorten(result.reason, 200),
-                                         result.status):
-                    return
-                result = AttemptResult("retry", f"{result.reason}; but the store is full: "
-                                                "the rejection cannot be kept yet")
-            attempt += 1
-            reason = retry_reason(self.target.url, result.reason, result.status, body)
-            sink.record_failure(reason)
-            log.warning("delivery failed, will retry", extra=kv(
-                integration=sink.integration_id, seq=event.seq, attempt=attempt,
-                reason=result.reason))
-            await sink.add_log("retry_triggered", reason)
-            # Retry-After is honoured as a lower bound: "0" must not become a tight loop.
-            delay = max(result.retry_after or 0.0,
-                        backoff_delay(attempt, self._retry_initial, self._retry_max))
-            if await sink.sleep_unless_stopping(delay):
-                raise StopDelivery
+    async def _deliver(self, event: StoredEvent, ctx: SinkContext) -> None:
+        async def attempt() -> AttemptResult | Failure:
+            result = await self.client.attempt(event.id, event.body)
+            if isinstance(result, Failure) or result.outcome == "delivered":
+                return result
+            try:
+                await ctx.set_aside(event, result.cause, status=result.status)
+            except StoreFull:
+                # Not stored, so not finished: deliver again later (it stays before
+                # the cursor) instead of crashing the sink.
+                return Failure(f"{result.cause}; but the store is full: the rejection "
+                               "cannot be kept yet", result.status)
+            return result
 
-    @staticmethod
-    async def _set_aside(event: StoredEvent, sink: SinkLoop, reason: str, status: int | None,
-                         *, encodable: bool = True) -> bool:
-        """Keep the event as rejected; False when the store is full (it stays unfinished)."""
-        try:
-            await sink.set_aside(event, reason, status=status, encodable=encodable)
-        except StoreFull:
-            return False
-        return True
+        result = await retry_until_stopped(
+            ctx, attempt, url=self.client.shown_url,
+            payload=lambda: event.body.decode(errors="replace"), policy=self._policy)
+        if result is None:
+            raise StopDelivery
+        if result.outcome == "delivered":
+            ctx.stats.delivered += 1
+
+
+# ------------------------------------------------------------------ the sink type
+
+
+def build(env: SinkEnv, integration: Integration) -> WebhookPipeline:
+    webhook = env.config.webhook
+    assert isinstance(integration.target, WebhookTarget)
+    client = WebhookClient(env.session, integration.target, webhook.timeout,
+                           env.config.security.block_targets)
+    return WebhookPipeline(client, RetryPolicy(webhook.retry_initial, webhook.retry_max),
+                           webhook.max_in_flight)
+
+
+async def retry_rejected(env: SinkEnv, integration: Integration,
+                         entry: RejectedEvent) -> None:
+    assert isinstance(integration.target, WebhookTarget)
+    client = WebhookClient(env.session, integration.target, env.config.webhook.timeout,
+                           env.config.security.block_targets)
+    result = await client.attempt(entry.event_id, entry.body)
+    if isinstance(result, Failure):
+        code = f" (HTTP status code {result.status})" if result.status is not None else ""
+        raise DeliveryFailed(f"delivery failed: {result.cause}{code}")
+    if result.outcome == "rejected":
+        raise DeliveryFailed(f"the receiver rejected the event again (HTTP 400): "
+                             f"{result.cause}")
+    if result.outcome == "unsendable":
+        raise DeliveryFailed(f"this event cannot be delivered: {result.cause}")
+
+
+SINK = SinkType(
+    params=WebhookTarget,
+    description="one HTTP POST per event to callback_url, bearer api_key, retried with backoff",
+    check=check,
+    build=build,
+    retry_rejected=retry_rejected,
+    stop_grace=lambda config: config.webhook.timeout + 1.0,
+)

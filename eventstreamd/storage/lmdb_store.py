@@ -1,58 +1,97 @@
-"""The LMDB store: event log, integrations, cursors, integration logs, rejected events.
+"""The LMDB store: the embedded backend of the `Store` interface (storage/base.py).
 
 Decisions:
-- One environment under `{data_dir}/lmdb` (the data dir is created 0700) with
-  named databases: `events` (big-endian u64 seq -> msgpack event), `meta`,
-  `integrations` (id -> msgpack record), `cursors` (id -> u64 next seq),
-  `sink_state` (id -> msgpack, a sink's own bookkeeping),
-  `logs` and `rejected` (id NUL u64 counter -> msgpack entry, so one prefix
-  scan yields an integration's entries oldest first).
-- Every write goes through the `LogWriter` (group commit). Reads open their own
-  short read transactions; they are bounded (`limit`) so nothing ever loads a
-  whole backlog.
+- One environment under `{data_dir}/lmdb` (both made 0700 here: LMDB would
+  create the directory with the *file* mode, 0600, which lacks the search bit
+  an unprivileged owner needs) with named databases: `events` (u64 seq ->
+  format-2 record, see records.py), `meta`, `integrations` (id -> msgpack of
+  the codec's store form), `cursors` (id -> u64 next seq), `sink_state` (id ->
+  msgpack), `logs` and `rejected` (id NUL u64 counter -> msgpack entry, so one
+  prefix scan yields an integration's entries oldest first).
+- The store owns its writer (`LogWriter`: one thread, group commit) and opens
+  and closes it as one async context, as datasette's `Database` owns its
+  write thread. Every write is a job in the next group commit; reads open
+  their own short read transactions and are bounded (`limit`, `max_bytes`).
+- Fenced writes check the integration's incarnation inside the same write
+  transaction, so a sink's write and a DELETE can never interleave.
 - Sequence numbers start at 1 and never repeat: `meta.last_seq` survives
   pruning. Ingest times are made non-decreasing along the log by the writer,
-  so "first event at or after time T" is a binary search over sequence
-  numbers: O(log n) point reads, no scan and no second index to write.
+  so "first event at or after time T" is a binary search: O(log n) point reads.
 - A full map or disk raises `StoreFull`; the failed transaction is aborted, so
   what was stored before stays intact and later writes succeed once space is
   freed (retention, deletes) or the map is grown (restart with a larger
   `storage.map_size`).
+- Format: `meta.format` is 2. A log written in format 1 (a msgpack map per
+  event) is migrated when the store opens, in chunks of one transaction each
+  (each record tells its own format, so an interrupted migration resumes);
+  progress is logged. A format newer than this version knows is refused.
 """
 
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from types import TracebackType
+from typing import Any, TypeVar
 
 import anyio
+import anyio.lowlevel
 import lmdb
+from anyio.abc import TaskGroup
 
-from ..logs import clean_text
-from .records import (
-    PackedEvent,
+from .. import codec
+from ..logs import clean_text, kv
+from ..model import (
+    Change,
+    ChangeView,
+    Fence,
+    Integration,
+    LogEntry,
+    NewEvent,
+    RejectedEvent,
     StoredEvent,
+)
+from .base import (
+    IntegrationExists,
+    IntegrationLimitReached,
+    IntegrationMissing,
+    StoreFull,
+    StoreStats,
+    StoreUnavailable,
+    Transition,
+)
+from .records import (
+    FORMAT,
+    V1_TAG,
+    decode_event,
+    decode_v1,
+    encode_event,
     from_u64,
     ingested_at_of,
     pack,
-    seal_event,
     u64,
     unpack,
-    unpack_event,
 )
-from .writer import LogWriter
+from .writer import LogWriter, WriterClosed
+
+log = logging.getLogger("eventstreamd.store")
 
 _LAST_SEQ = b"last_seq"
 _LAST_INGEST = b"last_ingested_at"
 _COUNTER = b"counter"
+_FORMAT = b"format"
+PRUNE_CHUNK = 5_000
+MIGRATE_CHUNK = 10_000
+T = TypeVar("T")
+Txn = lmdb.Transaction
 
 
-class StoreFull(Exception):
-    """The LMDB map or the disk is full; nothing of the failed write was stored."""
+class StoreFormatError(Exception):
+    """The data dir holds a format this version cannot read; the message says what to do."""
 
 
 def now_ms() -> int:
@@ -64,33 +103,18 @@ def _prefix(integration_id: str) -> bytes:
 
 
 class LmdbStore:
-    def __init__(
-        self,
-        data_dir: Path,
-        *,
-        map_size: int,
-        log_entries: int = 50,
-        rejected_events: int = 30,
-    ) -> None:
+    def __init__(self, data_dir: Path, *, map_size: int, log_entries: int = 50,
+                 rejected_events: int = 30) -> None:
         self.data_dir = Path(data_dir)
         self.log_entries = log_entries
         self.rejected_events = rejected_events
+        self.map_size = map_size
         self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(self.data_dir, 0o700)
-        # Made here: LMDB would create the directory with the *file* mode (0600),
-        # which lacks the search bit, and then cannot open its own files in it
-        # (root does not notice; the unprivileged user a service runs as does).
         (self.data_dir / "lmdb").mkdir(mode=0o700, exist_ok=True)
         self.env = lmdb.open(
-            str(self.data_dir / "lmdb"),
-            map_size=map_size,
-            max_dbs=8,
-            subdir=True,
-            sync=True,
-            metasync=True,
-            readahead=False,
-            max_readers=512,
-            mode=0o600,
+            str(self.data_dir / "lmdb"), map_size=map_size, max_dbs=8, subdir=True,
+            sync=True, metasync=True, readahead=False, max_readers=512, mode=0o600,
         )
         self._events = self.env.open_db(b"events")
         self._meta = self.env.open_db(b"meta")
@@ -100,13 +124,35 @@ class LmdbStore:
         self._rejected = self.env.open_db(b"rejected")
         self._sink_state = self.env.open_db(b"sink_state")
         self.writer = LogWriter(self.env)
+        try:
+            self._check_format()
+        except BaseException:
+            self.env.close()
+            raise
         with self.env.begin() as txn:
-            raw = txn.get(_LAST_SEQ, db=self._meta)
-        self._head = from_u64(raw) if raw else 0
+            self._head = self._txn_head(txn)
         self._head_moved = anyio.Event()
+        self._tg: TaskGroup | None = None
         self._closed = False
 
     # ---------------------------------------------------------------- lifecycle
+
+    async def __aenter__(self) -> LmdbStore:
+        self._tg = anyio.create_task_group()
+        await self._tg.__aenter__()
+        await self._tg.start(self.writer.run, name="lmdb-writer")
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        try:
+            with anyio.CancelScope(shield=True):
+                await self.writer.close()
+            if self._tg is not None:
+                self._tg.cancel_scope.cancel()
+                await self._tg.__aexit__(None, None, None)
+        finally:
+            self.close()
 
     def close(self) -> None:
         """Close the environment. Safe to call twice."""
@@ -114,15 +160,56 @@ class LmdbStore:
             self._closed = True
             self.env.close()
 
+    # ------------------------------------------------------------------ format
+
+    def _check_format(self) -> None:
+        with self.env.begin() as txn:
+            raw = txn.get(_FORMAT, db=self._meta)
+            found = from_u64(raw) if raw else None
+            has_events = txn.stat(self._events)["entries"] > 0
+        if found is not None and found > FORMAT:
+            raise StoreFormatError(
+                f"{self.data_dir} was written by a newer eventstreamd (format {found}); this "
+                f"version reads format {FORMAT}: run the newer version, or restore a backup")
+        if found == FORMAT:
+            return
+        if has_events:
+            self._migrate_v1()
+        with self.env.begin(write=True) as txn:
+            txn.put(_FORMAT, u64(FORMAT), db=self._meta)
+
+    def _migrate_v1(self) -> None:
+        started = time.monotonic()
+        done = problems = 0
+        position = b""
+        log.info("migrating the event log to format 2", extra=kv(data_dir=str(self.data_dir)))
+        while True:
+            with self.env.begin(write=True) as txn, txn.cursor(db=self._events) as cur:
+                found = cur.set_range(position) if position else cur.first()
+                count = 0
+                while found and count < MIGRATE_CHUNK:
+                    key, value = cur.key(), cur.value()
+                    if value[0] == V1_TAG:
+                        event, ingested, problem = decode_v1(value)
+                        problems += problem is not None
+                        cur.put(key, encode_event(event, ingested, problem))
+                        done += 1
+                    count += 1
+                    found = cur.next()
+                position = cur.key() if found else b""
+            if not found:
+                break
+            log.info("migrating the event log", extra=kv(migrated=done))
+        log.info("event log migrated to format 2", extra=kv(
+            events=done, undeliverable=problems, seconds=round(time.monotonic() - started, 1)))
+
     # --------------------------------------------------------------------- head
 
     @property
     def head(self) -> int:
-        """The sequence number of the newest committed event (0 when none ever was)."""
         return self._head
 
     async def wait_for_head(self, after: int, max_wait: float | None = None) -> int:
-        """Wait until the head moves past `after` (or `max_wait` passes); return the head."""
         with anyio.move_on_after(max_wait):
             while self._head <= after:
                 await self._head_moved.wait()
@@ -136,10 +223,12 @@ class LmdbStore:
 
     # ------------------------------------------------------------------- writes
 
-    async def write(self, job: Callable[[lmdb.Transaction], Any]) -> Any:
-        """Run a compound job in the next group commit (see the txn_* methods)."""
+    async def _write(self, job: Callable[[Txn], T]) -> T:
+        """Run `job` in the next group commit; map LMDB's failures to the interface's."""
         try:
-            return await self.writer.submit(job)
+            return await self.writer.submit(job)  # type: ignore[no-any-return]
+        except WriterClosed as exc:
+            raise StoreUnavailable("the store is closing") from exc
         except lmdb.MapFullError as exc:
             raise StoreFull("the event store is full (storage.map_size reached)") from exc
         except lmdb.DiskError as exc:
@@ -157,35 +246,48 @@ class LmdbStore:
                                 "(full, or an I/O error)") from exc
             raise
 
-    async def append(self, events: list[PackedEvent]) -> tuple[int, int]:
-        """Append events durably; return (first_seq, last_seq)."""
-        first, last = await self.write(lambda txn: self.txn_append(txn, events))
+    async def _fenced(self, fence: Fence, job: Callable[[Txn], object]) -> bool:
+        def guarded(txn: Txn) -> bool:
+            if not self._txn_holds(txn, fence):
+                return False
+            job(txn)
+            return True
+
+        return await self._write(guarded)
+
+    async def append(self, events: Sequence[NewEvent]) -> tuple[int, int]:
+        first, last = await self._write(lambda txn: self._txn_append(txn, events))
         self._set_head(last)
         return first, last
 
-    def txn_append(self, txn: lmdb.Transaction, events: list[PackedEvent]) -> tuple[int, int]:
-        raw_seq = txn.get(_LAST_SEQ, db=self._meta)
-        last_seq = from_u64(raw_seq) if raw_seq else 0
+    def _txn_append(self, txn: Txn, events: Sequence[NewEvent]) -> tuple[int, int]:
+        last_seq = self._txn_head(txn)
         raw_time = txn.get(_LAST_INGEST, db=self._meta)
         ingested = max(now_ms(), from_u64(raw_time) if raw_time else 0)
         first = last_seq + 1
         with txn.cursor(db=self._events) as cur:
             for offset, event in enumerate(events):
-                cur.put(u64(first + offset), seal_event(event, ingested), append=True)
+                cur.put(u64(first + offset), encode_event(event, ingested), append=True)
         last = first + len(events) - 1
         txn.put(_LAST_SEQ, u64(last), db=self._meta)
         txn.put(_LAST_INGEST, u64(ingested), db=self._meta)
         return first, last
 
-    async def prune_before(self, cutoff_ms: int, chunk: int = 10_000) -> tuple[int, bool]:
-        """Delete up to `chunk` of the oldest events ingested before `cutoff_ms`.
+    async def prune(self, cutoff_ms: int) -> int:
+        """Delete events ingested before `cutoff_ms`, `PRUNE_CHUNK` per transaction so
+        publishers never wait long behind retention."""
+        total = 0
+        while True:
+            deleted, more = await self._write(lambda txn: self._txn_prune(txn, cutoff_ms))
+            total += deleted
+            if not more:
+                break
+            await anyio.lowlevel.checkpoint()  # let waiting publishers in between chunks
+        if total:
+            await self._settle_freed_pages()
+        return total
 
-        Returns (deleted, more_to_do). Small chunks keep each transaction short so
-        publishers never wait long behind retention.
-        """
-        return await self.write(lambda txn: self._txn_prune(txn, cutoff_ms, chunk))
-
-    async def settle_freed_pages(self) -> None:
+    async def _settle_freed_pages(self) -> None:
         """Make pages freed by the last commits reusable, by committing twice more.
 
         LMDB keeps the previous snapshot alive (its two meta pages), so pages freed
@@ -195,167 +297,201 @@ class LmdbStore:
         hand it back.
         """
         for _ in range(2):
-            await self.write(lambda txn: self._next_counter(txn))
+            await self._write(self._next_counter)
 
-    def _txn_prune(self, txn: lmdb.Transaction, cutoff_ms: int, chunk: int) -> tuple[int, bool]:
+    def _txn_prune(self, txn: Txn, cutoff_ms: int) -> tuple[int, bool]:
         deleted = 0
         with txn.cursor(db=self._events) as cur:
             if not cur.first():
                 return 0, False
-            while deleted < chunk:
+            while deleted < PRUNE_CHUNK:
                 if ingested_at_of(cur.value()) >= cutoff_ms:
                     return deleted, False
                 deleted += 1
-                if not cur.delete():
-                    return deleted, False
-                if not cur.key():
+                if not cur.delete() or not cur.key():
                     return deleted, False
         return deleted, True
 
-    def _next_counter(self, txn: lmdb.Transaction) -> int:
-        raw = txn.get(_COUNTER, db=self._meta)
-        value = (from_u64(raw) if raw else 0) + 1
-        txn.put(_COUNTER, u64(value), db=self._meta)
-        return value
+    # ------------------------------------------------------------- integrations
 
-    def txn_put_integration(self, txn: lmdb.Transaction, record: dict[str, Any]) -> None:
-        txn.put(record["id"].encode(), pack(record), db=self._integrations)
+    async def create_integration(self, integration: Integration, *, cursor: int, limit: int,
+                                 log: LogEntry) -> None:
+        def job(txn: Txn) -> Exception | None:
+            # A refusal is returned, not raised: raising would abort the whole group
+            # commit and make the writer replay its neighbours one by one.
+            if self._txn_get_integration(txn, integration.id) is not None:
+                return IntegrationExists(integration.id)
+            if txn.stat(self._integrations)["entries"] >= limit:
+                return IntegrationLimitReached(limit)
+            self._txn_put_integration(txn, integration)
+            txn.put(integration.id.encode(), u64(cursor), db=self._cursors)
+            self._txn_add_log(txn, integration.id, log)
+            return None
 
-    def txn_get_integration(
-        self, txn: lmdb.Transaction, integration_id: str
-    ) -> dict[str, Any] | None:
-        """The record as this write transaction sees it (for check-then-write in one job)."""
-        raw = txn.get(integration_id.encode(), db=self._integrations)
+        refused = await self._write(job)
+        if refused is not None:
+            raise refused
+
+    async def change_integration(self, integration_id: str, change: Transition) -> Integration:
+        def job(txn: Txn) -> Integration | BaseException:
+            current = self._txn_get_integration(txn, integration_id)
+            if current is None:
+                return IntegrationMissing(integration_id)
+            try:
+                result: Change = change(current, ChangeView(
+                    cursor=self._txn_cursor(txn, integration_id), head=self._txn_head(txn)))
+            except Exception as exc:  # the rule refused: nothing is written
+                return exc
+            if result.integration != current:
+                self._txn_put_integration(txn, result.integration)
+            if result.cursor is not None:
+                txn.put(integration_id.encode(), u64(result.cursor), db=self._cursors)
+            for entry in result.logs:
+                self._txn_add_log(txn, integration_id, entry)
+            return result.integration
+
+        outcome = await self._write(job)
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    async def delete_integration(self, integration_id: str,
+                                 incarnation: str | None = None) -> bool:
+        key = integration_id.encode()
+
+        def job(txn: Txn) -> bool:
+            current = self._txn_get_integration(txn, integration_id)
+            if current is None or (incarnation is not None
+                                   and current.incarnation != incarnation):
+                return False
+            txn.delete(key, db=self._integrations)
+            txn.delete(key, db=self._cursors)
+            txn.delete(key, db=self._sink_state)
+            for db in (self._logs, self._rejected):
+                for entry_key, _ in self._scan_prefix(txn, db, _prefix(integration_id)):
+                    txn.delete(entry_key, db=db)
+            return True
+
+        return await self._write(job)
+
+    async def list_integrations(self) -> list[Integration]:
+        with self.env.begin(db=self._integrations) as txn:
+            return [codec.from_store(unpack(v)) for _, v in txn.cursor()]
+
+    async def get_integration(self, integration_id: str) -> Integration | None:
+        with self.env.begin() as txn:
+            return self._txn_get_integration(txn, integration_id)
+
+    # ------------------------------------------------- per-integration, fenced
+
+    async def get_cursor(self, integration_id: str) -> int | None:
+        with self.env.begin() as txn:
+            return self._txn_cursor(txn, integration_id)
+
+    async def set_cursor(self, fence: Fence, next_seq: int) -> bool:
+        key, value = fence.integration_id.encode(), u64(next_seq)
+        return await self._fenced(fence, lambda txn: txn.put(key, value, db=self._cursors))
+
+    async def get_sink_state(self, integration_id: str) -> dict[str, object] | None:
+        with self.env.begin(db=self._sink_state) as txn:
+            raw = txn.get(integration_id.encode())
         return unpack(raw) if raw is not None else None
 
-    def txn_get_cursor(self, txn: lmdb.Transaction, integration_id: str) -> int | None:
-        raw = txn.get(integration_id.encode(), db=self._cursors)
-        return from_u64(raw) if raw is not None else None
+    async def put_sink_state(self, fence: Fence, state: dict[str, object]) -> bool:
+        key, value = fence.integration_id.encode(), pack(state)
+        return await self._fenced(fence, lambda txn: txn.put(key, value, db=self._sink_state))
 
-    def txn_head(self, txn: lmdb.Transaction) -> int:
-        raw = txn.get(_LAST_SEQ, db=self._meta)
-        return from_u64(raw) if raw else 0
+    async def add_log(self, fence: Fence, entry: LogEntry) -> bool:
+        return await self._fenced(
+            fence, lambda txn: self._txn_add_log(txn, fence.integration_id, entry))
 
-    def txn_is_incarnation(self, txn: lmdb.Transaction, integration_id: str,
-                           incarnation: str | None) -> bool:
-        """True while the integration exists and is still the one a sink was started for."""
-        record = self.txn_get_integration(txn, integration_id)
-        return record is not None and record.get("incarnation") == incarnation
+    async def list_logs(self, integration_id: str, limit: int) -> list[LogEntry]:
+        with self.env.begin() as txn:
+            entries = self._scan_prefix(txn, self._logs, _prefix(integration_id))
+        return [codec.log_from_store(unpack(v)) for _, v in reversed(entries)][:limit]
 
-    def txn_count_integrations(self, txn: lmdb.Transaction) -> int:
-        return int(txn.stat(self._integrations)["entries"])
+    async def add_rejected(self, fence: Fence, entry: RejectedEvent, log: LogEntry) -> bool:
+        integration_id = fence.integration_id
 
-    def txn_delete_integration(self, txn: lmdb.Transaction, integration_id: str) -> bool:
-        existed = txn.delete(integration_id.encode(), db=self._integrations)
-        txn.delete(integration_id.encode(), db=self._cursors)
-        txn.delete(integration_id.encode(), db=self._sink_state)
-        for db in (self._logs, self._rejected):
-            self._delete_prefix(txn, db, _prefix(integration_id))
-        return bool(existed)
+        def job(txn: Txn) -> None:
+            prefix = _prefix(integration_id)
+            for key, value in self._scan_prefix(txn, self._rejected, prefix):
+                if unpack(value)["id"] == entry.id:
+                    txn.delete(key, db=self._rejected)
+                    break
+            txn.put(prefix + u64(self._next_counter(txn)), pack(codec.rejected_to_store(entry)),
+                    db=self._rejected)
+            self._txn_add_log(txn, integration_id, log)
+            for dropped in self._trim_prefix(txn, self._rejected, prefix, self.rejected_events):
+                self._txn_add_log(txn, integration_id, LogEntry(
+                    log.created_at, "rejected_event_dropped",
+                    f"Rejected event {unpack(dropped)['id']} was removed to keep the newest "
+                    f"{self.rejected_events}."))
 
-    def txn_set_cursor(self, txn: lmdb.Transaction, integration_id: str, next_seq: int) -> None:
-        txn.put(integration_id.encode(), u64(next_seq), db=self._cursors)
+        return await self._fenced(fence, job)
 
-    def txn_put_sink_state(
-        self, txn: lmdb.Transaction, integration_id: str, state: dict[str, Any]
-    ) -> None:
-        """A sink's own durable bookkeeping (the S3 sink's recorded files and watermarks)."""
-        txn.put(integration_id.encode(), pack(state), db=self._sink_state)
+    async def list_rejected(self, integration_id: str) -> list[RejectedEvent]:
+        with self.env.begin() as txn:
+            entries = self._scan_prefix(txn, self._rejected, _prefix(integration_id))
+        return [codec.rejected_from_store(unpack(v)) for _, v in reversed(entries)]
 
-    def txn_add_log(
-        self, txn: lmdb.Transaction, integration_id: str, action: str, reason: str,
-        created_at: str,
-    ) -> None:
-        key = _prefix(integration_id) + u64(self._next_counter(txn))
-        # Reasons quote receivers and exceptions: scrub secrets before they are kept.
-        entry = {"created_at": created_at, "action": action, "reason": clean_text(reason)}
-        txn.put(key, pack(entry), db=self._logs)
-        self._trim_prefix(txn, self._logs, _prefix(integration_id), self.log_entries)
+    async def get_rejected(self, integration_id: str,
+                           rejected_id: str) -> RejectedEvent | None:
+        for entry in await self.list_rejected(integration_id):
+            if entry.id == rejected_id:
+                return entry
+        return None
 
-    def txn_add_rejected(
-        self, txn: lmdb.Transaction, integration_id: str, entry: dict[str, Any]
-    ) -> list[dict[str, Any]]:
-        """Store a rejected event (replacing one with the same id); return those pushed out."""
+    async def count_rejected(self, integration_id: str) -> int:
         prefix = _prefix(integration_id)
-        with txn.cursor(db=self._rejected) as cur:
+        count = 0
+        with self.env.begin(db=self._rejected) as txn, txn.cursor() as cur:
             if cur.set_range(prefix):
-                for key, value in cur:
+                for key in cur.iternext(keys=True, values=False):
                     if not key.startswith(prefix):
                         break
-                    if unpack(value)["id"] == entry["id"]:
-                        txn.delete(key, db=self._rejected)
-                        break
-        txn.put(prefix + u64(self._next_counter(txn)), pack(entry), db=self._rejected)
-        return [unpack(v) for v in self._trim_prefix(txn, self._rejected, prefix,
-                                                      self.rejected_events)]
+                    count += 1
+        return count
 
-    def txn_delete_rejected(
-        self, txn: lmdb.Transaction, integration_id: str, rejected_id: str
-    ) -> bool:
-        for key, value in self._scan_prefix(txn, self._rejected, _prefix(integration_id)):
-            if unpack(value)["id"] == rejected_id:
-                return bool(txn.delete(key, db=self._rejected))
-        return False
+    async def delete_rejected(self, integration_id: str, rejected_id: str) -> bool:
+        return await self._write(
+            lambda txn: self._txn_delete_rejected(txn, integration_id, rejected_id))
 
-    @staticmethod
-    def _scan_prefix(txn: lmdb.Transaction, db: Any, prefix: bytes) -> list[tuple[bytes, bytes]]:
-        out: list[tuple[bytes, bytes]] = []
-        with txn.cursor(db=db) as cur:
-            if not cur.set_range(prefix):
-                return out
-            for key, value in cur:
-                if not key.startswith(prefix):
-                    break
-                out.append((key, value))
-        return out
+    async def resolve_rejected(self, fence: Fence, rejected_id: str | None,
+                               log: LogEntry) -> bool:
+        def job(txn: Txn) -> None:
+            if rejected_id is not None:
+                self._txn_delete_rejected(txn, fence.integration_id, rejected_id)
+            self._txn_add_log(txn, fence.integration_id, log)
 
-    def _delete_prefix(self, txn: lmdb.Transaction, db: Any, prefix: bytes) -> None:
-        for key, _ in self._scan_prefix(txn, db, prefix):
-            txn.delete(key, db=db)
-
-    def _trim_prefix(self, txn: lmdb.Transaction, db: Any, prefix: bytes, keep: int) -> list[bytes]:
-        """Keep the newest `keep` entries under a prefix; return the values removed."""
-        entries = self._scan_prefix(txn, db, prefix)
-        removed = entries[: max(0, len(entries) - keep)]
-        for key, _ in removed:
-            txn.delete(key, db=db)
-        return [value for _, value in removed]
+        return await self._fenced(fence, job)
 
     # -------------------------------------------------------------------- reads
 
-    def last_ingested_ms(self) -> int:
-        """The ingest time stamped on the newest commit (0 before the first)."""
-        with self.env.begin(db=self._meta) as txn:
-            raw = txn.get(_LAST_INGEST)
-        return from_u64(raw) if raw else 0
-
-    def first_seq(self) -> int:
-        """The oldest stored sequence number, or head + 1 when the log is empty."""
-        with self.env.begin(db=self._events) as txn, txn.cursor() as cur:
-            return from_u64(cur.key()) if cur.first() else self._head + 1
-
-    def count_events(self) -> int:
-        with self.env.begin() as txn:
-            return int(txn.stat(self._events)["entries"])
-
-    def read_events(self, from_seq: int, limit: int,
-                    max_bytes: int = 8 * 1024 * 1024) -> list[StoredEvent]:
-        """Events with seq >= from_seq, oldest first: at most `limit` of them, and no more
-        than about `max_bytes` of stored data (always at least one event)."""
+    async def read_events(self, from_seq: int, limit: int,
+                          max_bytes: int = 8 * 1024 * 1024) -> list[StoredEvent]:
         out: list[StoredEvent] = []
         size = 0
         with self.env.begin(db=self._events) as txn, txn.cursor() as cur:
             if not cur.set_range(u64(from_seq)):
                 return out
             for key, value in cur:
-                out.append(unpack_event(from_u64(key), value))
+                out.append(decode_event(from_u64(key), value))
                 size += len(value)
                 if len(out) >= limit or size >= max_bytes:
                     break
         return out
 
-    def seq_at_or_after(self, ingested_ms: int) -> int:
-        """The first seq ingested at or after `ingested_ms` (head + 1 if none): binary search."""
+    async def first_seq(self) -> int:
+        with self.env.begin(db=self._events) as txn, txn.cursor() as cur:
+            return from_u64(cur.key()) if cur.first() else self._head + 1
+
+    async def last_ingested_ms(self) -> int:
+        with self.env.begin(db=self._meta) as txn:
+            raw = txn.get(_LAST_INGEST)
+        return from_u64(raw) if raw else 0
+
+    async def seq_at_or_after(self, ingested_ms: int) -> int:
         with self.env.begin(db=self._events) as txn, txn.cursor() as cur:
             if not cur.first():
                 return self._head + 1
@@ -374,51 +510,78 @@ class LmdbStore:
                     high = mid
             return low
 
-    def get_integration(self, integration_id: str) -> dict[str, Any] | None:
-        with self.env.begin(db=self._integrations) as txn:
-            raw = txn.get(integration_id.encode())
-        return unpack(raw) if raw is not None else None
+    async def stats(self) -> StoreStats:
+        info = self.env.info()
+        stat = self.env.stat()
+        with self.env.begin() as txn:
+            events = int(txn.stat(self._events)["entries"])
+        used = (info["last_pgno"] + 1) * stat["psize"]
+        return StoreStats(events=events, first_seq=await self.first_seq(), head=self._head,
+                          size_bytes=used, capacity_bytes=self.map_size,
+                          free_bytes=max(0, self.map_size - used))
 
-    def list_integrations(self) -> list[dict[str, Any]]:
-        with self.env.begin(db=self._integrations) as txn:
-            return [unpack(v) for _, v in txn.cursor()]
+    # ------------------------------------------------------------ txn helpers
 
-    def get_sink_state(self, integration_id: str) -> dict[str, Any] | None:
-        with self.env.begin(db=self._sink_state) as txn:
-            raw = txn.get(integration_id.encode())
-        return unpack(raw) if raw is not None else None
+    def _txn_head(self, txn: Txn) -> int:
+        raw = txn.get(_LAST_SEQ, db=self._meta)
+        return from_u64(raw) if raw else 0
 
-    def get_cursor(self, integration_id: str) -> int | None:
-        with self.env.begin(db=self._cursors) as txn:
-            raw = txn.get(integration_id.encode())
+    def _txn_cursor(self, txn: Txn, integration_id: str) -> int | None:
+        raw = txn.get(integration_id.encode(), db=self._cursors)
         return from_u64(raw) if raw is not None else None
 
-    def list_logs(self, integration_id: str) -> list[dict[str, Any]]:
-        """The integration's log entries, newest first."""
-        with self.env.begin() as txn:
-            entries = self._scan_prefix(txn, self._logs, _prefix(integration_id))
-        return [unpack(v) for _, v in reversed(entries)]
+    def _txn_get_integration(self, txn: Txn, integration_id: str) -> Integration | None:
+        raw = txn.get(integration_id.encode(), db=self._integrations)
+        return codec.from_store(unpack(raw)) if raw is not None else None
 
-    def list_rejected(self, integration_id: str) -> list[dict[str, Any]]:
-        """The integration's rejected events, newest first."""
-        with self.env.begin() as txn:
-            entries = self._scan_prefix(txn, self._rejected, _prefix(integration_id))
-        return [unpack(v) for _, v in reversed(entries)]
+    def _txn_put_integration(self, txn: Txn, integration: Integration) -> None:
+        txn.put(integration.id.encode(), pack(codec.to_store(integration)),
+                db=self._integrations)
 
-    def count_rejected(self, integration_id: str) -> int:
-        """How many rejected events an integration holds, without unpacking them."""
+    def _txn_holds(self, txn: Txn, fence: Fence) -> bool:
+        """The integration exists and is still the incarnation the fence names (a lease
+        is a JetStream notion; one daemon owns every integration of its LMDB store)."""
+        raw = txn.get(fence.integration_id.encode(), db=self._integrations)
+        return raw is not None and unpack(raw).get("incarnation") == fence.incarnation
+
+    def _next_counter(self, txn: Txn) -> int:
+        raw = txn.get(_COUNTER, db=self._meta)
+        value = (from_u64(raw) if raw else 0) + 1
+        txn.put(_COUNTER, u64(value), db=self._meta)
+        return value
+
+    def _txn_add_log(self, txn: Txn, integration_id: str, entry: LogEntry) -> None:
+        # Reasons quote receivers and exceptions: scrub secrets before they are kept.
+        cleaned = LogEntry(entry.created_at, entry.action, clean_text(entry.reason))
         prefix = _prefix(integration_id)
-        count = 0
-        with self.env.begin(db=self._rejected) as txn, txn.cursor() as cur:
-            if cur.set_range(prefix):
-                for key in cur.iternext(keys=True, values=False):
-                    if not key.startswith(prefix):
-                        break
-                    count += 1
-        return count
+        txn.put(prefix + u64(self._next_counter(txn)), pack(codec.log_to_store(cleaned)),
+                db=self._logs)
+        self._trim_prefix(txn, self._logs, prefix, self.log_entries)
 
-    def get_rejected(self, integration_id: str, rejected_id: str) -> dict[str, Any] | None:
-        for entry in self.list_rejected(integration_id):
-            if entry["id"] == rejected_id:
-                return entry
-        return None
+    def _txn_delete_rejected(self, txn: Txn, integration_id: str, rejected_id: str) -> bool:
+        for key, value in self._scan_prefix(txn, self._rejected, _prefix(integration_id)):
+            if unpack(value)["id"] == rejected_id:
+                return bool(txn.delete(key, db=self._rejected))
+        return False
+
+    @staticmethod
+    def _scan_prefix(txn: Txn, db: Any, prefix: bytes) -> list[tuple[bytes, bytes]]:
+        return list(_iter_prefix(txn, db, prefix))
+
+    def _trim_prefix(self, txn: Txn, db: Any, prefix: bytes, keep: int) -> list[bytes]:
+        """Keep the newest `keep` entries under a prefix; return the values removed."""
+        entries = self._scan_prefix(txn, db, prefix)
+        removed = entries[: max(0, len(entries) - keep)]
+        for key, _ in removed:
+            txn.delete(key, db=db)
+        return [value for _, value in removed]
+
+
+def _iter_prefix(txn: Txn, db: Any, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+    with txn.cursor(db=db) as cur:
+        if not cur.set_range(prefix):
+            return
+        for key, value in cur:
+            if not key.startswith(prefix):
+                return
+            yield key, value

@@ -1,29 +1,41 @@
-"""The stored form of an event, and the small key encodings the store uses.
+"""How an event is laid out in the LMDB log (format 2), and the small key encodings.
 
 Decisions:
-- An event is stored as a msgpack *map* with the keys `ingested_at` (int ms,
-  set by the log writer), `id`, `tenant`, `name`, `published_at` (RFC 3339
-  string, UTC) and `payload`. A map, not an array, so the log is
-  self-describing to anyone who opens it with `mdb_dump` and msgpack.
-- The publisher packs everything but `ingested_at` before the event reaches
-  the writer (`PackedEvent.body`); the writer only prepends the map header and
-  the `ingested_at` pair. A msgpack map is its header followed by its pairs, so
-  the result is an ordinary map and the writer's transaction stays short.
-- Keys are big-endian so LMDB's byte order is numeric order.
+- A stored event is a fixed 14-byte header, the id, tenant and name, an
+  optional problem text, then the delivery body verbatim:
+
+      tag (1) = 2 | flags (1) | ingested_at ms (u64) | len id (u8) | len tenant (u8)
+      | len name (u16) | id | tenant | name | [len problem (u16) | problem] | body
+
+  Big-endian. `ingested_at` sits at a fixed offset, so retention and the time
+  lookup read it without touching anything else; the body is sliced out, never
+  parsed. Flag bit 0 says a problem text follows (an event an older version
+  accepted that no sink can send, found when its log was migrated).
+- Format 1 (a msgpack map with the payload as an object) is read only by the
+  migration (`decode_v1`); its values start with 0x86 (a fixmap of 6 pairs),
+  never with the format-2 tag, so a half-migrated log is read correctly and
+  the migration resumes where it stopped.
+- Keys are big-endian u64 so LMDB's byte order is numeric order.
 """
 
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
 from typing import Any
 
 import msgpack
+import orjson
 
+from ..model import NewEvent, StoredEvent
+
+FORMAT = 2
+_TAG = 2
+_FLAG_PROBLEM = 1
+_HEADER = struct.Struct(">BBQBBH")
+_INGESTED = struct.Struct(">Q")
+_U16 = struct.Struct(">H")
 _U64 = struct.Struct(">Q")
-_FIELDS_PACKED = 5  # id, tenant, name, published_at, payload
-_MAP_HEADER = bytes([0x80 | (_FIELDS_PACKED + 1)])  # fixmap with 6 pairs
-_INGESTED_KEY = msgpack.packb("ingested_at")
+V1_TAG = 0x86
 
 
 def u64(value: int) -> bytes:
@@ -31,81 +43,62 @@ def u64(value: int) -> bytes:
 
 
 def from_u64(raw: bytes) -> int:
-    return _U64.unpack(raw)[0]
+    return int(_U64.unpack(raw)[0])
 
 
-@dataclass(frozen=True, slots=True)
-class PackedEvent:
-    """An event validated and packed by the publisher, waiting for a sequence number."""
-
-    body: bytes  # the five packed key/value pairs, without a map header
-
-
-def pack_event(
-    event_id: str, tenant: str, name: str, published_at: str, payload: Any
-) -> PackedEvent:
-    packer = msgpack.Packer()
-    parts = (
-        packer.pack("id"), packer.pack(event_id),
-        packer.pack("tenant"), packer.pack(tenant),
-        packer.pack("name"), packer.pack(name),
-        packer.pack("published_at"), packer.pack(published_at),
-        packer.pack("payload"), packer.pack(payload),
-    )
-    return PackedEvent(b"".join(parts))
+def encode_event(event: NewEvent, ingested_at_ms: int, problem: str | None = None) -> bytes:
+    event_id, tenant, name = event.id.encode(), event.tenant.encode(), event.name.encode()
+    head = _HEADER.pack(_TAG, _FLAG_PROBLEM if problem else 0, ingested_at_ms,
+                        len(event_id), len(tenant), len(name))
+    if problem:
+        text = problem.encode()[:65535]
+        return b"".join((head, event_id, tenant, name, _U16.pack(len(text)), text, event.body))
+    return b"".join((head, event_id, tenant, name, event.body))
 
 
-def seal_event(event: PackedEvent, ingested_at_ms: int) -> bytes:
-    """The stored value: the packed pairs plus the writer's ingest time, as one msgpack map."""
-    return _MAP_HEADER + _INGESTED_KEY + msgpack.packb(ingested_at_ms) + event.body
-
-
-@dataclass(slots=True)  # not frozen: a frozen init costs ~2 µs per event on every sink's path
-class StoredEvent:
-    seq: int
-    id: str
-    tenant: str
-    name: str
-    published_at: str
-    ingested_at: int  # ms since the epoch
-    payload: dict[str, Any]
-
-    @property
-    def entity(self) -> str:
-        return self.name.split(".", 1)[0]
-
-    def delivery_body(self) -> dict[str, Any]:
-        """The object every sink delivers: the seed's Rejected Event schema."""
-        return {
-            "tenant": self.tenant,
-            "name": self.name,
-            "published_at": self.published_at,
-            "payload": self.payload,
-        }
-
-
-def unpack_event(seq: int, raw: bytes) -> StoredEvent:
-    record = msgpack.unpackb(raw)
-    return StoredEvent(
-        seq=seq,
-        id=record["id"],
-        tenant=record["tenant"],
-        name=record["name"],
-        published_at=record["published_at"],
-        ingested_at=record["ingested_at"],
-        payload=record["payload"],
-    )
+def decode_event(seq: int, raw: bytes) -> StoredEvent:
+    tag, flags, ingested, id_len, tenant_len, name_len = _HEADER.unpack_from(raw)
+    if tag != _TAG:
+        raise ValueError(f"event {seq} is stored in format {tag:#x}, not {_TAG}")
+    a = _HEADER.size
+    b = a + id_len
+    c = b + tenant_len
+    d = c + name_len
+    problem = None
+    if flags & _FLAG_PROBLEM:
+        (length,) = _U16.unpack_from(raw, d)
+        problem = raw[d + 2:d + 2 + length].decode()
+        d += 2 + length
+    return StoredEvent(seq, raw[a:b].decode(), raw[b:c].decode(), raw[c:c + name_len].decode(),
+                       ingested, raw[d:], problem)
 
 
 def ingested_at_of(raw: bytes) -> int:
-    """The ingest time of a stored event, read from its first pair: the payload,
-    however large, is not unpacked (retention and the time lookup call this)."""
+    """The ingest time of a stored event (either format) without decoding the rest."""
+    if raw[0] == _TAG:
+        return int(_INGESTED.unpack_from(raw, 2)[0])
     unpacker = msgpack.Unpacker()
     unpacker.feed(raw)
     unpacker.read_map_header()
     if unpacker.unpack() == "ingested_at":
         return int(unpacker.unpack())
     return int(msgpack.unpackb(raw)["ingested_at"])
+
+
+def decode_v1(raw: bytes) -> tuple[NewEvent, int, str | None]:
+    """A format-1 value as (event, ingested_at, problem): the body encoded as ingest
+    would have; a payload the delivery encoder refuses gets a placeholder and a problem."""
+    record = msgpack.unpackb(raw)
+    delivery = {"tenant": record["tenant"], "name": record["name"],
+                "published_at": record["published_at"], "payload": record["payload"]}
+    problem = None
+    try:
+        body = orjson.dumps(delivery)
+    except (TypeError, ValueError) as exc:
+        problem = f"it cannot be encoded as JSON ({exc})"
+        body = orjson.dumps({**delivery, "payload": {"error": problem}})
+    event = NewEvent(str(record["id"]), str(record["tenant"]), str(record["name"]), body)
+    return event, int(record["ingested_at"]), problem
 
 
 def pack(obj: Any) -> bytes:

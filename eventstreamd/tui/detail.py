@@ -39,7 +39,6 @@ def details_table(item: dict[str, Any] | None, integration_id: str) -> Table:
         grid.add_row(Text(f"{integration_id}: not in the daemon's status (deleted?)",
                           style="bold red"))
         return grid
-    s3 = item.get("kind") == "s3"
     pairs: list[tuple[str, Text | str]] = [
         ("Integration", Text(item["id"], style="bold")),
         ("Status", fmt.health_text(item.get("health"))),
@@ -56,9 +55,9 @@ def details_table(item: dict[str, Any] | None, integration_id: str) -> Table:
                      f"{fmt.count(item.get('crashes'))}"),
         ("Rejected", str(item.get("rejected_events") or 0)),
     ]
-    if s3:
-        pairs.append(("Open file", f"{fmt.size(item.get('s3_open_file_bytes'))} · age "
-                                   f"{fmt.age(item.get('s3_open_file_age'))}"))
+    if item.get("buffered_bytes") is not None:  # a sink that holds events before they go out
+        pairs.append(("Buffered", f"{fmt.size(item.get('buffered_bytes'))} · age "
+                                  f"{fmt.age(item.get('buffered_age'))}"))
     for index in range(0, len(pairs), 2):
         row: list[Text | str] = []
         for label, value in pairs[index:index + 2]:

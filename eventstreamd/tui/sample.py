@@ -21,8 +21,8 @@ def _integration(**values: Any) -> dict[str, Any]:
         "kind": "webhook", "integration_type": "permanent", "status": "running",
         "health": "ok", "lag_seconds": None, "delivered": 0, "delivered_rate": 0.0,
         "delivered_history": [], "failures": 0, "last_error": None, "last_error_age": None,
-        "in_flight": 0, "crashes": 0, "rejected_events": 0, "s3_open_file_bytes": None,
-        "s3_open_file_age": None,
+        "in_flight": 0, "crashes": 0, "rejected_events": 0, "buffered_bytes": None,
+        "buffered_age": None, "restart_in": None,
     }
     return {**base, **values}
 
@@ -63,7 +63,7 @@ SNAPSHOT: dict[str, Any] = {
             id="s3-archive", kind="s3", target="acme-archive/events", cursor=479_875,
             lag_events=2_341, lag_seconds=100.2, delivered=477_500, delivered_rate=39.8,
             delivered_history=[0.0, 0.0, 0.0, 0.0, 2_390.0, 0.0, 0.0, 0.0, 0.0, 0.0],
-            in_flight=None, s3_open_file_bytes=1_887_436, s3_open_file_age=100.2),
+            in_flight=None, buffered_bytes=1_887_436, buffered_age=100.2),
     ],
 }
 

@@ -11,18 +11,17 @@ from __future__ import annotations
 import collections
 import random
 import signal
-from collections.abc import Callable
 
 import aiohttp
 import anyio
 import orjson
 import pytest
-from api_client import ApiClient
-from daemon_proc import DaemonProcess
-from receiver import Receiver
-from s3_server import MotoServer, s3_params
 
-Factory = Callable[..., DaemonProcess]
+from tests.helpers.api import ApiClient
+from tests.helpers.daemon import DaemonProcess, Factory
+from tests.helpers.receiver import Receiver
+from tests.helpers.s3 import MotoServer, s3_params
+
 MAX_IN_FLIGHT = 8
 
 

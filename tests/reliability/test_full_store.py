@@ -5,18 +5,18 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
 import orjson
 import pytest
-from api_client import ApiClient
-from daemon_proc import DaemonProcess
-from receiver import Receiver
+
+from tests.helpers.api import ApiClient
+from tests.helpers.daemon import Factory
+from tests.helpers.receiver import Receiver
 
 pytestmark = pytest.mark.reliability
-Factory = Callable[..., DaemonProcess]
 
 
 def padded(n: int, start: int, size: int) -> list[dict[str, object]]:

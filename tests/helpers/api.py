@@ -7,7 +7,8 @@ from typing import Any
 import aiohttp
 import anyio
 import orjson
-from daemon_proc import DaemonProcess
+
+from .daemon import DaemonProcess
 
 BASE = "/api/v1/org/integrations/eventstream"
 

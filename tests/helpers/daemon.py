@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -145,3 +146,7 @@ class DaemonProcess:
     def restart(self) -> DaemonProcess:
         self.stop()
         return self.start()
+
+
+# The `daemon_factory` fixture's type (tests/conftest.py).
+Factory = Callable[..., DaemonProcess]

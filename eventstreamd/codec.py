@@ -1,0 +1,227 @@
+"""The one codec for integrations, log entries and rejected events: store form and API form.
+
+Decisions:
+- Outside this module no code reads an integration record by string key.
+- The store form is a plain dict (msgpack in LMDB, JSON in JetStream) with the
+  API's own field names plus lifecycle fields: `id`, `integration_type`,
+  `status`, `starts_at`, `ends_at`, `filter_conditions`, the target under its
+  API field (`callback_parameters`, `s3_parameters`; secrets in clear: the
+  store is private to the daemon's user), `created_at`, `stopped_at_ms`,
+  `done`, `incarnation`. It is the form format 1 already had, so integration
+  records need no migration.
+- The API form is the spec's Integration shape, secrets masked: a secret of
+  at least `MASK_MIN` characters keeps its first `MASK_KEEP` (so users can tell
+  keys apart), shorter ones are masked entirely.
+- Rejected events are stored with their delivery body as bytes (format 2);
+  format 1 entries (the body as a decoded object under `event`) are read too.
+- Every target that enters the process passes through here (from a request
+  body or from the store), so this is the one place its secrets are
+  registered with the log redactor: no later log line can print them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from .logs import MASK, redactor
+from .model import (
+    EventFilterSpec,
+    Integration,
+    LogEntry,
+    RejectedEvent,
+    TargetParams,
+    target_kinds,
+    target_type,
+)
+
+MASK_KEEP = 2
+MASK_MIN = 12
+# Shown as the payload of a rejected event that could not be encoded at all.
+UNENCODABLE = "the payload cannot be encoded as JSON; see the rejected event's reason"
+
+
+def mask(secret: str) -> str:
+    if not secret:
+        return secret
+    return (secret[:MASK_KEEP] if len(secret) >= MASK_MIN else "") + MASK
+
+
+# ------------------------------------------------------------------ targets
+
+
+def target_field_names() -> tuple[str, ...]:
+    """Every API field that holds a target (`callback_parameters`, `s3_parameters`, ...)."""
+    return tuple(kind.api_field for kind in target_kinds().values())
+
+
+def target_for_field(api_field: str) -> type[TargetParams]:
+    return next(kind for kind in target_kinds().values() if kind.api_field == api_field)
+
+
+def target_from_api(body: dict[str, Any]) -> TargetParams | None:
+    """The target a request body gives (the first registered field present), or None."""
+    for kind in target_kinds().values():
+        params = body.get(kind.api_field)
+        if params is not None:
+            return _registered(kind.from_dict(params))
+    return None
+
+
+def _registered(target: TargetParams) -> TargetParams:
+    for secret in target.secrets():
+        redactor.add(secret)
+    return target
+
+
+def target_to_api(target: TargetParams) -> dict[str, Any]:
+    shown = target.to_dict()
+    for name in target.secret_fields:
+        if shown.get(name) is not None:
+            shown[name] = mask(shown[name])
+    return shown
+
+
+def keep_masked_secrets(current: TargetParams, new: TargetParams) -> TargetParams:
+    """A secret sent back exactly as we showed it (masked) keeps the stored one, so
+    "GET, edit the URL, PATCH it back" does not overwrite a key with its mask."""
+    if type(current) is not type(new):
+        return new
+    stored, sent = current.to_dict(), new.to_dict()
+    kept = {name: stored[name] for name in new.secret_fields
+            if stored.get(name) and sent.get(name) is not None and sent[name] == mask(stored[name])}
+    return type(new).from_dict({**sent, **kept}) if kept else new
+
+
+# ------------------------------------------------------------------ filters
+
+
+def filter_from_api(raw: dict[str, Any] | None) -> EventFilterSpec | None:
+    if raw is None:
+        return None
+    names, entities = raw.get("event_filter"), raw.get("entity_filter")
+    return EventFilterSpec(tuple(names) if names is not None else None,
+                           tuple(entities) if entities is not None else None)
+
+
+def filter_to_api(spec: EventFilterSpec | None) -> dict[str, Any] | None:
+    if spec is None:
+        return None
+    out: dict[str, Any] = {}
+    if spec.event_filter is not None:
+        out["event_filter"] = list(spec.event_filter)
+    if spec.entity_filter is not None:
+        out["entity_filter"] = list(spec.entity_filter)
+    return out
+
+
+# ------------------------------------------------------------- integrations
+
+
+def to_store(integration: Integration) -> dict[str, Any]:
+    return {
+        "id": integration.id,
+        "integration_type": integration.type,
+        "status": integration.status,
+        "starts_at": integration.starts_at,
+        "ends_at": integration.ends_at,
+        "filter_conditions": filter_to_api(integration.filter),
+        integration.target.api_field: integration.target.to_dict(),
+        "kind": integration.kind,
+        "created_at": integration.created_at,
+        "stopped_at_ms": integration.stopped_at_ms,
+        "done": integration.done,
+        "incarnation": integration.incarnation,
+    }
+
+
+def from_store(record: dict[str, Any]) -> Integration:
+    kind = record.get("kind")
+    if kind is not None:
+        params_type = target_type(kind)
+    else:  # format 1 records name no kind: the target's field tells
+        params_type = next(t for t in target_kinds().values() if record.get(t.api_field))
+    return Integration(
+        id=record["id"],
+        type=record["integration_type"],
+        status=record["status"],
+        target=_registered(params_type.from_dict(record[params_type.api_field])),
+        incarnation=record.get("incarnation") or "",
+        created_at=record.get("created_at") or "",
+        starts_at=record.get("starts_at"),
+        ends_at=record.get("ends_at"),
+        filter=filter_from_api(record.get("filter_conditions")),
+        stopped_at_ms=record.get("stopped_at_ms"),
+        done=bool(record.get("done")),
+    )
+
+
+def to_api(integration: Integration) -> dict[str, Any]:
+    """The spec's Integration shape, secrets masked."""
+    view: dict[str, Any] = {
+        "id": integration.id,
+        "status": integration.status,
+        "integration_type": integration.type,
+    }
+    if integration.starts_at is not None:
+        view["starts_at"] = integration.starts_at
+    if integration.ends_at is not None:
+        view["ends_at"] = integration.ends_at
+    if integration.filter is not None:
+        view["filter_conditions"] = filter_to_api(integration.filter)
+    view[integration.target.api_field] = target_to_api(integration.target)
+    return view
+
+
+# ------------------------------------------------------------- log entries
+
+
+def log_to_store(entry: LogEntry) -> dict[str, Any]:
+    return {"created_at": entry.created_at, "action": entry.action, "reason": entry.reason}
+
+
+def log_from_store(raw: dict[str, Any]) -> LogEntry:
+    return LogEntry(raw["created_at"], raw["action"], raw["reason"])
+
+
+# --------------------------------------------------------- rejected events
+
+
+def rejected_to_store(entry: RejectedEvent) -> dict[str, Any]:
+    return {"id": entry.id, "created_at": entry.created_at, "seq": entry.seq,
+            "event_id": entry.event_id, "reason": entry.reason, "status": entry.status,
+            "body": entry.body, "deliverable": entry.deliverable, **entry.extra}
+
+
+_REJECTED_KEYS = frozenset({"id", "created_at", "seq", "event_id", "reason", "status", "body",
+                            "event", "deliverable"})
+
+
+def placeholder_body(tenant: str, name: str, published_at: str) -> bytes:
+    """The body shown for an event whose own body cannot be encoded."""
+    return orjson.dumps({"tenant": tenant, "name": name, "published_at": published_at,
+                         "payload": {"error": UNENCODABLE}})
+
+
+def rejected_from_store(raw: dict[str, Any]) -> RejectedEvent:
+    body = raw.get("body")
+    deliverable = bool(raw.get("deliverable", True))
+    if body is None:  # format 1: the delivery body as an object
+        event = raw.get("event") or {}
+        try:
+            body = orjson.dumps(event)
+        except (TypeError, ValueError):
+            body = placeholder_body(str(event.get("tenant", "")), str(event.get("name", "")),
+                                    str(event.get("published_at", "")))
+            deliverable = False
+    return RejectedEvent(
+        id=raw["id"], created_at=raw["created_at"], seq=raw.get("seq", 0),
+        event_id=raw.get("event_id", raw["id"]), reason=raw.get("reason") or "",
+        body=body, status=raw.get("status"), deliverable=deliverable,
+        extra={k: v for k, v in raw.items() if k not in _REJECTED_KEYS})
+
+
+def rejected_event_view(entry: RejectedEvent) -> orjson.Fragment:
+    """The spec's Rejected Event: the delivery body, embedded as is (never re-encoded)."""
+    return orjson.Fragment(entry.body)

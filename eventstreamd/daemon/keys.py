@@ -1,0 +1,21 @@
+"""The aiohttp application's typed state, declared in one place (aiohttp `AppKey`s).
+
+`build_app` (http.py) fills them from the wiring the lifecycle built once;
+handlers and middlewares read them. Nothing else is stored on the app.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from ..config import Config
+from ..storage.base import Store
+from .budget import BodyBudget
+from .integrations import IntegrationService
+
+CONFIG = web.AppKey("config", Config)
+STORE = web.AppKey("store", Store)
+TOKENS = web.AppKey("tokens", tuple)
+INTEGRATIONS = web.AppKey("integrations", IntegrationService)
+INGEST_BUDGET = web.AppKey("ingest_budget", BodyBudget)
+DEFAULT_TENANT = web.AppKey("default_tenant", str)

@@ -1,0 +1,213 @@
+"""The domain: events, integrations, log entries and rejected events, as typed values.
+
+Decisions:
+- Everything here is plain data with no I/O, imported by every layer
+  (storage, sinks, daemon); nothing here imports them.
+- An event carries its *delivery body* — the exact JSON bytes
+  `{"tenant","name","published_at","payload"}` that a webhook POSTs and an S3
+  line holds — beside a small header (id, tenant, name, ingest time) that
+  filters, keys and retention read. Ingest encodes the body once; no sink
+  ever decodes or re-encodes a payload.
+- `Integration` is frozen; a change is a new value (`dataclasses.replace`).
+  Its `target` is the sink's own parameters type (`TargetParams`), which the
+  sink's module defines and registers (`sinks/registry.py`); how an
+  integration is written to the store or shown by the API is in `codec.py`.
+- `Fence` names the integration *and* the incarnation (and, with several
+  daemons, the lease) a write belongs to: every write a sink makes carries
+  one, and the store refuses a write whose fence no longer holds, so a sink
+  finishing for a deleted (or re-created, or re-owned) integration writes
+  nothing into its successor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+IntegrationType = Literal["permanent", "temporary"]
+Status = Literal["running", "stopped"]
+
+
+# ------------------------------------------------------------------- events
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    """An event validated by ingest, waiting for its sequence number."""
+
+    id: str
+    tenant: str
+    name: str
+    body: bytes  # the delivery JSON
+
+
+@dataclass(slots=True)  # not frozen: a frozen init costs ~2 µs per event on every sink's path
+class StoredEvent:
+    seq: int
+    id: str
+    tenant: str
+    name: str
+    ingested_at: int  # ms since the epoch, stamped by the store at commit
+    body: bytes  # the delivery JSON, exactly as ingest encoded it
+    # Why no sink can send it, for an event an older version stored that today's
+    # ingest would refuse (found when the log was migrated); None for every other.
+    problem: str | None = None
+
+    @property
+    def entity(self) -> str:
+        return self.name.split(".", 1)[0]
+
+
+# ------------------------------------------------------------- integrations
+
+
+class UnknownTargetKind(LookupError):
+    """A stored or submitted target of a kind no registered sink type knows."""
+
+
+class TargetParams:
+    """Base of every sink type's parameters (a frozen dataclass in the sink's module).
+
+    `api_field` is the key the configuration API and the store use for it
+    (`callback_parameters`, `s3_parameters`), `secret_fields` the fields that are
+    masked in every view and registered with the log redactor. A subclass that
+    sets `kind` is registered here as it is defined, so the codec can read a
+    stored record of that kind; `sinks/registry.py` imports every sink module.
+    """
+
+    kind: ClassVar[str]
+    api_field: ClassVar[str]
+    secret_fields: ClassVar[tuple[str, ...]] = ()
+    api_fields: ClassVar[tuple[str, ...]] = ()  # the API's field names, in display order
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "kind" in cls.__dict__:
+            _TARGET_KINDS[cls.kind] = cls
+
+    def to_dict(self) -> dict[str, Any]:
+        """The parameters as the API and the store spell them (secrets in clear)."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TargetParams:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        """Where it delivers, one line, safe to show (no secrets, no userinfo)."""
+        raise NotImplementedError
+
+    def secrets(self) -> list[str]:
+        values = self.to_dict()
+        return [values[name] for name in self.secret_fields if values.get(name)]
+
+
+_TARGET_KINDS: dict[str, type[TargetParams]] = {}
+
+
+def target_kinds() -> dict[str, type[TargetParams]]:
+    """Every registered parameters type, by kind."""
+    return dict(_TARGET_KINDS)
+
+
+def target_type(kind: str) -> type[TargetParams]:
+    try:
+        return _TARGET_KINDS[kind]
+    except KeyError:
+        raise UnknownTargetKind(f"no sink type '{kind}' is registered") from None
+
+
+@dataclass(frozen=True, slots=True)
+class EventFilterSpec:
+    """`filter_conditions`: an event passes when its name is in `event_filter` OR its
+    entity in `entity_filter`; `None` for a list means "not given"."""
+
+    event_filter: tuple[str, ...] | None = None
+    entity_filter: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Integration:
+    id: str
+    type: IntegrationType
+    status: Status
+    target: TargetParams
+    incarnation: str  # random, new for every registration
+    created_at: str  # RFC 3339
+    starts_at: str | None = None
+    ends_at: str | None = None
+    filter: EventFilterSpec | None = None
+    stopped_at_ms: int | None = None  # the last stop; `_start` applies the restart window with it
+    done: bool = False  # a temporary integration that delivered its whole range
+
+    @property
+    def kind(self) -> str:
+        return self.target.kind
+
+    @property
+    def running(self) -> bool:
+        return self.status == "running" and not self.done
+
+    def fence(self, lease: int | None = None) -> Fence:
+        return Fence(self.id, self.incarnation, lease)
+
+    def delivery_settings(self) -> tuple[Any, ...]:
+        """What a running sink was built from: a change here restarts it."""
+        return (self.incarnation, self.type, self.starts_at, self.ends_at, self.filter,
+                self.target)
+
+
+@dataclass(frozen=True, slots=True)
+class Fence:
+    """Whose write this is: refused by the store once it no longer holds."""
+
+    integration_id: str
+    incarnation: str
+    lease: int | None = None  # the lease revision, when several daemons share the store
+
+
+# ------------------------------------------------------ logs and rejections
+
+
+@dataclass(frozen=True, slots=True)
+class LogEntry:
+    created_at: str
+    action: str
+    reason: str
+
+    def to_api(self) -> dict[str, str]:
+        return {"created_at": self.created_at, "action": self.action, "reason": self.reason}
+
+
+@dataclass(frozen=True, slots=True)
+class RejectedEvent:
+    """An event set aside by a sink: a receiver's 400, or a reason on our side that
+    retrying cannot cure. `body` is the delivery JSON; `deliverable` is False for an
+    event no retry can send (its body then holds a placeholder payload)."""
+
+    id: str  # derived from integration, seq and event id: a re-rejection replaces it
+    created_at: str
+    seq: int
+    event_id: str
+    reason: str
+    body: bytes
+    status: int | None = None  # the receiver's HTTP status, when it answered
+    deliverable: bool = True
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """What an integration transition writes, in one atomic step."""
+
+    integration: Integration
+    cursor: int | None = None  # a new cursor (the restart-window skip), or unchanged
+    logs: tuple[LogEntry, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeView:
+    """What a transition may look at besides the record, read in the same atomic step."""
+
+    cursor: int | None
+    head: int

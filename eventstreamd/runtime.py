@@ -1,0 +1,72 @@
+"""What a running daemon leaves for local clients: `runtime.json` and the API token file.
+
+Decisions:
+- `{data_dir}/runtime.json` says where the running daemon listens (its port may
+  be 0 in the config) and where its control socket is; `eventstreamd publish`,
+  the dashboard and the tests read it. It is written atomically (rename) and
+  removed on a clean stop.
+- `{data_dir}/api_token` holds the generated token when `auth.tokens` is empty.
+- This module imports nothing of the daemon, so the clients that read these
+  files (`publish`, `integrations`) start without loading the daemon, its
+  sinks, aiobotocore or jsonschema.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .config import Config
+
+RUNTIME_FILE = "runtime.json"
+TOKEN_FILE = "api_token"
+
+
+@dataclass(frozen=True)
+class RuntimeInfo:
+    pid: int
+    url: str
+    port: int
+    control_socket: str
+
+
+def runtime_file(config: Config) -> Path:
+    return config.data_dir / RUNTIME_FILE
+
+
+def token_file(config: Config) -> Path:
+    return config.data_dir / TOKEN_FILE
+
+
+def write_runtime(path: Path, info: RuntimeInfo) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as fh:
+        json.dump(asdict(info), fh)
+    os.replace(tmp, path)
+
+
+def remove_runtime(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+def read_runtime(config: Config) -> dict[str, object] | None:
+    try:
+        with open(runtime_file(config)) as fh:
+            data = json.load(fh)
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def read_token(config: Config) -> str | None:
+    """The token a local client should send: the first configured one, or the stored one."""
+    if config.auth.tokens:
+        return config.auth.tokens[0]
+    try:
+        return token_file(config).read_text().strip() or None
+    except OSError:
+        return None

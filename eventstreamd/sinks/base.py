@@ -1,0 +1,181 @@
+"""What a sink type is made of: the pipeline protocol, the narrow context a pipeline gets,
+the shared resources, and the registry entry (`SinkType`).
+
+Decisions:
+- A pipeline sees a `SinkContext`, not the sink loop: the stop signal, its
+  counters, "record a failure", "add a log entry", "set an event aside",
+  "save my state" (each write fenced by the integration's incarnation) and
+  "read the log" (the S3 pipeline rebuilds recorded files from it).
+- Long-lived work of a pipeline (the webhook's workers) runs in `serve()`,
+  which the loop starts in its own task group and cancels at the end; the
+  pipeline never receives a task group.
+- `SinkType` is everything the daemon needs to know of a kind of sink:
+  its parameters type (`TargetParams`: API field, secret fields, how it
+  shows), a one-line description, the registration check, the pipeline
+  builder, the rejected-event retry and the stop grace. `registry.py` lists
+  them; adding a sink type is its module plus one line there.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Protocol
+
+import aiohttp
+import anyio
+
+from ..config import Config
+from ..model import Integration, RejectedEvent, StoredEvent, TargetParams
+
+Outcome = Literal["stopped", "completed"]
+Clock = Callable[[], float]
+
+
+class StopDelivery(Exception):
+    """The sink is stopping; the event was not finished and stays after the cursor."""
+
+
+class DeliveryFailed(Exception):
+    """A delivery attempt (a rejected event's retry) did not succeed; `str()` says why,
+    without secrets."""
+
+
+class TargetRefused(ValueError):
+    """Registration parameters no delivery could ever succeed with."""
+
+    def __init__(self, error_code: str, message: str) -> None:
+        super().__init__(message)
+        self.error_code = error_code
+        self.message = message
+
+
+@dataclass
+class SinkStats:
+    """Counters of one integration's sink; they outlive each run of its loop, so a
+    crash-looping sink shows its failures."""
+
+    delivered: int = 0
+    rejected: int = 0
+    failures: int = 0
+    last_error: str | None = None
+    last_error_at: float | None = None
+    started_at: float = field(default_factory=time.time)
+
+    def record_failure(self, reason: str, at: float) -> None:
+        self.failures += 1
+        self.last_error = reason
+        self.last_error_at = at
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineStatus:
+    """Live figures a pipeline reports; `None` where they do not apply."""
+
+    in_flight: int | None = None  # requests under way
+    buffered_bytes: int | None = None  # held before going out (an S3 sink's open files)
+    buffered_since: float | None = None  # wall clock of the oldest buffered byte
+    pending_uploads: int | None = None
+    uploads: int | None = None
+
+
+class SinkContext(Protocol):
+    """What a pipeline may do besides delivering."""
+
+    @property
+    def integration(self) -> Integration: ...
+
+    @property
+    def stopping(self) -> anyio.Event: ...
+
+    @property
+    def stats(self) -> SinkStats: ...
+
+    def clock(self) -> float: ...
+
+    def record_failure(self, reason: str) -> None: ...
+
+    def progressed(self) -> None:
+        """The safe cursor may have moved: wake the loop and the cursor flusher."""
+        ...
+
+    async def wait_progress(self) -> None: ...
+
+    async def sleep_unless_stopping(self, delay: float) -> bool:
+        """Sleep up to `delay`; True when the sink is stopping."""
+        ...
+
+    async def add_log(self, action: str, reason: str) -> None: ...
+
+    async def set_aside(self, event: StoredEvent, reason: str, *, status: int | None = None,
+                        deliverable: bool = True) -> None:
+        """Keep `event` as a rejected event; raises StoreFull when it cannot be kept."""
+        ...
+
+    async def save_state(self, state: dict[str, object]) -> bool:
+        """The pipeline's durable bookkeeping; False when the integration is gone."""
+        ...
+
+    async def load_state(self) -> dict[str, object] | None: ...
+
+    async def read_events(self, from_seq: int, limit: int, max_bytes: int) -> list[StoredEvent]:
+        ...
+
+
+class Pipeline(Protocol):
+    async def open(self, ctx: SinkContext) -> None:
+        """Before the first event (the S3 pipeline re-uploads recorded files here)."""
+
+    async def serve(self, ctx: SinkContext) -> None:
+        """Long-lived work for the pipeline's lifetime; cancelled when the loop ends."""
+
+    async def accept(self, event: StoredEvent, ctx: SinkContext) -> bool:
+        """Take one matching event, in sequence order; False if stopping prevented it."""
+
+    async def tick(self, ctx: SinkContext) -> None:
+        """Called between batches and while idle (time-based work such as file rotation)."""
+
+    def blocked(self) -> bool:
+        """True while the pipeline cannot take another event (the loop waits for progress)."""
+
+    def safe_cursor(self, read_position: int) -> int:
+        """The lowest sequence number not yet finished for good."""
+
+    def committed(self, cursor: int) -> None:
+        """A cursor write of `cursor` is durable."""
+
+    async def close(self, ctx: SinkContext, outcome: Outcome, grace: float) -> None:
+        """Finish what can be finished within `grace` seconds."""
+
+    async def release(self) -> None:
+        """Free resources (clients, files); safe to call after close() and after a crash."""
+
+    def status(self) -> PipelineStatus: ...
+
+
+@dataclass(frozen=True)
+class SinkEnv:
+    """Resources every sink of the process shares, built once by the daemon."""
+
+    config: Config
+    session: aiohttp.ClientSession  # keep-alive HTTP for every webhook sink and retry
+    spool_root: Path  # where sinks that spool keep their files, one directory each
+
+
+@dataclass(frozen=True)
+class SinkType:
+    params: type[TargetParams]
+    description: str  # one line, for help texts and `eventstreamd integrations`
+    check: Callable[[TargetParams, Config], None]  # raises TargetRefused
+    build: Callable[[SinkEnv, Integration], Pipeline]
+    retry_rejected: Callable[[SinkEnv, Integration, RejectedEvent], Awaitable[None]]
+    stop_grace: Callable[[Config], float]  # seconds a stopping sink may take to finish
+    # How much older than usual its oldest undelivered event may be before status calls
+    # it lagging: a sink that holds events by design (S3's open file) is not late.
+    lag_allowance: Callable[[Config], float] = lambda config: 0.0
+
+    @property
+    def kind(self) -> str:
+        return self.params.kind

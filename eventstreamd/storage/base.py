@@ -1,0 +1,188 @@
+"""The store: one interface of domain operations, whatever keeps the data (LMDB, JetStream).
+
+Decisions:
+- Every operation is atomic on its own; no transaction, cursor or backend
+  handle leaves `storage/`. A backend may fold several operations into one
+  commit internally (LMDB's group commit does), but callers never rely on two
+  operations landing together.
+- Operations a sink performs for an integration take a `Fence`
+  (integration id + incarnation, and a lease revision when several daemons
+  share the store) and return False instead of writing when the fence no
+  longer holds: the integration was deleted, re-created under the same id,
+  or is now delivered by another daemon.
+- Integration transitions are `change_integration(id, change)`: the store
+  reads the current record (and the cursor and head the rule may need), calls
+  the pure function `change` and writes what it returns — record, cursor and
+  log entries — in one atomic step. The function may raise to refuse; it may
+  be called more than once (a backend with compare-and-set retries it on a
+  conflict), so it must not have side effects. The rules themselves live in
+  the integration service, never here.
+- Reads are `async` even where LMDB answers at once, so a networked backend
+  implements the same interface. The head is cached in memory (`head`) and
+  `wait_for_head` waits for it to move: no caller polls the backend.
+- `StoreFull` (nothing was stored; retry later or free space) and
+  `StoreUnavailable` (the backend cannot be reached; nothing is known to be
+  stored) are the only failures a caller must handle; the HTTP layer maps
+  them to 507 and 503.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Protocol
+
+from ..model import (
+    Change,
+    ChangeView,
+    Fence,
+    Integration,
+    LogEntry,
+    NewEvent,
+    RejectedEvent,
+    StoredEvent,
+)
+
+
+class StoreFull(Exception):
+    """The store has no room (LMDB map or disk full); nothing of the failed write was stored."""
+
+
+class StoreUnavailable(Exception):
+    """The store cannot be reached or is shutting down; the write was not acknowledged."""
+
+
+class IntegrationExists(Exception):
+    """`create_integration` for an id that exists."""
+
+
+class IntegrationLimitReached(Exception):
+    """`create_integration` when `limit` integrations exist already."""
+
+
+class IntegrationMissing(Exception):
+    """`change_integration` for an id that does not exist."""
+
+
+Transition = Callable[[Integration, ChangeView], Change]
+
+
+@dataclass(frozen=True, slots=True)
+class StoreStats:
+    """Figures for /metrics and status; `None` where a backend cannot tell."""
+
+    events: int
+    first_seq: int
+    head: int
+    size_bytes: int | None
+    capacity_bytes: int | None
+    free_bytes: int | None
+
+
+class Store(Protocol):
+    # ----------------------------------------------------------- lifecycle
+
+    async def __aenter__(self) -> Store: ...
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None: ...
+
+    # --------------------------------------------------------------- events
+
+    @property
+    def head(self) -> int:
+        """The newest committed sequence number (0 before the first event)."""
+        ...
+
+    async def wait_for_head(self, after: int, max_wait: float | None = None) -> int:
+        """Wait until the head moves past `after` (or `max_wait` passes); the head."""
+        ...
+
+    async def append(self, events: Sequence[NewEvent]) -> tuple[int, int]:
+        """Store events durably, all or none; (first_seq, last_seq)."""
+        ...
+
+    async def read_events(self, from_seq: int, limit: int,
+                          max_bytes: int = 8 * 1024 * 1024) -> list[StoredEvent]:
+        """Events with seq >= from_seq, oldest first: at most `limit`, and about `max_bytes`
+        of bodies (always at least one event when any is there)."""
+        ...
+
+    async def first_seq(self) -> int:
+        """The oldest stored sequence number, or head + 1 when the log is empty."""
+        ...
+
+    async def seq_at_or_after(self, ingested_ms: int) -> int:
+        """The first seq ingested at or after `ingested_ms` (head + 1 when none)."""
+        ...
+
+    async def last_ingested_ms(self) -> int:
+        """The ingest time stamped on the newest commit (0 before the first)."""
+        ...
+
+    async def prune(self, cutoff_ms: int) -> int:
+        """Remove events ingested before `cutoff_ms`, in bounded steps; how many went."""
+        ...
+
+    async def stats(self) -> StoreStats: ...
+
+    # --------------------------------------------------------- integrations
+
+    async def list_integrations(self) -> list[Integration]: ...
+
+    async def get_integration(self, integration_id: str) -> Integration | None: ...
+
+    async def create_integration(self, integration: Integration, *, cursor: int, limit: int,
+                                 log: LogEntry) -> None:
+        """Insert it with its first cursor and a log entry; raises IntegrationExists, or
+        IntegrationLimitReached when `limit` exist (checked in the same atomic step)."""
+        ...
+
+    async def change_integration(self, integration_id: str, change: Transition) -> Integration:
+        """Apply a transition atomically (see the module docstring); the new record.
+        Raises IntegrationMissing, or whatever `change` raises."""
+        ...
+
+    async def delete_integration(self, integration_id: str,
+                                 incarnation: str | None = None) -> bool:
+        """Remove it with its cursor, sink state, logs and rejected events; only that
+        incarnation when one is given. False when there was nothing to delete."""
+        ...
+
+    # ------------------------------------------- per-integration, fenced writes
+
+    async def get_cursor(self, integration_id: str) -> int | None: ...
+
+    async def set_cursor(self, fence: Fence, next_seq: int) -> bool: ...
+
+    async def get_sink_state(self, integration_id: str) -> dict[str, object] | None: ...
+
+    async def put_sink_state(self, fence: Fence, state: dict[str, object]) -> bool: ...
+
+    async def add_log(self, fence: Fence, entry: LogEntry) -> bool: ...
+
+    async def list_logs(self, integration_id: str, limit: int) -> list[LogEntry]:
+        """The newest `limit` entries, newest first."""
+        ...
+
+    async def add_rejected(self, fence: Fence, entry: RejectedEvent, log: LogEntry) -> bool:
+        """Keep a rejected event (replacing one with the same id) with its log entry; the
+        oldest beyond the bound are dropped, each with a `rejected_event_dropped` entry."""
+        ...
+
+    async def list_rejected(self, integration_id: str) -> list[RejectedEvent]:
+        """Newest first."""
+        ...
+
+    async def get_rejected(self, integration_id: str, rejected_id: str) -> RejectedEvent | None:
+        ...
+
+    async def count_rejected(self, integration_id: str) -> int: ...
+
+    async def delete_rejected(self, integration_id: str, rejected_id: str) -> bool: ...
+
+    async def resolve_rejected(self, fence: Fence, rejected_id: str | None,
+                               log: LogEntry) -> bool:
+        """A retry's outcome: remove the entry (when delivered) and log, fenced."""
+        ...

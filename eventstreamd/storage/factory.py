@@ -1,0 +1,17 @@
+"""Which store backs the daemon: chosen by `storage.backend` in the config."""
+
+from __future__ import annotations
+
+from ..config import Config
+from .base import Store
+from .lmdb_store import LmdbStore
+
+
+def open_store(config: Config) -> Store:
+    """The configured store, not yet entered (`async with open_store(config) as store`)."""
+    return LmdbStore(
+        config.data_dir,
+        map_size=config.storage.map_size,
+        log_entries=config.limits.log_entries,
+        rejected_events=config.limits.rejected_events,
+    )

@@ -1,0 +1,125 @@
+"""The store opened in-process (the daemon stopped), to seed data and check what was stored."""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import anyio
+import lmdb
+import msgpack
+import orjson
+
+import eventstreamd.sinks.registry  # noqa: F401 - registers the sink types the codec reads
+from eventstreamd.model import LogEntry, NewEvent, RejectedEvent, StoredEvent
+from eventstreamd.storage.lmdb_store import LmdbStore
+
+MAP_SIZE = 64 * 1024 * 1024
+T = TypeVar("T")
+
+
+@asynccontextmanager
+async def opened(data_dir: Path, **options: Any) -> AsyncIterator[LmdbStore]:
+    async with LmdbStore(data_dir, map_size=options.pop("map_size", MAP_SIZE),
+                         **options) as store:
+        yield store
+
+
+async def read_all(data_dir: Path) -> list[StoredEvent]:
+    async with opened(data_dir) as store:
+        return await store.read_events(1, 1_000_000, 1 << 40)
+
+
+def decoded(event: StoredEvent) -> dict[str, Any]:
+    """The delivery body an event carries, decoded."""
+    return orjson.loads(event.body)  # type: ignore[no-any-return]
+
+
+def new_event(event_id: str, payload: Any, *, tenant: str = "acme",
+              name: str = "order.created",
+              published_at: str = "2024-05-01T00:00:00.000Z") -> NewEvent:
+    return NewEvent(event_id, tenant, name, orjson.dumps(
+        {"tenant": tenant, "name": name, "published_at": published_at, "payload": payload}))
+
+
+async def seed_rejected(data_dir: Path,
+                        entries: dict[str, Sequence[RejectedEvent]]) -> None:
+    """Store rejected events for existing integrations, as their sinks would."""
+    async with opened(data_dir) as store:
+        for integration_id, items in entries.items():
+            integration = await store.get_integration(integration_id)
+            assert integration is not None, integration_id
+            for entry in items:
+                assert await store.add_rejected(integration.fence(), entry, LogEntry(
+                    entry.created_at, "event_rejected", f"seeded {entry.id}"))
+
+
+def rejected_entry(n: int, tenant: str = "acme") -> RejectedEvent:
+    """A rejected event as a sink stores it (a receiver's 400)."""
+    return RejectedEvent(
+        id=str(uuid.uuid4()), created_at=f"2024-03-01T00:00:{n:02d}.000Z", seq=n + 1,
+        event_id=f"event-{n}", reason="Bad Request", status=400,
+        body=orjson.dumps({"tenant": tenant, "name": "order.created",
+                           "published_at": f"2024-02-29T23:59:{n:02d}.000Z",
+                           "payload": {"n": n}}))
+
+
+def event_of(entry: RejectedEvent) -> dict[str, Any]:
+    """What the API shows of a rejected event: its delivery body."""
+    return orjson.loads(entry.body)  # type: ignore[no-any-return]
+
+
+@asynccontextmanager
+async def held(context: AbstractAsyncContextManager[T]) -> AsyncIterator[T]:
+    """Enter `context` in a task of its own and leave it there: for pytest fixtures, whose
+    setup and teardown run in different tasks (a task group must be left by the task
+    that entered it)."""
+    entered: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+    release = asyncio.Event()
+
+    async def keep() -> None:
+        try:
+            async with context as value:
+                entered.set_result(value)
+                await release.wait()
+        except BaseException as exc:
+            if not entered.done():
+                entered.set_exception(exc)
+            raise
+
+    task = asyncio.create_task(keep())
+    try:
+        yield await entered
+    finally:
+        release.set()
+        with anyio.fail_after(30):
+            await task
+
+
+def seed_format1(data_dir: Path, events: Sequence[tuple[str, str, str, Any]],
+                 ingested_at: int | None = None) -> None:
+    """A data dir as a format-1 daemon (before stored delivery bodies) left it: one msgpack
+    map per event, written with raw LMDB; (id, tenant, name, payload) each, ingested now
+    unless `ingested_at` (ms) says otherwise."""
+    ingested_at = ingested_at if ingested_at is not None else time.time_ns() // 1_000_000
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    (data_dir / "lmdb").mkdir(mode=0o700, exist_ok=True)
+    env = lmdb.open(str(data_dir / "lmdb"), map_size=MAP_SIZE, max_dbs=8, subdir=True)
+    try:
+        events_db, meta = env.open_db(b"events"), env.open_db(b"meta")
+        with env.begin(write=True) as txn:
+            for seq, (event_id, tenant, name, payload) in enumerate(events, start=1):
+                txn.put(struct.pack(">Q", seq), msgpack.packb({
+                    "ingested_at": ingested_at, "id": event_id, "tenant": tenant, "name": name,
+                    "published_at": "2024-05-01T00:00:00.000Z", "payload": payload}),
+                    db=events_db)
+            txn.put(b"last_seq", struct.pack(">Q", len(events)), db=meta)
+            txn.put(b"last_ingested_at", struct.pack(">Q", ingested_at), db=meta)
+    finally:
+        env.close()
