@@ -142,6 +142,12 @@ class WebhookConfig:
 
 
 @dataclass(frozen=True)
+class DeliveryConfig:
+    cursor_every: int = 1000
+    cursor_interval: float = _duration("200ms")
+
+
+@dataclass(frozen=True)
 class S3Config:
     endpoint_url: str = ""
     rotate_interval: float = _duration("5m")
@@ -171,6 +177,7 @@ class Config:
     control: ControlConfig = field(default_factory=ControlConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     webhook: WebhookConfig = field(default_factory=WebhookConfig)
+    delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     s3: S3Config = field(default_factory=S3Config)
     security: SecurityConfig = field(default_factory=SecurityConfig)
     log: LogConfig = field(default_factory=LogConfig)
@@ -270,6 +277,8 @@ def _check(config: Config) -> None:
     if config.server.max_inflight_bytes < config.server.max_body:
         raise ConfigError("bad value for 'server.max_inflight_bytes': must be at least "
                           "server.max_body")
+    if config.delivery.cursor_every < 1:
+        raise ConfigError("bad value for 'delivery.cursor_every': must be at least 1")
     if config.webhook.max_in_flight < 1:
         raise ConfigError("bad value for 'webhook.max_in_flight': must be at least 1")
     for section in ("webhook", "s3"):

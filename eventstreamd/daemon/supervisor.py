@@ -222,7 +222,9 @@ class Supervisor:
         kind = sink_type(integration.kind)
         return SinkLoop(store=self.store, integration=integration,
                         pipeline=kind.build(self.env, integration),
-                        stop_grace=kind.stop_grace(self.config), clock=self.clock, stats=stats)
+                        stop_grace=kind.stop_grace(self.config), clock=self.clock, stats=stats,
+                        cursor_every=self.config.delivery.cursor_every,
+                        cursor_interval=self.config.delivery.cursor_interval)
 
     # ---------------------------------------------------------------- status
 

@@ -11,9 +11,13 @@ Decisions:
 - Reads come in bounded batches (`READ_BATCH`); memory is bounded by that
   batch plus what the pipeline holds (a window of events, or an open file on
   disk), however large the backlog.
-- The cursor is written by one flusher task whenever the safe cursor moved;
-  while one write is in flight further progress accumulates, so cursor
-  writes cost little and never block delivery.
+- The cursor is written by one flusher task, by bound rather than per event:
+  when `cursor_every` events' worth of progress has accumulated, when
+  `cursor_interval` has passed since the last save, or at once when the
+  pipeline is blocked waiting for it (its window of unsaved events is full).
+  While one write is in flight further progress accumulates, so cursor writes
+  cost little and keep fsyncs off the delivery path; a crash re-reads at most
+  what moved since the last save.
 - Where delivery starts: the stored cursor (the integration service applied
   the restart-window rule to it when the integration was started), skipping
   past events that retention pruned (logged with the count). A temporary
@@ -79,7 +83,8 @@ def resume_position(cursor: int, head: int, stopped_at_ms: int | None, now_ms: i
 class SinkLoop:
     def __init__(self, *, store: Store, integration: Integration, pipeline: Pipeline,
                  stop_grace: float, clock: Clock = time.time,
-                 stats: SinkStats | None = None, lease: int | None = None) -> None:
+                 stats: SinkStats | None = None, lease: int | None = None,
+                 cursor_every: int = 1000, cursor_interval: float = 0.2) -> None:
         self.store = store
         self._integration = integration
         self.integration_id = integration.id
@@ -95,6 +100,8 @@ class SinkLoop:
         self.read_position = 0  # next sequence number to read
         self.durable_cursor = 0  # last cursor committed to the store
         self._changed = anyio.Event()
+        self._cursor_every = cursor_every
+        self._cursor_interval = cursor_interval
 
     # ------------------------------------------------------------ SinkContext
 
@@ -258,18 +265,26 @@ class SinkLoop:
             integration=self.integration_id, count=count))
 
     async def _flush_forever(self) -> None:
+        last_save = time.monotonic()
         while True:
-            if self.pipeline.safe_cursor(self.read_position) > self.durable_cursor:
-                try:
-                    await self._flush()
-                except StoreFull:
-                    # Delivery goes on; the window stays held until the cursor is
-                    # durable, so nothing runs further ahead than promised.
-                    log.warning("cursor not saved: the store is full; retrying",
-                                extra=kv(integration=self.integration_id))
-                    await anyio.sleep(CURSOR_RETRY)
-            else:
+            ahead = self.pipeline.safe_cursor(self.read_position) - self.durable_cursor
+            if ahead <= 0:
                 await self.wait_progress()
+                continue
+            due = last_save + self._cursor_interval - time.monotonic()
+            if due > 0 and ahead < self._cursor_every and not self.pipeline.blocked():
+                with anyio.move_on_after(due):
+                    await self.wait_progress()
+                continue
+            try:
+                await self._flush()
+                last_save = time.monotonic()
+            except StoreFull:
+                # Delivery goes on; the window stays held until the cursor is
+                # durable, so nothing runs further ahead than promised.
+                log.warning("cursor not saved: the store is full; retrying",
+                            extra=kv(integration=self.integration_id))
+                await anyio.sleep(CURSOR_RETRY)
 
     async def _flush(self) -> None:
         cursor = self.pipeline.safe_cursor(self.read_position)

@@ -213,10 +213,11 @@ class WebhookPipeline:
     event to an idle worker; the window still decides when the next may go.
     """
 
-    def __init__(self, client: WebhookClient, policy: RetryPolicy, window_size: int) -> None:
+    def __init__(self, client: WebhookClient, policy: RetryPolicy, window_size: int,
+                 unsaved_limit: int | None = None) -> None:
         self.client = client
         self._policy = policy
-        self.window = DeliveryWindow(window_size)
+        self.window = DeliveryWindow(window_size, unsaved_limit)
         self._active = 0
         self._idle = anyio.Event()
         self._idle.set()
@@ -330,7 +331,7 @@ def build(env: SinkEnv, integration: Integration) -> WebhookPipeline:
     client = WebhookClient(env.session, integration.target, webhook.timeout,
                            env.config.security.block_targets)
     return WebhookPipeline(client, RetryPolicy(webhook.retry_initial, webhook.retry_max),
-                           webhook.max_in_flight)
+                           webhook.max_in_flight, env.config.delivery.cursor_every)
 
 
 async def retry_rejected(env: SinkEnv, integration: Integration,

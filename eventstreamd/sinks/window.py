@@ -1,51 +1,66 @@
 """The webhook delivery window: which events are out, and how far the cursor may safely move.
 
 Decisions:
-- An event stays in the window from dispatch until a *durable* cursor write has
-  moved past it, not merely until it was delivered. The window's size
-  (`max_in_flight`) therefore bounds both the requests in flight and the events
-  a crash can deliver twice: the stored cursor is never more than one window
-  behind what was delivered.
+- Two bounds, kept apart: requests in flight (`webhook.max_in_flight`), and
+  events delivered but not yet behind a durable cursor (`delivery.cursor_every`).
+  An event stays in the window from dispatch until a *durable* cursor write has
+  moved past it, so the second bound is what a crash can deliver twice; the
+  cursor is saved every `delivery.cursor_every` finished events or
+  `delivery.cursor_interval` (sinks/loop.py), so fsyncs stay off the delivery
+  path.
 - The safe cursor is the sequence number of the oldest unfinished event, or the
   read position when nothing is unfinished (filtered-out events never enter
   the window).
-- One slow or retrying event holds the window: the integration runs ahead of
-  it by at most `size - 1` events, as promised.
+- One slow or retrying event holds the cursor: the integration runs ahead of it
+  by at most `cursor_every - 1` events, as promised.
+- Per event the window does O(1) work: dispatch order is sequence order, so
+  the unfinished prefix is found by advancing a pointer, never by a scan.
 """
 
 from __future__ import annotations
 
+from collections import deque
+
 
 class DeliveryWindow:
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self._open: dict[int, bool] = {}  # seq -> finished, in dispatch (= seq) order
+    def __init__(self, in_flight_limit: int, unsaved_limit: int | None = None) -> None:
+        self.size = in_flight_limit  # workers and requests in flight
+        self.unsaved_limit = max(in_flight_limit, unsaved_limit or in_flight_limit)
+        self._dispatched: deque[int] = deque()  # seqs not yet behind a durable cursor
+        self._done: set[int] = set()  # finished seqs among them, beyond the safe prefix
+        self._safe = 0  # how many leading entries of _dispatched are finished
+        self._in_flight = 0
 
     def __len__(self) -> int:
-        return len(self._open)
+        return len(self._dispatched)
 
     @property
     def full(self) -> bool:
-        return len(self._open) >= self.size
+        return (self._in_flight >= self.size
+                or len(self._dispatched) >= self.unsaved_limit)
 
     @property
     def in_flight(self) -> int:
-        return sum(1 for finished in self._open.values() if not finished)
+        return self._in_flight
 
     def dispatch(self, seq: int) -> None:
-        self._open[seq] = False
+        self._dispatched.append(seq)
+        self._in_flight += 1
 
     def finish(self, seq: int) -> None:
-        if seq in self._open:
-            self._open[seq] = True
+        self._done.add(seq)
+        self._in_flight -= 1
 
     def safe_cursor(self, read_position: int) -> int:
-        for seq, finished in self._open.items():
-            if not finished:
-                return seq
-        return read_position
+        dispatched, done = self._dispatched, self._done
+        while self._safe < len(dispatched) and dispatched[self._safe] in done:
+            done.discard(dispatched[self._safe])
+            self._safe += 1
+        return dispatched[self._safe] if self._safe < len(dispatched) else read_position
 
     def committed(self, cursor: int) -> None:
         """A cursor write of `cursor` is durable: release the events before it."""
-        for seq in [s for s in self._open if s < cursor]:
-            del self._open[seq]
+        dispatched = self._dispatched
+        while self._safe and dispatched and dispatched[0] < cursor:
+            dispatched.popleft()
+            self._safe -= 1
