@@ -15,6 +15,7 @@ import pytest
 from tests.helpers.api import ApiClient, events
 from tests.helpers.daemon import Factory
 from tests.helpers.s3 import MotoServer, s3_params
+from tests.test_control import Line
 
 KEY = re.compile(r"^(?:(?P<prefix>.+)/)?(?P<tenant>[^/]+)/(?P<ms>\d{13})-data-(?P<rand>[0-9a-f]+)"
                  r"\.export$")
@@ -190,12 +191,14 @@ async def test_sigkill_leaves_every_event_in_exactly_one_object(
             await api.publish(batch)
             published += len(batch)
         if moment == "spooling":
-            spool = d.data_dir / "spool" / "s1"
+            # Spool files are written through a buffer: ask the daemon how much it holds.
+            client = await Line.connect(d.data_dir / "control.sock")
             with anyio.fail_after(20):
-                while not any(f.stat().st_size for f in spool.glob("*")) or \
-                        sum(f.stat().st_size for f in spool.glob("*")) < 1000:
+                while ((await client.call("status"))["result"]["integrations"][0]
+                       ["buffered_bytes"] or 0) < 1000:
                     await anyio.sleep(0.05)
             d.proc.send_signal(signal.SIGKILL)  # type: ignore[union-attr]
+            await client.close()
     assert d.proc is not None
     # The crash point must really be reached: the daemon dies by itself (or by our kill).
     assert d.proc.wait(60) == -signal.SIGKILL, f"daemon did not die at {moment}"

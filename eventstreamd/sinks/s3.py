@@ -23,10 +23,16 @@ Decisions:
   watermark are skipped when the log is read again, so no event lands in two
   objects. Only after the upload succeeded is the file removed from
   `pending`.
+- Spooling and uploading overlap: a sealed file is recorded, then handed to
+  the pipeline's uploader task (`serve`), and spooling goes on into the next
+  file; at most `MAX_QUEUED_UPLOADS` sealed files wait, after which spooling
+  waits for the uploader (backpressure, bounded disk). Spool files are written
+  through a 1 MiB buffer.
 - Small files go up with one PUT; files larger than `PART_SIZE` as multipart
-  uploads with parts of `PART_SIZE` (8 MiB), read from the spool file one
-  part at a time, so memory stays bounded by one part. A multipart upload that
-  fails is aborted so no orphaned parts are left to bill.
+  uploads with parts of `PART_SIZE` (8 MiB), up to `PART_CONCURRENCY` parts in
+  flight at once, each read from the spool file when its turn comes, so
+  memory stays bounded by that many parts. A multipart upload that fails is
+  aborted so no orphaned parts are left to bill.
 - Upload failures (server down, 5xx, throttling, bad credentials, missing
   bucket) are retried with `s3.retry_initial` / `s3.retry_max` (the shared
   retry loop, `retry.py`) and logged as `retry_triggered` with a reason
@@ -55,6 +61,7 @@ import re
 import shutil
 import time
 import uuid
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, ClassVar
@@ -86,6 +93,9 @@ from .retry import Failure, RetryPolicy, retry_until_stopped
 log = logging.getLogger("eventstreamd.s3")
 
 PART_SIZE = 8 * 1024 * 1024
+PART_CONCURRENCY = 4  # multipart parts in flight per file: at most this many parts in memory
+MAX_QUEUED_UPLOADS = 2  # sealed files waiting for or in upload; past it, spooling waits
+SPOOL_BUFFER = 1024 * 1024  # spool files are written in writes of this size
 MAX_OPEN_FILES = 64  # per integration; one per tenant until then
 REBUILD_BATCH = 1024
 UPLOAD_ERRORS = (ClientError, BotoCoreError, OSError, TimeoutError)
@@ -227,6 +237,9 @@ class S3Pipeline:
         self._client: Any = None
         self._stack = contextlib.AsyncExitStack()
         self.uploads = 0
+        self._queue: deque[tuple[dict[str, Any], Path]] = deque()  # sealed, not yet uploaded
+        self._queue_changed = anyio.Event()
+        self._uploader_done = anyio.Event()
 
     # ------------------------------------------------------------- pipeline
 
@@ -247,7 +260,26 @@ class S3Pipeline:
                 return
 
     async def serve(self, ctx: SinkContext) -> None:
-        return None
+        """The uploader: sealed files, one after the other, while spooling goes on."""
+        try:
+            while True:
+                while not self._queue:
+                    await self._wait_queue()
+                manifest, path = self._queue[0]
+                if not await self._upload(manifest, ctx, path):
+                    return  # stopping: it stays recorded and is rebuilt on the next start
+                self._queue.popleft()
+                self._queue_moved()
+        finally:
+            self._uploader_done.set()
+            self._queue_moved()
+
+    def _queue_moved(self) -> None:
+        moved, self._queue_changed = self._queue_changed, anyio.Event()
+        moved.set()
+
+    async def _wait_queue(self) -> None:
+        await self._queue_changed.wait()
 
     async def accept(self, event: StoredEvent, ctx: SinkContext) -> bool:
         if event.seq <= self.watermarks.get(event.tenant, 0):
@@ -290,7 +322,7 @@ class S3Pipeline:
             await self._rotate(due, ctx)
 
     def blocked(self) -> bool:
-        return False
+        return len(self._queue) >= MAX_QUEUED_UPLOADS
 
     def safe_cursor(self, read_position: int) -> int:
         firsts = [f.first_seq for f in self.files.values()]
@@ -301,9 +333,13 @@ class S3Pipeline:
         return None
 
     async def close(self, ctx: SinkContext, outcome: str, grace: float) -> None:
+        """Seal what is open and wait for the uploader to drain, within `grace` when stopped
+        (a completed temporary integration waits until every file is up, or a stop)."""
         with anyio.move_on_after(grace if outcome == "stopped" else None):
             if self.files:
                 await self._rotate(list(self.files.values()), ctx)
+            while self._queue and not self._uploader_done.is_set():
+                await self._wait_queue()
 
     async def release(self) -> None:
         for open_file in self.files.values():
@@ -326,13 +362,19 @@ class S3Pipeline:
         epoch_ms = int(now * 1000)
         key = object_key(self.prefix, tenant, epoch_ms)
         path = self.spool_dir / f"{uuid.uuid4().hex}.ndjson"
-        handle = open(path, "wb")  # closed when the file is sealed
+        handle = open(path, "wb", buffering=SPOOL_BUFFER)  # closed when the file is sealed
         open_file = OpenFile(tenant, key, path, handle, first_seq, first_seq, now)
         self.files[tenant] = open_file
         return open_file
 
     async def _rotate(self, files: list[OpenFile], ctx: SinkContext) -> bool:
-        """Seal, record and upload `files`; False when a stop cut the upload short."""
+        """Seal and record `files` and hand them to the uploader; False when the integration
+        is gone or a stop came while waiting for room in the upload queue."""
+        while len(self._queue) >= MAX_QUEUED_UPLOADS:
+            if ctx.stopping.is_set():
+                return False
+            with anyio.move_on_after(0.2):
+                await self._wait_queue()
         manifests = []
         for open_file in files:
             open_file.handle.close()
@@ -349,9 +391,8 @@ class S3Pipeline:
         self.pending.extend(manifests)
         if not await self._save_state(ctx):
             return False  # deleted or replaced: upload nothing more for it
-        for manifest in manifests:
-            if not await self._upload(manifest, ctx, Path(manifest["path"])):
-                return False
+        self._queue.extend((m, Path(m["path"])) for m in manifests)
+        self._queue_moved()
         return True
 
     async def _save_state(self, ctx: SinkContext) -> bool:
@@ -458,20 +499,32 @@ class S3Pipeline:
             return
         upload = await self._client.create_multipart_upload(Bucket=self.bucket, Key=key)
         upload_id = upload["UploadId"]
+        parts: dict[int, str] = {}
+        slots = anyio.Semaphore(PART_CONCURRENCY)
+
+        async def send(number: int, chunk: bytes) -> None:
+            try:
+                part = await self._client.upload_part(
+                    Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number,
+                    Body=chunk)
+                parts[number] = part["ETag"]
+                crash_point("s3_multipart_part")
+            finally:
+                slots.release()
+
         try:
-            parts = []
-            async with await anyio.open_file(path, "rb") as fh:
-                number = 1
-                while chunk := await fh.read(PART_SIZE):
-                    part = await self._client.upload_part(
-                        Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number,
-                        Body=chunk)
-                    parts.append({"ETag": part["ETag"], "PartNumber": number})
-                    crash_point("s3_multipart_part")
-                    number += 1
+            async with await anyio.open_file(path, "rb") as fh, anyio.create_task_group() as tg:
+                for number in range(1, size // PART_SIZE + 2):
+                    await slots.acquire()  # read a part only when it can be sent
+                    chunk = await fh.read(PART_SIZE)
+                    if not chunk:
+                        slots.release()
+                        break
+                    tg.start_soon(send, number, chunk)
             await self._client.complete_multipart_upload(
                 Bucket=self.bucket, Key=key, UploadId=upload_id,
-                MultipartUpload={"Parts": parts})
+                MultipartUpload={"Parts": [{"ETag": parts[n], "PartNumber": n}
+                                           for n in sorted(parts)]})
         except BaseException:
             # Shielded so a stop cannot skip it, bounded so it cannot hold a stop up.
             with anyio.CancelScope(shield=True), anyio.move_on_after(self._timeout), \
