@@ -11,6 +11,7 @@ SCENARIO_IDS = (
     "webhook-inflight-1",
     "webhook-fanout-10",
     "latency-1000eps",
+    "capacity",
     "s3-upload",
     "backlog-rss",
     "restart",

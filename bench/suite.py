@@ -409,6 +409,72 @@ def latency(ctx: Ctx) -> list[Row]:
                       busy)]
 
 
+CAPACITY_P99_MS = 50.0
+
+
+def _capacity_steps(ctx: Ctx, url: str, receiver: ReceiverProc, pids: dict[str, int],
+                    token: str | None) -> tuple[float | None, list[str], dict[str, float]]:
+    """Step the paced rate up until publish-to-receipt p99 exceeds the limit (or the load
+    generator falls behind); the highest rate that held, what each step saw, busyness."""
+    rates = ctx.size([250, 500, 1000, 1500, 2000, 2500, 3000, 4000, 5000, 6000],
+                     [250, 500, 1000, 2000])
+    duration = ctx.size(6.0, 2.0)
+    best: float | None = None
+    steps: list[str] = []
+    busy: dict[str, float] = {}
+    for rate in rates:
+        receiver.reset()
+        args = {"url": url, "rate": rate, "duration": duration}
+        if token is not None:
+            args["token"] = token
+        result, step_busy = ctx.measure("paced", args, pids, timeout=duration + 120)
+        receiver.wait_count(result["sent"], 30, idle_timeout=10)
+        stats = receiver.stats(skip=max(50, result["sent"] // 10))  # warm-up left out
+        p99 = stats["latency"].get("p99_ms")
+        kept_up = result["achieved_rate"] >= 0.95 * rate and stats["count"] >= result["sent"]
+        steps.append(f"{rate}/s: p99 {p99 if p99 is None else round(p99, 1)} ms"
+                     + ("" if kept_up else " (fell behind)"))
+        if p99 is None or p99 > CAPACITY_P99_MS or not kept_up:
+            break
+        best, busy = float(rate), step_busy
+    return best, steps, busy
+
+
+def capacity(ctx: Ctx) -> list[Row]:
+    """The highest steady end-to-end rate (one event per request, one webhook integration)
+    at which publish-to-receipt p99 stays <= 50 ms; baseline: a bare aiohttp server that
+    relays each event with a bare aiohttp client (8 in flight) to the same receiver."""
+    scenario = "capacity"
+    receiver = ReceiverProc(ctx.children)
+    try:
+        relay = Helper(ctx.children, "bench.bareserver", "--relay", f"{receiver.url}/relay",
+                       "--in-flight", "8")
+        try:
+            relay_url = f"http://127.0.0.1:{relay.line(20)['port']}/events"
+            ctx.log("  baseline: bare server relaying with a bare client, stepping the rate")
+            base, base_steps, base_busy = _capacity_steps(
+                ctx, relay_url, receiver, {"server": relay.pid, "receiver": receiver.pid}, None)
+        finally:
+            relay.end()
+        daemon = ctx.daemon(scenario)
+        try:
+            daemon.create_webhook("capacity", f"{receiver.url}/capacity", None)
+            time.sleep(0.3)  # the sink starts
+            ctx.log("  daemon: one webhook integration, stepping the rate")
+            value, steps, busy = _capacity_steps(
+                ctx, f"{daemon.url}/events", receiver,
+                {"daemon": daemon.pid, "receiver": receiver.pid}, TOKEN)
+        finally:
+            daemon.stop()
+    finally:
+        receiver.stop()
+    busy.update({f"baseline_{k}": v for k, v in base_busy.items()})
+    note = (f"daemon steps: {'; '.join(steps)}. baseline steps: {'; '.join(base_steps)}. "
+            f"p99 limit {CAPACITY_P99_MS:g} ms")
+    return [ratio_row(scenario, "events/s at p99 <= 50 ms", "events/s", value, base, 0.6,
+                      note=note, busy=busy)]
+
+
 def s3_upload(ctx: Ctx) -> list[Row]:
     scenario = "s3-upload"
     files, rotate_mib = ctx.size((4, 50), (2, 12))
@@ -619,6 +685,7 @@ SCENARIOS: dict[str, Callable[[Ctx], list[Row]]] = {
     "webhook-inflight-1": webhook_1,
     "webhook-fanout-10": webhook_fanout,
     "latency-1000eps": latency,
+    "capacity": capacity,
     "s3-upload": s3_upload,
     "backlog-rss": backlog_rss,
     "restart": restart,

@@ -102,6 +102,7 @@ class SinkLoop:
         self._changed = anyio.Event()
         self._cursor_every = cursor_every
         self._cursor_interval = cursor_interval
+        self._urgent = anyio.Event()
 
     # ------------------------------------------------------------ SinkContext
 
@@ -122,6 +123,7 @@ class SinkLoop:
 
     def request_stop(self) -> None:
         self._stopping.set()
+        self._flush_soon()
         self.progressed()
 
     def progressed(self) -> None:
@@ -211,6 +213,7 @@ class SinkLoop:
         while not self._stopping.is_set():
             await pipeline.tick(self)
             if pipeline.blocked():
+                self._flush_soon()  # it may be waiting for a durable cursor
                 with anyio.move_on_after(HEAD_POLL):
                     await self.wait_progress()
                 continue
@@ -226,11 +229,18 @@ class SinkLoop:
             for event in batch:
                 if self._ends_ms is not None and event.ingested_at > self._ends_ms:
                     return "completed"
-                if self.filter.matches(event) and not await self._hand_on(event):
-                    break  # stopping
+                if self.filter.matches(event):
+                    while pipeline.blocked() and not self._stopping.is_set():
+                        self._flush_soon()  # its window may wait for a durable cursor
+                        with anyio.move_on_after(HEAD_POLL):
+                            await self.wait_progress()
+                    if not await self._hand_on(event):
+                        break  # stopping
                 self.read_position = event.seq + 1
                 if self._stopping.is_set():
                     break
+            if self.read_position - self.durable_cursor >= self._cursor_every:
+                self._flush_soon()
             self.progressed()
         return "stopped"
 
@@ -264,21 +274,22 @@ class SinkLoop:
         log.warning("events pruned before delivery", extra=kv(
             integration=self.integration_id, count=count))
 
+    def _flush_soon(self) -> None:
+        """Save the cursor now rather than at the next interval (the pipeline waits for it,
+        or `cursor_every` events' worth has accumulated)."""
+        self._urgent.set()
+
     async def _flush_forever(self) -> None:
-        last_save = time.monotonic()
+        # Woken by the interval or an urgent request, never per event: per-event
+        # progress only wakes the dispatcher.
         while True:
-            ahead = self.pipeline.safe_cursor(self.read_position) - self.durable_cursor
-            if ahead <= 0:
-                await self.wait_progress()
-                continue
-            due = last_save + self._cursor_interval - time.monotonic()
-            if due > 0 and ahead < self._cursor_every and not self.pipeline.blocked():
-                with anyio.move_on_after(due):
-                    await self.wait_progress()
+            with anyio.move_on_after(self._cursor_interval):
+                await self._urgent.wait()
+            self._urgent = anyio.Event()
+            if self.pipeline.safe_cursor(self.read_position) <= self.durable_cursor:
                 continue
             try:
                 await self._flush()
-                last_save = time.monotonic()
             except StoreFull:
                 # Delivery goes on; the window stays held until the cursor is
                 # durable, so nothing runs further ahead than promised.

@@ -68,9 +68,6 @@ from typing import IO, Any, ClassVar
 
 import anyio
 import orjson
-from aiobotocore.config import AioConfig
-from aiobotocore.session import get_session
-from botocore.exceptions import BotoCoreError, ClientError
 
 from ..codec import filter_from_api, filter_to_api
 from ..config import Config
@@ -98,7 +95,15 @@ MAX_QUEUED_UPLOADS = 2  # sealed files waiting for or in upload; past it, spooli
 SPOOL_BUFFER = 1024 * 1024  # spool files are written in writes of this size
 MAX_OPEN_FILES = 64  # per integration; one per tenant until then
 REBUILD_BATCH = 1024
-UPLOAD_ERRORS = (ClientError, BotoCoreError, OSError, TimeoutError)
+
+
+def upload_errors() -> tuple[type[BaseException], ...]:
+    """What a failed S3 request raises. aiobotocore and botocore are imported when an S3
+    sink first needs them, not when the daemon starts: they cost ~0.25 s of every start
+    (bench `restart`), and a daemon may have no S3 integration at all."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    return (ClientError, BotoCoreError, OSError, TimeoutError)
 
 BUCKET_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{1,61}[A-Za-z0-9]")
 PREFIX_SEGMENT = re.compile(r"[A-Za-z0-9_.-]+")
@@ -190,6 +195,8 @@ def object_key(prefix: str | None, tenant: str, epoch_ms: int) -> str:
 
 def describe_error(exc: BaseException) -> Failure:
     """The cause in words, and the HTTP status when S3 answered."""
+    from botocore.exceptions import ClientError
+
     if isinstance(exc, ClientError):
         error = exc.response.get("Error", {})
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
@@ -203,6 +210,9 @@ def describe_error(exc: BaseException) -> Failure:
 
 def s3_client(target: S3Target, endpoint_url: str | None, timeout: float) -> Any:
     """An aiobotocore S3 client (an async context manager) for an integration's target."""
+    from aiobotocore.config import AioConfig
+    from aiobotocore.session import get_session
+
     config = AioConfig(
         connect_timeout=timeout, read_timeout=max(timeout, 30.0),
         retries={"max_attempts": 1, "mode": "standard"},
@@ -416,12 +426,12 @@ class S3Pipeline:
         try:
             await self._client.head_object(Bucket=self.bucket, Key=key)
             return True
-        except UPLOAD_ERRORS:
+        except upload_errors():
             return False
 
     async def _abort_stale_multipart(self, key: str) -> None:
         """Abort multipart uploads of `key` left by a crash, so no orphaned parts stay billed."""
-        with contextlib.suppress(*UPLOAD_ERRORS), anyio.move_on_after(self._timeout):
+        with contextlib.suppress(*upload_errors()), anyio.move_on_after(self._timeout):
             listing = await self._client.list_multipart_uploads(Bucket=self.bucket, Prefix=key)
             for upload in listing.get("Uploads", []):
                 if upload.get("Key") == key:
@@ -471,7 +481,7 @@ class S3Pipeline:
                 await self._put(key, spooled)
                 crash_point("s3_after_upload")
                 return True
-            except UPLOAD_ERRORS as exc:
+            except upload_errors() as exc:
                 return describe_error(exc)
 
         done = await retry_until_stopped(
@@ -568,7 +578,7 @@ async def retry_rejected(env: SinkEnv, integration: Integration,
     try:
         await upload_single(integration.target, env.config.s3.endpoint_url,
                             env.config.s3.timeout, tenant, entry.body)
-    except UPLOAD_ERRORS as exc:
+    except upload_errors() as exc:
         failure = describe_error(exc)
         code = f" (HTTP status code {failure.status})" if failure.status is not None else ""
         raise DeliveryFailed(f"upload to s3://{integration.target.bucket} failed: "

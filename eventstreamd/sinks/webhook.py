@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import urllib.parse
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -209,8 +210,9 @@ class WebhookPipeline:
     """Delivers events with `window_size` long-lived worker tasks, with retries.
 
     Workers, not a task per event: spawning a task per delivery was a measurable
-    share of the loop's time (bench/README.md). A zero-buffer stream hands each
-    event to an idle worker; the window still decides when the next may go.
+    share of the loop's time (bench/README.md). Events are handed over through a
+    deque that idle workers wait on (one wake-up per event at most, no stream
+    machinery); the window decides when the next may go.
     """
 
     def __init__(self, client: WebhookClient, policy: RetryPolicy, window_size: int,
@@ -218,10 +220,12 @@ class WebhookPipeline:
         self.client = client
         self._policy = policy
         self.window = DeliveryWindow(window_size, unsaved_limit)
-        self._active = 0
+        self._active = 0  # events handed over and not yet finished
         self._idle = anyio.Event()
         self._idle.set()
-        self._send, self._receive = anyio.create_memory_object_stream[StoredEvent](0)
+        self._pending: deque[StoredEvent] = deque()
+        self._work = anyio.Event()
+        self._closed = False
 
     async def open(self, ctx: SinkContext) -> None:
         return None
@@ -247,9 +251,9 @@ class WebhookPipeline:
         return PipelineStatus(in_flight=self.window.in_flight)
 
     async def release(self) -> None:
-        # The ClientSession is the process's; only the hand-over stream is ours.
-        self._send.close()
-        self._receive.close()
+        # The ClientSession is the process's; only the hand-over is ours.
+        self._closed = True
+        self._work.set()
 
     async def accept(self, event: StoredEvent, ctx: SinkContext) -> bool:
         while self.window.full and not ctx.stopping.is_set():
@@ -260,13 +264,19 @@ class WebhookPipeline:
         if self._active == 0:
             self._idle = anyio.Event()
         self._active += 1
-        await self._send.send(event)
+        self._pending.append(event)
+        self._work.set()
         return True
 
     async def _worker(self, ctx: SinkContext) -> None:
-        async with self._receive.clone() as events:
-            async for event in events:
-                await self._deliver_one(event, ctx)
+        while True:
+            while not self._pending:
+                if self._closed:
+                    return
+                if self._work.is_set():
+                    self._work = anyio.Event()
+                await self._work.wait()
+            await self._deliver_one(self._pending.popleft(), ctx)
 
     async def close(self, ctx: SinkContext, outcome: str, grace: float) -> None:
         if outcome == "completed":
@@ -281,7 +291,8 @@ class WebhookPipeline:
                 tg.cancel_scope.cancel()
         with anyio.move_on_after(grace):
             await self._idle.wait()
-        self._send.close()  # idle workers end; busy ones end after their event
+        self._closed = True  # idle workers end; busy ones end after their event
+        self._work.set()
         if self._active:
             log.warning("deliveries still running at stop; abandoning them",
                         extra={"fields": {"integration": ctx.integration.id,
