@@ -238,7 +238,7 @@ class IntegrationService:
 
     async def list_rejected(self, integration_id: str) -> list[dict[str, Any]]:
         await self._integration(integration_id)
-        return [{"id": e.id, "created_at": e.created_at}
+        return [codec.rejected_list_entry(e)
                 for e in await self._do(self.store.list_rejected(integration_id))]
 
     async def get_rejected(self, integration_id: str, event_id: str) -> Any:
