@@ -29,6 +29,8 @@ Decisions:
   loop in between, so one 10 MiB body never stalls `/healthz` or other
   publishers, and only the encoded events (about the size of the input) stay
   in memory: the parsed objects of one chunk are dropped before the next.
+- Counted once per request for /metrics (`IngestStats`: events, bytes, the
+  batch size, the answer's status), never per event.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ from ..naming import MAX_ID, MAX_TENANT, valid_event_id, valid_name, valid_tenan
 from ..storage.base import StoreFull, StoreUnavailable
 from ..timeutil import format_utc, now_iso, parse_rfc3339
 from .errors import ApiError
-from .keys import DEFAULT_TENANT, INGEST_BUDGET, STORE
+from .keys import DEFAULT_TENANT, INGEST_BUDGET, INGEST_STATS, STORE
 
 CHUNK_EVENTS = 2000  # events validated between two yields to the event loop
 SMALL_BODY = 64 * 1024  # bodies up to this are validated without yielding
@@ -219,13 +221,24 @@ async def validate_body(body: bytes, content_type: str,
 
 
 async def publish_events(request: web.Request) -> web.Response:
-    async with request.app[INGEST_BUDGET].body(request) as body:
-        events = await validate_body(body, request.content_type, request.app[DEFAULT_TENANT])
-        try:
-            first, last = await request.app[STORE].append(events)
-        except StoreFull as exc:
-            raise ApiError(507, "insufficient_storage", str(exc)) from None
-        except StoreUnavailable as exc:
-            raise ApiError(503, "unavailable", f"the events were not stored: {exc}",
-                           headers={"Retry-After": "1"}) from None
+    stats = request.app[INGEST_STATS]
+    try:
+        async with request.app[INGEST_BUDGET].body(request) as body:
+            events = await validate_body(body, request.content_type,
+                                         request.app[DEFAULT_TENANT])
+            try:
+                first, last = await request.app[STORE].append(events)
+            except StoreFull as exc:
+                raise ApiError(507, "insufficient_storage", str(exc)) from None
+            except StoreUnavailable as exc:
+                raise ApiError(503, "unavailable", f"the events were not stored: {exc}",
+                               headers={"Retry-After": "1"}) from None
+            size = len(body)
+    except ApiError as exc:
+        stats.refused(exc.status)
+        raise
+    except web.HTTPException as exc:
+        stats.refused(exc.status)
+        raise
+    stats.accepted(len(events), size)
     return web.json_response({"accepted": len(events), "first_seq": first, "last_seq": last})
