@@ -1,22 +1,34 @@
 # One command each: `make run` starts the daemon, `make test` runs the tests.
-# Both create .venv and install what they need on a fresh machine.
+# Both create .venv and install what they need on a fresh machine: `make run` only
+# what running needs, `make test` the test extras too.
 
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+HASH := $(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+RUN_STAMP := $(VENV)/.runtime-$(HASH)
+STAMP := $(VENV)/.installed-$(HASH)
 QUICK ?=
 
 .PHONY: run test bench soak lint clean
 
+# The runtime dependencies only (no moto, schemathesis, hypothesis, ruff): a quick first run.
+$(RUN_STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e .
+	rm -f $(VENV)/.runtime-*
+	touch $@
+
+# Everything, test extras included; it satisfies `make run` as well.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'
-	rm -f $(VENV)/.installed-*
-	touch $@
+	rm -f $(VENV)/.installed-* $(VENV)/.runtime-*
+	touch $@ $(RUN_STAMP)
 
-run: $(STAMP)
+run: $(RUN_STAMP)
 	$(BIN)/eventstreamd run --config eventstreamd.toml
 
 test: $(STAMP)

@@ -191,11 +191,12 @@ def log_from_store(raw: dict[str, Any]) -> LogEntry:
 def rejected_to_store(entry: RejectedEvent) -> dict[str, Any]:
     return {"id": entry.id, "created_at": entry.created_at, "seq": entry.seq,
             "event_id": entry.event_id, "reason": entry.reason, "status": entry.status,
-            "body": entry.body, "deliverable": entry.deliverable, **entry.extra}
+            "body": entry.body, "deliverable": entry.deliverable, "attempts": entry.attempts,
+            **entry.extra}
 
 
 _REJECTED_KEYS = frozenset({"id", "created_at", "seq", "event_id", "reason", "status", "body",
-                            "event", "deliverable"})
+                            "event", "deliverable", "attempts"})
 
 
 def placeholder_body(tenant: str, name: str, published_at: str) -> bytes:
@@ -219,9 +220,40 @@ def rejected_from_store(raw: dict[str, Any]) -> RejectedEvent:
         id=raw["id"], created_at=raw["created_at"], seq=raw.get("seq", 0),
         event_id=raw.get("event_id", raw["id"]), reason=raw.get("reason") or "",
         body=body, status=raw.get("status"), deliverable=deliverable,
+        attempts=raw.get("attempts"),
         extra={k: v for k, v in raw.items() if k not in _REJECTED_KEYS})
 
 
+REASON_EXCERPT = 200  # characters of the reason in a list entry
+
+
+def rejection_context(entry: RejectedEvent, reason_limit: int | None = None) -> dict[str, Any]:
+    """What ties a rejected event to what was published, and why it was set aside:
+    the event's own id and sequence number, the receiver's HTTP status and answer
+    (the reason), and the delivery attempts it took."""
+    reason = entry.reason
+    if reason_limit is not None and len(reason) > reason_limit:
+        reason = reason[: reason_limit - 3] + "..."
+    return {"event_id": entry.event_id, "seq": entry.seq, "status": entry.status,
+            "reason": reason, "attempts": entry.attempts, "deliverable": entry.deliverable}
+
+
+def rejected_list_entry(entry: RejectedEvent) -> dict[str, Any]:
+    """An entry of the spec's Rejected Event List (`id`, `created_at`) with the context
+    beside them (the spec's entries allow further properties)."""
+    return {"id": entry.id, "created_at": entry.created_at,
+            **rejection_context(entry, REASON_EXCERPT)}
+
+
 def rejected_event_view(entry: RejectedEvent) -> orjson.Fragment:
-    """The spec's Rejected Event: the delivery body, embedded as is (never re-encoded)."""
-    return orjson.Fragment(entry.body)
+    """The spec's Rejected Event: the delivery body, embedded as is (never re-encoded),
+    with the context under one more key, `rejection` (the spec's schema allows further
+    properties; the event's own four stay exactly as they were sent)."""
+    context = orjson.dumps({"rejection": {"id": entry.id, "created_at": entry.created_at,
+                                          **rejection_context(entry)}})
+    body = entry.body.rstrip()
+    if not body.endswith(b"}"):
+        return orjson.Fragment(entry.body)
+    # `{...}` + `{"rejection":...}` -> `{..., "rejection":...}`; `{}` has no comma to add.
+    separator = b"," if body[:-1].strip() != b"{" else b""
+    return orjson.Fragment(body[:-1] + separator + context[1:])

@@ -11,10 +11,22 @@ Decisions:
   string with a unit ("250ms", "50MiB") or a plain number.
 - Resolution order: --config PATH, $EVENTSTREAMD_CONFIG, ./eventstreamd.toml
   when it exists, built-in defaults.
+- Relative paths in a config file (`storage.data_dir`, `control.socket`)
+  resolve against that file's directory, as Prometheus does, so
+  `eventstreamd tui --config /etc/x/eventstreamd.toml` works from anywhere;
+  without a file they resolve against the working directory. The raw values
+  stay as written (so a loaded file compares equal to the defaults); the
+  `data_dir` and `control_socket` properties are the absolute paths every
+  part of the program uses.
+- Webhook signing secrets are Standard Webhooks secrets (`whsec_` and the
+  base64 of 24-64 random bytes), checked here so a typo stops start-up
+  instead of producing signatures no receiver accepts.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
 import os
 import re
@@ -139,6 +151,14 @@ class WebhookConfig:
     retry_initial: float = _duration("1s")
     retry_max: float = _duration("60s")
     temporary_delete_after: float = _duration("1h")
+    # Standard Webhooks signing (eventstreamd/sinks/signing.py): "" means unsigned.
+    # During a rotation both are set and every delivery carries both signatures.
+    signing_secret: str = ""
+    previous_signing_secret: str = ""
+
+    @property
+    def signing_secrets(self) -> tuple[str, ...]:
+        return tuple(s for s in (self.signing_secret, self.previous_signing_secret) if s)
 
 
 @dataclass(frozen=True)
@@ -163,6 +183,11 @@ class SecurityConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    public: bool = False  # true: GET /metrics answers without a token
+
+
+@dataclass(frozen=True)
 class LogConfig:
     level: str = "info"
     format: str = "text"
@@ -181,15 +206,23 @@ class Config:
     s3: S3Config = field(default_factory=S3Config)
     security: SecurityConfig = field(default_factory=SecurityConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     source: str = field(default="<defaults>", metadata={"internal": True})
+    # The directory relative paths resolve against: the config file's ("" = the cwd).
+    base_dir: str = field(default="", metadata={"internal": True})
+
+    def path(self, value: str) -> Path:
+        """A path from the config, absolute: relative ones are taken from `base_dir`."""
+        return Path(os.path.normpath((Path(self.base_dir) / value).absolute()))
 
     @property
     def data_dir(self) -> Path:
-        return Path(self.storage.data_dir)
+        return self.path(self.storage.data_dir)
 
     @property
     def control_socket(self) -> Path:
-        return Path(self.control.socket) if self.control.socket else self.data_dir / "control.sock"
+        return (self.path(self.control.socket) if self.control.socket
+                else self.data_dir / "control.sock")
 
 
 _LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -293,6 +326,38 @@ def _check(config: Config) -> None:
                           "'-' (and not '.' or '..')")
     if any(not t for t in config.auth.tokens):
         raise ConfigError("bad value for 'auth.tokens': tokens must not be empty strings")
+    for key in ("signing_secret", "previous_signing_secret"):
+        secret = getattr(config.webhook, key)
+        if secret and not valid_signing_secret(secret):
+            raise ConfigError(f"bad value for 'webhook.{key}': must be \"whsec_\" followed by "
+                              "the base64 of 24 to 64 random bytes (see eventstreamd.toml)")
+    if config.webhook.previous_signing_secret and not config.webhook.signing_secret:
+        raise ConfigError("bad value for 'webhook.previous_signing_secret': set "
+                          "webhook.signing_secret too (the new secret of the rotation)")
+
+
+SIGNING_PREFIX = "whsec_"
+
+
+def signing_key(secret: str) -> bytes:
+    """The HMAC key of a Standard Webhooks secret (`whsec_` + base64); ValueError if bad."""
+    if not secret.startswith(SIGNING_PREFIX):
+        raise ValueError("no whsec_ prefix")
+    try:
+        key = base64.b64decode(secret[len(SIGNING_PREFIX):], validate=True)
+    except binascii.Error:
+        raise ValueError("not base64") from None
+    if not 24 <= len(key) <= 64:
+        raise ValueError("the key must be 24 to 64 bytes")
+    return key
+
+
+def valid_signing_secret(secret: str) -> bool:
+    try:
+        signing_key(secret)
+    except ValueError:
+        return False
+    return True
 
 
 def load_config(path: str | os.PathLike[str] | None = None) -> Config:
@@ -320,4 +385,5 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
         _check(config)
     except ConfigError as exc:
         raise ConfigError(f"{chosen}: {exc}") from None
-    return dataclasses.replace(config, source=str(chosen))
+    return dataclasses.replace(config, source=str(chosen),
+                               base_dir=str(chosen.absolute().parent))

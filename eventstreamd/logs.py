@@ -4,6 +4,8 @@ Decisions:
 - Records carry their fields as `extra={"fields": {...}}`; the text format
   renders them as `key=value` pairs after the message, the JSON format as keys
   of one object per line. `kv()` builds that `extra` so call sites stay short.
+- JSON lines carry `ts` in UTC with milliseconds and a `Z`; text lines keep
+  the local `asctime` a person reads on a terminal.
 - Redaction is a logging filter holding the set of secret strings known to the
   process (API tokens, webhook api_keys, AWS secrets); every rendered line is
   scrubbed, whatever code path produced it. Secrets are registered where they
@@ -73,7 +75,7 @@ class _TextFormatter(logging.Formatter):
 class _JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         obj: dict[str, Any] = {
-            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "ts": _utc_millis(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
@@ -82,6 +84,13 @@ class _JsonFormatter(logging.Formatter):
         if record.exc_info:
             obj["exc"] = self.formatException(record.exc_info)
         return redactor.scrub(orjson.dumps(obj, default=str).decode())
+
+
+def _utc_millis(created: float) -> str:
+    """RFC 3339 in UTC with milliseconds (`2026-11-28T10:33:23.123Z`): sortable, unambiguous
+    across hosts and zones, and precise enough to order a burst of lines."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created)) + \
+        f".{int(created % 1 * 1000):03d}Z"
 
 
 def _render(value: Any) -> str:

@@ -193,6 +193,7 @@ class RejectedEvent:
     body: bytes
     status: int | None = None  # the receiver's HTTP status, when it answered
     deliverable: bool = True
+    attempts: int | None = None  # delivery attempts up to the rejection, when counted
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
 

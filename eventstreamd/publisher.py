@@ -9,27 +9,27 @@ Decisions:
 - Events go out as NDJSON batches (at most `BATCH_EVENTS` events or
   `BATCH_BYTES` bytes) over one keep-alive connection (stdlib http.client: the
   command is sequential, so asyncio would add nothing).
-- The daemon's address comes from `--url`, else the running daemon's
-  `runtime.json` in the configured data dir, else `server.host`/`server.port`;
-  the token from `--token`, `$EVENTSTREAMD_TOKEN`, `auth.tokens[0]` or the
-  generated `{data_dir}/api_token`.
+- The daemon and the token are found as every client finds them
+  (`apiclient.py`); a 401 says where the token came from.
 - Progress goes to stderr once a second for large inputs; any failure prints
   the server's message, how many events were already accepted, and exits 1.
+  The server names a bad event by its index in the batch; the message is
+  rewritten to name it in the input (`line 1,502`, or `event 1,500` of an
+  array), which is where the user has to look.
 """
 
 from __future__ import annotations
 
-import http.client
+import re
 import sys
 import time
-import urllib.parse
 from collections.abc import Iterator
 from typing import IO, Any
 
 import orjson
 
+from .apiclient import ClientError, HttpClient, HttpError, resolve_target, resolve_token
 from .config import Config
-from .runtime import read_runtime, read_token
 
 BATCH_EVENTS = 1000
 BATCH_BYTES = 4 * 1024 * 1024
@@ -37,30 +37,39 @@ PROGRESS_EVERY = 1.0
 
 
 class PublishError(Exception):
-    pass
+    exit_code = 1  # 2 for a bad --url
 
 
-def iter_events(stream: IO[bytes]) -> Iterator[Any]:
-    """Yield the raw event objects of a JSON object, JSON array or NDJSON stream."""
+def iter_located(stream: IO[bytes]) -> Iterator[tuple[str, Any]]:
+    """Yield (where in the input, raw event) of a JSON object, JSON array or NDJSON stream."""
     first = stream.readline()
+    line_no = 1
     while first and not first.strip():
         first = stream.readline()
+        line_no += 1
     if not first:
         return
     if first.lstrip().startswith(b"["):
         document = _loads(first + stream.read(), "input")
         if not isinstance(document, list):
             raise PublishError("input starts with '[' but is not a JSON array")
-        yield from document
+        for index, event in enumerate(document):
+            yield f"event {index:,} of the array", event
         return
     try:
-        yield orjson.loads(first)
+        yield f"line {line_no:,}", orjson.loads(first)
     except orjson.JSONDecodeError:
-        yield _loads(first + stream.read(), "input")  # one pretty-printed object
+        yield "the input", _loads(first + stream.read(), "input")  # one pretty-printed object
         return
-    for line_no, line in enumerate(stream, start=2):
+    for number, line in enumerate(stream, start=line_no + 1):
         if line.strip():
-            yield _loads(line, f"line {line_no}")
+            yield f"line {number:,}", _loads(line, f"line {number:,}")
+
+
+def iter_events(stream: IO[bytes]) -> Iterator[Any]:
+    """Yield the raw event objects of a JSON object, JSON array or NDJSON stream."""
+    for _, event in iter_located(stream):
+        yield event
 
 
 def _loads(data: bytes, where: str) -> Any:
@@ -71,60 +80,42 @@ def _loads(data: bytes, where: str) -> Any:
 
 
 def iter_batches(events: Iterator[Any]) -> Iterator[tuple[int, bytes]]:
+    for count, body, _ in iter_located_batches(("", event) for event in events):
+        yield count, body
+
+
+def iter_located_batches(
+        located: Iterator[tuple[str, Any]]) -> Iterator[tuple[int, bytes, list[str]]]:
+    """NDJSON batches of at most BATCH_EVENTS events / BATCH_BYTES bytes, with where each
+    event is in the input."""
     lines: list[bytes] = []
+    where: list[str] = []
     size = 0
-    for event in events:
+    for label, event in located:
         line = orjson.dumps(event)
         if lines and (len(lines) >= BATCH_EVENTS or size + len(line) > BATCH_BYTES):
-            yield len(lines), b"\n".join(lines)
-            lines, size = [], 0
+            yield len(lines), b"\n".join(lines), where
+            lines, where, size = [], [], 0
         lines.append(line)
+        where.append(label)
         size += len(line) + 1
     if lines:
-        yield len(lines), b"\n".join(lines)
+        yield len(lines), b"\n".join(lines), where
 
 
-def resolve_target(config: Config, url: str | None) -> str:
-    if url:
-        return url
-    runtime = read_runtime(config)
-    if runtime and isinstance(runtime.get("url"), str):
-        return str(runtime["url"])
-    return f"http://{config.server.host}:{config.server.port}"
+_EVENT_INDEX = re.compile(r"^event (\d+): ")
 
 
-class _Client:
-    def __init__(self, url: str, token: str | None, timeout: float) -> None:
-        parts = urllib.parse.urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise PublishError(f"bad daemon URL {url!r}")
-        conn_cls = (http.client.HTTPSConnection if parts.scheme == "https"
-                    else http.client.HTTPConnection)
-        self._conn = conn_cls(parts.hostname, parts.port, timeout=timeout)
-        self._url = url
-        self._headers = {"Content-Type": "application/x-ndjson"}
-        if token:
-            self._headers["Authorization"] = f"Bearer {token}"
+def _in_input(message: str, where: list[str]) -> str:
+    """The server's `event N: ...` (N within the batch) as where the event is in the input."""
+    match = _EVENT_INDEX.match(message)
+    if match is None or int(match.group(1)) >= len(where) or not where[int(match.group(1))]:
+        return message
+    return f"{where[int(match.group(1))]}: {message[match.end():]}"
 
-    def post(self, body: bytes) -> dict[str, Any]:
-        try:
-            self._conn.request("POST", "/events", body=body, headers=self._headers)
-            response = self._conn.getresponse()
-            data = response.read()
-        except (OSError, http.client.HTTPException) as exc:
-            self._conn.close()
-            raise PublishError(f"cannot reach the daemon at {self._url}: {exc}") from None
-        try:
-            parsed = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            parsed = {}
-        if response.status != 200:
-            message = parsed.get("message") if isinstance(parsed, dict) else None
-            raise PublishError(f"HTTP {response.status}: {message or data[:200]!r}")
-        return parsed if isinstance(parsed, dict) else {}
 
-    def close(self) -> None:
-        self._conn.close()
+def plural(count: int, noun: str) -> str:
+    return f"{count:,} {noun}{'' if count == 1 else 's'}"
 
 
 def publish(
@@ -137,29 +128,41 @@ def publish(
     progress: IO[str] = sys.stderr,
 ) -> int:
     """Send every event; return how many were accepted. Raises PublishError on failure."""
-    client = _Client(resolve_target(config, url), token or read_token(config), timeout)
+    try:
+        client = HttpClient(resolve_target(config, url), resolve_token(config, token), timeout)
+    except ClientError as exc:
+        error = PublishError(str(exc))
+        error.exit_code = exc.exit_code
+        raise error from None
     accepted = 0
     started = last_report = time.monotonic()
     first_seq = last_seq = None
     try:
-        for count, body in iter_batches(iter_events(stream)):
+        for count, body, where in iter_located_batches(iter_located(stream)):
             try:
-                result = client.post(body)
-            except PublishError as exc:
+                result = client.call_ndjson(body)
+            except HttpError as exc:
                 raise PublishError(
-                    f"{exc} ({accepted} events were accepted before this batch of {count})"
+                    f"HTTP {exc.status}: {_in_input(exc.message, where)} "
+                    f"({plural(accepted, 'event')} accepted before this batch of {count:,})"
                 ) from None
+            except ClientError as exc:
+                raise PublishError(
+                    f"{exc} ({plural(accepted, 'event')} accepted before this batch of "
+                    f"{count:,})") from None
             accepted += int(result.get("accepted", count))
             first_seq = first_seq if first_seq is not None else result.get("first_seq")
             last_seq = result.get("last_seq", last_seq)
             now = time.monotonic()
             if now - last_report >= PROGRESS_EVERY:
                 rate = accepted / max(now - started, 1e-9)
-                print(f"published {accepted} events ({rate:,.0f}/s)", file=progress, flush=True)
+                print(f"published {plural(accepted, 'event')} ({rate:,.0f}/s)", file=progress,
+                      flush=True)
                 last_report = now
     finally:
         client.close()
     elapsed = max(time.monotonic() - started, 1e-9)
     seqs = f", seq {first_seq}..{last_seq}" if accepted else ""
-    print(f"published {accepted} events in {elapsed:.2f}s{seqs}", file=progress, flush=True)
+    print(f"published {plural(accepted, 'event')} in {elapsed:.2f}s{seqs}", file=progress,
+          flush=True)
     return accepted

@@ -60,13 +60,3 @@ def read_runtime(config: Config) -> dict[str, object] | None:
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
-
-
-def read_token(config: Config) -> str | None:
-    """The token a local client should send: the first configured one, or the stored one."""
-    if config.auth.tokens:
-        return config.auth.tokens[0]
-    try:
-        return token_file(config).read_text().strip() or None
-    except OSError:
-        return None

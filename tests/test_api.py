@@ -21,7 +21,7 @@ from eventstreamd.config import Config
 from eventstreamd.model import RejectedEvent
 from eventstreamd.schemas.validation import documented_statuses, response_errors
 from tests.helpers.daemon import DaemonProcess, Factory, merge
-from tests.helpers.store import event_of, rejected_entry
+from tests.helpers.store import event_of, event_part, rejected_entry
 from tests.helpers.store import seed_rejected as store_seed_rejected
 
 BASE = Config().server.base_path + "/eventstream"
@@ -205,6 +205,10 @@ async def test_unknown_fields_of_a_new_integration_are_ignored(daemon_factory: F
 INVALID_CREATES: list[tuple[str, Any, str, str]] = [
     # (what, body, error_code, text the message must contain)
     ("not an object", [], "invalid_request", "request body"),
+    ("s3_parameters nested in callback_parameters",
+     {"id": "erp-1", "integration_type": "permanent",
+      "callback_parameters": {"s3_parameters": {"bucket": "b"}}},
+     "misplaced_target", "'s3_parameters' belongs at the top level"),
     ("missing id", {"integration_type": "permanent", "callback_parameters": WEBHOOK},
      "invalid_request", "'id'"),
     ("id with a capital", webhook("Erp-1"), "invalid_request", "'id'"),
@@ -435,11 +439,19 @@ async def test_rejected_events_list_get_delete_retry(daemon_factory: Factory) ->
     await seed_rejected(daemon, {"erp-1": entries, "other": [rejected_entry(9)]})
     async with connect(daemon) as api:
         listed = await api.rejected("erp-1")
-        assert listed == [{"id": e.id, "created_at": e.created_at}
-                          for e in reversed(entries)]  # newest first
+        assert [(item["id"], item["created_at"]) for item in listed] == \
+            [(e.id, e.created_at) for e in reversed(entries)]  # newest first
         assert all(len(item["id"]) == 36 for item in listed)
+        # Beside the spec's two fields: what ties it to the published event, and why.
+        assert [(i["event_id"], i["seq"], i["status"], i["reason"]) for i in listed] == \
+            [(e.event_id, e.seq, 400, "Bad Request") for e in reversed(entries)]
         first = entries[0]
-        assert await api.get_rejected("erp-1", first.id) == event_of(first)
+        detail = await api.get_rejected("erp-1", first.id)
+        assert event_part(detail) == event_of(first)
+        assert detail["rejection"] == {
+            "id": first.id, "created_at": first.created_at, "event_id": first.event_id,
+            "seq": first.seq, "status": 400, "reason": "Bad Request", "attempts": None,
+            "deliverable": True}
         # Ids are per integration.
         error = await api.get_rejected("other", first.id, expect=404)
         assert error["error_code"] == "rejected_event_not_found"

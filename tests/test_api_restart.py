@@ -15,7 +15,7 @@ from eventstreamd.model import Integration
 from eventstreamd.sinks.s3 import S3Target
 from eventstreamd.sinks.webhook import WebhookTarget
 from tests.helpers.daemon import DaemonProcess, Factory
-from tests.helpers.store import event_of, opened, rejected_entry, seed_rejected
+from tests.helpers.store import event_of, event_part, opened, rejected_entry, seed_rejected
 from tests.test_api import (
     API_KEY,
     AWS_SECRET,
@@ -34,7 +34,7 @@ async def _snapshot(daemon: DaemonProcess) -> dict[str, Any]:
             "integrations": integrations,
             "logs": {i["id"]: await api.logs(i["id"]) for i in integrations},
             "rejected": {i["id"]: await api.rejected(i["id"]) for i in integrations},
-            "events": {i["id"]: [await api.get_rejected(i["id"], r["id"])
+            "events": {i["id"]: [event_part(await api.get_rejected(i["id"], r["id"]))
                                  for r in await api.rejected(i["id"])] for i in integrations},
         }
 

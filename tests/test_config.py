@@ -109,6 +109,15 @@ BAD_CONFIGS = [
     ("header_timeout_zero", '[server]\nheader_timeout = "0s"\n', "'server.header_timeout'"),
     ("control_idle_zero", "[control]\nidle_timeout = 0\n", "'control.idle_timeout'"),
     ("log_level", '[log]\nlevel = "loud"\n', "'log.level'"),
+    ("signing_no_prefix", '[webhook]\nsigning_secret = "c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0"\n',
+     "'webhook.signing_secret'"),
+    ("signing_not_base64", '[webhook]\nsigning_secret = "whsec_not base64!"\n',
+     "'webhook.signing_secret'"),
+    ("signing_too_short", '[webhook]\nsigning_secret = "whsec_c2hvcnQ="\n',
+     "'webhook.signing_secret'"),
+    ("previous_alone", '[webhook]\nprevious_signing_secret = '
+     '"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"\n', "'webhook.previous_signing_secret'"),
+    ("metrics_public_str", '[metrics]\npublic = "yes"\n', "'metrics.public'"),
     ("not_toml", "this is = = not toml\n", "not valid TOML"),
 ]
 
@@ -122,6 +131,42 @@ def test_bad_config_raises_naming_file_and_key(tmp_path: Path, case: str, text: 
         load_config(path)
     message = str(err.value)
     assert str(path) in message and key in message and "\n" not in message
+
+
+def test_relative_paths_resolve_against_the_config_files_directory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    etc = tmp_path / "etc" / "eventstreamd"
+    etc.mkdir(parents=True)
+    (etc / "eventstreamd.toml").write_text('[storage]\ndata_dir = "./data"\n'
+                                           '[control]\nsocket = "../run/es.sock"\n')
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    config = load_config("../etc/eventstreamd/eventstreamd.toml")
+    assert config.data_dir == etc / "data"
+    assert config.control_socket == tmp_path / "etc" / "run" / "es.sock"
+    assert config.storage.data_dir == "./data"  # the value as written; the property resolves
+    (etc / "abs.toml").write_text(f'[storage]\ndata_dir = "{tmp_path / "abs"}"\n')
+    config = load_config(etc / "abs.toml")
+    assert config.data_dir == tmp_path / "abs"
+    assert config.control_socket == tmp_path / "abs" / "control.sock"
+
+
+def test_without_a_file_paths_resolve_against_the_working_directory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("EVENTSTREAMD_CONFIG", raising=False)
+    assert load_config().data_dir == tmp_path / "data"
+    assert load_config().data_dir.is_absolute()
+
+
+def test_signing_secrets(tmp_path: Path) -> None:
+    new, old = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "whsec_" + "QUJD" * 8
+    path = tmp_path / "c.toml"
+    path.write_text(f'[webhook]\nsigning_secret = "{new}"\nprevious_signing_secret = "{old}"\n')
+    assert load_config(path).webhook.signing_secrets == (new, old)
+    assert Config().webhook.signing_secrets == ()
+    assert Config().metrics.public is False
 
 
 def test_missing_file(tmp_path: Path) -> None:

@@ -173,7 +173,9 @@ async def test_undeliverable_stored_events_are_set_aside_and_delivery_goes_on(
                 for entry in rejected:
                     event = await api.request(
                         "GET", f"{BASE}/{integration_id}/rejected_events/{entry['id']}")
-                    assert set(event) == {"tenant", "name", "published_at", "payload"}
+                    assert set(event) == {"tenant", "name", "published_at", "payload",
+                                          "rejection"}
+                    assert event["rejection"]["id"] == entry["id"]
                     shown[entry["id"]] = event
                 # Retrying what can never be encoded is refused with the reason, not looped.
                 [deep] = [i for i, event in shown.items() if "error" in event["payload"]]

@@ -14,6 +14,10 @@ CASES = [
     ("eventstreamd.publisher", ["eventstreamd.daemon", "aiobotocore", "jsonschema", "lmdb",
                                 "textual"]),
     ("eventstreamd.runtime", ["eventstreamd.daemon", "aiobotocore", "jsonschema", "lmdb"]),
+    ("eventstreamd.integrations_cli", ["eventstreamd.daemon", "aiobotocore", "jsonschema",
+                                       "lmdb", "textual", "aiohttp"]),
+    ("eventstreamd.listen", ["eventstreamd.daemon", "eventstreamd.storage", "aiobotocore",
+                             "jsonschema", "lmdb", "textual"]),
     ("eventstreamd.tui.client", ["eventstreamd.daemon", "lmdb", "aiobotocore"]),
 ]
 

@@ -37,3 +37,18 @@ def test_secrets_masked_and_lines_not_forged(fmt: str, capture: logging.StreamHa
 def test_clean_text() -> None:
     logs.redactor.add("another-secret-9")
     assert logs.clean_text("x another-secret-9\r\ny") == f"x {logs.MASK}  y"
+
+
+def test_json_timestamps_are_utc_with_milliseconds(capture: logging.StreamHandler) -> None:
+    import re
+
+    logs.setup_logging("info", "json")
+    root = logging.getLogger()
+    capture.setFormatter(root.handlers[0].formatter)
+    root.handlers[:] = [capture]
+    record = logging.LogRecord("t", logging.INFO, __file__, 1, "hello", None, None)
+    record.created = 1_795_000_000.25  # 2026-11-18T11:06:40.250Z
+    root.handle(record)
+    line = orjson.loads(capture.stream.getvalue())  # type: ignore[attr-defined]
+    assert line["ts"] == "2026-11-18T11:06:40.250Z"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", line["ts"])

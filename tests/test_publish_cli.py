@@ -60,7 +60,7 @@ def test_publish_file_and_stdin(daemon: DaemonProcess, tmp_path: Path) -> None:
                                 for i in range(2500)))
     result = run_publish(daemon, str(path))
     assert result.returncode == 0, result.stderr
-    assert "published 2500 events" in result.stderr
+    assert "published 2,500 events" in result.stderr
     result = run_publish(daemon, "-", stdin=b'[{"name": "a.b", "payload": {}}]')
     assert result.returncode == 0, result.stderr
     assert head(daemon) == 2501

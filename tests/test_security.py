@@ -29,7 +29,7 @@ def spec_operations() -> list[tuple[str, str]]:
     return ops
 
 
-ROUTES = [*spec_operations(), ("POST", "/events"), ("GET", "/openapi.yaml"),
+ROUTES = [*spec_operations(), ("POST", "/events"), ("GET", "/openapi.yaml"), ("GET", "/metrics"),
           ("GET", "/no/such/route"), ("DELETE", "/healthz/x")]
 
 
@@ -50,8 +50,9 @@ async def test_every_route_but_healthz_needs_a_valid_token(daemon: DaemonProcess
                 assert r.status == 401, (method, path, r.status)
                 assert set(body) == {"error_code", "message", "request_id"}
                 assert CIMultiDict(r.headers)["X-Request-Id"] == body["request_id"]
-        async with session.get(daemon.url + "/healthz", headers=headers) as r:
-            assert r.status == 200
+        for public in ("/healthz", "/readyz"):
+            async with session.get(daemon.url + public, headers=headers) as r:
+                assert r.status == 200
 
 
 def test_token_comparison_touches_every_token(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -73,7 +74,9 @@ def test_token_comparison_touches_every_token(monkeypatch: pytest.MonkeyPatch) -
 
 async def test_secrets_are_masked_and_never_logged(daemon_factory: Factory) -> None:
     api_key, aws_secret = "webhook-api-key-SECRET-1", "aws-secret-SECRET-2"
-    d = daemon_factory({"webhook": {"retry_initial": "50ms", "retry_max": "100ms"},
+    signing = "whsec_c2lnbmluZy1zZWNyZXQtU0VDUkVULTMtMzJieXRlcyE="
+    d = daemon_factory({"webhook": {"retry_initial": "50ms", "retry_max": "100ms",
+                                    "signing_secret": signing},
                         "s3": {"endpoint_url": "http://127.0.0.1:9", "rotate_interval": "200ms"},
                         "log": {"level": "debug"}})
     async with ApiClient(d) as api:
@@ -86,10 +89,15 @@ async def test_secrets_are_masked_and_never_logged(daemon_factory: Factory) -> N
         await api.wait_logs("bucket", "retry_triggered", 1)
         responses: list[Any] = [created, s3, await api.request("GET", BASE + "/eventstream"),
                                 await api.get("hook"), await api.get("bucket"),
-                                await api.logs("hook"), await api.logs("bucket")]
+                                await api.logs("hook"), await api.logs("bucket"),
+                                await api.rejected("hook")]
+        async with aiohttp.ClientSession(headers=d.headers) as session, \
+                session.get(d.url + "/metrics") as r:
+            responses.append(await r.text())
     d.stop()
     text = repr(responses) + d.log()
     assert api_key not in text and aws_secret not in text
+    assert signing not in text and signing.removeprefix("whsec_") not in text
     assert api_key[:8] not in repr(responses)  # masked, not merely truncated to a prefix
 
 

@@ -87,7 +87,9 @@ async def test_table_lists_integrations_with_live_status(daemon_factory: Factory
                             "both listed")
                 assert cell(app, "w1", "health") == "● running"
                 assert cell(app, "w1", "kind") == "webhook"
-                assert (cell(app, "w1", "target") or "").startswith("127.0.0.1:")
+                # Host, port and path: two receivers on one host look different.
+                port = receiver.url.split(":")[2].split("/")[0]
+                assert cell(app, "w1", "target") == f"127.0.0.1:{port}/events"
                 # Events flow: the cursor and lag move on screen without a key press.
                 await api.publish(events(5))
                 await receiver.wait_for(lambda: len(receiver.delivered) == 5)
@@ -158,6 +160,13 @@ async def test_rejected_event_is_viewed_retried_and_deleted(daemon_factory: Fact
                             "details open")
                 await until(pilot, lambda: len(row_ids(app, "#rejected")) == 2, "listed")
                 assert row_ids(app, "#rejected")[0] == newest
+                # Each row says which published event it is, and the receiver's answer.
+                rejected_table = table(app, "#rejected")
+                shown = {str(rejected_table.get_cell(newest, c)) for c in
+                         ("status", "attempts", "reason")}
+                assert shown == {"400", "1", "no such order"}
+                assert str(rejected_table.get_cell(newest, "event_id")) in \
+                    {r.key for r in receiver.requests}
                 await until(pilot, lambda: "event_rejected" in [
                     str(r[1]) for r in (table(app, "#log").get_row_at(i)
                                         for i in range(table(app, "#log").row_count))],
@@ -176,7 +185,8 @@ async def test_rejected_event_is_viewed_retried_and_deleted(daemon_factory: Fact
                 # Retried while the receiver still refuses: the daemon's reason, event kept.
                 await pilot.press("y")
                 await until(pilot, lambda: "failed" in app.last_message, "retry failed")
-                assert "rejected the event again" in app.last_message
+                assert app.last_message.startswith(
+                    "retry failed: the receiver rejected the event again")
                 assert len(await api.rejected("w1")) == 2
 
                 # The receiver accepts now: retried from the TUI, it disappears.
@@ -218,9 +228,11 @@ async def test_daemon_gone_then_back(daemon_factory: Factory) -> None:
 
         assert await anyio.to_thread.run_sync(daemon.stop) == 0
         await until(pilot, lambda: app.link[0] == "disconnected", "disconnected")
-        assert "disconnected" in app.link[1]
+        assert app.link[1].startswith("✖ disconnected — reconnecting every")
         assert bar.has_class("-disconnected")
-        assert cell(app, "w1", "health") is not None  # the last status stays on screen
+        # The last status stays on screen, but no row claims a state it cannot know.
+        await until(pilot, lambda: cell(app, "w1", "health") == "? no data", "stale")
+        assert cell(app, "w1", "cursor") is not None
         await pilot.press("x")  # an action while disconnected is refused, not a crash
         await until(pilot, lambda: "not connected" in app.last_message, "refused")
 
@@ -228,6 +240,7 @@ async def test_daemon_gone_then_back(daemon_factory: Factory) -> None:
         await until(pilot, lambda: app.link[0] == "connected", "reconnected")
         assert app.connections == 2 and bar.has_class("-connected")
         assert app.last_message == "reconnected to the daemon"
+        await until(pilot, lambda: cell(app, "w1", "health") != "? no data", "fresh")
         select(app, "w1")
         await pilot.press("x")
         async with ApiClient(daemon) as api:
@@ -277,6 +290,8 @@ async def test_fixed_snapshot_shows_every_state_and_refuses_actions() -> None:
         assert cell(app, "returns-erp", "health") == "✖ failing"
         assert cell(app, "analytics", "health") == "▲ lagging"
         assert cell(app, "legacy-crm", "oldest") == "2h03m"
+        assert cell(app, "returns-erp", "last_error") == "cannot connect (Connecti…"
+        assert cell(app, "s3-archive", "target") == "s3://acme-archive/events"
         await pilot.press("x")
         await until(pilot, lambda: "not connected" in app.last_message, "refused")
 

@@ -114,6 +114,13 @@ async def test_rejected_then_retry(fast: DaemonProcess) -> None:
                     await anyio.sleep(0.05)
             rejected = await api.rejected("w1")
             assert all(len(r["id"]) == 36 for r in rejected)
+            # Matched to what was published, with the receiver's status and answer.
+            published = {r.key for r in receiver.requests}
+            assert {r["event_id"] for r in rejected} == published
+            assert {(r["status"], r["reason"], r["attempts"]) for r in rejected} == \
+                {(400, "bad order", 1)}
+            seqs = sorted(r["seq"] for r in rejected)
+            assert seqs == [seqs[0], seqs[0] + 1]
             logs = await api.wait_logs("w1", "event_rejected", 2)
             assert "HTTP 400" in logs[0]["reason"] and "bad order" in logs[0]["reason"]
             # The receiver still refuses: 502, and the event stays.

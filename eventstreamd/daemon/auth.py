@@ -2,10 +2,13 @@
 
 Decisions:
 - Tokens come from `auth.tokens`; when that list is empty a token is generated
-  on first start, stored in `{data_dir}/api_token` (mode 0600, created
-  exclusively so a concurrent start cannot race it) and logged once, on the
-  start that created it. Every token is registered with the log redactor right
-  after, so no later line can print it.
+  on first start and stored in `{data_dir}/api_token` (mode 0600, created
+  exclusively so a concurrent start cannot race it). The token itself is
+  never logged, in any format: the log says where the file is. It is written
+  only once the daemon has started (`GeneratedToken.save`, called by the
+  lifecycle after the port is bound), so a start that fails (port in use)
+  leaves nothing behind. Every token is registered with the log redactor at
+  once, so no line can print it.
 - Comparison uses `hmac.compare_digest` against every configured token, so the
   time taken does not depend on which token (or how much of one) matched.
 """
@@ -16,6 +19,7 @@ import hmac
 import logging
 import os
 import secrets
+from dataclasses import dataclass
 from pathlib import Path
 
 from aiohttp import web
@@ -24,40 +28,54 @@ from ..config import Config
 from ..logs import kv, redactor
 from ..runtime import token_file
 from .errors import ApiError, Handler
-from .keys import TOKENS
+from .keys import CONFIG, TOKENS
 
 log = logging.getLogger("eventstreamd.auth")
 
-PUBLIC_PATHS = frozenset({"/healthz"})
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
 
 
-def resolve_tokens(config: Config) -> tuple[str, ...]:
-    """The accepted tokens; generates and stores one when none is configured."""
+@dataclass(frozen=True)
+class GeneratedToken:
+    """A token made on this start, to be stored once the daemon has started."""
+
+    path: Path
+    token: str
+
+    def save(self) -> None:
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(self.token + "\n")
+        log.warning("no auth.tokens configured: generated an API token and stored it in %s "
+                    "(mode 0600); clients on this host read it from there", self.path,
+                    extra=kv(file=str(self.path)))
+
+
+def resolve_tokens(config: Config) -> tuple[tuple[str, ...], GeneratedToken | None]:
+    """The accepted tokens, and a generated one still to be saved (when none is configured
+    and `{data_dir}/api_token` does not exist yet)."""
+    generated = None
     if config.auth.tokens:
         tokens = config.auth.tokens
     else:
-        tokens = (_load_or_create(token_file(config)),)
+        path = token_file(config)
+        stored = _load(path)
+        if stored is None:
+            generated = GeneratedToken(path, secrets.token_urlsafe(32))
+            stored = generated.token
+        tokens = (stored,)
     for token in tokens:
         redactor.add(token)
-    return tokens
+    return tokens, generated
 
 
-def _load_or_create(path: Path) -> str:
+def _load(path: Path) -> str | None:
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
         token = path.read_text().strip()
-        if not token:
-            raise RuntimeError(f"{path} is empty: delete it to generate a new token") from None
-        return token
-    token = secrets.token_urlsafe(32)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(token + "\n")
-    # Logged once, on the start that created it; registered with the redactor after.
-    log.warning(
-        "no auth.tokens configured: generated an API token (stored in %s): %s", path, token,
-        extra=kv(file=str(path)),
-    )
+    except FileNotFoundError:
+        return None
+    if not token:
+        raise RuntimeError(f"{path} is empty: delete it to generate a new token")
     return token
 
 
@@ -73,7 +91,8 @@ def token_matches(presented: str, tokens: tuple[str, ...]) -> bool:
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if request.path in PUBLIC_PATHS:
+    if request.path in PUBLIC_PATHS or (request.path == "/metrics"
+                                        and request.app[CONFIG].metrics.public):
         return await handler(request)
     header = request.headers.get("Authorization", "")
     scheme, _, presented = header.partition(" ")

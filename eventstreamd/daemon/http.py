@@ -8,7 +8,9 @@ Decisions:
   to the HTTP parser.
 - `X-Request-Id` on successful responses too, set by the error middleware.
 - The app is built from what the lifecycle built once (store, service,
-  tokens); it creates nothing long-lived of its own.
+  tokens, the metrics sources); it creates nothing long-lived of its own.
+- `/healthz` and `/readyz` need no token; `/metrics` needs one unless
+  `metrics.public` (see metrics.py).
 """
 
 from __future__ import annotations
@@ -23,7 +25,16 @@ from .auth import auth_middleware
 from .budget import BodyBudget
 from .errors import error_middleware
 from .integrations import IntegrationService
-from .keys import CONFIG, DEFAULT_TENANT, INGEST_BUDGET, INTEGRATIONS, STORE, TOKENS
+from .keys import (
+    CONFIG,
+    DEFAULT_TENANT,
+    INGEST_BUDGET,
+    INGEST_STATS,
+    INTEGRATIONS,
+    STORE,
+    TOKENS,
+)
+from .metrics import DaemonMetrics, IngestStats, metrics_handler, readyz_handler
 from .publish import publish_events
 
 
@@ -36,7 +47,8 @@ async def openapi_yaml(request: web.Request) -> web.Response:
 
 
 def build_app(config: Config, store: Store, tokens: tuple[str, ...],
-              service: IntegrationService) -> web.Application:
+              service: IntegrationService,
+              metrics: DaemonMetrics | None = None) -> web.Application:
     app = web.Application(
         middlewares=[error_middleware, auth_middleware],
         client_max_size=config.server.max_body,
@@ -47,7 +59,11 @@ def build_app(config: Config, store: Store, tokens: tuple[str, ...],
     app[INTEGRATIONS] = service
     app[DEFAULT_TENANT] = config.tenant
     app[INGEST_BUDGET] = BodyBudget(config.server.max_inflight_bytes, config.server.max_body)
+    app[INGEST_STATS] = metrics.ingest if metrics is not None else IngestStats()
     app.router.add_get("/healthz", healthz)
+    if metrics is not None:
+        app.router.add_get("/readyz", readyz_handler(metrics))
+        app.router.add_get("/metrics", metrics_handler(metrics))
     app.router.add_get("/openapi.yaml", openapi_yaml)
     app.router.add_post("/events", publish_events)
     add_routes(app, config.server.base_path)

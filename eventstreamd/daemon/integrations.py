@@ -21,6 +21,15 @@ Decisions:
   as we returned it (masked) keeps the stored secret.
 - The spec allows extra properties in a new integration (no
   `additionalProperties: false`); they are ignored and never stored.
+- Rejected events are shown with what ties them to what was published, within
+  the spec's schemas (whose entries allow further properties): a list entry
+  is `id`, `created_at` plus `event_id`, `seq`, `status`, `reason` (an
+  excerpt), `attempts`, `deliverable`; the detail is the event as sent plus
+  that context under `rejection` (`codec.rejected_list_entry`,
+  `codec.rejected_event_view`).
+- A target nested inside another (`s3_parameters` inside
+  `callback_parameters`) is refused saying where it belongs, not with the
+  schema's complaint about the outer one's missing field.
 - A rejected event's `_retry` is one attempt through the sink type
   (`SinkType.retry_rejected`); its outcome is written fenced by the
   incarnation the retry started with, so a retry that finishes after the
@@ -121,6 +130,14 @@ def bad_request(error_code: str, message: str) -> ApiError:
 
 def _validated(operation_id: str, body: Any, config: Config) -> dict[str, Any]:
     fields = codec.target_field_names()
+    if isinstance(body, dict):
+        for outer in fields:  # a target nested in another: say where it goes
+            inner = next((f for f in fields if isinstance(body.get(outer), dict)
+                          and f in body[outer]), None)
+            if inner is not None:
+                raise bad_request("misplaced_target",
+                                  f"'{inner}' belongs at the top level of the body, beside "
+                                  f"'id' and instead of '{outer}', not inside '{outer}'")
     if isinstance(body, dict) and sum(body.get(f) is not None for f in fields) > 1:
         raise bad_request("ambiguous_target", "give one target, not both: " + " or ".join(
             f"'{f}' ({codec.target_for_field(f).kind})" for f in sorted(fields)))
@@ -238,7 +255,7 @@ class IntegrationService:
 
     async def list_rejected(self, integration_id: str) -> list[dict[str, Any]]:
         await self._integration(integration_id)
-        return [{"id": e.id, "created_at": e.created_at}
+        return [codec.rejected_list_entry(e)
                 for e in await self._do(self.store.list_rejected(integration_id))]
 
     async def get_rejected(self, integration_id: str, event_id: str) -> Any:

@@ -12,6 +12,7 @@ from ..config import Config
 from ..storage.base import Store
 from .budget import BodyBudget
 from .integrations import IntegrationService
+from .metrics import IngestStats
 
 CONFIG = web.AppKey("config", Config)
 STORE = web.AppKey("store", Store)
@@ -19,3 +20,4 @@ TOKENS = web.AppKey("tokens", tuple)
 INTEGRATIONS = web.AppKey("integrations", IntegrationService)
 INGEST_BUDGET = web.AppKey("ingest_budget", BodyBudget)
 DEFAULT_TENANT = web.AppKey("default_tenant", str)
+INGEST_STATS = web.AppKey("ingest_stats", IngestStats)

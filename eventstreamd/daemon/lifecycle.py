@@ -22,7 +22,14 @@ Decisions:
   connection cap fitted within it (`http_server.connection_limits`), so
   descriptors run out for neither HTTP clients nor anything else.
 - `{data_dir}/runtime.json` (runtime.py) says where the running daemon listens
-  (its port may be 0 in the config); it is removed on a clean stop.
+  (its port may be 0 in the config) and where its control socket is, both
+  absolute; it is removed on a clean stop.
+- A generated API token is saved only once the daemon has started (port
+  bound, control socket up), so a failed start leaves no token behind; the
+  webhook signing secrets are registered with the log redactor before
+  anything can log.
+- One `StatusSampler` serves the control socket and `/metrics`; readiness
+  (`/readyz`) is set once everything has started and cleared when stopping.
 """
 
 from __future__ import annotations
@@ -42,7 +49,7 @@ from aiohttp import web
 
 from .. import __version__
 from ..config import Config
-from ..logs import kv
+from ..logs import kv, redactor
 from ..runtime import RuntimeInfo, remove_runtime, runtime_file, write_runtime
 from ..sinks.base import SinkEnv
 from ..sinks.ssrf import guarded_connector_args
@@ -54,6 +61,7 @@ from .control import ControlServer, ControlSocketError
 from .http import build_app
 from .http_server import DaemonRunner, connection_limits
 from .integrations import IntegrationService
+from .metrics import DaemonMetrics, IngestStats, Readiness
 from .retention import retention_loop
 from .status import StatusSampler
 from .supervisor import Supervisor
@@ -116,12 +124,16 @@ class Daemon:
         config = self.config
         # Raises the open-file limit, which the HTTP connection cap is derived from.
         limits = connection_limits(config.server)
+        for secret in config.webhook.signing_secrets:
+            redactor.add(secret)
+            redactor.add(secret.removeprefix("whsec_"))
+        readiness = Readiness()
         async with contextlib.AsyncExitStack() as stack:
             with _starting(f"open the store in {config.data_dir}"):
                 stack.callback(os.close, _lock_data_dir(config.data_dir))
                 store = await stack.enter_async_context(open_store(config))
             with _starting("set up the API token"):
-                tokens = resolve_tokens(config)
+                tokens, generated = resolve_tokens(config)
             tg = await stack.enter_async_context(anyio.create_task_group())
             stack.callback(tg.cancel_scope.cancel)  # runs before the group exits
             tg.start_soon(self._watch_signals, name="signals")
@@ -138,9 +150,11 @@ class Daemon:
             await tg.start(supervisor.run)
             stack.push_async_callback(supervisor.shutdown)
             tg.start_soon(service.run_janitor, name="janitor")
+            sampler = StatusSampler(store, supervisor, config)
+            metrics = DaemonMetrics(store, supervisor, sampler, IngestStats(), readiness)
 
             runner = DaemonRunner(
-                build_app(config, store, tokens, service),
+                build_app(config, store, tokens, service, metrics),
                 limits=limits,
                 access_log=None,
                 shutdown_timeout=SHUTDOWN_GRACE,
@@ -157,8 +171,7 @@ class Daemon:
             port = _bound_port(runner)
             # Registered after the supervisor, so it stops before it: no client acts
             # on a stopping sink.
-            control = ControlServer(config.control_socket, service,
-                                    StatusSampler(store, supervisor, config),
+            control = ControlServer(config.control_socket, service, sampler,
                                     idle_timeout=config.control.idle_timeout)
             with _starting("open the control socket"):
                 await tg.start(control.run)
@@ -169,9 +182,13 @@ class Daemon:
                 port=port,
                 control_socket=str(config.control_socket),
             )
+            if generated is not None:
+                with _starting("save the generated API token"):
+                    generated.save()
             runtime_path = runtime_file(config)
             write_runtime(runtime_path, self.info)
             stack.callback(remove_runtime, runtime_path)
+            readiness.started = True
             log.info("eventstreamd listening", extra=kv(
                 url=self.info.url, data_dir=str(config.data_dir), head=store.head,
                 config=config.source,
@@ -179,6 +196,7 @@ class Daemon:
             if on_ready is not None:
                 on_ready(self.info)
             await self._stop.wait()
+            readiness.stopping = True
             log.info("stopping")
         log.info("stopped")
 

@@ -10,6 +10,8 @@ Decisions:
   holds them was fsync'd).
 - Bounded ingest: a request's bytes count against `server.max_inflight_bytes`
   from the moment they are read until the request is answered (budget.py).
+- Counted once per request for /metrics (`IngestStats`: events, bytes, the
+  batch size, the answer's status), never per event.
 """
 
 from __future__ import annotations
@@ -19,17 +21,28 @@ from aiohttp import web
 from ..storage.base import StoreFull, StoreUnavailable
 from .errors import ApiError
 from .ingest import validate_body
-from .keys import DEFAULT_TENANT, INGEST_BUDGET, STORE
+from .keys import DEFAULT_TENANT, INGEST_BUDGET, INGEST_STATS, STORE
 
 
 async def publish_events(request: web.Request) -> web.Response:
-    async with request.app[INGEST_BUDGET].body(request) as body:
-        events = await validate_body(body, request.content_type, request.app[DEFAULT_TENANT])
-        try:
-            first, last = await request.app[STORE].append(events)
-        except StoreFull as exc:
-            raise ApiError(507, "insufficient_storage", str(exc)) from None
-        except StoreUnavailable as exc:
-            raise ApiError(503, "unavailable", f"the events were not stored: {exc}",
-                           headers={"Retry-After": "1"}) from None
+    stats = request.app[INGEST_STATS]
+    try:
+        async with request.app[INGEST_BUDGET].body(request) as body:
+            events = await validate_body(body, request.content_type,
+                                         request.app[DEFAULT_TENANT])
+            try:
+                first, last = await request.app[STORE].append(events)
+            except StoreFull as exc:
+                raise ApiError(507, "insufficient_storage", str(exc)) from None
+            except StoreUnavailable as exc:
+                raise ApiError(503, "unavailable", f"the events were not stored: {exc}",
+                               headers={"Retry-After": "1"}) from None
+            size = len(body)
+    except ApiError as exc:
+        stats.refused(exc.status)
+        raise
+    except web.HTTPException as exc:
+        stats.refused(exc.status)
+        raise
+    stats.accepted(len(events), size)
     return web.json_response({"accepted": len(events), "first_seq": first, "last_seq": last})

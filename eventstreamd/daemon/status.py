@@ -10,6 +10,8 @@ Decisions:
   `delivered` counter and turns the differences into per-second rates, with a
   short history (`HISTORY` samples) so a freshly attached TUI can draw its
   sparklines at once. `snapshot()` never moves the rate baseline.
+- `last_error` is the seed's full reason; `last_error_cause` the same failure
+  in a few words (the dashboard's column), both from the sink's stats.
 - A sink's counters live as long as its sink is wanted (a crash and restart
   keeps them); a stopped integration has no live counters: those fields are
   null, the stored ones (cursor, lag, rejected count) are not.
@@ -174,6 +176,7 @@ class StatusSampler:
             "delivered_history": list(self._histories.get(integration_id, ())),
             "failures": stats.failures if stats else None,
             "last_error": stats.last_error if stats else None,
+            "last_error_cause": stats.last_cause if stats else None,
             "last_error_age": round(now - last_error_at, 1) if last_error_at else None,
             "in_flight": pipeline.in_flight if pipeline else None,
             "crashes": sink.crashes if sink else None,

@@ -17,6 +17,8 @@ Decisions:
   integration log and in its counters (status shows it failing), and
   restarted with exponential backoff (1 s doubling to 60 s) — never silently
   gone.
+- `sinks_started` is set once the integrations found at start have been
+  reconciled (their sinks launched): half of what `/readyz` waits for.
 """
 
 from __future__ import annotations
@@ -94,14 +96,18 @@ class Supervisor:
         self.handles: dict[str, SinkHandle] = {}
         self._tg: TaskGroup | None = None
         self._shutting_down = False
+        self.sinks_started = anyio.Event()
 
     # -------------------------------------------------------------- lifecycle
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         async with anyio.create_task_group() as tg:
             self._tg = tg
-            for integration in await self.store.list_integrations():
+            initial = await self.store.list_integrations()
+            for integration in initial:
                 self.changes.notify(integration.id)
+            if not initial:
+                self.sinks_started.set()
             tg.start_soon(self._reconcile_forever, name="supervisor:reconcile")
             task_status.started()
             await anyio.sleep_forever()
@@ -134,6 +140,7 @@ class Supervisor:
                     # One unreadable record must not stop reconciling the others.
                     log.exception("cannot reconcile an integration",
                                   extra=kv(integration=integration_id))
+            self.sinks_started.set()  # the first round held every integration found at start
 
     async def _reconcile(self, integration_id: str) -> None:
         if self._shutting_down:

@@ -18,6 +18,7 @@ Decisions:
 
 from __future__ import annotations
 
+import bisect
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -52,22 +53,44 @@ class TargetRefused(ValueError):
         self.message = message
 
 
+# Upper bounds (seconds) of the delivery latency histogram's buckets; +Inf follows.
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                   300.0, 900.0, 3600.0)
+
+
 @dataclass
 class SinkStats:
     """Counters of one integration's sink; they outlive each run of its loop, so a
-    crash-looping sink shows its failures."""
+    crash-looping sink shows its failures. Status and /metrics read them where the
+    sink counts, so neither keeps a copy that could drift.
+
+    The latency histogram (ingest to delivered; an S3 file's events from when the file
+    was opened) is a list of per-bucket counts: a bisect and an increment per delivery,
+    cheaper than a locked client-library histogram on the delivery path."""
 
     delivered: int = 0
     rejected: int = 0
     failures: int = 0
     last_error: str | None = None
     last_error_at: float | None = None
+    last_cause: str | None = None  # the last failure in a few words (the dashboard's column)
     started_at: float = field(default_factory=time.time)
+    latency_counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
+    latency_sum: float = 0.0
 
-    def record_failure(self, reason: str, at: float) -> None:
+    def record_failure(self, reason: str, at: float, cause: str | None = None) -> None:
         self.failures += 1
         self.last_error = reason
         self.last_error_at = at
+        self.last_cause = cause or reason
+
+    def record_delivered(self, since_ms: int | None, count: int = 1) -> None:
+        """`count` events delivered; `since_ms` (epoch ms) is when they were ingested."""
+        self.delivered += count
+        if since_ms is not None:
+            latency = max(0.0, time.time() - since_ms / 1000)
+            self.latency_counts[bisect.bisect_left(LATENCY_BUCKETS, latency)] += count
+            self.latency_sum += latency * count
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +118,7 @@ class SinkContext(Protocol):
 
     def clock(self) -> float: ...
 
-    def record_failure(self, reason: str) -> None: ...
+    def record_failure(self, reason: str, cause: str | None = None) -> None: ...
 
     def progressed(self) -> None:
         """The safe cursor may have moved: wake the loop and the cursor flusher."""
@@ -110,7 +133,7 @@ class SinkContext(Protocol):
     async def add_log(self, action: str, reason: str) -> None: ...
 
     async def set_aside(self, event: StoredEvent, reason: str, *, status: int | None = None,
-                        deliverable: bool = True) -> None:
+                        deliverable: bool = True, attempts: int | None = None) -> None:
         """Keep `event` as a rejected event; raises StoreFull when it cannot be kept."""
         ...
 

@@ -133,8 +133,8 @@ class SinkLoop:
     async def wait_progress(self) -> None:
         await self._changed.wait()
 
-    def record_failure(self, reason: str) -> None:
-        self._stats.record_failure(reason, self._clock())
+    def record_failure(self, reason: str, cause: str | None = None) -> None:
+        self._stats.record_failure(reason, self._clock(), cause)
 
     async def sleep_unless_stopping(self, delay: float) -> bool:
         with anyio.move_on_after(delay):
@@ -152,19 +152,19 @@ class SinkLoop:
                         extra=kv(integration=self.integration_id, action=action))
 
     async def set_aside(self, event: StoredEvent, reason: str, *, status: int | None = None,
-                        deliverable: bool = True) -> None:
+                        deliverable: bool = True, attempts: int | None = None) -> None:
         entry = RejectedEvent(
             id=rejected_id(self.integration_id, event), created_at=now_iso(), seq=event.seq,
             event_id=event.id, reason=reason, body=event.body, status=status,
-            deliverable=deliverable)
+            deliverable=deliverable, attempts=attempts)
         what = f"rejected with HTTP {status}" if status is not None else "set aside"
         message = f"Event {event.id} ({event.name}) was {what}: {reason}"
         await self._held(await self.store.add_rejected(
             self.fence, entry, LogEntry(entry.created_at, "event_rejected", message)))
         self._stats.rejected += 1
         log.info("event set aside as rejected", extra=kv(
-            integration=self.integration_id, seq=event.seq, rejected_id=entry.id,
-            reason=reason[:200]))
+            integration=self.integration_id, seq=event.seq, event_id=event.id,
+            rejected_id=entry.id, status=status, attempts=attempts, reason=reason[:200]))
 
     async def save_state(self, state: dict[str, object]) -> bool:
         return await self._held(await self.store.put_sink_state(self.fence, state))

@@ -71,7 +71,8 @@ async def retry_until_stopped(ctx: SinkContext, attempt: Callable[[], Awaitable[
             return result
         failures += 1
         reason = failure_reason(url, result, payload())
-        ctx.record_failure(reason)
+        status = f" (HTTP {result.status})" if result.status is not None else ""
+        ctx.record_failure(reason, cause=f"{result.cause}{status}")
         log.log(logging.WARNING if failures == 1 else logging.INFO,
                 "delivery failed, will retry", extra=kv(
                     integration=ctx.integration.id, url=url, attempt=failures,

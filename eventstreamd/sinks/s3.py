@@ -393,6 +393,7 @@ class S3Pipeline:
                 "key": open_file.key, "tenant": open_file.tenant,
                 "first_seq": open_file.first_seq, "last_seq": open_file.last_seq,
                 "lines": open_file.lines, "size": open_file.size,
+                "opened_at": open_file.started_at,  # for the latency histogram
                 "filter": filter_to_api(ctx.integration.filter),
                 "path": str(open_file.path),
             })
@@ -495,7 +496,9 @@ class S3Pipeline:
         with contextlib.suppress(OSError):
             os.unlink(path)
         self.uploads += 1
-        ctx.stats.delivered += manifest["lines"]
+        opened_at = manifest.get("opened_at")  # absent in state older versions wrote
+        ctx.stats.record_delivered(int(opened_at * 1000) if opened_at else None,
+                                   manifest["lines"])
         ctx.progressed()
         log.info("uploaded", extra=kv(integration=ctx.integration.id, key=key,
                                       events=manifest["lines"], bytes=manifest["size"]))

@@ -7,7 +7,10 @@ Decisions:
   one definition of what a response means.
 - Body: the event's stored delivery body, sent as is (never re-encoded).
   Headers: `Content-Type`, `Idempotency-Key: <event id>` (the same on every
-  retry and redelivery) and `Authorization: Bearer <api_key>` when one is set.
+  retry and redelivery) and `Authorization: Bearer <api_key>` when one is set;
+  with `webhook.signing_secret` set, the Standard Webhooks headers too
+  (`signing.py`: `webhook-id`, `webhook-timestamp`, `webhook-signature` over
+  exactly the bytes sent).
 - At most `RESPONSE_EXCERPT` bytes of a response body are read: a receiver
   cannot make us buffer a large error page. Redirects are not followed (a 3xx
   is retried like any other non-2xx, non-400 answer).
@@ -47,6 +50,7 @@ from .base import (
     TargetRefused,
 )
 from .retry import Failure, RetryPolicy, retry_until_stopped, shorten
+from .signing import Signer, signer_for
 from .ssrf import BlockedTarget, check_host
 from .window import DeliveryWindow
 
@@ -148,8 +152,10 @@ class WebhookClient:
     """Sends one event to one integration's URL and classifies the outcome."""
 
     def __init__(self, session: aiohttp.ClientSession, target: WebhookTarget,
-                 timeout: float, block_policy: str = "none") -> None:
+                 timeout: float, block_policy: str = "none",
+                 signer: Signer | None = None) -> None:
         self._session = session
+        self._signer = signer
         self.url = target.callback_url
         self.shown_url = display_url(target.callback_url)
         # A literal address is judged once here; names at connect time (ssrf.py).
@@ -171,6 +177,8 @@ class WebhookClient:
             return AttemptResult("unsendable", "its id cannot be sent as the Idempotency-Key "
                                                "header (visible ASCII only)")
         headers = {**self._headers, "Idempotency-Key": event_id}
+        if self._signer is not None:
+            headers.update(self._signer.headers(event_id, body))
         try:
             async with self._session.post(
                 self.url, data=body, headers=headers, timeout=self._timeout,
@@ -311,12 +319,17 @@ class WebhookPipeline:
                 self._idle.set()
 
     async def _deliver(self, event: StoredEvent, ctx: SinkContext) -> None:
+        attempts = 0
+
         async def attempt() -> AttemptResult | Failure:
+            nonlocal attempts
+            attempts += 1
             result = await self.client.attempt(event.id, event.body)
             if isinstance(result, Failure) or result.outcome == "delivered":
                 return result
             try:
-                await ctx.set_aside(event, result.cause, status=result.status)
+                await ctx.set_aside(event, result.cause, status=result.status,
+                                    attempts=attempts)
             except StoreFull:
                 # Not stored, so not finished: deliver again later (it stays before
                 # the cursor) instead of crashing the sink.
@@ -330,7 +343,7 @@ class WebhookPipeline:
         if result is None:
             raise StopDelivery
         if result.outcome == "delivered":
-            ctx.stats.delivered += 1
+            ctx.stats.record_delivered(event.ingested_at)
 
 
 # ------------------------------------------------------------------ the sink type
@@ -340,7 +353,8 @@ def build(env: SinkEnv, integration: Integration) -> WebhookPipeline:
     webhook = env.config.webhook
     assert isinstance(integration.target, WebhookTarget)
     client = WebhookClient(env.session, integration.target, webhook.timeout,
-                           env.config.security.block_targets)
+                           env.config.security.block_targets,
+                           signer_for(webhook.signing_secrets))
     return WebhookPipeline(client, RetryPolicy(webhook.retry_initial, webhook.retry_max),
                            webhook.max_in_flight, env.config.delivery.cursor_every)
 
@@ -349,7 +363,8 @@ async def retry_rejected(env: SinkEnv, integration: Integration,
                          entry: RejectedEvent) -> None:
     assert isinstance(integration.target, WebhookTarget)
     client = WebhookClient(env.session, integration.target, env.config.webhook.timeout,
-                           env.config.security.block_targets)
+                           env.config.security.block_targets,
+                           signer_for(env.config.webhook.signing_secrets))
     result = await client.attempt(entry.event_id, entry.body)
     if isinstance(result, Failure):
         code = f" (HTTP status code {result.status})" if result.status is not None else ""

@@ -30,6 +30,9 @@ from .client import ConnectionLost, ControlClient, ControlError, ControlUnavaila
 from .dashboard import DashboardScreen
 
 RECONNECT_DELAY = 1.0
+# How an action reads in a message ("retry failed: ...").
+ACTIONS = {"start": "start", "stop": "stop", "retry_rejected": "retry",
+           "delete_rejected": "delete"}
 
 
 class SnapshotArrived(Message):
@@ -100,8 +103,8 @@ class DashboardApp(App[int]):
 
     def _disconnected(self, reason: str) -> None:
         was_connected = self.link[0] == "connected"
-        self.link = ("disconnected", f"✖ disconnected: {reason} — reconnecting every "
-                                     f"{self.reconnect_delay:g}s")
+        self.link = ("disconnected", f"✖ disconnected — reconnecting every "
+                                     f"{self.reconnect_delay:g}s: {reason}")
         if was_connected:
             self.say(f"lost the daemon: {reason}", error=True)
 
@@ -128,16 +131,17 @@ class DashboardApp(App[int]):
     async def act(self, op: str, done: str, **fields: Any) -> bool:
         """Run one action on the daemon; report the outcome; refresh the status after it."""
         client = self.client
+        what = ACTIONS.get(op, op.replace("_", " "))
         if client is None:
-            self.say(f"cannot {op.replace('_', ' ')}: not connected to the daemon", error=True)
+            self.say(f"cannot {what}: not connected to the daemon", error=True)
             return False
         try:
             await client.request(op, **fields)
         except ControlError as exc:
-            self.say(f"{op.replace('_', ' ')} failed: {exc}", error=True)
+            self.say(f"{what} failed: {exc.message}", error=True)
             return False
         except ConnectionLost as exc:
-            self.say(f"{op.replace('_', ' ')} failed: {exc}", error=True)
+            self.say(f"{what} failed: {exc}", error=True)
             return False
         self.say(done)
         await self.refresh_status()

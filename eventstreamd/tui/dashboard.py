@@ -8,6 +8,12 @@ Decisions:
   snapshot always renders the same (the SVG snapshot test depends on it).
 - The status cell carries the daemon's `health` verdict (coloured, with a
   symbol); lag and age take the same colour when they are the problem.
+  While the daemon is unreachable the verdicts are stale: the cell says
+  "? no data" instead of a state that may no longer hold.
+- The target is the sink's own description (host:port/path, `s3://bucket/
+  prefix`), wide enough to tell two receivers on one host apart; the last
+  error column shows its cause (the full seed reason is on the details
+  screen).
 """
 
 from __future__ import annotations
@@ -33,28 +39,29 @@ COLUMNS: tuple[tuple[str, str, int | None], ...] = (
     ("id", "Integration", 16),
     ("kind", "Type", 7),
     ("health", "Status", 11),
-    ("target", "Target", 21),
+    ("target", "Target", 28),
     ("cursor", "Cursor", 8),
     ("lag", "Lag", 7),
     ("oldest", "Oldest", 6),
     ("rate", "Delivered/s", 18),
     ("failures", "Fails", 5),
     ("rejected", "Rej", 3),
-    ("last_error", "Last error", 32),
+    ("last_error", "Last error", 25),
 )
 SPARK_WIDTH = 10
-LAST_ERROR_WIDTH = 32  # the whole error is on the details screen
+TARGET_WIDTH = 28
+LAST_ERROR_WIDTH = 25  # the whole error is on the details screen
 
 
-def row_cells(item: dict[str, Any]) -> list[Any]:
+def row_cells(item: dict[str, Any], stale: bool = False) -> list[Any]:
     health = item.get("health")
     alert = fmt.health_style(health) if health in ("lagging", "failing") else ""
     rejected = item.get("rejected_events") or 0
     return [
         item["id"],
         item.get("kind", ""),
-        fmt.health_text(health),
-        fmt.shorten(item.get("target"), 21),
+        fmt.STALE if stale else fmt.health_text(health),
+        fmt.shorten(item.get("target"), TARGET_WIDTH),
         Text(fmt.count(item.get("cursor")), justify="right"),
         Text(fmt.count(item.get("lag_events")), style=alert, justify="right"),
         Text(fmt.age(item.get("lag_seconds")), style=alert, justify="right"),
@@ -63,7 +70,8 @@ def row_cells(item: dict[str, Any]) -> list[Any]:
         Text(fmt.count(item.get("failures")),
              style="red" if item.get("failures") else "", justify="right"),
         Text(str(rejected), style="yellow" if rejected else "", justify="right"),
-        Text(fmt.shorten(item.get("last_error"), LAST_ERROR_WIDTH), style="red"),
+        Text(fmt.shorten(item.get("last_error_cause") or item.get("last_error"),
+                         LAST_ERROR_WIDTH), style="red"),
     ]
 
 
@@ -115,6 +123,15 @@ class DashboardScreen(Screen[None]):
     def on_mount(self) -> None:
         if self.dashboard.snapshot is not None:
             self._show(self.dashboard.snapshot)
+        self.watch(self.app, "link", self._link_changed, init=False)
+
+    @property
+    def stale(self) -> bool:
+        return self.dashboard.link[0] != "connected"
+
+    def _link_changed(self, link: Any) -> None:
+        if self.dashboard.snapshot is not None:
+            self._show(self.dashboard.snapshot)
 
     # ------------------------------------------------------------------ display
 
@@ -132,12 +149,12 @@ class DashboardScreen(Screen[None]):
             selected = self.selected_id()
             table.clear()
             for integration_id in sorted(items):
-                table.add_row(*row_cells(items[integration_id]), key=integration_id)
+                table.add_row(*row_cells(items[integration_id], self.stale), key=integration_id)
             if selected in items:
                 table.move_cursor(row=table.get_row_index(selected))
             return
         for integration_id, item in items.items():
-            for (key, _, _), value in zip(COLUMNS, row_cells(item), strict=True):
+            for (key, _, _), value in zip(COLUMNS, row_cells(item, self.stale), strict=True):
                 table.update_cell(integration_id, key, value)
 
     def selected_id(self) -> str | None:

@@ -4,7 +4,11 @@ Decisions:
 - The figures come from the pushed snapshot; the rejected events and the log
   are fetched over the socket on every snapshot while the screen is shown
   (one exclusive worker, so a slow answer is replaced, never queued behind).
-- Enter (or v) opens the selected rejected event's payload; retry (y) and
+- Rejected events are listed with what ties them to what was published and
+  why: the original event id, sequence number, the receiver's HTTP status,
+  the attempts it took and the receiver's answer.
+- Enter (or v) opens the selected rejected event's payload (with the same
+  context); retry (y) and
   delete (d, after a confirmation) act on the selected one, here or from the
   payload view. Every action goes through the app's `act`, which reports the
   daemon's own error message.
@@ -106,13 +110,18 @@ class IntegrationScreen(Screen[None]):
         yield Label("Rejected events (newest first) — enter: payload · y: retry · d: delete",
                     classes="section")
         rejected: DataTable[Any] = DataTable(id="rejected", cursor_type="row")
-        rejected.add_column("Rejected event id", key="id", width=38)
-        rejected.add_column("Rejected at", key="created_at", width=26)
+        rejected.add_column("Rejected event id", key="id", width=36)
+        rejected.add_column("Rejected at", key="created_at", width=24)
+        rejected.add_column("Event id", key="event_id", width=36)
+        rejected.add_column("Seq", key="seq", width=8)
+        rejected.add_column("HTTP", key="status", width=4)
+        rejected.add_column("Tries", key="attempts", width=5)
+        rejected.add_column("Answer", key="reason")
         yield rejected
         yield Label("Log (newest first)", classes="section")
         log: DataTable[Any] = DataTable(id="log", cursor_type="row", zebra_stripes=True)
         log.add_column("At", key="created_at", width=24)
-        log.add_column("Action", key="action", width=26)
+        log.add_column("Action", key="action", width=28)
         log.add_column("Reason", key="reason")
         yield log
         yield Footer()
@@ -154,7 +163,13 @@ class IntegrationScreen(Screen[None]):
         selected = self.selected_rejected()
         table.clear()
         for event in events:
-            table.add_row(event["id"], event.get("created_at", ""), key=event["id"])
+            table.add_row(event["id"], event.get("created_at", ""),
+                          fmt.shorten(event.get("event_id"), 36),
+                          Text(fmt.count(event.get("seq")), justify="right"),
+                          Text(str(event.get("status") or fmt.NONE), justify="right"),
+                          Text(fmt.count(event.get("attempts")), justify="right"),
+                          fmt.shorten(event.get("reason"), LOG_REASON_WIDTH),
+                          key=event["id"])
         if selected in ids:
             table.move_cursor(row=ids.index(selected))
 

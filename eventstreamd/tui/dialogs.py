@@ -20,6 +20,19 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Footer, Label, Static
 
 
+def rejection_summary(context: dict[str, Any]) -> str:
+    """Why the event was set aside and which published event it is, in three lines."""
+    status = context.get("status")
+    attempts = context.get("attempts")
+    lines = [f"event {context.get('event_id')} · seq {context.get('seq')} · rejected at "
+             f"{context.get('created_at')}",
+             (f"HTTP {status}" if status is not None else "set aside")
+             + (f" after {attempts} attempt{'s' if attempts != 1 else ''}" if attempts else "")
+             + ("" if context.get("deliverable", True) else " · cannot be retried"),
+             f"answer: {context.get('reason') or '-'}"]
+    return "\n".join(lines)
+
+
 class PayloadScreen(ModalScreen[str | None]):
     DEFAULT_CSS = """
     PayloadScreen { align: center middle; }
@@ -28,6 +41,7 @@ class PayloadScreen(ModalScreen[str | None]):
     }
     PayloadScreen #title { padding: 0 1; text-style: bold; width: 1fr; background: $boost; }
     PayloadScreen VerticalScroll { height: 1fr; padding: 0 1; }
+    PayloadScreen #context { padding: 0 1; height: auto; }
     """
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape", "close", "Close"),
@@ -42,9 +56,13 @@ class PayloadScreen(ModalScreen[str | None]):
         self.event = event
 
     def compose(self) -> ComposeResult:
-        text = orjson.dumps(self.event, option=orjson.OPT_INDENT_2).decode()
+        event = dict(self.event)
+        context = event.pop("rejection", None) or {}
+        text = orjson.dumps(event, option=orjson.OPT_INDENT_2).decode()
         with Vertical():
             yield Label(f"Rejected event {self.event_id} · {self.integration_id}", id="title")
+            if context:
+                yield Static(rejection_summary(context), id="context")
             with VerticalScroll():
                 yield Static(Syntax(text, "json", word_wrap=True, theme="ansi_dark"),
                              id="payload")

@@ -26,6 +26,7 @@ HEALTH = {
 }
 _BLOCKS = "▁▂▃▄▅▆▇█"
 NONE = "-"
+STALE = Text("? no data", style="grey50")  # the daemon is unreachable: no current verdict
 
 
 def health_text(health: str | None) -> Text:

@@ -21,6 +21,7 @@ def _integration(**values: Any) -> dict[str, Any]:
         "kind": "webhook", "integration_type": "permanent", "status": "running",
         "health": "ok", "lag_seconds": None, "delivered": 0, "delivered_rate": 0.0,
         "delivered_history": [], "failures": 0, "last_error": None, "last_error_age": None,
+        "last_error_cause": None,
         "in_flight": 0, "crashes": 0, "rejected_events": 0, "buffered_bytes": None,
         "buffered_age": None, "restart_in": None,
     }
@@ -36,31 +37,32 @@ SNAPSHOT: dict[str, Any] = {
                        190.3, 220.0, 230.5, 198.7, 185.2, 190.3],
     "integrations": [
         _integration(
-            id="analytics", target="collector.example.net", cursor=463_694,
+            id="analytics", target="collector.example.net/v1/events", cursor=463_694,
             lag_events=18_522, lag_seconds=245.0, delivered=120_551, delivered_rate=45.2,
             delivered_history=[44.0, 46.1, 45.0, 43.2, 47.8, 45.1, 44.9, 45.6, 46.0, 45.2],
             in_flight=8, health="lagging"),
         _integration(
-            id="legacy-crm", target="crm.acme.example", cursor=477_096, lag_events=5_120,
+            id="legacy-crm", target="crm.acme.example:8443/hooks", cursor=477_096, lag_events=5_120,
             lag_seconds=7_380.0, status="stopped", health="stopped", delivered=None,
             delivered_rate=0.0, failures=None, in_flight=None, crashes=None,
             rejected_events=3),
         _integration(
-            id="orders-webhook", target="hooks.example.com", cursor=482_213, lag_events=3,
+            id="orders-webhook", target="hooks.example.com/orders", cursor=482_213, lag_events=3,
             lag_seconds=0.4, delivered=301_877, delivered_rate=182.5,
             delivered_history=[110.0, 131.2, 148.9, 169.5, 208.8, 258.0, 239.1, 204.4,
                                178.7, 182.5],
             in_flight=3, rejected_events=2),
         _integration(
-            id="returns-erp", target="erp.acme.internal", cursor=481_011, lag_events=1_205,
+            id="returns-erp", target="erp.acme.internal/hooks", cursor=481_011, lag_events=1_205,
             lag_seconds=192.3, delivered=88_310, delivered_rate=0.0,
             delivered_history=[12.0, 8.5, 3.1, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0],
             failures=37, health="failing", in_flight=8, last_error_age=0.8,
             last_error=("Request to URL https://erp.acme.internal/hooks failed. Reason: "
                         "cannot connect (Connection refused) (HTTP status code none). "
-                        "Payload: {\"tenant\":\"acme\",\"name\":\"return.processed\"}")),
+                        "Payload: {\"tenant\":\"acme\",\"name\":\"return.processed\"}"),
+            last_error_cause="cannot connect (Connection refused)"),
         _integration(
-            id="s3-archive", kind="s3", target="acme-archive/events", cursor=479_875,
+            id="s3-archive", kind="s3", target="s3://acme-archive/events", cursor=479_875,
             lag_events=2_341, lag_seconds=100.2, delivered=477_500, delivered_rate=39.8,
             delivered_history=[0.0, 0.0, 0.0, 0.0, 2_390.0, 0.0, 0.0, 0.0, 0.0, 0.0],
             in_flight=None, buffered_bytes=1_887_436, buffered_age=100.2),

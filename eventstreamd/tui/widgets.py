@@ -1,7 +1,8 @@
 """Small widgets every screen shares: the connection bar.
 
 The connection bar watches the app's `link` (state, text) so each screen shows
-the same connection state without the app knowing which screens exist.
+the same connection state without the app knowing which screens exist. It
+grows to three lines rather than cut a long reason (a socket path) off.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from textual.widgets import Static
 
 class ConnectionBar(Static):
     DEFAULT_CSS = """
-    ConnectionBar { height: 1; padding: 0 1; background: $boost; }
+    ConnectionBar { height: auto; max-height: 3; padding: 0 1; background: $boost; }
     ConnectionBar.-connected { color: $success; }
     ConnectionBar.-connecting { color: $warning; }
     ConnectionBar.-disconnected { background: $error 30%; color: $text; text-style: bold; }

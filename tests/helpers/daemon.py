@@ -68,7 +68,8 @@ class DaemonProcess:
             "log": {"level": "debug"},
         }
         self.settings = merge(base, settings or {})
-        self.data_dir = Path(self.settings["storage"]["data_dir"])
+        # Relative to the config file's directory, as the daemon resolves it.
+        self.data_dir = workdir / self.settings["storage"]["data_dir"]
         self.config_path = write_config(workdir / "eventstreamd.toml", self.settings)
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = ""
@@ -150,3 +151,43 @@ class DaemonProcess:
 
 # The `daemon_factory` fixture's type (tests/conftest.py).
 Factory = Callable[..., DaemonProcess]
+
+
+class Listener:
+    """`eventstreamd listen` as a subprocess on a free port; its output in a file."""
+
+    def __init__(self, workdir: Path, *args: str, cwd: Path | None = None) -> None:
+        self.out_path = workdir / f"listen-{len(list(workdir.glob('listen-*')))}.out"
+        self._out = open(self.out_path, "wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "eventstreamd", "listen", "--port", "0", *args],
+            cwd=cwd or workdir, stdout=self._out, stderr=subprocess.STDOUT,
+            env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while time.monotonic() < deadline:
+            first = self.output().split("\n", 1)[0]
+            if first.startswith("listening on "):
+                self.url = first.split()[2]
+                return
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"listen exited with {self.proc.returncode}:\n{self.output()}")
+            time.sleep(0.02)
+        self.stop()
+        raise RuntimeError(f"listen did not start:\n{self.output()}")
+
+    def output(self) -> str:
+        return self.out_path.read_text(errors="replace")
+
+    def deliveries(self) -> int:
+        return self.output().count("\n--- #")
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            code = self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            code = self.proc.wait(10)
+        self._out.close()
+        return code

@@ -75,6 +75,13 @@ def event_of(entry: RejectedEvent) -> dict[str, Any]:
     return orjson.loads(entry.body)  # type: ignore[no-any-return]
 
 
+def event_part(detail: Any) -> Any:
+    """A rejected event's API detail without its `rejection` context: the event as sent."""
+    if isinstance(detail, dict):
+        return {k: v for k, v in detail.items() if k != "rejection"}
+    return detail
+
+
 @asynccontextmanager
 async def held(context: AbstractAsyncContextManager[T]) -> AsyncIterator[T]:
     """Enter `context` in a task of its own and leave it there: for pytest fixtures, whose

@@ -1,0 +1,243 @@
+"""`GET /metrics` (Prometheus text format) and `GET /readyz`.
+
+Decisions:
+- No second bookkeeping: every figure is read at scrape time from where it is
+  counted. Per integration, the sink's `SinkStats` on the supervisor's handle
+  (delivered, failed attempts, rejected, the latency histogram) and the
+  handle's crash count (sink restarts); lag (events and seconds), in-flight
+  requests and health from the status sampler, which the dashboard shows too;
+  ingest from `IngestStats`, counted by `POST /events` once per request;
+  store figures from `Store.stats()`. prometheus-client only renders them
+  (custom metric families in a registry built per scrape), so no library
+  lock sits on the ingest or delivery paths.
+- Sink counters live as long as the sink is wanted: a stopped integration
+  has lag but no counters, and a sink started anew counts from zero again
+  (Prometheus' `rate()` and `increase()` treat that as a counter reset).
+- `/metrics` needs the API token unless `metrics.public = true`; it never
+  shows a target's URL or secrets, only integration ids and kinds.
+- `/readyz` answers 200 once the daemon has started (store open, HTTP bound,
+  control socket up) and the supervisor has launched the sinks of every
+  integration found at start, until shutdown begins; else 503 in the error
+  shape. `/healthz` stays "the process answers".
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.utils import floatToGoString
+
+from .. import __version__
+from ..sinks.base import LATENCY_BUCKETS
+from ..storage.base import Store
+from .errors import ApiError
+from .status import StatusSampler
+from .supervisor import Supervisor
+
+# Events per accepted publish request.
+BATCH_BUCKETS = (1, 2, 5, 10, 50, 100, 500, 1000, 5000, 10000, 50000)
+
+
+@dataclass
+class IngestStats:
+    """What `POST /events` counts, once per request."""
+
+    events: int = 0
+    bytes: int = 0
+    requests: dict[int, int] = field(default_factory=dict)  # by HTTP status
+    batch_counts: list[int] = field(default_factory=lambda: [0] * (len(BATCH_BUCKETS) + 1))
+    batch_sum: int = 0
+
+    def accepted(self, events: int, size: int) -> None:
+        self.events += events
+        self.bytes += size
+        self.requests[200] = self.requests.get(200, 0) + 1
+        self.batch_counts[bisect.bisect_left(BATCH_BUCKETS, events)] += 1
+        self.batch_sum += events
+
+    def refused(self, status: int) -> None:
+        self.requests[status] = self.requests.get(status, 0) + 1
+
+
+@dataclass
+class Readiness:
+    started: bool = False  # set by the lifecycle once everything has started
+    stopping: bool = False
+
+
+class DaemonMetrics:
+    """The sources /metrics and /readyz read; built once by the lifecycle."""
+
+    def __init__(self, store: Store, supervisor: Supervisor, sampler: StatusSampler,
+                 ingest: IngestStats, readiness: Readiness) -> None:
+        self.store = store
+        self.supervisor = supervisor
+        self.sampler = sampler
+        self.ingest = ingest
+        self.readiness = readiness
+
+    def not_ready(self) -> str | None:
+        """Why the daemon is not ready, or None."""
+        if self.readiness.stopping:
+            return "the daemon is stopping"
+        if not self.readiness.started:
+            return "the daemon is starting"
+        if not self.supervisor.sinks_started.is_set():
+            return "the sinks are starting"
+        return None
+
+    async def families(self) -> list[Metric]:
+        snapshot = await self.sampler.snapshot()
+        stats = await self.store.stats()
+        out: list[Metric] = []
+        info = GaugeMetricFamily("eventstreamd_info", "The running daemon's version.",
+                                 labels=["version"])
+        info.add_metric([__version__], 1)
+        out.append(info)
+        out.append(GaugeMetricFamily("eventstreamd_ready",
+                                     "1 when /readyz answers 200.",
+                                     value=0 if self.not_ready() else 1))
+        out += self._ingest_families(snapshot["head"])
+        out += _store_families(stats)
+        out += self._integration_families(snapshot["integrations"])
+        return out
+
+    def _ingest_families(self, head: int) -> list[Metric]:
+        ingest = self.ingest
+        requests = CounterMetricFamily("eventstreamd_ingest_requests",
+                                       "POST /events requests, by HTTP status.",
+                                       labels=["code"])
+        for code, count in sorted(ingest.requests.items()):
+            requests.add_metric([str(code)], count)
+        batches = HistogramMetricFamily("eventstreamd_ingest_batch_events",
+                                        "Events per accepted POST /events request.")
+        batches.add_metric([], _buckets(BATCH_BUCKETS, ingest.batch_counts),
+                           sum_value=ingest.batch_sum)
+        return [
+            CounterMetricFamily("eventstreamd_ingest_events",
+                                "Events accepted (durably stored) by POST /events.",
+                                value=ingest.events),
+            CounterMetricFamily("eventstreamd_ingest_bytes",
+                                "Request body bytes of accepted POST /events requests.",
+                                value=ingest.bytes),
+            requests, batches,
+            GaugeMetricFamily("eventstreamd_head_seq",
+                              "Sequence number of the newest stored event.", value=head),
+        ]
+
+    def _integration_families(self, items: Iterable[dict[str, Any]]) -> list[Metric]:
+        labels = ["integration", "kind"]
+
+        def family(kind: type[Metric], name: str, doc: str) -> Any:
+            return kind(name, doc, labels=labels)
+
+        delivered = family(CounterMetricFamily, "eventstreamd_delivered_events",
+                           "Events delivered (2xx, or uploaded in an S3 object).")
+        failed = family(CounterMetricFamily, "eventstreamd_delivery_failed_attempts",
+                        "Delivery attempts that failed and will be retried.")
+        rejected = family(CounterMetricFamily, "eventstreamd_rejected_events",
+                          "Events set aside as rejected (a receiver's 400, or undeliverable).")
+        restarts = family(CounterMetricFamily, "eventstreamd_sink_restarts",
+                          "Times the integration's sink crashed and was restarted.")
+        latency = family(HistogramMetricFamily, "eventstreamd_delivery_latency_seconds",
+                         "From ingest to delivered (S3: from when the object's file was "
+                         "opened to its upload).")
+        stored = family(GaugeMetricFamily, "eventstreamd_rejected_events_stored",
+                        "Rejected events kept for inspection and retry.")
+        lag_events = family(GaugeMetricFamily, "eventstreamd_lag_events",
+                            "Events after the integration's cursor (not yet delivered).")
+        lag_seconds = family(GaugeMetricFamily, "eventstreamd_lag_seconds",
+                             "Age of the oldest undelivered event (0 when none waits).")
+        in_flight = family(GaugeMetricFamily, "eventstreamd_in_flight",
+                           "Delivery requests under way.")
+        running = family(GaugeMetricFamily, "eventstreamd_integration_running",
+                         "1 while the integration is running, 0 when stopped or completed.")
+        for item in items:
+            key = [item["id"], item["kind"]]
+            running.add_metric(key, 1 if item["status"] == "running"
+                               and item["health"] != "completed" else 0)
+            lag_events.add_metric(key, item["lag_events"])
+            lag_seconds.add_metric(key, item["lag_seconds"] or 0.0)
+            stored.add_metric(key, item["rejected_events"])
+            if item.get("in_flight") is not None:
+                in_flight.add_metric(key, item["in_flight"])
+            sink = self.supervisor.sink_status(item["id"])
+            if sink is None:
+                continue
+            stats = sink.stats
+            delivered.add_metric(key, stats.delivered)
+            failed.add_metric(key, stats.failures)
+            rejected.add_metric(key, stats.rejected)
+            restarts.add_metric(key, sink.crashes)
+            latency.add_metric(key, _buckets(LATENCY_BUCKETS, stats.latency_counts),
+                               sum_value=stats.latency_sum)
+        return [delivered, failed, rejected, restarts, latency, stored, lag_events,
+                lag_seconds, in_flight, running]
+
+
+def _store_families(stats: Any) -> list[Metric]:
+    out: list[Metric] = [GaugeMetricFamily("eventstreamd_store_events",
+                                           "Events held in the store.", value=stats.events)]
+    for name, value, doc in (
+        ("eventstreamd_store_size_bytes", stats.size_bytes, "Bytes the store uses."),
+        ("eventstreamd_store_capacity_bytes", stats.capacity_bytes,
+         "The most the store may grow to (storage.map_size)."),
+        ("eventstreamd_store_free_bytes", stats.free_bytes,
+         "Room left before publishing answers 507."),
+    ):
+        if value is not None:
+            out.append(GaugeMetricFamily(name, doc, value=value))
+    return out
+
+
+def _buckets(bounds: tuple[float, ...], counts: list[int]) -> list[tuple[str, float]]:
+    """Per-bucket counts as the cumulative (le, count) pairs of the text format."""
+    out, total = [], 0
+    for bound, count in zip((*bounds, float("inf")), counts, strict=True):
+        total += count
+        out.append((floatToGoString(bound), total))
+    return out
+
+
+class _Fixed:
+    """A collector of families gathered before rendering (collectors are synchronous,
+    the store's reads are not)."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self._families = families
+
+    def collect(self) -> list[Metric]:
+        return self._families
+
+
+async def render(metrics: DaemonMetrics) -> bytes:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Fixed(await metrics.families()))  # type: ignore[arg-type]
+    return generate_latest(registry)
+
+
+def metrics_handler(source: DaemonMetrics) -> Any:
+    async def handle(request: web.Request) -> web.Response:
+        return web.Response(body=await render(source),
+                            headers={"Content-Type": CONTENT_TYPE_LATEST})
+    return handle
+
+
+def readyz_handler(source: DaemonMetrics) -> Any:
+    async def handle(request: web.Request) -> web.Response:
+        reason = source.not_ready()
+        if reason is not None:
+            raise ApiError(503, "not_ready", reason, headers={"Retry-After": "1"})
+        return web.json_response({"status": "ready", "head": source.store.head})
+    return handle

@@ -1,0 +1,459 @@
+"""`eventstreamd integrations ...`: the configuration API from the command line.
+
+Decisions:
+- Every subcommand is one or two calls of the HTTP API (never the control
+  socket: creating, patching and deleting need the API's token anyway), with
+  the daemon and the token found the way `publish` finds them
+  (`apiclient.py`).
+- Output: a readable table or key/value block by default; `--json` prints
+  the API's own JSON (indented) on stdout, so scripts get exactly what the
+  API documents. Operations the API answers without a body (delete, a
+  rejected event's retry and delete) print nothing with `--json`. Errors are
+  one line on stderr.
+- Exit codes scripts can rely on: 0 done; 1 the daemon refused or failed the
+  request (400, 409, 502 for a retry the receiver refused, ...); 2 usage,
+  config or input-file error; 3 the daemon cannot be reached; 4 not found.
+- `create`/`patch` build the API's body from flags (`--webhook URL`,
+  `--s3-bucket ...`, `--events`, `--entities`, dates), from a JSON or TOML
+  file (`--file`, the API's own field names), or both: flags override the
+  file. AWS credentials default to `$AWS_ACCESS_KEY_ID` /
+  `$AWS_SECRET_ACCESS_KEY`, so they need not appear in a command line.
+- A rejected event can be named by its id or by the original event's id
+  (what the publisher knows); the latter is looked up in the list.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tomllib
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import orjson
+
+from .apiclient import (
+    EXIT_USAGE,
+    ClientError,
+    HttpClient,
+    resolve_target,
+    resolve_token,
+)
+from .config import Config
+
+# ------------------------------------------------------------------- output
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], *,
+          out: Any = None) -> None:
+    """A plain aligned table; the last column is never padded (it may be long)."""
+    out = out or sys.stdout
+    cells = [[("-" if v is None else str(v)) for v in row] for row in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+    for row in [list(headers), *cells]:
+        padded = [c.ljust(w) for c, w in zip(row[:-1], widths[:-1], strict=True)]
+        print("  ".join([*padded, row[-1]]).rstrip(), file=out)
+
+
+def pairs(items: Sequence[tuple[str, Any]], *, out: Any = None) -> None:
+    out = out or sys.stdout
+    width = max(len(k) for k, _ in items)
+    for key, value in items:
+        if value is not None:
+            print(f"{key + ':':<{width + 1}} {value}", file=out)
+
+
+def dump(data: Any) -> None:
+    if data is not None:
+        sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")
+
+
+def kind_of(integration: dict[str, Any]) -> str:
+    if "callback_parameters" in integration:
+        return "webhook"
+    if "s3_parameters" in integration:
+        return "s3"
+    return "?"
+
+
+def target_of(integration: dict[str, Any]) -> str:
+    webhook = integration.get("callback_parameters")
+    if isinstance(webhook, dict):
+        return str(webhook.get("callback_url", ""))
+    s3 = integration.get("s3_parameters")
+    if isinstance(s3, dict):
+        prefix = s3.get("key_prefix")
+        return f"s3://{s3.get('bucket', '')}" + (f"/{prefix}" if prefix else "")
+    return ""
+
+
+def filter_of(integration: dict[str, Any]) -> str:
+    conditions = integration.get("filter_conditions") or {}
+    parts = []
+    if conditions.get("event_filter") is not None:
+        parts.append("events=" + ",".join(conditions["event_filter"]))
+    if conditions.get("entity_filter") is not None:
+        parts.append("entities=" + ",".join(conditions["entity_filter"]))
+    return " ".join(parts) or "all events"
+
+
+def show_integration(integration: dict[str, Any]) -> None:
+    items: list[tuple[str, Any]] = [
+        ("id", integration.get("id")),
+        ("status", integration.get("status")),
+        ("type", f"{kind_of(integration)}, {integration.get('integration_type')}"),
+        ("target", target_of(integration)),
+    ]
+    webhook = integration.get("callback_parameters") or {}
+    s3 = integration.get("s3_parameters") or {}
+    items += [("api_key", webhook.get("api_key")), ("region", s3.get("aws_region")),
+              ("access_key_id", s3.get("aws_access_key_id")),
+              ("secret_access_key", s3.get("aws_secret_access_key")),
+              ("starts_at", integration.get("starts_at")),
+              ("ends_at", integration.get("ends_at")), ("filter", filter_of(integration))]
+    pairs(items)
+
+
+# --------------------------------------------------------------- the parser
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="PATH", help="config file (TOML) of the daemon")
+    parser.add_argument("--url", help="daemon URL, e.g. http://127.0.0.1:8080 "
+                                      "(default: the running daemon's runtime.json)")
+    parser.add_argument("--token", help="API token (default: $EVENTSTREAMD_TOKEN, "
+                                        "auth.tokens, or {data_dir}/api_token)")
+    parser.add_argument("--json", action="store_true",
+                        help="print the API's JSON instead of a table")
+
+
+def _body_flags(parser: argparse.ArgumentParser, creating: bool) -> None:
+    parser.add_argument("--file", metavar="PATH",
+                        help="the body as JSON or TOML (the API's field names); - for stdin; "
+                             "flags override it")
+    hook = parser.add_argument_group("webhook target")
+    hook.add_argument("--webhook", metavar="URL", help="callback_url: one POST per event")
+    hook.add_argument("--api-key", help="sent as Authorization: Bearer <api_key>")
+    s3 = parser.add_argument_group("S3 target")
+    s3.add_argument("--s3-bucket", metavar="BUCKET")
+    s3.add_argument("--s3-region", metavar="REGION", help="aws_region (default: us-east-1)")
+    s3.add_argument("--s3-prefix", metavar="PREFIX", help="key_prefix")
+    s3.add_argument("--aws-access-key-id", metavar="ID",
+                    help="default: $AWS_ACCESS_KEY_ID")
+    s3.add_argument("--aws-secret-access-key", metavar="SECRET",
+                    help="default: $AWS_SECRET_ACCESS_KEY")
+    what = parser.add_argument_group("which events")
+    what.add_argument("--events", metavar="NAMES",
+                      help="event_filter: comma-separated names, e.g. order.created")
+    what.add_argument("--entities", metavar="ENTITIES",
+                      help="entity_filter: comma-separated entities, e.g. order,return")
+    if creating:
+        when = parser.add_argument_group("when")
+        when.add_argument("--temporary", action="store_true",
+                          help="a temporary integration: replays --starts-at..--ends-at, "
+                               "then stops")
+        when.add_argument("--starts-at", metavar="RFC3339",
+                          help="replay from this time (default: events from now on)")
+        when.add_argument("--ends-at", metavar="RFC3339", help="temporary integrations only")
+
+
+def add_parser(sub: Any) -> None:
+    common = argparse.ArgumentParser(add_help=False)
+    _common(common)
+    parser = sub.add_parser(
+        "integrations", help="list, create, change and inspect integrations (HTTP API)",
+        description="Manage integrations through the running daemon's HTTP API.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+
+    def leaf(name: str, help_text: str, *ids: str, parent: Any = commands) -> Any:
+        command = parent.add_parser(name, help=help_text, parents=[common],
+                                    description=help_text[0].upper() + help_text[1:] + ".")
+        for argument in ids:
+            command.add_argument(argument, metavar=argument.upper())
+        return command
+
+    leaf("list", "list the integrations")
+    leaf("show", "show one integration", "id")
+    create = leaf("create", "register an integration (it starts at once)")
+    create.add_argument("id", nargs="?", metavar="ID",
+                        help="1-50 of a-z, 0-9 and '-' (or 'id' in --file)")
+    _body_flags(create, creating=True)
+    patch = leaf("patch", "change a stopped integration's target or filter", "id")
+    _body_flags(patch, creating=False)
+    leaf("delete", "delete an integration with its log and rejected events", "id")
+    leaf("start", "start (resume) an integration", "id")
+    leaf("stop", "stop an integration; it resumes where it stopped", "id")
+    leaf("logs", "the integration's newest log entries", "id")
+    rejected = commands.add_parser("rejected", help="events the receiver rejected (HTTP 400)",
+                                   description="Events the receiver rejected (HTTP 400) or "
+                                               "that could never be sent, kept for retry.")
+    actions = rejected.add_subparsers(dest="rejected_action", metavar="ACTION", required=True)
+    leaf("list", "list rejected events, newest first", "id", parent=actions)
+    for name, text in (("show", "show a rejected event: its context and the event"),
+                       ("retry", "deliver a rejected event once more; removed when delivered"),
+                       ("delete", "delete a rejected event")):
+        command = leaf(name, text, "id", parent=actions)
+        command.add_argument("rejected_id", metavar="REJECTED_ID",
+                             help="the rejected event's id, or the original event's id")
+
+
+EPILOG = """\
+The daemon and its token are found as for `publish`: --url, else the running
+daemon's {data_dir}/runtime.json, else server.host/port; --token,
+$EVENTSTREAMD_TOKEN, auth.tokens, or {data_dir}/api_token.
+
+examples:
+  eventstreamd integrations create orders --webhook https://erp.example.com/events \\
+      --entities order
+  eventstreamd integrations create archive --s3-bucket my-archive --s3-region eu-west-1
+  eventstreamd integrations list --json
+  eventstreamd integrations rejected list orders
+
+exit codes: 0 done, 1 refused or failed by the daemon, 2 usage or config error,
+3 daemon unreachable, 4 not found.
+"""
+
+
+# ------------------------------------------------------------------ bodies
+
+
+def _load_file(path: str) -> dict[str, Any]:
+    try:
+        raw = sys.stdin.buffer.read() if path == "-" else open(path, "rb").read()
+    except OSError as exc:
+        raise ClientError(f"cannot read {path}: {exc.strerror or exc}", EXIT_USAGE) from None
+    try:
+        if path.endswith(".toml"):
+            data: Any = tomllib.loads(raw.decode())
+        else:
+            try:
+                data = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                data = tomllib.loads(raw.decode())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ClientError(f"{path}: neither JSON nor TOML ({exc})", EXIT_USAGE) from None
+    if not isinstance(data, dict):
+        raise ClientError(f"{path}: expected an object (the API's integration fields)",
+                          EXIT_USAGE)
+    return data
+
+
+def _split(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def build_body(args: argparse.Namespace, creating: bool) -> dict[str, Any]:
+    body = _load_file(args.file) if args.file else {}
+    if args.webhook or args.api_key:
+        hook = dict(body.get("callback_parameters") or {})
+        if args.webhook:
+            hook["callback_url"] = args.webhook
+        if args.api_key:
+            hook["api_key"] = args.api_key
+        body["callback_parameters"] = hook
+        body.pop("s3_parameters", None)
+    s3_flags = (args.s3_bucket, args.s3_region, args.s3_prefix, args.aws_access_key_id,
+                args.aws_secret_access_key)
+    if any(s3_flags):
+        s3 = dict(body.get("s3_parameters") or {})
+        for key, value in zip(("bucket", "aws_region", "key_prefix", "aws_access_key_id",
+                               "aws_secret_access_key"), s3_flags, strict=True):
+            if value:
+                s3[key] = value
+        s3.setdefault("aws_region", "us-east-1")
+        for key, env in (("aws_access_key_id", "AWS_ACCESS_KEY_ID"),
+                         ("aws_secret_access_key", "AWS_SECRET_ACCESS_KEY")):
+            if key not in s3 and os.environ.get(env):
+                s3[key] = os.environ[env]
+        body["s3_parameters"] = s3
+        if args.webhook is None and args.api_key is None:
+            body.pop("callback_parameters", None)
+    if args.events is not None or args.entities is not None:
+        conditions = dict(body.get("filter_conditions") or {})
+        if args.events is not None:
+            conditions["event_filter"] = _split(args.events)
+        if args.entities is not None:
+            conditions["entity_filter"] = _split(args.entities)
+        body["filter_conditions"] = conditions
+    if creating:
+        if args.id:
+            body["id"] = args.id
+        if args.temporary:
+            body["integration_type"] = "temporary"
+        body.setdefault("integration_type", "permanent")
+        if args.starts_at:
+            body["starts_at"] = args.starts_at
+        if args.ends_at:
+            body["ends_at"] = args.ends_at
+        if "id" not in body:
+            raise ClientError("create needs an ID (or 'id' in --file)", EXIT_USAGE)
+        if "callback_parameters" not in body and "s3_parameters" not in body:
+            raise ClientError("create needs a target: --webhook URL, or --s3-bucket BUCKET "
+                              "(or callback_parameters / s3_parameters in --file)", EXIT_USAGE)
+    elif not body:
+        raise ClientError("nothing to change: give --webhook, --api-key, --s3-..., --events, "
+                          "--entities or --file", EXIT_USAGE)
+    return body
+
+
+# ---------------------------------------------------------------- commands
+
+
+def _rejected_id(client: HttpClient, integration_id: str, given: str) -> str:
+    """The rejected event's id, also when `given` is the original event's id."""
+    listed = client.call("GET", f"{client.api_base}/{integration_id}/rejected_events") or {}
+    entries = listed.get("rejected_events") or []
+    if any(e.get("id") == given for e in entries):
+        return given
+    for entry in entries:
+        if entry.get("event_id") == given:
+            return str(entry["id"])
+    return given
+
+
+def run(args: argparse.Namespace, config: Config) -> int:
+    client = HttpClient(resolve_target(config, args.url), resolve_token(config, args.token))
+    client.api_base = f"{config.server.base_path}/eventstream"
+    try:
+        action = args.action if args.action != "rejected" else f"rejected-{args.rejected_action}"
+        return COMMANDS[action](client, args)
+    finally:
+        client.close()
+
+
+def _list(client: HttpClient, args: argparse.Namespace) -> int:
+    result = client.call("GET", client.api_base)
+    if args.json:
+        dump(result)
+        return 0
+    items = sorted(result.get("integrations") or [], key=lambda i: i.get("id", ""))
+    if not items:
+        print("no integrations (create one: eventstreamd integrations create ID "
+              "--webhook URL)")
+        return 0
+    table(["ID", "KIND", "TYPE", "STATUS", "FILTER", "TARGET"],
+          [[i.get("id"), kind_of(i), i.get("integration_type"), i.get("status"), filter_of(i),
+            target_of(i)] for i in items])
+    return 0
+
+
+def _one(method: str, suffix: str, done: str) -> Callable[[HttpClient, argparse.Namespace], int]:
+    def command(client: HttpClient, args: argparse.Namespace) -> int:
+        result = client.call(method, f"{client.api_base}/{args.id}{suffix}")
+        if args.json:
+            dump(result)
+        elif done:
+            print(done.format(id=args.id, status=(result or {}).get("status")))
+        else:
+            show_integration(result)
+        return 0
+    return command
+
+
+def _create(client: HttpClient, args: argparse.Namespace) -> int:
+    result = client.call("POST", client.api_base, build_body(args, creating=True))
+    if args.json:
+        dump(result)
+    else:
+        print(f"created {result['id']} ({kind_of(result)} to {target_of(result)}); "
+              f"status {result['status']}")
+    return 0
+
+
+def _patch(client: HttpClient, args: argparse.Namespace) -> int:
+    result = client.call("PATCH", f"{client.api_base}/{args.id}", build_body(args, creating=False))
+    if args.json:
+        dump(result)
+    else:
+        print(f"updated {result['id']}; start it again with: eventstreamd integrations start "
+              f"{result['id']}" if result.get("status") == "stopped" else
+              f"updated {result['id']}")
+    return 0
+
+
+def _delete(client: HttpClient, args: argparse.Namespace) -> int:
+    client.call("DELETE", f"{client.api_base}/{args.id}")
+    if not args.json:
+        print(f"deleted {args.id}")
+    return 0
+
+
+def _logs(client: HttpClient, args: argparse.Namespace) -> int:
+    result = client.call("GET", f"{client.api_base}/{args.id}/logs")
+    if args.json:
+        dump(result)
+        return 0
+    entries = result.get("entries") or []
+    if not entries:
+        print(f"{args.id}: no log entries")
+        return 0
+    table(["AT", "ACTION", "REASON"],
+          [[e.get("created_at"), e.get("action"), e.get("reason")] for e in entries])
+    return 0
+
+
+def _rejected_list(client: HttpClient, args: argparse.Namespace) -> int:
+    result = client.call("GET", f"{client.api_base}/{args.id}/rejected_events")
+    if args.json:
+        dump(result)
+        return 0
+    entries = result.get("rejected_events") or []
+    if not entries:
+        print(f"{args.id}: no rejected events")
+        return 0
+    table(["REJECTED ID", "REJECTED AT", "EVENT ID", "SEQ", "HTTP", "ATTEMPTS", "ANSWER"],
+          [[e.get("id"), e.get("created_at"), e.get("event_id"), e.get("seq"),
+            e.get("status"), e.get("attempts"), e.get("reason")] for e in entries])
+    return 0
+
+
+def _rejected_show(client: HttpClient, args: argparse.Namespace) -> int:
+    rejected_id = _rejected_id(client, args.id, args.rejected_id)
+    result = client.call("GET", f"{client.api_base}/{args.id}/rejected_events/{rejected_id}")
+    if args.json:
+        dump(result)
+        return 0
+    context = dict(result.pop("rejection", None) or {})
+    pairs([("rejected id", context.get("id", rejected_id)),
+           ("rejected at", context.get("created_at")),
+           ("event id", context.get("event_id")), ("seq", context.get("seq")),
+           ("HTTP status", context.get("status")), ("attempts", context.get("attempts")),
+           ("answer", context.get("reason")),
+           ("retryable", None if context.get("deliverable", True) else "no")])
+    print("event:")
+    print(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
+    return 0
+
+
+def _rejected_retry(client: HttpClient, args: argparse.Namespace) -> int:
+    rejected_id = _rejected_id(client, args.id, args.rejected_id)
+    client.call("POST", f"{client.api_base}/{args.id}/rejected_events/{rejected_id}/_retry")
+    if not args.json:
+        print(f"rejected event {rejected_id} delivered and removed")
+    return 0
+
+
+def _rejected_delete(client: HttpClient, args: argparse.Namespace) -> int:
+    rejected_id = _rejected_id(client, args.id, args.rejected_id)
+    client.call("DELETE", f"{client.api_base}/{args.id}/rejected_events/{rejected_id}")
+    if not args.json:
+        print(f"rejected event {rejected_id} deleted")
+    return 0
+
+
+COMMANDS: dict[str, Callable[[HttpClient, argparse.Namespace], int]] = {
+    "list": _list,
+    "show": _one("GET", "", ""),
+    "create": _create,
+    "patch": _patch,
+    "delete": _delete,
+    "start": _one("POST", "/_start", "{id}: {status}"),
+    "stop": _one("POST", "/_stop", "{id}: {status}"),
+    "logs": _logs,
+    "rejected-list": _rejected_list,
+    "rejected-show": _rejected_show,
+    "rejected-retry": _rejected_retry,
+    "rejected-delete": _rejected_delete,
+}
