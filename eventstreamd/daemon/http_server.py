@@ -78,7 +78,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import resource
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
@@ -94,7 +93,7 @@ from aiohttp.web_server import Server
 
 from ..config import ServerConfig
 from ..logs import Throttle, kv
-from .errors import CODES_BY_STATUS, ApiError, error_response
+from .errors import CODES_BY_STATUS, ApiError, error_response, new_request_id
 
 log = logging.getLogger("eventstreamd.http")
 
@@ -179,7 +178,7 @@ class BodyTimeout(ApiError, TimeoutError):
 
 
 def _refusal(max_connections: int) -> bytes:
-    request_id = uuid.uuid4().hex
+    request_id = new_request_id()
     body = orjson.dumps({
         "error_code": "unavailable",
         "message": f"too many connections (at most {max_connections}); retry in {RETRY_AFTER}s",
@@ -270,7 +269,7 @@ class _DaemonRequestHandler(RequestHandler):
             raise ConnectionError("the client went away") from exc
         if request.writer.output_size > 0:
             raise ConnectionError("response already started; cannot send an error body")
-        request_id = uuid.uuid4().hex
+        request_id = new_request_id()
         level = logging.ERROR if status >= 500 else logging.INFO
         log.log(level, "request refused by the HTTP layer: %s %s", status, exc or message,
                 exc_info=exc if status >= 500 else None)

@@ -120,9 +120,22 @@ def _normalized_time(value: str) -> str:
     return format_utc(parse_rfc3339(value))
 
 
+# OS randomness fetched 4 KiB at a time, not one syscall per request.
+_pool = b""
+_pool_at = 0
+
+
+def _random_hex(nbytes: int) -> str:
+    global _pool, _pool_at
+    if _pool_at + nbytes > len(_pool):
+        _pool, _pool_at = os.urandom(max(4096, nbytes)), 0
+    start, _pool_at = _pool_at, _pool_at + nbytes
+    return _pool[start:_pool_at].hex()
+
+
 def new_event_ids(count: int) -> Iterator[str]:
-    """`count` random (version 4) UUID strings from one urandom call."""
-    raw = os.urandom(16 * count).hex()
+    """`count` random (version 4) UUID strings."""
+    raw = _random_hex(16 * count)
     for offset in range(0, 32 * count, 32):
         h = raw[offset:offset + 32]
         variant = "89ab"[int(h[16], 16) & 3]
@@ -151,7 +164,22 @@ def _is_utf8(data: bytes) -> bool:
     return True
 
 
-def encode_event(index: int, event: EventIn, default_tenant: str, now: str,
+class _Now:
+    """The request's "now" for events without `published_at`, taken once and only if one
+    needs it (most clients send their own)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value: str | None = None
+
+    def __call__(self) -> str:
+        if self.value is None:
+            self.value = now_iso()
+        return self.value
+
+
+def encode_event(index: int, event: EventIn, default_tenant: str, now: _Now,
                  new_ids: Iterator[str]) -> NewEvent:
     """Check one decoded event and assemble its delivery body; a 400 names the field."""
     name = _seen_names.get(event.name)
@@ -168,7 +196,7 @@ def encode_event(index: int, event: EventIn, default_tenant: str, now: str,
                        "'_' or '-' (and not '.' or '..')")
         tenant = _remember(_seen_tenants, tenant_in)  # type: ignore[arg-type]
     if event.published_at is UNSET:
-        published_at = now
+        published_at = now()
     else:
         try:
             published_at = _normalized_time(event.published_at)  # type: ignore[arg-type]
@@ -225,7 +253,7 @@ async def validate_body(body: bytes, content_type: str,
                         default_tenant: str) -> list[NewEvent]:
     """Decode, check and encode every event of a body; large ones in chunks, yielding."""
     small = len(body) <= SMALL_BODY
-    now = now_iso()
+    now = _Now()
     chunks = (_ndjson_chunks(body) if content_type in NDJSON_TYPES else _json_chunks(body))
     encoded: list[NewEvent] = []
     for chunk in chunks:

@@ -16,6 +16,7 @@ Decisions:
 
 from __future__ import annotations
 
+import orjson
 from aiohttp import web
 
 from ..storage.base import StoreFull, StoreUnavailable
@@ -45,4 +46,6 @@ async def publish_events(request: web.Request) -> web.Response:
         stats.refused(exc.status)
         raise
     stats.accepted(len(events), size)
-    return web.json_response({"accepted": len(events), "first_seq": first, "last_seq": last})
+    return web.Response(body=orjson.dumps({"accepted": len(events), "first_seq": first,
+                                           "last_seq": last}),
+                        content_type="application/json")
