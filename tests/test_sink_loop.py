@@ -137,13 +137,14 @@ class MemoryPipeline:
     async def serve(self, ctx: SinkContext) -> None:
         return None
 
-    async def accept(self, event: StoredEvent, ctx: SinkContext) -> bool:
-        if event.name.endswith(".refused"):
-            await ctx.set_aside(event, "memory sinks refuse these")
-            return True
-        RECEIVED.setdefault(self.name, []).append(event.body)
-        ctx.stats.delivered += 1
-        return True
+    async def accept(self, events: list[StoredEvent], ctx: SinkContext) -> int:
+        for event in events:
+            if event.name.endswith(".refused"):
+                await ctx.set_aside(event, "memory sinks refuse these")
+                continue
+            RECEIVED.setdefault(self.name, []).append(event.body)
+            ctx.stats.delivered += 1
+        return len(events)
 
     async def tick(self, ctx: SinkContext) -> None:
         return None

@@ -126,6 +126,11 @@ class SinkContext(Protocol):
 
     async def wait_progress(self) -> None: ...
 
+    async def wait_room(self) -> bool:
+        """Wait while the pipeline is blocked (asking for a durable cursor meanwhile);
+        False when the sink is stopping."""
+        ...
+
     async def sleep_unless_stopping(self, delay: float) -> bool:
         """Sleep up to `delay`; True when the sink is stopping."""
         ...
@@ -154,8 +159,10 @@ class Pipeline(Protocol):
     async def serve(self, ctx: SinkContext) -> None:
         """Long-lived work for the pipeline's lifetime; cancelled when the loop ends."""
 
-    async def accept(self, event: StoredEvent, ctx: SinkContext) -> bool:
-        """Take one matching event, in sequence order; False if stopping prevented it."""
+    async def accept(self, events: list[StoredEvent], ctx: SinkContext) -> int:
+        """Take a batch of matching events, in sequence order; how many were taken (fewer
+        than all only when stopping prevented the rest). Called per batch, not per event:
+        per-event work belongs in the pipeline's own tight loop."""
 
     async def tick(self, ctx: SinkContext) -> None:
         """Called between batches and while idle (time-based work such as file rotation)."""

@@ -226,35 +226,62 @@ class SinkLoop:
             if batch[0].seq > self.read_position:
                 await self._report_pruned(batch[0].seq - self.read_position)
                 self.read_position = batch[0].seq
-            for event in batch:
-                if self._ends_ms is not None and event.ingested_at > self._ends_ms:
-                    return "completed"
-                if self.filter.matches(event):
-                    while pipeline.blocked() and not self._stopping.is_set():
-                        self._flush_soon()  # its window may wait for a durable cursor
-                        with anyio.move_on_after(HEAD_POLL):
-                            await self.wait_progress()
-                    if not await self._hand_on(event):
-                        break  # stopping
-                self.read_position = event.seq + 1
-                if self._stopping.is_set():
-                    break
+            completed = False
+            if self._ends_ms is not None and batch[-1].ingested_at > self._ends_ms:
+                ends = self._ends_ms
+                batch = [e for e in batch if e.ingested_at <= ends]  # stamped in order
+                completed = True
+            if batch and not await self._hand_on(batch):
+                break  # stopping
+            if completed:
+                return "completed"
             if self.read_position - self.durable_cursor >= self._cursor_every:
                 self._flush_soon()
             self.progressed()
         return "stopped"
 
-    async def _hand_on(self, event: StoredEvent) -> bool:
-        if event.problem is None:
-            return await self.pipeline.accept(event, self)
-        # Stored by an older version and found undeliverable when the log was migrated.
-        while True:
-            try:
-                await self.set_aside(event, event.problem, deliverable=False)
-                return True
-            except StoreFull:
-                if await self.sleep_unless_stopping(CURSOR_RETRY):
-                    return False
+    async def _hand_on(self, batch: list[StoredEvent]) -> bool:
+        """Hand the batch's matching events to the pipeline, per batch (one call, not one
+        per event); False when stopping cut it short (read_position then stops at the
+        first event not taken)."""
+        matching = (batch if self.filter.passes_everything
+                    else [e for e in batch if self.filter.matches(e)])
+        if any(e.problem is not None for e in matching):
+            matching = await self._set_aside_problems(matching)
+            if matching is None:
+                return False
+        taken = await self.pipeline.accept(matching, self) if matching else 0
+        if taken < len(matching):
+            self.read_position = matching[taken].seq
+            return False
+        self.read_position = batch[-1].seq + 1
+        return True
+
+    async def _set_aside_problems(self, events: list[StoredEvent]) -> list[StoredEvent] | None:
+        """Events an older version stored that no sink can send (found when the log was
+        migrated) are set aside at once; the rest go on. None when stopping."""
+        rest = []
+        for event in events:
+            if event.problem is None:
+                rest.append(event)
+                continue
+            while True:
+                try:
+                    await self.set_aside(event, event.problem, deliverable=False)
+                    break
+                except StoreFull:
+                    if await self.sleep_unless_stopping(CURSOR_RETRY):
+                        return None
+        return rest
+
+    async def wait_room(self) -> bool:
+        """For a pipeline whose window is full: ask for the cursor (the window may wait
+        for a durable one) and wait for progress. False when stopping."""
+        while self.pipeline.blocked() and not self._stopping.is_set():
+            self._flush_soon()
+            with anyio.move_on_after(HEAD_POLL):
+                await self.wait_progress()
+        return not self._stopping.is_set()
 
     async def _range_closed(self) -> bool:
         """No event ingested at or before `ends_at` can still appear in the log.

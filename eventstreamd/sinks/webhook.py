@@ -263,18 +263,20 @@ class WebhookPipeline:
         self._closed = True
         self._work.set()
 
-    async def accept(self, event: StoredEvent, ctx: SinkContext) -> bool:
-        while self.window.full and not ctx.stopping.is_set():
-            await ctx.wait_progress()
-        if ctx.stopping.is_set():
-            return False
-        self.window.dispatch(event.seq)
-        if self._active == 0:
-            self._idle = anyio.Event()
-        self._active += 1
-        self._pending.append(event)
+    async def accept(self, events: list[StoredEvent], ctx: SinkContext) -> int:
+        window, pending = self.window, self._pending
+        for taken, event in enumerate(events):
+            if window.full:
+                self._work.set()
+                if not await ctx.wait_room():
+                    return taken
+            window.dispatch(event.seq)
+            if self._active == 0:
+                self._idle = anyio.Event()
+            self._active += 1
+            pending.append(event)
         self._work.set()
-        return True
+        return len(events)
 
     async def _worker(self, ctx: SinkContext) -> None:
         while True:
