@@ -39,6 +39,7 @@ def test_shipped_file_matches_defaults() -> None:
     shipped = load_config(Path(__file__).parents[1] / "eventstreamd.toml")
     assert shipped.server == Config().server
     assert shipped.storage == Config().storage
+    assert shipped.jetstream == Config().jetstream
     assert shipped.limits == Config().limits
     assert shipped.webhook == Config().webhook
     assert shipped.s3 == Config().s3
@@ -109,6 +110,9 @@ BAD_CONFIGS = [
     ("header_timeout_zero", '[server]\nheader_timeout = "0s"\n', "'server.header_timeout'"),
     ("control_idle_zero", "[control]\nidle_timeout = 0\n", "'control.idle_timeout'"),
     ("log_level", '[log]\nlevel = "loud"\n', "'log.level'"),
+    ("backend", '[storage]\nbackend = "sqlite"\n', "'storage.backend'"),
+    ("nats_url", '[jetstream]\nservers = ["127.0.0.1:4222"]\n', "'jetstream.servers'"),
+    ("nats_prefix", '[jetstream]\nprefix = "a.b"\n', "'jetstream.prefix'"),
     ("not_toml", "this is = = not toml\n", "not valid TOML"),
 ]
 

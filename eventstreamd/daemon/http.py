@@ -28,7 +28,13 @@ from .publish import publish_events
 
 
 async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok", "head": request.app[STORE].head})
+    """200 while the process serves; `status` is "degraded" (and `store.error` says why)
+    when the store cannot be reached (JetStream: NATS down), so a liveness probe does not
+    restart a daemon that would only fail to start again, and a look tells what is wrong."""
+    store = request.app[STORE]
+    health = store.health()
+    return web.json_response({"status": "ok" if health.connected else "degraded",
+                              "head": store.head, "store": health.to_dict()})
 
 
 async def openapi_yaml(request: web.Request) -> web.Response:

@@ -45,7 +45,7 @@ from aiohttp import web
 
 from ..model import NewEvent
 from ..naming import MAX_ID, MAX_TENANT, valid_event_id, valid_name, valid_tenant
-from ..storage.base import StoreFull, StoreUnavailable
+from ..storage.base import EventTooLarge, StoreFull, StoreUnavailable
 from ..timeutil import format_utc, now_iso, parse_rfc3339
 from .errors import ApiError
 from .keys import DEFAULT_TENANT, INGEST_BUDGET, STORE
@@ -225,6 +225,8 @@ async def publish_events(request: web.Request) -> web.Response:
             first, last = await request.app[STORE].append(events)
         except StoreFull as exc:
             raise ApiError(507, "insufficient_storage", str(exc)) from None
+        except EventTooLarge as exc:
+            raise ApiError(413, "payload_too_large", str(exc)) from None
         except StoreUnavailable as exc:
             raise ApiError(503, "unavailable", f"the events were not stored: {exc}",
                            headers={"Retry-After": "1"}) from None

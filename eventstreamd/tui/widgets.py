@@ -16,6 +16,7 @@ class ConnectionBar(Static):
     ConnectionBar { height: 1; padding: 0 1; background: $boost; }
     ConnectionBar.-connected { color: $success; }
     ConnectionBar.-connecting { color: $warning; }
+    ConnectionBar.-degraded { background: $warning 30%; color: $text; text-style: bold; }
     ConnectionBar.-disconnected { background: $error 30%; color: $text; text-style: bold; }
     """
 
@@ -24,6 +25,6 @@ class ConnectionBar(Static):
 
     def _show(self, link: Any) -> None:
         state, text = link
-        for name in ("connected", "connecting", "disconnected"):
+        for name in ("connected", "connecting", "disconnected", "degraded"):
             self.set_class(state == name, f"-{name}")
         self.update(text)
