@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -7,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from eventstreamd.config import Config, JetStreamConfig, StorageConfig
 from tests.helpers.daemon import DaemonProcess
 from tests.helpers.nats_server import NatsServer
 
@@ -49,6 +51,18 @@ def backend_settings(backend: str, request: pytest.FixtureRequest) -> dict[str, 
     if backend == "jetstream":
         return jetstream_settings(request.getfixturevalue("nats_server"))
     return {}
+
+
+@pytest.fixture
+def store_config(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Config:
+    """A config for a store opened in-process (`open_store(store_config)`) on the test's
+    backend: LMDB in a temp data dir, or JetStream under a fresh prefix."""
+    config = Config(storage=StorageConfig(backend=backend, data_dir=str(tmp_path / "data")))
+    if backend == "jetstream":
+        server: NatsServer = request.getfixturevalue("nats_server")
+        config = dataclasses.replace(config, jetstream=JetStreamConfig(
+            servers=(server.url,), prefix=new_prefix()))
+    return config
 
 
 @pytest.fixture

@@ -26,6 +26,8 @@ from tests.test_api import (
     webhook,
 )
 
+BACKENDS = ("lmdb", "jetstream")
+
 
 async def _snapshot(daemon: DaemonProcess) -> dict[str, Any]:
     async with connect(daemon) as api:
@@ -40,7 +42,7 @@ async def _snapshot(daemon: DaemonProcess) -> dict[str, Any]:
 
 
 async def _stored(daemon: DaemonProcess) -> dict[str, Integration]:
-    async with opened(daemon.data_dir) as store:
+    async with opened(daemon) as store:
         return {i.id: i for i in await store.list_integrations()}
 
 
@@ -73,7 +75,7 @@ async def test_integrations_statuses_logs_and_rejected_events_survive_a_restart(
     assert all(r.created_at.endswith("Z") for r in records.values())
 
     entries = {"hook": [rejected_entry(n) for n in range(2)], "bucket": [rejected_entry(5)]}
-    await seed_rejected(daemon.data_dir, entries)
+    await seed_rejected(daemon, entries)
     daemon.start()
 
     after = await _snapshot(daemon)

@@ -19,6 +19,8 @@ from tests.helpers.s3 import MotoServer, s3_params
 KEY = re.compile(r"^(?:(?P<prefix>.+)/)?(?P<tenant>[^/]+)/(?P<ms>\d{13})-data-(?P<rand>[0-9a-f]+)"
                  r"\.export$")
 
+BACKENDS = ("lmdb", "jetstream")
+
 
 @pytest.fixture(scope="module")
 def moto() -> Iterator[MotoServer]:
