@@ -34,6 +34,9 @@ Decisions (numbers measured on this 2-core machine, R1 file storage,
   range is found by scanning the commit messages (`{prefix}.ev.c`) for that
   msg id. A request that never left (disconnected: nats-py fails at once
   with `pending_size=0`) is answered 503 at once.
+- When the connection drops, appends still queued (never sent) are answered
+  503 at once; only the commit in flight waits, for up to
+  `2 x request_timeout`, to learn its outcome by re-sending.
 - Requests larger than `max_batch` events (the server's atomic batch limit)
   are stored as consecutive atomic batches, each after the previous one
   (`Nats-Expected-Last-Sequence`, so the range stays contiguous): if a
@@ -205,6 +208,7 @@ class EventLog:
         self._queue: asyncio.Queue[_Append | None] = asyncio.Queue(maxsize=MAX_PENDING)
         self._carry: _Append | None = None
         self._running = False
+        self._stopping = False
         self._stopped = anyio.Event()
         self._poke = asyncio.Event()
 
@@ -229,7 +233,16 @@ class EventLog:
         info = await self.client.ensure_stream(self.stream_config())
         self._set_head(int(info.get("state", {}).get("last_seq", 0)))
         await self.client.nc.subscribe(self.wake_subject, cb=self._on_wake)
-        self.client.on_connection(lambda connected: self._poke.set() if connected else None)
+        self.client.on_connection(self._connection_changed)
+
+    def _connection_changed(self, connected: bool) -> None:
+        if connected:
+            self._poke.set()  # wakes may have been lost: look at the head now
+            return
+        # Appends still queued were never sent: answer them now (503) instead of after
+        # the commit in flight, which waits for the server to come back.
+        self._fail_pending(StoreUnavailable(
+            f"NATS is not reachable ({self.client.health().error}); nothing was stored"))
 
     # ------------------------------------------------------------------ head
 
@@ -306,11 +319,12 @@ class EventLog:
         self._running = True
         task_status.started()
         try:
-            while True:
+            while not (self._stopping and self._carry is None and self._queue.empty()):
                 item = self._carry or await self._queue.get()
                 self._carry = None
-                if item is None:
-                    return
+                if item is None:  # close(): finish what is queued, then stop
+                    self._stopping = True
+                    continue
                 group = [item]
                 count, size = len(item.payloads), sum(map(len, item.payloads))
                 while count < self.max_batch and size < MAX_GROUP_BYTES:
@@ -318,7 +332,10 @@ class EventLog:
                         nxt = self._queue.get_nowait()
                     except asyncio.QueueEmpty:
                         break
-                    if nxt is None or count + len(nxt.payloads) > self.max_batch:
+                    if nxt is None:
+                        self._stopping = True
+                        continue
+                    if count + len(nxt.payloads) > self.max_batch:
                         self._carry = nxt
                         break
                     group.append(nxt)
@@ -340,17 +357,23 @@ class EventLog:
             with anyio.move_on_after(grace):
                 await self._stopped.wait()
 
-    def _fail_pending(self) -> None:
+    def _fail_pending(self, error: Exception | None = None) -> None:
         pending = [self._carry] if self._carry is not None else []
         self._carry = None
         while True:
             try:
-                pending.append(self._queue.get_nowait())
+                item = self._queue.get_nowait()
             except asyncio.QueueEmpty:
                 break
+            if item is None:
+                self._stopping = True
+            else:
+                pending.append(item)
         for item in pending:
-            if item is not None and not item.future.done():
-                item.future.set_exception(StoreUnavailable("the store is closing"))
+            if not item.future.done():
+                item.future.set_exception(error or StoreUnavailable("the store is closing"))
+        if self._stopping and self._running:
+            self._queue.put_nowait(None)  # wake the writer so it sees the stop
 
     async def _commit_group(self, group: list[_Append]) -> None:
         try:
