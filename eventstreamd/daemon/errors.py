@@ -78,6 +78,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         reason = str(getattr(cause, "message", "") or cause)
         log.info("request body refused", extra=kv(request_id=request_id, path=request.path,
                                                   reason=reason))
+        # The rest of such a body cannot be read either. aiohttp drains an unread body
+        # after the answer and would meet this error again (and log it as unhandled);
+        # a timeout is what its drain treats as "give up and close".
+        request.content.set_exception(TimeoutError("the request body cannot be read"))
         return error_response(400, "invalid_body", "the request body cannot be read (bad "
                               f"Content-Encoding or chunked framing): {reason}", request_id)
     except web.HTTPException as exc:
