@@ -16,6 +16,8 @@ import anyio
 import orjson
 import pytest
 
+from eventstreamd.tui.app import DashboardApp
+from eventstreamd.tui.sample import SIZE, SNAPSHOT, SOCKET_LABEL
 from tests.conftest import jetstream_settings
 from tests.helpers.api import ApiClient
 from tests.helpers.daemon import DaemonProcess, Factory, write_config
@@ -164,3 +166,22 @@ async def test_nats_outage_while_publishing_and_delivering(
     finally:
         await receiver.close()
         server.stop()
+
+
+async def test_the_dashboard_says_when_the_store_is_unreachable() -> None:
+    """The connection bar turns "degraded" with the reason while a snapshot says the store
+    cannot be reached, and back when it can."""
+    down = {**SNAPSHOT, "store": {"backend": "jetstream", "connected": False,
+                                  "server": "nats://127.0.0.1:4222",
+                                  "error": "[Errno 111] Connection refused"}}
+    app = DashboardApp(SOCKET_LABEL, snapshot=down)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        state, text = app.link
+        assert state == "degraded"
+        assert "jetstream at nats://127.0.0.1:4222 unreachable" in text
+        assert "Connection refused" in text and "delivery paused" in text
+        app.apply_snapshot({**down, "store": {**down["store"], "connected": True,
+                                              "error": None}})
+        await pilot.pause()
+        assert app.link[0] == "connected" and "unreachable" not in app.link[1]

@@ -58,7 +58,7 @@ async def test_appends_are_contiguous_and_concurrent_ones_all_land(store: Store)
     assert times == sorted(times)  # non-decreasing along the log
     assert await store.last_ingested_ms() == times[-1]
     # The same client id twice is stored twice (ids are the client's business).
-    first, last = await store.append([new_event("dup", {}), new_event("dup", {})])
+    first, _ = await store.append([new_event("dup", {}), new_event("dup", {})])
     assert [e.id for e in await store.read_events(first, 10)] == ["dup", "dup"]
 
 
