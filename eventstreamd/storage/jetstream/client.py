@@ -293,6 +293,9 @@ class JsClient:
                                          headers=headers)
         except nats.errors.TimeoutError:
             raise Unknown(f"no answer from NATS within {within or self.timeout:g}s") from None
+        except nats.errors.NoRespondersError:
+            raise NotSent("JetStream did not take the request (no responders: the stream has "
+                          "no leader right now, e.g. during an election)") from None
         except _NOT_SENT as exc:
             raise NotSent(f"NATS is not reachable ({_describe(exc)})") from None
 
