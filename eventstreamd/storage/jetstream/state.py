@@ -38,8 +38,8 @@ Decisions:
   on `lease.<id>` (written per incarnation, so it implies the marker);
   fenced writes then expect that subject instead — the hook is
   `_fence_headers`, nothing else changes.
-- Delete: one batch tombstones the record, the marker and the rejected
-  index and drops the id from the index (CAS on record and index); then the
+- Delete: one batch tombstones the record, the marker, the rejected index
+  and the lease subject and drops the id from the index (CAS on record and index); then the
   integration's subjects are purged up to that batch (`seq` bound, so a new
   integration created meanwhile under the same id keeps its own). A delete
   interrupted before its purge leaves tombstones, which read as absent and
@@ -346,6 +346,8 @@ class StateStore:
                 Out(record_subject, b"", {**tombstone, **_expect(record.seq)}),
                 Out(self._subject("inc", integration_id), b"", tombstone),
                 Out(self._subject("rejx", integration_id), b"", tombstone),
+                # No lease outlives its integration (issue 16's lease fences expect it).
+                Out(self._subject("lease", integration_id), b"", tombstone),
             ]
             try:
                 ack = await self._commit(messages)
