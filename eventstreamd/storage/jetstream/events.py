@@ -224,7 +224,8 @@ class EventLog:
             "discard": "new",
             "allow_atomic": True,
             "allow_direct": True,
-            "duplicate_window": DUPLICATE_WINDOW_NS,
+            # JetStream refuses a duplicate window longer than max_age.
+            "duplicate_window": min(DUPLICATE_WINDOW_NS, int(self.retention * 1e9)),
             "republish": {"src": self.commit_subject, "dest": self.wake_subject,
                           "headers_only": True},
         }
