@@ -5,6 +5,8 @@ atomic batch, and how the daemon reports the store's reachability."""
 from __future__ import annotations
 
 import collections
+import logging
+import os
 import signal
 import subprocess
 import sys
@@ -16,6 +18,8 @@ import anyio
 import orjson
 import pytest
 
+from eventstreamd.config import Config, JetStreamConfig, StorageConfig
+from eventstreamd.storage.jetstream import JetStreamStore
 from eventstreamd.tui.app import DashboardApp
 from eventstreamd.tui.sample import SIZE, SNAPSHOT, SOCKET_LABEL
 from tests.conftest import jetstream_settings
@@ -23,7 +27,7 @@ from tests.helpers.api import ApiClient
 from tests.helpers.daemon import DaemonProcess, Factory, write_config
 from tests.helpers.nats_server import NatsServer, free_port
 from tests.helpers.receiver import Receiver
-from tests.helpers.store import read_all
+from tests.helpers.store import new_event, read_all
 from tests.helpers.wait import eventually
 from tests.test_control import Line, control_path
 
@@ -185,3 +189,41 @@ async def test_the_dashboard_says_when_the_store_is_unreachable() -> None:
                                               "error": None}})
         await pilot.pause()
         assert app.link[0] == "connected" and "unreachable" not in app.link[1]
+
+
+@pytest.mark.parametrize("size", [1, 5], ids=["publish", "batch"])
+async def test_an_unanswered_commit_is_resent_and_stored_once(
+        tmp_path: Path, size: int, caplog: pytest.LogCaptureFixture) -> None:
+    """The server freezes right after the commit left (SIGSTOP): no answer within
+    `request_timeout`, so the outcome is unknown. The same commit is sent again; when the
+    server wakes it stores the first and recognises the second as a duplicate (its
+    `Nats-Msg-Id`): the publisher gets the right range, the stream holds it once."""
+    caplog.set_level(logging.INFO, logger="eventstreamd.jetstream")
+    server = NatsServer(tmp_path / "nats").start()
+    config = Config(storage=StorageConfig(backend="jetstream"), jetstream=JetStreamConfig(
+        servers=(server.url,), prefix="resend", request_timeout=0.5))
+    try:
+        async with JetStreamStore(config) as store:
+            assert await store.append([new_event("before", {})]) == (1, 1)
+            assert server.proc is not None
+            os.kill(server.proc.pid, signal.SIGSTOP)
+            try:
+                async with anyio.create_task_group() as tg:
+                    spans: list[tuple[int, int]] = []
+
+                    async def publish() -> None:
+                        spans.append(await store.append(
+                            [new_event(f"e{i}", {"i": i}) for i in range(size)]))
+
+                    tg.start_soon(publish)
+                    await anyio.sleep(0.7)  # the first send timed out; a re-send is out
+                    os.kill(server.proc.pid, signal.SIGCONT)
+            finally:
+                os.kill(server.proc.pid, signal.SIGCONT)
+            assert "re-sending an unacknowledged commit" in caplog.text
+            assert spans == [(2, 1 + size)]
+            stored = await store.read_events(1, 100)
+            assert [e.id for e in stored] == ["before"] + [f"e{i}" for i in range(size)]
+            assert store.head == 1 + size
+    finally:
+        server.stop()

@@ -108,6 +108,7 @@ POLL_EVERY = 2.0  # seconds between head checks (wakes can be lost)
 DUPLICATE_WINDOW_NS = 120 * 10**9
 LAG_RETRIES = (0.001, 0.004, 0.016)  # re-asks of an empty read below the head
 SCAN_PAGES = 200  # pages of 256 commits searched for a re-sent batch
+RESEND_PAUSE = 0.1  # seconds before re-sending a commit whose outcome is unknown
 NOT_OURS = "this message was not written by eventstreamd; it cannot be delivered"
 
 
@@ -455,6 +456,12 @@ class EventLog:
                     raise StoreFull("the event stream is full (jetstream.max_bytes or the "
                                     "server's storage limit reached)") from None
                 if exc.err_code == WRONG_LAST_SEQUENCE and expect_last is not None:
+                    if maybe_stored:  # the first send may have been ours: look for it
+                        try:
+                            return await self._find_committed(msg_id, len(payloads),
+                                                              scan_from)
+                        except StoreUnavailable:
+                            pass
                     raise _Interleaved("another writer's events came between two batches of "
                                        "this request") from None
                 raise StoreUnavailable(f"JetStream refused the events: {exc}") from None
@@ -463,6 +470,7 @@ class EventLog:
                 raise StoreUnavailable(
                     "JetStream did not acknowledge the events in time (they may or may not "
                     "be stored)")
+            await anyio.sleep(RESEND_PAUSE)  # e.g. no stream leader yet: not in a tight loop
             log.info("re-sending an unacknowledged commit", extra=kv(events=len(payloads)))
 
     async def _find_committed(self, msg_id: str, count: int, scan_from: int) -> tuple[int, int]:
