@@ -101,7 +101,9 @@ async def test_healthz_and_status_name_the_store(daemon: DaemonProcess) -> None:
         status = (await client.call("status"))["result"]
     finally:
         await client.close()
-    assert status["store"] == health["store"]
+    assert status["store"] == {**health["store"], "server": status["store"]["server"]}
+    assert status["store"]["server"].startswith("nats://127.0.0.1:")
+    assert "server" not in health["store"]  # /healthz is public: it names no server
 
 
 async def publisher(d: DaemonProcess, name: str, acked: set[str], statuses: list[int],

@@ -522,7 +522,7 @@ class LmdbStore:
                           free_bytes=max(0, self.map_size - used))
 
     def health(self) -> StoreHealth:
-        return StoreHealth("lmdb", not self._closed, str(self.data_dir))
+        return StoreHealth("lmdb", not self._closed)
 
     # ------------------------------------------------------------ txn helpers
 

@@ -38,6 +38,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import nats
 import nats.errors
@@ -165,11 +166,16 @@ class JsClient:
         self._waiting: dict[str, _Collector] = {}
         self._closing = False
         redactor.add(config.token)
+        for url in config.servers:  # nats://user:password@host, nats://token@host
+            parts = urlsplit(url)
+            redactor.add(parts.password)
+            redactor.add(parts.username)
 
     # ------------------------------------------------------------- connection
 
     def describe(self) -> str:
-        return ", ".join(self.config.servers)
+        """The configured servers, without any user:password@ they carry."""
+        return ", ".join(_without_userinfo(url) for url in self.config.servers)
 
     async def connect(self) -> None:
         """Connect within `connect_timeout`, or raise StoreUnavailable naming the servers."""
@@ -430,3 +436,10 @@ def _describe(exc: BaseException) -> str:
     if text.startswith("nats: "):
         text = text[6:]
     return text
+
+
+def _without_userinfo(url: str) -> str:
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
