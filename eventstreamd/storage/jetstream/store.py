@@ -85,6 +85,11 @@ class JetStreamStore:
             raise StoreUnavailable(
                 f"JetStream at {self.client.server_url()} refused to set up the streams: "
                 f"{exc}") from None
+        except (NotSent, Unknown) as exc:
+            await self.client.close()
+            raise StoreUnavailable(
+                f"NATS at {self.client.server_url()} answers, but JetStream does not ({exc}); "
+                "is JetStream enabled on the server (a `jetstream {}` block)?") from None
         except BaseException:
             await self.client.close()
             raise
