@@ -16,10 +16,11 @@ Every piece of state lives in JetStream, nothing of value on local disk:
 `store.py` puts the parts together and decides what an outage does;
 `client.py` holds the connection and the raw requests nats-py lacks.
 
-Measured on this machine (2 shared cores, ext4 on a virtual disk; nats-server
-2.15.1, nats-py 2.16.0, R1 file storage, `sync_interval: always`; raw output
-of the experiments behind these choices is summarised in docs/reliability.md
-and bench/README.md):
+Measured while designing it, with small nats-py scripts against a local
+server on this machine (2 shared cores, ext4 on a virtual disk; nats-server
+2.15.1, nats-py 2.16.0, R1 file storage, `sync_interval: always`; fsync
+latency drifts a lot here, so ranges). The daemon's own figures are in
+bench/README.md:
 
 - atomic batch of 1,000 x 400 B: 20-30k events/s; 128: 5-13k/s; 32: ~2.5k/s;
   8: ~600/s; 1 message: one publish 0.7-1.8 ms (p50), a 1-message batch
@@ -31,6 +32,10 @@ and bench/README.md):
 - a fenced single write (CAS on another subject) p50 ~1.8 ms; a 2-message
   atomic batch p50 ~9.6 ms; a last-by-subject DIRECT.GET 0.4 ms.
 - batched DIRECT.GET of 256 with headers: ~12-25k events/s read.
+- a three-node cluster on one host (the README's recipe), R3, a webhook
+  integration under load: SIGKILL of the streams' leader -> publishing 503
+  ("no responders") for the 6-10 s of the election, then on; nothing
+  acknowledged lost, nothing delivered twice.
 
 Not done here (issue 16): several daemons sharing one prefix would each
 deliver every integration; leases plug into `StateStore._fence_headers`.
