@@ -113,6 +113,9 @@ BAD_CONFIGS = [
     ("backend", '[storage]\nbackend = "sqlite"\n', "'storage.backend'"),
     ("nats_url", '[jetstream]\nservers = ["127.0.0.1:4222"]\n', "'jetstream.servers'"),
     ("nats_prefix", '[jetstream]\nprefix = "a.b"\n', "'jetstream.prefix'"),
+    ("nats_auth_twice", '[jetstream]\ntoken = "abcd1234"\ncredentials = "a.creds"\n',
+     "'jetstream.credentials'"),
+    ("nats_batch", "[jetstream]\nmax_batch = 1\n", "'jetstream.max_batch'"),
     ("not_toml", "this is = = not toml\n", "not valid TOML"),
 ]
 
