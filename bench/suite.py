@@ -683,15 +683,21 @@ def js_ingest_ndjson(ctx: Ctx) -> list[Row]:
 
 def js_ingest_single(ctx: Ctx) -> list[Row]:
     scenario = "jetstream-ingest-single"
-    count, base_count, concurrency = ctx.size(40_000, 3_000), ctx.size(6_000, 1_000), 32
+    count, base_count, concurrency = ctx.size(40_000, 3_000), ctx.size(4_000, 600), 32
     nats = ctx.nats()
-    ctx.log(f"  baseline: bare nats-py, {base_count:,} acknowledged publishes of one event, "
-            f"{concurrency} publishers")
-    base, base_busy = ctx.measure("js_ingest_baseline", {
-        "nats": nats.url, "prefix": f"base{ctx.jetstream()['jetstream']['prefix']}",
-        "mode": "single", "count": base_count, "concurrency": concurrency, "warmup": 64},
-        {"nats": nats.proc.pid if nats.proc else 0}, timeout=300)
-    baseline = base["events"] / base["wall_s"]
+    # Concurrent single publishes were much slower here than one publisher (each is
+    # fsync'd on its own: 1 -> ~1,000/s, 32 -> ~80/s), so both run; the better counts.
+    bases = []
+    for publishers in (1, concurrency):
+        ctx.log(f"  baseline: bare nats-py, {base_count:,} acknowledged publishes of one event, "
+                f"{publishers} publisher(s)")
+        bases.append(ctx.measure("js_ingest_baseline", {
+            "nats": nats.url, "prefix": f"base{ctx.jetstream()['jetstream']['prefix']}",
+            "mode": "single", "count": base_count, "concurrency": publishers, "warmup": 64},
+            {"nats": nats.proc.pid if nats.proc else 0}, timeout=300))
+    rates = [b["events"] / b["wall_s"] for b, _ in bases]
+    base_busy = bases[rates.index(max(rates))][1]
+    baseline = max(rates)
     daemon = ctx.daemon(scenario, ctx.jetstream())
     try:
         ctx.log(f"  daemon: {count:,} requests of one event, {concurrency} clients")
@@ -705,8 +711,10 @@ def js_ingest_single(ctx: Ctx) -> list[Row]:
     busy["baseline_nats"] = base_busy["nats"]
     bad = {k: v for k, v in result["statuses"].items() if k != "200"}
     value = result["events"] / result["wall_s"]
-    note = (f"{result['events']:,} events in {result['wall_s']:.2f}s; the daemon group-commits "
-            "concurrent requests into atomic batches, the bare publisher fsyncs each event"
+    note = (f"{result['events']:,} events in {result['wall_s']:.2f}s; bare nats-py with 1 / "
+            f"{concurrency} publishers {' / '.join(f'{r:,.0f}' for r in rates)} events/s (the "
+            "better counts); the daemon group-commits concurrent requests into atomic batches, "
+            "the bare publisher fsyncs each event"
             + (f"; non-200 answers {bad}" if bad else ""))
     return [ratio_row(scenario, "durable events/s", "events/s", value, baseline, 0.5,
                       note=note, busy=busy)]
