@@ -44,6 +44,7 @@ class NatsServer:
 
     def __init__(self, root: Path | None = None, port: int | None = None,
                  extra: str = "") -> None:
+        self._own_root = root is None  # a temp dir of its own: removed on __exit__
         self.root = Path(root) if root else Path(tempfile.mkdtemp(prefix="nats-"))
         self.root.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
@@ -98,7 +99,10 @@ class NatsServer:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:
-        self.stop()
+        if self._own_root:
+            self.remove()
+        else:
+            self.stop()
 
     def remove(self) -> None:
         self.stop()
