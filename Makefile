@@ -31,10 +31,12 @@ $(STAMP): pyproject.toml
 run: $(RUN_STAMP)
 	$(BIN)/eventstreamd run --config eventstreamd.toml
 
+# Three xdist workers on two cores: most tests wait on daemons, receivers and servers
+# (each worker has its own temp dirs, ports and nats-server); worksteal evens out the tail.
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports --no-cache
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n 3 --dist worksteal
 
 # The long forms: 100 crashes instead of 10, and 10x the fuzz examples.
 soak: $(STAMP)

@@ -15,6 +15,11 @@ SCENARIO_IDS = (
     "s3-upload",
     "backlog-rss",
     "restart",
+    # The same on the JetStream backend, each against bare nats-py on the same server.
+    "jetstream-ingest-ndjson",
+    "jetstream-ingest-single",
+    "jetstream-webhook-inflight-8",
+    "jetstream-restart",
 )
 
 # The keys of every object in results.json.

@@ -138,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
             rows += new
     finally:
         children.end_all()
+        ctx.close()
         if args.keep:
             log(f"temp dirs kept in {tmp}")
         else:

@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import SCENARIO_IDS
 from .common import (
@@ -44,6 +44,9 @@ from .common import (
     ticks,
 )
 from .daemon import BenchDaemon
+
+if TYPE_CHECKING:
+    from tests.helpers.nats_server import NatsServer
 
 S3_KEY_ID = "bench-access-key-id"
 S3_SECRET = "bench-secret-access-key-0123"
@@ -177,6 +180,29 @@ class Ctx:
         self.factory = EventFactory(self.published_at)
         self._template: tuple[Path, dict[str, Any], str] | None = None
         self._daemons = 0
+        self._nats: NatsServer | None = None
+        self._prefixes = 0
+
+    def nats(self) -> NatsServer:
+        """One nats-server (JetStream, `sync_interval: always`) for every JetStream scenario
+        of the run, started on first use; `close()` stops it."""
+        if self._nats is None:
+            from tests.helpers.nats_server import NatsServer
+
+            self.log("  starting nats-server (JetStream, sync_interval: always)")
+            self._nats = NatsServer(self.tmp / "nats").start()
+        return self._nats
+
+    def jetstream(self) -> dict[str, Any]:
+        """Daemon settings for the JetStream backend, with a stream prefix of its own."""
+        self._prefixes += 1
+        return {"storage": {"backend": "jetstream"},
+                "jetstream": {"servers": [self.nats().url], "prefix": f"b{self._prefixes}"}}
+
+    def close(self) -> None:
+        if self._nats is not None:
+            self._nats.stop()
+            self._nats = None
 
     def size(self, full: Any, quick: Any) -> Any:
         return quick if self.quick else full
@@ -684,6 +710,191 @@ def _import_floor(ctx: Ctx) -> float:
     return time.monotonic() - start
 
 
+# ------------------------------------------------- the same on the JetStream backend
+# The raw baseline of each is bare nats-py against the same nats-server in the same run.
+
+
+def js_ingest_ndjson(ctx: Ctx) -> list[Row]:
+    scenario = "jetstream-ingest-ndjson"
+    batches, batch, concurrency = ctx.size(300, 40), 1000, 4
+    nats = ctx.nats()
+
+    def run_baseline(n: int, publishers: int) -> dict[str, Any]:
+        ctx.log(f"  baseline ({n}): bare nats-py, {batches} atomic batches of {batch}, "
+                f"{publishers} publisher(s)")
+        return ctx.run("js_ingest_baseline", {
+            "nats": nats.url, "prefix": f"base{n}{ctx.jetstream()['jetstream']['prefix']}",
+            "mode": "ndjson", "batch": batch, "count": batches, "concurrency": publishers,
+            "warmup": 2}, timeout=300)
+
+    # Fsync latency drifts, and concurrent batches help or hurt depending on the disk: one
+    # publisher before the daemon, as many as its clients after; the better one counts.
+    bases = [run_baseline(1, 1)]
+    daemon = ctx.daemon(scenario, ctx.jetstream())
+    try:
+        ctx.log(f"  daemon: {batches} NDJSON batches of {batch} over {concurrency} connections")
+        result, busy = ctx.measure(
+            "ingest", {"url": f"{daemon.url}/events", "mode": "ndjson", "batch": batch,
+                       "count": batches, "concurrency": concurrency, "warmup": 2},
+            {"daemon": daemon.pid, "nats": nats.proc.pid if nats.proc else 0}, timeout=300)
+    finally:
+        daemon.stop()
+    bases.append(run_baseline(2, concurrency))
+    rates = [b["events"] / b["wall_s"] for b in bases]
+    best = bases[rates.index(max(rates))]
+    busy["baseline"] = best["busy"]
+    bad = {k: v for k, v in result["statuses"].items() if k != "200"}
+    value = result["events"] / result["wall_s"]
+    note = (f"{result['events']:,} events in {result['wall_s']:.2f}s; bare nats-py with 1 / "
+            f"{concurrency} publishers {' / '.join(f'{r:,.0f}' for r in rates)} events/s (the "
+            "better one counts)"
+            + (f"; non-200 answers {bad}" if bad else ""))
+    return [ratio_row(scenario, "durable events/s", "events/s", value, max(rates), 0.5,
+                      note=note, busy=busy)]
+
+
+def js_ingest_single(ctx: Ctx) -> list[Row]:
+    scenario = "jetstream-ingest-single"
+    count, base_count, concurrency = ctx.size(40_000, 3_000), ctx.size(4_000, 600), 32
+    nats = ctx.nats()
+    # Concurrent single publishes were much slower here than one publisher (each is
+    # fsync'd on its own: 1 -> ~1,000/s, 32 -> ~80/s), so both run; the better counts.
+    bases = []
+    for publishers in (1, concurrency):
+        ctx.log(f"  baseline: bare nats-py, {base_count:,} acknowledged publishes of one event, "
+                f"{publishers} publisher(s)")
+        bases.append(ctx.measure("js_ingest_baseline", {
+            "nats": nats.url, "prefix": f"base{ctx.jetstream()['jetstream']['prefix']}",
+            "mode": "single", "count": base_count, "concurrency": publishers, "warmup": 64},
+            {"nats": nats.proc.pid if nats.proc else 0}, timeout=300))
+    rates = [b["events"] / b["wall_s"] for b, _ in bases]
+    base_busy = bases[rates.index(max(rates))][1]
+    baseline = max(rates)
+    daemon = ctx.daemon(scenario, ctx.jetstream())
+    try:
+        ctx.log(f"  daemon: {count:,} requests of one event, {concurrency} clients")
+        result, busy = ctx.measure(
+            "ingest", {"url": f"{daemon.url}/events", "mode": "single", "count": count,
+                       "concurrency": concurrency, "warmup": 64},
+            {"daemon": daemon.pid, "nats": nats.proc.pid if nats.proc else 0}, timeout=300)
+    finally:
+        daemon.stop()
+    busy["baseline_loadgen"] = base_busy["loadgen"]
+    busy["baseline_nats"] = base_busy["nats"]
+    bad = {k: v for k, v in result["statuses"].items() if k != "200"}
+    value = result["events"] / result["wall_s"]
+    note = (f"{result['events']:,} events in {result['wall_s']:.2f}s; bare nats-py with 1 / "
+            f"{concurrency} publishers {' / '.join(f'{r:,.0f}' for r in rates)} events/s (the "
+            "better counts); the daemon group-commits concurrent requests into atomic batches, "
+            "the bare publisher fsyncs each event"
+            + (f"; non-200 answers {bad}" if bad else ""))
+    return [ratio_row(scenario, "durable events/s", "events/s", value, baseline, 0.5,
+                      note=note, busy=busy)]
+
+
+def js_webhook_8(ctx: Ctx) -> list[Row]:
+    scenario, in_flight, per = "jetstream-webhook-inflight-8", 8, ctx.size(20_000, 2_000)
+    receiver = ReceiverProc(ctx.children)
+    try:
+        settings = {**ctx.jetstream(), "webhook": {"max_in_flight": in_flight}}
+        prefix = settings["jetstream"]["prefix"]
+        daemon = ctx.daemon(scenario, settings)
+        try:
+            starts_at = starts_at_now()
+            ctx.log(f"  daemon: publishing {per:,} events")
+            ctx.run("publish_all", {"url": f"{daemon.url}/events", "events": per}, timeout=300)
+            ctx.log(f"  baseline: bare nats-py DIRECT.GET reads of those events, each POSTed "
+                    f"by a bare aiohttp client, {in_flight} concurrent")
+            base, base_busy = ctx.measure("js_webhook_baseline", {
+                "nats": ctx.nats().url, "prefix": prefix, "count": per,
+                "url": f"{receiver.url}/base", "concurrency": in_flight},
+                {"receiver": receiver.pid}, timeout=600)
+            stats = receiver.wait_count(per, 30)
+            baseline = stats["count"] / ((stats["last_ns"] - base["t0_ns"]) / 1e9)
+            receiver.reset()
+            ctx.log(f"  daemon: one integration catches up (max_in_flight {in_flight})")
+            meter = Meter({"daemon": daemon.pid, "receiver": receiver.pid})
+            t0 = time.monotonic_ns()
+            daemon.create_webhook("bench-0", f"{receiver.url}/hook/0", starts_at)
+            stats = receiver.wait_count(per, max(60.0, per / 300) if not ctx.quick else 40.0)
+            t1 = time.monotonic_ns()
+            elapsed = ((stats["last_ns"] or t1) - t0) / 1e9
+            busy = {**meter.busy((t1 - t0) / 1e9), "baseline_client": base_busy["loadgen"],
+                    "baseline_receiver": base_busy["receiver"]}
+        finally:
+            daemon.stop()
+    finally:
+        receiver.stop()
+    value = stats["count"] / elapsed if stats["count"] else None
+    note = f"{stats['count']:,} of {per:,} delivered in {elapsed:.2f}s"
+    if stats["count"] < per:
+        note += " (INCOMPLETE within the time limit)"
+    return [ratio_row(scenario, "delivered events/s", "events/s", value, baseline, 0.5,
+                      note=note, busy=busy)]
+
+
+def js_restart(ctx: Ctx) -> list[Row]:
+    scenario = "jetstream-restart"
+    restarts, integrations, count = ctx.size(3, 2), 10, ctx.size(1_000_000, 50_000)
+    settings = {**ctx.jetstream(), "server": {"port": free_port()}}
+    port = settings["server"]["port"]
+    ctx.log(f"  filling the event stream with {count:,} events (bare nats-py atomic batches)")
+    starts_at = starts_at_now(60)
+    ctx.run("js_fill", {"nats": ctx.nats().url, "prefix": settings["jetstream"]["prefix"],
+                        "count": count}, timeout=900)
+    receiver = ReceiverProc(ctx.children)
+    times: list[float] = []
+    try:
+        daemon = ctx.daemon(scenario, settings)
+        try:
+            for k in range(integrations):
+                daemon.create_webhook(f"restart-{k}", f"{receiver.url}/r/{k}", starts_at)
+            time.sleep(1.0)
+            ctx.log(f"  {count:,} events stored, {integrations} integrations behind; "
+                    f"{restarts} restarts (SIGTERM, start, poll /healthz every 5ms)")
+            for _ in range(restarts):
+                daemon.stop()
+                t0 = time.monotonic()
+                daemon.start(wait=False)
+                answered = None
+                for _ in ticks(30.0, 0.005):
+                    try:
+                        status, _ = http("GET", f"http://127.0.0.1:{port}/healthz", timeout=2)
+                    except OSError:
+                        continue
+                    if status == 200:
+                        answered = time.monotonic() - t0
+                        break
+                if answered is None:
+                    raise RuntimeError("/healthz did not answer within 30s after a restart")
+                times.append(answered)
+                daemon.wait_ready()
+                time.sleep(0.5)
+        finally:
+            daemon.stop()
+    finally:
+        receiver.stop()
+    floor = _import_floor(ctx)
+    bare = _nats_connect_floor(ctx)
+    note = (f"{count:,} events in JetStream, {integrations} webhook integrations catching up; "
+            f"restarts {', '.join(f'{t:.3f}' for t in times)} s (worst reported); importing "
+            f"the daemon alone takes {floor:.2f} s, a bare nats-py connect + stream info "
+            f"(fresh interpreter) {bare:.2f} s")
+    return [limit_row(scenario, "seconds until /healthz answers", "s", max(times), 2.0, note)]
+
+
+def _nats_connect_floor(ctx: Ctx) -> float:
+    start = time.monotonic()
+    subprocess.run([sys.executable, "-c", (
+        "import asyncio, nats\n"
+        "async def main():\n"
+        f"    nc = await nats.connect({ctx.nats().url!r})\n"
+        "    await nc.request('$JS.API.INFO', b'', timeout=5)\n"
+        "    await nc.close()\n"
+        "asyncio.run(main())\n")], check=True, timeout=60, cwd=ctx.tmp)
+    return time.monotonic() - start
+
+
 SCENARIOS: dict[str, Callable[[Ctx], list[Row]]] = {
     "ingest-ndjson": ingest_ndjson,
     "ingest-single": ingest_single,
@@ -695,5 +906,9 @@ SCENARIOS: dict[str, Callable[[Ctx], list[Row]]] = {
     "s3-upload": s3_upload,
     "backlog-rss": backlog_rss,
     "restart": restart,
+    "jetstream-ingest-ndjson": js_ingest_ndjson,
+    "jetstream-ingest-single": js_ingest_single,
+    "jetstream-webhook-inflight-8": js_webhook_8,
+    "jetstream-restart": js_restart,
 }
 assert tuple(SCENARIOS) == SCENARIO_IDS

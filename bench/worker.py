@@ -15,6 +15,11 @@ Commands:
 - `webhook_baseline`  bare aiohttp client posting the webhook bodies at a concurrency.
 - `fill_store`        writes N events straight into an LmdbStore (no daemon running).
 - `s3_create_bucket`, `s3_watch`, `s3_baseline`  against a moto server.
+- `js_ingest_baseline` bare nats-py publishing the same events to the same nats-server:
+                      atomic batches (NDJSON mode) or one acknowledged publish per event.
+- `js_webhook_baseline` bare nats-py batched DIRECT.GET reads of a daemon's event stream,
+                      each body POSTed with a bare aiohttp client at a concurrency.
+- `js_fill`           writes N events in the daemon's format into a JetStream event stream.
 """
 
 from __future__ import annotations
@@ -294,6 +299,168 @@ async def fill_store(a: dict[str, Any]) -> dict[str, Any]:
     return {**phase.result(), "events": head}
 
 
+# -------------------------------------------------------------------- JetStream
+
+async def _js_connect(a: dict[str, Any]) -> Any:
+    import nats
+
+    return await nats.connect(a["nats"], pending_size=0, max_reconnect_attempts=1)
+
+
+async def _js_stream(nc: Any, prefix: str) -> str:
+    """The event stream a daemon with `prefix` uses, with the daemon's own settings."""
+    from eventstreamd.storage.jetstream.client import API
+
+    config = _event_log(prefix).stream_config()
+    answer = orjson.loads((await nc.request(f"{API}.STREAM.CREATE.{config['name']}",
+                                            orjson.dumps(config), timeout=10)).data)
+    if "error" in answer and answer["error"].get("err_code") != 10058:  # exists
+        raise RuntimeError(f"cannot create the stream: {answer['error']}")
+    return str(config["name"])
+
+
+def _event_log(prefix: str) -> Any:
+    from eventstreamd.storage.jetstream.events import EventLog
+
+    return EventLog(None, prefix, 1, 30 * 86400.0, 1000, 0)  # type: ignore[arg-type]
+
+
+async def _js_commit(nc: Any, subjects: tuple[str, str], payloads: list[bytes]) -> int:
+    """One atomic batch the bare way: n-1 publishes without reply, the commit as a request."""
+    batch_id = uuid.uuid4().hex
+    last = len(payloads)
+    for number, payload in enumerate(payloads, 1):
+        headers = {"Nats-Batch-Id": batch_id, "Nats-Batch-Sequence": str(number)}
+        if number == last:
+            headers.update({"Nats-Batch-Commit": "1", "Nats-Msg-Id": batch_id})
+            answer = orjson.loads((await nc.request(subjects[1], payload, headers=headers,
+                                                    timeout=30)).data)
+            if "error" in answer:
+                raise RuntimeError(f"commit refused: {answer['error']}")
+            return last
+        await nc.publish(subjects[0], payload, headers=headers)
+    return 0
+
+
+async def js_ingest_baseline(a: dict[str, Any]) -> dict[str, Any]:
+    """Bare nats-py, the same events, the same server, `sync_interval: always` as the daemon:
+    NDJSON mode = one atomic batch of `batch` events per request (the daemon's unit), single
+    mode = one acknowledged publish per event; `concurrency` publishers either way."""
+    factory = EventFactory(a["published_at"])
+    nc = await _js_connect(a)
+    stream = await _js_stream(nc, a["prefix"])
+    subjects = (f"{a['prefix']}.ev.m", f"{a['prefix']}.ev.c")
+    batch = int(a.get("batch", 1))
+    lines = [factory.line(i).rstrip(b"\n") for i in range(max(batch, 1024))]
+    concurrency, count = int(a["concurrency"]), int(a["count"])
+    state = {"next": 0, "events": 0}
+
+    async def one(i: int) -> int:
+        if a["mode"] == "ndjson":
+            return await _js_commit(nc, subjects, lines[:batch])
+        answer = orjson.loads((await nc.request(
+            subjects[1], lines[i % len(lines)], headers={"Nats-Msg-Id": uuid.uuid4().hex},
+            timeout=30)).data)
+        if "error" in answer:
+            raise RuntimeError(f"publish refused: {answer['error']}")
+        return 1
+
+    for i in range(int(a.get("warmup", 0))):
+        await one(i)
+
+    async def run() -> None:
+        while state["next"] < count:
+            i = state["next"]
+            state["next"] += 1
+            state["events"] += await one(i)
+
+    phase = Phase()
+    await asyncio.gather(*(run() for _ in range(concurrency)))
+    result = phase.result()
+    await nc.request(f"$JS.API.STREAM.DELETE.{stream}", b"", timeout=30)
+    await nc.close()
+    return {**result, "events": state["events"]}
+
+
+async def js_webhook_baseline(a: dict[str, Any]) -> dict[str, Any]:
+    """Bare nats-py and aiohttp: read a daemon's stored events with batched DIRECT.GET and
+    POST each body (the daemon's headers) at `concurrency`, like one webhook integration."""
+    import aiohttp
+
+    from eventstreamd.storage.jetstream.events import decode
+
+    nc = await _js_connect(a)
+    stream, url = f"{a['prefix']}_events", a["url"]
+    count, concurrency = int(a["count"]), int(a["concurrency"])
+    queue: asyncio.Queue[tuple[str, bytes] | None] = asyncio.Queue(maxsize=512)
+    statuses: dict[int, int] = {}
+    inbox = nc.new_inbox()
+    pending: asyncio.Queue[Any] = asyncio.Queue()
+    sub = await nc.subscribe(inbox, cb=pending.put)
+
+    async def read() -> None:
+        seq, sent = 1, 0
+        while sent < count:
+            await nc.publish(f"$JS.API.DIRECT.GET.{stream}",
+                             orjson.dumps({"seq": seq, "batch": 256, "max_bytes": 4 << 20}),
+                             reply=inbox)
+            while True:
+                msg = await asyncio.wait_for(pending.get(), 30)
+                status = (msg.headers or {}).get("Status")
+                if status is not None:
+                    break
+                event = decode(int(msg.headers["Nats-Sequence"]), 0, msg.data)
+                await queue.put((event.id, event.body))
+                seq, sent = event.seq + 1, sent + 1
+            if status != "204":
+                break
+        for _ in range(concurrency):
+            await queue.put(None)
+
+    connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=30)
+    timeout = aiohttp.ClientTimeout(total=10)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        async def post() -> None:
+            while (item := await queue.get()) is not None:
+                headers = {"Content-Type": "application/json", "Idempotency-Key": item[0]}
+                async with session.post(url, data=item[1], headers=headers, timeout=timeout,
+                                        allow_redirects=False) as response:
+                    await response.content.read(1024)
+                    statuses[response.status] = statuses.get(response.status, 0) + 1
+
+        phase = Phase()
+        await asyncio.gather(read(), *(post() for _ in range(concurrency)))
+        result = phase.result()
+    await sub.unsubscribe()
+    await nc.close()
+    return {**result, "sent": sum(statuses.values()),
+            "statuses": {str(k): v for k, v in statuses.items()}}
+
+
+async def js_fill(a: dict[str, Any]) -> dict[str, Any]:
+    """N events in the daemon's own message format, in atomic batches of 1,000."""
+    from eventstreamd.model import NewEvent
+    from eventstreamd.storage.jetstream.events import encode
+
+    factory = EventFactory(a["published_at"])
+    nc = await _js_connect(a)
+    await _js_stream(nc, a["prefix"])
+    subjects = (f"{a['prefix']}.ev.m", f"{a['prefix']}.ev.c")
+    payloads = []
+    for i in range(1000):
+        e = factory.event(i)
+        body = orjson.dumps({"tenant": "default", "name": e["name"],
+                             "published_at": e["published_at"], "payload": e["payload"]})
+        payloads.append(encode(NewEvent(str(uuid.uuid4()), "default", e["name"], body)))
+    count, written = int(a["count"]), 0
+    phase = Phase()
+    while written < count:
+        written += await _js_commit(nc, subjects, payloads[:min(1000, count - written)])
+    result = phase.result()
+    await nc.close()
+    return {**result, "events": written}
+
+
 # -------------------------------------------------------------------------- S3
 
 def _s3_client(a: dict[str, Any]) -> Any:
@@ -371,6 +538,9 @@ COMMANDS: dict[str, Callable[[dict[str, Any]], Any]] = {
     "s3_create_bucket": s3_create_bucket,
     "s3_watch": s3_watch,
     "s3_baseline": s3_baseline,
+    "js_ingest_baseline": js_ingest_baseline,
+    "js_webhook_baseline": js_webhook_baseline,
+    "js_fill": js_fill,
 }
 
 

@@ -124,10 +124,27 @@ class AuthConfig:
 
 @dataclass(frozen=True)
 class StorageConfig:
+    backend: str = "lmdb"  # "lmdb" (embedded, the default) or "jetstream" (see [jetstream])
     data_dir: str = "./data"
     map_size: int = _size("4GiB")
     retention: float = _duration("30d")
     retention_check: float = _duration("1m")
+
+
+@dataclass(frozen=True)
+class JetStreamConfig:
+    """The NATS JetStream backend (eventstreamd/storage/jetstream/), used when
+    `storage.backend = "jetstream"`."""
+
+    servers: tuple[str, ...] = ("nats://127.0.0.1:4222",)
+    token: str = ""  # an auth token; a secret: never logged
+    credentials: str = ""  # a NATS .creds file (JWT + NKey seed), instead of a token
+    prefix: str = "esd"  # names the streams ({prefix}_events, {prefix}_state) and subjects
+    replicas: int = 1  # 1, or 3 on a cluster
+    connect_timeout: float = _duration("5s")
+    request_timeout: float = _duration("5s")
+    max_batch: int = 1000  # events per atomic batch: the server's jetstream.limits.batch.max_msgs
+    max_bytes: int = _size("0")  # a cap on the event stream (0: none); beyond it publish gets 507
 
 
 @dataclass(frozen=True)
@@ -199,6 +216,7 @@ class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
+    jetstream: JetStreamConfig = field(default_factory=JetStreamConfig)
     control: ControlConfig = field(default_factory=ControlConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     webhook: WebhookConfig = field(default_factory=WebhookConfig)
@@ -226,6 +244,9 @@ class Config:
 
 
 _LOG_LEVELS = ("debug", "info", "warning", "error")
+_BACKENDS = ("lmdb", "jetstream")
+_NATS_SCHEMES = ("nats://", "tls://", "ws://", "wss://")
+_JS_PREFIX = re.compile(r"[A-Za-z0-9_-]{1,32}")
 _LOG_FORMATS = ("text", "json")
 _BLOCK_POLICIES = ("none", "link-local", "private")  # see eventstreamd/sinks/ssrf.py
 
@@ -334,6 +355,28 @@ def _check(config: Config) -> None:
     if config.webhook.previous_signing_secret and not config.webhook.signing_secret:
         raise ConfigError("bad value for 'webhook.previous_signing_secret': set "
                           "webhook.signing_secret too (the new secret of the rotation)")
+    _check_jetstream(config)
+
+
+def _check_jetstream(config: Config) -> None:
+    if config.storage.backend not in _BACKENDS:
+        raise ConfigError(f"bad value for 'storage.backend': use one of {', '.join(_BACKENDS)}")
+    js = config.jetstream
+    if not js.servers or not all(s.startswith(_NATS_SCHEMES) for s in js.servers):
+        raise ConfigError("bad value for 'jetstream.servers': a list of URLs such as "
+                          '"nats://127.0.0.1:4222" (nats://, tls://, ws:// or wss://)')
+    if not _JS_PREFIX.fullmatch(js.prefix):
+        raise ConfigError("bad value for 'jetstream.prefix': 1-32 letters, digits, '_' or '-'")
+    if not 1 <= js.replicas <= 5:
+        raise ConfigError("bad value for 'jetstream.replicas': 1 to 5")
+    for key in ("connect_timeout", "request_timeout"):
+        if getattr(js, key) <= 0:
+            raise ConfigError(f"bad value for 'jetstream.{key}': must be more than 0")
+    if js.max_batch < 2:
+        raise ConfigError("bad value for 'jetstream.max_batch': at least 2")
+    if js.token and js.credentials:
+        raise ConfigError("bad value for 'jetstream.credentials': give a token or a credentials "
+                          "file, not both")
 
 
 SIGNING_PREFIX = "whsec_"

@@ -24,6 +24,8 @@ from tests.helpers.daemon import DaemonProcess, Factory, merge
 from tests.helpers.store import event_of, event_part, rejected_entry
 from tests.helpers.store import seed_rejected as store_seed_rejected
 
+BACKENDS = ("lmdb", "jetstream")
+
 BASE = Config().server.base_path + "/eventstream"
 
 API_KEY = "webhook-api-key-0123456789"
@@ -151,7 +153,7 @@ def local_daemon(factory: Factory, settings: dict[str, Any] | None = None) -> Da
 async def seed_rejected(daemon: DaemonProcess,
                         entries: dict[str, list[RejectedEvent]]) -> None:
     assert daemon.stop() == 0
-    await store_seed_rejected(daemon.data_dir, entries)
+    await store_seed_rejected(daemon, entries)
     daemon.start()
 
 

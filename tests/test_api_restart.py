@@ -8,6 +8,7 @@ to seed rejected events. Cursors set at creation are checked in-process
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from eventstreamd.logs import MASK, redactor
@@ -26,6 +27,8 @@ from tests.test_api import (
     webhook,
 )
 
+BACKENDS = ("lmdb", "jetstream")
+
 
 async def _snapshot(daemon: DaemonProcess) -> dict[str, Any]:
     async with connect(daemon) as api:
@@ -40,7 +43,7 @@ async def _snapshot(daemon: DaemonProcess) -> dict[str, Any]:
 
 
 async def _stored(daemon: DaemonProcess) -> dict[str, Integration]:
-    async with opened(daemon.data_dir) as store:
+    async with opened(daemon) as store:
         return {i.id: i for i in await store.list_integrations()}
 
 
@@ -73,7 +76,7 @@ async def test_integrations_statuses_logs_and_rejected_events_survive_a_restart(
     assert all(r.created_at.endswith("Z") for r in records.values())
 
     entries = {"hook": [rejected_entry(n) for n in range(2)], "bucket": [rejected_entry(5)]}
-    await seed_rejected(daemon.data_dir, entries)
+    await seed_rejected(daemon, entries)
     daemon.start()
 
     after = await _snapshot(daemon)
@@ -99,7 +102,9 @@ async def test_integrations_statuses_logs_and_rejected_events_survive_a_restart(
 async def test_stored_secrets_are_registered_with_the_redactor_at_startup(
     daemon_factory: Factory,
 ) -> None:
-    secret_key, secret_aws = "restart-api-key-0123456789", "restart-aws-secret-0123456789"
+    # Unique per run: the redactor is process-wide, and this test runs once per backend.
+    run = uuid.uuid4().hex[:8]
+    secret_key, secret_aws = f"restart-api-key-{run}-0123", f"restart-aws-secret-{run}-0123"
     daemon = local_daemon(daemon_factory)
     async with connect(daemon) as api:
         body = webhook("hook")

@@ -39,6 +39,7 @@ def test_shipped_file_matches_defaults() -> None:
     shipped = load_config(Path(__file__).parents[1] / "eventstreamd.toml")
     assert shipped.server == Config().server
     assert shipped.storage == Config().storage
+    assert shipped.jetstream == Config().jetstream
     assert shipped.limits == Config().limits
     assert shipped.webhook == Config().webhook
     assert shipped.s3 == Config().s3
@@ -118,6 +119,12 @@ BAD_CONFIGS = [
     ("previous_alone", '[webhook]\nprevious_signing_secret = '
      '"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"\n', "'webhook.previous_signing_secret'"),
     ("metrics_public_str", '[metrics]\npublic = "yes"\n', "'metrics.public'"),
+    ("backend", '[storage]\nbackend = "sqlite"\n', "'storage.backend'"),
+    ("nats_url", '[jetstream]\nservers = ["127.0.0.1:4222"]\n', "'jetstream.servers'"),
+    ("nats_prefix", '[jetstream]\nprefix = "a.b"\n', "'jetstream.prefix'"),
+    ("nats_auth_twice", '[jetstream]\ntoken = "abcd1234"\ncredentials = "a.creds"\n',
+     "'jetstream.credentials'"),
+    ("nats_batch", "[jetstream]\nmax_batch = 1\n", "'jetstream.max_batch'"),
     ("not_toml", "this is = = not toml\n", "not valid TOML"),
 ]
 

@@ -31,6 +31,8 @@ from eventstreamd.model import Change, Integration, LogEntry, TargetParams
 from eventstreamd.sinks.base import PipelineStatus, SinkStats
 from eventstreamd.sinks.s3 import S3Target
 from eventstreamd.sinks.webhook import WebhookTarget
+from eventstreamd.storage.base import Store
+from eventstreamd.storage.factory import open_store
 from eventstreamd.storage.lmdb_store import LmdbStore
 from tests.helpers.api import BASE, ApiClient, events
 from tests.helpers.daemon import DaemonProcess, Factory
@@ -38,6 +40,7 @@ from tests.helpers.receiver import Receiver
 from tests.helpers.store import held, new_event, opened
 
 WAIT = 20.0  # the bound on every wait in this file, in seconds
+BACKENDS = ("lmdb", "jetstream")  # the daemon tests and the snapshot test run on both
 
 
 class Line:
@@ -461,8 +464,8 @@ class Clock:
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[LmdbStore]:
-    async with held(opened(tmp_path / "data")) as store:
+async def store(store_config: Config) -> AsyncIterator[Store]:
+    async with held(open_store(store_config)) as store:
         yield store
 
 
@@ -472,7 +475,7 @@ def _integration(integration_id: str, target: TargetParams,
                        target=target, incarnation="i-1", created_at="2024-01-01T00:00:00Z")
 
 
-async def _put(store: LmdbStore, integration: Integration, cursor: int) -> None:
+async def _put(store: Store, integration: Integration, cursor: int) -> None:
     if await store.get_integration(integration.id) is None:
         await store.create_integration(integration, cursor=cursor, limit=10,
                                        log=LogEntry("2024-01-01T00:00:00Z", "created", "test"))
@@ -480,11 +483,11 @@ async def _put(store: LmdbStore, integration: Integration, cursor: int) -> None:
     await store.change_integration(integration.id, lambda current, view: Change(integration))
 
 
-async def _publish(store: LmdbStore, n: int) -> None:
+async def _publish(store: Store, n: int) -> None:
     await store.append([new_event(f"e{i}", {}, tenant="t") for i in range(n)])
 
 
-async def test_snapshot_lag_rates_and_restarted_counters(store: LmdbStore) -> None:
+async def test_snapshot_lag_rates_and_restarted_counters(store: Store) -> None:
     await _publish(store, 10)
     oldest = (await store.read_events(4, 1))[0].ingested_at / 1000
     hook = WebhookTarget("https://user:pw@hooks.example.com/x?token=1")

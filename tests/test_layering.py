@@ -1,6 +1,7 @@
 """What a process loads, checked at run time (the static layering is `lint-imports`, run by
-`make test` with the contracts in pyproject.toml): the daemon never loads Textual, and the
-command-line clients start without the daemon, aiobotocore or jsonschema."""
+`make test` with the contracts in pyproject.toml): the daemon never loads Textual (nor NATS
+until `storage.backend = "jetstream"` asks for it), and the command-line clients start
+without the daemon, aiobotocore or jsonschema."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import sys
 import pytest
 
 CASES = [
-    ("eventstreamd.daemon.lifecycle", ["textual"]),
+    ("eventstreamd.daemon.lifecycle", ["textual", "nats"]),
     ("eventstreamd.publisher", ["eventstreamd.daemon", "aiobotocore", "jsonschema", "lmdb",
                                 "textual"]),
     ("eventstreamd.runtime", ["eventstreamd.daemon", "aiobotocore", "jsonschema", "lmdb"]),

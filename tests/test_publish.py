@@ -1,4 +1,5 @@
-"""`POST /events` against the real daemon: formats, all-or-nothing, auth, limits, durability."""
+"""`POST /events` against the real daemon: formats, all-or-nothing, auth, limits, durability.
+Every daemon test runs on both backends (LMDB and JetStream)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ from multidict import CIMultiDict
 
 from tests.helpers.daemon import DaemonProcess, Factory, write_config
 from tests.helpers.store import decoded, read_all
+
+BACKENDS = ("lmdb", "jetstream")
 
 
 async def post(d: DaemonProcess, body: bytes, content_type: str = "application/json",
@@ -40,7 +43,7 @@ async def test_single_object(daemon: DaemonProcess) -> None:
     assert status == 200 and body == {"accepted": 1, "first_seq": 1, "last_seq": 1}
     assert "X-Request-Id" in headers
     daemon.stop()
-    [event] = await read_all(daemon.data_dir)
+    [event] = await read_all(daemon)
     assert (event.id, event.tenant, event.name) == ("evt-1", "acme", "order.created")
     # The delivery body, encoded once at ingest, exactly as every sink will send it.
     assert event.body == (b'{"tenant":"acme","name":"order.created",'
@@ -52,7 +55,7 @@ async def test_array_and_defaults(daemon: DaemonProcess) -> None:
     status, body, _ = await post(daemon, orjson.dumps(events))
     assert status == 200 and body == {"accepted": 3, "first_seq": 1, "last_seq": 3}
     daemon.stop()
-    stored = await read_all(daemon.data_dir)
+    stored = await read_all(daemon)
     assert [decoded(e)["payload"]["i"] for e in stored] == [0, 1, 2]
     assert all(e.tenant == "default" for e in stored)
     assert len({e.id for e in stored}) == 3 and all(len(e.id) == 36 for e in stored)
@@ -135,8 +138,15 @@ async def test_body_over_limit_gets_413(daemon_factory: Factory) -> None:
     assert status == 200
 
 
-async def test_full_store_gets_507_and_recovers(daemon_factory: Factory) -> None:
-    d = daemon_factory({"storage": {"map_size": "1MiB"}})
+def store_size(backend: str, size: str) -> dict[str, Any]:
+    """The setting that caps the store: LMDB's map, or the JetStream event stream."""
+    if backend == "jetstream":
+        return {"jetstream": {"max_bytes": size}}
+    return {"storage": {"map_size": size}}
+
+
+async def test_full_store_gets_507_and_recovers(daemon_factory: Factory, backend: str) -> None:
+    d = daemon_factory(store_size(backend, "1MiB"))
     event = orjson.dumps({"name": "order.created", "payload": {"pad": "x" * 8000}})
     acknowledged = 0
     for _ in range(500):  # bounded: 1 MiB fills after ~100 of these
@@ -152,12 +162,12 @@ async def test_full_store_gets_507_and_recovers(daemon_factory: Factory) -> None
     assert status in (200, 507)
     extra = 1 if status == 200 else 0
     # Grow the map and restart: everything acknowledged is there, and publishing works.
-    d.reconfigure({"storage": {"map_size": "16MiB"}})
+    d.reconfigure(store_size(backend, "16MiB"))
     d.restart()
     status, body, _ = await post(d, event)
     assert status == 200 and body["first_seq"] == acknowledged + extra + 1
     d.stop()
-    assert len(await read_all(d.data_dir)) == acknowledged + extra + 1
+    assert len(await read_all(d)) == acknowledged + extra + 1
 
 
 async def test_sigkill_after_ack_loses_nothing(daemon: DaemonProcess) -> None:
@@ -182,7 +192,7 @@ async def test_sigkill_after_ack_loses_nothing(daemon: DaemonProcess) -> None:
     async with aiohttp.ClientSession() as s, s.get(f"{daemon.url}/healthz") as r:
         assert (await r.json())["head"] == 800
     daemon.stop()
-    stored = {e.seq for e in await read_all(daemon.data_dir)}
+    stored = {e.seq for e in await read_all(daemon)}
     assert all(seq in stored for first, last in acked for seq in range(first, last + 1))
     assert len(acked) == 160
 

@@ -20,6 +20,8 @@ from tests.test_control import Line
 KEY = re.compile(r"^(?:(?P<prefix>.+)/)?(?P<tenant>[^/]+)/(?P<ms>\d{13})-data-(?P<rand>[0-9a-f]+)"
                  r"\.export$")
 
+BACKENDS = ("lmdb", "jetstream")
+
 
 @pytest.fixture(scope="module")
 def moto() -> Iterator[MotoServer]:
@@ -155,14 +157,15 @@ async def test_server_down_then_back(daemon_factory: Factory) -> None:
 async def test_missing_bucket_is_retried_and_named(
         daemon_factory: Factory, moto: MotoServer) -> None:
     d = daemon_factory(settings(moto, rotate_interval="500ms"))
+    missing = f"bucket-not-yet-{next(_bucket_counter)}"  # one per run: moto outlives tests
     async with ApiClient(d) as api:
-        await api.create(id="s1", s3_parameters=s3_params("bucket-not-yet"))
+        await api.create(id="s1", s3_parameters=s3_params(missing))
         await api.publish(events(3))
         entries = await api.wait_logs("s1", "retry_triggered", 1)
         assert "NoSuchBucket" in entries[0]["reason"]
         assert "testing-secret-1" not in str(entries)
-        await moto.create_bucket("bucket-not-yet")
-        objects = await moto.wait_objects("bucket-not-yet", lambda o: count_lines(o) == 3)
+        await moto.create_bucket(missing)
+        objects = await moto.wait_objects(missing, lambda o: count_lines(o) == 3)
     assert len(objects) == 1
     assert "testing-secret-1" not in d.log()
 

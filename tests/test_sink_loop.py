@@ -4,6 +4,7 @@ fencing, crashes, and a third sink type added through the registry alone."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,9 +44,10 @@ from eventstreamd.sinks.filters import EventFilter
 from eventstreamd.sinks.loop import SinkLoop, resume_position
 from eventstreamd.sinks.webhook import WebhookPipeline, WebhookTarget
 from eventstreamd.sinks.window import DeliveryWindow
-from eventstreamd.storage.lmdb_store import LmdbStore
+from eventstreamd.storage.base import Store
+from eventstreamd.storage.factory import open_store
 from tests.helpers.receiver import Receiver
-from tests.helpers.store import held, new_event, opened
+from tests.helpers.store import held, new_event
 from tests.helpers.wait import eventually
 
 DAY = 86_400.0
@@ -204,7 +206,7 @@ def memory_sink() -> Iterator[None]:
 class Harness:
     """Store, service and supervisor in-process, as the lifecycle wires them."""
 
-    def __init__(self, store: LmdbStore, env: SinkEnv, clock: FakeClock) -> None:
+    def __init__(self, store: Store, env: SinkEnv, clock: FakeClock) -> None:
         self.store = store
         self.config = env.config
         self.changes = ChangeFeed()
@@ -243,13 +245,16 @@ class Harness:
 
 
 @pytest.fixture
-async def harness(tmp_path: Path) -> AsyncIterator[tuple[Harness, FakeClock]]:
+async def harness(tmp_path: Path, store_config: Config,
+                  ) -> AsyncIterator[tuple[Harness, FakeClock]]:
     clock = FakeClock(1_700_000_000.0)
     config = Config(
         webhook=WebhookConfig(timeout=1.0, retry_initial=0.05, retry_max=0.1),
         limits=LimitsConfig(restart_window=30 * DAY),
     )
-    async with held(opened(tmp_path / "data")) as store, held(http_session(config)) as session:
+    async with held(open_store(dataclasses.replace(
+            store_config, webhook=config.webhook, limits=config.limits))) as store, \
+            held(http_session(config)) as session:
         h = Harness(store, SinkEnv(config=config, session=session,
                                    spool_root=tmp_path / "spool"), clock)
         yield h, clock
@@ -263,6 +268,10 @@ async def receiver() -> AsyncIterator[Receiver]:
     await r.close()
 
 
+BOTH = pytest.mark.parametrize("backend", ["lmdb", "jetstream"])
+
+
+@BOTH
 @pytest.mark.parametrize(("stopped_days", "expect_old"), [(1, True), (31, False)])
 async def test_restart_window(harness: tuple[Harness, FakeClock], receiver: Receiver,
                               stopped_days: int, expect_old: bool) -> None:
@@ -293,6 +302,7 @@ async def test_restart_window(harness: tuple[Harness, FakeClock], receiver: Rece
     await receiver.wait_for(lambda: 15 in {r.body["payload"]["i"] for r in receiver.delivered})
 
 
+@BOTH
 async def test_deleted_integrations_sink_never_writes_into_its_successor(
         harness: tuple[Harness, FakeClock], receiver: Receiver) -> None:
     h, _ = harness

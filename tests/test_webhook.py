@@ -21,6 +21,8 @@ FAST = {
     "limits": {"log_entries": 10, "rejected_events": 3},
 }
 
+BACKENDS = ("lmdb", "jetstream")
+
 
 @pytest.fixture
 async def receiver() -> AsyncIterator[Receiver]:

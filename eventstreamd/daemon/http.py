@@ -39,7 +39,15 @@ from .publish import publish_events
 
 
 async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok", "head": request.app[STORE].head})
+    """200 while the process serves; `status` is "degraded" (and `store.error` says why)
+    when the store cannot be reached (JetStream: NATS down), so a liveness probe does not
+    restart a daemon that would only fail to start again, and a look tells what is wrong.
+    Public, so it names no server (the control socket's status does)."""
+    store = request.app[STORE]
+    health = store.health()
+    shown = {"backend": health.backend, "connected": health.connected, "error": health.error}
+    return web.json_response({"status": "ok" if health.connected else "degraded",
+                              "head": store.head, "store": shown})
 
 
 async def openapi_yaml(request: web.Request) -> web.Response:

@@ -17,7 +17,8 @@ Decisions:
   its own timeouts.
 - An exclusive lock on `{data_dir}/daemon.lock` keeps a second daemon off the
   same log; failures while starting (lock, port, store, socket) become one
-  `StartupError` line and exit code 1 in the CLI.
+  `StartupError` line and exit code 1 in the CLI. With the JetStream backend
+  an unreachable server is such a failure: the line names the servers.
 - At start the soft open-file limit is raised to the hard one and the HTTP
   connection cap fitted within it (`http_server.connection_limits`), so
   descriptors run out for neither HTTP clients nor anything else.
@@ -53,6 +54,7 @@ from ..logs import kv, redactor
 from ..runtime import RuntimeInfo, remove_runtime, runtime_file, write_runtime
 from ..sinks.base import SinkEnv
 from ..sinks.ssrf import guarded_connector_args
+from ..storage.base import StoreUnavailable
 from ..storage.factory import open_store
 from ..storage.lmdb_store import StoreFormatError
 from .auth import resolve_tokens
@@ -97,7 +99,8 @@ class StartupError(Exception):
 def _starting(what: str) -> Iterator[None]:
     try:
         yield
-    except (OSError, lmdb.Error, RuntimeError, ControlSocketError, StoreFormatError) as exc:
+    except (OSError, lmdb.Error, RuntimeError, ControlSocketError, StoreFormatError,
+            StoreUnavailable) as exc:
         raise StartupError(f"cannot {what}: {exc}") from exc
 
 
@@ -131,6 +134,8 @@ class Daemon:
         async with contextlib.AsyncExitStack() as stack:
             with _starting(f"open the store in {config.data_dir}"):
                 stack.callback(os.close, _lock_data_dir(config.data_dir))
+            with _starting(f"open the store in {config.data_dir}"
+                           if config.storage.backend == "lmdb" else "connect to NATS JetStream"):
                 store = await stack.enter_async_context(open_store(config))
             with _starting("set up the API token"):
                 tokens, generated = resolve_tokens(config)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import orjson
 from aiohttp import web
 
-from ..storage.base import StoreFull, StoreUnavailable
+from ..storage.base import EventTooLarge, StoreFull, StoreUnavailable
 from .errors import ApiError
 from .ingest import validate_body
 from .keys import DEFAULT_TENANT, INGEST_BUDGET, INGEST_STATS, STORE
@@ -35,6 +35,8 @@ async def publish_events(request: web.Request) -> web.Response:
                 first, last = await request.app[STORE].append(events)
             except StoreFull as exc:
                 raise ApiError(507, "insufficient_storage", str(exc)) from None
+            except EventTooLarge as exc:
+                raise ApiError(413, "payload_too_large", str(exc)) from None
             except StoreUnavailable as exc:
                 raise ApiError(503, "unavailable", f"the events were not stored: {exc}",
                                headers={"Retry-After": "1"}) from None

@@ -27,6 +27,12 @@ Decisions:
   seconds and events still waiting) > `lagging` (the oldest undelivered
   event is older than `LAGGING_AFTER`, plus the sink type's allowance: S3
   holds events in its open file for up to the rotate interval) > `ok`.
+- `store` says which backend holds the state and whether it can be reached
+  (`Store.health()`): with JetStream, NATS going away shows here (and in
+  the dashboard) at once. Meanwhile the snapshot is built from what the
+  store last saw (it answers integrations, cursors and counts from memory
+  then) and skips the age of the oldest undelivered event, which would wait
+  for NATS.
 - Nothing here names a sink type: the target is the sink's own one-line
   description (`TargetParams.describe`), and what a sink buffers comes from
   its typed `PipelineStatus`. `s3_open_file_bytes` and `s3_open_file_age`
@@ -128,11 +134,13 @@ class StatusSampler:
     async def snapshot(self) -> dict[str, Any]:
         now = self.clock()
         head = self.store.head
+        store = self.store.health()
         integrations = sorted(await self.store.list_integrations(), key=lambda i: i.id)
         return {
             "time": round(now, 3),
             "daemon": {"version": __version__, "pid": os.getpid(),
                        "uptime": round(now - self._started_at, 1)},
+            "store": store.to_dict(),
             "head": head,
             "ingest_rate": self._ingest_rate,
             "ingest_history": list(self._ingest_history),
@@ -147,7 +155,7 @@ class StatusSampler:
                   or await self.store.get_cursor(integration_id) or head + 1)
         lag_events = max(0, head - cursor + 1)
         lag_seconds = None
-        if lag_events:
+        if lag_events and self.store.health().connected:
             oldest = await self.store.read_events(cursor, 1, 1)
             if oldest:
                 lag_seconds = round(max(0.0, now - oldest[0].ingested_at / 1000), 1)

@@ -23,7 +23,9 @@ Decisions:
 - `StoreFull` (nothing was stored; retry later or free space) and
   `StoreUnavailable` (the backend cannot be reached; nothing is known to be
   stored) are the only failures a caller must handle; the HTTP layer maps
-  them to 507 and 503.
+  them to 507 and 503 (and `append`'s `EventTooLarge` to 413).
+- `health()` says whether the backend is reachable now (always for LMDB),
+  for `/healthz` and the status snapshot.
 """
 
 from __future__ import annotations
@@ -53,6 +55,11 @@ class StoreUnavailable(Exception):
     """The store cannot be reached or is shutting down; the write was not acknowledged."""
 
 
+class EventTooLarge(Exception):
+    """An event the backend cannot hold as one record (JetStream: over the server's
+    `max_payload`); nothing of the request was stored."""
+
+
 class IntegrationExists(Exception):
     """`create_integration` for an id that exists."""
 
@@ -78,6 +85,18 @@ class StoreStats:
     size_bytes: int | None
     capacity_bytes: int | None
     free_bytes: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class StoreHealth:
+    backend: str  # "lmdb" or "jetstream"
+    connected: bool
+    server: str | None = None  # where it is (JetStream: the server connected to)
+    error: str | None = None  # why it is not reachable
+
+    def to_dict(self) -> dict[str, object]:
+        return {"backend": self.backend, "connected": self.connected, "server": self.server,
+                "error": self.error}
 
 
 class Store(Protocol):
@@ -126,6 +145,8 @@ class Store(Protocol):
         ...
 
     async def stats(self) -> StoreStats: ...
+
+    def health(self) -> StoreHealth: ...
 
     # --------------------------------------------------------- integrations
 

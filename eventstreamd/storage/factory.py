@@ -1,4 +1,8 @@
-"""Which store backs the daemon: chosen by `storage.backend` in the config."""
+"""Which store backs the daemon: chosen by `storage.backend` in the config.
+
+The JetStream backend (and with it nats-py) is imported only when it is
+chosen, so the embedded LMDB default never loads NATS.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,10 @@ from .lmdb_store import LmdbStore
 
 def open_store(config: Config) -> Store:
     """The configured store, not yet entered (`async with open_store(config) as store`)."""
+    if config.storage.backend == "jetstream":
+        from .jetstream import JetStreamStore
+
+        return JetStreamStore(config)
     return LmdbStore(
         config.data_dir,
         map_size=config.storage.map_size,

