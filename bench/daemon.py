@@ -1,96 +1,44 @@
-"""The real daemon as a subprocess, for the benchmarks.
-
-The same approach as `tests/daemon_proc.py` (TOML config on port 0, wait for
-`{data_dir}/runtime.json`), whose config writing it shares, plus what a
-benchmark needs on top:
+"""The real daemon as a subprocess, for the benchmarks: the test suite's `DaemonProcess`
+(tests/helpers/daemon.py: TOML config on port 0, wait for `{data_dir}/runtime.json`),
+plus what a benchmark needs on top:
+- spawned through the run's process registry, so every child ends with the run;
 - the daemon's own pid from runtime.json, for CPU time and RSS from /proc;
 - an optional profiler wrapper (`py-spy record ... --`), in which case the
   Popen'd process is py-spy and the daemon is its child;
-- log level `info` (the shipped default), not debug.
+- log level `info` (the shipped default), not debug; the benchmark's token.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from tests.helpers.daemon import merge, write_config
+from tests.helpers.daemon import DaemonProcess, merge
 
-from .common import API_BASE, TOKEN, Children, child_env, cpu_seconds, http, memory
+from .common import API_BASE, TOKEN, Children, cpu_seconds, http, memory
 
 STARTUP_TIMEOUT = 30.0
 
 
-class BenchDaemon:
+class BenchDaemon(DaemonProcess):
+    """The test suite's daemon process, spawned through the run's process registry, with
+    the benchmark's token and log level, and what a scenario measures on top."""
+
     def __init__(self, children: Children, workdir: Path, settings: dict[str, Any] | None = None,
                  profile_cmd: list[str] | None = None,
                  env: dict[str, str] | None = None) -> None:
         self.children = children
-        self.env = dict(env or {})
-        self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
-        base = {
-            "server": {"host": "127.0.0.1", "port": 0},
-            "auth": {"tokens": [TOKEN]},
-            "storage": {"data_dir": str(workdir / "data")},
-            "log": {"level": "info"},
-        }
-        self.settings = merge(base, settings or {})
-        self.data_dir = Path(self.settings["storage"]["data_dir"])
-        self.config_path = write_config(workdir / "eventstreamd.toml", self.settings)
-        self.log_path = workdir / "daemon.log"
+        base = {"auth": {"tokens": [TOKEN]}, "log": {"level": "info"}}
+        super().__init__(workdir, merge(base, settings or {}), env,
+                         wrapper=profile_cmd, wrapper_execs=not profile_cmd,
+                         popen=children.spawn, poll_interval=0.005,
+                         startup_timeout=STARTUP_TIMEOUT)
         self.profile_cmd = profile_cmd
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.pid = 0
-        self.url = ""
-        self.started_ns = 0
-
-    def start(self, wait: bool = True) -> BenchDaemon:
-        runtime = self.data_dir / "runtime.json"
-        if runtime.exists():
-            runtime.unlink()
-        cmd = [sys.executable, "-m", "eventstreamd", "run", "--config", str(self.config_path)]
-        if self.profile_cmd:
-            cmd = [*self.profile_cmd, *cmd]
-        self.started_ns = time.monotonic_ns()
-        with open(self.log_path, "ab") as log:
-            self.proc = self.children.spawn(cmd, cwd=self.workdir, stdout=log,
-                                            stderr=subprocess.STDOUT,
-                                            env={**child_env(), **self.env})
-        if wait:
-            self.wait_ready()
-        return self
-
-    def wait_ready(self) -> None:
-        assert self.proc is not None
-        runtime = self.data_dir / "runtime.json"
-        deadline = time.monotonic() + STARTUP_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"daemon exited with {self.proc.returncode}:\n"
-                                   f"{self.log()[-3000:]}")
-            try:
-                info = json.loads(runtime.read_text())
-                self.pid, self.url = int(info["pid"]), str(info["url"])
-                if self.profile_cmd or self.pid == self.proc.pid:
-                    return
-            except (OSError, ValueError, KeyError):
-                pass
-            time.sleep(0.005)
-        raise RuntimeError(f"daemon did not start within {STARTUP_TIMEOUT:g}s:\n"
-                           f"{self.log()[-3000:]}")
-
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
 
     def cpu(self) -> float:
         return cpu_seconds(self.pid)
@@ -98,14 +46,14 @@ class BenchDaemon:
     def memory(self) -> dict[str, float]:
         return memory(self.pid)
 
-    def stop(self, timeout: float = 40.0) -> float:
-        """SIGTERM (to the daemon itself, also under a profiler); the seconds it took."""
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 40.0) -> float:  # type: ignore[override]
+        """SIGTERM to the daemon itself (also under a profiler); the seconds it took."""
         if self.proc is None:
             return 0.0
         start = time.monotonic()
         if self.proc.poll() is None and self.pid:
             try:
-                os.kill(self.pid, signal.SIGTERM)
+                os.kill(self.pid, sig)
             except ProcessLookupError:
                 pass
             try:
@@ -113,6 +61,7 @@ class BenchDaemon:
             except subprocess.TimeoutExpired:
                 pass
         self.children.end(self.proc)
+        self.wait(10)
         return time.monotonic() - start
 
     # ------------------------------------------------------------------- API

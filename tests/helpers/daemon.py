@@ -53,13 +53,22 @@ class DaemonProcess:
 
     def __init__(self, workdir: Path, settings: dict[str, Any] | None = None,
                  env: dict[str, str] | None = None, *, wrapper: list[str] | None = None,
-                 cwd: Path | None = None) -> None:
+                 wrapper_execs: bool = True, cwd: Path | None = None,
+                 popen: Callable[..., subprocess.Popen[bytes]] = subprocess.Popen,
+                 poll_interval: float = 0.02, startup_timeout: float = STARTUP_TIMEOUT) -> None:
         self.env = dict(env or {})
         self.workdir = workdir
         # A command prefix such as `setpriv --reuid=nobody ...` (run as another user)
-        # or `prlimit --nofile=256` (tighter limits); the daemon is its last child.
+        # or `prlimit --nofile=256` (tighter limits), which exec the daemon (same pid);
+        # or a profiler that runs it as a child (`wrapper_execs=False`).
         self.wrapper = list(wrapper or [])
+        self.wrapper_execs = wrapper_execs
         self.cwd = cwd or workdir
+        self.popen = popen  # the benchmarks spawn through their own process registry
+        self.poll_interval = poll_interval
+        self.startup_timeout = startup_timeout
+        self.pid = 0  # the daemon's own pid, from runtime.json
+        self.started_ns = 0
         self.data_dir = workdir / "data"
         base = {
             "server": {"host": "127.0.0.1", "port": 0},
@@ -89,31 +98,40 @@ class DaemonProcess:
         self.settings = merge(self.settings, settings)
         write_config(self.config_path, self.settings)
 
-    def start(self) -> DaemonProcess:
+    def start(self, wait: bool = True) -> DaemonProcess:
         runtime = self.data_dir / "runtime.json"
         if runtime.exists():
             runtime.unlink()  # left by a killed predecessor
         self._log_fh = open(self.log_path, "ab")
         env = dict(os.environ, PYTHONUNBUFFERED="1", **self.env)
-        self.proc = subprocess.Popen(
+        self.started_ns = time.monotonic_ns()
+        self.proc = self.popen(
             [*self.wrapper, sys.executable, "-m", "eventstreamd", "run",
              "--config", str(self.config_path)],
             cwd=self.cwd, stdout=self._log_fh, stderr=subprocess.STDOUT, env=env,
         )
-        deadline = time.monotonic() + STARTUP_TIMEOUT
+        if wait:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self) -> None:
+        """Until runtime.json names this daemon (its pid, unless a profiler runs it)."""
+        assert self.proc is not None
+        runtime = self.data_dir / "runtime.json"
+        deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"daemon exited with {self.proc.returncode}:\n{self.log()}")
             try:
                 info = json.loads(runtime.read_text())
-                if info.get("pid") == self.proc.pid:
-                    self.url = info["url"]
-                    return self
-            except (OSError, ValueError):
+                if not self.wrapper_execs or info.get("pid") == self.proc.pid:
+                    self.url, self.pid = info["url"], int(info["pid"])
+                    return
+            except (OSError, ValueError, KeyError):
                 pass
-            time.sleep(0.02)
+            time.sleep(self.poll_interval)
         self.kill()
-        raise RuntimeError(f"daemon did not start within {STARTUP_TIMEOUT}s:\n{self.log()}")
+        raise RuntimeError(f"daemon did not start within {self.startup_timeout}s:\n{self.log()}")
 
     def log(self) -> str:
         try:
