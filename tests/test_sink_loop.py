@@ -336,6 +336,27 @@ async def test_pruned_events_are_skipped_and_logged(harness: tuple[Harness, Fake
     assert entry.reason.startswith("5 events were removed by retention")
 
 
+async def test_a_log_pruned_past_the_cursor_moves_the_cursor_to_the_head(
+        harness: tuple[Harness, FakeClock], receiver: Receiver) -> None:
+    """Every event after the cursor removed by retention, none newer: the sink skips to the
+    head (and says so) at once, not when the next event comes, and does not spin."""
+    h, _ = harness
+    await h.publish(5)
+    await anyio.sleep(0.3)
+    await prune_once(h.store, retention_s=0.15)
+    assert await h.store.first_seq() == 6  # the log is empty, its head 5
+    await h.add_webhook(receiver.url, cursor=1)
+    await h.start_supervisor()
+    with anyio.fail_after(20):
+        while await h.store.get_cursor("w1") != 6:
+            await anyio.sleep(0.05)
+    logs = await h.store.list_logs("w1", 50)
+    [entry] = [e for e in logs if e.action == "events_pruned"]
+    assert entry.reason.startswith("5 events were removed by retention")
+    await h.publish(1, start=5)
+    await receiver.wait_for(lambda: len(receiver.delivered) == 1)
+
+
 async def test_a_third_sink_type_runs_end_to_end(memory_sink: None,
                                                  harness: tuple[Harness, FakeClock]) -> None:
     """Registered in this test alone: the service checks and stores it, the supervisor runs

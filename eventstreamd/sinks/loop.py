@@ -58,6 +58,7 @@ log = logging.getLogger("eventstreamd.sink")
 READ_BATCH = 256
 READ_BYTES = 4 * 1024 * 1024  # a batch stops at this much stored data, too
 HEAD_POLL = 0.2  # seconds; also how often a pipeline's tick runs while the log is idle
+EMPTY_READ_PAUSE = 0.05  # seconds; see _past_a_gap
 COMPLETION_MARGIN_MS = 5_000  # see _range_closed
 CURSOR_RETRY = 1.0  # seconds between cursor writes while the store is full
 REJECTED_NAMESPACE = uuid.UUID("5b0c6a86-1f0e-4b8e-9d43-8a3c8f1f2a10")
@@ -221,6 +222,9 @@ class SinkLoop:
             if not batch:
                 if self._ends_ms is not None and await self._range_closed():
                     return "completed"
+                if self.store.head >= self.read_position:
+                    await self._past_a_gap()  # nothing read, yet the head is past us
+                    continue
                 await self.store.wait_for_head(self.read_position - 1, max_wait=HEAD_POLL)
                 continue
             if batch[0].seq > self.read_position:
@@ -293,6 +297,19 @@ class SinkLoop:
         assert self._ends_ms is not None
         return (await self.store.last_ingested_ms() > self._ends_ms
                 or self._clock() * 1000 > self._ends_ms + COMPLETION_MARGIN_MS)
+
+    async def _past_a_gap(self) -> None:
+        """The head is at or past `read_position` but no event was read: either retention
+        removed every event from here on (then skip to the oldest left, and say so), or a
+        replica has not caught up with the head yet (then wait a little). Without this the
+        loop would spin: the head is already past what `wait_for_head` waits for."""
+        first = await self.store.first_seq()
+        if first > self.read_position:
+            await self._report_pruned(first - self.read_position)
+            self.read_position = first
+            self.progressed()
+            return
+        await self.sleep_unless_stopping(EMPTY_READ_PAUSE)
 
     async def _report_pruned(self, count: int) -> None:
         await self.add_log("events_pruned",
