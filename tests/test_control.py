@@ -18,8 +18,7 @@ import anyio
 import anyio.lowlevel
 import orjson
 import pytest
-from anyio.abc import SocketStream, UNIXSocketStream
-from anyio.streams.buffered import BufferedByteReceiveStream
+from anyio.abc import UNIXSocketStream
 
 from eventstreamd.config import Config, StorageConfig
 from eventstreamd.daemon.contracts import ChangeFeed
@@ -35,61 +34,13 @@ from eventstreamd.storage.base import Store
 from eventstreamd.storage.factory import open_store
 from eventstreamd.storage.lmdb_store import LmdbStore
 from tests.helpers.api import BASE, ApiClient, events
+from tests.helpers.control import Line, control_path
 from tests.helpers.daemon import DaemonProcess, Factory
 from tests.helpers.receiver import Receiver
 from tests.helpers.store import held, new_event, opened
 
 WAIT = 20.0  # the bound on every wait in this file, in seconds
 BACKENDS = ("lmdb", "jetstream")  # the daemon tests and the snapshot test run on both
-
-
-class Line:
-    """A raw control-socket client: send exact bytes, read one JSON line at a time."""
-
-    def __init__(self, stream: SocketStream) -> None:
-        self.stream = stream
-        self.reader = BufferedByteReceiveStream(stream)
-        self._ids = 0
-
-    @classmethod
-    async def connect(cls, path: Path) -> Line:
-        return cls(await anyio.connect_unix(path))
-
-    async def send_raw(self, data: bytes) -> None:
-        await self.stream.send(data)
-
-    async def read(self, within: float = WAIT) -> dict[str, Any]:
-        with anyio.fail_after(within):
-            return orjson.loads(await self.reader.receive_until(b"\n", 1 << 24))
-
-    async def response(self, within: float = WAIT) -> dict[str, Any]:
-        """The next response, skipping status pushes."""
-        with anyio.fail_after(within):
-            while True:
-                message = await self.read()
-                if "event" not in message:
-                    return message
-
-    async def push(self, within: float = WAIT) -> dict[str, Any]:
-        with anyio.fail_after(within):
-            while True:
-                message = await self.read()
-                if message.get("event") == "status":
-                    return message["data"]
-
-    async def call(self, op: str, **fields: Any) -> dict[str, Any]:
-        self._ids += 1
-        await self.send_raw(orjson.dumps({"id": self._ids, "op": op, **fields}) + b"\n")
-        response = await self.response()
-        assert response["id"] == self._ids
-        return response
-
-    async def close(self) -> None:
-        await self.stream.aclose()
-
-
-def control_path(daemon: DaemonProcess) -> Path:
-    return daemon.data_dir / "control.sock"
 
 
 def integration(snapshot: dict[str, Any], integration_id: str) -> dict[str, Any] | None:

@@ -195,7 +195,7 @@ async def test_a_crash_looping_sink_shows_as_failing(daemon_factory: Factory,
     d = daemon_factory({**FAST, "s3": {"endpoint_url": moto.url, "rotate_interval": "500ms"}})
     await moto.create_bucket("crash-loop")
     (d.data_dir / "spool").write_text("not a directory")
-    from tests.test_control import Line  # a raw control-socket client
+    from tests.helpers.control import Line  # a raw control-socket client
 
     async with ApiClient(d) as api:
         await api.create(id="s1", s3_parameters=s3_params("crash-loop"))

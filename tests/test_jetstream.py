@@ -24,12 +24,12 @@ from eventstreamd.tui.app import DashboardApp
 from eventstreamd.tui.sample import SIZE, SNAPSHOT, SOCKET_LABEL
 from tests.conftest import jetstream_settings
 from tests.helpers.api import ApiClient
+from tests.helpers.control import Line, control_path
 from tests.helpers.daemon import DaemonProcess, Factory, write_config
 from tests.helpers.nats_server import NatsServer, free_port
 from tests.helpers.receiver import Receiver
 from tests.helpers.store import new_event, read_all
 from tests.helpers.wait import eventually
-from tests.test_control import Line, control_path
 
 BACKENDS = ("jetstream",)
 FAST = {"webhook": {"timeout": "2s", "retry_initial": "50ms", "retry_max": "200ms",

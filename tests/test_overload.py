@@ -21,9 +21,9 @@ import pytest
 
 from eventstreamd.daemon.http_server import connection_cap
 from tests.helpers.api import BASE, events
+from tests.helpers.control import Line, control_path
 from tests.helpers.daemon import DaemonProcess, Factory
 from tests.helpers.store import read_all
-from tests.test_control import Line, control_path
 
 WAIT = 20.0  # seconds: the bound on every wait for something the daemon should do
 TRICKLE = 0.3  # seconds between the bytes of a slow client

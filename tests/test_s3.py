@@ -13,9 +13,9 @@ import orjson
 import pytest
 
 from tests.helpers.api import ApiClient, events
+from tests.helpers.control import Line, wait_settled
 from tests.helpers.daemon import Factory
 from tests.helpers.s3 import MotoServer, s3_params
-from tests.test_control import Line
 
 KEY = re.compile(r"^(?:(?P<prefix>.+)/)?(?P<tenant>[^/]+)/(?P<ms>\d{13})-data-(?P<rand>[0-9a-f]+)"
                  r"\.export$")
@@ -146,8 +146,8 @@ async def test_server_down_then_back(daemon_factory: Factory) -> None:
             assert "s3://bucket-down/" in entries[0]["reason"]
             moto = MotoServer(port).start()  # moto keeps state in memory: a new, empty server
             await moto.create_bucket("bucket-down")
-            objects = await moto.wait_objects("bucket-down", lambda o: count_lines(o) >= 5)
-            await anyio.sleep(1.5)
+            await moto.wait_objects("bucket-down", lambda o: count_lines(o) >= 5)
+            await wait_settled(d, ["s1"])
             objects = await moto.objects("bucket-down")
         assert payload_counts(objects) == {("default", i): 1 for i in range(5, 10)}
     finally:
@@ -211,8 +211,8 @@ async def test_sigkill_leaves_every_event_in_exactly_one_object(
     d.env = {}
     d.reconfigure({"s3": {"rotate_interval": "1s"}})
     d.start()
-    objects = await moto.wait_objects(bucket, lambda o: count_lines(o) >= published, timeout=90)
-    await anyio.sleep(2.5)  # a wrong duplicate object would show up within a rotation or two
+    await moto.wait_objects(bucket, lambda o: count_lines(o) >= published, timeout=90)
+    await wait_settled(d, ["s1"], timeout=90)  # no upload left that could duplicate
     objects = await moto.objects(bucket)
     counts = payload_counts(objects)
     assert set(counts) == {(tenant_of(i), i) for i in range(n)}

@@ -12,6 +12,7 @@ import pytest
 from aiohttp import web
 
 from tests.helpers.api import ApiClient, events
+from tests.helpers.control import wait_settled
 from tests.helpers.daemon import DaemonProcess, Factory
 from tests.helpers.receiver import Received, Receiver
 
@@ -94,7 +95,7 @@ async def test_filters(fast: DaemonProcess, receiver: Receiver, conditions: Any,
             finally:
                 await marker.close()
         await receiver.wait_for(lambda: len(receiver.delivered) >= len(expected))
-        await anyio.sleep(0.3)  # room for a wrong extra delivery to show up
+        await wait_settled(fast, ["w1"])  # every event passed w1's filter or not: no more can come
     got = {r.body["name"] for r in receiver.delivered} - {"zz.marker"}
     assert got == expected
 
@@ -207,8 +208,14 @@ async def test_stop_publish_start(fast: DaemonProcess, receiver: Receiver) -> No
         await receiver.wait_for(lambda: len(receiver.delivered) == 5)
         stopped = await api.stop("w1")
         assert stopped["status"] == "stopped"
-        await api.publish(events(20, start=5))
-        await anyio.sleep(1.0)
+        # A running integration to another receiver shows when the 20 were dispatched.
+        marker = await Receiver().start()
+        try:
+            await api.webhook("w2", marker.url)
+            await api.publish(events(20, start=5))
+            await marker.wait_for(lambda: len(marker.delivered_keys) == 20)
+        finally:
+            await marker.close()
         assert len(receiver.delivered) == 5
         assert (await api.start("w1"))["status"] == "running"
         await receiver.wait_for(lambda: len(receiver.delivered_keys) == 25)
@@ -307,7 +314,7 @@ async def test_sigkill_mid_delivery_redelivers_at_most_the_cursor_bound(
         assert delivered_before < total, "delivery finished before the kill; test proves nothing"
         d.start()
         await receiver.wait_for(lambda: len(receiver.delivered_keys) == total, timeout=120)
-        await anyio.sleep(0.5)
+        await wait_settled(d, ["w1"], cursor_saved=False)  # the last requests answered
     finally:
         await receiver.close()
     duplicates = len(receiver.delivered) - len(receiver.delivered_keys)

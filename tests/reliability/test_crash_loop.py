@@ -18,6 +18,7 @@ import orjson
 import pytest
 
 from tests.helpers.api import ApiClient
+from tests.helpers.control import wait_settled
 from tests.helpers.daemon import DaemonProcess, Factory
 from tests.helpers.receiver import Receiver
 from tests.helpers.s3 import MotoServer, s3_params
@@ -92,7 +93,7 @@ async def test_crash_loop(daemon_factory: Factory, crashes: int) -> None:
         with anyio.fail_after(120):
             while not acked <= set(s3_uids(await moto.objects("crash-loop"))):
                 await anyio.sleep(0.5)
-        await anyio.sleep(2.5)  # let a wrong extra object or delivery show itself
+        await wait_settled(d, ["hook", "bucket"], timeout=60)  # nothing left that could add one
         uids = s3_uids(await moto.objects("crash-loop"))
         delivered = collections.Counter(r.body["payload"]["uid"] for r in receiver.delivered)
     finally:
