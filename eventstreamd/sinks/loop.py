@@ -45,6 +45,7 @@ import time
 import uuid
 
 import anyio
+import anyio.lowlevel
 
 from ..logs import kv
 from ..model import Fence, Integration, LogEntry, RejectedEvent, StoredEvent
@@ -242,6 +243,10 @@ class SinkLoop:
             if self.read_position - self.durable_cursor >= self._cursor_every:
                 self._flush_soon()
             self.progressed()
+            # Reading an LMDB batch and handing it on need not suspend at all: without this
+            # a sink catching up (an S3 file spooling) would hold the event loop for as long
+            # as the backlog lasts, and its own uploads, other sinks and the API would wait.
+            await anyio.lowlevel.checkpoint()
         return "stopped"
 
     async def _hand_on(self, batch: list[StoredEvent]) -> bool:
