@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import gc
 import logging
 import os
 import signal
@@ -194,6 +195,11 @@ class Daemon:
             write_runtime(runtime_path, self.info)
             stack.callback(remove_runtime, runtime_path)
             readiness.started = True
+            # What start-up made (modules, the app, clients) lives as long as the daemon:
+            # out of the cyclic collector's reach, a full collection scans only what
+            # requests create. Measured: full passes of 25-45 ms before, each a stall
+            # every publish and delivery waits behind.
+            gc.freeze()
             log.info("eventstreamd listening", extra=kv(
                 url=self.info.url, data_dir=str(config.data_dir), head=store.head,
                 config=config.source,
