@@ -86,6 +86,22 @@ def test_window_bounds_and_cursor() -> None:
     assert len(window) == 0 and window.safe_cursor(10) == 10
 
 
+def test_a_window_at_its_request_limit_does_not_wait_for_the_cursor() -> None:
+    window = DeliveryWindow(2, unsaved_limit=4)
+    window.dispatch(1)
+    window.dispatch(2)
+    assert window.full and not window.waits_for_cursor  # answers free it, not a cursor
+    window.finish(1)
+    window.finish(2)
+    window.dispatch(3)
+    window.dispatch(4)
+    assert window.full and window.waits_for_cursor  # 4 delivered or out, none saved
+    window.finish(3)
+    window.finish(4)
+    window.committed(window.safe_cursor(5))
+    assert not window.full and not window.waits_for_cursor
+
+
 def test_filter_semantics() -> None:
     def event(name: str) -> StoredEvent:
         return StoredEvent(1, "i", "t", name, 0, b"{}")
@@ -152,6 +168,9 @@ class MemoryPipeline:
         return None
 
     def blocked(self) -> bool:
+        return False
+
+    def waits_for_cursor(self) -> bool:
         return False
 
     def safe_cursor(self, read_position: int) -> int:

@@ -12,7 +12,7 @@ import pytest
 from aiohttp import web
 
 from tests.helpers.api import ApiClient, events
-from tests.helpers.control import wait_settled
+from tests.helpers.control import Line, control_path, wait_settled
 from tests.helpers.daemon import DaemonProcess, Factory
 from tests.helpers.receiver import Received, Receiver
 
@@ -285,6 +285,25 @@ async def test_slow_receiver_does_not_delay_another(fast: DaemonProcess) -> None
         release.set()
         await slow.close()
         await quick.close()
+
+
+async def test_the_cursor_is_saved_by_its_bounds_not_per_delivery(
+        daemon_factory: Factory, receiver: Receiver) -> None:
+    """One request in flight keeps the window at its request limit all the time; that
+    must not save the cursor (an fsync) per delivery: only `cursor_every` finished events
+    or `cursor_interval` do, and here neither is reached."""
+    d = daemon_factory({**FAST, "webhook": {**FAST["webhook"], "max_in_flight": 1},
+                        "delivery": {"cursor_every": 1000, "cursor_interval": "1h"}})
+    async with ApiClient(d) as api:
+        await api.webhook("w1", receiver.url)
+        await api.publish(events(50))
+        await receiver.wait_for(lambda: len(receiver.delivered_keys) == 50)
+    client = await Line.connect(control_path(d))
+    try:
+        [status] = (await client.call("status"))["result"]["integrations"]
+    finally:
+        await client.close()
+    assert status["cursor"] == 1 and status["lag_events"] == 50, status
 
 
 async def test_sigkill_mid_delivery_redelivers_at_most_the_cursor_bound(

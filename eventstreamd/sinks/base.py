@@ -170,6 +170,12 @@ class Pipeline(Protocol):
     def blocked(self) -> bool:
         """True while the pipeline cannot take another event (the loop waits for progress)."""
 
+    def waits_for_cursor(self) -> bool:
+        """True while it is blocked until a durable cursor write releases events: the loop
+        then saves the cursor at once instead of at the next interval. Not merely blocked:
+        a pipeline at its concurrency limit is freed by answers, and saving the cursor
+        each time would put an fsync behind every delivery."""
+
     def safe_cursor(self, read_position: int) -> int:
         """The lowest sequence number not yet finished for good."""
 

@@ -215,7 +215,8 @@ class SinkLoop:
         while not self._stopping.is_set():
             await pipeline.tick(self)
             if pipeline.blocked():
-                self._flush_soon()  # it may be waiting for a durable cursor
+                if pipeline.waits_for_cursor():
+                    self._flush_soon()
                 with anyio.move_on_after(HEAD_POLL):
                     await self.wait_progress()
                 continue
@@ -284,10 +285,11 @@ class SinkLoop:
         return rest
 
     async def wait_room(self) -> bool:
-        """For a pipeline whose window is full: ask for the cursor (the window may wait
-        for a durable one) and wait for progress. False when stopping."""
+        """For a pipeline whose window is full: ask for the cursor if that is what it
+        waits for, and wait for progress. False when stopping."""
         while self.pipeline.blocked() and not self._stopping.is_set():
-            self._flush_soon()
+            if self.pipeline.waits_for_cursor():
+                self._flush_soon()
             with anyio.move_on_after(HEAD_POLL):
                 await self.wait_progress()
         return not self._stopping.is_set()

@@ -344,6 +344,9 @@ class S3Pipeline:
     def blocked(self) -> bool:
         return len(self._queue) >= MAX_QUEUED_UPLOADS
 
+    def waits_for_cursor(self) -> bool:
+        return False  # uploads free it, not cursor writes
+
     def safe_cursor(self, read_position: int) -> int:
         firsts = [f.first_seq for f in self.files.values()]
         firsts += [m["first_seq"] for m in self.pending]

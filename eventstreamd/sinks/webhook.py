@@ -249,6 +249,9 @@ class WebhookPipeline:
     def blocked(self) -> bool:
         return self.window.full
 
+    def waits_for_cursor(self) -> bool:
+        return self.window.waits_for_cursor
+
     def safe_cursor(self, read_position: int) -> int:
         return self.window.safe_cursor(read_position)
 

@@ -40,6 +40,11 @@ class DeliveryWindow:
                 or len(self._dispatched) >= self.unsaved_limit)
 
     @property
+    def waits_for_cursor(self) -> bool:
+        """Full because of the events not yet behind a durable cursor (not the requests)."""
+        return len(self._dispatched) >= self.unsaved_limit
+
+    @property
     def in_flight(self) -> int:
         return self._in_flight
 
