@@ -110,8 +110,11 @@ def http_session(config: Config) -> aiohttp.ClientSession:
     connector = aiohttp.TCPConnector(
         limit=0, limit_per_host=0, keepalive_timeout=30,
         **guarded_connector_args(config.security.block_targets))
-    return aiohttp.ClientSession(connector=connector,
-                                 headers={"User-Agent": f"eventstreamd/{__version__}"})
+    agent = f"eventstreamd/{__version__}"
+    if config.storage.backend == "jetstream":
+        # Several daemons may deliver: the receiver's logs can tell which one sent.
+        agent += f" (instance {config.jetstream.instance_name()})"
+    return aiohttp.ClientSession(connector=connector, headers={"User-Agent": agent})
 
 
 class Daemon:
@@ -151,7 +154,23 @@ class Daemon:
             env = SinkEnv(config=config, session=session, spool_root=config.data_dir / "spool")
             changes = ChangeFeed()
             service = IntegrationService(store, config, changes, env)
-            supervisor = Supervisor(env, store, changes, on_completed=service.complete)
+            ownership = None
+            if config.storage.backend == "jetstream":
+                # Several daemons may share the JetStream: deliver what we hold leases of.
+                from ..storage.jetstream.store import JetStreamStore
+                from .ownership import Ownership
+
+                assert isinstance(store, JetStreamStore)
+                ownership = Ownership(store, changes, config.jetstream.instance_name(),
+                                      config.jetstream.lease_ttl)
+            supervisor = Supervisor(env, store, changes, on_completed=service.complete,
+                                    leases=ownership)
+            if ownership is not None:
+                ownership.sink_running = supervisor.sink_running
+                await tg.start(ownership.run)
+                # Runs after the supervisor's shutdown (the stack unwinds in reverse):
+                # sinks flush under their leases, then the leases go to the others.
+                stack.push_async_callback(ownership.close)
             await tg.start(supervisor.run)
             stack.push_async_callback(supervisor.shutdown)
             tg.start_soon(service.run_janitor, name="janitor")
