@@ -178,7 +178,8 @@ async def test_sigkill_moves_integrations_to_survivors_nothing_lost(
 async def _sigkill_failover(cluster_factory: Any, moto: MotoServer) -> None:
     bucket = "multi"
     await moto.create_bucket(bucket)
-    cluster = cluster_factory(3, {"s3": {"endpoint_url": moto.url, "rotate_interval": "1s"}})
+    cluster = cluster_factory(3, {"s3": {"endpoint_url": moto.url, "rotate_interval": "1s"},
+                                  "limits": {"max_integrations": 12}})
     webhooks = [f"w{i}" for i in range(10)]
     async with Recorder(delay=0.005) as hooks, ApiClient(cluster.daemons[0]) as api0, \
             ApiClient(cluster.daemons[1]) as api1, ApiClient(cluster.daemons[2]) as api2:
@@ -212,16 +213,20 @@ async def _sigkill_failover(cluster_factory: Any, moto: MotoServer) -> None:
         expected = set(acked)
         await until(lambda: all(set(hooks.keys(n)) >= expected for n in webhooks), 60)
 
-        # The dead daemon's integrations resumed elsewhere, within the lease TTL plus
-        # the balancer's period and the time a sink takes to start.
+        # The dead daemon's integrations resumed elsewhere: a lease is taken once it has
+        # not been renewed for the TTL (its last renewal is up to TTL/3 before the kill),
+        # seen by a balancer that runs every TTL/5, plus a sink's start and the next
+        # event's publish: about TTL + 1 s here (2.0-3.9 s measured); bounded loosely.
         for name in victim_owned:
             resumed = min(h.at for h in hooks.hits
                           if h.integration == name and h.at > killed_at and h.instance != "d0")
-            assert resumed - killed_at < TTL + 2.5, (name, resumed - killed_at)
+            print(f"{name} resumed {resumed - killed_at:.2f}s after the SIGKILL")
+            assert resumed - killed_at < TTL + 4.0, (name, resumed - killed_at)
         assert not [h for h in hooks.hits if h.instance == "d0" and h.at > killed_at + 0.5]
         # Duplicates: at most what the dead daemon had delivered past its last cursor.
         for name in webhooks:
             duplicates = sum(c - 1 for c in hooks.keys(name).values())
+            print(f"{name}: {duplicates} duplicates")
             assert duplicates <= 50 + 8, (name, duplicates)
 
         # S3: every acknowledged event exactly once per integration, whoever uploaded.

@@ -11,7 +11,7 @@ Decisions:
   retried; once the lease is past its deadline (`Holding.valid`, the last
   successful renewal's start + ttl - margin, monotonic) it is dropped too —
   by then another daemon may have taken it.
-- The balancer runs every `min(1 s, lease_ttl / 3)`: it announces this
+- The balancer runs every `min(1 s, lease_ttl / 5)`: it announces this
   daemon (with its status, for the cluster view), reads every lease and
   announcement and the integration records, and
   - tells the `ChangeFeed` about every integration whose record changed
@@ -105,7 +105,7 @@ class Ownership:
         self.clock = clock
         self.renew_every = ttl / 3
         self.margin = max(0.1 * ttl, 0.2)  # scheduling and clock-rate slack
-        self.period = min(ANNOUNCE_EVERY, ttl / 3)
+        self.period = min(ANNOUNCE_EVERY, ttl / 5)
         self.held: dict[str, Holding] = {}
         # What was seen and since when (this daemon's clock): expiry by observation.
         self._leases_seen: dict[str, tuple[tuple[int, int], float]] = {}
