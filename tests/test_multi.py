@@ -86,13 +86,15 @@ class Recorder:
 class Cluster:
     """Daemons d0, d1, ... on one prefix of one JetStream."""
 
-    def __init__(self, root: Path, server: NatsServer, count: int,
-                 extra: dict[str, Any] | None = None) -> None:
+    def __init__(self, root: Path, servers: list[str], count: int,
+                 extra: dict[str, Any] | None = None, replicas: int = 1) -> None:
         self.prefix = new_prefix()
         self.daemons: list[DaemonProcess] = []
         for number in range(count):
-            settings = jetstream_settings(server, self.prefix)
-            settings["jetstream"].update(instance=f"d{number}", lease_ttl=f"{TTL:g}s")
+            settings = {"storage": {"backend": "jetstream"},
+                        "jetstream": {"servers": servers, "prefix": self.prefix,
+                                      "replicas": replicas, "instance": f"d{number}",
+                                      "lease_ttl": f"{TTL:g}s", "connect_timeout": "20s"}}
             settings.update({"log": {"level": "info", "format": "json"},
                              "webhook": {"retry_initial": "100ms", "retry_max": "500ms"},
                              "delivery": {"cursor_every": 50}})
@@ -136,8 +138,9 @@ def _ts(text: str) -> float:
 def cluster_factory(tmp_path: Path, nats_server: NatsServer) -> Iterator[Any]:
     made: list[Cluster] = []
 
-    def factory(count: int, extra: dict[str, Any] | None = None) -> Cluster:
-        cluster = Cluster(tmp_path, nats_server, count, extra)
+    def factory(count: int, extra: dict[str, Any] | None = None,
+                servers: list[str] | None = None, replicas: int = 1) -> Cluster:
+        cluster = Cluster(tmp_path, servers or [nats_server.url], count, extra, replicas)
         made.append(cluster)
         return cluster.start()
 
@@ -175,11 +178,12 @@ async def test_sigkill_moves_integrations_to_survivors_nothing_lost(
         moto.stop()
 
 
-async def _sigkill_failover(cluster_factory: Any, moto: MotoServer) -> None:
+async def _sigkill_failover(cluster_factory: Any, moto: MotoServer,
+                            servers: list[str] | None = None, replicas: int = 1) -> None:
     bucket = "multi"
     await moto.create_bucket(bucket)
     cluster = cluster_factory(3, {"s3": {"endpoint_url": moto.url, "rotate_interval": "1s"},
-                                  "limits": {"max_integrations": 12}})
+                                  "limits": {"max_integrations": 12}}, servers, replicas)
     webhooks = [f"w{i}" for i in range(10)]
     async with Recorder(delay=0.005) as hooks, ApiClient(cluster.daemons[0]) as api0, \
             ApiClient(cluster.daemons[1]) as api1, ApiClient(cluster.daemons[2]) as api2:
@@ -337,3 +341,84 @@ async def test_api_races_across_instances(cluster_factory: Any) -> None:
         if views[0]["status"] == "stopped":
             await api0.start("same")
         await until(lambda: len(hooks.keys("same")) == 20, 30)
+
+
+# ------------------------------------------------------------------- visibility
+
+
+async def test_any_instance_shows_the_whole_cluster(cluster_factory: Any) -> None:
+    from tests.test_control import Line, control_path
+
+    cluster = cluster_factory(2)
+    names = [f"v{i}" for i in range(4)]
+    async with Recorder() as hooks, ApiClient(cluster.daemons[0]) as api0, \
+            ApiClient(cluster.daemons[1]) as api1:
+        for name in names:
+            await api0.webhook(name, hooks.url(name))
+        await api0.publish(batch(0, 30))
+        await until(lambda: set(hooks.owners().values()) == {"d0", "d1"}
+                    and all(len(hooks.keys(n)) == 30 for n in names), 30)
+        delivered_by = hooks.owners()
+        client = await Line.connect(control_path(cluster.daemons[0]))
+        try:
+            async def settled() -> dict[str, Any] | None:
+                snapshot = (await client.call("status"))["result"]
+                cluster_view = snapshot["cluster"]
+                owners = {i["id"]: i["owner"] for i in snapshot["integrations"]}
+                remote = [i for i in snapshot["integrations"] if i["owner"] == "d1"]
+                owned = sorted(o for e in cluster_view["instances"] for o in e["owns"])
+                ok = (owners == delivered_by and len(cluster_view["instances"]) == 2
+                      and owned == names
+                      and all(e["live"] for e in cluster_view["instances"])
+                      and all(i["delivered"] == 30 for i in remote))
+                return snapshot if ok else None
+
+            snapshot: dict[str, Any] | None = None
+
+            async def probe() -> bool:
+                nonlocal snapshot
+                snapshot = await settled()
+                return snapshot is not None
+            await until(probe, 20, 0.25)
+        finally:
+            await client.close()
+        assert snapshot is not None
+        view = snapshot["cluster"]
+        assert view["instance"] == "d0"
+        by_name = {e["instance"]: e for e in view["instances"]}
+        assert by_name["d0"]["this"] and not by_name["d1"]["this"]
+        assert sorted(by_name["d0"]["owns"] + by_name["d1"]["owns"]) == names
+        # The HTTP API's answers are the spec's, the same through every instance.
+        for name in names:
+            one, other = await api0.get(name), await api1.get(name)
+            assert one == other and "owner" not in one
+
+
+# ---------------------------------------------------------------------- restart
+
+
+async def test_restart_after_sigkill_resumes_without_waiting_for_the_lease(
+        tmp_path: Path, nats_server: NatsServer) -> None:
+    """The default lease TTL (10 s) is not waited out by a daemon restarted on the data dir
+    of the one that held the leases: only one live daemon can hold a data dir."""
+    settings = jetstream_settings(nats_server)
+    settings["log"] = {"level": "info", "format": "json"}
+    (tmp_path / "solo").mkdir()
+    daemon = DaemonProcess(tmp_path / "solo", settings)
+    try:
+        daemon.start()
+        async with Recorder() as hooks:
+            async with ApiClient(daemon) as api:
+                await api.webhook("r0", hooks.url("r0"))
+                await api.publish(batch(0, 5))
+                await until(lambda: len(hooks.keys("r0")) == 5, 20)
+            daemon.kill()
+            daemon.start()
+            restarted = time.time()
+            async with ApiClient(daemon) as api:
+                await api.publish(batch(5, 5))
+            await until(lambda: len(hooks.keys("r0")) == 10, 20)
+            resumed = max(h.at for h in hooks.hits)
+            assert resumed - restarted < 5.0  # not the 10 s TTL
+    finally:
+        daemon.kill()

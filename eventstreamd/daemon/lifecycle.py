@@ -40,6 +40,7 @@ import fcntl
 import logging
 import os
 import signal
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -89,6 +90,20 @@ def _lock_data_dir(data_dir: Path) -> int:
         os.close(fd)
         raise RuntimeError("another eventstreamd is running with this data_dir") from None
     return fd
+
+
+def _instance_token(data_dir: Path) -> str:
+    """A random name for this data dir, kept in it: leases carry it, so a daemon restarted
+    on the same (locked) data dir may take its predecessor's leases at once."""
+    path = data_dir / "instance_token"
+    try:
+        token = path.read_text().strip()
+    except FileNotFoundError:
+        token = ""
+    if not token:
+        token = uuid.uuid4().hex
+        path.write_text(token + "\n")
+    return token
 
 
 class StartupError(Exception):
@@ -161,8 +176,10 @@ class Daemon:
                 from .ownership import Ownership
 
                 assert isinstance(store, JetStreamStore)
+                with _starting(f"keep the instance token in {config.data_dir}"):
+                    token = _instance_token(config.data_dir)
                 ownership = Ownership(store, changes, config.jetstream.instance_name(),
-                                      config.jetstream.lease_ttl)
+                                      config.jetstream.lease_ttl, token=token)
             supervisor = Supervisor(env, store, changes, on_completed=service.complete,
                                     leases=ownership)
             if ownership is not None:
@@ -174,7 +191,11 @@ class Daemon:
             await tg.start(supervisor.run)
             stack.push_async_callback(supervisor.shutdown)
             tg.start_soon(service.run_janitor, name="janitor")
-            sampler = StatusSampler(store, supervisor, config)
+            sampler = StatusSampler(store, supervisor, config, ownership=ownership)
+            if ownership is not None:
+                from .cluster import LocalReport
+
+                ownership.status_source = LocalReport(store, supervisor, ownership)
             metrics = DaemonMetrics(store, supervisor, sampler, IngestStats(), readiness)
 
             runner = DaemonRunner(

@@ -96,7 +96,8 @@ _Errors = (StoreUnavailable, JsApiError)
 
 class Ownership:
     def __init__(self, store: JetStreamStore, changes: ChangeFeed, instance: str, ttl: float,
-                 *, clock: Callable[[], float] = time.monotonic) -> None:
+                 *, token: str = "", clock: Callable[[], float] = time.monotonic) -> None:
+        self.token = token  # this daemon's data dir (lease.py: a restart resumes at once)
         self.store = store
         self.book: LeaseBook = store.leases
         self.changes = changes
@@ -262,8 +263,8 @@ class Ownership:
         return stale
 
     def _claimable(self, seen: LeaseSeen, now: float) -> bool:
-        if seen.holder in ("", self.instance):
-            return True  # free, released, deleted, or ours from an earlier claim
+        if seen.holder in ("", self.instance) or (self.token and seen.token == self.token):
+            return True  # free, released, deleted, or ours (or our data dir's) from before
         first = self._leases_seen.get(seen.integration_id)
         return first is not None and first[0] == seen.key and now - first[1] >= self.ttl
 
@@ -279,7 +280,7 @@ class Ownership:
         for seen in candidates[:wanted]:
             started = self.clock()
             claim = await self.book.claim(seen, self.instance,
-                                          running[seen.integration_id].incarnation)
+                                          running[seen.integration_id].incarnation, self.token)
             if claim is None:
                 continue  # another daemon was quicker, or the holder renewed after all
             self.held[seen.integration_id] = Holding(

@@ -33,9 +33,13 @@ Decisions:
   delivering (sinks check `valid()` before each attempt; the fence stops any
   write once the lease is claimed).
 - A lease whose holder is the claimant itself (it lost the lease locally,
-  e.g. NATS was away past its deadline) or that was released (holder "")
-  or tombstoned (the integration was deleted) may be claimed at once; the
-  claim still moves `lease.<id>`, so writes of the old run fail.
+  e.g. NATS was away past its deadline), or a predecessor on the same data
+  dir (the lease's `token` is the data dir's, `{data_dir}/instance_token`,
+  and the data dir is locked by one live daemon at a time: so a daemon
+  restarted after a SIGKILL resumes at once instead of after a TTL), or
+  that was released (holder "") or tombstoned (the integration was
+  deleted) may be claimed at once; the claim still moves `lease.<id>`, so
+  writes of the old run fail.
 - Instances announce themselves on `inst.<name>` (newest message only)
   with their status, once a second; the same observation rule tells the live
   from the dead. A clean stop tombstones the announcement; announcements a
@@ -71,6 +75,7 @@ class LeaseSeen:
     lease_seq: int  # last message on lease.<id> (0: none)
     renew_seq: int  # last message on renew.<id> (0: none)
     holder: str  # "" when free (never claimed, released, or deleted)
+    token: str = ""  # the holder's data dir token (see `claim`)
 
     @property
     def key(self) -> tuple[int, int]:
@@ -133,11 +138,12 @@ class LeaseBook:
             headers = msg.headers or {}
             integration_id = str(headers.get("Nats-Subject", "")).rpartition(".")[2]
             seq = int(headers[SEQUENCE])
-            holder = ""
+            body: dict[str, Any] = {}
             if headers.get(OP) != DELETED and msg.data:
-                holder = str(orjson.loads(msg.data).get("holder", ""))
-            leases[integration_id] = LeaseSeen(integration_id, seq,
-                                               renews.get(integration_id, 0), holder)
+                body = orjson.loads(msg.data)
+            leases[integration_id] = LeaseSeen(
+                integration_id, seq, renews.get(integration_id, 0),
+                str(body.get("holder", "")), str(body.get("token", "")))
         for integration_id, renew_seq in renews.items():  # a renew without a lease message
             leases.setdefault(integration_id, LeaseSeen(integration_id, 0, renew_seq, ""))
         instances: dict[str, Announcement] = {}
@@ -155,12 +161,14 @@ class LeaseBook:
 
     # ------------------------------------------------------------ ownership
 
-    async def claim(self, seen: LeaseSeen, instance: str, incarnation: str) -> int | None:
+    async def claim(self, seen: LeaseSeen, instance: str, incarnation: str,
+                    token: str = "") -> int | None:
         """Take the lease if both subjects are still where `seen` found them; the claim's
-        sequence (what fences name), or None when someone else moved first."""
+        sequence (what fences name), or None when someone else moved first. `token`
+        names the claimant's data dir, which one live daemon at a time can hold."""
         if not _token(seen.integration_id):
             return None
-        body = orjson.dumps({"holder": instance, "incarnation": incarnation,
+        body = orjson.dumps({"holder": instance, "token": token, "incarnation": incarnation,
                              "claimed_at": time.time()})
         messages = [
             Out(self._subject("lease", seen.integration_id), body,
