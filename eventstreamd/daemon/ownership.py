@@ -16,7 +16,12 @@ Decisions:
   announcement and the integration records, and
   - tells the `ChangeFeed` about every integration whose record changed
     since the last look, whichever daemon's API changed it (the feed is
-    otherwise local: the service notifies only its own supervisor);
+    otherwise local: the service notifies only its own supervisor). A plain
+    NATS subscription to the record and lease subjects makes it look again
+    at once (`POKE_DELAY`) when any daemon writes one, so a stop through
+    one daemon stops delivery on another in milliseconds, and a released
+    lease is taken without waiting for the period; the period is the
+    fallback when a hint is lost (core NATS is at most once);
   - counts the live daemons (an announcement that changed within the TTL, by
     this daemon's clock, plus itself) and the running integrations; its
     fair share is ceil(running / live);
@@ -68,6 +73,7 @@ from .contracts import ChangeFeed
 log = logging.getLogger("eventstreamd.ownership")
 
 ANNOUNCE_EVERY = 1.0  # seconds: the cluster view's refresh
+POKE_DELAY = 0.05  # seconds between a record or lease written elsewhere and the next look
 
 
 @dataclass
@@ -118,6 +124,7 @@ class Ownership:
         self.live: set[str] = {instance}
         self.share = 0
         self._closed = False
+        self._poked = anyio.Event()
 
     # ------------------------------------------------------------ supervisor
 
@@ -147,9 +154,14 @@ class Ownership:
 
     # ------------------------------------------------------------------ run
 
+    def poke(self) -> None:
+        """Look again soon: a record or a lease was written somewhere."""
+        self._poked.set()
+
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
                   ) -> None:
         try:
+            await self.book.watch(self.poke)
             await self.balance()
         except _Errors as exc:
             log.warning("cannot read the leases yet", extra=kv(error=str(exc)))
@@ -157,7 +169,12 @@ class Ownership:
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._renew_forever, name="ownership:renew")
             while True:
-                await anyio.sleep(self.period)
+                with anyio.move_on_after(self.period):
+                    await self._poked.wait()
+                if self._poked.is_set():
+                    # Let the batch that poked commit, and fold a burst into one look.
+                    await anyio.sleep(POKE_DELAY)
+                    self._poked = anyio.Event()
                 try:
                     await self.balance()
                 except _Errors as exc:

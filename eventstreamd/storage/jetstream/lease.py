@@ -50,7 +50,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -207,6 +207,16 @@ class LeaseBook:
         """Whether `lease.<id>` still stands at the claim (a fence's re-check)."""
         entry = await self.state._last(self._subject("lease", integration_id))
         return entry is not None and entry.seq == claim and not entry.deleted
+
+    async def watch(self, callback: Callable[[], None]) -> None:
+        """`callback()` whenever an integration record or a lease subject is written (by
+        any daemon). Plain NATS subscribers see what a stream captures, batch members
+        included, even of a batch that then fails: a hint to look again, no more."""
+        async def seen(_msg: Any) -> None:
+            callback()
+
+        for kind in ("int", "lease"):
+            await self.client.nc.subscribe(self._subject(kind, "*"), cb=seen)
 
     # ---------------------------------------------------------- announcements
 
