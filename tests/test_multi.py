@@ -449,3 +449,22 @@ async def test_restart_after_sigkill_resumes_without_waiting_for_the_lease(
             assert resumed - restarted < 5.0  # not the 10 s TTL
     finally:
         daemon.kill()
+
+
+async def test_two_daemons_under_one_name_are_reported(tmp_path: Path,
+                                                       nats_server: NatsServer) -> None:
+    prefix = new_prefix()
+    twins = []
+    for number in range(2):
+        settings = jetstream_settings(nats_server, prefix)
+        settings["jetstream"].update(instance="twin", lease_ttl="2s")
+        (tmp_path / f"t{number}").mkdir()
+        twins.append(DaemonProcess(tmp_path / f"t{number}", settings))
+    try:
+        for daemon in twins:
+            daemon.start()
+        await until(lambda: any("another daemon announces itself under this instance name"
+                                in d.log() for d in twins), 20)
+    finally:
+        for daemon in twins:
+            daemon.kill()

@@ -39,6 +39,10 @@ Decisions:
   held and not releasing; the lease's claim sequence is part of the sink's
   settings, so a lease lost and claimed again restarts the sink with the new
   fence.
+- Instance names must be unique: two daemons under one name would take each
+  other's leases in turn. Each announcement expects our previous one, so a
+  name written by someone else in between (twice in a row) is logged as an
+  error naming `jetstream.instance`.
 - On a clean stop the supervisor stops every sink first; then `close()`
   releases what is still held and retires the announcement, so the others
   take over at once instead of after a TTL.
@@ -125,6 +129,9 @@ class Ownership:
         self.share = 0
         self._closed = False
         self._poked = anyio.Event()
+        self._twin_reported = False
+        self._clobbered = 0
+        self._announced: int | None = None  # our last announcement's sequence
 
     # ------------------------------------------------------------ supervisor
 
@@ -241,13 +248,22 @@ class Ownership:
             await self._claim(running, snapshot, now, self.share - len(active))
 
     async def _announce(self) -> None:
-        status = {"instance": self.instance, "at": time.time(), "share": self.share,
-                  "live": len(self.live), "owns": sorted(self.held)}
+        status = {"instance": self.instance, "token": self.token, "at": time.time(),
+                  "share": self.share, "live": len(self.live), "owns": sorted(self.held)}
         try:
             status.update(self.status_source())
         except Exception:  # the cluster view must never stop the leases
             log.exception("cannot build the status to announce")
-        await self.book.announce(self.instance, status)
+        self._announced, clobbered = await self.book.announce(self.instance, status,
+                                                              self._announced)
+        # Twice in a row, not once: one of our own writes whose answer was lost (NATS
+        # away) looks the same.
+        self._clobbered = self._clobbered + 1 if clobbered else 0
+        if self._clobbered >= 2 and not self._twin_reported:
+            # Two daemons under one name would take each other's leases in turn.
+            self._twin_reported = True
+            log.error("another daemon announces itself under this instance name; give "
+                      "each daemon its own jetstream.instance", extra=kv(instance=self.instance))
 
     def _notice_changes(self, records: list[Integration]) -> None:
         current = {i.id: (i.incarnation, i.status, i.done, i.delivery_settings())

@@ -220,9 +220,18 @@ class LeaseBook:
 
     # ---------------------------------------------------------- announcements
 
-    async def announce(self, instance: str, status: dict[str, Any]) -> None:
-        await self.state._commit([Out(self._subject("inst", instance),
-                                      orjson.dumps(status), ROLL)])
+    async def announce(self, instance: str, status: dict[str, Any],
+                       after: int | None = None) -> tuple[int, bool]:
+        """Write the announcement; (its sequence, whether someone else had written under
+        this name since our announcement `after`)."""
+        subject, data = self._subject("inst", instance), orjson.dumps(status)
+        if after is not None:
+            try:
+                return (await self.state._commit([Out(subject, data,
+                                                      {**ROLL, **_expect(after)})])).seq, False
+            except Conflict:
+                pass
+        return (await self.state._commit([Out(subject, data, ROLL)])).seq, after is not None
 
     async def retire(self, instance: str) -> None:
         await self.state._commit([Out(self._subject("inst", instance), b"",
