@@ -468,3 +468,46 @@ async def test_two_daemons_under_one_name_are_reported(tmp_path: Path,
     finally:
         for daemon in twins:
             daemon.kill()
+
+
+# -------------------------------------------------------------- join and leave
+
+
+async def test_a_joining_daemon_takes_its_share_and_a_leaving_one_hands_over(
+        cluster_factory: Any) -> None:
+    """Graceful both ways: the extras are given up after their cursors are saved (no
+    event delivered twice), and a daemon stopping cleanly releases its leases, so the
+    others resume at once rather than after the TTL."""
+    cluster = cluster_factory(2)
+    d0, d1 = cluster.daemons
+    d1.stop()  # d1 joins later
+    names = [f"j{i}" for i in range(6)]
+    async with Recorder(delay=0.005) as hooks, ApiClient(d0) as api0:
+        for name in names:
+            await api0.webhook(name, hooks.url(name))
+        await api0.publish(batch(0, 30))
+        await until(lambda: all(len(hooks.keys(n)) == 30 for n in names), 30)
+        assert set(hooks.owners().values()) == {"d0"}
+        d1.start()
+        joined = time.time()
+        # Keep events coming while the integrations move.
+        for round_number in range(1, 11):
+            await api0.publish(batch(round_number * 30, 30))
+            await anyio.sleep(0.2)
+        await until(lambda: all(len(hooks.keys(n)) == 330 for n in names), 30)
+        await until(lambda: collections.Counter(hooks.owners().values()) == {"d0": 3, "d1": 3},
+                    20)
+        assert time.time() - joined < 20
+        moved = [n for n, i in hooks.owners().items() if i == "d1"]
+        for name in names:  # handed over with the cursor saved: nothing twice
+            assert max(hooks.keys(name).values()) == 1, name
+        # d1 leaves cleanly: d0 takes its integrations at once, not after the TTL.
+        assert d1.stop() == 0
+        left = time.time()
+        await api0.publish(batch(330, 30))
+        await until(lambda: all(len(hooks.keys(n)) == 360 for n in names), 30)
+        for name in moved:
+            resumed = min(h.at for h in hooks.hits if h.integration == name and h.at > left)
+            assert resumed - left < TTL, (name, resumed - left)
+        for name in names:
+            assert max(hooks.keys(name).values()) == 1, name
