@@ -20,6 +20,8 @@ SCENARIO_IDS = (
     "jetstream-ingest-single",
     "jetstream-webhook-inflight-8",
     "jetstream-restart",
+    # Several daemons on one JetStream: the 10-integration fan-out with 1 and 2 daemons.
+    "jetstream-scaleout",
 )
 
 # The keys of every object in results.json.

@@ -846,6 +846,73 @@ def js_webhook_8(ctx: Ctx) -> list[Row]:
                       note=note, busy=busy)]
 
 
+def _scaleout_run(ctx: Ctx, receiver: ReceiverProc, instances: int, integrations: int,
+                  per: int) -> tuple[dict[str, Any], float, dict[str, float]]:
+    """`instances` daemons on one fresh prefix: publish `per` events, then create the
+    integrations and time until every one has delivered them all."""
+    settings = ctx.jetstream()
+    settings["jetstream"]["lease_ttl"] = "3s"
+    daemons = []
+    try:
+        for number in range(instances):
+            settings["jetstream"]["instance"] = f"bench-{number}"
+            daemons.append(ctx.daemon(f"jetstream-scaleout-{instances}-{number}",
+                                      {**settings, "jetstream": dict(settings["jetstream"])}))
+        time.sleep(2.0)  # every daemon has announced itself: the first to look sees them all
+        starts_at = starts_at_now()
+        ctx.run("publish_all", {"url": f"{daemons[0].url}/events", "events": per}, timeout=300)
+        receiver.reset()
+        pids = {f"daemon{n}": d.pid for n, d in enumerate(daemons)}
+        nats_proc = ctx.nats().proc
+        pids.update(receiver=receiver.pid)
+        if nats_proc is not None:
+            pids["nats"] = nats_proc.pid
+        meter = Meter(pids)
+        t0 = time.monotonic_ns()
+        for k in range(integrations):
+            daemons[k % instances].create_webhook(f"bench-{k}", f"{receiver.url}/hook/{k}",
+                                                  starts_at)
+        total = integrations * per
+        stats = receiver.wait_count(total, max(60.0, total / 200) if not ctx.quick else 40.0)
+        t1 = time.monotonic_ns()
+        elapsed = ((stats["last_ns"] or t1) - t0) / 1e9
+        busy = meter.busy((t1 - t0) / 1e9)
+    finally:
+        for daemon in daemons:
+            daemon.stop()
+    return stats, elapsed, busy
+
+
+def js_scaleout(ctx: Ctx) -> list[Row]:
+    scenario, integrations, per = "jetstream-scaleout", 10, ctx.size(3_000, 300)
+    receiver = ReceiverProc(ctx.children)
+    try:
+        ctx.log(f"  1 daemon: {integrations} integrations x {per:,} events")
+        one, one_s, one_busy = _scaleout_run(ctx, receiver, 1, integrations, per)
+        ctx.log(f"  2 daemons: {integrations} integrations x {per:,} events")
+        two, two_s, two_busy = _scaleout_run(ctx, receiver, 2, integrations, per)
+    finally:
+        receiver.stop()
+    total = integrations * per
+    rate_one = one["count"] / one_s if one["count"] else None
+    rate_two = two["count"] / two_s if two["count"] else None
+
+    def note(stats: dict[str, Any], seconds: float) -> str:
+        text = f"{stats['count']:,} of {total:,} delivered in {seconds:.2f}s"
+        return text + (" (INCOMPLETE within the time limit)" if stats["count"] < total else "")
+
+    # The runner prints one busyness line per scenario (the first row's): both runs in it.
+    both = {**{f"{k} (1 daemon)": v for k, v in one_busy.items() if k != "machine"},
+            **{f"{k} (2 daemons)": v for k, v in two_busy.items() if k != "machine"},
+            "machine": max(one_busy.get("machine", 0.0), two_busy.get("machine", 0.0))}
+    return [
+        ratio_row(scenario, "1 daemon: delivered events/s", "events/s", rate_one, None, None,
+                  note=note(one, one_s), busy=both),
+        ratio_row(scenario, "2 daemons: delivered events/s (baseline: 1 daemon)", "events/s",
+                  rate_two, rate_one, 1.3, note=note(two, two_s), busy=two_busy),
+    ]
+
+
 def js_restart(ctx: Ctx) -> list[Row]:
     scenario = "jetstream-restart"
     restarts, integrations, count = ctx.size(3, 2), 10, ctx.size(1_000_000, 50_000)
@@ -923,5 +990,6 @@ SCENARIOS: dict[str, Callable[[Ctx], list[Row]]] = {
     "jetstream-ingest-single": js_ingest_single,
     "jetstream-webhook-inflight-8": js_webhook_8,
     "jetstream-restart": js_restart,
+    "jetstream-scaleout": js_scaleout,
 }
 assert tuple(SCENARIOS) == SCENARIO_IDS

@@ -30,6 +30,7 @@ import binascii
 import dataclasses
 import os
 import re
+import socket
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -145,6 +146,17 @@ class JetStreamConfig:
     request_timeout: float = _duration("5s")
     max_batch: int = 1000  # events per atomic batch: the server's jetstream.limits.batch.max_msgs
     max_bytes: int = _size("0")  # a cap on the event stream (0: none); beyond it publish gets 507
+    # Several daemons on one JetStream (storage/jetstream/lease.py, daemon/ownership.py):
+    instance: str = ""  # this daemon's name among them; "" = "<hostname>-<pid>"
+    lease_ttl: float = _duration("10s")  # an owner that has not renewed for this long loses
+    # its integrations to the others (renewed every lease_ttl / 3)
+
+    def instance_name(self) -> str:
+        """The configured instance name, or `<hostname>-<pid>` made a subject token."""
+        if self.instance:
+            return self.instance
+        host = re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname())[:48] or "host"
+        return f"{host}-{os.getpid()}"
 
 
 @dataclass(frozen=True)
@@ -247,6 +259,7 @@ _LOG_LEVELS = ("debug", "info", "warning", "error")
 _BACKENDS = ("lmdb", "jetstream")
 _NATS_SCHEMES = ("nats://", "tls://", "ws://", "wss://")
 _JS_PREFIX = re.compile(r"[A-Za-z0-9_-]{1,32}")
+_JS_INSTANCE = re.compile(r"[A-Za-z0-9_-]{1,64}")  # names a subject token
 _LOG_FORMATS = ("text", "json")
 _BLOCK_POLICIES = ("none", "link-local", "private")  # see eventstreamd/sinks/ssrf.py
 
@@ -372,6 +385,10 @@ def _check_jetstream(config: Config) -> None:
     for key in ("connect_timeout", "request_timeout"):
         if getattr(js, key) <= 0:
             raise ConfigError(f"bad value for 'jetstream.{key}': must be more than 0")
+    if js.instance and not _JS_INSTANCE.fullmatch(js.instance):
+        raise ConfigError("bad value for 'jetstream.instance': 1-64 letters, digits, '_' or '-'")
+    if js.lease_ttl < 1:
+        raise ConfigError("bad value for 'jetstream.lease_ttl': at least 1s")
     if js.max_batch < 2:
         raise ConfigError("bad value for 'jetstream.max_batch': at least 2")
     if js.token and js.credentials:

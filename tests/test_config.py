@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -125,6 +127,9 @@ BAD_CONFIGS = [
     ("nats_auth_twice", '[jetstream]\ntoken = "abcd1234"\ncredentials = "a.creds"\n',
      "'jetstream.credentials'"),
     ("nats_batch", "[jetstream]\nmax_batch = 1\n", "'jetstream.max_batch'"),
+    ("nats_instance", '[jetstream]\ninstance = "a.b"\n', "'jetstream.instance'"),
+    ("nats_lease_short", '[jetstream]\nlease_ttl = "500ms"\n', "'jetstream.lease_ttl'"),
+    ("nats_lease_type", '[jetstream]\nlease_ttl = "ten seconds"\n', "'jetstream.lease_ttl'"),
     ("not_toml", "this is = = not toml\n", "not valid TOML"),
 ]
 
@@ -199,3 +204,14 @@ def test_version() -> None:
     result = subprocess.run([sys.executable, "-m", "eventstreamd", "--version"],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and result.stdout.startswith("eventstreamd ")
+
+
+def test_instance_name_defaults_to_host_and_pid_as_a_subject_token(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[jetstream]\nlease_ttl = "2s"\n')
+    js = load_config(path).jetstream
+    assert js.lease_ttl == 2.0
+    name = js.instance_name()
+    assert name.endswith(f"-{os.getpid()}") and re.fullmatch(r"[A-Za-z0-9_-]+", name)
+    path.write_text('[jetstream]\ninstance = "node-a_1"\n')
+    assert load_config(path).jetstream.instance_name() == "node-a_1"

@@ -309,3 +309,22 @@ def test_formatting() -> None:
 @pytest.mark.parametrize("health", ["ok", "lagging", "failing", "stopped", "completed"])
 def test_every_health_has_a_colour(health: str) -> None:
     assert fmt.health_text(health).style
+
+
+def test_the_dashboard_names_owners_and_the_daemons_of_a_cluster() -> None:
+    from eventstreamd.tui.dashboard import row_cells, summary
+
+    snapshot = {"head": 10, "ingest_rate": 1.0, "integrations": [], "cluster": {
+        "instance": "a", "instances": [
+            {"instance": "a", "this": True, "live": True, "owns": ["w1", "w2"],
+             "delivered_rate": 12.5},
+            {"instance": "b", "this": False, "live": False, "owns": ["w3"],
+             "delivered_rate": 0.0}]}}
+    line = summary(snapshot).splitlines()[1]
+    assert line.startswith("cluster: ") and "a* 2 integ." in line and "12.5/s" in line
+    assert "b 1 integ." in line and line.endswith("gone")
+    cell = row_cells({"id": "w3", "owner": "b"})[0]
+    assert str(cell) == "w3 @b"
+    # Without a cluster (LMDB) nothing changes: one line, the bare id.
+    assert "\n" not in summary({**snapshot, "cluster": None})
+    assert row_cells({"id": "w3"})[0] == "w3"

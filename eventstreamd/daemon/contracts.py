@@ -10,7 +10,11 @@ that sink. Notifying is idempotent and never blocks the API.
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import anyio
+
+from ..sinks.base import LeaseHold
 
 
 class ChangeFeed:
@@ -28,3 +32,10 @@ class ChangeFeed:
         self._wake = anyio.Event()
         dirty, self._dirty = self._dirty, set()
         return dirty
+
+
+class Leases(Protocol):
+    """Which integrations this daemon may deliver, when several daemons share one store
+    (`ownership.py`); absent with LMDB, where one daemon delivers them all."""
+
+    def lease(self, integration_id: str) -> LeaseHold | None: ...

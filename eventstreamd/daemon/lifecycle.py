@@ -41,6 +41,7 @@ import gc
 import logging
 import os
 import signal
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -92,6 +93,20 @@ def _lock_data_dir(data_dir: Path) -> int:
     return fd
 
 
+def _instance_token(data_dir: Path) -> str:
+    """A random name for this data dir, kept in it: leases carry it, so a daemon restarted
+    on the same (locked) data dir may take its predecessor's leases at once."""
+    path = data_dir / "instance_token"
+    try:
+        token = path.read_text().strip()
+    except FileNotFoundError:
+        token = ""
+    if not token:
+        token = uuid.uuid4().hex
+        path.write_text(token + "\n")
+    return token
+
+
 class StartupError(Exception):
     """The daemon cannot start; the message is one line for the user."""
 
@@ -111,8 +126,11 @@ def http_session(config: Config) -> aiohttp.ClientSession:
     connector = aiohttp.TCPConnector(
         limit=0, limit_per_host=0, keepalive_timeout=30,
         **guarded_connector_args(config.security.block_targets))
-    return aiohttp.ClientSession(connector=connector,
-                                 headers={"User-Agent": f"eventstreamd/{__version__}"})
+    agent = f"eventstreamd/{__version__}"
+    if config.storage.backend == "jetstream":
+        # Several daemons may deliver: the receiver's logs can tell which one sent.
+        agent += f" (instance {config.jetstream.instance_name()})"
+    return aiohttp.ClientSession(connector=connector, headers={"User-Agent": agent})
 
 
 class Daemon:
@@ -152,11 +170,33 @@ class Daemon:
             env = SinkEnv(config=config, session=session, spool_root=config.data_dir / "spool")
             changes = ChangeFeed()
             service = IntegrationService(store, config, changes, env)
-            supervisor = Supervisor(env, store, changes, on_completed=service.complete)
+            ownership = None
+            if config.storage.backend == "jetstream":
+                # Several daemons may share the JetStream: deliver what we hold leases of.
+                from ..storage.jetstream.store import JetStreamStore
+                from .ownership import Ownership
+
+                assert isinstance(store, JetStreamStore)
+                with _starting(f"keep the instance token in {config.data_dir}"):
+                    token = _instance_token(config.data_dir)
+                ownership = Ownership(store, changes, config.jetstream.instance_name(),
+                                      config.jetstream.lease_ttl, token=token)
+            supervisor = Supervisor(env, store, changes, on_completed=service.complete,
+                                    leases=ownership)
+            if ownership is not None:
+                ownership.sink_running = supervisor.sink_running
+                await tg.start(ownership.run)
+                # Runs after the supervisor's shutdown (the stack unwinds in reverse):
+                # sinks flush under their leases, then the leases go to the others.
+                stack.push_async_callback(ownership.close)
             await tg.start(supervisor.run)
             stack.push_async_callback(supervisor.shutdown)
             tg.start_soon(service.run_janitor, name="janitor")
-            sampler = StatusSampler(store, supervisor, config)
+            sampler = StatusSampler(store, supervisor, config, ownership=ownership)
+            if ownership is not None:
+                from .cluster import LocalReport
+
+                ownership.status_source = LocalReport(store, supervisor, ownership)
             metrics = DaemonMetrics(store, supervisor, sampler, IngestStats(), readiness)
 
             runner = DaemonRunner(

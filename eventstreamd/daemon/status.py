@@ -33,6 +33,10 @@ Decisions:
   store last saw (it answers integrations, cursors and counts from memory
   then) and skips the age of the oldest undelivered event, which would wait
   for NATS.
+- Several daemons on one JetStream (`cluster.py`): `cluster` lists every
+  daemon and what it owns, each integration names its `owner`, and the live
+  figures of an integration another daemon delivers come from that daemon's
+  announcement. With LMDB `cluster` is null and there is no `owner`.
 - Nothing here names a sink type: the target is the sink's own one-line
   description (`TargetParams.describe`), and what a sink buffers comes from
   its typed `PipelineStatus`. `s3_open_file_bytes` and `s3_open_file_age`
@@ -46,14 +50,18 @@ import os
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .. import __version__
 from ..config import Config
 from ..model import Integration
 from ..sinks.registry import sink_type
 from ..storage.base import Store
+from .cluster import cluster_section, remote_figures
 from .supervisor import SinkStatus
+
+if TYPE_CHECKING:
+    from .ownership import Ownership
 
 HISTORY = 30  # samples kept per rate (30 s of sparkline at the default 1 s interval)
 FAILING_WINDOW = 15.0  # seconds
@@ -88,8 +96,10 @@ def _rate(delta: float, seconds: float) -> float:
 
 class StatusSampler:
     def __init__(self, store: Store, sinks: SinkStatusSource, config: Config, *,
-                 clock: Callable[[], float] = time.time, history: int = HISTORY) -> None:
+                 clock: Callable[[], float] = time.time, history: int = HISTORY,
+                 ownership: Ownership | None = None) -> None:
         self.store = store
+        self.ownership = ownership
         self.sinks = sinks
         self.config = config
         self.clock = clock
@@ -145,13 +155,21 @@ class StatusSampler:
             "ingest_rate": self._ingest_rate,
             "ingest_history": list(self._ingest_history),
             "integrations": [await self._integration(i, head, now) for i in integrations],
+            "cluster": (cluster_section(self.ownership, now)
+                        if self.ownership is not None else None),
         }
 
     async def _integration(self, integration: Integration, head: int,
                            now: float) -> dict[str, Any]:
         integration_id = integration.id
         sink = self.sinks.sink_status(integration_id)
-        cursor = ((sink.cursor if sink else None)
+        owner: str | None = None
+        remote: dict[str, Any] = {}
+        if self.ownership is not None:
+            owner = self.ownership.owners().get(integration_id)
+            if sink is None and owner is not None and owner != self.ownership.instance:
+                remote = remote_figures(self.ownership).get(integration_id, (owner, {}))[1]
+        cursor = ((sink.cursor if sink else None) or remote.get("cursor")
                   or await self.store.get_cursor(integration_id) or head + 1)
         lag_events = max(0, head - cursor + 1)
         lag_seconds = None
@@ -179,14 +197,15 @@ class StatusSampler:
             "cursor": cursor,
             "lag_events": lag_events,
             "lag_seconds": lag_seconds,
-            "delivered": stats.delivered if stats else None,
-            "delivered_rate": self._rates.get(integration_id, 0.0),
+            "delivered": stats.delivered if stats else remote.get("delivered"),
+            "delivered_rate": (float(remote.get("delivered_rate") or 0.0) if remote
+                               else self._rates.get(integration_id, 0.0)),
             "delivered_history": list(self._histories.get(integration_id, ())),
             "failures": stats.failures if stats else None,
             "last_error": stats.last_error if stats else None,
             "last_error_cause": stats.last_cause if stats else None,
             "last_error_age": round(now - last_error_at, 1) if last_error_at else None,
-            "in_flight": pipeline.in_flight if pipeline else None,
+            "in_flight": pipeline.in_flight if pipeline else remote.get("in_flight"),
             "crashes": sink.crashes if sink else None,
             "restart_in": sink.restart_in if sink else None,
             "rejected_events": await self.store.count_rejected(integration_id),
@@ -194,4 +213,5 @@ class StatusSampler:
             "buffered_age": buffered_age,
             "s3_open_file_bytes": buffered,
             "s3_open_file_age": buffered_age,
+            **({"owner": owner} if self.ownership is not None else {}),
         }

@@ -10,7 +10,10 @@ Decisions:
   complete it (`on_completed`). What a sink is made of comes from the sink
   type's registry entry (`sinks/registry.py`); no sink type is named here.
 - A sink is restarted when its delivery settings change (target, filter,
-  dates); status flips start and stop it. Stopping is graceful (see
+  dates); status flips start and stop it. With several daemons on one
+  JetStream (`leases` given, `ownership.py`) a sink runs only while this
+  daemon holds the integration's lease, under that lease's fence; losing or
+  giving up the lease stops it, a new claim restarts it. Stopping is graceful (see
   `SinkLoop`) and runs in the background so one slow stop never delays
   another integration.
 - A sink that crashes is logged with its traceback, recorded in the
@@ -35,12 +38,12 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from ..logs import kv
 from ..model import Integration, LogEntry
-from ..sinks.base import PipelineStatus, SinkEnv, SinkStats
+from ..sinks.base import LeaseHold, PipelineStatus, SinkEnv, SinkStats
 from ..sinks.loop import SinkLoop
 from ..sinks.registry import sink_type
 from ..storage.base import Store
 from ..timeutil import now_iso
-from .contracts import ChangeFeed
+from .contracts import ChangeFeed, Leases
 
 log = logging.getLogger("eventstreamd.supervisor")
 
@@ -86,8 +89,9 @@ class SinkStatus:
 class Supervisor:
     def __init__(self, env: SinkEnv, store: Store, changes: ChangeFeed,
                  on_completed: Callable[[Integration], Awaitable[bool]],
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, leases: Leases | None = None) -> None:
         self.env = env
+        self.leases = leases
         self.config = env.config
         self.store = store
         self.changes = changes
@@ -147,17 +151,19 @@ class Supervisor:
             return
         integration = await self.store.get_integration(integration_id)
         handle = self.handles.get(integration_id)
-        wanted = integration is not None and integration.running
+        lease = self._lease(integration_id)
+        wanted = (integration is not None and integration.running
+                  and (self.leases is None or lease is not None))
         if handle is not None:
             if handle.stop_requested:
                 return  # its end marks the id changed again, and we look once more then
-            if not wanted or handle.settings != integration.delivery_settings():  # type: ignore[union-attr]
+            if not wanted or handle.settings != _settings(integration, lease):  # type: ignore[arg-type]
                 assert self._tg is not None
                 self._tg.start_soon(self._stop_sink, handle, name=f"stop:{integration_id}")
             return
         if wanted:
             assert integration is not None and self._tg is not None
-            handle = SinkHandle(integration_id, integration.delivery_settings())
+            handle = SinkHandle(integration_id, _settings(integration, lease))
             self.handles[integration_id] = handle
             self._tg.start_soon(self._supervise, handle, name=f"sink:{integration_id}")
 
@@ -178,10 +184,11 @@ class Supervisor:
             with handle.scope:
                 while not handle.stop_requested:
                     integration = await self.store.get_integration(integration_id)
-                    if integration is None:
-                        return
+                    lease = self._lease(integration_id)
+                    if integration is None or _settings(integration, lease) != handle.settings:
+                        return  # gone, changed, or its lease lost: reconciled again below
                     try:
-                        handle.loop = self._build_loop(integration, handle.stats)
+                        handle.loop = self._build_loop(integration, handle.stats, lease)
                         if handle.stop_requested:
                             return
                         log.info("sink started", extra=kv(integration=integration_id))
@@ -219,15 +226,23 @@ class Supervisor:
         log.error("sink crashed", exc_info=exc, extra=kv(
             integration=integration.id, restart_in=delay))
         with contextlib.suppress(Exception):
-            await self.store.add_log(integration.fence(),
+            lease = handle.loop.lease if handle.loop is not None else None
+            await self.store.add_log(integration.fence(lease.seq if lease else None),
                                      LogEntry(now_iso(), "sink_crashed", reason))
         with anyio.move_on_after(delay):
             await handle.stop_event.wait()
         handle.restart_at = None
 
-    def _build_loop(self, integration: Integration, stats: SinkStats) -> SinkLoop:
+    def _lease(self, integration_id: str) -> LeaseHold | None:
+        return self.leases.lease(integration_id) if self.leases is not None else None
+
+    def sink_running(self, integration_id: str) -> bool:
+        return integration_id in self.handles
+
+    def _build_loop(self, integration: Integration, stats: SinkStats,
+                    lease: LeaseHold | None = None) -> SinkLoop:
         kind = sink_type(integration.kind)
-        return SinkLoop(store=self.store, integration=integration,
+        return SinkLoop(store=self.store, integration=integration, lease=lease,
                         pipeline=kind.build(self.env, integration),
                         stop_grace=kind.stop_grace(self.config), clock=self.clock, stats=stats,
                         cursor_every=self.config.delivery.cursor_every,
@@ -248,6 +263,12 @@ class Supervisor:
             cursor=(loop.durable_cursor or None) if loop is not None else None,
             pipeline=loop.pipeline.status() if loop is not None else PipelineStatus(),
         )
+
+
+def _settings(integration: Integration, lease: LeaseHold | None) -> tuple[Any, ...]:
+    """What a running sink was built from: a change restarts it (a new claim too, so the
+    sink's fences name the lease it runs under)."""
+    return (*integration.delivery_settings(), lease.seq if lease is not None else None)
 
 
 def _leaf(exc: BaseException) -> BaseException:

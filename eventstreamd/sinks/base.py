@@ -104,6 +104,17 @@ class PipelineStatus:
     uploads: int | None = None
 
 
+class LeaseHold(Protocol):
+    """An integration's lease as its sink sees it (several daemons on one JetStream): the
+    claim its fenced writes name, and whether its holder may still act on it by its own
+    clock (daemon/ownership.py)."""
+
+    @property
+    def seq(self) -> int: ...
+
+    def valid(self) -> bool: ...
+
+
 class SinkContext(Protocol):
     """What a pipeline may do besides delivering."""
 
@@ -133,6 +144,11 @@ class SinkContext(Protocol):
 
     async def sleep_unless_stopping(self, delay: float) -> bool:
         """Sleep up to `delay`; True when the sink is stopping."""
+        ...
+
+    def may_deliver(self) -> bool:
+        """Asked right before every delivery attempt: False (and the sink stops) when the
+        integration's lease is no longer this daemon's to act on; always True without."""
         ...
 
     async def add_log(self, action: str, reason: str) -> None: ...

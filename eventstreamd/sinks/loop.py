@@ -25,8 +25,10 @@ Decisions:
   log is drained and `ends_at` has passed).
 - Every write a sink makes (cursor, logs, rejected events, its own state)
   carries the integration's `Fence`: a sink finishing after a DELETE never
-  writes into a new integration that reuses the id. A refused write stops
-  the sink.
+  writes into a new integration that reuses the id, nor a daemon that lost
+  the integration's lease (several daemons on one JetStream) after another
+  claimed it. A refused write stops the sink; so does a lease past its
+  holder's own deadline, before the next delivery attempt (`may_deliver`).
 - Stop: nothing new is handed on; the pipeline finishes what it can within
   the grace period (requests in flight, an open file's upload), the cursor is
   flushed, and whatever did not finish stays after the cursor for next time.
@@ -51,7 +53,7 @@ from ..logs import kv
 from ..model import Fence, Integration, LogEntry, RejectedEvent, StoredEvent
 from ..storage.base import Store, StoreFull
 from ..timeutil import now_iso, parse_rfc3339, to_ms
-from .base import Clock, Outcome, Pipeline, SinkStats
+from .base import Clock, LeaseHold, Outcome, Pipeline, SinkStats
 from .filters import EventFilter
 
 log = logging.getLogger("eventstreamd.sink")
@@ -85,12 +87,13 @@ def resume_position(cursor: int, head: int, stopped_at_ms: int | None, now_ms: i
 class SinkLoop:
     def __init__(self, *, store: Store, integration: Integration, pipeline: Pipeline,
                  stop_grace: float, clock: Clock = time.time,
-                 stats: SinkStats | None = None, lease: int | None = None,
+                 stats: SinkStats | None = None, lease: LeaseHold | None = None,
                  cursor_every: int = 1000, cursor_interval: float = 0.2) -> None:
         self.store = store
         self._integration = integration
         self.integration_id = integration.id
-        self.fence: Fence = integration.fence(lease)
+        self.lease = lease
+        self.fence: Fence = integration.fence(lease.seq if lease is not None else None)
         self.pipeline = pipeline
         self._stop_grace = stop_grace
         self._clock = clock
@@ -143,6 +146,15 @@ class SinkLoop:
             await self._stopping.wait()
         return self._stopping.is_set()
 
+    def may_deliver(self) -> bool:
+        if self.lease is None or self.lease.valid():
+            return True
+        if not self._stopping.is_set():
+            log.warning("lease expired before it was renewed; the sink stops delivering",
+                        extra=kv(integration=self.integration_id))
+            self.request_stop()
+        return False
+
     async def add_log(self, action: str, reason: str) -> None:
         """An integration log entry; one that cannot be kept because the store is full is
         dropped with a warning (better than stalling delivery while space is freed)."""
@@ -180,7 +192,7 @@ class SinkLoop:
     async def _held(self, written: bool) -> bool:
         """A fenced write's outcome: when refused, the integration is no longer ours."""
         if not written and not self._stopping.is_set():
-            log.info("integration gone or replaced; its sink stops",
+            log.info("integration gone or replaced, or its lease lost; its sink stops",
                      extra=kv(integration=self.integration_id))
             self.request_stop()
         return written

@@ -9,7 +9,10 @@ Decisions:
   (`Request to URL <url> failed. Reason: <cause> (HTTP status code <code>).
   Payload: <what was sent, shortened>`), and waits: exponential backoff with
   full jitter, `Retry-After` honoured as a lower bound ("0" must not become a
-  tight loop). A stop request ends the wait and the loop (`None`).
+  tight loop). A stop request ends the wait and the loop (`None`); so does a
+  lease this daemon can no longer count on, checked before every attempt
+  (`SinkContext.may_deliver`), so a daemon that was frozen past its lease
+  sends nothing once it runs again.
 - After a run of failures, the attempt that succeeds logs one INFO line saying
   the target recovered and after how many attempts.
 """
@@ -63,6 +66,8 @@ async def retry_until_stopped(ctx: SinkContext, attempt: Callable[[], Awaitable[
     """Run `attempt` until it returns something other than a Failure; None if stopped."""
     failures = 0
     while True:
+        if not ctx.may_deliver():  # a lease lost (or past its deadline): not ours to send
+            return None
         result = await attempt()
         if not isinstance(result, Failure):
             if failures:

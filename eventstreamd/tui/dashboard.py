@@ -10,6 +10,9 @@ Decisions:
   symbol); lag and age take the same colour when they are the problem.
   While the daemon is unreachable the verdicts are stale: the cell says
   "? no data" instead of a state that may no longer hold.
+- With several daemons on one JetStream the id cell names the daemon that
+  delivers it (`@d1`) and the summary's second line lists the daemons (this
+  one starred), what each delivers and how fast.
 - The target is the sink's own description (host:port/path, `s3://bucket/
   prefix`), wide enough to tell two receivers on one host apart; the last
   error column shows its cause (the full seed reason is on the details
@@ -57,8 +60,9 @@ def row_cells(item: dict[str, Any], stale: bool = False) -> list[Any]:
     health = item.get("health")
     alert = fmt.health_style(health) if health in ("lagging", "failing") else ""
     rejected = item.get("rejected_events") or 0
+    owner = item.get("owner")  # several daemons on one JetStream: who delivers it
     return [
-        item["id"],
+        Text.assemble(item["id"], (f" @{owner}", "dim")) if owner else item["id"],
         item.get("kind", ""),
         fmt.STALE if stale else fmt.health_text(health),
         fmt.shorten(item.get("target"), TARGET_WIDTH),
@@ -82,10 +86,25 @@ def summary(snapshot: dict[str, Any]) -> str:
         counts[item.get("health", "?")] = counts.get(item.get("health", "?"), 0) + 1
     states = ", ".join(f"{n} {fmt.HEALTH.get(h, (h,))[0].split()[-1]}"
                        for h, n in sorted(counts.items()))
-    return (f"head {fmt.count(snapshot.get('head'))}  ·  "
+    line = (f"head {fmt.count(snapshot.get('head'))}  ·  "
             f"ingest {fmt.rate(snapshot.get('ingest_rate'))}  ·  "
             f"{len(items)} integration{'s' if len(items) != 1 else ''}"
             + (f" ({states})" if states else ""))
+    cluster = snapshot.get("cluster")
+    if cluster:
+        line += "\n" + cluster_line(cluster)
+    return line
+
+
+def cluster_line(cluster: dict[str, Any]) -> str:
+    """Every daemon sharing the JetStream: which one this is, how many it delivers."""
+    parts = []
+    for entry in cluster.get("instances") or []:
+        name = entry["instance"] + ("*" if entry.get("this") else "")
+        state = "" if entry.get("live") else " gone"
+        parts.append(f"{name} {len(entry.get('owns') or [])} integ. "
+                     f"{fmt.rate(entry.get('delivered_rate'))}{state}")
+    return "cluster: " + ("  ·  ".join(parts) if parts else "(no daemon announced yet)")
 
 
 class DashboardScreen(Screen[None]):

@@ -107,3 +107,42 @@ class NatsServer:
     def remove(self) -> None:
         self.stop()
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+class NatsCluster:
+    """Three (or `size`) nats-server nodes routed into one JetStream cluster on loopback,
+    each with its own `server_name`, store dir and cluster port; `start()` returns once
+    every node is ready (the meta leader may still be being elected: see `wait_jetstream`)."""
+
+    def __init__(self, root: Path, size: int = 3, name: str = "esd") -> None:
+        cluster_ports = [free_port() for _ in range(size)]
+        routes = ", ".join(f"nats-route://127.0.0.1:{p}" for p in cluster_ports)
+        self.nodes = [
+            NatsServer(root / f"n{i}", extra=(
+                f"server_name: n{i}\n"
+                f"cluster {{\n  name: {name}\n  listen: 127.0.0.1:{cluster_ports[i]}\n"
+                f"  routes: [{routes}]\n}}\n"))
+            for i in range(size)]
+
+    @property
+    def urls(self) -> list[str]:
+        return [node.url for node in self.nodes]
+
+    def start(self) -> NatsCluster:
+        for node in self.nodes:
+            node.start()
+        return self
+
+    def wait_jetstream(self, timeout: float = 30.0) -> None:
+        """Until the cluster's JetStream answers (a meta leader is elected)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if all("new metadata leader" in n.log() or "Self is new JetStream cluster "
+                   "metadata leader" in n.log() for n in self.nodes):
+                return
+            time.sleep(0.1)
+        raise RuntimeError("the JetStream cluster elected no metadata leader in time")
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()

@@ -37,8 +37,9 @@ bench/README.md:
   ("no responders") for the 6-10 s of the election, then on; nothing
   acknowledged lost, nothing delivered twice.
 
-Not done here (issue 16): several daemons sharing one prefix would each
-deliver every integration; leases plug into `StateStore._fence_headers`.
+Several daemons sharing one prefix share the integrations out through
+leases (`lease.py`, used by `daemon/ownership.py`); the lease fences plug
+into `StateStore._fence_headers`.
 """
 
 from .store import JetStreamStore

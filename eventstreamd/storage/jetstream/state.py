@@ -34,10 +34,12 @@ Decisions:
   A mismatch is re-checked before it counts (in a cluster JetStream also
   refuses an expectation on a subject another in-flight batch checks), and
   fenced writes of one integration are serialised in the process.
-  Issue 16 (leases): a `Fence.lease` names the sequence of a lease message
-  on `lease.<id>` (written per incarnation, so it implies the marker);
-  fenced writes then expect that subject instead — the hook is
-  `_fence_headers`, nothing else changes.
+  Leases (issue 16, `lease.py`): a `Fence.lease` names the sequence of the
+  claim message on `lease.<id>` (a claim is made for one incarnation and a
+  delete tombstones the subject, so it implies the marker); fenced writes
+  then expect that subject instead (`_fence_headers`), and a mismatch that
+  the re-check confirms (the lease moved: claimed by another daemon,
+  released, deleted) answers False at once instead of retrying.
 - Delete: one batch tombstones the record, the marker, the rejected index
   and the lease subject and drops the id from the index (CAS on record and index); then the
   integration's subjects are purged up to that batch (`seq` bound, so a new
@@ -398,6 +400,10 @@ class StateStore:
         self._markers[fence.integration_id] = (fence.incarnation, entry.seq)
         return entry.seq
 
+    async def _lease_holds(self, fence: Fence) -> bool:
+        entry = await self._last(self._subject("lease", fence.integration_id))
+        return entry is not None and not entry.deleted and entry.seq == fence.lease
+
     def _fence_headers(self, fence: Fence, marker: int) -> dict[str, str]:
         if fence.lease is not None:  # issue 16: the lease message implies the incarnation
             return _expect(fence.lease, self._subject("lease", fence.integration_id))
@@ -423,6 +429,8 @@ class StateStore:
                     # The marker moved (deleted, re-created), or another check in flight
                     # (cluster), or what `build` compared changed: look again.
                     self._markers.pop(fence.integration_id, None)
+                    if fence.lease is not None and not await self._lease_holds(fence):
+                        return None  # claimed by another daemon, released, or deleted
                     await _backoff(attempt)
         raise StoreUnavailable("a delivery write kept conflicting; try again")
 

@@ -45,6 +45,7 @@ from ...model import Fence, Integration, LogEntry, NewEvent, RejectedEvent, Stor
 from ..base import StoreHealth, StoreStats, StoreUnavailable, Transition
 from .client import JsApiError, JsClient, NotSent, Unknown
 from .events import EventLog
+from .lease import LeaseBook
 from .state import StateStore
 
 log = logging.getLogger("eventstreamd.jetstream")
@@ -64,6 +65,7 @@ class JetStreamStore:
         self.state = StateStore(self.client, js.prefix, js.replicas,
                                 log_entries=config.limits.log_entries,
                                 rejected_events=config.limits.rejected_events)
+        self.leases = LeaseBook(self.state)  # several daemons: daemon/ownership.py
         self._tg: TaskGroup | None = None
         self._closing = False
         # The last values seen: what supervision and status show while NATS is away.
@@ -76,10 +78,7 @@ class JetStreamStore:
     async def __aenter__(self) -> JetStreamStore:
         await self.client.connect()
         try:
-            await self.events.open()
-            await self.state.open()
-            for integration in await self.state.list_integrations():
-                self._records[integration.id] = integration
+            await self._open_streams()
         except JsApiError as exc:
             await self.client.close()
             raise StoreUnavailable(
@@ -98,6 +97,27 @@ class JetStreamStore:
         await self._tg.start(self.events.run_writer)
         self._tg.start_soon(self.events.watch_head)
         return self
+
+    async def _open_streams(self) -> None:
+        """Create or check both streams and read the integrations. A stream that was
+        just created (by this daemon or another one starting beside it) may not answer
+        its first reads yet on a cluster (replicas still electing, direct-get
+        responders not up): such answers, which carry no JetStream error code, are
+        retried within `connect_timeout`; a refused setting fails at once, and no
+        answer at all means JetStream is not enabled (the caller says so)."""
+        deadline = time.monotonic() + self.client.config.connect_timeout
+        while True:
+            try:
+                await self.events.open()
+                await self.state.open()
+                for integration in await self.state.list_integrations():
+                    self._records[integration.id] = integration
+                return
+            except JsApiError as exc:
+                if exc.err_code != 0 or time.monotonic() >= deadline:
+                    raise
+                log.info("streams not ready yet; trying again", extra=kv(error=str(exc)))
+                await anyio.sleep(RETRY_PAUSE)
 
     async def __aexit__(self, exc_type: type[BaseException] | None,
                         exc: BaseException | None, tb: TracebackType | None) -> None:

@@ -1,0 +1,248 @@
+"""Leases: which daemon delivers which integration, when several share one JetStream.
+
+Decisions:
+- Where: in the state stream, not in a KV bucket of their own. A KV bucket
+  is a stream too, but fenced writes must be able to say "the lease is still
+  the one I claimed" in the same atomic batch as the cursor, the log line or
+  the rejected event they write, and a JetStream batch (and a subject-sequence
+  expectation) cannot reach into another stream. So an integration's lease is
+  the subject `lease.<id>` next to its `cur.<id>`, `log.<id>` ... and the
+  store's existing fence hook (`state.py`, `_fence_headers`) expects it.
+- Two subjects per integration: `lease.<id>` changes only when the ownership
+  changes (a claim or a release), `renew.<id>` takes the holder's renewals.
+  A fence names the *claim's* sequence, so it stays valid for the whole
+  ownership however often the holder renews (a fence that moved with every
+  renewal would race each cursor write against the next renewal). A renewal
+  is written to `renew.<id>` expecting `lease.<id>` still at the claim's
+  sequence, so a holder learns it lost the lease at its next renewal; a
+  claim writes both subjects in one batch, expecting each at what the
+  claimant saw, so a renewal landing just before a claim makes the claim
+  fail (the holder was alive after all).
+- Expiry by observation, not by time stamps: a claimant may take a lease
+  when neither subject changed for `lease_ttl` on its *own* monotonic
+  clock, counted from when it first saw their current sequences. No two
+  clocks are compared (hosts may disagree on the wall time by seconds; the
+  server's time stamp and the claimant's clock are different clocks too);
+  the price is that a daemon that has just started waits a full TTL before
+  it takes over leases it found, even if their holder died long ago. The
+  holder, for its part, treats its lease as gone at `renew start + ttl -
+  margin` on its monotonic clock (`Holding.valid`): every renewal the
+  claimant saw was started before it was committed, so the holder's
+  deadline always comes before the claimant's — a SIGSTOPped or cut-off
+  holder is past its deadline the moment it runs again, and stops before
+  delivering (sinks check `valid()` before each attempt; the fence stops any
+  write once the lease is claimed).
+- A lease whose holder is the claimant itself (it lost the lease locally,
+  e.g. NATS was away past its deadline), or a predecessor on the same data
+  dir (the lease's `token` is the data dir's, `{data_dir}/instance_token`,
+  and the data dir is locked by one live daemon at a time: so a daemon
+  restarted after a SIGKILL resumes at once instead of after a TTL), or
+  that was released (holder "") or tombstoned (the integration was
+  deleted) may be claimed at once; the claim still moves `lease.<id>`, so
+  writes of the old run fail.
+- Instances announce themselves on `inst.<name>` (newest message only)
+  with their status, once a second; the same observation rule tells the live
+  from the dead. A clean stop tombstones the announcement; announcements a
+  server time stamp shows to be an hour older than the newest are purged.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from ...logs import kv
+from ..base import StoreUnavailable
+from .client import SEQUENCE, TIME_STAMP, JsApiError, Out
+from .state import DELETED, OP, ROLL, Conflict, StateStore, _expect, _token
+
+log = logging.getLogger("eventstreamd.jetstream.lease")
+
+STALE_ANNOUNCEMENT = 3600.0  # seconds (server time) after which a dead instance's entry goes
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseSeen:
+    """An integration's lease as read: the sequences of both subjects and the holder."""
+
+    integration_id: str
+    lease_seq: int  # last message on lease.<id> (0: none)
+    renew_seq: int  # last message on renew.<id> (0: none)
+    holder: str  # "" when free (never claimed, released, or deleted)
+    token: str = ""  # the holder's data dir token (see `claim`)
+
+    @property
+    def key(self) -> tuple[int, int]:
+        return (self.lease_seq, self.renew_seq)
+
+
+@dataclass(frozen=True, slots=True)
+class Announcement:
+    instance: str
+    seq: int
+    deleted: bool
+    server_time: float  # seconds since the epoch, by the server's clock
+    status: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    leases: dict[str, LeaseSeen]
+    instances: dict[str, Announcement]
+
+
+def _server_time(headers: dict[str, str]) -> float:
+    stamp = headers.get(TIME_STAMP)
+    if not stamp:
+        return 0.0
+    try:  # RFC 3339 with nanoseconds: keep microseconds for fromisoformat
+        head, _, rest = stamp.partition(".")
+        frac = "".join(c for c in rest if c.isdigit())[:6]
+        zone = rest[len("".join(c for c in rest if c.isdigit())):] or "Z"
+        text = f"{head}.{frac or '0'}{'+00:00' if zone in ('Z', '') else zone}"
+        return datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        return 0.0
+
+
+class LeaseBook:
+    """The lease and announcement operations, on the state stream."""
+
+    def __init__(self, state: StateStore) -> None:
+        self.state = state
+        self.client = state.client
+
+    def _subject(self, kind: str, name: str) -> str:
+        return f"{self.state.base}.{kind}.{name}"
+
+    async def _multi_last(self, kind: str) -> list[Any]:
+        return await self.client.direct_batch(
+            self.state.stream, {"multi_last": [self._subject(kind, "*")]})
+
+    # ---------------------------------------------------------------- reading
+
+    async def snapshot(self) -> Snapshot:
+        renews: dict[str, int] = {}
+        for msg in await self._multi_last("renew"):
+            headers = msg.headers or {}
+            renews[str(headers.get("Nats-Subject", "")).rpartition(".")[2]] = \
+                int(headers[SEQUENCE])
+        leases: dict[str, LeaseSeen] = {}
+        for msg in await self._multi_last("lease"):
+            headers = msg.headers or {}
+            integration_id = str(headers.get("Nats-Subject", "")).rpartition(".")[2]
+            seq = int(headers[SEQUENCE])
+            body: dict[str, Any] = {}
+            if headers.get(OP) != DELETED and msg.data:
+                body = orjson.loads(msg.data)
+            leases[integration_id] = LeaseSeen(
+                integration_id, seq, renews.get(integration_id, 0),
+                str(body.get("holder", "")), str(body.get("token", "")))
+        for integration_id, renew_seq in renews.items():  # a renew without a lease message
+            leases.setdefault(integration_id, LeaseSeen(integration_id, 0, renew_seq, ""))
+        instances: dict[str, Announcement] = {}
+        for msg in await self._multi_last("inst"):
+            headers = msg.headers or {}
+            name = str(headers.get("Nats-Subject", "")).rpartition(".")[2]
+            deleted = headers.get(OP) == DELETED or not msg.data
+            status: dict[str, Any] = {} if deleted else orjson.loads(msg.data)
+            instances[name] = Announcement(name, int(headers[SEQUENCE]), deleted,
+                                           _server_time(headers), status)
+        return Snapshot(leases, instances)
+
+    def free(self, integration_id: str) -> LeaseSeen:
+        return LeaseSeen(integration_id, 0, 0, "")
+
+    # ------------------------------------------------------------ ownership
+
+    async def claim(self, seen: LeaseSeen, instance: str, incarnation: str,
+                    token: str = "") -> int | None:
+        """Take the lease if both subjects are still where `seen` found them; the claim's
+        sequence (what fences name), or None when someone else moved first. `token`
+        names the claimant's data dir, which one live daemon at a time can hold."""
+        if not _token(seen.integration_id):
+            return None
+        body = orjson.dumps({"holder": instance, "token": token, "incarnation": incarnation,
+                             "claimed_at": time.time()})
+        messages = [
+            Out(self._subject("lease", seen.integration_id), body,
+                {**ROLL, **_expect(seen.lease_seq)}),
+            Out(self._subject("renew", seen.integration_id), orjson.dumps({"holder": instance}),
+                {**ROLL, **_expect(seen.renew_seq)}),
+        ]
+        try:
+            ack = await self.state._commit(messages)
+        except Conflict:
+            return None
+        return ack.first
+
+    async def renew(self, integration_id: str, claim: int, instance: str) -> bool:
+        """False when the lease is no longer the claim (taken, released or deleted)."""
+        try:
+            await self.state._commit([Out(
+                self._subject("renew", integration_id), orjson.dumps({"holder": instance}),
+                {**ROLL, **_expect(claim, self._subject("lease", integration_id))})])
+        except Conflict:
+            return False
+        return True
+
+    async def release(self, integration_id: str, claim: int) -> bool:
+        """Give the lease up (holder ""): others may claim it at once. False when it was
+        not ours any more."""
+        try:
+            await self.state._commit([Out(
+                self._subject("lease", integration_id), orjson.dumps({"holder": ""}),
+                {**ROLL, **_expect(claim)})])
+        except Conflict:
+            return False
+        return True
+
+    async def holds(self, integration_id: str, claim: int) -> bool:
+        """Whether `lease.<id>` still stands at the claim (a fence's re-check)."""
+        entry = await self.state._last(self._subject("lease", integration_id))
+        return entry is not None and entry.seq == claim and not entry.deleted
+
+    async def watch(self, callback: Callable[[], None]) -> None:
+        """`callback()` whenever an integration record or a lease subject is written (by
+        any daemon). Plain NATS subscribers see what a stream captures, batch members
+        included, even of a batch that then fails: a hint to look again, no more."""
+        async def seen(_msg: Any) -> None:
+            callback()
+
+        for kind in ("int", "lease"):
+            await self.client.nc.subscribe(self._subject(kind, "*"), cb=seen)
+
+    # ---------------------------------------------------------- announcements
+
+    async def announce(self, instance: str, status: dict[str, Any],
+                       after: int | None = None) -> tuple[int, bool]:
+        """Write the announcement; (its sequence, whether someone else had written under
+        this name since our announcement `after`)."""
+        subject, data = self._subject("inst", instance), orjson.dumps(status)
+        if after is not None:
+            try:
+                return (await self.state._commit([Out(subject, data,
+                                                      {**ROLL, **_expect(after)})])).seq, False
+            except Conflict:
+                pass
+        return (await self.state._commit([Out(subject, data, ROLL)])).seq, after is not None
+
+    async def retire(self, instance: str) -> None:
+        await self.state._commit([Out(self._subject("inst", instance), b"",
+                                      {**ROLL, OP: DELETED})])
+
+    async def forget(self, stale: Sequence[Announcement]) -> None:
+        """Purge announcements of instances long gone (SIGKILLed ones stay otherwise)."""
+        for entry in stale:
+            try:
+                await self.client.purge(self.state.stream, self._subject("inst", entry.instance),
+                                        entry.seq + 1)
+            except (StoreUnavailable, JsApiError) as exc:
+                log.debug("could not purge an old announcement",
+                          extra=kv(instance=entry.instance, error=str(exc)))
