@@ -674,35 +674,14 @@ def restart(ctx: Ctx) -> list[Row]:
     data_dir, info, starts_at = ctx.copy_template(scenario)
     port = free_port()
     receiver = ReceiverProc(ctx.children)
-    times: list[float] = []
-    stops: list[float] = []
     try:
         daemon = ctx.daemon(scenario, {"storage": {"data_dir": str(data_dir)},
                                        "server": {"port": port}})
         try:
-            for k in range(integrations):
-                daemon.create_webhook(f"restart-{k}", f"{receiver.url}/r/{k}", starts_at)
-            time.sleep(1.0)
             ctx.log(f"  {info['events']:,} events stored, {integrations} integrations behind; "
                     f"{restarts} restarts (SIGTERM, start, poll /healthz every 5ms)")
-            for _ in range(restarts):
-                stops.append(daemon.stop())
-                t0 = time.monotonic()
-                daemon.start(wait=False)
-                answered = None
-                for _ in ticks(30.0, 0.005):
-                    try:
-                        status, _ = http("GET", f"http://127.0.0.1:{port}/healthz", timeout=2)
-                    except OSError:
-                        continue
-                    if status == 200:
-                        answered = time.monotonic() - t0
-                        break
-                if answered is None:
-                    raise RuntimeError("/healthz did not answer within 30s after a restart")
-                times.append(answered)
-                daemon.wait_ready()
-                time.sleep(0.5)
+            times, stops = _timed_restarts(daemon, port, receiver.url, integrations,
+                                           starts_at, restarts)
         finally:
             daemon.stop()
     finally:
@@ -713,6 +692,37 @@ def restart(ctx: Ctx) -> list[Row]:
             f"graceful stops took {', '.join(f'{t:.2f}' for t in stops)} s; "
             f"interpreter + importing the daemon alone takes {floor:.2f} s")
     return [limit_row(scenario, "seconds until /healthz answers", "s", max(times), 1.5, note)]
+
+
+def _timed_restarts(daemon: BenchDaemon, port: int, receiver_url: str, integrations: int,
+                    starts_at: str, restarts: int) -> tuple[list[float], list[float]]:
+    """Create `integrations` webhooks behind the stored events, then `restarts` times:
+    SIGTERM, start, poll /healthz every 5 ms. Seconds until it answered, and how long
+    each graceful stop took."""
+    for k in range(integrations):
+        daemon.create_webhook(f"restart-{k}", f"{receiver_url}/r/{k}", starts_at)
+    time.sleep(1.0)
+    times: list[float] = []
+    stops: list[float] = []
+    for _ in range(restarts):
+        stops.append(daemon.stop())
+        t0 = time.monotonic()
+        daemon.start(wait=False)
+        answered = None
+        for _ in ticks(30.0, 0.005):
+            try:
+                status, _ = http("GET", f"http://127.0.0.1:{port}/healthz", timeout=2)
+            except OSError:
+                continue
+            if status == 200:
+                answered = time.monotonic() - t0
+                break
+        if answered is None:
+            raise RuntimeError("/healthz did not answer within 30s after a restart")
+        times.append(answered)
+        daemon.wait_ready()
+        time.sleep(0.5)
+    return times, stops
 
 
 def _import_floor(ctx: Ctx) -> float:
@@ -923,33 +933,13 @@ def js_restart(ctx: Ctx) -> list[Row]:
     ctx.run("js_fill", {"nats": ctx.nats().url, "prefix": settings["jetstream"]["prefix"],
                         "count": count}, timeout=900)
     receiver = ReceiverProc(ctx.children)
-    times: list[float] = []
     try:
         daemon = ctx.daemon(scenario, settings)
         try:
-            for k in range(integrations):
-                daemon.create_webhook(f"restart-{k}", f"{receiver.url}/r/{k}", starts_at)
-            time.sleep(1.0)
             ctx.log(f"  {count:,} events stored, {integrations} integrations behind; "
                     f"{restarts} restarts (SIGTERM, start, poll /healthz every 5ms)")
-            for _ in range(restarts):
-                daemon.stop()
-                t0 = time.monotonic()
-                daemon.start(wait=False)
-                answered = None
-                for _ in ticks(30.0, 0.005):
-                    try:
-                        status, _ = http("GET", f"http://127.0.0.1:{port}/healthz", timeout=2)
-                    except OSError:
-                        continue
-                    if status == 200:
-                        answered = time.monotonic() - t0
-                        break
-                if answered is None:
-                    raise RuntimeError("/healthz did not answer within 30s after a restart")
-                times.append(answered)
-                daemon.wait_ready()
-                time.sleep(0.5)
+            times, _ = _timed_restarts(daemon, port, receiver.url, integrations, starts_at,
+                                       restarts)
         finally:
             daemon.stop()
     finally:

@@ -139,6 +139,16 @@ def _ack(raw: bytes) -> Ack:
                bool(answer.get("duplicate", False)))
 
 
+def _found(msg: Msg) -> Msg | None:
+    """A DIRECT.GET answer: the message, None for "no such message", or the error."""
+    status = _status(msg)
+    if status is None:
+        return msg
+    if status == "404":
+        return None
+    raise JsApiError(int(status), 0, _description(msg))
+
+
 def _status(msg: Msg) -> str | None:
     return msg.headers.get(STATUS) if msg.headers else None
 
@@ -339,23 +349,11 @@ class JsClient:
 
     async def direct_last(self, stream: str, subject: str) -> Msg | None:
         """The newest message on `subject`, or None."""
-        msg = await self.request(f"{API}.DIRECT.GET.{stream}.{subject}")
-        status = _status(msg)
-        if status is None:
-            return msg
-        if status == "404":
-            return None
-        raise JsApiError(int(status), 0, _description(msg))
+        return _found(await self.request(f"{API}.DIRECT.GET.{stream}.{subject}"))
 
     async def direct_get(self, stream: str, request: dict[str, Any]) -> Msg | None:
         """One message by `seq` or `start_time`, or None."""
-        msg = await self.request(f"{API}.DIRECT.GET.{stream}", orjson.dumps(request))
-        status = _status(msg)
-        if status is None:
-            return msg
-        if status == "404":
-            return None
-        raise JsApiError(int(status), 0, _description(msg))
+        return _found(await self.request(f"{API}.DIRECT.GET.{stream}", orjson.dumps(request)))
 
     async def direct_batch(self, stream: str, request: dict[str, Any],
                            within: float | None = None) -> list[Msg]:
