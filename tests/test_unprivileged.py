@@ -43,8 +43,32 @@ def _as_service_user() -> list[str]:
     return ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups"]
 
 
+INSTALL = (Path(__file__).resolve().parent.parent, Path(sys.prefix))  # checkout, venv
+
+
 @pytest.fixture
-def service_dirs() -> Iterator[tuple[Path, Path]]:
+def traversable_install() -> Iterator[None]:
+    """A service's install is readable by its user; this checkout may sit in a
+    directory only root may enter (`git clone` into `mktemp -d`, mode 0700). As root,
+    let others traverse (x, not list) the checkout's and the venv's ancestors for the
+    test, and put each mode back after."""
+    changed: list[tuple[Path, int]] = []
+    if AS_ROOT:
+        for top in INSTALL:
+            for directory in (top, *top.parents):
+                mode = stat.S_IMODE(directory.stat().st_mode)
+                if not mode & stat.S_IXOTH and all(d != directory for d, _ in changed):
+                    os.chmod(directory, mode | stat.S_IXOTH)
+                    changed.append((directory, mode))
+    try:
+        yield
+    finally:
+        for directory, mode in reversed(changed):
+            os.chmod(directory, mode)
+
+
+@pytest.fixture
+def service_dirs(traversable_install: None) -> Iterator[tuple[Path, Path]]:
     """(config dir, data dir) under a directory every user may traverse; the data
     dir belongs to the service user and does not exist yet (the daemon creates it)."""
     base = Path(tempfile.mkdtemp(prefix="esd-service-", dir="/tmp"))
