@@ -296,6 +296,20 @@ async def test_fixed_snapshot_shows_every_state_and_refuses_actions() -> None:
         await until(pilot, lambda: "not connected" in app.last_message, "refused")
 
 
+async def test_a_snapshot_arriving_while_screens_are_torn_down_is_ignored() -> None:
+    # CI once saw this: a status push reached the dashboard while the app was
+    # closing and its widgets were already gone, and the lookup crashed the app.
+    app = DashboardApp(SOCKET_LABEL, snapshot=SNAPSHOT)
+    async with app.run_test(size=SIZE) as pilot:
+        app.push_screen(IntegrationScreen("returns-erp"))
+        await pilot.pause()
+        for screen in app.screen_stack:
+            await screen.remove_children()
+        app.apply_snapshot(SNAPSHOT)
+        app.link = ("disconnected", "✖ disconnected")  # redraws through the watcher
+        await pilot.pause()
+
+
 def test_formatting() -> None:
     assert fmt.age(None) == "-" and fmt.age(0.44) == "0.4s" and fmt.age(75) == "1m15s"
     assert fmt.age(7380) == "2h03m" and fmt.age(3 * 86400 + 3600) == "3d01h"

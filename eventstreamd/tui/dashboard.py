@@ -27,6 +27,7 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal
+from textual.css.query import NoMatches
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Sparkline, Static
 
@@ -150,13 +151,19 @@ class DashboardScreen(Screen[None]):
 
     def _link_changed(self, link: Any) -> None:
         if self.dashboard.snapshot is not None:
-            self._show(self.dashboard.snapshot)
+            self.show_snapshot(self.dashboard.snapshot)
 
     # ------------------------------------------------------------------ display
 
     def show_snapshot(self, snapshot: dict[str, Any]) -> None:
-        if self.is_mounted:  # else on_mount shows the app's latest snapshot
+        if not self.is_mounted:  # on_mount shows the app's latest snapshot
+            return
+        try:
             self._show(snapshot)
+        except NoMatches:
+            # A snapshot pushed while the screen's widgets are being torn down (the
+            # app is closing): there is nothing left to draw on.
+            pass
 
     def _show(self, snapshot: dict[str, Any]) -> None:
         self.query_one("#summary", Static).update(summary(snapshot))

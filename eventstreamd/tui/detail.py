@@ -22,6 +22,7 @@ from rich.table import Table
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
+from textual.css.query import NoMatches
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Label, Static
 
@@ -133,8 +134,12 @@ class IntegrationScreen(Screen[None]):
     # ------------------------------------------------------------------ display
 
     def show_snapshot(self, snapshot: dict[str, Any] | None) -> None:
-        if self.is_mounted:  # else on_mount shows the app's latest snapshot
+        if not self.is_mounted:  # on_mount shows the app's latest snapshot
+            return
+        try:
             self._show(snapshot)
+        except NoMatches:
+            pass  # the screen is being torn down (see DashboardScreen.show_snapshot)
 
     def _show(self, snapshot: dict[str, Any] | None) -> None:
         item = None
