@@ -9,6 +9,7 @@ moves a cursor and the cursors set at creation can be checked exactly.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -119,12 +120,15 @@ async def test_a_delivered_retry_removes_the_event(tmp_path: Path) -> None:
 
 
 async def test_a_failed_retry_is_502_and_keeps_the_event(tmp_path: Path) -> None:
-    receiver = await Receiver(lambda r, n: web.Response(status=400, text="still no")).start()
+    receiver = await Receiver(lambda r, n: web.Response(status=400, text="still no")
+                              if n == 1 else web.Response(status=503)).start()
     try:
         async with served(tmp_path) as (client, store, _):
             await call(client, "registerIntegration", "POST", BASE, 200, hook_to(receiver))
-            entry = rejected_entry(1)
+            entry = dataclasses.replace(rejected_entry(1), attempts=3)
             await add_rejected(store, "erp-1", entry)
+            newer = rejected_entry(2)
+            await add_rejected(store, "erp-1", newer)
 
             error = await call(client, "retryRejectedEvent", "POST",
                                retry_path("erp-1", entry.id), 502)
@@ -139,10 +143,26 @@ async def test_a_failed_retry_is_502_and_keeps_the_event(tmp_path: Path) -> None
             assert logs["entries"][0]["action"] == "rejected_event_retry_failed"
             assert "still no" in logs["entries"][0]["reason"]
 
+            async def shown() -> list[tuple[str, int | None, int | None, str]]:
+                listed = await call(client, "listRejectedEvents", "GET",
+                                    f"{BASE}/erp-1/rejected_events", 200)
+                return [(r["id"], r["attempts"], r["status"], r["reason"])
+                        for r in listed["rejected_events"]]
+
+            # The entry shows the latest try (one more attempt, its answer) and keeps its
+            # place in the list (newest rejection first).
+            assert await shown() == [
+                (newer.id, None, 400, "Bad Request"),
+                (entry.id, 4, 400, "the receiver rejected the event again (HTTP 400): "
+                                   "still no")]
+            await call(client, "retryRejectedEvent", "POST", retry_path("erp-1", entry.id), 502)
+            [_, (_, attempts, status, reason)] = await shown()
+            assert (attempts, status) == (5, 503) and "503" in reason
+
             # Unknown ids never reach the receiver.
             await call(client, "retryRejectedEvent", "POST", retry_path("erp-1", "nope"), 404)
             await call(client, "retryRejectedEvent", "POST", retry_path("nope", entry.id), 404)
-            assert len(receiver.requests) == 1
+            assert len(receiver.requests) == 2
     finally:
         await receiver.close()
 

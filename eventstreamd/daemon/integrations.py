@@ -33,7 +33,10 @@ Decisions:
 - A rejected event's `_retry` is one attempt through the sink type
   (`SinkType.retry_rejected`); its outcome is written fenced by the
   incarnation the retry started with, so a retry that finishes after the
-  integration was deleted and re-created leaves the new one alone.
+  integration was deleted and re-created leaves the new one alone. A retry
+  that reached the receiver and failed updates the entry in place (its
+  `attempts` grow by one, `reason` and `status` are the latest answer), so the
+  list shows what the last try got; one that could not be sent only logs.
 """
 
 from __future__ import annotations
@@ -465,14 +468,24 @@ class IntegrationService:
         fence = integration.fence()
         try:
             if not entry.deliverable:
-                raise DeliveryFailed(f"this event cannot be delivered: {entry.reason}")
+                raise DeliveryFailed(f"this event cannot be delivered: {entry.reason}",
+                                     attempted=False)
             if self.env is None:
-                raise DeliveryFailed("delivery is not running in this process")
+                raise DeliveryFailed("delivery is not running in this process",
+                                     attempted=False)
             await sink_type(integration.kind).retry_rejected(self.env, integration, entry)
         except DeliveryFailed as exc:
             reason = str(exc) or "the delivery failed"
-            await self._do(self.store.resolve_rejected(fence, None, LogEntry(
-                now_iso(), RETRY_FAILED, f"Retry of rejected event {event_id} failed: {reason}")))
+            log_entry = LogEntry(now_iso(), RETRY_FAILED,
+                                 f"Retry of rejected event {event_id} failed: {reason}")
+            if exc.attempted:
+                # The entry shows the latest attempt: its answer, and one more attempt.
+                tried = dataclasses.replace(
+                    entry, reason=reason, status=exc.status,
+                    attempts=None if entry.attempts is None else entry.attempts + 1)
+                await self._do(self.store.update_rejected(fence, tried, log_entry))
+            else:
+                await self._do(self.store.resolve_rejected(fence, None, log_entry))
             raise ApiError(502, "delivery_failed", reason) from None
         await self._do(self.store.resolve_rejected(fence, event_id, LogEntry(
             now_iso(), RETRIED, f"Rejected event {event_id} delivered on retry via API.")))

@@ -41,7 +41,14 @@ class StopDelivery(Exception):
 
 class DeliveryFailed(Exception):
     """A delivery attempt (a rejected event's retry) did not succeed; `str()` says why,
-    without secrets."""
+    without secrets. `attempted` is False when nothing was sent (the event cannot be);
+    `status` is the receiver's HTTP status when one answered."""
+
+    def __init__(self, reason: str, *, status: int | None = None,
+                 attempted: bool = True) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.attempted = attempted
 
 
 class TargetRefused(ValueError):

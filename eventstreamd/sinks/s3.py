@@ -590,7 +590,7 @@ async def retry_rejected(env: SinkEnv, integration: Integration,
     tenant = str(entry.extra.get("tenant") or _tenant_of(entry.body))
     if not valid_tenant(tenant):
         raise DeliveryFailed("this event cannot be delivered: its tenant cannot be part of "
-                             "an S3 key")
+                             "an S3 key", attempted=False)
     try:
         await upload_single(integration.target, env.config.s3.endpoint_url,
                             env.config.s3.timeout, tenant, entry.body)
@@ -598,7 +598,7 @@ async def retry_rejected(env: SinkEnv, integration: Integration,
         failure = describe_error(exc)
         code = f" (HTTP status code {failure.status})" if failure.status is not None else ""
         raise DeliveryFailed(f"upload to s3://{integration.target.bucket} failed: "
-                             f"{failure.cause}{code}") from None
+                             f"{failure.cause}{code}", status=failure.status) from None
 
 
 def _tenant_of(body: bytes) -> str:

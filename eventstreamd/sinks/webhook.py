@@ -373,12 +373,13 @@ async def retry_rejected(env: SinkEnv, integration: Integration,
     result = await client.attempt(entry.event_id, entry.body)
     if isinstance(result, Failure):
         code = f" (HTTP status code {result.status})" if result.status is not None else ""
-        raise DeliveryFailed(f"delivery failed: {result.cause}{code}")
+        raise DeliveryFailed(f"delivery failed: {result.cause}{code}", status=result.status)
     if result.outcome == "rejected":
         raise DeliveryFailed(f"the receiver rejected the event again (HTTP 400): "
-                             f"{result.cause}")
+                             f"{result.cause}", status=result.status)
     if result.outcome == "unsendable":
-        raise DeliveryFailed(f"this event cannot be delivered: {result.cause}")
+        raise DeliveryFailed(f"this event cannot be delivered: {result.cause}",
+                             attempted=False)
 
 
 SINK = SinkType(

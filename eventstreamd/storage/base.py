@@ -207,3 +207,9 @@ class Store(Protocol):
                                log: LogEntry) -> bool:
         """A retry's outcome: remove the entry (when delivered) and log, fenced."""
         ...
+
+    async def update_rejected(self, fence: Fence, entry: RejectedEvent, log: LogEntry) -> bool:
+        """A failed retry: replace the entry with `entry.id` where it stands in the list
+        (its attempts and reason are the retry's) and log, fenced. An entry deleted in
+        the meantime stays deleted; the log entry is written either way."""
+        ...

@@ -467,6 +467,17 @@ class LmdbStore:
 
         return await self._fenced(fence, job)
 
+    async def update_rejected(self, fence: Fence, entry: RejectedEvent, log: LogEntry) -> bool:
+        def job(txn: Txn) -> None:
+            for key, value in self._scan_prefix(txn, self._rejected,
+                                                _prefix(fence.integration_id)):
+                if unpack(value)["id"] == entry.id:
+                    txn.put(key, pack(codec.rejected_to_store(entry)), db=self._rejected)
+                    break
+            self._txn_add_log(txn, fence.integration_id, log)
+
+        return await self._fenced(fence, job)
+
     # -------------------------------------------------------------------- reads
 
     async def read_events(self, from_seq: int, limit: int,

@@ -582,3 +582,24 @@ class StateStore:
         if removed and rejected_id is not None:
             await self._purge_rejected(integration_id, [rejected_id], ack.seq + 1)
         return True, remaining
+
+    async def update_rejected(self, fence: Fence, entry: RejectedEvent,
+                              log_entry: LogEntry) -> bool:
+        """Replace a kept entry in place (the index, which orders the list, is only
+        compared, so a delete that lands first wins) and log."""
+        integration_id = fence.integration_id
+        index_subject = self._subject("rejx", integration_id)
+        payload = self._rejected_bytes(entry) if _token(entry.id) else b""
+
+        async def build(headers: dict[str, str]) -> list[Out]:
+            messages = [Out(self._subject("log", integration_id), _log_bytes(log_entry),
+                            headers)]
+            index = await self._last(index_subject)
+            if index is not None and payload and entry.id in _ids(index):
+                messages += [
+                    Out(self._rejected_subject(integration_id, entry.id), payload, ROLL),
+                    Out(index_subject, index.data, {**ROLL, **_expect(index.seq)}),
+                ]
+            return messages
+
+        return await self.fenced(fence, build) is not None

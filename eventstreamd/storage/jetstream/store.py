@@ -336,3 +336,6 @@ class JetStreamStore:
         if count is not None:
             self._rejected[fence.integration_id] = count
         return written
+
+    async def update_rejected(self, fence: Fence, entry: RejectedEvent, log: LogEntry) -> bool:
+        return await self._now(lambda: self.state.update_rejected(fence, entry, log))
