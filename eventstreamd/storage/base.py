@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Protocol
 
+from ..logs import clean_text
 from ..model import (
     Change,
     ChangeView,
@@ -45,6 +46,18 @@ from ..model import (
     RejectedEvent,
     StoredEvent,
 )
+
+
+def kept_log(entry: LogEntry) -> LogEntry:
+    """A log entry as a store keeps it: reasons quote receivers and exceptions, so
+    secrets are scrubbed first."""
+    return LogEntry(entry.created_at, entry.action, clean_text(entry.reason))
+
+
+def rejected_dropped_log(created_at: str, rejected_id: str, keep: int) -> LogEntry:
+    """What a store logs when a rejected event gives way to newer ones."""
+    return LogEntry(created_at, "rejected_event_dropped",
+                    f"Rejected event {rejected_id} was removed to keep the newest {keep}.")
 
 
 class StoreFull(Exception):

@@ -44,7 +44,7 @@ import lmdb
 from anyio.abc import TaskGroup
 
 from .. import codec
-from ..logs import clean_text, kv
+from ..logs import kv
 from ..model import (
     Change,
     ChangeView,
@@ -64,6 +64,8 @@ from .base import (
     StoreStats,
     StoreUnavailable,
     Transition,
+    kept_log,
+    rejected_dropped_log,
 )
 from .records import (
     FORMAT,
@@ -416,18 +418,13 @@ class LmdbStore:
 
         def job(txn: Txn) -> None:
             prefix = _prefix(integration_id)
-            for key, value in self._scan_prefix(txn, self._rejected, prefix):
-                if unpack(value)["id"] == entry.id:
-                    txn.delete(key, db=self._rejected)
-                    break
+            self._txn_delete_rejected(txn, integration_id, entry.id)
             txn.put(prefix + u64(self._next_counter(txn)), pack(codec.rejected_to_store(entry)),
                     db=self._rejected)
             self._txn_add_log(txn, integration_id, log)
             for dropped in self._trim_prefix(txn, self._rejected, prefix, self.rejected_events):
-                self._txn_add_log(txn, integration_id, LogEntry(
-                    log.created_at, "rejected_event_dropped",
-                    f"Rejected event {unpack(dropped)['id']} was removed to keep the newest "
-                    f"{self.rejected_events}."))
+                self._txn_add_log(txn, integration_id, rejected_dropped_log(
+                    log.created_at, unpack(dropped)["id"], self.rejected_events))
 
         return await self._fenced(fence, job)
 
@@ -469,11 +466,9 @@ class LmdbStore:
 
     async def update_rejected(self, fence: Fence, entry: RejectedEvent, log: LogEntry) -> bool:
         def job(txn: Txn) -> None:
-            for key, value in self._scan_prefix(txn, self._rejected,
-                                                _prefix(fence.integration_id)):
-                if unpack(value)["id"] == entry.id:
-                    txn.put(key, pack(codec.rejected_to_store(entry)), db=self._rejected)
-                    break
+            key = self._txn_find_rejected(txn, fence.integration_id, entry.id)
+            if key is not None:
+                txn.put(key, pack(codec.rejected_to_store(entry)), db=self._rejected)
             self._txn_add_log(txn, fence.integration_id, log)
 
         return await self._fenced(fence, job)
@@ -566,18 +561,22 @@ class LmdbStore:
         return value
 
     def _txn_add_log(self, txn: Txn, integration_id: str, entry: LogEntry) -> None:
-        # Reasons quote receivers and exceptions: scrub secrets before they are kept.
-        cleaned = LogEntry(entry.created_at, entry.action, clean_text(entry.reason))
         prefix = _prefix(integration_id)
-        txn.put(prefix + u64(self._next_counter(txn)), pack(codec.log_to_store(cleaned)),
+        txn.put(prefix + u64(self._next_counter(txn)), pack(codec.log_to_store(kept_log(entry))),
                 db=self._logs)
         self._trim_prefix(txn, self._logs, prefix, self.log_entries)
 
     def _txn_delete_rejected(self, txn: Txn, integration_id: str, rejected_id: str) -> bool:
+        key = self._txn_find_rejected(txn, integration_id, rejected_id)
+        return key is not None and bool(txn.delete(key, db=self._rejected))
+
+    def _txn_find_rejected(self, txn: Txn, integration_id: str,
+                           rejected_id: str) -> bytes | None:
+        """The key of a kept rejected event, by its id."""
         for key, value in self._scan_prefix(txn, self._rejected, _prefix(integration_id)):
             if unpack(value)["id"] == rejected_id:
-                return bool(txn.delete(key, db=self._rejected))
-        return False
+                return key
+        return None
 
     @staticmethod
     def _scan_prefix(txn: Txn, db: Any, prefix: bytes) -> list[tuple[bytes, bytes]]:

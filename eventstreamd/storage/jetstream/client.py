@@ -48,7 +48,7 @@ from nats.aio.msg import Msg
 
 from ...config import JetStreamConfig
 from ...logs import kv, redactor
-from ..base import StoreUnavailable
+from ..base import StoreHealth, StoreUnavailable
 
 log = logging.getLogger("eventstreamd.jetstream")
 
@@ -75,7 +75,6 @@ WRONG_LAST_SEQUENCE = 10071
 STREAM_NOT_FOUND = 10059
 MAX_BYTES = 10077
 DUPLICATE_MSG_ID = 10201
-BATCH_TOO_LARGE = 10199
 
 _NOT_SENT = (nats.errors.OutboundBufferLimitError, nats.errors.ConnectionClosedError,
              nats.errors.ConnectionReconnectingError, nats.errors.ConnectionDrainingError,
@@ -120,13 +119,6 @@ class Ack:
         return self.seq - self.count + 1
 
 
-@dataclass(frozen=True, slots=True)
-class Health:
-    connected: bool
-    server: str
-    error: str | None
-
-
 def _ack(raw: bytes) -> Ack:
     answer = orjson.loads(raw) if raw else {}
     error = answer.get("error")
@@ -149,17 +141,21 @@ def _found(msg: Msg) -> Msg | None:
     raise JsApiError(int(status), 0, _description(msg))
 
 
+def last_token(headers: dict[str, str] | None) -> str:
+    """The last token of a DIRECT.GET answer's subject (`...int.<id>` -> `<id>`)."""
+    return str((headers or {}).get(SUBJECT, "")).rpartition(".")[2]
+
+
 def _status(msg: Msg) -> str | None:
     return msg.headers.get(STATUS) if msg.headers else None
 
 
 class _Collector:
-    __slots__ = ("done", "eob", "error", "msgs")
+    __slots__ = ("done", "error", "msgs")
 
     def __init__(self) -> None:
         self.msgs: list[Msg] = []
         self.done = asyncio.get_running_loop().create_future()
-        self.eob: dict[str, str] | None = None
         self.error: str | None = None
 
 
@@ -249,10 +245,10 @@ class JsClient:
             return self.describe()
         return f"{url.scheme}://{url.hostname}:{url.port}"
 
-    def health(self) -> Health:
+    def health(self) -> StoreHealth:
         connected = self.connected
-        return Health(connected, self.server_url(),
-                      None if connected else (self._error or "not connected"))
+        return StoreHealth("jetstream", connected, self.server_url(),
+                           None if connected else (self._error or "not connected"))
 
     def on_connection(self, listener: Callable[[bool], None]) -> None:
         """`listener(connected)` after every disconnect and reconnect."""
@@ -388,8 +384,7 @@ class JsClient:
         status = _status(msg)
         if status is None:
             collector.msgs.append(msg)
-        elif status == "204":
-            collector.eob = msg.headers
+        elif status == "204":  # end of batch
             collector.done.set_result(None)
         else:
             collector.error = f"{status} {_description(msg)}"

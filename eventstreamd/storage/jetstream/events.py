@@ -71,8 +71,7 @@ import struct
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -81,6 +80,7 @@ from nats.aio.msg import Msg
 
 from ...logs import kv
 from ...model import NewEvent, StoredEvent
+from ...timeutil import ms_to_iso
 from ..base import EventTooLarge, StoreFull, StoreStats, StoreUnavailable
 from .client import (
     DUPLICATE_MSG_ID,
@@ -160,11 +160,6 @@ def timestamp_ms(stamp: str) -> int:
     return seconds * 1000 + millis
 
 
-def iso_ms(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds") \
-        .replace("+00:00", "Z")
-
-
 def _seq_of(msg: Msg) -> int:
     return int((msg.headers or {})[SEQUENCE])
 
@@ -176,12 +171,6 @@ def _seq_of(msg: Msg) -> int:
 class _Append:
     payloads: list[bytes]
     future: asyncio.Future[tuple[int, int]]
-
-
-@dataclass
-class WriterStats:
-    commits: int = 0
-    appends: int = 0
 
 
 class _Interleaved(Exception):
@@ -196,7 +185,6 @@ class EventLog:
     retention: float
     max_batch: int
     max_bytes: int
-    stats: WriterStats = field(default_factory=WriterStats)
 
     def __post_init__(self) -> None:
         self.stream = f"{self.prefix}_events"
@@ -268,19 +256,22 @@ class EventLog:
         headers = msg.headers or {}
         try:
             seq = int(headers[SEQUENCE])
-            if seq > self._last_ingest[0]:
-                self._last_ingest = (seq, timestamp_ms(headers[TIME_STAMP]))
+            self._note_ingest(seq, headers)
         except (KeyError, ValueError):
             return
         self._set_head(seq)
+
+    def _note_ingest(self, seq: int, headers: dict[str, str]) -> None:
+        """Remember the server's time stamp of `seq` when it is the newest one seen."""
+        if seq > self._last_ingest[0]:
+            self._last_ingest = (seq, timestamp_ms(headers[TIME_STAMP]))
 
     async def poll(self) -> None:
         """Look at the newest commit: the head, however wakes fared."""
         msg = await self.client.direct_last(self.stream, self.commit_subject)
         if msg is not None:
             seq = _seq_of(msg)
-            if seq > self._last_ingest[0]:
-                self._last_ingest = (seq, timestamp_ms((msg.headers or {})[TIME_STAMP]))
+            self._note_ingest(seq, msg.headers or {})
             self._set_head(seq)
 
     async def watch_head(self) -> None:
@@ -397,8 +388,6 @@ class EventLog:
         except Exception as exc:
             _fail(group, exc)
             return
-        self.stats.commits += 1
-        self.stats.appends += len(group)
         for item, span in zip(group, ranges, strict=True):
             if not item.future.done():
                 item.future.set_result(span)
@@ -522,7 +511,7 @@ class EventLog:
         return int(state.get("first_seq", self._head + 1))
 
     async def seq_at_or_after(self, ingested_ms: int) -> int:
-        msg = await self.client.direct_get(self.stream, {"start_time": iso_ms(ingested_ms)})
+        msg = await self.client.direct_get(self.stream, {"start_time": ms_to_iso(ingested_ms)})
         if msg is None:
             return self._head + 1
         return _seq_of(msg)
@@ -537,7 +526,7 @@ class EventLog:
         if msg is None:  # expired: the stream still knows when its last message came
             stamp = str((await self.info()).get("last_ts") or "")
             return timestamp_ms(stamp) if stamp[:1].isdigit() else self._last_ingest[1]
-        self._last_ingest = (head, timestamp_ms((msg.headers or {})[TIME_STAMP]))
+        self._note_ingest(head, msg.headers or {})
         return self._last_ingest[1]
 
     async def store_stats(self) -> StoreStats:

@@ -52,14 +52,14 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 import orjson
 
 from ...logs import kv
+from ...timeutil import parse_rfc3339
 from ..base import StoreUnavailable
-from .client import SEQUENCE, TIME_STAMP, JsApiError, Out
+from .client import SEQUENCE, TIME_STAMP, JsApiError, Out, last_token
 from .state import DELETED, OP, ROLL, Conflict, StateStore, _expect, _token
 
 log = logging.getLogger("eventstreamd.jetstream.lease")
@@ -98,15 +98,9 @@ class Snapshot:
 
 
 def _server_time(headers: dict[str, str]) -> float:
-    stamp = headers.get(TIME_STAMP)
-    if not stamp:
-        return 0.0
-    try:  # RFC 3339 with nanoseconds: keep microseconds for fromisoformat
-        head, _, rest = stamp.partition(".")
-        frac = "".join(c for c in rest if c.isdigit())[:6]
-        zone = rest[len("".join(c for c in rest if c.isdigit())):] or "Z"
-        text = f"{head}.{frac or '0'}{'+00:00' if zone in ('Z', '') else zone}"
-        return datetime.fromisoformat(text).timestamp()
+    """The server's time stamp of a message, in seconds; 0.0 when it has none."""
+    try:
+        return parse_rfc3339(headers.get(TIME_STAMP) or "").timestamp()
     except ValueError:
         return 0.0
 
@@ -119,7 +113,7 @@ class LeaseBook:
         self.client = state.client
 
     def _subject(self, kind: str, name: str) -> str:
-        return f"{self.state.base}.{kind}.{name}"
+        return self.state._subject(kind, name)
 
     async def _multi_last(self, kind: str) -> list[Any]:
         return await self.client.direct_batch(
@@ -131,12 +125,11 @@ class LeaseBook:
         renews: dict[str, int] = {}
         for msg in await self._multi_last("renew"):
             headers = msg.headers or {}
-            renews[str(headers.get("Nats-Subject", "")).rpartition(".")[2]] = \
-                int(headers[SEQUENCE])
+            renews[last_token(headers)] = int(headers[SEQUENCE])
         leases: dict[str, LeaseSeen] = {}
         for msg in await self._multi_last("lease"):
             headers = msg.headers or {}
-            integration_id = str(headers.get("Nats-Subject", "")).rpartition(".")[2]
+            integration_id = last_token(headers)
             seq = int(headers[SEQUENCE])
             body: dict[str, Any] = {}
             if headers.get(OP) != DELETED and msg.data:
@@ -149,7 +142,7 @@ class LeaseBook:
         instances: dict[str, Announcement] = {}
         for msg in await self._multi_last("inst"):
             headers = msg.headers or {}
-            name = str(headers.get("Nats-Subject", "")).rpartition(".")[2]
+            name = last_token(headers)
             deleted = headers.get(OP) == DELETED or not msg.data
             status: dict[str, Any] = {} if deleted else orjson.loads(msg.data)
             instances[name] = Announcement(name, int(headers[SEQUENCE]), deleted,
@@ -202,11 +195,6 @@ class LeaseBook:
         except Conflict:
             return False
         return True
-
-    async def holds(self, integration_id: str, claim: int) -> bool:
-        """Whether `lease.<id>` still stands at the claim (a fence's re-check)."""
-        entry = await self.state._last(self._subject("lease", integration_id))
-        return entry is not None and entry.seq == claim and not entry.deleted
 
     async def watch(self, callback: Callable[[], None]) -> None:
         """`callback()` whenever an integration record or a lease subject is written (by

@@ -67,7 +67,7 @@ import msgpack
 import orjson
 
 from ... import codec
-from ...logs import clean_text, kv
+from ...logs import kv
 from ...model import (
     Change,
     ChangeView,
@@ -83,6 +83,8 @@ from ..base import (
     StoreFull,
     StoreUnavailable,
     Transition,
+    kept_log,
+    rejected_dropped_log,
 )
 from .client import (
     EXPECT_SUBJ,
@@ -95,6 +97,7 @@ from .client import (
     JsApiError,
     JsClient,
     Out,
+    last_token,
 )
 
 log = logging.getLogger("eventstreamd.jetstream")
@@ -102,6 +105,8 @@ log = logging.getLogger("eventstreamd.jetstream")
 OP = "Esd-Op"
 DELETED = "del"
 ROLL = {ROLLUP: "sub"}
+# Every subject kind `<base>.<kind>.<integration id>` (lease.py writes the last two).
+INTEGRATION_KINDS = ("int", "inc", "cur", "sink", "log", "rejx", "lease", "renew")
 CAS_ATTEMPTS = 25  # re-reads of a compare-and-set that lost a race
 TOKEN = re.compile(r"[A-Za-z0-9_-]{1,128}")  # what an id may be to name a subject
 HEADROOM = 1024
@@ -123,9 +128,7 @@ def _token(value: str) -> bool:
 
 
 def _log_bytes(entry: LogEntry) -> bytes:
-    # Reasons quote receivers and exceptions: scrub secrets before they are kept.
-    return orjson.dumps(codec.log_to_store(
-        LogEntry(entry.created_at, entry.action, clean_text(entry.reason))))
+    return orjson.dumps(codec.log_to_store(kept_log(entry)))
 
 
 def _record(integration: Integration) -> bytes:
@@ -186,7 +189,7 @@ class StateStore:
                                                   {"multi_last": [self._subject("int", "*")]}):
             headers = msg.headers or {}
             if headers.get(OP) == DELETED:
-                integration_id = str(headers.get("Nats-Subject", "")).rpartition(".")[2]
+                integration_id = last_token(headers)
                 if _token(integration_id):
                     await self._purge_integration(integration_id, int(headers[SEQUENCE]) + 1)
 
@@ -221,15 +224,20 @@ class StateStore:
                 raise StoreFull(f"JetStream has no room for the write: {exc}") from None
             raise StoreUnavailable(f"JetStream refused the write: {exc}") from None
 
-    async def _purge_integration(self, integration_id: str, before_seq: int) -> None:
+    async def _purge_integration(self, integration_id: str, before_seq: int) -> bool:
+        """Purge what a deleted integration left; False (logged) when NATS refused."""
+        # Each kind by name: a wildcard `<base>.*.<id>` would also take `inst.<id>`, the
+        # announcement of a daemon whose instance name happens to equal the id.
+        subjects = [self._rejected_subject(integration_id, "*"),
+                    *(self._subject(kind, integration_id) for kind in INTEGRATION_KINDS)]
         try:
-            await self.client.purge(self.stream, f"{self.base}.rej.{integration_id}.*",
-                                    before_seq)
-            await self.client.purge(self.stream, self._subject("*", integration_id),
-                                    before_seq)
+            for subject in subjects:
+                await self.client.purge(self.stream, subject, before_seq)
         except (StoreUnavailable, JsApiError) as exc:
             log.warning("could not purge a deleted integration's state; it is purged on the "
                         "next start", extra=kv(integration=integration_id, error=str(exc)))
+            return False
+        return True
 
     async def _purge_rejected(self, integration_id: str, rejected_ids: Sequence[str],
                               before_seq: int) -> None:
@@ -273,7 +281,9 @@ class StateStore:
             if record is not None and not record.deleted:
                 raise IntegrationExists(integration_id)
             if record is not None:  # an unfinished delete: finish it first
-                await self._purge_integration(integration_id, record.seq + 1)
+                if not await self._purge_integration(integration_id, record.seq + 1):
+                    raise StoreUnavailable(f"the earlier delete of {integration_id!r} "
+                                           "could not be finished; try again")
                 continue
             if len(ids) >= limit:
                 raise IntegrationLimitReached(limit)
@@ -467,7 +477,7 @@ class StateStore:
         if not ids:
             return []
         msgs = await self.client.direct_batch(self.stream, {
-            "multi_last": [f"{self.base}.rej.{integration_id}.*"]})
+            "multi_last": [self._rejected_subject(integration_id, "*")]})
         found = {}
         for msg in msgs:
             if msg.data and (msg.headers or {}).get(OP) != DELETED:
@@ -521,10 +531,9 @@ class StateStore:
                     {**ROLL, **_expect(index.seq if index else 0)}),
                 Out(self._subject("log", integration_id), _log_bytes(log_entry)),
             ]
-            messages += [Out(self._subject("log", integration_id), _log_bytes(LogEntry(
-                log_entry.created_at, "rejected_event_dropped",
-                f"Rejected event {rid} was removed to keep the newest "
-                f"{self.rejected_events}."))) for rid in dropped]
+            messages += [Out(self._subject("log", integration_id), _log_bytes(
+                rejected_dropped_log(log_entry.created_at, rid, self.rejected_events)))
+                for rid in dropped]
             return messages
 
         ack = await self.fenced(fence, build)
@@ -596,10 +605,8 @@ class StateStore:
                             headers)]
             index = await self._last(index_subject)
             if index is not None and payload and entry.id in _ids(index):
-                messages += [
-                    Out(self._rejected_subject(integration_id, entry.id), payload, ROLL),
-                    Out(index_subject, index.data, {**ROLL, **_expect(index.seq)}),
-                ]
+                messages.append(Out(self._rejected_subject(integration_id, entry.id), payload,
+                                    {**ROLL, **_expect(index.seq, index_subject)}))
             return messages
 
         return await self.fenced(fence, build) is not None

@@ -133,8 +133,7 @@ class JetStreamStore:
                 await self.client.close()
 
     def health(self) -> StoreHealth:
-        current = self.client.health()
-        return StoreHealth("jetstream", current.connected, current.server, current.error)
+        return self.client.health()
 
     # ------------------------------------------------------------ outage rules
 
@@ -170,6 +169,20 @@ class JetStreamStore:
                 if exc.code != 503 or time.monotonic() >= deadline:
                     raise StoreUnavailable(f"JetStream refused the request: {exc}") from None
             await anyio.sleep(RETRY_PAUSE)
+
+    async def _cached(self, read: Callable[[], Awaitable[T]], remember: Callable[[T], None],
+                      last_seen: Callable[[], T]) -> T:
+        """A read the status and the supervisor make: NATS's answer when it gives one
+        (remembered), else the last answer seen, so an outage shows the last state."""
+        if self.client.connected:
+            try:
+                found = await read()
+            except (NotSent, Unknown, JsApiError):
+                pass
+            else:
+                remember(found)
+                return found
+        return last_seen()
 
     async def _fresh_head(self) -> int:
         try:
@@ -214,29 +227,25 @@ class JetStreamStore:
     # ------------------------------------------------------------ integrations
 
     async def list_integrations(self) -> list[Integration]:
-        if self.client.connected:
-            try:
-                found = await self.state.list_integrations()
-            except (NotSent, Unknown):
-                pass
-            else:
-                self._records = {i.id: i for i in found}
-                return found
-        return sorted(self._records.values(), key=lambda i: i.id)
+        def remember(found: list[Integration]) -> None:
+            self._records = {i.id: i for i in found}
+
+        return await self._cached(self.state.list_integrations, remember,
+                                  lambda: sorted(self._records.values(), key=lambda i: i.id))
 
     async def get_integration(self, integration_id: str) -> Integration | None:
-        if self.client.connected:
-            try:
-                found = await self.state.get_integration(integration_id)
-            except (NotSent, Unknown):
-                pass
+        async def read() -> Integration | None:
+            found = await self.state.get_integration(integration_id)
+            return None if found is None else found[0]
+
+        def remember(found: Integration | None) -> None:
+            if found is None:
+                self._records.pop(integration_id, None)
             else:
-                if found is None:
-                    self._records.pop(integration_id, None)
-                    return None
-                self._records[integration_id] = found[0]
-                return found[0]
-        return self._records.get(integration_id)
+                self._records[integration_id] = found
+
+        return await self._cached(read, remember,
+                                  lambda: self._records.get(integration_id))
 
     async def create_integration(self, integration: Integration, *, cursor: int, limit: int,
                                  log: LogEntry) -> None:
@@ -266,16 +275,12 @@ class JetStreamStore:
     # ------------------------------------------------- per-integration, fenced
 
     async def get_cursor(self, integration_id: str) -> int | None:
-        if self.client.connected:
-            try:
-                cursor = await self.state.get_cursor(integration_id)
-            except (NotSent, Unknown):
-                pass
-            else:
-                if cursor is not None:
-                    self._cursors[integration_id] = cursor
-                return cursor
-        return self._cursors.get(integration_id)
+        def remember(cursor: int | None) -> None:
+            if cursor is not None:
+                self._cursors[integration_id] = cursor
+
+        return await self._cached(lambda: self.state.get_cursor(integration_id), remember,
+                                  lambda: self._cursors.get(integration_id))
 
     async def set_cursor(self, fence: Fence, next_seq: int) -> bool:
         written = await self._patient(lambda: self.state.write_fenced(
@@ -313,15 +318,14 @@ class JetStreamStore:
         return await self._now(lambda: self.state.get_rejected(integration_id, rejected_id))
 
     async def count_rejected(self, integration_id: str) -> int:
-        if self.client.connected:
-            try:
-                count = len(await self.state.rejected_ids(integration_id))
-            except (NotSent, Unknown, JsApiError):
-                pass
-            else:
-                self._rejected[integration_id] = count
-                return count
-        return self._rejected.get(integration_id, 0)
+        async def read() -> int:
+            return len(await self.state.rejected_ids(integration_id))
+
+        def remember(count: int) -> None:
+            self._rejected[integration_id] = count
+
+        return await self._cached(read, remember,
+                                  lambda: self._rejected.get(integration_id, 0))
 
     async def delete_rejected(self, integration_id: str, rejected_id: str) -> bool:
         deleted, count = await self._now(
