@@ -25,7 +25,7 @@ from typing import Any
 
 import orjson
 
-from .logs import MASK, redactor
+from .logs import MASK, redactor, shorten
 from .model import (
     EventFilterSpec,
     Integration,
@@ -231,9 +231,7 @@ def rejection_context(entry: RejectedEvent, reason_limit: int | None = None) -> 
     """What ties a rejected event to what was published, and why it was set aside:
     the event's own id and sequence number, the receiver's HTTP status and answer
     (the reason), and the delivery attempts it took."""
-    reason = entry.reason
-    if reason_limit is not None and len(reason) > reason_limit:
-        reason = reason[: reason_limit - 3] + "..."
+    reason = entry.reason if reason_limit is None else shorten(entry.reason, reason_limit)
     return {"event_id": entry.event_id, "seq": entry.seq, "status": entry.status,
             "reason": reason, "attempts": entry.attempts, "deliverable": entry.deliverable}
 

@@ -57,6 +57,11 @@ redactor = SecretRedactor()
 _CONTROL = dict.fromkeys(range(32), " ")
 
 
+def shorten(text: str, limit: int) -> str:
+    """`text`, cut to at most `limit` characters with "..." marking the cut."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def clean_text(text: str) -> str:
     """Text from outside (a receiver's answer, an exception) made safe to store and show:
     known secrets masked, control characters (forged log lines) flattened."""

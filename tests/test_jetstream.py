@@ -17,6 +17,7 @@ import aiohttp
 import anyio
 import orjson
 import pytest
+from textual.widgets import DataTable
 
 from eventstreamd.config import Config, JetStreamConfig, StorageConfig
 from eventstreamd.storage.jetstream import JetStreamStore
@@ -187,6 +188,9 @@ async def test_the_dashboard_says_when_the_store_is_unreachable() -> None:
         assert state == "degraded"
         assert "jetstream at nats://127.0.0.1:4222 unreachable" in text
         assert "Connection refused" in text and "delivery paused" in text
+        # The daemon still answers: its verdicts are shown, not "no data".
+        health = app.query_one("#integrations", DataTable).get_cell("returns-erp", "health")
+        assert str(health) == "✖ failing"
         app.apply_snapshot({**down, "store": {**down["store"], "connected": True,
                                               "error": None}})
         await pilot.pause()

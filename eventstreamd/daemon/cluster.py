@@ -24,7 +24,6 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .. import __version__
-from ..storage.base import Store
 
 if TYPE_CHECKING:  # ownership loads NATS: only the JetStream backend imports it
     from .ownership import Ownership
@@ -34,9 +33,8 @@ if TYPE_CHECKING:  # ownership loads NATS: only the JetStream backend imports it
 class LocalReport:
     """Builds this daemon's announcement (called by the balancer once per period)."""
 
-    def __init__(self, store: Store, sinks: SinkStatusSource, ownership: Ownership,
+    def __init__(self, sinks: SinkStatusSource, ownership: Ownership,
                  clock: Callable[[], float] = time.time) -> None:
-        self.store = store
         self.sinks = sinks
         self.ownership = ownership
         self.clock = clock
@@ -45,7 +43,6 @@ class LocalReport:
 
     def __call__(self) -> dict[str, Any]:
         now = self.clock()
-        head = self.store.head
         delivered: dict[str, int] = {}
         owns: dict[str, dict[str, Any]] = {}
         before_at, before = self._last if self._last is not None else (now, {})
@@ -54,19 +51,26 @@ class LocalReport:
             sink = self.sinks.sink_status(integration_id)
             count = sink.stats.delivered if sink else 0
             delivered[integration_id] = count
-            previous = before.get(integration_id, count)
-            delta = count - previous if count >= previous else count
-            cursor = sink.cursor if sink else None
+            delta = counter_delta(count, before.get(integration_id, count))
             owns[integration_id] = {
                 "delivered": count if sink else None,
-                "delivered_rate": round(delta / elapsed, 2) if elapsed > 0 else 0.0,
-                "cursor": cursor,
-                "lag_events": max(0, head - cursor + 1) if cursor else None,
+                "delivered_rate": per_second(delta, elapsed),
+                "cursor": sink.cursor if sink else None,
                 "in_flight": sink.pipeline.in_flight if sink else None,
             }
         self._last = (now, delivered)
         return {"pid": os.getpid(), "version": __version__,
                 "uptime": round(now - self._started, 1), "owns": owns}
+
+
+def per_second(delta: float, seconds: float) -> float:
+    return round(delta / seconds, 2) if seconds > 0 else 0.0
+
+
+def counter_delta(count: int, before: int) -> int:
+    """What a counter grew by; one that went down belongs to a restarted sink, so all
+    of it is new."""
+    return count - before if count >= before else count
 
 
 def cluster_section(ownership: Ownership, now: float) -> dict[str, Any]:
@@ -78,7 +82,7 @@ def cluster_section(ownership: Ownership, now: float) -> dict[str, Any]:
             if entry.deleted:
                 continue
             status = entry.status
-            owns = status.get("owns") or {}
+            owns = announced_owns(status)
             instances.append({
                 "instance": name,
                 "this": name == ownership.instance,
@@ -95,15 +99,24 @@ def cluster_section(ownership: Ownership, now: float) -> dict[str, Any]:
             "share": ownership.share, "instances": instances}
 
 
-def remote_figures(ownership: Ownership) -> dict[str, tuple[str, dict[str, Any]]]:
-    """Integration id -> (owner, its figures) from the live daemons' announcements."""
-    found: dict[str, tuple[str, dict[str, Any]]] = {}
+def remote_figures(ownership: Ownership) -> dict[str, dict[str, Any]]:
+    """Integration id -> its figures, from the live daemons' announcements."""
+    found: dict[str, dict[str, Any]] = {}
     snapshot = ownership.snapshot
     if snapshot is None:
         return found
     for name, entry in snapshot.instances.items():
         if entry.deleted or name not in ownership.live:
             continue
-        for integration_id, figures in (entry.status.get("owns") or {}).items():
-            found[str(integration_id)] = (name, figures)
+        for integration_id, figures in announced_owns(entry.status).items():
+            found[integration_id] = figures
     return found
+
+
+def announced_owns(status: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """An announcement's `owns` (integration id -> figures); {} when it holds something
+    else (another version's announcement must not break this daemon's status)."""
+    owns = status.get("owns")
+    if not isinstance(owns, dict):
+        return {}
+    return {str(k): v if isinstance(v, dict) else {} for k, v in owns.items()}

@@ -51,7 +51,7 @@ import lmdb
 from aiohttp import web
 
 from .. import __version__
-from ..config import Config
+from ..config import SIGNING_PREFIX, Config
 from ..logs import kv, redactor
 from ..runtime import RuntimeInfo, remove_runtime, runtime_file, write_runtime
 from ..sinks.base import SinkEnv
@@ -148,7 +148,7 @@ class Daemon:
         limits = connection_limits(config.server)
         for secret in config.webhook.signing_secrets:
             redactor.add(secret)
-            redactor.add(secret.removeprefix("whsec_"))
+            redactor.add(secret.removeprefix(SIGNING_PREFIX))
         readiness = Readiness()
         async with contextlib.AsyncExitStack() as stack:
             with _starting(f"open the store in {config.data_dir}"):
@@ -184,7 +184,11 @@ class Daemon:
             supervisor = Supervisor(env, store, changes, on_completed=service.complete,
                                     leases=ownership)
             if ownership is not None:
+                from .cluster import LocalReport
+
                 ownership.sink_running = supervisor.sink_running
+                # Set before the first announcement, so none goes out without figures.
+                ownership.status_source = LocalReport(supervisor, ownership)
                 await tg.start(ownership.run)
                 # Runs after the supervisor's shutdown (the stack unwinds in reverse):
                 # sinks flush under their leases, then the leases go to the others.
@@ -193,10 +197,6 @@ class Daemon:
             stack.push_async_callback(supervisor.shutdown)
             tg.start_soon(service.run_janitor, name="janitor")
             sampler = StatusSampler(store, supervisor, config, ownership=ownership)
-            if ownership is not None:
-                from .cluster import LocalReport
-
-                ownership.status_source = LocalReport(store, supervisor, ownership)
             metrics = DaemonMetrics(store, supervisor, sampler, IngestStats(), readiness)
 
             runner = DaemonRunner(

@@ -249,7 +249,8 @@ class Ownership:
 
     async def _announce(self) -> None:
         status = {"instance": self.instance, "token": self.token, "at": time.time(),
-                  "share": self.share, "live": len(self.live), "owns": sorted(self.held)}
+                  "share": self.share, "live": len(self.live),
+                  "owns": {integration_id: {} for integration_id in sorted(self.held)}}
         try:
             status.update(self.status_source())
         except Exception:  # the cluster view must never stop the leases

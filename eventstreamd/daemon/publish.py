@@ -41,10 +41,7 @@ async def publish_events(request: web.Request) -> web.Response:
                 raise ApiError(503, "unavailable", f"the events were not stored: {exc}",
                                headers={"Retry-After": "1"}) from None
             size = len(body)
-    except ApiError as exc:
-        stats.refused(exc.status)
-        raise
-    except web.HTTPException as exc:
+    except (ApiError, web.HTTPException) as exc:
         stats.refused(exc.status)
         raise
     stats.accepted(len(events), size)

@@ -57,7 +57,7 @@ from ..config import Config
 from ..model import Integration
 from ..sinks.registry import sink_type
 from ..storage.base import Store
-from .cluster import cluster_section, remote_figures
+from .cluster import cluster_section, counter_delta, per_second, remote_figures
 from .supervisor import SinkStatus
 
 if TYPE_CHECKING:
@@ -88,10 +88,6 @@ def health(
     if lag_seconds is not None and lag_seconds > LAGGING_AFTER + lag_allowance:
         return "lagging"
     return "ok"
-
-
-def _rate(delta: float, seconds: float) -> float:
-    return round(delta / seconds, 2) if seconds > 0 else 0.0
 
 
 class StatusSampler:
@@ -125,13 +121,11 @@ class StatusSampler:
             delivered[integration.id] = sink.stats.delivered if sink else 0
         if self._last_at is not None:
             elapsed = now - self._last_at
-            self._ingest_rate = _rate(head - self._last_head, elapsed)
+            self._ingest_rate = per_second(head - self._last_head, elapsed)
             self._ingest_history.append(self._ingest_rate)
             for integration_id, count in delivered.items():
-                before = self._last_delivered.get(integration_id, 0)
-                # A counter that went down belongs to a restarted sink: all of it is new.
-                delta = count - before if count >= before else count
-                self._rates[integration_id] = _rate(delta, elapsed)
+                delta = counter_delta(count, self._last_delivered.get(integration_id, 0))
+                self._rates[integration_id] = per_second(delta, elapsed)
                 self._histories.setdefault(
                     integration_id, deque(maxlen=self._history)).append(self._rates[integration_id])
         for gone in set(self._histories) - set(delivered):
@@ -146,6 +140,10 @@ class StatusSampler:
         head = self.store.head
         store = self.store.health()
         integrations = sorted(await self.store.list_integrations(), key=lambda i: i.id)
+        owners: dict[str, str] = {}
+        remote: dict[str, dict[str, Any]] = {}
+        if self.ownership is not None:
+            owners, remote = self.ownership.owners(), remote_figures(self.ownership)
         return {
             "time": round(now, 3),
             "daemon": {"version": __version__, "pid": os.getpid(),
@@ -154,26 +152,29 @@ class StatusSampler:
             "head": head,
             "ingest_rate": self._ingest_rate,
             "ingest_history": list(self._ingest_history),
-            "integrations": [await self._integration(i, head, now) for i in integrations],
+            "integrations": [await self._integration(i, head, now, store.connected, owners,
+                                                     remote) for i in integrations],
             "cluster": (cluster_section(self.ownership, now)
                         if self.ownership is not None else None),
         }
 
-    async def _integration(self, integration: Integration, head: int,
-                           now: float) -> dict[str, Any]:
+    async def _integration(self, integration: Integration, head: int, now: float,
+                           connected: bool, owners: dict[str, str],
+                           figures: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        """One integration's entry; `owners` and `figures` (what other daemons announce)
+        are the cluster's, read once per snapshot."""
         integration_id = integration.id
         sink = self.sinks.sink_status(integration_id)
-        owner: str | None = None
+        owner = owners.get(integration_id)
         remote: dict[str, Any] = {}
-        if self.ownership is not None:
-            owner = self.ownership.owners().get(integration_id)
-            if sink is None and owner is not None and owner != self.ownership.instance:
-                remote = remote_figures(self.ownership).get(integration_id, (owner, {}))[1]
+        if (sink is None and self.ownership is not None and owner is not None
+                and owner != self.ownership.instance):
+            remote = figures.get(integration_id, {})
         cursor = ((sink.cursor if sink else None) or remote.get("cursor")
                   or await self.store.get_cursor(integration_id) or head + 1)
         lag_events = max(0, head - cursor + 1)
         lag_seconds = None
-        if lag_events and self.store.health().connected:
+        if lag_events and connected:
             oldest = await self.store.read_events(cursor, 1, 1)
             if oldest:
                 lag_seconds = round(max(0.0, now - oldest[0].ingested_at / 1000), 1)

@@ -226,9 +226,8 @@ class Supervisor:
         log.error("sink crashed", exc_info=exc, extra=kv(
             integration=integration.id, restart_in=delay))
         with contextlib.suppress(Exception):
-            lease = handle.loop.lease if handle.loop is not None else None
-            await self.store.add_log(integration.fence(lease.seq if lease else None),
-                                     LogEntry(now_iso(), "sink_crashed", reason))
+            fence = handle.loop.fence if handle.loop is not None else integration.fence()
+            await self.store.add_log(fence, LogEntry(now_iso(), "sink_crashed", reason))
         with anyio.move_on_after(delay):
             await handle.stop_event.wait()
         handle.restart_at = None

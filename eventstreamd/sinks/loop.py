@@ -227,10 +227,7 @@ class SinkLoop:
         while not self._stopping.is_set():
             await pipeline.tick(self)
             if pipeline.blocked():
-                if pipeline.waits_for_cursor():
-                    self._flush_soon()
-                with anyio.move_on_after(HEAD_POLL):
-                    await self.wait_progress()
+                await self._wait_room_once()  # then tick again (S3 rotates on time)
                 continue
             batch = await self.store.read_events(self.read_position, READ_BATCH, READ_BYTES)
             if not batch:
@@ -300,11 +297,14 @@ class SinkLoop:
         """For a pipeline whose window is full: ask for the cursor if that is what it
         waits for, and wait for progress. False when stopping."""
         while self.pipeline.blocked() and not self._stopping.is_set():
-            if self.pipeline.waits_for_cursor():
-                self._flush_soon()
-            with anyio.move_on_after(HEAD_POLL):
-                await self.wait_progress()
+            await self._wait_room_once()
         return not self._stopping.is_set()
+
+    async def _wait_room_once(self) -> None:
+        if self.pipeline.waits_for_cursor():
+            self._flush_soon()
+        with anyio.move_on_after(HEAD_POLL):
+            await self.wait_progress()
 
     async def _range_closed(self) -> bool:
         """No event ingested at or before `ends_at` can still appear in the log.

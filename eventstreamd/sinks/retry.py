@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from ..logs import kv
+from ..logs import kv, shorten
 from .backoff import backoff_delay
 from .base import SinkContext
 
@@ -49,15 +49,11 @@ class RetryPolicy:
     cap: float  # the ceiling's limit
 
 
-def shorten(text: str, limit: int = PAYLOAD_EXCERPT) -> str:
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def failure_reason(url: str, failure: Failure, payload: str) -> str:
     """The seed's retry reason."""
     code = failure.status if failure.status is not None else "none"
     return (f"Request to URL {url} failed. Reason: {failure.cause} "
-            f"(HTTP status code {code}). Payload: {shorten(payload)}")
+            f"(HTTP status code {code}). Payload: {shorten(payload, PAYLOAD_EXCERPT)}")
 
 
 async def retry_until_stopped(ctx: SinkContext, attempt: Callable[[], Awaitable[T | Failure]],

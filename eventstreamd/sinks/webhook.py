@@ -35,7 +35,9 @@ import aiohttp
 import anyio
 import yarl
 
+from ..codec import REASON_EXCERPT
 from ..config import Config
+from ..logs import shorten
 from ..model import Integration, RejectedEvent, StoredEvent, TargetParams
 from ..naming import valid_event_id
 from ..storage.base import StoreFull
@@ -49,7 +51,7 @@ from .base import (
     StopDelivery,
     TargetRefused,
 )
-from .retry import Failure, RetryPolicy, retry_until_stopped, shorten
+from .retry import Failure, RetryPolicy, retry_until_stopped
 from .signing import Signer, signer_for
 from .ssrf import BlockedTarget, check_host
 from .window import DeliveryWindow
@@ -202,7 +204,7 @@ class WebhookClient:
             # attempt, not the whole sink.
             log.warning("unexpected error delivering", exc_info=True)
             return Failure(f"{type(exc).__name__}: {exc}")
-        text = shorten(excerpt.decode(errors="replace").strip(), 200)
+        text = shorten(excerpt.decode(errors="replace").strip(), REASON_EXCERPT)
         if 200 <= status < 300:
             return AttemptResult("delivered", "delivered", status)
         if status == 400:

@@ -31,6 +31,7 @@ from textual.screen import Screen
 
 from .client import ConnectionLost, ControlClient, ControlError, ControlUnavailable
 from .dashboard import DashboardScreen
+from .widgets import LINKED
 
 RECONNECT_DELAY = 1.0
 # How an action reads in a message ("retry failed: ...").
@@ -108,7 +109,7 @@ class DashboardApp(App[int]):
             await asyncio.sleep(self.reconnect_delay)
 
     def _disconnected(self, reason: str) -> None:
-        was_connected = self.link[0] == "connected"
+        was_connected = self.link[0] in LINKED
         self.link = ("disconnected", f"✖ disconnected — reconnecting every "
                                      f"{self.reconnect_delay:g}s: {reason}")
         if was_connected:
@@ -129,7 +130,7 @@ class DashboardApp(App[int]):
                 show(snapshot)
 
     def _show_store(self, snapshot: dict[str, Any]) -> None:
-        if self.link[0] not in ("connected", "degraded"):
+        if self.link[0] not in LINKED:
             return
         problem = store_problem(snapshot)
         self.link = (("degraded", f"{self._link_text} · {problem}") if problem

@@ -33,7 +33,7 @@ from textual.widgets import DataTable, Footer, Header, Sparkline, Static
 
 from . import format as fmt
 from .detail import IntegrationScreen
-from .widgets import ConnectionBar
+from .widgets import LINKED, ConnectionBar
 
 if TYPE_CHECKING:
     from .app import DashboardApp
@@ -147,7 +147,7 @@ class DashboardScreen(Screen[None]):
 
     @property
     def stale(self) -> bool:
-        return self.dashboard.link[0] != "connected"
+        return self.dashboard.link[0] not in LINKED
 
     def _link_changed(self, link: Any) -> None:
         if self.dashboard.snapshot is not None:

@@ -11,6 +11,10 @@ from typing import Any
 
 from textual.widgets import Static
 
+STATES = ("connected", "connecting", "disconnected", "degraded")
+# The states in which the daemon answers ("degraded": it cannot reach its store).
+LINKED = ("connected", "degraded")
+
 
 class ConnectionBar(Static):
     DEFAULT_CSS = """
@@ -26,6 +30,6 @@ class ConnectionBar(Static):
 
     def _show(self, link: Any) -> None:
         state, text = link
-        for name in ("connected", "connecting", "disconnected", "degraded"):
+        for name in STATES:
             self.set_class(state == name, f"-{name}")
         self.update(text)
