@@ -26,11 +26,13 @@ from aiohttp.test_utils import TestServer
 
 from tests.conftest import jetstream_settings, new_prefix
 from tests.helpers.api import BASE, ApiClient
+from tests.helpers.control import Line, control_path, status
 from tests.helpers.daemon import DaemonProcess
 from tests.helpers.nats_server import NatsServer
 from tests.helpers.s3 import MotoServer, s3_params
 
 TTL = 2.0
+HANDOVER_TTL = 10.0
 
 
 @dataclass(frozen=True)
@@ -151,6 +153,12 @@ class Cluster:
         return found
 
 
+def sink_stops(daemon: DaemonProcess, integration: str) -> int:
+    """How often the daemon's JSON log says the integration's sink stopped."""
+    return sum('"sink stopped"' in line and orjson.loads(line).get("integration") == integration
+               for line in daemon.log().splitlines())
+
+
 def _ts(text: str) -> float:
     from datetime import datetime
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
@@ -242,12 +250,13 @@ async def _sigkill_failover(cluster_factory: Any, moto: MotoServer,
         # The dead daemon's integrations resumed elsewhere: a lease is taken once it has
         # not been renewed for the TTL (its last renewal is up to TTL/3 before the kill),
         # seen by a balancer that runs every TTL/5, plus a sink's start and the next
-        # event's publish: about TTL + 1 s here (2.0-3.9 s measured); bounded loosely.
+        # event's publish: about TTL + 1 s here (2.0-3.9 s measured); bounded loosely
+        # (a loaded CI machine), yet well short of what no failover would give.
         for name in victim_owned:
             resumed = min(h.at for h in hooks.hits
                           if h.integration == name and h.at > killed_at and h.instance != "d0")
             print(f"{name} resumed {resumed - killed_at:.2f}s after the SIGKILL")
-            assert resumed - killed_at < TTL + 4.0, (name, resumed - killed_at)
+            assert resumed - killed_at < 2 * TTL + 4.0, (name, resumed - killed_at)
         assert not [h for h in hooks.hits if h.instance == "d0" and h.at > killed_at + 0.5]
         # Duplicates: at most what the dead daemon had delivered past its last cursor.
         for name in webhooks:
@@ -286,7 +295,18 @@ async def test_frozen_daemon_sends_nothing_for_leases_it_lost(cluster_factory: A
             await api0.webhook(name, hooks.url(name))
         await api1.publish(batch(0, 40))
         await until(lambda: set(hooks.owners().values()) == {"d0", "d1"}, 30)
-        frozen = {n for n, i in hooks.owners().items() if i == "d0"}
+        # Who holds what now, by d0's own account (who delivered last can be stale: a
+        # daemon that started alone claims everything and hands the extras over).
+        held: dict[str, set[str]] = {}
+
+        async def balanced() -> bool:
+            nonlocal held
+            held = {e["instance"]: set(e["owns"])
+                    for e in (await status(cluster.daemons[0]))["cluster"]["instances"]}
+            return ([len(held.get(d, ())) for d in ("d0", "d1")] == [2, 2]
+                    and held["d0"] | held["d1"] == set(names))
+        await until(balanced, 30, 0.25)
+        frozen = held["d0"]
         # Hold d0's requests until each of its sinks has its whole window (8) waiting on
         # an answer: every worker has sent and none is between its lease check and its
         # request, so whatever d0 sends after the thaw it decided to send after it.
@@ -354,13 +374,17 @@ async def test_api_races_across_instances(cluster_factory: Any) -> None:
         await until(lambda: len(hooks.keys("same")) == 10, 30)
         owner = hooks.owners()["same"]
         other = apis[(int(owner[1:]) + 1) % 3]
+        owner_daemon = cluster.daemons[int(owner[1:])]
+        stops = sink_stops(owner_daemon, "same")
         await other.stop("same")
-        stopped = time.time()
+        # The owner learns of it from the stream: once its sink has stopped, events
+        # published after that are not delivered to "same".
+        await until(lambda: sink_stops(owner_daemon, "same") > stops, 30)
         await api0.publish(batch(10, 10))
         others = [f"c{i}" for i, status in enumerate(results_11) if status == 200
                   and f"c{i}" != winner]
         await until(lambda: all(len(hooks.keys(n)) == 20 for n in others), 30)
-        assert not [h for h in hooks.hits if h.integration == "same" and h.at > stopped + 1.5]
+        assert set(hooks.keys("same")) == {f"e{i}" for i in range(10)}
         # Stop and start racing through two instances end in one state, seen by all.
         await asyncio.gather(api1.start("same"), api2.stop("same"))
         views = [await api.get("same") for api in apis]
@@ -374,8 +398,6 @@ async def test_api_races_across_instances(cluster_factory: Any) -> None:
 
 
 async def test_any_instance_shows_the_whole_cluster(cluster_factory: Any) -> None:
-    from tests.test_control import Line, control_path
-
     cluster = cluster_factory(2)
     names = [f"v{i}" for i in range(4)]
     async with Recorder() as hooks, ApiClient(cluster.daemons[0]) as api0, \
@@ -426,10 +448,12 @@ async def test_any_instance_shows_the_whole_cluster(cluster_factory: Any) -> Non
 
 async def test_restart_after_sigkill_resumes_without_waiting_for_the_lease(
         tmp_path: Path, nats_server: NatsServer) -> None:
-    """The default lease TTL (10 s) is not waited out by a daemon restarted on the data dir
-    of the one that held the leases: only one live daemon can hold a data dir."""
+    """The lease TTL (30 s here, far above the time a restart takes) is not waited out by
+    a daemon restarted on the data dir of the one that held the leases: only one live
+    daemon can hold a data dir."""
     settings = jetstream_settings(nats_server)
     settings["log"] = {"level": "info", "format": "json"}
+    settings["jetstream"]["lease_ttl"] = "30s"
     (tmp_path / "solo").mkdir()
     daemon = DaemonProcess(tmp_path / "solo", settings)
     try:
@@ -446,7 +470,7 @@ async def test_restart_after_sigkill_resumes_without_waiting_for_the_lease(
                 await api.publish(batch(5, 5))
             await until(lambda: len(hooks.keys("r0")) == 10, 20)
             resumed = max(h.at for h in hooks.hits)
-            assert resumed - restarted < 5.0  # not the 10 s TTL
+            assert resumed - restarted < 15.0  # not the 30 s TTL
     finally:
         daemon.kill()
 
@@ -478,7 +502,9 @@ async def test_a_joining_daemon_takes_its_share_and_a_leaving_one_hands_over(
     """Graceful both ways: the extras are given up after their cursors are saved (no
     event delivered twice), and a daemon stopping cleanly releases its leases, so the
     others resume at once rather than after the TTL."""
-    cluster = cluster_factory(2)
+    # A TTL well above a handover's time: "resumed before the TTL" then shows the lease
+    # was released, not run out, even on a loaded machine.
+    cluster = cluster_factory(2, extra={"jetstream": {"lease_ttl": f"{HANDOVER_TTL:g}s"}})
     d0, d1 = cluster.daemons
     d1.stop()  # d1 joins later
     names = [f"j{i}" for i in range(6)]
@@ -508,6 +534,6 @@ async def test_a_joining_daemon_takes_its_share_and_a_leaving_one_hands_over(
         await until(lambda: all(len(hooks.keys(n)) == 360 for n in names), 30)
         for name in moved:
             resumed = min(h.at for h in hooks.hits if h.integration == name and h.at > left)
-            assert resumed - left < TTL, (name, resumed - left)
+            assert resumed - left < HANDOVER_TTL, (name, resumed - left)
         for name in names:
             assert max(hooks.keys(name).values()) == 1, name

@@ -27,8 +27,9 @@ from tests.test_multi import Cluster, Recorder, _sigkill_failover, batch, until
 
 @pytest.fixture
 def nats_cluster(tmp_path: Path) -> Iterator[NatsCluster]:
-    cluster = NatsCluster(tmp_path / "nats").start()
-    try:
+    cluster = NatsCluster(tmp_path / "nats")
+    try:  # a node that fails to start must not leave the others running
+        cluster.start()
         cluster.wait_jetstream()
         yield cluster
     finally:

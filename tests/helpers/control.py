@@ -67,6 +67,15 @@ def control_path(daemon: DaemonProcess) -> Path:
     return daemon.data_dir / "control.sock"
 
 
+async def status(daemon: DaemonProcess) -> dict[str, Any]:
+    """One status snapshot, over a connection of its own."""
+    client = await Line.connect(control_path(daemon))
+    try:
+        return (await client.call("status"))["result"]  # type: ignore[no-any-return]
+    finally:
+        await client.close()
+
+
 async def wait_settled(daemon: DaemonProcess, integration_ids: Iterable[str],
                        timeout: float = 60.0, *, cursor_saved: bool = True) -> dict[str, Any]:
     """Until each integration's durable cursor is past the log's head with nothing in
@@ -82,8 +91,10 @@ async def wait_settled(daemon: DaemonProcess, integration_ids: Iterable[str],
         with anyio.fail_after(timeout):
             while True:
                 snapshot = (await client.call("status"))["result"]
-                if all(_settled(i, cursor_saved) for i in snapshot["integrations"]
-                       if i["id"] in wanted):
+                present = {i["id"] for i in snapshot["integrations"]}
+                if wanted <= present and all(_settled(i, cursor_saved)
+                                             for i in snapshot["integrations"]
+                                             if i["id"] in wanted):
                     return snapshot
                 await anyio.sleep(0.05)
     finally:
