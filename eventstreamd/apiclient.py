@@ -106,7 +106,8 @@ def resolve_target(config: Config, url: str | None = None) -> str:
 class HttpClient:
     """One keep-alive connection to the daemon."""
 
-    def __init__(self, url: str, token: Token, timeout: float = 60.0) -> None:
+    def __init__(self, url: str, token: Token, timeout: float = 60.0,
+                 api_base: str = "") -> None:
         self.url = check_url(url)
         parts = urllib.parse.urlsplit(self.url)
         conn_cls = (http.client.HTTPSConnection if parts.scheme == "https"
@@ -114,7 +115,7 @@ class HttpClient:
         self._conn = conn_cls(parts.hostname or "", parts.port, timeout=timeout)
         self._prefix = parts.path
         self.token = token
-        self.api_base = "/api/v1/org/integrations/eventstream"  # {server.base_path}/eventstream
+        self.api_base = api_base  # the configuration API's path: {server.base_path}/eventstream
         self._headers: dict[str, str] = {}
         if token.value:
             self._headers["Authorization"] = f"Bearer {token.value}"
@@ -137,7 +138,15 @@ class HttpClient:
     def call(self, method: str, path: str, body: Any = None) -> Any:
         """A JSON request; the parsed answer (None when empty). Raises HttpError."""
         data = orjson.dumps(body) if body is not None else None
-        status, raw = self.request(method, path, data)
+        return self._answer(*self.request(method, path, data))
+
+    def call_ndjson(self, body: bytes) -> dict[str, Any]:
+        """POST /events with an NDJSON body; the daemon's answer. Raises HttpError."""
+        parsed = self._answer(*self.request("POST", "/events", body, "application/x-ndjson"))
+        return parsed if isinstance(parsed, dict) else {}
+
+    def _answer(self, status: int, raw: bytes) -> Any:
+        """The parsed JSON answer (None when empty or not JSON), or HttpError."""
         parsed: Any = None
         if raw:
             try:
@@ -147,17 +156,6 @@ class HttpClient:
         if status >= 400:
             raise self.error(status, parsed, raw)
         return parsed
-
-    def call_ndjson(self, body: bytes) -> dict[str, Any]:
-        """POST /events with an NDJSON body; the daemon's answer. Raises HttpError."""
-        status, raw = self.request("POST", "/events", body, "application/x-ndjson")
-        try:
-            parsed = orjson.loads(raw) if raw else None
-        except orjson.JSONDecodeError:
-            parsed = None
-        if status != 200:
-            raise self.error(status, parsed, raw)
-        return parsed if isinstance(parsed, dict) else {}
 
     def error(self, status: int, parsed: Any, raw: bytes) -> HttpError:
         if isinstance(parsed, dict) and "error_code" in parsed:

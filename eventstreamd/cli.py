@@ -142,7 +142,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _publish(args: argparse.Namespace) -> int:
-    from .publisher import PublishError, publish
+    from .apiclient import ClientError
+    from .publisher import publish
 
     config = _load(args.config)
     try:
@@ -157,7 +158,7 @@ def _publish(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"eventstreamd publish: {exc}", file=sys.stderr)
         return 1
-    except PublishError as exc:
+    except ClientError as exc:  # PublishError too
         print(f"eventstreamd publish: {exc}", file=sys.stderr)
         return exc.exit_code
     return 0

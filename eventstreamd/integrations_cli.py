@@ -29,6 +29,7 @@ import os
 import sys
 import tomllib
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -221,7 +222,7 @@ exit codes: 0 done, 1 refused or failed by the daemon, 2 usage or config error,
 
 def _load_file(path: str) -> dict[str, Any]:
     try:
-        raw = sys.stdin.buffer.read() if path == "-" else open(path, "rb").read()
+        raw = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
     except OSError as exc:
         raise ClientError(f"cannot read {path}: {exc.strerror or exc}", EXIT_USAGE) from None
     try:
@@ -314,8 +315,8 @@ def _rejected_id(client: HttpClient, integration_id: str, given: str) -> str:
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
-    client = HttpClient(resolve_target(config, args.url), resolve_token(config, args.token))
-    client.api_base = f"{config.server.base_path}/eventstream"
+    client = HttpClient(resolve_target(config, args.url), resolve_token(config, args.token),
+                        api_base=f"{config.server.base_path}/eventstream")
     try:
         action = args.action if args.action != "rejected" else f"rejected-{args.rejected_action}"
         return COMMANDS[action](client, args)

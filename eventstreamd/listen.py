@@ -30,8 +30,6 @@ from aiohttp import web
 
 from .sinks.signing import verify
 
-DEFAULT_PORT = 9000
-
 
 class Listener:
     def __init__(self, status: int = 200, secrets: tuple[str, ...] = (),

@@ -36,8 +36,8 @@ BATCH_BYTES = 4 * 1024 * 1024
 PROGRESS_EVERY = 1.0
 
 
-class PublishError(Exception):
-    exit_code = 1  # 2 for a bad --url
+class PublishError(ClientError):
+    """Publishing stopped part-way (exit code 1); what was accepted before is said."""
 
 
 def iter_located(stream: IO[bytes]) -> Iterator[tuple[str, Any]]:
@@ -127,13 +127,9 @@ def publish(
     timeout: float = 60.0,
     progress: IO[str] = sys.stderr,
 ) -> int:
-    """Send every event; return how many were accepted. Raises PublishError on failure."""
-    try:
-        client = HttpClient(resolve_target(config, url), resolve_token(config, token), timeout)
-    except ClientError as exc:
-        error = PublishError(str(exc))
-        error.exit_code = exc.exit_code
-        raise error from None
+    """Send every event; return how many were accepted. Raises ClientError when the
+    daemon cannot be addressed (a bad --url: exit code 2), PublishError on failure."""
+    client = HttpClient(resolve_target(config, url), resolve_token(config, token), timeout)
     accepted = 0
     started = last_report = time.monotonic()
     first_seq = last_seq = None

@@ -35,8 +35,7 @@ from .widgets import LINKED
 
 RECONNECT_DELAY = 1.0
 # How an action reads in a message ("retry failed: ...").
-ACTIONS = {"start": "start", "stop": "stop", "retry_rejected": "retry",
-           "delete_rejected": "delete"}
+ACTIONS = {"retry_rejected": "retry", "delete_rejected": "delete"}
 
 
 class SnapshotArrived(Message):

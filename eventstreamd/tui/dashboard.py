@@ -38,23 +38,23 @@ from .widgets import LINKED, ConnectionBar
 if TYPE_CHECKING:
     from .app import DashboardApp
 
+SPARK_WIDTH = 10
+TARGET_WIDTH = 28
+LAST_ERROR_WIDTH = 25  # the whole error is on the details screen
 # (key, label, width)
 COLUMNS: tuple[tuple[str, str, int | None], ...] = (
     ("id", "Integration", 16),
     ("kind", "Type", 7),
     ("health", "Status", 11),
-    ("target", "Target", 28),
+    ("target", "Target", TARGET_WIDTH),
     ("cursor", "Cursor", 8),
     ("lag", "Lag", 7),
     ("oldest", "Oldest", 6),
     ("rate", "Delivered/s", 18),
     ("failures", "Fails", 5),
     ("rejected", "Rej", 3),
-    ("last_error", "Last error", 25),
+    ("last_error", "Last error", LAST_ERROR_WIDTH),
 )
-SPARK_WIDTH = 10
-TARGET_WIDTH = 28
-LAST_ERROR_WIDTH = 25  # the whole error is on the details screen
 
 
 def row_cells(item: dict[str, Any], stale: bool = False) -> list[Any]:
