@@ -307,16 +307,23 @@ async def _js_connect(a: dict[str, Any]) -> Any:
     return await nats.connect(a["nats"], pending_size=0, max_reconnect_attempts=1)
 
 
-async def _js_stream(nc: Any, prefix: str) -> str:
-    """The event stream a daemon with `prefix` uses, with the daemon's own settings."""
+async def _js_stream(nc: Any, prefix: str) -> Any:
+    """The event stream a daemon with `prefix` uses, created with the daemon's own settings;
+    its `EventLog`, which names the stream and its subjects."""
     from eventstreamd.storage.jetstream.client import API
 
-    config = _event_log(prefix).stream_config()
+    log = _event_log(prefix)
+    config = log.stream_config()
     answer = orjson.loads((await nc.request(f"{API}.STREAM.CREATE.{config['name']}",
                                             orjson.dumps(config), timeout=10)).data)
     if "error" in answer and answer["error"].get("err_code") != 10058:  # exists
         raise RuntimeError(f"cannot create the stream: {answer['error']}")
-    return str(config["name"])
+    return log
+
+
+def _subjects(log: Any) -> tuple[str, str]:
+    """(continuation, commit) subjects of the daemon's atomic batches."""
+    return log.more_subject, log.commit_subject
 
 
 def _event_log(prefix: str) -> Any:
@@ -347,9 +354,11 @@ async def js_ingest_baseline(a: dict[str, Any]) -> dict[str, Any]:
     NDJSON mode = one atomic batch of `batch` events per request (the daemon's unit), single
     mode = one acknowledged publish per event; `concurrency` publishers either way."""
     factory = EventFactory(a["published_at"])
+    from eventstreamd.storage.jetstream.client import API
+
     nc = await _js_connect(a)
-    stream = await _js_stream(nc, a["prefix"])
-    subjects = (f"{a['prefix']}.ev.m", f"{a['prefix']}.ev.c")
+    log = await _js_stream(nc, a["prefix"])
+    subjects = _subjects(log)
     batch = int(a.get("batch", 1))
     lines = [factory.line(i).rstrip(b"\n") for i in range(max(batch, 1024))]
     concurrency, count = int(a["concurrency"]), int(a["count"])
@@ -377,7 +386,7 @@ async def js_ingest_baseline(a: dict[str, Any]) -> dict[str, Any]:
     phase = Phase()
     await asyncio.gather(*(run() for _ in range(concurrency)))
     result = phase.result()
-    await nc.request(f"$JS.API.STREAM.DELETE.{stream}", b"", timeout=30)
+    await nc.request(f"{API}.STREAM.DELETE.{log.stream}", b"", timeout=30)
     await nc.close()
     return {**result, "events": state["events"]}
 
@@ -387,10 +396,11 @@ async def js_webhook_baseline(a: dict[str, Any]) -> dict[str, Any]:
     POST each body (the daemon's headers) at `concurrency`, like one webhook integration."""
     import aiohttp
 
+    from eventstreamd.storage.jetstream.client import API
     from eventstreamd.storage.jetstream.events import decode
 
     nc = await _js_connect(a)
-    stream, url = f"{a['prefix']}_events", a["url"]
+    stream, url = _event_log(a["prefix"]).stream, a["url"]
     count, concurrency = int(a["count"]), int(a["concurrency"])
     queue: asyncio.Queue[tuple[str, bytes] | None] = asyncio.Queue(maxsize=512)
     statuses: dict[int, int] = {}
@@ -401,7 +411,7 @@ async def js_webhook_baseline(a: dict[str, Any]) -> dict[str, Any]:
     async def read() -> None:
         seq, sent = 1, 0
         while sent < count:
-            await nc.publish(f"$JS.API.DIRECT.GET.{stream}",
+            await nc.publish(f"{API}.DIRECT.GET.{stream}",
                              orjson.dumps({"seq": seq, "batch": 256, "max_bytes": 4 << 20}),
                              reply=inbox)
             while True:
@@ -444,8 +454,7 @@ async def js_fill(a: dict[str, Any]) -> dict[str, Any]:
 
     factory = EventFactory(a["published_at"])
     nc = await _js_connect(a)
-    await _js_stream(nc, a["prefix"])
-    subjects = (f"{a['prefix']}.ev.m", f"{a['prefix']}.ev.c")
+    subjects = _subjects(await _js_stream(nc, a["prefix"]))
     payloads = []
     for i in range(1000):
         e = factory.event(i)
