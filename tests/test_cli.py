@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from typing import Any
 import pytest
 
 from tests.helpers.daemon import DaemonProcess, Factory, Listener
+from tests.helpers.wait import eventually_sync
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 FAST = {"webhook": {"timeout": "2s", "retry_initial": "50ms", "retry_max": "100ms",
@@ -30,13 +30,7 @@ def cli(*args: str, cwd: Path | None = None, stdin: str | None = None,
 
 
 def until(condition: Callable[[], Any], what: str) -> Any:
-    deadline = time.monotonic() + WAIT
-    while time.monotonic() < deadline:
-        result = condition()
-        if result:
-            return result
-        time.sleep(0.05)
-    raise AssertionError(f"not within {WAIT:g}s: {what}")
+    return eventually_sync(condition, within=WAIT, what=what)
 
 
 @pytest.fixture

@@ -37,10 +37,6 @@ FAST = {"webhook": {"timeout": "2s", "retry_initial": "50ms", "retry_max": "200m
                     "max_in_flight": 8}}
 
 
-async def now(value: Any) -> Any:
-    return value
-
-
 def delivered_uids(receiver: Receiver) -> set[str]:
     return {r.body["payload"]["uid"] for r in receiver.delivered}
 
@@ -143,7 +139,7 @@ async def test_nats_outage_while_publishing_and_delivering(
         async with anyio.create_task_group() as tg:
             for p in range(2):
                 tg.start_soon(publisher, d, f"p{p}", acked, statuses, stop)
-            await eventually(lambda: now(len(receiver.delivered)),
+            await eventually(lambda: len(receiver.delivered),
                              lambda n: n >= 50, what="delivery under way")
             server.stop(how)
             health = await eventually(lambda: healthz(d), lambda h: h["status"] == "degraded",
@@ -156,13 +152,13 @@ async def test_nats_outage_while_publishing_and_delivering(
                 await client.close()
             assert snapshot["store"]["connected"] is False
             assert [i["id"] for i in snapshot["integrations"]] == ["hook"]
-            await eventually(lambda: now(statuses.count(503)), lambda n: n >= 3,
+            await eventually(lambda: statuses.count(503), lambda n: n >= 3,
                              what="publishes during the outage answered 503")
             server.start()
             await eventually(lambda: healthz(d), lambda h: h["status"] == "ok", within=30,
                              what="/healthz ok again")
             ok_before = statuses.count(200)
-            await eventually(lambda: now(statuses.count(200)),
+            await eventually(lambda: statuses.count(200),
                              lambda n: n >= ok_before + 5, what="publishing works again")
             stop.set()
         assert set(statuses) <= {200, 503}, collections.Counter(statuses)

@@ -30,6 +30,7 @@ from tests.helpers.control import Line, control_path, status
 from tests.helpers.daemon import DaemonProcess
 from tests.helpers.nats_server import NatsServer
 from tests.helpers.s3 import MotoServer, s3_params
+from tests.helpers.wait import eventually
 
 TTL = 2.0
 HANDOVER_TTL = 10.0
@@ -186,14 +187,7 @@ def batch(start: int, count: int) -> list[dict[str, Any]]:
 
 async def until(probe: Any, timeout: float, step: float = 0.1) -> None:
     """Poll `probe()` (sync or async) until true; fail after `timeout` seconds."""
-    with anyio.fail_after(timeout):
-        while True:
-            result = probe()
-            if asyncio.iscoroutine(result):
-                result = await result
-            if result:
-                return
-            await anyio.sleep(step)
+    await eventually(probe, within=timeout, every=step)
 
 
 # --------------------------------------------------------------------- failover
@@ -422,13 +416,8 @@ async def test_any_instance_shows_the_whole_cluster(cluster_factory: Any) -> Non
                       and all(i["delivered"] == 30 for i in remote))
                 return snapshot if ok else None
 
-            snapshot: dict[str, Any] | None = None
-
-            async def probe() -> bool:
-                nonlocal snapshot
-                snapshot = await settled()
-                return snapshot is not None
-            await until(probe, 20, 0.25)
+            snapshot = await eventually(settled, lambda s: s is not None, within=20,
+                                        every=0.25, what="the cluster view settled")
         finally:
             await client.close()
         assert snapshot is not None

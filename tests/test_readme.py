@@ -12,12 +12,12 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 from tests.helpers.api import ApiClient
 from tests.helpers.daemon import Factory, Listener
+from tests.helpers.wait import eventually_sync
 from tests.test_signing import RawReceiver
 
 ROOT = Path(__file__).parents[1]
@@ -73,10 +73,11 @@ def test_quick_start_runs_as_written(tmp_path: Path) -> None:
     listener: Listener | None = None
     try:
         runtime = tmp_path / "data" / "runtime.json"
-        deadline = time.monotonic() + WAIT
-        while not runtime.exists() and time.monotonic() < deadline:
+
+        def started() -> bool:
             assert daemon.poll() is None, (tmp_path / "daemon.log").read_text()
-            time.sleep(0.05)
+            return runtime.exists()
+        eventually_sync(started, within=WAIT, what="the daemon wrote runtime.json")
         port = json.loads(runtime.read_text())["port"]
 
         activate, listen = [line for line in listen_block.splitlines() if line.strip()]
@@ -98,9 +99,8 @@ def test_quick_start_runs_as_written(tmp_path: Path) -> None:
                 assert json.loads(expected) in json_values(result.stdout), \
                     (expected, result.stdout)
         assert "demo" in outputs[0] and "running" in outputs[0]
-        deadline = time.monotonic() + WAIT
-        while listener.deliveries() < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        eventually_sync(listener.deliveries, lambda n: n >= 2, within=WAIT,
+                        what="both documented events reached the listener")
         received = listener.output()
         assert '"order_id": "A-1"' in received and '"order_id": "A-2"' in received
         assert "POST /hooks" in received

@@ -367,9 +367,8 @@ async def test_a_log_pruned_past_the_cursor_moves_the_cursor_to_the_head(
     assert await h.store.first_seq() == 6  # the log is empty, its head 5
     await h.add_webhook(receiver.url, cursor=1)
     await h.start_supervisor()
-    with anyio.fail_after(20):
-        while await h.store.get_cursor("w1") != 6:
-            await anyio.sleep(0.05)
+    await eventually(lambda: h.store.get_cursor("w1"), lambda cursor: cursor == 6,
+                     what="the cursor moved past the pruned events")
     logs = await h.store.list_logs("w1", 50)
     [entry] = [e for e in logs if e.action == "events_pruned"]
     assert entry.reason.startswith("5 events were removed by retention")
