@@ -68,7 +68,6 @@ class DaemonProcess:
         self.poll_interval = poll_interval
         self.startup_timeout = startup_timeout
         self.pid = 0  # the daemon's own pid, from runtime.json
-        self.started_ns = 0
         self.data_dir = workdir / "data"
         base = {
             "server": {"host": "127.0.0.1", "port": 0},
@@ -104,7 +103,6 @@ class DaemonProcess:
             runtime.unlink()  # left by a killed predecessor
         self._log_fh = open(self.log_path, "ab")
         env = dict(os.environ, PYTHONUNBUFFERED="1", **self.env)
-        self.started_ns = time.monotonic_ns()
         self.proc = self.popen(
             [*self.wrapper, sys.executable, "-m", "eventstreamd", "run",
              "--config", str(self.config_path)],

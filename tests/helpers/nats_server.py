@@ -10,10 +10,8 @@ import socket
 import subprocess
 import sys
 import sysconfig
-import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 READY = "Server is ready"
 
@@ -42,12 +40,10 @@ class NatsServer:
     The port and store dir stay the same across stop/start, so a restarted server
     has its streams back."""
 
-    def __init__(self, root: Path | None = None, port: int | None = None,
-                 extra: str = "") -> None:
-        self._own_root = root is None  # a temp dir of its own: removed on __exit__
-        self.root = Path(root) if root else Path(tempfile.mkdtemp(prefix="nats-"))
+    def __init__(self, root: Path, extra: str = "") -> None:
+        self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
-        self.port = port or free_port()
+        self.port = free_port()
         self.store_dir = self.root / "js"
         self.log_path = self.root / "server.log"
         self.conf = self.root / "server.conf"
@@ -94,19 +90,6 @@ class NatsServer:
 
     def kill(self) -> None:
         self.stop(signal.SIGKILL)
-
-    def __enter__(self) -> NatsServer:
-        return self.start()
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._own_root:
-            self.remove()
-        else:
-            self.stop()
-
-    def remove(self) -> None:
-        self.stop()
-        shutil.rmtree(self.root, ignore_errors=True)
 
 
 class NatsCluster:
