@@ -194,14 +194,18 @@ async def test_create_list_get_with_masked_secrets(daemon_factory: Factory) -> N
     assert API_KEY not in text and AWS_SECRET not in text
 
 
-async def test_unknown_fields_of_a_new_integration_are_ignored(daemon_factory: Factory) -> None:
-    # The spec's schema allows them (no additionalProperties: false).
+async def test_unknown_top_level_fields_are_ignored_unknown_target_fields_refused(
+        daemon_factory: Factory) -> None:
+    # The seed's schema leaves the body open (no additionalProperties: false); the served
+    # spec closes the target objects, whose optional fields a typo would silently lose.
     async with connect(local_daemon(daemon_factory)) as api:
-        body = webhook("erp-1", status="stopped", colour="blue")
-        body["callback_parameters"]["extra"] = 1
-        created = await api.create(body)
+        created = await api.create(webhook("erp-1", status="stopped", colour="blue"))
         assert created["status"] == "running"
-        assert "colour" not in created and "extra" not in created["callback_parameters"]
+        assert "colour" not in created
+        body = webhook("erp-2")
+        body["callback_parameters"]["extra"] = 1
+        refused = await api.create(body, expect=400)
+        assert "'callback_parameters.extra' is not allowed here" in refused["message"]
 
 
 INVALID_CREATES: list[tuple[str, Any, str, str]] = [

@@ -18,7 +18,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from ..config import Config
-from ..schemas.validation import spec_text
+from ..schemas.spec import spec_text
 from ..storage.base import Store
 from .api import add_routes
 from .auth import auth_middleware

@@ -19,8 +19,11 @@ Decisions:
 - Replace semantics for PATCH: a target object in the body replaces the stored
   one (switching webhook <-> S3 drops the other). A secret sent back exactly
   as we returned it (masked) keeps the stored secret.
-- The spec allows extra properties in a new integration (no
-  `additionalProperties: false`); they are ignored and never stored.
+- The seed's spec allows extra properties in a new integration (no
+  `additionalProperties: false`); they are ignored and never stored. Inside a
+  target object (`callback_parameters`, `s3_parameters`) the served spec
+  lists every field, extensions included, and refuses any other: a typo
+  there would otherwise silently lose a setting (`schemas/spec.py`).
 - Rejected events are shown with what ties them to what was published, within
   the spec's schemas (whose entries allow further properties): a list entry
   is `id`, `created_at` plus `event_id`, `seq`, `status`, `reason` (an

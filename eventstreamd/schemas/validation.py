@@ -32,10 +32,9 @@ import functools
 import re
 import sys
 from collections.abc import Iterator
-from importlib import resources
 from typing import Any
 
-import yaml
+from .spec import SPEC_FILE, spec, spec_text  # noqa: F401 - re-exported: the served document
 
 
 def _import_jsonschema_quickly() -> None:
@@ -56,7 +55,6 @@ from jsonschema.protocols import Validator  # noqa: E402
 from referencing import Registry, Resource  # noqa: E402
 from referencing.jsonschema import DRAFT4  # noqa: E402
 
-SPEC_FILE = "eventstream.openapi.yaml"
 SPEC_URI = "urn:eventstreamd:openapi"
 _METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
 
@@ -77,18 +75,6 @@ class RequestInvalid(ValueError):
 
 
 # ------------------------------------------------------------------------ spec
-
-
-def spec_text() -> str:
-    return resources.files("eventstreamd.schemas").joinpath(SPEC_FILE).read_text()
-
-
-@functools.cache
-def spec() -> dict[str, Any]:
-    loaded = yaml.safe_load(spec_text())
-    if not isinstance(loaded, dict) or "paths" not in loaded:
-        raise RuntimeError(f"{SPEC_FILE} is not an OpenAPI document")
-    return loaded
 
 
 @functools.cache
