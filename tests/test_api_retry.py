@@ -21,8 +21,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from eventstreamd.config import Config, StorageConfig
+from eventstreamd.daemon.app import build_app
 from eventstreamd.daemon.contracts import ChangeFeed
-from eventstreamd.daemon.http import build_app
 from eventstreamd.daemon.integrations import IntegrationService
 from eventstreamd.daemon.lifecycle import http_session
 from eventstreamd.model import LogEntry, RejectedEvent

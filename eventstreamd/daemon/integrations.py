@@ -1,7 +1,7 @@
 """The integration service: every rule of integrations, and their only writer.
 
 Decisions:
-- Both front ends (the aiohttp handlers in `api.py`, the control socket) call
+- Both front ends (the aiohttp handlers in `routes.py`, the control socket) call
   these methods and nothing else, so a rule cannot hold on one path and not
   the other. Request bodies are validated here against the spec's own schemas
   (`eventstreamd.schemas.validation`), then by the target's sink type

@@ -59,10 +59,10 @@ from ..sinks.ssrf import guarded_connector_args
 from ..storage.base import StoreUnavailable
 from ..storage.factory import open_store
 from ..storage.lmdb_store import StoreFormatError
+from .app import build_app
 from .auth import resolve_tokens
 from .contracts import ChangeFeed
 from .control import ControlServer, ControlSocketError
-from .http import build_app
 from .http_server import DaemonRunner, connection_limits
 from .integrations import IntegrationService
 from .metrics import DaemonMetrics, IngestStats, Readiness
