@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .naming import valid_tenant
+from .naming import valid_subject_token, valid_tenant
 
 ENV_VAR = "EVENTSTREAMD_CONFIG"
 DEFAULT_FILE = "eventstreamd.toml"
@@ -258,8 +258,8 @@ class Config:
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 _BACKENDS = ("lmdb", "jetstream")
 _NATS_SCHEMES = ("nats://", "tls://", "ws://", "wss://")
-_JS_PREFIX = re.compile(r"[A-Za-z0-9_-]{1,32}")
-_JS_INSTANCE = re.compile(r"[A-Za-z0-9_-]{1,64}")  # names a subject token
+_JS_PREFIX_MAX = 32  # both name subject tokens (naming.valid_subject_token)
+_JS_INSTANCE_MAX = 64
 _LOG_FORMATS = ("text", "json")
 _BLOCK_POLICIES = ("none", "link-local", "private")  # see eventstreamd/sinks/ssrf.py
 
@@ -378,14 +378,14 @@ def _check_jetstream(config: Config) -> None:
     if not js.servers or not all(s.startswith(_NATS_SCHEMES) for s in js.servers):
         raise ConfigError("bad value for 'jetstream.servers': a list of URLs such as "
                           '"nats://127.0.0.1:4222" (nats://, tls://, ws:// or wss://)')
-    if not _JS_PREFIX.fullmatch(js.prefix):
+    if not valid_subject_token(js.prefix, _JS_PREFIX_MAX):
         raise ConfigError("bad value for 'jetstream.prefix': 1-32 letters, digits, '_' or '-'")
     if not 1 <= js.replicas <= 5:
         raise ConfigError("bad value for 'jetstream.replicas': 1 to 5")
     for key in ("connect_timeout", "request_timeout"):
         if getattr(js, key) <= 0:
             raise ConfigError(f"bad value for 'jetstream.{key}': must be more than 0")
-    if js.instance and not _JS_INSTANCE.fullmatch(js.instance):
+    if js.instance and not valid_subject_token(js.instance, _JS_INSTANCE_MAX):
         raise ConfigError("bad value for 'jetstream.instance': 1-64 letters, digits, '_' or '-'")
     if js.lease_ttl < 1:
         raise ConfigError("bad value for 'jetstream.lease_ttl': at least 1s")

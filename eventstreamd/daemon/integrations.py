@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import re
 import time
 import uuid
 from collections.abc import Callable
@@ -65,6 +64,7 @@ from ..model import (
     RejectedEvent,
     TargetParams,
 )
+from ..naming import valid_integration_id
 from ..schemas.validation import RequestInvalid, validate_request
 from ..sinks.base import DeliveryFailed, SinkEnv, TargetRefused
 from ..sinks.loop import resume_position
@@ -83,9 +83,6 @@ from .errors import ApiError
 
 log = logging.getLogger("eventstreamd.integrations")
 
-# What the spec allows an id to be; anything else cannot name a stored integration
-# (and must not reach LMDB, whose keys are limited to 511 bytes).
-ID_PATTERN = re.compile(r"[a-z0-9-]{1,50}")
 # Fields a PATCH may not carry, with the reason the client gets.
 _IMMUTABLE = {
     "id": "the id of an integration cannot be changed",
@@ -227,14 +224,14 @@ class IntegrationService:
 
     async def _integration(self, integration_id: str) -> Integration:
         found = await self._do(self.store.get_integration(integration_id)) \
-            if ID_PATTERN.fullmatch(integration_id) else None
+            if valid_integration_id(integration_id) else None
         if found is None:
             raise not_found(integration_id)
         return found  # type: ignore[no-any-return]
 
     async def _change(self, integration_id: str,
                       change: Callable[[Integration, ChangeView], Change]) -> Integration:
-        if not ID_PATTERN.fullmatch(integration_id):
+        if not valid_integration_id(integration_id):
             raise not_found(integration_id)
         changed: Integration = await self._do(self.store.change_integration(integration_id,
                                                                             change))
@@ -359,7 +356,7 @@ class IntegrationService:
 
     async def delete(self, integration_id: str) -> None:
         """Remove the integration with its cursor, logs and rejected events."""
-        if not ID_PATTERN.fullmatch(integration_id) or \
+        if not valid_integration_id(integration_id) or \
                 not await self._do(self.store.delete_integration(integration_id)):
             raise not_found(integration_id)
         log.info("integration deleted", extra=kv(integration=integration_id))

@@ -96,6 +96,7 @@ from .client import (
     Out,
     Unknown,
 )
+from .subjects import EventSubjects
 
 log = logging.getLogger("eventstreamd.jetstream")
 
@@ -187,10 +188,12 @@ class EventLog:
     max_bytes: int
 
     def __post_init__(self) -> None:
-        self.stream = f"{self.prefix}_events"
-        self.more_subject = f"{self.prefix}.ev.m"
-        self.commit_subject = f"{self.prefix}.ev.c"
-        self.wake_subject = f"{self.prefix}.wake"
+        subjects = EventSubjects(self.prefix)
+        self.stream = subjects.stream
+        self.every_subject = subjects.every
+        self.more_subject = subjects.more
+        self.commit_subject = subjects.commit
+        self.wake_subject = subjects.wake
         self._head = 0
         self._moved = anyio.Event()
         self._last_ingest = (0, 0)  # (seq, ms) of the newest message whose time is known
@@ -204,7 +207,7 @@ class EventLog:
     def stream_config(self) -> dict[str, Any]:
         return {
             "name": self.stream,
-            "subjects": [f"{self.prefix}.ev.*"],
+            "subjects": [self.every_subject],
             "retention": "limits",
             "storage": "file",
             "num_replicas": self.replicas,

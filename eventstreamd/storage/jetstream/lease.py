@@ -7,7 +7,7 @@ Decisions:
   the rejected event they write, and a JetStream batch (and a subject-sequence
   expectation) cannot reach into another stream. So an integration's lease is
   the subject `lease.<id>` next to its `cur.<id>`, `log.<id>` ... and the
-  store's existing fence hook (`state.py`, `_fence_headers`) expects it.
+  store's fence hook (`state.py`, `_fence_headers`) expects it.
 - Two subjects per integration: `lease.<id>` changes only when the ownership
   changes (a claim or a release), `renew.<id>` takes the holder's renewals.
   A fence names the *claim's* sequence, so it stays valid for the whole
@@ -60,7 +60,8 @@ from ...logs import kv
 from ...timeutil import parse_rfc3339
 from ..base import StoreUnavailable
 from .client import SEQUENCE, TIME_STAMP, JsApiError, Out, last_token
-from .state import DELETED, OP, ROLL, Conflict, StateStore, _expect, _token
+from .state import DELETED, OP, ROLL, TOMBSTONE, Conflict, StateStore, expect
+from .subjects import ANNOUNCEMENT, LEASE, RECORD, RENEW, is_token
 
 log = logging.getLogger("eventstreamd.jetstream.lease")
 
@@ -111,23 +112,20 @@ class LeaseBook:
     def __init__(self, state: StateStore) -> None:
         self.state = state
         self.client = state.client
+        self.subjects = state.subjects
 
     def _subject(self, kind: str, name: str) -> str:
-        return self.state._subject(kind, name)
-
-    async def _multi_last(self, kind: str) -> list[Any]:
-        return await self.client.direct_batch(
-            self.state.stream, {"multi_last": [self._subject(kind, "*")]})
+        return self.subjects.of(kind, name)
 
     # ---------------------------------------------------------------- reading
 
     async def snapshot(self) -> Snapshot:
         renews: dict[str, int] = {}
-        for msg in await self._multi_last("renew"):
+        for msg in await self.state.multi_last(RENEW):
             headers = msg.headers or {}
             renews[last_token(headers)] = int(headers[SEQUENCE])
         leases: dict[str, LeaseSeen] = {}
-        for msg in await self._multi_last("lease"):
+        for msg in await self.state.multi_last(LEASE):
             headers = msg.headers or {}
             integration_id = last_token(headers)
             seq = int(headers[SEQUENCE])
@@ -140,7 +138,7 @@ class LeaseBook:
         for integration_id, renew_seq in renews.items():  # a renew without a lease message
             leases.setdefault(integration_id, LeaseSeen(integration_id, 0, renew_seq, ""))
         instances: dict[str, Announcement] = {}
-        for msg in await self._multi_last("inst"):
+        for msg in await self.state.multi_last(ANNOUNCEMENT):
             headers = msg.headers or {}
             name = last_token(headers)
             deleted = headers.get(OP) == DELETED or not msg.data
@@ -159,18 +157,18 @@ class LeaseBook:
         """Take the lease if both subjects are still where `seen` found them; the claim's
         sequence (what fences name), or None when someone else moved first. `token`
         names the claimant's data dir, which one live daemon at a time can hold."""
-        if not _token(seen.integration_id):
+        if not is_token(seen.integration_id):
             return None
         body = orjson.dumps({"holder": instance, "token": token, "incarnation": incarnation,
                              "claimed_at": time.time()})
         messages = [
-            Out(self._subject("lease", seen.integration_id), body,
-                {**ROLL, **_expect(seen.lease_seq)}),
-            Out(self._subject("renew", seen.integration_id), orjson.dumps({"holder": instance}),
-                {**ROLL, **_expect(seen.renew_seq)}),
+            Out(self._subject(LEASE, seen.integration_id), body,
+                {**ROLL, **expect(seen.lease_seq)}),
+            Out(self._subject(RENEW, seen.integration_id), orjson.dumps({"holder": instance}),
+                {**ROLL, **expect(seen.renew_seq)}),
         ]
         try:
-            ack = await self.state._commit(messages)
+            ack = await self.state.commit(messages)
         except Conflict:
             return None
         return ack.first
@@ -178,9 +176,9 @@ class LeaseBook:
     async def renew(self, integration_id: str, claim: int, instance: str) -> bool:
         """False when the lease is no longer the claim (taken, released or deleted)."""
         try:
-            await self.state._commit([Out(
-                self._subject("renew", integration_id), orjson.dumps({"holder": instance}),
-                {**ROLL, **_expect(claim, self._subject("lease", integration_id))})])
+            await self.state.commit([Out(
+                self._subject(RENEW, integration_id), orjson.dumps({"holder": instance}),
+                {**ROLL, **expect(claim, self._subject(LEASE, integration_id))})])
         except Conflict:
             return False
         return True
@@ -189,9 +187,9 @@ class LeaseBook:
         """Give the lease up (holder ""): others may claim it at once. False when it was
         not ours any more."""
         try:
-            await self.state._commit([Out(
-                self._subject("lease", integration_id), orjson.dumps({"holder": ""}),
-                {**ROLL, **_expect(claim)})])
+            await self.state.commit([Out(
+                self._subject(LEASE, integration_id), orjson.dumps({"holder": ""}),
+                {**ROLL, **expect(claim)})])
         except Conflict:
             return False
         return True
@@ -203,7 +201,7 @@ class LeaseBook:
         async def seen(_msg: Any) -> None:
             callback()
 
-        for kind in ("int", "lease"):
+        for kind in (RECORD, LEASE):
             await self.client.nc.subscribe(self._subject(kind, "*"), cb=seen)
 
     # ---------------------------------------------------------- announcements
@@ -212,24 +210,25 @@ class LeaseBook:
                        after: int | None = None) -> tuple[int, bool]:
         """Write the announcement; (its sequence, whether someone else had written under
         this name since our announcement `after`)."""
-        subject, data = self._subject("inst", instance), orjson.dumps(status)
+        subject, data = self._subject(ANNOUNCEMENT, instance), orjson.dumps(status)
         if after is not None:
             try:
-                return (await self.state._commit([Out(subject, data,
-                                                      {**ROLL, **_expect(after)})])).seq, False
+                return (await self.state.commit([Out(subject, data,
+                                                      {**ROLL, **expect(after)})])).seq, False
             except Conflict:
                 pass
-        return (await self.state._commit([Out(subject, data, ROLL)])).seq, after is not None
+        return (await self.state.commit([Out(subject, data, ROLL)])).seq, after is not None
 
     async def retire(self, instance: str) -> None:
-        await self.state._commit([Out(self._subject("inst", instance), b"",
-                                      {**ROLL, OP: DELETED})])
+        await self.state.commit([Out(self._subject(ANNOUNCEMENT, instance), b"",
+                                      TOMBSTONE)])
 
     async def forget(self, stale: Sequence[Announcement]) -> None:
         """Purge announcements of instances long gone (SIGKILLed ones stay otherwise)."""
         for entry in stale:
             try:
-                await self.client.purge(self.state.stream, self._subject("inst", entry.instance),
+                await self.client.purge(self.subjects.stream,
+                                        self._subject(ANNOUNCEMENT, entry.instance),
                                         entry.seq + 1)
             except (StoreUnavailable, JsApiError) as exc:
                 log.debug("could not purge an old announcement",

@@ -47,6 +47,7 @@ from .client import JsApiError, JsClient, NotSent, Unknown
 from .events import EventLog
 from .lease import LeaseBook
 from .state import StateStore
+from .subjects import CURSOR, SINK_STATE
 
 log = logging.getLogger("eventstreamd.jetstream")
 
@@ -284,7 +285,7 @@ class JetStreamStore:
 
     async def set_cursor(self, fence: Fence, next_seq: int) -> bool:
         written = await self._patient(lambda: self.state.write_fenced(
-            fence, "cur", str(next_seq).encode()))
+            fence, CURSOR, str(next_seq).encode()))
         if written:
             self._cursors[fence.integration_id] = next_seq
         return written
@@ -294,7 +295,7 @@ class JetStreamStore:
 
     async def put_sink_state(self, fence: Fence, state: dict[str, object]) -> bool:
         data: bytes = msgpack.packb(state)
-        return await self._patient(lambda: self.state.write_fenced(fence, "sink", data))
+        return await self._patient(lambda: self.state.write_fenced(fence, SINK_STATE, data))
 
     async def add_log(self, fence: Fence, entry: LogEntry) -> bool:
         return await self._patient(lambda: self.state.add_log(fence, entry))
