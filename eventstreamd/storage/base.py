@@ -26,6 +26,12 @@ Decisions:
   them to 507 and 503 (and `append`'s `EventTooLarge` to 413).
 - `health()` says whether the backend is reachable now (always for LMDB),
   for `/healthz` and the status snapshot.
+- Opening a store fails with `StoreOpenError` (its message one line for the
+  user: a data dir in a newer format is `StoreFormatError`) or
+  `StoreUnavailable` (the backend cannot be reached); no backend's own
+  exception leaves `storage/`, so start-up never names a backend.
+- `leases` is the `LeaseBook` of a store several daemons may share
+  (`leases.py`), None for one a single daemon owns.
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ from ..model import (
     RejectedEvent,
     StoredEvent,
 )
+from .leases import LeaseBook
 
 
 def kept_log(entry: LogEntry) -> LogEntry:
@@ -58,6 +65,14 @@ def rejected_dropped_log(created_at: str, rejected_id: str, keep: int) -> LogEnt
     """What a store logs when a rejected event gives way to newer ones."""
     return LogEntry(created_at, "rejected_event_dropped",
                     f"Rejected event {rejected_id} was removed to keep the newest {keep}.")
+
+
+class StoreOpenError(Exception):
+    """The store cannot be opened; the message says why in one line."""
+
+
+class StoreFormatError(StoreOpenError):
+    """The data holds a format this version cannot read; the message says what to do."""
 
 
 class StoreFull(Exception):
@@ -160,6 +175,11 @@ class Store(Protocol):
     async def stats(self) -> StoreStats: ...
 
     def health(self) -> StoreHealth: ...
+
+    @property
+    def leases(self) -> LeaseBook | None:
+        """The leases, when several daemons may share this store; None when one owns it."""
+        ...
 
     # --------------------------------------------------------- integrations
 

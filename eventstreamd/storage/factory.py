@@ -1,7 +1,10 @@
-"""Which store backs the daemon: chosen by `storage.backend` in the config.
+"""Which store backs the daemon: chosen here, and only here, by `storage.backend`.
 
-The JetStream backend (and with it nats-py) is imported only when it is
-chosen, so the embedded LMDB default never loads NATS.
+Nothing above `storage/` names a backend: the daemon opens what `open_store`
+returns, asks it for its `leases` (several daemons may share it) and
+catches the errors `storage/base.py` defines. The JetStream backend (and with
+it nats-py) is imported only when it is chosen, so the embedded LMDB default
+never loads NATS.
 """
 
 from __future__ import annotations
@@ -23,3 +26,10 @@ def open_store(config: Config) -> Store:
         log_entries=config.limits.log_entries,
         rejected_events=config.limits.rejected_events,
     )
+
+
+def opening(config: Config) -> str:
+    """What opening the configured store does, for the start-up error line."""
+    if config.storage.backend == "jetstream":
+        return "connect to NATS JetStream"
+    return f"open the store in {config.data_dir}"

@@ -59,8 +59,10 @@ from .base import (
     IntegrationExists,
     IntegrationLimitReached,
     IntegrationMissing,
+    StoreFormatError,
     StoreFull,
     StoreHealth,
+    StoreOpenError,
     StoreStats,
     StoreUnavailable,
     Transition,
@@ -93,10 +95,6 @@ T = TypeVar("T")
 Txn = lmdb.Transaction
 
 
-class StoreFormatError(Exception):
-    """The data dir holds a format this version cannot read; the message says what to do."""
-
-
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -106,17 +104,29 @@ def _prefix(integration_id: str) -> bytes:
 
 
 class LmdbStore:
+    # One daemon owns the data dir (it is locked): it delivers every integration.
+    leases: None = None
+
     def __init__(self, data_dir: Path, *, map_size: int, log_entries: int = 50,
                  rejected_events: int = 30) -> None:
         self.data_dir = Path(data_dir)
         self.log_entries = log_entries
         self.rejected_events = rejected_events
         self.map_size = map_size
+        try:
+            self._open()
+        except lmdb.Error as exc:
+            raise StoreOpenError(str(exc)) from exc
+        self._head_moved = anyio.Event()
+        self._tg: TaskGroup | None = None
+        self._closed = False
+
+    def _open(self) -> None:
         self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(self.data_dir, 0o700)
         (self.data_dir / "lmdb").mkdir(mode=0o700, exist_ok=True)
         self.env = lmdb.open(
-            str(self.data_dir / "lmdb"), map_size=map_size, max_dbs=8, subdir=True,
+            str(self.data_dir / "lmdb"), map_size=self.map_size, max_dbs=8, subdir=True,
             sync=True, metasync=True, readahead=False, max_readers=512, mode=0o600,
         )
         self._events = self.env.open_db(b"events")
@@ -134,9 +144,6 @@ class LmdbStore:
             raise
         with self.env.begin() as txn:
             self._head = self._txn_head(txn)
-        self._head_moved = anyio.Event()
-        self._tg: TaskGroup | None = None
-        self._closed = False
 
     # ---------------------------------------------------------------- lifecycle
 

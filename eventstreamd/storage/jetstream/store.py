@@ -45,7 +45,7 @@ from ...model import Fence, Integration, LogEntry, NewEvent, RejectedEvent, Stor
 from ..base import StoreHealth, StoreStats, StoreUnavailable, Transition
 from .client import JsApiError, JsClient, NotSent, Unknown
 from .events import EventLog
-from .lease import LeaseBook
+from .lease import JetStreamLeaseBook
 from .state import StateStore
 from .subjects import CURSOR, SINK_STATE
 
@@ -66,7 +66,7 @@ class JetStreamStore:
         self.state = StateStore(self.client, js.prefix, js.replicas,
                                 log_entries=config.limits.log_entries,
                                 rejected_events=config.limits.rejected_events)
-        self.leases = LeaseBook(self.state)  # several daemons: daemon/ownership.py
+        self.leases = JetStreamLeaseBook(self.state)  # several daemons: daemon/ownership.py
         self._tg: TaskGroup | None = None
         self._closing = False
         # The last values seen: what supervision and status show while NATS is away.
