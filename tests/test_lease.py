@@ -11,6 +11,7 @@ import pytest
 
 from eventstreamd.config import Config, LimitsConfig
 from eventstreamd.model import Integration, LogEntry
+from eventstreamd.sinks.registry import SINK_TYPES
 from eventstreamd.storage.factory import open_store
 from eventstreamd.storage.jetstream.store import JetStreamStore
 from eventstreamd.storage.leases import LeaseBook, LeaseSeen
@@ -24,7 +25,7 @@ BACKENDS = ("jetstream",)
 async def store(store_config: Config) -> AsyncIterator[JetStreamStore]:
     config = dataclasses.replace(store_config,
                                  limits=LimitsConfig(log_entries=5, rejected_events=2))
-    async with held(open_store(config)) as s:
+    async with held(open_store(config, SINK_TYPES)) as s:
         assert isinstance(s, JetStreamStore)
         yield s
 

@@ -68,7 +68,7 @@ from ..naming import valid_integration_id
 from ..schemas.validation import RequestInvalid, validate_request
 from ..sinks.base import DeliveryFailed, SinkEnv, TargetRefused
 from ..sinks.loop import resume_position
-from ..sinks.registry import sink_type
+from ..sinks.registry import SINK_TYPES, sink_type
 from ..storage.base import (
     IntegrationExists,
     IntegrationLimitReached,
@@ -129,7 +129,7 @@ def bad_request(error_code: str, message: str) -> ApiError:
 
 
 def _validated(operation_id: str, body: Any, config: Config) -> dict[str, Any]:
-    fields = codec.target_field_names()
+    fields = codec.target_field_names(SINK_TYPES)
     if isinstance(body, dict):
         for outer in fields:  # a target nested in another: say where it goes
             inner = next((f for f in fields if isinstance(body.get(outer), dict)
@@ -140,7 +140,7 @@ def _validated(operation_id: str, body: Any, config: Config) -> dict[str, Any]:
                                   f"'id' and instead of '{outer}', not inside '{outer}'")
     if isinstance(body, dict) and sum(body.get(f) is not None for f in fields) > 1:
         raise bad_request("ambiguous_target", "give one target, not both: " + " or ".join(
-            f"'{f}' ({codec.target_for_field(f).kind})" for f in sorted(fields)))
+            f"'{f}' ({codec.target_for_field(SINK_TYPES, f).kind})" for f in sorted(fields)))
     try:
         validate_request(operation_id, body)
     except RequestInvalid as exc:
@@ -150,7 +150,7 @@ def _validated(operation_id: str, body: Any, config: Config) -> dict[str, Any]:
 
 
 def _target(body: dict[str, Any], config: Config) -> TargetParams | None:
-    target = codec.target_from_api(body)
+    target = codec.target_from_api(SINK_TYPES, body)
     if target is not None:
         _check_target(target, config)
     return target
@@ -277,7 +277,7 @@ class IntegrationService:
         starts = _timestamp(body, "starts_at")
         ends = _timestamp(body, "ends_at")
         _check_dates(integration_type, starts, ends)
-        target = codec.target_from_api(body)
+        target = codec.target_from_api(SINK_TYPES, body)
         assert target is not None  # the schema's oneOf requires one
         integration = await self.register(
             body["id"], integration_type, target, starts=starts, ends=ends,

@@ -61,6 +61,7 @@ from ..config import SIGNING_PREFIX, Config
 from ..logs import kv, redactor
 from ..runtime import RuntimeInfo, remove_runtime, runtime_file, write_runtime
 from ..sinks.base import SinkEnv
+from ..sinks.registry import SINK_TYPES
 from ..sinks.ssrf import guarded_connector_args
 from ..storage.base import StoreOpenError, StoreUnavailable
 from ..storage.factory import open_store, opening
@@ -161,7 +162,7 @@ class Daemon:
             with _starting(f"open the store in {config.data_dir}"):
                 stack.callback(os.close, _lock_data_dir(config.data_dir))
             with _starting(opening(config)):
-                store = await stack.enter_async_context(open_store(config))
+                store = await stack.enter_async_context(open_store(config, SINK_TYPES))
             shared = store.leases  # several daemons may deliver from this store
             instance = config.jetstream.instance_name()
             with _starting("set up the API token"):

@@ -32,6 +32,9 @@ Decisions:
   exception leaves `storage/`, so start-up never names a backend.
 - `leases` is the `LeaseBook` of a store several daemons may share
   (`leases.py`), None for one a single daemon owns.
+- A store decodes integration records with the sink registry it is opened
+  with (`targets`, `codec.TargetTypes`); one opened without it (a tool that
+  reads only events) refuses to read an integration, naming its kind.
 """
 
 from __future__ import annotations
@@ -51,8 +54,17 @@ from ..model import (
     NewEvent,
     RejectedEvent,
     StoredEvent,
+    TargetParams,
 )
 from .leases import LeaseBook
+
+
+class _NoTargets:
+    def params_types(self) -> tuple[type[TargetParams], ...]:
+        return ()
+
+
+NO_TARGETS = _NoTargets()
 
 
 def kept_log(entry: LogEntry) -> LogEntry:

@@ -9,19 +9,22 @@ never loads NATS.
 
 from __future__ import annotations
 
+from ..codec import TargetTypes
 from ..config import Config
 from .base import Store
 from .lmdb_store import LmdbStore
 
 
-def open_store(config: Config) -> Store:
-    """The configured store, not yet entered (`async with open_store(config) as store`)."""
+def open_store(config: Config, targets: TargetTypes) -> Store:
+    """The configured store, not yet entered (`async with open_store(config, SINK_TYPES)
+    as store`); `targets` (the sink registry) reads the integrations' targets."""
     if config.storage.backend == "jetstream":
         from .jetstream import JetStreamStore
 
-        return JetStreamStore(config)
+        return JetStreamStore(config, targets)
     return LmdbStore(
         config.data_dir,
+        targets=targets,
         map_size=config.storage.map_size,
         log_entries=config.limits.log_entries,
         rejected_events=config.limits.rejected_events,

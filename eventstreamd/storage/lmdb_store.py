@@ -44,6 +44,7 @@ import lmdb
 from anyio.abc import TaskGroup
 
 from .. import codec
+from ..codec import TargetTypes
 from ..logs import kv
 from ..model import (
     Change,
@@ -56,6 +57,7 @@ from ..model import (
     StoredEvent,
 )
 from .base import (
+    NO_TARGETS,
     IntegrationExists,
     IntegrationLimitReached,
     IntegrationMissing,
@@ -107,9 +109,10 @@ class LmdbStore:
     # One daemon owns the data dir (it is locked): it delivers every integration.
     leases: None = None
 
-    def __init__(self, data_dir: Path, *, map_size: int, log_entries: int = 50,
-                 rejected_events: int = 30) -> None:
+    def __init__(self, data_dir: Path, *, map_size: int, targets: TargetTypes = NO_TARGETS,
+                 log_entries: int = 50, rejected_events: int = 30) -> None:
         self.data_dir = Path(data_dir)
+        self.targets = targets
         self.log_entries = log_entries
         self.rejected_events = rejected_events
         self.map_size = map_size
@@ -386,7 +389,7 @@ class LmdbStore:
 
     async def list_integrations(self) -> list[Integration]:
         with self.env.begin(db=self._integrations) as txn:
-            return [codec.from_store(unpack(v)) for _, v in txn.cursor()]
+            return [codec.from_store(self.targets, unpack(v)) for _, v in txn.cursor()]
 
     async def get_integration(self, integration_id: str) -> Integration | None:
         with self.env.begin() as txn:
@@ -549,7 +552,7 @@ class LmdbStore:
 
     def _txn_get_integration(self, txn: Txn, integration_id: str) -> Integration | None:
         raw = txn.get(integration_id.encode(), db=self._integrations)
-        return codec.from_store(unpack(raw)) if raw is not None else None
+        return codec.from_store(self.targets, unpack(raw)) if raw is not None else None
 
     def _txn_put_integration(self, txn: Txn, integration: Integration) -> None:
         txn.put(integration.id.encode(), pack(codec.to_store(integration)),

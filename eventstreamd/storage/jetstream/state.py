@@ -72,6 +72,7 @@ import orjson
 from nats.aio.msg import Msg
 
 from ... import codec
+from ...codec import TargetTypes
 from ...logs import kv
 from ...model import (
     Change,
@@ -147,10 +148,6 @@ def _record(integration: Integration) -> bytes:
     return orjson.dumps(codec.to_store(integration))
 
 
-def _integration(data: bytes) -> Integration:
-    return codec.from_store(orjson.loads(data))
-
-
 def _ids(entry: Entry | None) -> list[str]:
     if entry is None or entry.deleted or not entry.data:
         return []
@@ -167,9 +164,10 @@ def expect(seq: int, subject: str | None = None) -> dict[str, str]:
 
 
 class StateStore:
-    def __init__(self, client: JsClient, prefix: str, replicas: int, *, log_entries: int,
-                 rejected_events: int) -> None:
+    def __init__(self, client: JsClient, prefix: str, replicas: int, targets: TargetTypes, *,
+                 log_entries: int, rejected_events: int) -> None:
         self.client = client
+        self.targets = targets
         self.subjects = StateSubjects(prefix)
         self.replicas = replicas
         self.log_entries = log_entries
@@ -200,6 +198,9 @@ class StateStore:
                 integration_id = last_token(headers)
                 if is_token(integration_id):
                     await self._purge_integration(integration_id, int(headers[SEQUENCE]) + 1)
+
+    def _integration(self, data: bytes) -> Integration:
+        return codec.from_store(self.targets, orjson.loads(data))
 
     def _subject(self, kind: str, integration_id: str) -> str:
         return self.subjects.of(kind, integration_id)
@@ -270,7 +271,7 @@ class StateStore:
 
     async def list_integrations(self) -> list[Integration]:
         msgs = await self.multi_last(RECORD)
-        found = [_integration(m.data) for m in msgs
+        found = [self._integration(m.data) for m in msgs
                  if (m.headers or {}).get(OP) != DELETED and m.data]
         return sorted(found, key=lambda i: i.id)
 
@@ -280,7 +281,7 @@ class StateStore:
         entry = await self._last(self._subject(RECORD, integration_id))
         if entry is None or entry.deleted:
             return None
-        return _integration(entry.data), entry.seq
+        return self._integration(entry.data), entry.seq
 
     async def create_integration(self, integration: Integration, *, cursor: int, limit: int,
                                  log: LogEntry) -> int:
@@ -329,7 +330,7 @@ class StateStore:
             record = await self._last(record_subject)
             if record is None or record.deleted:
                 raise IntegrationMissing(integration_id)
-            current = _integration(record.data)
+            current = self._integration(record.data)
             cursor = await self.get_cursor(integration_id)
             result = change(current, ChangeView(cursor=cursor, head=await head()))
             messages: list[Out] = []
@@ -360,7 +361,8 @@ class StateStore:
             record = await self._last(record_subject)
             if record is None or record.deleted:
                 return None
-            if incarnation is not None and _integration(record.data).incarnation != incarnation:
+            if (incarnation is not None
+                    and self._integration(record.data).incarnation != incarnation):
                 return None
             index = await self._last(self.subjects.index)
             return await self.commit([

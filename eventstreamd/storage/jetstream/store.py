@@ -39,10 +39,11 @@ import anyio
 import msgpack
 from anyio.abc import TaskGroup
 
+from ...codec import TargetTypes
 from ...config import Config
 from ...logs import kv
 from ...model import Fence, Integration, LogEntry, NewEvent, RejectedEvent, StoredEvent
-from ..base import StoreHealth, StoreStats, StoreUnavailable, Transition
+from ..base import NO_TARGETS, StoreHealth, StoreStats, StoreUnavailable, Transition
 from .client import JsApiError, JsClient, NotSent, Unknown
 from .events import EventLog
 from .lease import JetStreamLeaseBook
@@ -57,13 +58,13 @@ T = TypeVar("T")
 
 
 class JetStreamStore:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, targets: TargetTypes = NO_TARGETS) -> None:
         js = config.jetstream
         self.config = config
         self.client = JsClient(js)
         self.events = EventLog(self.client, js.prefix, js.replicas, config.storage.retention,
                                js.max_batch, js.max_bytes)
-        self.state = StateStore(self.client, js.prefix, js.replicas,
+        self.state = StateStore(self.client, js.prefix, js.replicas, targets,
                                 log_entries=config.limits.log_entries,
                                 rejected_events=config.limits.rejected_events)
         self.leases = JetStreamLeaseBook(self.state)  # several daemons: daemon/ownership.py
