@@ -23,7 +23,6 @@ Decisions:
 
 from __future__ import annotations
 
-import bisect
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,7 +38,7 @@ from prometheus_client.core import (
 from prometheus_client.utils import floatToGoString
 
 from .. import __version__
-from ..sinks.base import LATENCY_BUCKETS
+from ..histogram import Histogram
 from ..storage.base import Store
 from .errors import ApiError
 from .status import StatusSampler
@@ -56,15 +55,13 @@ class IngestStats:
     events: int = 0
     bytes: int = 0
     requests: dict[int, int] = field(default_factory=dict)  # by HTTP status
-    batch_counts: list[int] = field(default_factory=lambda: [0] * (len(BATCH_BUCKETS) + 1))
-    batch_sum: int = 0
+    batch_events: Histogram = field(default_factory=lambda: Histogram(BATCH_BUCKETS))
 
     def accepted(self, events: int, size: int) -> None:
         self.events += events
         self.bytes += size
         self.requests[200] = self.requests.get(200, 0) + 1
-        self.batch_counts[bisect.bisect_left(BATCH_BUCKETS, events)] += 1
-        self.batch_sum += events
+        self.batch_events.observe(events)
 
     def refused(self, status: int) -> None:
         self.requests[status] = self.requests.get(status, 0) + 1
@@ -122,8 +119,7 @@ class DaemonMetrics:
             requests.add_metric([str(code)], count)
         batches = HistogramMetricFamily("eventstreamd_ingest_batch_events",
                                         "Events per accepted POST /events request.")
-        batches.add_metric([], _buckets(BATCH_BUCKETS, ingest.batch_counts),
-                           sum_value=ingest.batch_sum)
+        _add_histogram(batches, [], ingest.batch_events)
         return [
             CounterMetricFamily("eventstreamd_ingest_events",
                                 "Events accepted (durably stored) by POST /events.",
@@ -180,8 +176,7 @@ class DaemonMetrics:
             failed.add_metric(key, stats.failures)
             rejected.add_metric(key, stats.rejected)
             restarts.add_metric(key, sink.crashes)
-            latency.add_metric(key, _buckets(LATENCY_BUCKETS, stats.latency_counts),
-                               sum_value=stats.latency_sum)
+            _add_histogram(latency, key, stats.latency)
         return [delivered, failed, rejected, restarts, latency, stored, lag_events,
                 lag_seconds, in_flight, running]
 
@@ -201,16 +196,15 @@ def _store_families(stats: Any) -> list[Metric]:
     return out
 
 
-def _buckets(bounds: tuple[float, ...], counts: list[int]) -> list[tuple[str, float]]:
-    """Per-bucket counts as the cumulative (le, count) pairs of the text format."""
-    out, total = [], 0
-    for bound, count in zip((*bounds, float("inf")), counts, strict=True):
-        total += count
-        out.append((floatToGoString(bound), total))
-    return out
+def _add_histogram(family: HistogramMetricFamily, labels: list[str],
+                   histogram: Histogram) -> None:
+    """One histogram as the text format's cumulative (le, count) buckets and its sum."""
+    family.add_metric(labels, [(floatToGoString(bound), float(total))
+                               for bound, total in histogram.cumulative()],
+                      sum_value=histogram.sum)
 
 
-class _Fixed:
+class _Gathered:
     """A collector of families gathered before rendering (collectors are synchronous,
     the store's reads are not)."""
 
@@ -223,7 +217,7 @@ class _Fixed:
 
 async def render(metrics: DaemonMetrics) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Fixed(await metrics.families()))  # type: ignore[arg-type]
+    registry.register(_Gathered(await metrics.families()))  # type: ignore[arg-type]
     return generate_latest(registry)
 
 
