@@ -58,7 +58,6 @@ class EventIn(msgspec.Struct, forbid_unknown_fields=True):
 
 
 _ONE = msgspec.json.Decoder(EventIn)
-_MANY = msgspec.json.Decoder(list[EventIn])
 _ONE_OR_MANY = msgspec.json.Decoder(EventIn | list[EventIn])
 _PATH = re.compile(r"at `\$(?:\[(\d+)\])?(?:\.(\w+))?`")
 

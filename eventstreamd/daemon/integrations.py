@@ -45,9 +45,9 @@ import dataclasses
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 
@@ -82,6 +82,7 @@ from .contracts import ChangeFeed
 from .errors import ApiError
 
 log = logging.getLogger("eventstreamd.integrations")
+T = TypeVar("T")
 
 # Fields a PATCH may not carry, with the reason the client gets.
 _IMMUTABLE = {
@@ -211,7 +212,7 @@ class IntegrationService:
 
     # ------------------------------------------------------------- plumbing
 
-    async def _do(self, operation: Any) -> Any:
+    async def _do(self, operation: Awaitable[T]) -> T:
         """Await a store operation, mapping the store's failures to API errors."""
         try:
             return await operation
@@ -227,14 +228,13 @@ class IntegrationService:
             if valid_integration_id(integration_id) else None
         if found is None:
             raise not_found(integration_id)
-        return found  # type: ignore[no-any-return]
+        return found
 
     async def _change(self, integration_id: str,
                       change: Callable[[Integration, ChangeView], Change]) -> Integration:
         if not valid_integration_id(integration_id):
             raise not_found(integration_id)
-        changed: Integration = await self._do(self.store.change_integration(integration_id,
-                                                                            change))
+        changed = await self._do(self.store.change_integration(integration_id, change))
         self.changes.notify(integration_id)
         return changed
 

@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Protocol
 
+from ..config import Backend
 from ..logs import clean_text
 from ..model import (
     Change,
@@ -129,7 +130,7 @@ class StoreStats:
 
 @dataclass(frozen=True, slots=True)
 class StoreHealth:
-    backend: str  # "lmdb" or "jetstream"
+    backend: Backend
     connected: bool
     server: str | None = None  # where it is (JetStream: the server connected to)
     error: str | None = None  # why it is not reachable

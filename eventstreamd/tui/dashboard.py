@@ -21,22 +21,19 @@ Decisions:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal
 from textual.css.query import NoMatches
-from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Sparkline, Static
 
 from . import format as fmt
 from .detail import IntegrationScreen
+from .screen import SnapshotScreen
 from .widgets import LINKED, ConnectionBar
-
-if TYPE_CHECKING:
-    from .app import DashboardApp
 
 SPARK_WIDTH = 10
 TARGET_WIDTH = 28
@@ -108,7 +105,7 @@ def cluster_line(cluster: dict[str, Any]) -> str:
     return "cluster: " + ("  ·  ".join(parts) if parts else "(no daemon announced yet)")
 
 
-class DashboardScreen(Screen[None]):
+class DashboardScreen(SnapshotScreen):
     DEFAULT_CSS = """
     DashboardScreen #summary-row { height: 2; padding: 0 1; }
     DashboardScreen #summary { width: 1fr; content-align: left middle; height: 2; }
@@ -122,10 +119,6 @@ class DashboardScreen(Screen[None]):
         Binding("x", "stop", "Stop"),
         Binding("r", "refresh", "Refresh"),
     ]
-
-    @property
-    def dashboard(self) -> DashboardApp:
-        return self.app  # type: ignore[return-value]
 
     def compose(self) -> ComposeResult:
         yield Header(show_clock=False)
