@@ -37,6 +37,7 @@ import re
 import socket
 import tomllib
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -71,15 +72,15 @@ _SIZE_UNITS = {
 _QUANTITY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
 
 
-def _parse_quantity(value: object, kind: str, example: str, units: dict[str, float],
-                    default_unit: str, numbers: tuple[type, ...]) -> float:
+def _parse_quantity(value: object, kind: str, example: str, units: Mapping[str, float],
+                    default_unit: str, integers_only: bool) -> float:
     """A non-negative number, or a string of a number and one of `units`."""
     if isinstance(value, bool):
         raise ValueError(f"expected a {kind} such as \"{example}\", not a boolean")
-    if isinstance(value, numbers):
-        if value < 0:  # type: ignore[operator]
+    if isinstance(value, int) or (isinstance(value, float) and not integers_only):
+        if value < 0:
             raise ValueError(f"a {kind} cannot be negative")
-        return value  # type: ignore[return-value]
+        return value
     if not isinstance(value, str):
         raise ValueError(f"expected a {kind} such as \"{example}\", got {type(value).__name__}")
     match = _QUANTITY.match(value)
@@ -95,12 +96,12 @@ _EXAMPLES = {"duration": ("250ms", "10s", "5m", "30d"), "size": ("512KiB", "50Mi
 
 def parse_duration(value: object) -> float:
     """Seconds from `"250ms"`, `"10s"`, `"5m"`, `"2h"`, `"30d"` or a number of seconds."""
-    return float(_parse_quantity(value, "duration", "10s", _DURATION_UNITS, "s", (int, float)))
+    return float(_parse_quantity(value, "duration", "10s", _DURATION_UNITS, "s", False))
 
 
 def parse_size(value: object) -> int:
     """Bytes from `"512KiB"`, `"50MiB"`, `"4GiB"` or a number of bytes."""
-    return int(_parse_quantity(value, "size", "50MiB", _SIZE_UNITS, "b", (int,)))
+    return int(_parse_quantity(value, "size", "50MiB", _SIZE_UNITS, "b", True))
 
 
 def _duration(default: str) -> Any:
@@ -436,7 +437,7 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
     except OSError as exc:
         raise ConfigError(f"{chosen}: cannot read: {exc.strerror}") from None
     try:
-        config = _build(Config, data, "")
+        config: Config = _build(Config, data, "")
         _check(config)
     except ConfigError as exc:
         raise ConfigError(f"{chosen}: {exc}") from None

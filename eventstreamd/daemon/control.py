@@ -484,7 +484,7 @@ class ControlServer:
         return {"rejected_events": await self.service.list_rejected(integration_id)}
 
     async def _rejected_event(self, client: _Client, integration_id: str,
-                              event_id: str) -> dict[str, Any]:
+                              event_id: str) -> orjson.Fragment:
         return await self.service.get_rejected(integration_id, event_id)
 
     async def _start(self, client: _Client, integration_id: str) -> dict[str, Any]:

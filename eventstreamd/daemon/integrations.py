@@ -50,6 +50,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 import anyio
+import orjson
 
 from .. import codec
 from ..config import Config
@@ -258,7 +259,7 @@ class IntegrationService:
         return [codec.rejected_list_entry(e)
                 for e in await self._do(self.store.list_rejected(integration_id))]
 
-    async def get_rejected(self, integration_id: str, event_id: str) -> Any:
+    async def get_rejected(self, integration_id: str, event_id: str) -> orjson.Fragment:
         return codec.rejected_event_view((await self._rejected(integration_id, event_id))[1])
 
     async def _rejected(self, integration_id: str,

@@ -23,7 +23,7 @@ Decisions:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,6 +43,9 @@ from ..storage.base import Store
 from .errors import ApiError
 from .status import StatusSampler
 from .supervisor import Supervisor
+
+# How the text format spells a bucket bound (prometheus-client's own, which is unannotated).
+_go_float: Callable[[float], str] = floatToGoString
 
 # Events per accepted publish request.
 BATCH_BUCKETS = (1, 2, 5, 10, 50, 100, 500, 1000, 5000, 10000, 50000)
@@ -135,30 +138,32 @@ class DaemonMetrics:
     def _integration_families(self, items: Iterable[dict[str, Any]]) -> list[Metric]:
         labels = ["integration", "kind"]
 
-        def family(kind: type[Metric], name: str, doc: str) -> Any:
-            return kind(name, doc, labels=labels)
+        def counter(name: str, doc: str) -> CounterMetricFamily:
+            return CounterMetricFamily(name, doc, labels=labels)
 
-        delivered = family(CounterMetricFamily, "eventstreamd_delivered_events",
-                           "Events delivered (2xx, or uploaded in an S3 object).")
-        failed = family(CounterMetricFamily, "eventstreamd_delivery_failed_attempts",
-                        "Delivery attempts that failed and will be retried.")
-        rejected = family(CounterMetricFamily, "eventstreamd_rejected_events",
-                          "Events set aside as rejected (a receiver's 400, or undeliverable).")
-        restarts = family(CounterMetricFamily, "eventstreamd_sink_restarts",
-                          "Times the integration's sink crashed and was restarted.")
-        latency = family(HistogramMetricFamily, "eventstreamd_delivery_latency_seconds",
-                         "From ingest to delivered (S3: from when the object's file was "
-                         "opened to its upload).")
-        stored = family(GaugeMetricFamily, "eventstreamd_rejected_events_stored",
-                        "Rejected events kept for inspection and retry.")
-        lag_events = family(GaugeMetricFamily, "eventstreamd_lag_events",
-                            "Events after the integration's cursor (not yet delivered).")
-        lag_seconds = family(GaugeMetricFamily, "eventstreamd_lag_seconds",
-                             "Age of the oldest undelivered event (0 when none waits).")
-        in_flight = family(GaugeMetricFamily, "eventstreamd_in_flight",
-                           "Delivery requests under way.")
-        running = family(GaugeMetricFamily, "eventstreamd_integration_running",
-                         "1 while the integration is running, 0 when stopped or completed.")
+        def gauge(name: str, doc: str) -> GaugeMetricFamily:
+            return GaugeMetricFamily(name, doc, labels=labels)
+
+        delivered = counter("eventstreamd_delivered_events",
+                            "Events delivered (2xx, or uploaded in an S3 object).")
+        failed = counter("eventstreamd_delivery_failed_attempts",
+                         "Delivery attempts that failed and will be retried.")
+        rejected = counter("eventstreamd_rejected_events",
+                           "Events set aside as rejected (a receiver's 400, or undeliverable).")
+        restarts = counter("eventstreamd_sink_restarts",
+                           "Times the integration's sink crashed and was restarted.")
+        latency = HistogramMetricFamily("eventstreamd_delivery_latency_seconds",
+                                        "From ingest to delivered (S3: from when the object's "
+                                        "file was opened to its upload).", labels=labels)
+        stored = gauge("eventstreamd_rejected_events_stored",
+                       "Rejected events kept for inspection and retry.")
+        lag_events = gauge("eventstreamd_lag_events",
+                           "Events after the integration's cursor (not yet delivered).")
+        lag_seconds = gauge("eventstreamd_lag_seconds",
+                            "Age of the oldest undelivered event (0 when none waits).")
+        in_flight = gauge("eventstreamd_in_flight", "Delivery requests under way.")
+        running = gauge("eventstreamd_integration_running",
+                        "1 while the integration is running, 0 when stopped or completed.")
         for item in items:
             key = [item["id"], item["kind"]]
             running.add_metric(key, 1 if item["status"] == "running"
@@ -199,7 +204,7 @@ def _store_families(stats: Any) -> list[Metric]:
 def _add_histogram(family: HistogramMetricFamily, labels: list[str],
                    histogram: Histogram) -> None:
     """One histogram as the text format's cumulative (le, count) buckets and its sum."""
-    family.add_metric(labels, [(floatToGoString(bound), float(total))
+    family.add_metric(labels, [(_go_float(bound), float(total))
                                for bound, total in histogram.cumulative()],
                       sum_value=histogram.sum)
 
@@ -217,7 +222,7 @@ class _Gathered:
 
 async def render(metrics: DaemonMetrics) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Gathered(await metrics.families()))  # type: ignore[arg-type]
+    registry.register(_Gathered(await metrics.families()))
     return generate_latest(registry)
 
 

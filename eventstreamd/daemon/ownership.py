@@ -299,10 +299,10 @@ class Ownership:
         stale = []
         newest = max((a.server_time for a in snapshot.instances.values()), default=0.0)
         for name, entry in snapshot.instances.items():
-            before = self._instances_seen.get(name)
-            if before is None or before[0] != entry.seq:
-                self._instances_seen[name] = before = (entry.seq, now)
-            if not entry.deleted and now - before[1] < self.ttl:
+            noted = self._instances_seen.get(name)
+            if noted is None or noted[0] != entry.seq:
+                self._instances_seen[name] = noted = (entry.seq, now)
+            if not entry.deleted and now - noted[1] < self.ttl:
                 live.add(name)
             elif name != self.instance and newest - entry.server_time > STALE_ANNOUNCEMENT:
                 stale.append(entry)

@@ -145,7 +145,9 @@ class Supervisor:
         if handle is not None:
             if handle.stop_requested:
                 return  # its end marks the id changed again, and we look once more then
-            if not wanted or handle.settings != _settings(integration, lease):  # type: ignore[arg-type]
+            # Gone, no longer wanted here, or changed: stop it (its end reconciles again).
+            if (integration is None or not wanted
+                    or handle.settings != _settings(integration, lease)):
                 assert self._tg is not None
                 self._tg.start_soon(self._stop_sink, handle, name=f"stop:{integration_id}")
             return

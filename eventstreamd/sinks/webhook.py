@@ -36,7 +36,7 @@ import anyio
 import yarl
 
 from ..codec import REASON_EXCERPT
-from ..config import Config
+from ..config import BlockPolicy, Config
 from ..logs import shorten
 from ..model import Integration, RejectedEvent, StoredEvent, TargetParams
 from ..naming import valid_event_id
@@ -154,7 +154,7 @@ class WebhookClient:
     """Sends one event to one integration's URL and classifies the outcome."""
 
     def __init__(self, session: aiohttp.ClientSession, target: WebhookTarget,
-                 timeout: float, block_policy: str = "none",
+                 timeout: float, block_policy: BlockPolicy = "none",
                  signer: Signer | None = None) -> None:
         self._session = session
         self._signer = signer

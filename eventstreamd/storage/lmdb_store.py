@@ -83,7 +83,7 @@ from .records import (
     u64,
     unpack,
 )
-from .writer import LogWriter, WriterClosed
+from .writer import LogWriter, Txn, WriterClosed
 
 log = logging.getLogger("eventstreamd.store")
 
@@ -94,7 +94,6 @@ _FORMAT = b"format"
 PRUNE_CHUNK = 5_000
 MIGRATE_CHUNK = 10_000
 T = TypeVar("T")
-Txn = lmdb.Transaction
 
 
 def now_ms() -> int:
@@ -239,7 +238,7 @@ class LmdbStore:
     async def _write(self, job: Callable[[Txn], T]) -> T:
         """Run `job` in the next group commit; map LMDB's failures to the interface's."""
         try:
-            return await self.writer.submit(job)  # type: ignore[no-any-return]
+            return await self.writer.submit(job)
         except WriterClosed as exc:
             raise StoreUnavailable("the store is closing") from exc
         except lmdb.MapFullError as exc:

@@ -169,7 +169,7 @@ class DashboardScreen(SnapshotScreen):
             table.clear()
             for integration_id in sorted(items):
                 table.add_row(*row_cells(items[integration_id], self.stale), key=integration_id)
-            if selected in items:
+            if selected is not None and selected in items:
                 table.move_cursor(row=table.get_row_index(selected))
             return
         for integration_id, item in items.items():
