@@ -10,8 +10,9 @@ Decisions:
   `delivered` counter and turns the differences into per-second rates, with a
   short history (`HISTORY` samples) so a freshly attached TUI can draw its
   sparklines at once. `snapshot()` never moves the rate baseline.
-- `last_error` is the seed's full reason; `last_error_cause` the same failure
-  in a few words (the dashboard's column), both from the sink's stats.
+- `last_error` is the full reason (as `retry_triggered` logs it, in the
+  spec's wording); `last_error_cause` the same failure in a few words (the
+  dashboard's column), both from the sink's stats.
 - A sink's counters live as long as its sink is wanted (a crash and restart
   keeps them); a stopped integration has no live counters: those fields are
   null, the stored ones (cursor, lag, rejected count) are not.

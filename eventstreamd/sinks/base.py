@@ -13,7 +13,7 @@ Decisions:
   its parameters type (`TargetParams`: API field, secret fields, how it
   shows), a one-line description, the registration check, the pipeline
   builder, the rejected-event retry and the stop grace. `registry.py` lists
-  them; adding a sink type is its module plus one line there.
+  them (README "Layout" says what else names a sink type).
 """
 
 from __future__ import annotations

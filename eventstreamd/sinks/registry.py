@@ -5,10 +5,9 @@ them knows a sink type by name. The codec and the store are handed it
 (`SINK_TYPES` is a `codec.TargetTypes`) to read stored and submitted
 targets. Adding a sink type is its module (its parameters type,
 registration check, pipeline, retry and stop grace, as a `SinkType`) plus
-one line in `SINK_TYPES`; the `integrations` command's shortcut options
-(`--webhook`, `--s3-bucket`) are written per sink type in
-`integrations_cli.py` (a new type is created there with `--file` until it
-has its own). Tests register extra ones with `register()`.
+one line in `SINK_TYPES`, plus its target field in the OpenAPI spec's
+schemas and, for shortcuts, in `integrations_cli.py` (README "Layout").
+Tests register extra ones with `register()`.
 """
 
 from __future__ import annotations

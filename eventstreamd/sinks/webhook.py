@@ -14,7 +14,7 @@ Decisions:
 - At most `RESPONSE_EXCERPT` bytes of a response body are read: a receiver
   cannot make us buffer a large error page. Redirects are not followed (a 3xx
   is retried like any other non-2xx, non-400 answer).
-- Each failure is logged as `retry_triggered` with the seed's reason (see
+- Each failure is logged as `retry_triggered` with the spec's reason (see
   `retry.py`); the URL is shown without userinfo.
 - Registration refuses what could never be requested: not http(s), no host,
   a port outside 1-65535, userinfo in the URL, a literal address the SSRF

@@ -15,7 +15,7 @@ Decisions:
   one starred), what each delivers and how fast.
 - The target is the sink's own description (host:port/path, `s3://bucket/
   prefix`), wide enough to tell two receivers on one host apart; the last
-  error column shows its cause (the full seed reason is on the details
+  error column shows its cause (the full reason is on the details
   screen).
 """
 
