@@ -208,7 +208,7 @@ class EventLog:
     max_bytes: int
 
     def __post_init__(self) -> None:
-        subjects = EventSubjects(self.prefix)
+        subjects = EventSubjects.of(self.prefix)
         self.stream = subjects.stream
         self.every_subject = subjects.every
         self.more_subject = subjects.more

@@ -113,7 +113,7 @@ class JetStreamLeaseBook:
         self.subjects = state.subjects
 
     def _subject(self, kind: str, name: str) -> str:
-        return self.subjects.of(kind, name)
+        return self.subjects.kind(kind, name)
 
     # ---------------------------------------------------------------- reading
 

@@ -168,7 +168,7 @@ class StateStore:
                  log_entries: int, rejected_events: int) -> None:
         self.client = client
         self.targets = targets
-        self.subjects = StateSubjects(prefix)
+        self.subjects = StateSubjects.of(prefix)
         self.replicas = replicas
         self.log_entries = log_entries
         self.rejected_events = rejected_events
@@ -203,7 +203,7 @@ class StateStore:
         return codec.from_store(self.targets, orjson.loads(data))
 
     def _subject(self, kind: str, integration_id: str) -> str:
-        return self.subjects.of(kind, integration_id)
+        return self.subjects.kind(kind, integration_id)
 
     # ------------------------------------------------------------ raw access
 

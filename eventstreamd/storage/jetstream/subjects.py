@@ -44,44 +44,28 @@ def is_token(value: str) -> bool:
 class EventSubjects:
     """The event log's stream and subjects."""
 
-    prefix: str
+    stream: str
+    every: str
+    more: str  # every message of a batch but the last
+    commit: str  # each batch's last message, RePublished (headers only) as the wake-up
+    wake: str
 
-    @property
-    def stream(self) -> str:
-        return f"{self.prefix}_events"
-
-    @property
-    def every(self) -> str:
-        return f"{self.prefix}.ev.*"
-
-    @property
-    def more(self) -> str:
-        """Every message of a batch but the last."""
-        return f"{self.prefix}.ev.m"
-
-    @property
-    def commit(self) -> str:
-        """Each batch's last message (the one RePublished as a wake-up)."""
-        return f"{self.prefix}.ev.c"
-
-    @property
-    def wake(self) -> str:
-        return f"{self.prefix}.wake"
+    @classmethod
+    def of(cls, prefix: str) -> EventSubjects:
+        return cls(stream=f"{prefix}_events", every=f"{prefix}.ev.*", more=f"{prefix}.ev.m",
+                   commit=f"{prefix}.ev.c", wake=f"{prefix}.wake")
 
 
 @dataclass(frozen=True, slots=True)
 class StateSubjects:
     """The state stream and its subjects."""
 
-    prefix: str
+    stream: str
+    base: str
 
-    @property
-    def stream(self) -> str:
-        return f"{self.prefix}_state"
-
-    @property
-    def base(self) -> str:
-        return f"{self.prefix}.st"
+    @classmethod
+    def of(cls, prefix: str) -> StateSubjects:
+        return cls(stream=f"{prefix}_state", base=f"{prefix}.st")
 
     @property
     def every(self) -> str:
@@ -91,7 +75,7 @@ class StateSubjects:
     def index(self) -> str:
         return f"{self.base}.index"
 
-    def of(self, kind: str, name: str) -> str:
+    def kind(self, kind: str, name: str) -> str:
         """`<base>.<kind>.<name>`; `name` "*" for every subject of that kind."""
         return f"{self.base}.{kind}.{name}"
 
