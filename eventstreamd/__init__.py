@@ -1,3 +1,3 @@
-"""eventstreamd: a single-host event-stream daemon (LMDB log -> webhooks and S3)."""
+"""eventstreamd: an event-stream daemon (event log in LMDB or NATS JetStream -> webhooks, S3)."""
 
 __version__ = "0.1.0"

@@ -98,8 +98,8 @@ def resolve_target(config: Config, url: str | None = None) -> str:
     if url:
         return check_url(url)
     runtime = read_runtime(config)
-    if runtime and isinstance(runtime.get("url"), str):
-        return str(runtime["url"])
+    if runtime is not None:
+        return runtime.url
     return f"http://{config.server.host}:{config.server.port}"
 
 

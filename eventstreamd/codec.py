@@ -17,11 +17,16 @@ Decisions:
 - Every target that enters the process passes through here (from a request
   body or from the store), so this is the one place its secrets are
   registered with the log redactor: no later log line can print them.
+- The codec knows no sink type: whoever reads targets passes the sink
+  registry (`TargetTypes`: `sinks/registry.py`'s `SINK_TYPES`, handed to
+  the store when it is opened), so the dependency is an argument the import
+  contracts and the type checker see, not a side effect of an import.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, Protocol
 
 import orjson
 
@@ -32,8 +37,7 @@ from .model import (
     LogEntry,
     RejectedEvent,
     TargetParams,
-    target_kinds,
-    target_type,
+    UnknownTargetKind,
 )
 
 MASK_KEEP = 2
@@ -51,18 +55,31 @@ def mask(secret: str) -> str:
 # ------------------------------------------------------------------ targets
 
 
-def target_field_names() -> tuple[str, ...]:
+class TargetTypes(Protocol):
+    """The parameters type of every registered sink kind (`sinks/registry.py`)."""
+
+    def params_types(self) -> Iterable[type[TargetParams]]: ...
+
+
+def target_type(targets: TargetTypes, kind: str) -> type[TargetParams]:
+    for params_type in targets.params_types():
+        if params_type.kind == kind:
+            return params_type
+    raise UnknownTargetKind(f"no sink type '{kind}' is registered")
+
+
+def target_field_names(targets: TargetTypes) -> tuple[str, ...]:
     """Every API field that holds a target (`callback_parameters`, `s3_parameters`, ...)."""
-    return tuple(kind.api_field for kind in target_kinds().values())
+    return tuple(kind.api_field for kind in targets.params_types())
 
 
-def target_for_field(api_field: str) -> type[TargetParams]:
-    return next(kind for kind in target_kinds().values() if kind.api_field == api_field)
+def target_for_field(targets: TargetTypes, api_field: str) -> type[TargetParams]:
+    return next(kind for kind in targets.params_types() if kind.api_field == api_field)
 
 
-def target_from_api(body: dict[str, Any]) -> TargetParams | None:
+def target_from_api(targets: TargetTypes, body: dict[str, Any]) -> TargetParams | None:
     """The target a request body gives (the first registered field present), or None."""
-    for kind in target_kinds().values():
+    for kind in targets.params_types():
         params = body.get(kind.api_field)
         if params is not None:
             return _registered(kind.from_dict(params))
@@ -136,12 +153,12 @@ def to_store(integration: Integration) -> dict[str, Any]:
     }
 
 
-def from_store(record: dict[str, Any]) -> Integration:
+def from_store(targets: TargetTypes, record: dict[str, Any]) -> Integration:
     kind = record.get("kind")
     if kind is not None:
-        params_type = target_type(kind)
+        params_type = target_type(targets, kind)
     else:  # format 1 records name no kind: the target's field tells
-        params_type = next(t for t in target_kinds().values() if record.get(t.api_field))
+        params_type = next(t for t in targets.params_types() if record.get(t.api_field))
     return Integration(
         id=record["id"],
         type=record["integration_type"],

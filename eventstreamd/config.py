@@ -6,6 +6,10 @@ Decisions:
   An unknown section or key, a wrong type or an unparsable value raises
   `ConfigError`, whose message names the file and the dotted key; the CLI
   turns it into one line on stderr and exit code 2.
+- A key with a fixed set of values is typed as a `Literal` (`Backend`,
+  `BlockPolicy`, `LogLevel`, `LogFormat`); loading refuses any other value
+  naming the allowed ones, and the code that reads it is type-checked
+  against the same set.
 - Durations are stored as float seconds, sizes as int bytes. The field's
   metadata (`kind`) says which parser applies, so the TOML may use either a
   string with a unit ("250ms", "50MiB") or a plain number.
@@ -32,14 +36,21 @@ import os
 import re
 import socket
 import tomllib
+import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from .naming import valid_tenant
+from .naming import valid_subject_token, valid_tenant
 
 ENV_VAR = "EVENTSTREAMD_CONFIG"
 DEFAULT_FILE = "eventstreamd.toml"
+
+Backend = Literal["lmdb", "jetstream"]  # where the log and all state live (storage/factory.py)
+BlockPolicy = Literal["none", "link-local", "private"]  # see eventstreamd/sinks/ssrf.py
+LogLevel = Literal["debug", "info", "warning", "error"]
+LogFormat = Literal["text", "json"]
 
 
 class ConfigError(Exception):
@@ -61,15 +72,15 @@ _SIZE_UNITS = {
 _QUANTITY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
 
 
-def _parse_quantity(value: object, kind: str, example: str, units: dict[str, float],
-                    default_unit: str, numbers: tuple[type, ...]) -> float:
+def _parse_quantity(value: object, kind: str, example: str, units: Mapping[str, float],
+                    default_unit: str, integers_only: bool) -> float:
     """A non-negative number, or a string of a number and one of `units`."""
     if isinstance(value, bool):
         raise ValueError(f"expected a {kind} such as \"{example}\", not a boolean")
-    if isinstance(value, numbers):
-        if value < 0:  # type: ignore[operator]
+    if isinstance(value, int) or (isinstance(value, float) and not integers_only):
+        if value < 0:
             raise ValueError(f"a {kind} cannot be negative")
-        return value  # type: ignore[return-value]
+        return value
     if not isinstance(value, str):
         raise ValueError(f"expected a {kind} such as \"{example}\", got {type(value).__name__}")
     match = _QUANTITY.match(value)
@@ -85,12 +96,12 @@ _EXAMPLES = {"duration": ("250ms", "10s", "5m", "30d"), "size": ("512KiB", "50Mi
 
 def parse_duration(value: object) -> float:
     """Seconds from `"250ms"`, `"10s"`, `"5m"`, `"2h"`, `"30d"` or a number of seconds."""
-    return float(_parse_quantity(value, "duration", "10s", _DURATION_UNITS, "s", (int, float)))
+    return float(_parse_quantity(value, "duration", "10s", _DURATION_UNITS, "s", False))
 
 
 def parse_size(value: object) -> int:
     """Bytes from `"512KiB"`, `"50MiB"`, `"4GiB"` or a number of bytes."""
-    return int(_parse_quantity(value, "size", "50MiB", _SIZE_UNITS, "b", (int,)))
+    return int(_parse_quantity(value, "size", "50MiB", _SIZE_UNITS, "b", True))
 
 
 def _duration(default: str) -> Any:
@@ -125,7 +136,7 @@ class AuthConfig:
 
 @dataclass(frozen=True)
 class StorageConfig:
-    backend: str = "lmdb"  # "lmdb" (embedded, the default) or "jetstream" (see [jetstream])
+    backend: Backend = "lmdb"  # "lmdb" (embedded, the default) or "jetstream" ([jetstream])
     data_dir: str = "./data"
     map_size: int = _size("4GiB")
     retention: float = _duration("30d")
@@ -208,7 +219,7 @@ class S3Config:
 
 @dataclass(frozen=True)
 class SecurityConfig:
-    block_targets: str = "link-local"
+    block_targets: BlockPolicy = "link-local"
 
 
 @dataclass(frozen=True)
@@ -218,8 +229,8 @@ class MetricsConfig:
 
 @dataclass(frozen=True)
 class LogConfig:
-    level: str = "info"
-    format: str = "text"
+    level: LogLevel = "info"
+    format: LogFormat = "text"
 
 
 @dataclass(frozen=True)
@@ -255,37 +266,37 @@ class Config:
                 else self.data_dir / "control.sock")
 
 
-_LOG_LEVELS = ("debug", "info", "warning", "error")
-_BACKENDS = ("lmdb", "jetstream")
 _NATS_SCHEMES = ("nats://", "tls://", "ws://", "wss://")
-_JS_PREFIX = re.compile(r"[A-Za-z0-9_-]{1,32}")
-_JS_INSTANCE = re.compile(r"[A-Za-z0-9_-]{1,64}")  # names a subject token
-_LOG_FORMATS = ("text", "json")
-_BLOCK_POLICIES = ("none", "link-local", "private")  # see eventstreamd/sinks/ssrf.py
+_JS_PREFIX_MAX = 32  # both name subject tokens (naming.valid_subject_token)
+_JS_INSTANCE_MAX = 64
 
 
-def _convert(key: str, fld: dataclasses.Field[Any], value: object) -> object:
+def _convert(key: str, fld: dataclasses.Field[Any], expected: object, value: object) -> object:
     kind = fld.metadata.get("kind")
     if kind == "duration":
         return parse_duration(value)
     if kind == "size":
         return parse_size(value)
-    expected = fld.type
-    if expected == "str":
+    if typing.get_origin(expected) is Literal:
+        allowed = typing.get_args(expected)
+        if value not in allowed:
+            raise ValueError(f"use one of {', '.join(map(str, allowed))}")
+        return value
+    if expected is str:
         if not isinstance(value, str):
             raise ValueError(f"expected a string, got {type(value).__name__}")
         return value
-    if expected == "int":
+    if expected is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ValueError(f"expected an integer, got {type(value).__name__}")
         if value < 0:
             raise ValueError("must not be negative")
         return value
-    if expected == "bool":
+    if expected is bool:
         if not isinstance(value, bool):
             raise ValueError(f"expected true or false, got {type(value).__name__}")
         return value
-    if expected == "tuple[str, ...]":
+    if expected == tuple[str, ...]:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ValueError("expected a list of strings")
         return tuple(value)
@@ -294,41 +305,28 @@ def _convert(key: str, fld: dataclasses.Field[Any], value: object) -> object:
 
 def _build(cls: type[Any], data: dict[str, Any], prefix: str) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+    types = typing.get_type_hints(cls)
     kwargs: dict[str, Any] = {}
     for name, value in data.items():
         key = f"{prefix}{name}"
         fld = fields.get(name)
         if fld is None:
             raise ConfigError(f"unknown key {key!r}")
-        sub = _section_class(fld)
-        if sub is not None:
+        sub = types[name]
+        if isinstance(sub, type) and dataclasses.is_dataclass(sub):
             if not isinstance(value, dict):
                 raise ConfigError(f"{key!r} must be a table ([{key}])")
             kwargs[name] = _build(sub, value, f"{key}.")
             continue
         try:
-            kwargs[name] = _convert(key, fld, value)
+            kwargs[name] = _convert(key, fld, types[name], value)
         except ValueError as exc:
             raise ConfigError(f"bad value for {key!r}: {exc}") from None
     return cls(**kwargs)
 
 
-def _section_class(fld: dataclasses.Field[Any]) -> type[Any] | None:
-    factory = fld.default_factory
-    if factory is not dataclasses.MISSING and dataclasses.is_dataclass(factory):
-        return factory  # type: ignore[return-value]
-    return None
-
-
 def _check(config: Config) -> None:
     """Cross-field rules that a type alone cannot express."""
-    if config.log.level not in _LOG_LEVELS:
-        raise ConfigError(f"bad value for 'log.level': use one of {', '.join(_LOG_LEVELS)}")
-    if config.security.block_targets not in _BLOCK_POLICIES:
-        raise ConfigError("bad value for 'security.block_targets': use one of "
-                          f"{', '.join(_BLOCK_POLICIES)}")
-    if config.log.format not in _LOG_FORMATS:
-        raise ConfigError(f"bad value for 'log.format': use one of {', '.join(_LOG_FORMATS)}")
     if not config.server.base_path.startswith("/") or config.server.base_path.endswith("/"):
         raise ConfigError("bad value for 'server.base_path': must start and not end with '/'")
     if config.server.max_connections < 1:
@@ -372,20 +370,18 @@ def _check(config: Config) -> None:
 
 
 def _check_jetstream(config: Config) -> None:
-    if config.storage.backend not in _BACKENDS:
-        raise ConfigError(f"bad value for 'storage.backend': use one of {', '.join(_BACKENDS)}")
     js = config.jetstream
     if not js.servers or not all(s.startswith(_NATS_SCHEMES) for s in js.servers):
         raise ConfigError("bad value for 'jetstream.servers': a list of URLs such as "
                           '"nats://127.0.0.1:4222" (nats://, tls://, ws:// or wss://)')
-    if not _JS_PREFIX.fullmatch(js.prefix):
+    if not valid_subject_token(js.prefix, _JS_PREFIX_MAX):
         raise ConfigError("bad value for 'jetstream.prefix': 1-32 letters, digits, '_' or '-'")
     if not 1 <= js.replicas <= 5:
         raise ConfigError("bad value for 'jetstream.replicas': 1 to 5")
     for key in ("connect_timeout", "request_timeout"):
         if getattr(js, key) <= 0:
             raise ConfigError(f"bad value for 'jetstream.{key}': must be more than 0")
-    if js.instance and not _JS_INSTANCE.fullmatch(js.instance):
+    if js.instance and not valid_subject_token(js.instance, _JS_INSTANCE_MAX):
         raise ConfigError("bad value for 'jetstream.instance': 1-64 letters, digits, '_' or '-'")
     if js.lease_ttl < 1:
         raise ConfigError("bad value for 'jetstream.lease_ttl': at least 1s")
@@ -441,7 +437,7 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
     except OSError as exc:
         raise ConfigError(f"{chosen}: cannot read: {exc.strerror}") from None
     try:
-        config = _build(Config, data, "")
+        config: Config = _build(Config, data, "")
         _check(config)
     except ConfigError as exc:
         raise ConfigError(f"{chosen}: {exc}") from None

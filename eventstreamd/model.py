@@ -10,8 +10,9 @@ Decisions:
   ever decodes or re-encodes a payload.
 - `Integration` is frozen; a change is a new value (`dataclasses.replace`).
   Its `target` is the sink's own parameters type (`TargetParams`), which the
-  sink's module defines and registers (`sinks/registry.py`); how an
-  integration is written to the store or shown by the API is in `codec.py`.
+  sink's module defines; the sink registry (`sinks/registry.py`) lists them,
+  and whoever decodes a target is handed that registry (`codec.py`, which
+  also says how an integration is written to the store or shown by the API).
 - `Fence` names the integration *and* the incarnation (and, with several
   daemons, the lease) a write belongs to: every write a sink makes carries
   one, and the store refuses a write whose fence no longer holds, so a sink
@@ -70,20 +71,14 @@ class TargetParams:
 
     `api_field` is the key the configuration API and the store use for it
     (`callback_parameters`, `s3_parameters`), `secret_fields` the fields that are
-    masked in every view and registered with the log redactor. A subclass that
-    sets `kind` is registered here as it is defined, so the codec can read a
-    stored record of that kind; `sinks/registry.py` imports every sink module.
+    masked in every view and registered with the log redactor. The sink registry
+    (`sinks/registry.py`) lists every parameters type by its `kind`.
     """
 
     kind: ClassVar[str]
     api_field: ClassVar[str]
     secret_fields: ClassVar[tuple[str, ...]] = ()
     api_fields: ClassVar[tuple[str, ...]] = ()  # the API's field names, in display order
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        if "kind" in cls.__dict__:
-            _TARGET_KINDS[cls.kind] = cls
 
     def to_dict(self) -> dict[str, Any]:
         """The parameters as the API and the store spell them (secrets in clear)."""
@@ -100,21 +95,6 @@ class TargetParams:
     def secrets(self) -> list[str]:
         values = self.to_dict()
         return [values[name] for name in self.secret_fields if values.get(name)]
-
-
-_TARGET_KINDS: dict[str, type[TargetParams]] = {}
-
-
-def target_kinds() -> dict[str, type[TargetParams]]:
-    """Every registered parameters type, by kind."""
-    return dict(_TARGET_KINDS)
-
-
-def target_type(kind: str) -> type[TargetParams]:
-    try:
-        return _TARGET_KINDS[kind]
-    except KeyError:
-        raise UnknownTargetKind(f"no sink type '{kind}' is registered") from None
 
 
 @dataclass(frozen=True, slots=True)

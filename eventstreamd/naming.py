@@ -7,6 +7,12 @@ Decisions (each rule exists because a sink must be able to use the value):
   `..` are refused, since servers normalise them away and the key would change.
 - An event id becomes the `Idempotency-Key` header of every delivery, so it
   is visible ASCII only (no space, no control character).
+- An integration id is what the spec allows (lower-case letters, digits and
+  `-`, at most 50); anything else cannot name a stored integration (nor reach
+  LMDB, whose keys are limited to 511 bytes).
+- A subject token (JetStream: the prefix, an instance name, an id in a
+  subject) is letters, digits, `_` and `-`: no `.` (the token separator), no
+  `*` or `>` (wildcards), no space.
 """
 
 from __future__ import annotations
@@ -15,7 +21,9 @@ import re
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)+")
 TENANT_PATTERN = re.compile(r"[A-Za-z0-9._-]+")
-ID_PATTERN = re.compile(r"[\x21-\x7e]+")
+EVENT_ID_PATTERN = re.compile(r"[\x21-\x7e]+")
+INTEGRATION_ID_PATTERN = re.compile(r"[a-z0-9-]{1,50}")
+SUBJECT_TOKEN_PATTERN = re.compile(r"[A-Za-z0-9_-]+")
 UNSAFE_TENANTS = frozenset({".", ".."})
 MAX_NAME = 256
 MAX_TENANT = 128
@@ -32,4 +40,13 @@ def valid_tenant(tenant: str) -> bool:
 
 
 def valid_event_id(event_id: str) -> bool:
-    return len(event_id) <= MAX_ID and ID_PATTERN.fullmatch(event_id) is not None
+    return len(event_id) <= MAX_ID and EVENT_ID_PATTERN.fullmatch(event_id) is not None
+
+
+def valid_integration_id(integration_id: str) -> bool:
+    return INTEGRATION_ID_PATTERN.fullmatch(integration_id) is not None
+
+
+def valid_subject_token(value: str, max_length: int) -> bool:
+    """Whether `value` can be one token of a NATS subject, at most `max_length` long."""
+    return len(value) <= max_length and SUBJECT_TOKEN_PATTERN.fullmatch(value) is not None

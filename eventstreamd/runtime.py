@@ -4,7 +4,8 @@ Decisions:
 - `{data_dir}/runtime.json` says where the running daemon listens (its port may
   be 0 in the config) and where its control socket is; `eventstreamd publish`,
   the dashboard and the tests read it. It is written atomically (rename) and
-  removed on a clean stop.
+  removed on a clean stop. It is a `RuntimeInfo` struct, read with
+  validation: a file of another shape reads as no file.
 - `{data_dir}/api_token` holds the generated token when `auth.tokens` is empty.
 - This module imports nothing of the daemon, so the clients that read these
   files (`publish`, `integrations`) start without loading the daemon, its
@@ -14,10 +15,10 @@ Decisions:
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-from dataclasses import asdict, dataclass
 from pathlib import Path
+
+import msgspec
 
 from .config import Config
 
@@ -25,8 +26,7 @@ RUNTIME_FILE = "runtime.json"
 TOKEN_FILE = "api_token"
 
 
-@dataclass(frozen=True)
-class RuntimeInfo:
+class RuntimeInfo(msgspec.Struct, frozen=True, kw_only=True):
     pid: int
     url: str
     port: int
@@ -43,8 +43,7 @@ def token_file(config: Config) -> Path:
 
 def write_runtime(path: Path, info: RuntimeInfo) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as fh:
-        json.dump(asdict(info), fh)
+    tmp.write_bytes(msgspec.json.encode(info))
     os.replace(tmp, path)
 
 
@@ -53,10 +52,8 @@ def remove_runtime(path: Path) -> None:
         os.unlink(path)
 
 
-def read_runtime(config: Config) -> dict[str, object] | None:
+def read_runtime(config: Config) -> RuntimeInfo | None:
     try:
-        with open(runtime_file(config)) as fh:
-            data = json.load(fh)
-    except (OSError, ValueError):
+        return msgspec.json.decode(runtime_file(config).read_bytes(), type=RuntimeInfo)
+    except (OSError, msgspec.DecodeError):
         return None
-    return data if isinstance(data, dict) else None

@@ -1,7 +1,7 @@
 """RFC 3339 timestamps: parsing what users send, formatting what we return.
 
 Everything we emit is UTC with a `Z` and millisecond precision
-(`2019-01-17T12:00:00.000Z`, the seed's examples), or microseconds when the
+(`2019-01-17T12:00:00.000Z`, the spec's examples), or microseconds when the
 input carried them, so values round-trip without losing precision.
 """
 
@@ -40,7 +40,7 @@ def now_utc() -> datetime:
 
 
 def now_iso() -> str:
-    """Now, at millisecond precision (the seed's format)."""
+    """Now, at millisecond precision (the spec's format)."""
     moment = now_utc()
     return format_utc(moment.replace(microsecond=moment.microsecond // 1000 * 1000))
 

@@ -21,13 +21,14 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from eventstreamd.config import Config, StorageConfig
+from eventstreamd.daemon.app import build_app
 from eventstreamd.daemon.contracts import ChangeFeed
-from eventstreamd.daemon.http import build_app
 from eventstreamd.daemon.integrations import IntegrationService
 from eventstreamd.daemon.lifecycle import http_session
 from eventstreamd.model import LogEntry, RejectedEvent
 from eventstreamd.schemas.validation import response_errors
 from eventstreamd.sinks.base import SinkEnv
+from eventstreamd.sinks.registry import SINK_TYPES
 from eventstreamd.sinks.webhook import WebhookTarget
 from eventstreamd.storage.lmdb_store import LmdbStore, now_ms
 from eventstreamd.timeutil import ms_to_iso
@@ -55,7 +56,8 @@ class RecordingFeed(ChangeFeed):
 async def served(tmp_path: Path) -> AsyncIterator[tuple[TestClient, LmdbStore, RecordingFeed]]:
     config = Config(storage=StorageConfig(data_dir=str(tmp_path / "data")))
     feed = RecordingFeed()
-    async with LmdbStore(config.data_dir, map_size=config.storage.map_size) as store, \
+    async with LmdbStore(config.data_dir, map_size=config.storage.map_size,
+                         targets=SINK_TYPES) as store, \
             http_session(config) as session:
         env = SinkEnv(config=config, session=session, spool_root=tmp_path / "spool")
         app = build_app(config, store, (TOKEN,), IntegrationService(store, config, feed, env))

@@ -11,14 +11,15 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
+import orjson
 import pytest
 
-from eventstreamd.daemon.cluster import cluster_section, remote_figures
-from eventstreamd.storage.jetstream.lease import Announcement, Snapshot
+from eventstreamd.daemon.cluster import OwnedFigures, cluster_section, remote_figures
+from eventstreamd.storage.leases import Announcement, Snapshot
 
 
 def ownership_seeing(**statuses: dict[str, Any]) -> Any:
-    instances = {name: Announcement(name, n + 1, False, 0.0, status)
+    instances = {name: Announcement(name, n + 1, False, 0.0, orjson.dumps(status))
                  for n, (name, status) in enumerate(statuses.items())}
     return SimpleNamespace(snapshot=Snapshot({}, instances), instance="d0",
                            live=set(statuses), held={"mine": object()}, ttl=10.0, share=1)
@@ -31,7 +32,7 @@ def test_an_announcement_in_another_shape_is_read_as_owning_nothing_known(owns: 
     section = cluster_section(ownership, now=1.0)
     other = next(i for i in section["instances"] if i["instance"] == "d1")
     assert other["pid"] == 7 and other["delivered_rate"] == 0.0
-    assert all(isinstance(v, dict) for v in remote_figures(ownership).values())
+    assert all(isinstance(v, OwnedFigures) for v in remote_figures(ownership).values())
     this = next(i for i in section["instances"] if i["instance"] == "d0")
     assert this["owns"] == ["mine"]
 
@@ -42,4 +43,4 @@ def test_figures_of_live_daemons_are_read() -> None:
     section = cluster_section(ownership, now=1.0)
     other = next(i for i in section["instances"] if i["instance"] == "d1")
     assert other["owns"] == ["a", "b"] and other["delivered_rate"] == 3.5
-    assert remote_figures(ownership)["a"]["cursor"] == 9
+    assert remote_figures(ownership)["a"].cursor == 9

@@ -28,6 +28,7 @@ from eventstreamd.daemon.status import StatusSampler, health
 from eventstreamd.daemon.supervisor import SinkStatus
 from eventstreamd.model import Change, Integration, LogEntry, TargetParams
 from eventstreamd.sinks.base import PipelineStatus, SinkStats
+from eventstreamd.sinks.registry import SINK_TYPES
 from eventstreamd.sinks.s3 import S3Target
 from eventstreamd.sinks.webhook import WebhookTarget
 from eventstreamd.storage.base import Store
@@ -416,7 +417,7 @@ class Clock:
 
 @pytest.fixture
 async def store(store_config: Config) -> AsyncIterator[Store]:
-    async with held(open_store(store_config)) as store:
+    async with held(open_store(store_config, SINK_TYPES)) as store:
         yield store
 
 

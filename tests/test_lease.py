@@ -11,9 +11,10 @@ import pytest
 
 from eventstreamd.config import Config, LimitsConfig
 from eventstreamd.model import Integration, LogEntry
+from eventstreamd.sinks.registry import SINK_TYPES
 from eventstreamd.storage.factory import open_store
-from eventstreamd.storage.jetstream.lease import LeaseBook, LeaseSeen
 from eventstreamd.storage.jetstream.store import JetStreamStore
+from eventstreamd.storage.leases import LeaseBook, LeaseSeen
 from tests.helpers.store import held
 from tests.test_store_contract import LOG, hook, rejected
 
@@ -24,7 +25,7 @@ BACKENDS = ("jetstream",)
 async def store(store_config: Config) -> AsyncIterator[JetStreamStore]:
     config = dataclasses.replace(store_config,
                                  limits=LimitsConfig(log_entries=5, rejected_events=2))
-    async with held(open_store(config)) as s:
+    async with held(open_store(config, SINK_TYPES)) as s:
         assert isinstance(s, JetStreamStore)
         yield s
 
@@ -93,10 +94,10 @@ async def test_a_delete_ends_the_lease(store: JetStreamStore) -> None:
 
 async def test_announcements_are_read_back_and_retired(store: JetStreamStore) -> None:
     book = store.leases
-    await book.announce("d0", {"owns": {"a": {"delivered": 3}}})
-    await book.announce("d1", {"owns": {}})
+    await book.announce("d0", b'{"owns":{"a":{"delivered":3}}}')
+    await book.announce("d1", b'{"owns":{}}')
     await book.retire("d1")
     instances = (await book.snapshot()).instances
-    assert instances["d0"].status["owns"] == {"a": {"delivered": 3}}
+    assert instances["d0"].status == b'{"owns":{"a":{"delivered":3}}}'
     assert not instances["d0"].deleted and instances["d0"].server_time > 0
     assert instances["d1"].deleted

@@ -272,7 +272,8 @@ async def harness(tmp_path: Path, store_config: Config,
         limits=LimitsConfig(restart_window=30 * DAY),
     )
     async with held(open_store(dataclasses.replace(
-            store_config, webhook=config.webhook, limits=config.limits))) as store, \
+            store_config, webhook=config.webhook, limits=config.limits),
+            registry.SINK_TYPES)) as store, \
             held(http_session(config)) as session:
         h = Harness(store, SinkEnv(config=config, session=session,
                                    spool_root=tmp_path / "spool"), clock)

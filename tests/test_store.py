@@ -15,6 +15,7 @@ import pytest
 
 from eventstreamd.daemon.retention import prune_once
 from eventstreamd.model import Change, Integration, LogEntry, NewEvent, RejectedEvent
+from eventstreamd.sinks.registry import SINK_TYPES
 from eventstreamd.sinks.webhook import WebhookTarget
 from eventstreamd.storage import lmdb_store
 from eventstreamd.storage.base import (
@@ -44,7 +45,7 @@ LOG = LogEntry("2024-01-01T00:00:00.000Z", "integration_created", "test")
 @pytest.fixture
 async def store(tmp_path: Path) -> AsyncIterator[LmdbStore]:
     async with held(LmdbStore(tmp_path / "data", map_size=64 * 1024 * 1024, log_entries=3,
-                              rejected_events=2)) as s:
+                              rejected_events=2, targets=SINK_TYPES)) as s:
         yield s
 
 

@@ -11,6 +11,7 @@ import pytest
 
 from eventstreamd.config import Config, LimitsConfig
 from eventstreamd.model import Change, ChangeView, Integration, LogEntry, RejectedEvent
+from eventstreamd.sinks.registry import SINK_TYPES
 from eventstreamd.sinks.webhook import WebhookTarget
 from eventstreamd.storage.base import (
     IntegrationExists,
@@ -41,7 +42,7 @@ def rejected(n: int) -> RejectedEvent:
 async def store(store_config: Config) -> AsyncIterator[Store]:
     config = dataclasses.replace(store_config,
                                  limits=LimitsConfig(log_entries=3, rejected_events=2))
-    async with held(open_store(config)) as s:
+    async with held(open_store(config, SINK_TYPES)) as s:
         yield s
 
 

@@ -1,20 +1,27 @@
-"""How the integration service tells the supervisor that integrations changed.
+"""How the daemon's parts talk: the change feed, and the protocols each part is built with.
 
-The service writes integration records (it is their only writer); the
+The change feed: the service writes integration records (it is their only writer); the
 supervisor runs sinks from them. The only coupling is this feed: after every
 committed change (create, update, start, stop, complete, expire, delete) the
 service calls `notify(id)`, and the supervisor's reconcile task takes the set
 of changed ids (`take()`), re-reads each record and starts, stops or restarts
 that sink. Notifying is idempotent and never blocks the API.
+
+The protocols let each part be built with what it reads, without knowing the
+part that provides it: the supervisor reads `Leases` (ownership.py's held
+leases, when several daemons share the store); status, /metrics and the
+ownership balancer read the supervisor's sinks (`SinkStatusSource`,
+`SinkActivity`).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol
 
 import anyio
 
-from ..sinks.base import LeaseHold
+from ..sinks.base import LeaseHold, PipelineStatus, SinkStats
 
 
 class ChangeFeed:
@@ -39,3 +46,26 @@ class Leases(Protocol):
     (`ownership.py`); absent with LMDB, where one daemon delivers them all."""
 
     def lease(self, integration_id: str) -> LeaseHold | None: ...
+
+
+@dataclass(frozen=True)
+class SinkStatus:
+    """A running sink's live figures (the status snapshot's source)."""
+
+    stats: SinkStats
+    crashes: int
+    crashed: bool  # waiting to restart after a crash
+    restart_in: float | None
+    cursor: int | None  # the last cursor the sink saved
+    pipeline: PipelineStatus
+
+
+class SinkStatusSource(Protocol):
+    def sink_status(self, integration_id: str) -> SinkStatus | None: ...
+
+
+class SinkActivity(SinkStatusSource, Protocol):
+    """What the ownership balancer reads of the supervisor: whether a sink still runs (a
+    lease given up is released once its sink has ended) and its figures."""
+
+    def sink_running(self, integration_id: str) -> bool: ...

@@ -97,6 +97,7 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from .. import __version__
+from ..config import ControlConfig
 from ..logs import Throttle, kv
 from .errors import ApiError
 from .integrations import IntegrationService
@@ -113,7 +114,6 @@ REQUESTS_PER_CLIENT = 4
 DRAIN_TIMEOUT = 30.0  # seconds a half-closed client's pending requests may take
 STOP_TIMEOUT = 5.0
 BACKLOG = 64
-IDLE_TIMEOUT = 60.0  # seconds; the default of control.idle_timeout
 ACCEPT_BACKOFF = (0.1, 1.0)  # first and longest pause after a failed accept
 
 
@@ -166,7 +166,7 @@ class ControlServer:
         push_interval: float = PUSH_INTERVAL,
         max_clients: int = MAX_CLIENTS,
         max_line: int = MAX_LINE,
-        idle_timeout: float = IDLE_TIMEOUT,
+        idle_timeout: float = ControlConfig.idle_timeout,
     ) -> None:
         self.path = Path(path)
         self.service = service
@@ -484,7 +484,7 @@ class ControlServer:
         return {"rejected_events": await self.service.list_rejected(integration_id)}
 
     async def _rejected_event(self, client: _Client, integration_id: str,
-                              event_id: str) -> dict[str, Any]:
+                              event_id: str) -> orjson.Fragment:
         return await self.service.get_rejected(integration_id, event_id)
 
     async def _start(self, client: _Client, integration_id: str) -> dict[str, Any]:

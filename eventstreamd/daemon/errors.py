@@ -1,4 +1,4 @@
-"""One error body for every error: the seed's Error Details shape.
+"""One error body for every error: the spec's Error Details shape.
 
 Every error response, on every route (unknown routes and methods included), is
 `{"error_code", "message", "request_id"}` with `X-Request-Id` set to the same

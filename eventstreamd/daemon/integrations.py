@@ -1,7 +1,7 @@
 """The integration service: every rule of integrations, and their only writer.
 
 Decisions:
-- Both front ends (the aiohttp handlers in `api.py`, the control socket) call
+- Both front ends (the aiohttp handlers in `routes.py`, the control socket) call
   these methods and nothing else, so a rule cannot hold on one path and not
   the other. Request bodies are validated here against the spec's own schemas
   (`eventstreamd.schemas.validation`), then by the target's sink type
@@ -46,14 +46,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import re
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
+import orjson
 
 from .. import codec
 from ..config import Config
@@ -68,10 +68,11 @@ from ..model import (
     RejectedEvent,
     TargetParams,
 )
+from ..naming import valid_integration_id
 from ..schemas.validation import RequestInvalid, validate_request
 from ..sinks.base import DeliveryFailed, SinkEnv, TargetRefused
 from ..sinks.loop import resume_position
-from ..sinks.registry import sink_type
+from ..sinks.registry import SINK_TYPES, sink_type
 from ..storage.base import (
     IntegrationExists,
     IntegrationLimitReached,
@@ -85,10 +86,8 @@ from .contracts import ChangeFeed
 from .errors import ApiError
 
 log = logging.getLogger("eventstreamd.integrations")
+T = TypeVar("T")
 
-# What the spec allows an id to be; anything else cannot name a stored integration
-# (and must not reach LMDB, whose keys are limited to 511 bytes).
-ID_PATTERN = re.compile(r"[a-z0-9-]{1,50}")
 # Fields a PATCH may not carry, with the reason the client gets.
 _IMMUTABLE = {
     "id": "the id of an integration cannot be changed",
@@ -135,7 +134,7 @@ def bad_request(error_code: str, message: str) -> ApiError:
 
 
 def _validated(operation_id: str, body: Any, config: Config) -> dict[str, Any]:
-    fields = codec.target_field_names()
+    fields = codec.target_field_names(SINK_TYPES)
     if isinstance(body, dict):
         for outer in fields:  # a target nested in another: say where it goes
             inner = next((f for f in fields if isinstance(body.get(outer), dict)
@@ -146,7 +145,7 @@ def _validated(operation_id: str, body: Any, config: Config) -> dict[str, Any]:
                                   f"'id' and instead of '{outer}', not inside '{outer}'")
     if isinstance(body, dict) and sum(body.get(f) is not None for f in fields) > 1:
         raise bad_request("ambiguous_target", "give one target, not both: " + " or ".join(
-            f"'{f}' ({codec.target_for_field(f).kind})" for f in sorted(fields)))
+            f"'{f}' ({codec.target_for_field(SINK_TYPES, f).kind})" for f in sorted(fields)))
     try:
         validate_request(operation_id, body)
     except RequestInvalid as exc:
@@ -156,7 +155,7 @@ def _validated(operation_id: str, body: Any, config: Config) -> dict[str, Any]:
 
 
 def _target(body: dict[str, Any], config: Config) -> TargetParams | None:
-    target = codec.target_from_api(body)
+    target = codec.target_from_api(SINK_TYPES, body)
     if target is not None:
         _check_target(target, config)
     return target
@@ -217,7 +216,7 @@ class IntegrationService:
 
     # ------------------------------------------------------------- plumbing
 
-    async def _do(self, operation: Any) -> Any:
+    async def _do(self, operation: Awaitable[T]) -> T:
         """Await a store operation, mapping the store's failures to API errors."""
         try:
             return await operation
@@ -230,17 +229,16 @@ class IntegrationService:
 
     async def _integration(self, integration_id: str) -> Integration:
         found = await self._do(self.store.get_integration(integration_id)) \
-            if ID_PATTERN.fullmatch(integration_id) else None
+            if valid_integration_id(integration_id) else None
         if found is None:
             raise not_found(integration_id)
-        return found  # type: ignore[no-any-return]
+        return found
 
     async def _change(self, integration_id: str,
                       change: Callable[[Integration, ChangeView], Change]) -> Integration:
-        if not ID_PATTERN.fullmatch(integration_id):
+        if not valid_integration_id(integration_id):
             raise not_found(integration_id)
-        changed: Integration = await self._do(self.store.change_integration(integration_id,
-                                                                            change))
+        changed = await self._do(self.store.change_integration(integration_id, change))
         self.changes.notify(integration_id)
         return changed
 
@@ -264,7 +262,7 @@ class IntegrationService:
         return [codec.rejected_list_entry(e)
                 for e in await self._do(self.store.list_rejected(integration_id))]
 
-    async def get_rejected(self, integration_id: str, event_id: str) -> Any:
+    async def get_rejected(self, integration_id: str, event_id: str) -> orjson.Fragment:
         return codec.rejected_event_view((await self._rejected(integration_id, event_id))[1])
 
     async def _rejected(self, integration_id: str,
@@ -283,7 +281,7 @@ class IntegrationService:
         starts = _timestamp(body, "starts_at")
         ends = _timestamp(body, "ends_at")
         _check_dates(integration_type, starts, ends)
-        target = codec.target_from_api(body)
+        target = codec.target_from_api(SINK_TYPES, body)
         assert target is not None  # the schema's oneOf requires one
         integration = await self.register(
             body["id"], integration_type, target, starts=starts, ends=ends,
@@ -362,7 +360,7 @@ class IntegrationService:
 
     async def delete(self, integration_id: str) -> None:
         """Remove the integration with its cursor, logs and rejected events."""
-        if not ID_PATTERN.fullmatch(integration_id) or \
+        if not valid_integration_id(integration_id) or \
                 not await self._do(self.store.delete_integration(integration_id)):
             raise not_found(integration_id)
         log.info("integration deleted", extra=kv(integration=integration_id))

@@ -1,6 +1,6 @@
 """The aiohttp application's typed state, declared in one place (aiohttp `AppKey`s).
 
-`build_app` (http.py) fills them from the wiring the lifecycle built once;
+`build_app` (app.py) fills them from the wiring the lifecycle built once;
 handlers and middlewares read them. Nothing else is stored on the app.
 """
 

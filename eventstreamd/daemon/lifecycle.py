@@ -17,8 +17,15 @@ Decisions:
   its own timeouts.
 - An exclusive lock on `{data_dir}/daemon.lock` keeps a second daemon off the
   same log; failures while starting (lock, port, store, socket) become one
-  `StartupError` line and exit code 1 in the CLI. With the JetStream backend
-  an unreachable server is such a failure: the line names the servers.
+  `StartupError` line and exit code 1 in the CLI: the store raises only the
+  errors `storage/base.py` defines (`StoreOpenError`, `StoreUnavailable`:
+  an unreachable JetStream names its servers), so nothing here names a
+  backend (`storage/factory.py` chooses it).
+- A store several daemons may share has `leases`: then an `Ownership`
+  balancer decides which integrations this daemon delivers, built with
+  everything it reads (the supervisor's sinks, the held-lease table the
+  supervisor reads, the report of figures it announces), and the webhook
+  client's User-Agent names the instance.
 - At start the soft open-file limit is raised to the hard one and the HTTP
   connection cap fitted within it (`http_server.connection_limits`), so
   descriptors run out for neither HTTP clients nor anything else.
@@ -47,7 +54,6 @@ from pathlib import Path
 
 import aiohttp
 import anyio
-import lmdb
 from aiohttp import web
 
 from .. import __version__
@@ -55,17 +61,19 @@ from ..config import SIGNING_PREFIX, Config
 from ..logs import kv, redactor
 from ..runtime import RuntimeInfo, remove_runtime, runtime_file, write_runtime
 from ..sinks.base import SinkEnv
+from ..sinks.registry import SINK_TYPES
 from ..sinks.ssrf import guarded_connector_args
-from ..storage.base import StoreUnavailable
-from ..storage.factory import open_store
-from ..storage.lmdb_store import StoreFormatError
+from ..storage.base import StoreOpenError, StoreUnavailable
+from ..storage.factory import open_store, opening
+from .app import build_app
 from .auth import resolve_tokens
+from .cluster import LocalReport
 from .contracts import ChangeFeed
 from .control import ControlServer, ControlSocketError
-from .http import build_app
 from .http_server import DaemonRunner, connection_limits
 from .integrations import IntegrationService
 from .metrics import DaemonMetrics, IngestStats, Readiness
+from .ownership import HeldLeases, Ownership
 from .retention import retention_loop
 from .status import StatusSampler
 from .supervisor import Supervisor
@@ -115,21 +123,21 @@ class StartupError(Exception):
 def _starting(what: str) -> Iterator[None]:
     try:
         yield
-    except (OSError, lmdb.Error, RuntimeError, ControlSocketError, StoreFormatError,
+    except (OSError, RuntimeError, ControlSocketError, StoreOpenError,
             StoreUnavailable) as exc:
         raise StartupError(f"cannot {what}: {exc}") from exc
 
 
-def http_session(config: Config) -> aiohttp.ClientSession:
+def http_session(config: Config, instance: str | None = None) -> aiohttp.ClientSession:
     """One keep-alive client for every webhook sink and retry (no global connection cap:
-    each integration's window bounds its own requests)."""
+    each integration's window bounds its own requests). `instance` names this daemon
+    when several may deliver, so the receiver's logs can tell which one sent."""
     connector = aiohttp.TCPConnector(
         limit=0, limit_per_host=0, keepalive_timeout=30,
         **guarded_connector_args(config.security.block_targets))
     agent = f"eventstreamd/{__version__}"
-    if config.storage.backend == "jetstream":
-        # Several daemons may deliver: the receiver's logs can tell which one sent.
-        agent += f" (instance {config.jetstream.instance_name()})"
+    if instance is not None:
+        agent += f" (instance {instance})"
     return aiohttp.ClientSession(connector=connector, headers={"User-Agent": agent})
 
 
@@ -153,9 +161,10 @@ class Daemon:
         async with contextlib.AsyncExitStack() as stack:
             with _starting(f"open the store in {config.data_dir}"):
                 stack.callback(os.close, _lock_data_dir(config.data_dir))
-            with _starting(f"open the store in {config.data_dir}"
-                           if config.storage.backend == "lmdb" else "connect to NATS JetStream"):
-                store = await stack.enter_async_context(open_store(config))
+            with _starting(opening(config)):
+                store = await stack.enter_async_context(open_store(config, SINK_TYPES))
+            shared = store.leases  # several daemons may deliver from this store
+            instance = config.jetstream.instance_name()
             with _starting("set up the API token"):
                 tokens, generated = resolve_tokens(config)
             tg = await stack.enter_async_context(anyio.create_task_group())
@@ -166,29 +175,22 @@ class Daemon:
                 name="retention",
             )
 
-            session = await stack.enter_async_context(http_session(config))
+            session = await stack.enter_async_context(http_session(
+                config, instance if shared is not None else None))
             env = SinkEnv(config=config, session=session, spool_root=config.data_dir / "spool")
             changes = ChangeFeed()
             service = IntegrationService(store, config, changes, env)
+            # Deliver only what we hold leases of, when others may deliver too.
+            held = HeldLeases()
+            supervisor = Supervisor(env, store, changes, on_completed=service.complete,
+                                    leases=held if shared is not None else None)
             ownership = None
-            if config.storage.backend == "jetstream":
-                # Several daemons may share the JetStream: deliver what we hold leases of.
-                from ..storage.jetstream.store import JetStreamStore
-                from .ownership import Ownership
-
-                assert isinstance(store, JetStreamStore)
+            if shared is not None:
                 with _starting(f"keep the instance token in {config.data_dir}"):
                     token = _instance_token(config.data_dir)
-                ownership = Ownership(store, changes, config.jetstream.instance_name(),
-                                      config.jetstream.lease_ttl, token=token)
-            supervisor = Supervisor(env, store, changes, on_completed=service.complete,
-                                    leases=ownership)
-            if ownership is not None:
-                from .cluster import LocalReport
-
-                ownership.sink_running = supervisor.sink_running
-                # Set before the first announcement, so none goes out without figures.
-                ownership.status_source = LocalReport(supervisor, ownership)
+                ownership = Ownership(shared, store, changes, held, sinks=supervisor,
+                                      report=LocalReport(supervisor), instance=instance,
+                                      ttl=config.jetstream.lease_ttl, token=token)
                 await tg.start(ownership.run)
                 # Runs after the supervisor's shutdown (the stack unwinds in reverse):
                 # sinks flush under their leases, then the leases go to the others.

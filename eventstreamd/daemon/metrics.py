@@ -23,8 +23,7 @@ Decisions:
 
 from __future__ import annotations
 
-import bisect
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,11 +38,14 @@ from prometheus_client.core import (
 from prometheus_client.utils import floatToGoString
 
 from .. import __version__
-from ..sinks.base import LATENCY_BUCKETS
+from ..histogram import Histogram
 from ..storage.base import Store
 from .errors import ApiError
 from .status import StatusSampler
 from .supervisor import Supervisor
+
+# How the text format spells a bucket bound (prometheus-client's own, which is unannotated).
+_go_float: Callable[[float], str] = floatToGoString
 
 # Events per accepted publish request.
 BATCH_BUCKETS = (1, 2, 5, 10, 50, 100, 500, 1000, 5000, 10000, 50000)
@@ -56,15 +58,13 @@ class IngestStats:
     events: int = 0
     bytes: int = 0
     requests: dict[int, int] = field(default_factory=dict)  # by HTTP status
-    batch_counts: list[int] = field(default_factory=lambda: [0] * (len(BATCH_BUCKETS) + 1))
-    batch_sum: int = 0
+    batch_events: Histogram = field(default_factory=lambda: Histogram(BATCH_BUCKETS))
 
     def accepted(self, events: int, size: int) -> None:
         self.events += events
         self.bytes += size
         self.requests[200] = self.requests.get(200, 0) + 1
-        self.batch_counts[bisect.bisect_left(BATCH_BUCKETS, events)] += 1
-        self.batch_sum += events
+        self.batch_events.observe(events)
 
     def refused(self, status: int) -> None:
         self.requests[status] = self.requests.get(status, 0) + 1
@@ -122,8 +122,7 @@ class DaemonMetrics:
             requests.add_metric([str(code)], count)
         batches = HistogramMetricFamily("eventstreamd_ingest_batch_events",
                                         "Events per accepted POST /events request.")
-        batches.add_metric([], _buckets(BATCH_BUCKETS, ingest.batch_counts),
-                           sum_value=ingest.batch_sum)
+        _add_histogram(batches, [], ingest.batch_events)
         return [
             CounterMetricFamily("eventstreamd_ingest_events",
                                 "Events accepted (durably stored) by POST /events.",
@@ -139,30 +138,32 @@ class DaemonMetrics:
     def _integration_families(self, items: Iterable[dict[str, Any]]) -> list[Metric]:
         labels = ["integration", "kind"]
 
-        def family(kind: type[Metric], name: str, doc: str) -> Any:
-            return kind(name, doc, labels=labels)
+        def counter(name: str, doc: str) -> CounterMetricFamily:
+            return CounterMetricFamily(name, doc, labels=labels)
 
-        delivered = family(CounterMetricFamily, "eventstreamd_delivered_events",
-                           "Events delivered (2xx, or uploaded in an S3 object).")
-        failed = family(CounterMetricFamily, "eventstreamd_delivery_failed_attempts",
-                        "Delivery attempts that failed and will be retried.")
-        rejected = family(CounterMetricFamily, "eventstreamd_rejected_events",
-                          "Events set aside as rejected (a receiver's 400, or undeliverable).")
-        restarts = family(CounterMetricFamily, "eventstreamd_sink_restarts",
-                          "Times the integration's sink crashed and was restarted.")
-        latency = family(HistogramMetricFamily, "eventstreamd_delivery_latency_seconds",
-                         "From ingest to delivered (S3: from when the object's file was "
-                         "opened to its upload).")
-        stored = family(GaugeMetricFamily, "eventstreamd_rejected_events_stored",
-                        "Rejected events kept for inspection and retry.")
-        lag_events = family(GaugeMetricFamily, "eventstreamd_lag_events",
-                            "Events after the integration's cursor (not yet delivered).")
-        lag_seconds = family(GaugeMetricFamily, "eventstreamd_lag_seconds",
-                             "Age of the oldest undelivered event (0 when none waits).")
-        in_flight = family(GaugeMetricFamily, "eventstreamd_in_flight",
-                           "Delivery requests under way.")
-        running = family(GaugeMetricFamily, "eventstreamd_integration_running",
-                         "1 while the integration is running, 0 when stopped or completed.")
+        def gauge(name: str, doc: str) -> GaugeMetricFamily:
+            return GaugeMetricFamily(name, doc, labels=labels)
+
+        delivered = counter("eventstreamd_delivered_events",
+                            "Events delivered (2xx, or uploaded in an S3 object).")
+        failed = counter("eventstreamd_delivery_failed_attempts",
+                         "Delivery attempts that failed and will be retried.")
+        rejected = counter("eventstreamd_rejected_events",
+                           "Events set aside as rejected (a receiver's 400, or undeliverable).")
+        restarts = counter("eventstreamd_sink_restarts",
+                           "Times the integration's sink crashed and was restarted.")
+        latency = HistogramMetricFamily("eventstreamd_delivery_latency_seconds",
+                                        "From ingest to delivered (S3: from when the object's "
+                                        "file was opened to its upload).", labels=labels)
+        stored = gauge("eventstreamd_rejected_events_stored",
+                       "Rejected events kept for inspection and retry.")
+        lag_events = gauge("eventstreamd_lag_events",
+                           "Events after the integration's cursor (not yet delivered).")
+        lag_seconds = gauge("eventstreamd_lag_seconds",
+                            "Age of the oldest undelivered event (0 when none waits).")
+        in_flight = gauge("eventstreamd_in_flight", "Delivery requests under way.")
+        running = gauge("eventstreamd_integration_running",
+                        "1 while the integration is running, 0 when stopped or completed.")
         for item in items:
             key = [item["id"], item["kind"]]
             running.add_metric(key, 1 if item["status"] == "running"
@@ -180,8 +181,7 @@ class DaemonMetrics:
             failed.add_metric(key, stats.failures)
             rejected.add_metric(key, stats.rejected)
             restarts.add_metric(key, sink.crashes)
-            latency.add_metric(key, _buckets(LATENCY_BUCKETS, stats.latency_counts),
-                               sum_value=stats.latency_sum)
+            _add_histogram(latency, key, stats.latency)
         return [delivered, failed, rejected, restarts, latency, stored, lag_events,
                 lag_seconds, in_flight, running]
 
@@ -201,16 +201,15 @@ def _store_families(stats: Any) -> list[Metric]:
     return out
 
 
-def _buckets(bounds: tuple[float, ...], counts: list[int]) -> list[tuple[str, float]]:
-    """Per-bucket counts as the cumulative (le, count) pairs of the text format."""
-    out, total = [], 0
-    for bound, count in zip((*bounds, float("inf")), counts, strict=True):
-        total += count
-        out.append((floatToGoString(bound), total))
-    return out
+def _add_histogram(family: HistogramMetricFamily, labels: list[str],
+                   histogram: Histogram) -> None:
+    """One histogram as the text format's cumulative (le, count) buckets and its sum."""
+    family.add_metric(labels, [(_go_float(bound), float(total))
+                               for bound, total in histogram.cumulative()],
+                      sum_value=histogram.sum)
 
 
-class _Fixed:
+class _Gathered:
     """A collector of families gathered before rendering (collectors are synchronous,
     the store's reads are not)."""
 
@@ -223,7 +222,7 @@ class _Fixed:
 
 async def render(metrics: DaemonMetrics) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Fixed(await metrics.families()))  # type: ignore[arg-type]
+    registry.register(_Gathered(await metrics.families()))
     return generate_latest(registry)
 
 

@@ -1,11 +1,18 @@
-"""Ownership: which integrations this daemon delivers, when several share one JetStream.
+"""Ownership: which integrations this daemon delivers, when several share one store.
 
 Decisions:
-- Only with the JetStream backend. With LMDB there is one daemon per log and
-  the supervisor runs every running integration, without a lease (`lease` is
-  None, the fences are the incarnation's), exactly as before.
+- Only with a store several daemons may share (one that has a `LeaseBook`,
+  `storage/leases.py`: JetStream). With a store one daemon owns (LMDB) the
+  supervisor runs every running integration, without a lease (`lease` is
+  None, the fences are the incarnation's).
+- Built with everything it reads: the lease book and the integration
+  records (the store), the change feed, the table of held leases it shares
+  with the supervisor (`HeldLeases`: the supervisor only reads it), the
+  supervisor's sinks (`SinkActivity`) and the report that adds their figures
+  to each announcement (`cluster.LocalReport`).
 - Two tasks. The renewer renews every held lease every `lease_ttl / 3`
-  (`storage/jetstream/lease.py` says how a renewal, a claim and expiry work).
+  (`storage/leases.py` and `storage/jetstream/lease.py` say how a renewal,
+  a claim and expiry work).
   A renewal refused means the lease was taken, released or deleted: the
   integration is dropped at once. One that cannot be made (NATS away) is
   retried; once the lease is past its deadline (`Holding.valid`, the last
@@ -62,17 +69,16 @@ import anyio
 
 from ..logs import kv
 from ..model import Integration
-from ..storage.base import StoreUnavailable
-from ..storage.jetstream.client import JsApiError
-from ..storage.jetstream.lease import (
+from ..storage.base import Store, StoreUnavailable
+from ..storage.leases import (
     STALE_ANNOUNCEMENT,
     Announcement,
     LeaseBook,
     LeaseSeen,
     Snapshot,
 )
-from ..storage.jetstream.store import JetStreamStore
-from .contracts import ChangeFeed
+from .cluster import Announced, OwnedFigures, encode_announcement
+from .contracts import ChangeFeed, SinkActivity
 
 log = logging.getLogger("eventstreamd.ownership")
 
@@ -101,29 +107,42 @@ class Holding:
         return not self.lost and self.clock() < self.deadline
 
 
-_Errors = (StoreUnavailable, JsApiError)
+class HeldLeases(dict[str, Holding]):
+    """The leases this daemon holds, by integration id: `Ownership` writes it, the
+    supervisor reads it (`contracts.Leases`)."""
+
+    def lease(self, integration_id: str) -> Holding | None:
+        """The lease a sink of this integration may run under, or None."""
+        holding = self.get(integration_id)
+        if holding is None or holding.releasing or not holding.valid():
+            return None
+        return holding
+
+
+Report = Callable[[Announced], Announced]
 
 
 class Ownership:
-    def __init__(self, store: JetStreamStore, changes: ChangeFeed, instance: str, ttl: float,
-                 *, token: str = "", clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, book: LeaseBook, store: Store, changes: ChangeFeed, held: HeldLeases,
+                 *, sinks: SinkActivity, report: Report, instance: str, ttl: float,
+                 token: str = "", clock: Callable[[], float] = time.monotonic) -> None:
         self.token = token  # this daemon's data dir (lease.py: a restart resumes at once)
+        self.book = book
         self.store = store
-        self.book: LeaseBook = store.leases
         self.changes = changes
+        self.held = held
+        self.sinks = sinks
+        self.report = report
         self.instance = instance
         self.ttl = ttl
         self.clock = clock
         self.renew_every = ttl / 3
         self.margin = max(0.1 * ttl, 0.2)  # scheduling and clock-rate slack
         self.period = min(ANNOUNCE_EVERY, ttl / 5)
-        self.held: dict[str, Holding] = {}
         # What was seen and since when (this daemon's clock): expiry by observation.
         self._leases_seen: dict[str, tuple[tuple[int, int], float]] = {}
         self._instances_seen: dict[str, tuple[int, float]] = {}
         self._records: dict[str, tuple[Any, ...]] = {}
-        self.sink_running: Callable[[str], bool] = lambda _id: False
-        self.status_source: Callable[[], dict[str, Any]] = dict
         self.snapshot: Snapshot | None = None
         self.live: set[str] = {instance}
         self.share = 0
@@ -133,14 +152,7 @@ class Ownership:
         self._clobbered = 0
         self._announced: int | None = None  # our last announcement's sequence
 
-    # ------------------------------------------------------------ supervisor
-
-    def lease(self, integration_id: str) -> Holding | None:
-        """The lease a sink of this integration may run under, or None."""
-        holding = self.held.get(integration_id)
-        if holding is None or holding.releasing or not holding.valid():
-            return None
-        return holding
+    # ---------------------------------------------------------------- status
 
     def owners(self) -> dict[str, str]:
         """Integration id -> the instance holding its lease (as last read)."""
@@ -170,7 +182,7 @@ class Ownership:
         try:
             await self.book.watch(self.poke)
             await self.balance()
-        except _Errors as exc:
+        except StoreUnavailable as exc:
             log.warning("cannot read the leases yet", extra=kv(error=str(exc)))
         task_status.started()
         async with anyio.create_task_group() as tg:
@@ -184,7 +196,7 @@ class Ownership:
                     self._poked = anyio.Event()
                 try:
                     await self.balance()
-                except _Errors as exc:
+                except StoreUnavailable as exc:
                     log.info("cannot balance the integrations now", extra=kv(error=str(exc)))
 
     async def _renew_forever(self) -> None:
@@ -201,7 +213,7 @@ class Ownership:
         started = self.clock()
         try:
             ok = await self.book.renew(holding.integration_id, holding.seq, self.instance)
-        except _Errors as exc:
+        except StoreUnavailable as exc:
             if not holding.valid() and self.held.get(holding.integration_id) is holding:
                 self._drop(holding.integration_id, f"not renewed in time ({exc})")
             return
@@ -248,15 +260,16 @@ class Ownership:
             await self._claim(running, snapshot, now, self.share - len(active))
 
     async def _announce(self) -> None:
-        status = {"instance": self.instance, "token": self.token, "at": time.time(),
-                  "share": self.share, "live": len(self.live),
-                  "owns": {integration_id: {} for integration_id in sorted(self.held)}}
+        status = Announced(instance=self.instance, token=self.token, at=time.time(),
+                           share=self.share, live=len(self.live),
+                           owns={integration_id: OwnedFigures()
+                                 for integration_id in sorted(self.held)})
         try:
-            status.update(self.status_source())
+            status = self.report(status)
         except Exception:  # the cluster view must never stop the leases
             log.exception("cannot build the status to announce")
-        self._announced, clobbered = await self.book.announce(self.instance, status,
-                                                              self._announced)
+        self._announced, clobbered = await self.book.announce(
+            self.instance, encode_announcement(status), self._announced)
         # Twice in a row, not once: one of our own writes whose answer was lost (NATS
         # away) looks the same.
         self._clobbered = self._clobbered + 1 if clobbered else 0
@@ -286,10 +299,10 @@ class Ownership:
         stale = []
         newest = max((a.server_time for a in snapshot.instances.values()), default=0.0)
         for name, entry in snapshot.instances.items():
-            before = self._instances_seen.get(name)
-            if before is None or before[0] != entry.seq:
-                self._instances_seen[name] = before = (entry.seq, now)
-            if not entry.deleted and now - before[1] < self.ttl:
+            noted = self._instances_seen.get(name)
+            if noted is None or noted[0] != entry.seq:
+                self._instances_seen[name] = noted = (entry.seq, now)
+            if not entry.deleted and now - noted[1] < self.ttl:
                 live.add(name)
             elif name != self.instance and newest - entry.server_time > STALE_ANNOUNCEMENT:
                 stale.append(entry)
@@ -329,7 +342,7 @@ class Ownership:
             if integration_id not in running and not holding.releasing:
                 holding.releasing = True
                 self.changes.notify(integration_id)
-            if holding.releasing and not self.sink_running(integration_id):
+            if holding.releasing and not self.sinks.sink_running(integration_id):
                 await self._release(holding)
 
     async def _release(self, holding: Holding) -> None:
@@ -337,7 +350,7 @@ class Ownership:
         holding.lost = True
         try:
             released = await self.book.release(holding.integration_id, holding.seq)
-        except _Errors as exc:
+        except StoreUnavailable as exc:
             log.info("could not release a lease; it expires instead", extra=kv(
                 integration=holding.integration_id, error=str(exc)))
             return
@@ -352,5 +365,5 @@ class Ownership:
                 await self._release(holding)
             try:
                 await self.book.retire(self.instance)
-            except _Errors as exc:
+            except StoreUnavailable as exc:
                 log.info("could not retire the announcement", extra=kv(error=str(exc)))

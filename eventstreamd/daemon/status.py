@@ -10,8 +10,9 @@ Decisions:
   `delivered` counter and turns the differences into per-second rates, with a
   short history (`HISTORY` samples) so a freshly attached TUI can draw its
   sparklines at once. `snapshot()` never moves the rate baseline.
-- `last_error` is the seed's full reason; `last_error_cause` the same failure
-  in a few words (the dashboard's column), both from the sink's stats.
+- `last_error` is the full reason (as `retry_triggered` logs it, in the
+  spec's wording); `last_error_cause` the same failure in a few words (the
+  dashboard's column), both from the sink's stats.
 - A sink's counters live as long as its sink is wanted (a crash and restart
   keeps them); a stopped integration has no live counters: those fields are
   null, the stored ones (cursor, lag, rejected count) are not.
@@ -50,15 +51,15 @@ import os
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from .. import __version__
 from ..config import Config
 from ..model import Integration
 from ..sinks.registry import sink_type
 from ..storage.base import Store
-from .cluster import cluster_section, counter_delta, per_second, remote_figures
-from .supervisor import SinkStatus
+from .cluster import OwnedFigures, cluster_section, counter_delta, per_second, remote_figures
+from .contracts import SinkStatusSource
 
 if TYPE_CHECKING:
     from .ownership import Ownership
@@ -66,10 +67,6 @@ if TYPE_CHECKING:
 HISTORY = 30  # samples kept per rate (30 s of sparkline at the default 1 s interval)
 FAILING_WINDOW = 15.0  # seconds
 LAGGING_AFTER = 30.0  # seconds
-
-
-class SinkStatusSource(Protocol):
-    def sink_status(self, integration_id: str) -> SinkStatus | None: ...
 
 
 def health(
@@ -141,7 +138,7 @@ class StatusSampler:
         store = self.store.health()
         integrations = sorted(await self.store.list_integrations(), key=lambda i: i.id)
         owners: dict[str, str] = {}
-        remote: dict[str, dict[str, Any]] = {}
+        remote: dict[str, OwnedFigures] = {}
         if self.ownership is not None:
             owners, remote = self.ownership.owners(), remote_figures(self.ownership)
         return {
@@ -160,17 +157,17 @@ class StatusSampler:
 
     async def _integration(self, integration: Integration, head: int, now: float,
                            connected: bool, owners: dict[str, str],
-                           figures: dict[str, dict[str, Any]]) -> dict[str, Any]:
+                           figures: dict[str, OwnedFigures]) -> dict[str, Any]:
         """One integration's entry; `owners` and `figures` (what other daemons announce)
         are the cluster's, read once per snapshot."""
         integration_id = integration.id
         sink = self.sinks.sink_status(integration_id)
         owner = owners.get(integration_id)
-        remote: dict[str, Any] = {}
+        remote: OwnedFigures | None = None
         if (sink is None and self.ownership is not None and owner is not None
                 and owner != self.ownership.instance):
-            remote = figures.get(integration_id, {})
-        cursor = ((sink.cursor if sink else None) or remote.get("cursor")
+            remote = figures.get(integration_id)
+        cursor = ((sink.cursor if sink else None) or (remote.cursor if remote else None)
                   or await self.store.get_cursor(integration_id) or head + 1)
         lag_events = max(0, head - cursor + 1)
         lag_seconds = None
@@ -198,15 +195,16 @@ class StatusSampler:
             "cursor": cursor,
             "lag_events": lag_events,
             "lag_seconds": lag_seconds,
-            "delivered": stats.delivered if stats else remote.get("delivered"),
-            "delivered_rate": (float(remote.get("delivered_rate") or 0.0) if remote
+            "delivered": stats.delivered if stats else (remote.delivered if remote else None),
+            "delivered_rate": (remote.delivered_rate if remote
                                else self._rates.get(integration_id, 0.0)),
             "delivered_history": list(self._histories.get(integration_id, ())),
             "failures": stats.failures if stats else None,
             "last_error": stats.last_error if stats else None,
             "last_error_cause": stats.last_cause if stats else None,
             "last_error_age": round(now - last_error_at, 1) if last_error_at else None,
-            "in_flight": pipeline.in_flight if pipeline else remote.get("in_flight"),
+            "in_flight": (pipeline.in_flight if pipeline
+                          else remote.in_flight if remote else None),
             "crashes": sink.crashes if sink else None,
             "restart_in": sink.restart_in if sink else None,
             "rejected_events": await self.store.count_rejected(integration_id),

@@ -43,7 +43,7 @@ from ..sinks.loop import SinkLoop
 from ..sinks.registry import sink_type
 from ..storage.base import Store
 from ..timeutil import now_iso
-from .contracts import ChangeFeed, Leases
+from .contracts import ChangeFeed, Leases, SinkStatus
 
 log = logging.getLogger("eventstreamd.supervisor")
 
@@ -72,18 +72,6 @@ class SinkHandle:
         self.stop_event.set()
         if self.loop is not None:
             self.loop.request_stop()
-
-
-@dataclass(frozen=True)
-class SinkStatus:
-    """A running sink's live figures (the status snapshot's source)."""
-
-    stats: SinkStats
-    crashes: int
-    crashed: bool  # waiting to restart after a crash
-    restart_in: float | None
-    cursor: int | None  # the last cursor the sink saved
-    pipeline: PipelineStatus
 
 
 class Supervisor:
@@ -157,7 +145,9 @@ class Supervisor:
         if handle is not None:
             if handle.stop_requested:
                 return  # its end marks the id changed again, and we look once more then
-            if not wanted or handle.settings != _settings(integration, lease):  # type: ignore[arg-type]
+            # Gone, no longer wanted here, or changed: stop it (its end reconciles again).
+            if (integration is None or not wanted
+                    or handle.settings != _settings(integration, lease)):
                 assert self._tg is not None
                 self._tg.start_soon(self._stop_sink, handle, name=f"stop:{integration_id}")
             return

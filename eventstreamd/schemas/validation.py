@@ -31,7 +31,7 @@ from __future__ import annotations
 import functools
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from .spec import SPEC_FILE, spec, spec_text  # noqa: F401 - re-exported: the served document
@@ -40,7 +40,9 @@ from .spec import SPEC_FILE, spec, spec_text  # noqa: F401 - re-exported: the se
 def _import_jsonschema_quickly() -> None:
     if "jsonschema" in sys.modules or "rfc3987_syntax" in sys.modules:
         return
-    sys.modules["rfc3987_syntax"] = None  # type: ignore[assignment]  # import -> ImportError
+    # None in sys.modules makes that import raise ImportError (the documented way to
+    # block one), which sys.modules' type does not allow for.
+    sys.modules["rfc3987_syntax"] = None  # type: ignore[assignment]
     try:
         import jsonschema  # noqa: F401
     finally:
@@ -52,7 +54,7 @@ _import_jsonschema_quickly()
 from jsonschema import Draft4Validator, FormatChecker, validators  # noqa: E402
 from jsonschema.exceptions import ValidationError, best_match  # noqa: E402
 from jsonschema.protocols import Validator  # noqa: E402
-from referencing import Registry, Resource  # noqa: E402
+from referencing import Registry  # noqa: E402
 from referencing.jsonschema import DRAFT4  # noqa: E402
 
 SPEC_URI = "urn:eventstreamd:openapi"
@@ -91,7 +93,8 @@ def _operations() -> dict[str, tuple[str, str]]:
 
 def operation(operation_id: str) -> dict[str, Any]:
     path, method = _locate(operation_id)
-    return spec()["paths"][path][method]  # type: ignore[no-any-return]
+    found: dict[str, Any] = spec()["paths"][path][method]
+    return found
 
 
 def _locate(operation_id: str) -> tuple[str, str]:
@@ -141,13 +144,15 @@ def _pattern(
         yield ValidationError(f"does not match {pattern!r}")
 
 
-_OpenApi30Validator = validators.extend(Draft4Validator, {"pattern": _pattern})
+# jsonschema's `extend`, as typed as its documentation (its stub leaves it unannotated).
+_extend: Callable[[type[Validator], dict[str, Any]], type[Validator]] = validators.extend
+_OpenApi30Validator = _extend(Draft4Validator, {"pattern": _pattern})
 
 
 @functools.cache
-def _registry() -> Registry:
-    resource = Resource(contents=spec(), specification=DRAFT4)
-    return Registry().with_resource(SPEC_URI, resource)
+def _registry() -> Registry[Any]:
+    registry: Registry[Any] = Registry().with_resource(SPEC_URI, DRAFT4.create_resource(spec()))
+    return registry
 
 
 def _validator_for(pointer: str) -> Validator:
@@ -169,7 +174,8 @@ def request_schema(operation_id: str) -> dict[str, Any]:
     body = operation(operation_id).get("requestBody")
     if not isinstance(body, dict):
         raise KeyError(f"{operation_id} takes no request body")
-    return _json_content(body, f"{operation_id}'s request body")["schema"]  # type: ignore[no-any-return]
+    schema: dict[str, Any] = _json_content(body, f"{operation_id}'s request body")["schema"]
+    return schema
 
 
 @functools.cache
@@ -188,7 +194,8 @@ def response_schema(operation_id: str, status: int) -> dict[str, Any] | None:
         raise KeyError(f"{operation_id} does not document status {status}")
     if not response.get("content"):
         return None
-    return _json_content(response, f"{operation_id}'s {status}")["schema"]  # type: ignore[no-any-return]
+    schema: dict[str, Any] = _json_content(response, f"{operation_id}'s {status}")["schema"]
+    return schema
 
 
 @functools.cache
@@ -271,9 +278,11 @@ def _alternatives_required(error: ValidationError) -> list[str]:
     names: list[str] = []
     instance = error.instance if isinstance(error.instance, dict) else {}
     for sub in error.context or ():
-        if sub.validator != "required" or sub.absolute_path != error.absolute_path:
+        required = sub.validator_value
+        if (sub.validator != "required" or sub.absolute_path != error.absolute_path
+                or not isinstance(required, list)):
             continue
-        names += [n for n in sub.validator_value if n not in instance and n not in names]
+        names += [n for n in required if n not in instance and n not in names]
     return names
 
 
@@ -284,14 +293,15 @@ _TYPE_ARTICLES = {"object": "an object", "array": "an array", "integer": "an int
 def describe(error: ValidationError) -> tuple[str, str]:
     """(field, message) for a validation error, without echoing the submitted value."""
     path = [str(p) for p in error.absolute_path]
-    keyword, expected = error.validator, error.validator_value
+    keyword = error.validator
+    expected: Any = error.validator_value  # the keyword's value in the schema: any JSON
     instance = error.instance
     if keyword == "required" and isinstance(instance, dict):
         missing = next((p for p in expected if p not in instance), expected[0])
         field = ".".join([*path, missing])
         return field, f"'{field}' is required"
     if keyword == "additionalProperties" and isinstance(instance, dict):
-        allowed = error.schema.get("properties", {})
+        allowed = error.schema.get("properties", {}) if isinstance(error.schema, dict) else {}
         extra = sorted(k for k in instance if k not in allowed)
         field = ".".join([*path, extra[0]]) if extra else ".".join(path)
         return field, f"'{field}' is not allowed here"

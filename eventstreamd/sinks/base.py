@@ -13,12 +13,11 @@ Decisions:
   its parameters type (`TargetParams`: API field, secret fields, how it
   shows), a one-line description, the registration check, the pipeline
   builder, the rejected-event retry and the stop grace. `registry.py` lists
-  them; adding a sink type is its module plus one line there.
+  them (README "Layout" says what else names a sink type).
 """
 
 from __future__ import annotations
 
-import bisect
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ import aiohttp
 import anyio
 
 from ..config import Config
+from ..histogram import Histogram
 from ..model import Integration, RejectedEvent, StoredEvent, TargetParams
 
 Outcome = Literal["stopped", "completed"]
@@ -71,9 +71,8 @@ class SinkStats:
     crash-looping sink shows its failures. Status and /metrics read them where the
     sink counts, so neither keeps a copy that could drift.
 
-    The latency histogram (ingest to delivered; an S3 file's events from when the file
-    was opened) is a list of per-bucket counts: a bisect and an increment per delivery,
-    cheaper than a locked client-library histogram on the delivery path."""
+    The latency histogram: ingest to delivered; an S3 file's events from when the file
+    was opened."""
 
     delivered: int = 0
     rejected: int = 0
@@ -82,8 +81,7 @@ class SinkStats:
     last_error_at: float | None = None
     last_cause: str | None = None  # the last failure in a few words (the dashboard's column)
     started_at: float = field(default_factory=time.time)
-    latency_counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
-    latency_sum: float = 0.0
+    latency: Histogram = field(default_factory=lambda: Histogram(LATENCY_BUCKETS))
 
     def record_failure(self, reason: str, at: float, cause: str | None = None) -> None:
         self.failures += 1
@@ -95,9 +93,7 @@ class SinkStats:
         """`count` events delivered; `since_ms` (epoch ms) is when they were ingested."""
         self.delivered += count
         if since_ms is not None:
-            latency = max(0.0, time.time() - since_ms / 1000)
-            self.latency_counts[bisect.bisect_left(LATENCY_BUCKETS, latency)] += count
-            self.latency_sum += latency * count
+            self.latency.observe(max(0.0, time.time() - since_ms / 1000), count)
 
 
 @dataclass(frozen=True, slots=True)

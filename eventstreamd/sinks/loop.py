@@ -266,9 +266,10 @@ class SinkLoop:
         matching = (batch if self.filter.passes_everything
                     else [e for e in batch if self.filter.matches(e)])
         if any(e.problem is not None for e in matching):
-            matching = await self._set_aside_problems(matching)
-            if matching is None:
+            deliverable = await self._set_aside_problems(matching)
+            if deliverable is None:
                 return False
+            matching = deliverable
         taken = await self.pipeline.accept(matching, self) if matching else 0
         if taken < len(matching):
             self.read_position = matching[taken].seq

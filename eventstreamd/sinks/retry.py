@@ -1,11 +1,11 @@
-"""Retry until done or stopped: the one retry loop every sink uses, with the seed's reason.
+"""Retry until done or stopped: the one retry loop every sink uses, with the spec's reason.
 
 Decisions:
 - An attempt returns either its result (done: delivered, or final in some other
   way the caller decides) or a `Failure` (retry). The loop records the failure
   on the sink (status, `last_error`), logs it (INFO per retry, the first one at
   WARNING, so a flapping receiver does not flood the log), writes
-  `retry_triggered` with the seed's reason
+  `retry_triggered` with the reason worded as the spec's examples word it
   (`Request to URL <url> failed. Reason: <cause> (HTTP status code <code>).
   Payload: <what was sent, shortened>`), and waits: exponential backoff with
   full jitter, `Retry-After` honoured as a lower bound ("0" must not become a
@@ -50,7 +50,7 @@ class RetryPolicy:
 
 
 def failure_reason(url: str, failure: Failure, payload: str) -> str:
-    """The seed's retry reason."""
+    """The `retry_triggered` reason, worded as the spec's examples word it."""
     code = failure.status if failure.status is not None else "none"
     return (f"Request to URL {url} failed. Reason: {failure.cause} "
             f"(HTTP status code {code}). Payload: {shorten(payload, PAYLOAD_EXCERPT)}")

@@ -23,6 +23,11 @@ Decisions:
   watermark are skipped when the log is read again, so no event lands in two
   objects. Only after the upload succeeded is the file removed from
   `pending`.
+- The recorded files are `Manifest` structs and the saved state an
+  `S3State` (msgspec), stored in the plain form older versions wrote and
+  read (`state_form` / `read_state`): a state that does not fit is refused
+  with a message saying so (the sink then crash-loops visibly) instead of
+  failing somewhere later on a missing key.
 - Spooling and uploading overlap: a sealed file is recorded, then handed to
   the pipeline's uploader task (`serve`), and spooling goes on into the next
   file; at most `MAX_QUEUED_UPLOADS` sealed files wait, after which spooling
@@ -67,6 +72,7 @@ from pathlib import Path
 from typing import IO, Any, ClassVar
 
 import anyio
+import msgspec
 import orjson
 
 from ..codec import filter_from_api, filter_to_api
@@ -191,6 +197,47 @@ class OpenFile:
         self.write = self.handle.write  # bound once: called twice per event
 
 
+class Manifest(msgspec.Struct, frozen=True):
+    """A sealed file, recorded before its upload: what rebuilds it from the log."""
+
+    key: str
+    tenant: str
+    first_seq: int
+    last_seq: int
+    lines: int
+    size: int
+    filter: dict[str, list[str]] | None = None  # the integration's, in the API's form
+    opened_at: float | None = None  # for the latency histogram; absent in older states
+
+
+class S3State(msgspec.Struct):
+    """The sink's durable bookkeeping: per tenant the last sequence number in a recorded
+    file, and the recorded files not yet uploaded."""
+
+    watermarks: dict[str, int] = {}
+    pending: list[Manifest] = []
+
+
+class StateUnreadable(Exception):
+    """The saved S3 state does not have the shape this version reads."""
+
+
+def state_form(state: S3State) -> dict[str, object]:
+    """The state as the store keeps it: plain data, the form every version reads."""
+    form: dict[str, object] = msgspec.to_builtins(state)
+    return form
+
+
+def read_state(form: dict[str, object] | None) -> S3State:
+    """The saved state (an empty one when none was saved), checked."""
+    if form is None:
+        return S3State()
+    try:
+        return msgspec.convert(form, S3State)
+    except msgspec.ValidationError as exc:
+        raise StateUnreadable(f"the S3 sink's saved state cannot be read: {exc}") from None
+
+
 def object_key(prefix: str | None, tenant: str, epoch_ms: int) -> str:
     name = f"{epoch_ms}-data-{uuid.uuid4().hex}.export"
     return f"{prefix}/{tenant}/{name}" if prefix else f"{tenant}/{name}"
@@ -246,20 +293,19 @@ class S3Pipeline:
         self.spool_dir = spool_dir
         self.files: dict[str, OpenFile] = {}
         self.watermarks: dict[str, int] = {}
-        self.pending: list[dict[str, Any]] = []
+        self.pending: list[Manifest] = []
         self._client: Any = None
         self._stack = contextlib.AsyncExitStack()
         self.uploads = 0
-        self._queue: deque[tuple[dict[str, Any], Path]] = deque()  # sealed, not yet uploaded
+        self._queue: deque[tuple[Manifest, Path]] = deque()  # sealed, not yet uploaded
         self._queue_changed = anyio.Event()
         self._uploader_done = anyio.Event()
 
     # ------------------------------------------------------------- pipeline
 
     async def open(self, ctx: SinkContext) -> None:
-        state = await ctx.load_state() or {}
-        self.watermarks = dict(state.get("watermarks", {}))  # type: ignore[call-overload]
-        self.pending = list(state.get("pending", []))  # type: ignore[call-overload]
+        state = read_state(await ctx.load_state())
+        self.watermarks, self.pending = state.watermarks, state.pending
         # Whatever a previous run left in the spool is rebuilt from the log.
         shutil.rmtree(self.spool_dir, ignore_errors=True)
         self.spool_dir.mkdir(parents=True, exist_ok=True)
@@ -267,8 +313,8 @@ class S3Pipeline:
             s3_client(self.target, self._endpoint_url, self._timeout))
         for manifest in list(self.pending):
             log.info("re-uploading a recorded file", extra=kv(
-                integration=ctx.integration.id, key=manifest["key"]))
-            await self._abort_stale_multipart(manifest["key"])
+                integration=ctx.integration.id, key=manifest.key))
+            await self._abort_stale_multipart(manifest.key)
             if not await self._upload(manifest, ctx, None):
                 return
 
@@ -349,7 +395,7 @@ class S3Pipeline:
 
     def safe_cursor(self, read_position: int) -> int:
         firsts = [f.first_seq for f in self.files.values()]
-        firsts += [m["first_seq"] for m in self.pending]
+        firsts += [m.first_seq for m in self.pending]
         return min([read_position, *firsts])
 
     def committed(self, cursor: int) -> None:
@@ -398,38 +444,32 @@ class S3Pipeline:
                 return False
             with anyio.move_on_after(0.2):
                 await self._wait_queue()
-        manifests = []
+        sealed: list[tuple[Manifest, Path]] = []
         for open_file in files:
             open_file.handle.close()
             del self.files[open_file.tenant]
-            manifests.append({
-                "key": open_file.key, "tenant": open_file.tenant,
-                "first_seq": open_file.first_seq, "last_seq": open_file.last_seq,
-                "lines": open_file.lines, "size": open_file.size,
-                "opened_at": open_file.started_at,  # for the latency histogram
-                "filter": filter_to_api(ctx.integration.filter),
-                "path": str(open_file.path),
-            })
-        for manifest in manifests:
-            self.watermarks[manifest["tenant"]] = manifest["last_seq"]
-        self.pending.extend(manifests)
+            sealed.append((Manifest(
+                key=open_file.key, tenant=open_file.tenant, first_seq=open_file.first_seq,
+                last_seq=open_file.last_seq, lines=open_file.lines, size=open_file.size,
+                filter=filter_to_api(ctx.integration.filter), opened_at=open_file.started_at,
+            ), open_file.path))
+        for manifest, _ in sealed:
+            self.watermarks[manifest.tenant] = manifest.last_seq
+            self.pending.append(manifest)
         if not await self._save_state(ctx):
             return False  # deleted or replaced: upload nothing more for it
-        self._queue.extend((m, Path(m["path"])) for m in manifests)
+        self._queue.extend(sealed)
         self._queue_moved()
         return True
 
     async def _save_state(self, ctx: SinkContext) -> bool:
         """Save watermarks and pending files; False when the integration is gone."""
-        state: dict[str, object] = {
-            "watermarks": self.watermarks,
-            "pending": [{k: v for k, v in m.items() if k != "path"} for m in self.pending]}
-        return await ctx.save_state(state)
+        return await ctx.save_state(state_form(S3State(self.watermarks, self.pending)))
 
-    async def _forget(self, manifest: dict[str, Any], ctx: SinkContext, path: Path) -> bool:
+    async def _forget(self, manifest: Manifest, ctx: SinkContext, path: Path) -> bool:
         log.warning("recorded file not re-uploaded (its events were pruned)", extra=kv(
-            integration=ctx.integration.id, key=manifest["key"]))
-        self.pending = [m for m in self.pending if m["key"] != manifest["key"]]
+            integration=ctx.integration.id, key=manifest.key))
+        self.pending = [m for m in self.pending if m.key != manifest.key]
         with contextlib.suppress(OSError):
             os.unlink(path)
         await self._save_state(ctx)
@@ -452,43 +492,42 @@ class S3Pipeline:
                     await self._client.abort_multipart_upload(
                         Bucket=self.bucket, Key=key, UploadId=upload["UploadId"])
 
-    async def _rebuild(self, manifest: dict[str, Any], ctx: SinkContext) -> tuple[Path, int]:
+    async def _rebuild(self, manifest: Manifest, ctx: SinkContext) -> tuple[Path, int]:
         """Write the recorded file again from the log: same range, tenant and filter."""
         path = self.spool_dir / f"{uuid.uuid4().hex}.rebuilt"
-        event_filter = EventFilter.of(filter_from_api(manifest.get("filter")))
+        event_filter = EventFilter.of(filter_from_api(manifest.filter))
         lines = 0
-        position = manifest["first_seq"]
+        position = manifest.first_seq
         async with await anyio.open_file(path, "wb") as out:
-            while position <= manifest["last_seq"]:
+            while position <= manifest.last_seq:
                 batch = await ctx.read_events(position, REBUILD_BATCH, 8 * 1024 * 1024)
                 if not batch:
                     break
                 chunk = [event.body + b"\n" for event in batch
-                         if event.seq <= manifest["last_seq"]
-                         and event.tenant == manifest["tenant"] and event.problem is None
+                         if event.seq <= manifest.last_seq
+                         and event.tenant == manifest.tenant and event.problem is None
                          and event_filter.matches(event)]
                 await out.write(b"".join(chunk))  # one write per batch, off the loop
                 lines += len(chunk)
                 position = batch[-1].seq + 1
-        if lines != manifest["lines"]:
+        if lines != manifest.lines:
             log.warning("rebuilt file differs from the recorded one (events pruned?)", extra=kv(
-                integration=ctx.integration.id, key=manifest["key"],
-                recorded=manifest["lines"], rebuilt=lines))
+                integration=ctx.integration.id, key=manifest.key,
+                recorded=manifest.lines, rebuilt=lines))
         return path, lines
 
     # --------------------------------------------------------------- upload
 
-    async def _upload(self, manifest: dict[str, Any], ctx: SinkContext,
-                      path: Path | None) -> bool:
+    async def _upload(self, manifest: Manifest, ctx: SinkContext, path: Path | None) -> bool:
         if path is None or not await anyio.Path(path).exists():
             path, lines = await self._rebuild(manifest, ctx)
-            if lines != manifest["lines"] and await self._exists(manifest["key"]):
+            if lines != manifest.lines and await self._exists(manifest.key):
                 # Retention pruned part of the range since; the object that went up
                 # before the crash is the complete one: keep it, do not shrink it.
                 return await self._forget(manifest, ctx, path)
             if lines == 0:
                 return await self._forget(manifest, ctx, path)
-        key, spooled = manifest["key"], path
+        key, spooled = manifest.key, path
 
         async def attempt() -> bool | Failure:
             try:
@@ -500,21 +539,21 @@ class S3Pipeline:
 
         done = await retry_until_stopped(
             ctx, attempt, url=f"s3://{self.bucket}/{key}",
-            payload=lambda: f"{manifest['lines']} events, {manifest['size']} bytes",
+            payload=lambda: f"{manifest.lines} events, {manifest.size} bytes",
             policy=self._policy)
         if done is None:
             return False
-        self.pending = [m for m in self.pending if m["key"] != key]
+        self.pending = [m for m in self.pending if m.key != key]
         await self._save_state(ctx)
         with contextlib.suppress(OSError):
             os.unlink(path)
         self.uploads += 1
-        opened_at = manifest.get("opened_at")  # absent in state older versions wrote
+        opened_at = manifest.opened_at
         ctx.stats.record_delivered(int(opened_at * 1000) if opened_at else None,
-                                   manifest["lines"])
+                                   manifest.lines)
         ctx.progressed()
         log.info("uploaded", extra=kv(integration=ctx.integration.id, key=key,
-                                      events=manifest["lines"], bytes=manifest["size"]))
+                                      events=manifest.lines, bytes=manifest.size))
         return True
 
     async def _put(self, key: str, path: Path) -> None:

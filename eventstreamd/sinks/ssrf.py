@@ -25,7 +25,7 @@ from typing import Any
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 
-POLICIES = ("none", "link-local", "private")
+from ..config import BlockPolicy
 
 
 class BlockedTarget(OSError):
@@ -76,7 +76,7 @@ def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
     return None
 
 
-def _refused(ip: _IP, policy: str) -> bool:
+def _refused(ip: _IP, policy: BlockPolicy) -> bool:
     if ip.is_link_local:
         return True
     if policy == "private":
@@ -85,7 +85,7 @@ def _refused(ip: _IP, policy: str) -> bool:
     return False
 
 
-def is_blocked(address: str, policy: str) -> bool:
+def is_blocked(address: str, policy: BlockPolicy) -> bool:
     if policy == "none":
         return False
     ip = parse_address(address)
@@ -98,7 +98,7 @@ def is_blocked(address: str, policy: str) -> bool:
     return _refused(ip, policy)
 
 
-def check_host(host: str | None, policy: str) -> None:
+def check_host(host: str | None, policy: BlockPolicy) -> None:
     """Raise BlockedTarget for an IP-literal host the policy refuses."""
     if host and is_blocked(host.strip("[]"), policy):
         raise BlockedTarget(f"address {host} is refused by security.block_targets = {policy!r}")
@@ -107,7 +107,7 @@ def check_host(host: str | None, policy: str) -> None:
 class GuardedResolver(AbstractResolver):
     """Resolves like aiohttp's default resolver, then refuses blocked addresses."""
 
-    def __init__(self, policy: str, inner: AbstractResolver | None = None) -> None:
+    def __init__(self, policy: BlockPolicy, inner: AbstractResolver | None = None) -> None:
         self._policy = policy
         self._inner = inner or DefaultResolver()
 
@@ -125,5 +125,5 @@ class GuardedResolver(AbstractResolver):
         await self._inner.close()
 
 
-def guarded_connector_args(policy: str) -> dict[str, Any]:
+def guarded_connector_args(policy: BlockPolicy) -> dict[str, Any]:
     return {} if policy == "none" else {"resolver": GuardedResolver(policy)}

@@ -14,7 +14,7 @@ Decisions:
 - At most `RESPONSE_EXCERPT` bytes of a response body are read: a receiver
   cannot make us buffer a large error page. Redirects are not followed (a 3xx
   is retried like any other non-2xx, non-400 answer).
-- Each failure is logged as `retry_triggered` with the seed's reason (see
+- Each failure is logged as `retry_triggered` with the spec's reason (see
   `retry.py`); the URL is shown without userinfo.
 - Registration refuses what could never be requested: not http(s), no host,
   a port outside 1-65535, userinfo in the URL, a literal address the SSRF
@@ -36,7 +36,7 @@ import anyio
 import yarl
 
 from ..codec import REASON_EXCERPT
-from ..config import Config
+from ..config import BlockPolicy, Config
 from ..logs import shorten
 from ..model import Integration, RejectedEvent, StoredEvent, TargetParams
 from ..naming import valid_event_id
@@ -154,7 +154,7 @@ class WebhookClient:
     """Sends one event to one integration's URL and classifies the outcome."""
 
     def __init__(self, session: aiohttp.ClientSession, target: WebhookTarget,
-                 timeout: float, block_policy: str = "none",
+                 timeout: float, block_policy: BlockPolicy = "none",
                  signer: Signer | None = None) -> None:
         self._session = session
         self._signer = signer

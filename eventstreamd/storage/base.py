@@ -26,6 +26,15 @@ Decisions:
   them to 507 and 503 (and `append`'s `EventTooLarge` to 413).
 - `health()` says whether the backend is reachable now (always for LMDB),
   for `/healthz` and the status snapshot.
+- Opening a store fails with `StoreOpenError` (its message one line for the
+  user: a data dir in a newer format is `StoreFormatError`) or
+  `StoreUnavailable` (the backend cannot be reached); no backend's own
+  exception leaves `storage/`, so start-up never names a backend.
+- `leases` is the `LeaseBook` of a store several daemons may share
+  (`leases.py`), None for one a single daemon owns.
+- A store decodes integration records with the sink registry it is opened
+  with (`targets`, `codec.TargetTypes`); one opened without it (a tool that
+  reads only events) refuses to read an integration, naming its kind.
 """
 
 from __future__ import annotations
@@ -35,6 +44,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Protocol
 
+from ..config import Backend
 from ..logs import clean_text
 from ..model import (
     Change,
@@ -45,7 +55,17 @@ from ..model import (
     NewEvent,
     RejectedEvent,
     StoredEvent,
+    TargetParams,
 )
+from .leases import LeaseBook
+
+
+class _NoTargets:
+    def params_types(self) -> tuple[type[TargetParams], ...]:
+        return ()
+
+
+NO_TARGETS = _NoTargets()
 
 
 def kept_log(entry: LogEntry) -> LogEntry:
@@ -58,6 +78,14 @@ def rejected_dropped_log(created_at: str, rejected_id: str, keep: int) -> LogEnt
     """What a store logs when a rejected event gives way to newer ones."""
     return LogEntry(created_at, "rejected_event_dropped",
                     f"Rejected event {rejected_id} was removed to keep the newest {keep}.")
+
+
+class StoreOpenError(Exception):
+    """The store cannot be opened; the message says why in one line."""
+
+
+class StoreFormatError(StoreOpenError):
+    """The data holds a format this version cannot read; the message says what to do."""
 
 
 class StoreFull(Exception):
@@ -102,7 +130,7 @@ class StoreStats:
 
 @dataclass(frozen=True, slots=True)
 class StoreHealth:
-    backend: str  # "lmdb" or "jetstream"
+    backend: Backend
     connected: bool
     server: str | None = None  # where it is (JetStream: the server connected to)
     error: str | None = None  # why it is not reachable
@@ -160,6 +188,11 @@ class Store(Protocol):
     async def stats(self) -> StoreStats: ...
 
     def health(self) -> StoreHealth: ...
+
+    @property
+    def leases(self) -> LeaseBook | None:
+        """The leases, when several daemons may share this store; None when one owns it."""
+        ...
 
     # --------------------------------------------------------- integrations
 

@@ -44,6 +44,7 @@ import lmdb
 from anyio.abc import TaskGroup
 
 from .. import codec
+from ..codec import TargetTypes
 from ..logs import kv
 from ..model import (
     Change,
@@ -56,11 +57,14 @@ from ..model import (
     StoredEvent,
 )
 from .base import (
+    NO_TARGETS,
     IntegrationExists,
     IntegrationLimitReached,
     IntegrationMissing,
+    StoreFormatError,
     StoreFull,
     StoreHealth,
+    StoreOpenError,
     StoreStats,
     StoreUnavailable,
     Transition,
@@ -79,7 +83,7 @@ from .records import (
     u64,
     unpack,
 )
-from .writer import LogWriter, WriterClosed
+from .writer import LogWriter, Txn, WriterClosed
 
 log = logging.getLogger("eventstreamd.store")
 
@@ -90,11 +94,6 @@ _FORMAT = b"format"
 PRUNE_CHUNK = 5_000
 MIGRATE_CHUNK = 10_000
 T = TypeVar("T")
-Txn = lmdb.Transaction
-
-
-class StoreFormatError(Exception):
-    """The data dir holds a format this version cannot read; the message says what to do."""
 
 
 def now_ms() -> int:
@@ -106,17 +105,30 @@ def _prefix(integration_id: str) -> bytes:
 
 
 class LmdbStore:
-    def __init__(self, data_dir: Path, *, map_size: int, log_entries: int = 50,
-                 rejected_events: int = 30) -> None:
+    # One daemon owns the data dir (it is locked): it delivers every integration.
+    leases: None = None
+
+    def __init__(self, data_dir: Path, *, map_size: int, targets: TargetTypes = NO_TARGETS,
+                 log_entries: int = 50, rejected_events: int = 30) -> None:
         self.data_dir = Path(data_dir)
+        self.targets = targets
         self.log_entries = log_entries
         self.rejected_events = rejected_events
         self.map_size = map_size
+        try:
+            self._open()
+        except lmdb.Error as exc:
+            raise StoreOpenError(str(exc)) from exc
+        self._head_moved = anyio.Event()
+        self._tg: TaskGroup | None = None
+        self._closed = False
+
+    def _open(self) -> None:
         self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(self.data_dir, 0o700)
         (self.data_dir / "lmdb").mkdir(mode=0o700, exist_ok=True)
         self.env = lmdb.open(
-            str(self.data_dir / "lmdb"), map_size=map_size, max_dbs=8, subdir=True,
+            str(self.data_dir / "lmdb"), map_size=self.map_size, max_dbs=8, subdir=True,
             sync=True, metasync=True, readahead=False, max_readers=512, mode=0o600,
         )
         self._events = self.env.open_db(b"events")
@@ -134,9 +146,6 @@ class LmdbStore:
             raise
         with self.env.begin() as txn:
             self._head = self._txn_head(txn)
-        self._head_moved = anyio.Event()
-        self._tg: TaskGroup | None = None
-        self._closed = False
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -229,7 +238,7 @@ class LmdbStore:
     async def _write(self, job: Callable[[Txn], T]) -> T:
         """Run `job` in the next group commit; map LMDB's failures to the interface's."""
         try:
-            return await self.writer.submit(job)  # type: ignore[no-any-return]
+            return await self.writer.submit(job)
         except WriterClosed as exc:
             raise StoreUnavailable("the store is closing") from exc
         except lmdb.MapFullError as exc:
@@ -379,7 +388,7 @@ class LmdbStore:
 
     async def list_integrations(self) -> list[Integration]:
         with self.env.begin(db=self._integrations) as txn:
-            return [codec.from_store(unpack(v)) for _, v in txn.cursor()]
+            return [codec.from_store(self.targets, unpack(v)) for _, v in txn.cursor()]
 
     async def get_integration(self, integration_id: str) -> Integration | None:
         with self.env.begin() as txn:
@@ -542,7 +551,7 @@ class LmdbStore:
 
     def _txn_get_integration(self, txn: Txn, integration_id: str) -> Integration | None:
         raw = txn.get(integration_id.encode(), db=self._integrations)
-        return codec.from_store(unpack(raw)) if raw is not None else None
+        return codec.from_store(self.targets, unpack(raw)) if raw is not None else None
 
     def _txn_put_integration(self, txn: Txn, integration: Integration) -> None:
         txn.put(integration.id.encode(), pack(codec.to_store(integration)),

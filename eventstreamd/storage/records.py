@@ -102,7 +102,8 @@ def decode_v1(raw: bytes) -> tuple[NewEvent, int, str | None]:
 
 
 def pack(obj: Any) -> bytes:
-    return msgpack.packb(obj)
+    packed: bytes = msgpack.packb(obj)
+    return packed
 
 
 def unpack(raw: bytes) -> Any:

@@ -26,7 +26,7 @@ import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeAlias, TypeVar
 
 import anyio
 import lmdb
@@ -34,7 +34,10 @@ from anyio.abc import TaskStatus
 
 log = logging.getLogger("eventstreamd.writer")
 
-Job = Callable[[lmdb.Transaction], Any]
+# A write transaction; no transaction is opened with buffers=True, so values are bytes.
+Txn: TypeAlias = "lmdb.Transaction[bytes]"
+Job = Callable[[Txn], object]
+T = TypeVar("T")
 
 MAX_JOBS_PER_COMMIT = 512
 
@@ -64,13 +67,14 @@ class LogWriter:
         # transactions always live on the same thread.
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lmdb-writer")
 
-    async def submit(self, job: Job) -> Any:
+    async def submit(self, job: Callable[[Txn], T]) -> T:
         """Run `job(txn)` in the next group commit; return its result once durable."""
         if self._closed or not self._running:
             raise WriterClosed("the log writer is not running")
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         await self._queue.put((job, future))
-        return await future
+        result: T = await future  # what `job` returned (the batch's futures hold any type)
+        return result
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         self._running = True

@@ -7,7 +7,7 @@ Decisions:
   the app runs. The last snapshot stays on screen meanwhile.
 - Pushed snapshots arrive on the client's reader task and are posted to the
   app as a message, so widgets are only touched from the app's own message
-  handling; every screen with a `show_snapshot` method gets each one.
+  handling; every `SnapshotScreen` on the stack gets each one.
 - Actions (`act`) and reads (`fetch`) go through here so every screen reports
   outcomes the same way: a notification, and `last_message` (what tests read).
 - With `snapshot=` the app shows that fixed snapshot and never connects:
@@ -31,6 +31,7 @@ from textual.screen import Screen
 
 from .client import ConnectionLost, ControlClient, ControlError, ControlUnavailable
 from .dashboard import DashboardScreen
+from .screen import SnapshotScreen
 from .widgets import LINKED
 
 RECONNECT_DELAY = 1.0
@@ -124,9 +125,8 @@ class DashboardApp(App[int]):
         self.snapshot = snapshot
         self._show_store(snapshot)
         for screen in self.screen_stack:
-            show = getattr(screen, "show_snapshot", None)
-            if show is not None:
-                show(snapshot)
+            if isinstance(screen, SnapshotScreen):
+                screen.show_snapshot(snapshot)
 
     def _show_store(self, snapshot: dict[str, Any]) -> None:
         if self.link[0] not in LINKED:

@@ -170,7 +170,8 @@ class ControlClient:
             if self._on_push is not None and message.get("event") == "status":
                 self._on_push(message.get("data") or {})
             return
-        future = self._pending.get(message.get("id"))  # type: ignore[arg-type]
+        request_id = message.get("id")
+        future = self._pending.get(request_id) if isinstance(request_id, int) else None
         if future is None or future.done():
             return  # a late answer to a request that timed out
         if message.get("ok"):

@@ -15,28 +15,25 @@ Decisions:
   one starred), what each delivers and how fast.
 - The target is the sink's own description (host:port/path, `s3://bucket/
   prefix`), wide enough to tell two receivers on one host apart; the last
-  error column shows its cause (the full seed reason is on the details
+  error column shows its cause (the full reason is on the details
   screen).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal
 from textual.css.query import NoMatches
-from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Sparkline, Static
 
 from . import format as fmt
 from .detail import IntegrationScreen
+from .screen import SnapshotScreen
 from .widgets import LINKED, ConnectionBar
-
-if TYPE_CHECKING:
-    from .app import DashboardApp
 
 SPARK_WIDTH = 10
 TARGET_WIDTH = 28
@@ -108,7 +105,7 @@ def cluster_line(cluster: dict[str, Any]) -> str:
     return "cluster: " + ("  ·  ".join(parts) if parts else "(no daemon announced yet)")
 
 
-class DashboardScreen(Screen[None]):
+class DashboardScreen(SnapshotScreen):
     DEFAULT_CSS = """
     DashboardScreen #summary-row { height: 2; padding: 0 1; }
     DashboardScreen #summary { width: 1fr; content-align: left middle; height: 2; }
@@ -122,10 +119,6 @@ class DashboardScreen(Screen[None]):
         Binding("x", "stop", "Stop"),
         Binding("r", "refresh", "Refresh"),
     ]
-
-    @property
-    def dashboard(self) -> DashboardApp:
-        return self.app  # type: ignore[return-value]
 
     def compose(self) -> ComposeResult:
         yield Header(show_clock=False)
@@ -176,7 +169,7 @@ class DashboardScreen(Screen[None]):
             table.clear()
             for integration_id in sorted(items):
                 table.add_row(*row_cells(items[integration_id], self.stale), key=integration_id)
-            if selected in items:
+            if selected is not None and selected in items:
                 table.move_cursor(row=table.get_row_index(selected))
             return
         for integration_id, item in items.items():

@@ -16,22 +16,19 @@ Decisions:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 from rich.table import Table
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.css.query import NoMatches
-from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Label, Static
 
 from . import format as fmt
 from .dialogs import ConfirmScreen, PayloadScreen
+from .screen import SnapshotScreen
 from .widgets import ConnectionBar
-
-if TYPE_CHECKING:
-    from .app import DashboardApp
 
 LOG_REASON_WIDTH = 200
 
@@ -76,7 +73,7 @@ def details_table(item: dict[str, Any] | None, integration_id: str) -> Table:
     return grid
 
 
-class IntegrationScreen(Screen[None]):
+class IntegrationScreen(SnapshotScreen):
     DEFAULT_CSS = """
     IntegrationScreen #details { height: auto; padding: 0 1; margin-bottom: 1; }
     IntegrationScreen .section { padding: 0 1; text-style: bold; background: $boost; width: 1fr; }
@@ -99,10 +96,6 @@ class IntegrationScreen(Screen[None]):
         self.integration_id = integration_id
         self.sub_title = integration_id
         self._log_shown: list[dict[str, Any]] | None = None
-
-    @property
-    def dashboard(self) -> DashboardApp:
-        return self.app  # type: ignore[return-value]
 
     def compose(self) -> ComposeResult:
         yield Header(show_clock=False)

@@ -20,9 +20,9 @@ import lmdb
 import msgpack
 import orjson
 
-import eventstreamd.sinks.registry  # noqa: F401 - registers the sink types the codec reads
 from eventstreamd.config import load_config
 from eventstreamd.model import LogEntry, NewEvent, RejectedEvent, StoredEvent
+from eventstreamd.sinks.registry import SINK_TYPES
 from eventstreamd.storage.base import Store
 from eventstreamd.storage.factory import open_store
 from eventstreamd.storage.lmdb_store import LmdbStore
@@ -37,10 +37,10 @@ async def opened(where: Path | DaemonProcess, **options: Any) -> AsyncIterator[A
     """The LMDB store in a data dir, or the store a daemon's config names."""
     if isinstance(where, DaemonProcess):
         store: Store
-        async with open_store(load_config(where.config_path)) as store:
+        async with open_store(load_config(where.config_path), SINK_TYPES) as store:
             yield store
         return
-    async with LmdbStore(where, map_size=options.pop("map_size", MAP_SIZE),
+    async with LmdbStore(where, targets=SINK_TYPES, map_size=options.pop("map_size", MAP_SIZE),
                          **options) as lmdb_store:
         yield lmdb_store
 

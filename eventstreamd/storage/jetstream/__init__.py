@@ -17,10 +17,11 @@ Every piece of state lives in JetStream, nothing of value on local disk:
 `client.py` holds the connection and the raw requests nats-py lacks.
 
 Measured while designing it, with small nats-py scripts against a local
-server on this machine (2 shared cores, ext4 on a virtual disk; nats-server
-2.15.1, nats-py 2.16.0, R1 file storage, `sync_interval: always`; fsync
-latency drifts a lot here, so ranges). The daemon's own figures are in
-bench/README.md:
+server on a development VM (2 shared cores, ext4 on a virtual disk;
+nats-server 2.15.1, nats-py 2.16.0, R1 file storage, `sync_interval:
+always`; fsync latency drifted a lot there, so ranges). They guided the
+design choices below; they are not a benchmark (the daemon's own figures,
+each beside a raw baseline, are `make bench`'s: bench/README.md):
 
 - atomic batch of 1,000 x 400 B: 20-30k events/s; 128: 5-13k/s; 32: ~2.5k/s;
   8: ~600/s; 1 message: one publish 0.7-1.8 ms (p50), a 1-message batch

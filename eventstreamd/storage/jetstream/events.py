@@ -75,6 +75,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
+import msgspec
 from anyio.abc import TaskStatus
 from nats.aio.msg import Msg
 
@@ -96,6 +97,7 @@ from .client import (
     Out,
     Unknown,
 )
+from .subjects import EventSubjects
 
 log = logging.getLogger("eventstreamd.jetstream")
 
@@ -160,6 +162,25 @@ def timestamp_ms(stamp: str) -> int:
     return seconds * 1000 + millis
 
 
+class StreamState(msgspec.Struct, frozen=True):
+    """What this backend reads of a JetStream stream's `state` (STREAM.INFO and the
+    answer to a create or update)."""
+
+    messages: int = 0
+    bytes: int = 0
+    first_seq: int = 0
+    last_seq: int = 0
+    last_ts: str = ""
+
+
+def stream_state(info: dict[str, Any]) -> StreamState:
+    """The `state` of a stream API answer, checked (JetStreamError when it is not one)."""
+    try:
+        return msgspec.convert(info.get("state") or {}, StreamState)
+    except msgspec.ValidationError as exc:
+        raise JsApiError(0, 0, f"a stream state that cannot be read: {exc}") from None
+
+
 def _seq_of(msg: Msg) -> int:
     return int((msg.headers or {})[SEQUENCE])
 
@@ -187,10 +208,12 @@ class EventLog:
     max_bytes: int
 
     def __post_init__(self) -> None:
-        self.stream = f"{self.prefix}_events"
-        self.more_subject = f"{self.prefix}.ev.m"
-        self.commit_subject = f"{self.prefix}.ev.c"
-        self.wake_subject = f"{self.prefix}.wake"
+        subjects = EventSubjects.of(self.prefix)
+        self.stream = subjects.stream
+        self.every_subject = subjects.every
+        self.more_subject = subjects.more
+        self.commit_subject = subjects.commit
+        self.wake_subject = subjects.wake
         self._head = 0
         self._moved = anyio.Event()
         self._last_ingest = (0, 0)  # (seq, ms) of the newest message whose time is known
@@ -204,7 +227,7 @@ class EventLog:
     def stream_config(self) -> dict[str, Any]:
         return {
             "name": self.stream,
-            "subjects": [f"{self.prefix}.ev.*"],
+            "subjects": [self.every_subject],
             "retention": "limits",
             "storage": "file",
             "num_replicas": self.replicas,
@@ -221,7 +244,7 @@ class EventLog:
 
     async def open(self) -> None:
         info = await self.client.ensure_stream(self.stream_config())
-        self._set_head(int(info.get("state", {}).get("last_seq", 0)))
+        self._set_head(stream_state(info).last_seq)
         await self.client.nc.subscribe(self.wake_subject, cb=self._on_wake)
         self.client.on_connection(self._connection_changed)
 
@@ -500,15 +523,15 @@ class EventLog:
                               msg.data))
         return out
 
-    async def info(self) -> dict[str, Any]:
-        return (await self.client.api(f"STREAM.INFO.{self.stream}")).get("state", {})
+    async def info(self) -> StreamState:
+        return stream_state(await self.client.api(f"STREAM.INFO.{self.stream}"))
 
     async def first_seq(self) -> int:
         state = await self.info()
-        self._set_head(int(state.get("last_seq", 0)))
-        if not state.get("messages"):
+        self._set_head(state.last_seq)
+        if not state.messages:
             return self._head + 1
-        return int(state.get("first_seq", self._head + 1))
+        return state.first_seq
 
     async def seq_at_or_after(self, ingested_ms: int) -> int:
         msg = await self.client.direct_get(self.stream, {"start_time": ms_to_iso(ingested_ms)})
@@ -524,20 +547,19 @@ class EventLog:
             return self._last_ingest[1]
         msg = await self.client.direct_get(self.stream, {"seq": head})
         if msg is None:  # expired: the stream still knows when its last message came
-            stamp = str((await self.info()).get("last_ts") or "")
+            stamp = (await self.info()).last_ts
             return timestamp_ms(stamp) if stamp[:1].isdigit() else self._last_ingest[1]
         self._note_ingest(head, msg.headers or {})
         return self._last_ingest[1]
 
     async def store_stats(self) -> StoreStats:
         state = await self.info()
-        self._set_head(int(state.get("last_seq", 0)))
-        events = int(state.get("messages", 0))
-        size = int(state.get("bytes", 0))
+        self._set_head(state.last_seq)
+        events, size = state.messages, state.bytes
         cap = self.max_bytes or None
         return StoreStats(
             events=events,
-            first_seq=int(state.get("first_seq", self._head + 1)) if events else self._head + 1,
+            first_seq=state.first_seq if events else self._head + 1,
             head=self._head, size_bytes=size, capacity_bytes=cap,
             free_bytes=max(0, cap - size) if cap else None)
 

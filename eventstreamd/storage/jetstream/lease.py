@@ -7,7 +7,7 @@ Decisions:
   the rejected event they write, and a JetStream batch (and a subject-sequence
   expectation) cannot reach into another stream. So an integration's lease is
   the subject `lease.<id>` next to its `cur.<id>`, `log.<id>` ... and the
-  store's existing fence hook (`state.py`, `_fence_headers`) expects it.
+  store's fence hook (`state.py`, `_fence_headers`) expects it.
 - Two subjects per integration: `lease.<id>` changes only when the ownership
   changes (a claim or a release), `renew.<id>` takes the holder's renewals.
   A fence names the *claim's* sequence, so it stays valid for the whole
@@ -51,50 +51,48 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
+import msgspec
 
 from ...logs import kv
 from ...timeutil import parse_rfc3339
 from ..base import StoreUnavailable
+from ..leases import Announcement, LeaseSeen, Snapshot
 from .client import SEQUENCE, TIME_STAMP, JsApiError, Out, last_token
-from .state import DELETED, OP, ROLL, Conflict, StateStore, _expect, _token
+from .state import DELETED, OP, ROLL, TOMBSTONE, Conflict, StateStore, expect
+from .subjects import ANNOUNCEMENT, LEASE, RECORD, RENEW, is_token
 
 log = logging.getLogger("eventstreamd.jetstream.lease")
 
-STALE_ANNOUNCEMENT = 3600.0  # seconds (server time) after which a dead instance's entry goes
+UNREADABLE = "<unreadable>"  # the holder of a lease whose body cannot be read
 
 
-@dataclass(frozen=True, slots=True)
-class LeaseSeen:
-    """An integration's lease as read: the sequences of both subjects and the holder."""
+class LeaseBody(msgspec.Struct, frozen=True):
+    """What `lease.<id>` holds: the claim (holder "" once released)."""
 
-    integration_id: str
-    lease_seq: int  # last message on lease.<id> (0: none)
-    renew_seq: int  # last message on renew.<id> (0: none)
-    holder: str  # "" when free (never claimed, released, or deleted)
-    token: str = ""  # the holder's data dir token (see `claim`)
-
-    @property
-    def key(self) -> tuple[int, int]:
-        return (self.lease_seq, self.renew_seq)
+    holder: str = ""
+    token: str = ""
+    incarnation: str = ""
+    claimed_at: float = 0.0
 
 
-@dataclass(frozen=True, slots=True)
-class Announcement:
-    instance: str
-    seq: int
-    deleted: bool
-    server_time: float  # seconds since the epoch, by the server's clock
-    status: dict[str, Any] = field(default_factory=dict)
+class Renewal(msgspec.Struct, frozen=True):
+    """What `renew.<id>` holds (a release writes this shape on `lease.<id>` too)."""
+
+    holder: str
 
 
-@dataclass(frozen=True, slots=True)
-class Snapshot:
-    leases: dict[str, LeaseSeen]
-    instances: dict[str, Announcement]
+_LEASE_BODY = msgspec.json.Decoder(LeaseBody)
+
+
+def _lease_body(data: bytes) -> LeaseBody:
+    """A lease's body; one that cannot be read (another program wrote it) counts as held
+    by someone unknown, so it is taken only once it has not moved for a TTL."""
+    try:
+        return _LEASE_BODY.decode(data)
+    except msgspec.DecodeError:
+        return LeaseBody(holder=UNREADABLE)
 
 
 def _server_time(headers: dict[str, str]) -> float:
@@ -105,46 +103,48 @@ def _server_time(headers: dict[str, str]) -> float:
         return 0.0
 
 
-class LeaseBook:
-    """The lease and announcement operations, on the state stream."""
+class JetStreamLeaseBook:
+    """The lease and announcement operations (`storage.leases.LeaseBook`), on the state
+    stream."""
 
     def __init__(self, state: StateStore) -> None:
         self.state = state
         self.client = state.client
+        self.subjects = state.subjects
 
     def _subject(self, kind: str, name: str) -> str:
-        return self.state._subject(kind, name)
-
-    async def _multi_last(self, kind: str) -> list[Any]:
-        return await self.client.direct_batch(
-            self.state.stream, {"multi_last": [self._subject(kind, "*")]})
+        return self.subjects.kind(kind, name)
 
     # ---------------------------------------------------------------- reading
 
     async def snapshot(self) -> Snapshot:
+        try:
+            return await self._snapshot()
+        except JsApiError as exc:
+            raise StoreUnavailable(f"JetStream refused to read the leases: {exc}") from None
+
+    async def _snapshot(self) -> Snapshot:
         renews: dict[str, int] = {}
-        for msg in await self._multi_last("renew"):
+        for msg in await self.state.multi_last(RENEW):
             headers = msg.headers or {}
             renews[last_token(headers)] = int(headers[SEQUENCE])
         leases: dict[str, LeaseSeen] = {}
-        for msg in await self._multi_last("lease"):
+        for msg in await self.state.multi_last(LEASE):
             headers = msg.headers or {}
             integration_id = last_token(headers)
             seq = int(headers[SEQUENCE])
-            body: dict[str, Any] = {}
-            if headers.get(OP) != DELETED and msg.data:
-                body = orjson.loads(msg.data)
+            body = (_lease_body(msg.data) if headers.get(OP) != DELETED and msg.data
+                    else LeaseBody())
             leases[integration_id] = LeaseSeen(
-                integration_id, seq, renews.get(integration_id, 0),
-                str(body.get("holder", "")), str(body.get("token", "")))
+                integration_id, seq, renews.get(integration_id, 0), body.holder, body.token)
         for integration_id, renew_seq in renews.items():  # a renew without a lease message
             leases.setdefault(integration_id, LeaseSeen(integration_id, 0, renew_seq, ""))
         instances: dict[str, Announcement] = {}
-        for msg in await self._multi_last("inst"):
+        for msg in await self.state.multi_last(ANNOUNCEMENT):
             headers = msg.headers or {}
             name = last_token(headers)
             deleted = headers.get(OP) == DELETED or not msg.data
-            status: dict[str, Any] = {} if deleted else orjson.loads(msg.data)
+            status = b"" if deleted else msg.data
             instances[name] = Announcement(name, int(headers[SEQUENCE]), deleted,
                                            _server_time(headers), status)
         return Snapshot(leases, instances)
@@ -156,21 +156,19 @@ class LeaseBook:
 
     async def claim(self, seen: LeaseSeen, instance: str, incarnation: str,
                     token: str = "") -> int | None:
-        """Take the lease if both subjects are still where `seen` found them; the claim's
-        sequence (what fences name), or None when someone else moved first. `token`
-        names the claimant's data dir, which one live daemon at a time can hold."""
-        if not _token(seen.integration_id):
+        """Take the lease if both subjects are still where `seen` found them (see
+        `storage.leases.LeaseBook.claim`)."""
+        if not is_token(seen.integration_id):
             return None
-        body = orjson.dumps({"holder": instance, "token": token, "incarnation": incarnation,
-                             "claimed_at": time.time()})
+        body = msgspec.json.encode(LeaseBody(instance, token, incarnation, time.time()))
         messages = [
-            Out(self._subject("lease", seen.integration_id), body,
-                {**ROLL, **_expect(seen.lease_seq)}),
-            Out(self._subject("renew", seen.integration_id), orjson.dumps({"holder": instance}),
-                {**ROLL, **_expect(seen.renew_seq)}),
+            Out(self._subject(LEASE, seen.integration_id), body,
+                {**ROLL, **expect(seen.lease_seq)}),
+            Out(self._subject(RENEW, seen.integration_id), msgspec.json.encode(Renewal(instance)),
+                {**ROLL, **expect(seen.renew_seq)}),
         ]
         try:
-            ack = await self.state._commit(messages)
+            ack = await self.state.commit(messages)
         except Conflict:
             return None
         return ack.first
@@ -178,9 +176,9 @@ class LeaseBook:
     async def renew(self, integration_id: str, claim: int, instance: str) -> bool:
         """False when the lease is no longer the claim (taken, released or deleted)."""
         try:
-            await self.state._commit([Out(
-                self._subject("renew", integration_id), orjson.dumps({"holder": instance}),
-                {**ROLL, **_expect(claim, self._subject("lease", integration_id))})])
+            await self.state.commit([Out(
+                self._subject(RENEW, integration_id), msgspec.json.encode(Renewal(instance)),
+                {**ROLL, **expect(claim, self._subject(LEASE, integration_id))})])
         except Conflict:
             return False
         return True
@@ -189,9 +187,9 @@ class LeaseBook:
         """Give the lease up (holder ""): others may claim it at once. False when it was
         not ours any more."""
         try:
-            await self.state._commit([Out(
-                self._subject("lease", integration_id), orjson.dumps({"holder": ""}),
-                {**ROLL, **_expect(claim)})])
+            await self.state.commit([Out(
+                self._subject(LEASE, integration_id), msgspec.json.encode(Renewal("")),
+                {**ROLL, **expect(claim)})])
         except Conflict:
             return False
         return True
@@ -203,33 +201,34 @@ class LeaseBook:
         async def seen(_msg: Any) -> None:
             callback()
 
-        for kind in ("int", "lease"):
+        for kind in (RECORD, LEASE):
             await self.client.nc.subscribe(self._subject(kind, "*"), cb=seen)
 
     # ---------------------------------------------------------- announcements
 
-    async def announce(self, instance: str, status: dict[str, Any],
+    async def announce(self, instance: str, status: bytes,
                        after: int | None = None) -> tuple[int, bool]:
         """Write the announcement; (its sequence, whether someone else had written under
         this name since our announcement `after`)."""
-        subject, data = self._subject("inst", instance), orjson.dumps(status)
+        subject, data = self._subject(ANNOUNCEMENT, instance), status
         if after is not None:
             try:
-                return (await self.state._commit([Out(subject, data,
-                                                      {**ROLL, **_expect(after)})])).seq, False
+                return (await self.state.commit([Out(subject, data,
+                                                      {**ROLL, **expect(after)})])).seq, False
             except Conflict:
                 pass
-        return (await self.state._commit([Out(subject, data, ROLL)])).seq, after is not None
+        return (await self.state.commit([Out(subject, data, ROLL)])).seq, after is not None
 
     async def retire(self, instance: str) -> None:
-        await self.state._commit([Out(self._subject("inst", instance), b"",
-                                      {**ROLL, OP: DELETED})])
+        await self.state.commit([Out(self._subject(ANNOUNCEMENT, instance), b"",
+                                      TOMBSTONE)])
 
     async def forget(self, stale: Sequence[Announcement]) -> None:
         """Purge announcements of instances long gone (SIGKILLed ones stay otherwise)."""
         for entry in stale:
             try:
-                await self.client.purge(self.state.stream, self._subject("inst", entry.instance),
+                await self.client.purge(self.subjects.stream,
+                                        self._subject(ANNOUNCEMENT, entry.instance),
                                         entry.seq + 1)
             except (StoreUnavailable, JsApiError) as exc:
                 log.debug("could not purge an old announcement",

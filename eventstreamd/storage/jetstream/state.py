@@ -34,8 +34,8 @@ Decisions:
   A mismatch is re-checked before it counts (in a cluster JetStream also
   refuses an expectation on a subject another in-flight batch checks), and
   fenced writes of one integration are serialised in the process.
-  Leases (issue 16, `lease.py`): a `Fence.lease` names the sequence of the
-  claim message on `lease.<id>` (a claim is made for one incarnation and a
+  Leases (several daemons on one stream, `lease.py`): a `Fence.lease` names
+  the sequence of the claim message on `lease.<id>` (a claim is made for one incarnation and a
   delete tombstones the subject, so it implies the marker); fenced writes
   then expect that subject instead (`_fence_headers`), and a mismatch that
   the re-check confirms (the lease moved: claimed by another daemon,
@@ -46,6 +46,11 @@ Decisions:
   integration created meanwhile under the same id keeps its own). A delete
   interrupted before its purge leaves tombstones, which read as absent and
   are purged by the next create of that id or the next start.
+- Every compare-and-set retries through one helper, `_cas`: a lost race
+  (`Conflict`) re-reads and tries again after a short backoff, at most
+  `CAS_ATTEMPTS` times, then answers `StoreUnavailable` (503).
+- Subject names are `subjects.py`'s; `LeaseBook` (lease.py) writes through
+  `commit`, `expect` and the header marks defined here.
 - Reads are `DIRECT.GET`s (any replica; last-by-subject for single values,
   `multi_last` for all records or one integration's rejected events,
   `next_by_subj` batches for its log). Logs are at most
@@ -56,17 +61,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import msgpack
 import orjson
+from nats.aio.msg import Msg
 
 from ... import codec
+from ...codec import TargetTypes
 from ...logs import kv
 from ...model import (
     Change,
@@ -99,17 +105,28 @@ from .client import (
     Out,
     last_token,
 )
+from .subjects import (
+    CURSOR,
+    INTEGRATION_KINDS,
+    LEASE,
+    LOG,
+    MARKER,
+    RECORD,
+    REJECTED_INDEX,
+    SINK_STATE,
+    StateSubjects,
+    is_token,
+)
 
 log = logging.getLogger("eventstreamd.jetstream")
 
-OP = "Esd-Op"
+OP = "Esd-Op"  # our header: `del` marks a tombstone
 DELETED = "del"
-ROLL = {ROLLUP: "sub"}
-# Every subject kind `<base>.<kind>.<integration id>` (lease.py writes the last two).
-INTEGRATION_KINDS = ("int", "inc", "cur", "sink", "log", "rejx", "lease", "renew")
+ROLL = {ROLLUP: "sub"}  # the subject keeps only this, its newest message
+TOMBSTONE = {**ROLL, OP: DELETED}
 CAS_ATTEMPTS = 25  # re-reads of a compare-and-set that lost a race
-TOKEN = re.compile(r"[A-Za-z0-9_-]{1,128}")  # what an id may be to name a subject
 HEADROOM = 1024
+T = TypeVar("T")
 
 
 class Conflict(Exception):
@@ -123,10 +140,6 @@ class Entry:
     deleted: bool
 
 
-def _token(value: str) -> bool:
-    return bool(TOKEN.fullmatch(value))
-
-
 def _log_bytes(entry: LogEntry) -> bytes:
     return orjson.dumps(codec.log_to_store(kept_log(entry)))
 
@@ -135,33 +148,27 @@ def _record(integration: Integration) -> bytes:
     return orjson.dumps(codec.to_store(integration))
 
 
-def _integration(data: bytes) -> Integration:
-    return codec.from_store(orjson.loads(data))
-
-
 def _ids(entry: Entry | None) -> list[str]:
     if entry is None or entry.deleted or not entry.data:
         return []
     return [str(i) for i in orjson.loads(entry.data)]
 
 
-def _expect(seq: int, subject: str | None = None) -> dict[str, str]:
+def expect(seq: int, subject: str | None = None) -> dict[str, str]:
+    """Headers that make a write fail (`Conflict`) unless the last message on `subject`
+    (default: the one written) is still `seq` (0: none)."""
     headers = {EXPECT_SUBJ_SEQ: str(seq)}
     if subject is not None:
         headers[EXPECT_SUBJ] = subject
     return headers
 
 
-async def _backoff(attempt: int) -> None:
-    await anyio.sleep(min(0.05, 0.002 * attempt))
-
-
 class StateStore:
-    def __init__(self, client: JsClient, prefix: str, replicas: int, *, log_entries: int,
-                 rejected_events: int) -> None:
+    def __init__(self, client: JsClient, prefix: str, replicas: int, targets: TargetTypes, *,
+                 log_entries: int, rejected_events: int) -> None:
         self.client = client
-        self.stream = f"{prefix}_state"
-        self.base = f"{prefix}.st"
+        self.targets = targets
+        self.subjects = StateSubjects.of(prefix)
         self.replicas = replicas
         self.log_entries = log_entries
         self.rejected_events = rejected_events
@@ -170,8 +177,8 @@ class StateStore:
 
     def stream_config(self) -> dict[str, Any]:
         return {
-            "name": self.stream,
-            "subjects": [f"{self.base}.>"],
+            "name": self.subjects.stream,
+            "subjects": [self.subjects.every],
             "retention": "limits",
             "storage": "file",
             "num_replicas": self.replicas,
@@ -185,36 +192,35 @@ class StateStore:
     async def open(self) -> None:
         await self.client.ensure_stream(self.stream_config())
         # Deletes that stopped before their purge left tombstones: finish them.
-        for msg in await self.client.direct_batch(self.stream,
-                                                  {"multi_last": [self._subject("int", "*")]}):
+        for msg in await self.multi_last(RECORD):
             headers = msg.headers or {}
             if headers.get(OP) == DELETED:
                 integration_id = last_token(headers)
-                if _token(integration_id):
+                if is_token(integration_id):
                     await self._purge_integration(integration_id, int(headers[SEQUENCE]) + 1)
 
-    # ------------------------------------------------------------- subjects
+    def _integration(self, data: bytes) -> Integration:
+        return codec.from_store(self.targets, orjson.loads(data))
 
     def _subject(self, kind: str, integration_id: str) -> str:
-        return f"{self.base}.{kind}.{integration_id}"
-
-    def _rejected_subject(self, integration_id: str, rejected_id: str) -> str:
-        return f"{self.base}.rej.{integration_id}.{rejected_id}"
-
-    @property
-    def _index(self) -> str:
-        return f"{self.base}.index"
+        return self.subjects.kind(kind, integration_id)
 
     # ------------------------------------------------------------ raw access
 
+    async def multi_last(self, kind: str) -> list[Msg]:
+        """The newest message of every subject of `kind`."""
+        return await self.client.direct_batch(
+            self.subjects.stream, {"multi_last": [self._subject(kind, "*")]})
+
     async def _last(self, subject: str) -> Entry | None:
-        msg = await self.client.direct_last(self.stream, subject)
+        msg = await self.client.direct_last(self.subjects.stream, subject)
         if msg is None:
             return None
         headers = msg.headers or {}
         return Entry(int(headers[SEQUENCE]), msg.data, headers.get(OP) == DELETED)
 
-    async def _commit(self, messages: Sequence[Out]) -> Ack:
+    async def commit(self, messages: Sequence[Out]) -> Ack:
+        """Write `messages` as one atomic batch; `Conflict` when an expectation failed."""
         try:
             return await self.client.commit(messages, uuid.uuid4().hex)
         except JsApiError as exc:
@@ -224,15 +230,26 @@ class StateStore:
                 raise StoreFull(f"JetStream has no room for the write: {exc}") from None
             raise StoreUnavailable(f"JetStream refused the write: {exc}") from None
 
+    async def _cas(self, attempt: Callable[[], Awaitable[T]], give_up: str) -> T:
+        """Run `attempt` (reads, then a compare-and-set write) until it does not lose a
+        race (`Conflict`), with a short growing pause between tries; `StoreUnavailable`
+        saying `give_up` after `CAS_ATTEMPTS` tries."""
+        for tries in range(CAS_ATTEMPTS):
+            try:
+                return await attempt()
+            except Conflict:
+                await anyio.sleep(min(0.05, 0.002 * tries))
+        raise StoreUnavailable(give_up)
+
     async def _purge_integration(self, integration_id: str, before_seq: int) -> bool:
         """Purge what a deleted integration left; False (logged) when NATS refused."""
         # Each kind by name: a wildcard `<base>.*.<id>` would also take `inst.<id>`, the
         # announcement of a daemon whose instance name happens to equal the id.
-        subjects = [self._rejected_subject(integration_id, "*"),
+        subjects = [self.subjects.rejected(integration_id, "*"),
                     *(self._subject(kind, integration_id) for kind in INTEGRATION_KINDS)]
         try:
             for subject in subjects:
-                await self.client.purge(self.stream, subject, before_seq)
+                await self.client.purge(self.subjects.stream, subject, before_seq)
         except (StoreUnavailable, JsApiError) as exc:
             log.warning("could not purge a deleted integration's state; it is purged on the "
                         "next start", extra=kv(integration=integration_id, error=str(exc)))
@@ -243,8 +260,9 @@ class StateStore:
                               before_seq: int) -> None:
         for rejected_id in rejected_ids:
             try:
-                await self.client.purge(
-                    self.stream, self._rejected_subject(integration_id, rejected_id), before_seq)
+                await self.client.purge(self.subjects.stream,
+                                        self.subjects.rejected(integration_id, rejected_id),
+                                        before_seq)
             except (StoreUnavailable, JsApiError) as exc:
                 log.debug("could not purge a removed rejected event", extra=kv(
                     integration=integration_id, rejected_id=rejected_id, error=str(exc)))
@@ -252,140 +270,135 @@ class StateStore:
     # ----------------------------------------------------------- integrations
 
     async def list_integrations(self) -> list[Integration]:
-        msgs = await self.client.direct_batch(self.stream,
-                                              {"multi_last": [self._subject("int", "*")]})
-        found = [_integration(m.data) for m in msgs
+        msgs = await self.multi_last(RECORD)
+        found = [self._integration(m.data) for m in msgs
                  if (m.headers or {}).get(OP) != DELETED and m.data]
         return sorted(found, key=lambda i: i.id)
 
     async def get_integration(self, integration_id: str) -> tuple[Integration, int] | None:
-        if not _token(integration_id):
+        if not is_token(integration_id):
             return None
-        entry = await self._last(self._subject("int", integration_id))
+        entry = await self._last(self._subject(RECORD, integration_id))
         if entry is None or entry.deleted:
             return None
-        return _integration(entry.data), entry.seq
+        return self._integration(entry.data), entry.seq
 
     async def create_integration(self, integration: Integration, *, cursor: int, limit: int,
                                  log: LogEntry) -> int:
         """Returns the marker's seq."""
         integration_id = integration.id
-        if not _token(integration_id):
+        if not is_token(integration_id):
             raise ValueError(f"{integration_id!r} cannot name a JetStream subject")
-        for attempt in range(CAS_ATTEMPTS):
-            index = await self._last(self._index)
+        async def attempt() -> int:
+            index = await self._last(self.subjects.index)
             ids = _ids(index)
             if integration_id in ids:
                 raise IntegrationExists(integration_id)
-            record = await self._last(self._subject("int", integration_id))
+            record = await self._last(self._subject(RECORD, integration_id))
             if record is not None and not record.deleted:
                 raise IntegrationExists(integration_id)
-            if record is not None:  # an unfinished delete: finish it first
+            if record is not None:  # an unfinished delete: finish it first, then look again
                 if not await self._purge_integration(integration_id, record.seq + 1):
                     raise StoreUnavailable(f"the earlier delete of {integration_id!r} "
                                            "could not be finished; try again")
-                continue
+                raise Conflict("an unfinished delete was finished")
             if len(ids) >= limit:
                 raise IntegrationLimitReached(limit)
-            messages = [
-                Out(self._index, orjson.dumps([*ids, integration_id]),
-                    {**ROLL, **_expect(index.seq if index else 0)}),
-                Out(self._subject("int", integration_id), _record(integration),
-                    {**ROLL, **_expect(0)}),
-                Out(self._subject("inc", integration_id), integration.incarnation.encode(), ROLL),
-                Out(self._subject("cur", integration_id), str(cursor).encode(), ROLL),
-                Out(self._subject("rejx", integration_id), b"[]", ROLL),
-                Out(self._subject("log", integration_id), _log_bytes(log)),
-            ]
-            try:
-                ack = await self._commit(messages)
-            except Conflict:
-                await _backoff(attempt)
-                continue
-            marker = ack.first + 2
-            self._markers[integration_id] = (integration.incarnation, marker)
-            return marker
-        raise StoreUnavailable("too many concurrent changes of the integrations; try again")
+            ack = await self.commit([
+                Out(self.subjects.index, orjson.dumps([*ids, integration_id]),
+                    {**ROLL, **expect(index.seq if index else 0)}),
+                Out(self._subject(RECORD, integration_id), _record(integration),
+                    {**ROLL, **expect(0)}),
+                Out(self._subject(MARKER, integration_id), integration.incarnation.encode(), ROLL),
+                Out(self._subject(CURSOR, integration_id), str(cursor).encode(), ROLL),
+                Out(self._subject(REJECTED_INDEX, integration_id), b"[]", ROLL),
+                Out(self._subject(LOG, integration_id), _log_bytes(log)),
+            ])
+            return ack.first + 2
+
+        marker = await self._cas(attempt, "too many concurrent changes of the integrations; "
+                                          "try again")
+        self._markers[integration_id] = (integration.incarnation, marker)
+        return marker
 
     async def change_integration(self, integration_id: str, change: Transition,
                                  head: Callable[[], Awaitable[int]]) -> tuple[Change, Ack | None]:
-        if not _token(integration_id):
+        if not is_token(integration_id):
             raise IntegrationMissing(integration_id)
-        record_subject = self._subject("int", integration_id)
-        for attempt in range(CAS_ATTEMPTS):
+        record_subject = self._subject(RECORD, integration_id)
+        async def attempt() -> tuple[Change, Ack | None]:
             record = await self._last(record_subject)
             if record is None or record.deleted:
                 raise IntegrationMissing(integration_id)
-            current = _integration(record.data)
+            current = self._integration(record.data)
             cursor = await self.get_cursor(integration_id)
             result = change(current, ChangeView(cursor=cursor, head=await head()))
             messages: list[Out] = []
             if result.integration != current:
                 messages.append(Out(record_subject, _record(result.integration),
-                                    {**ROLL, **_expect(record.seq)}))
+                                    {**ROLL, **expect(record.seq)}))
             if result.cursor is not None:
-                messages.append(Out(self._subject("cur", integration_id),
+                messages.append(Out(self._subject(CURSOR, integration_id),
                                     str(result.cursor).encode(), ROLL))
-            messages += [Out(self._subject("log", integration_id), _log_bytes(entry))
+            messages += [Out(self._subject(LOG, integration_id), _log_bytes(entry))
                          for entry in result.logs]
             if not messages:
                 return result, None
             if result.integration == current:  # check the record without rewriting it
                 first = messages[0]
                 messages[0] = Out(first.subject, first.data,
-                                  {**(first.headers or {}), **_expect(record.seq, record_subject)})
-            try:
-                return result, await self._commit(messages)
-            except Conflict:
-                await _backoff(attempt)
-        raise StoreUnavailable("too many concurrent changes of this integration; try again")
+                                  {**(first.headers or {}), **expect(record.seq, record_subject)})
+            return result, await self.commit(messages)
+
+        return await self._cas(attempt, "too many concurrent changes of this integration; "
+                                        "try again")
 
     async def delete_integration(self, integration_id: str, incarnation: str | None) -> bool:
-        if not _token(integration_id):
+        if not is_token(integration_id):
             return False
-        record_subject = self._subject("int", integration_id)
-        for attempt in range(CAS_ATTEMPTS):
+        record_subject = self._subject(RECORD, integration_id)
+        async def attempt() -> Ack | None:
             record = await self._last(record_subject)
             if record is None or record.deleted:
-                return False
-            if incarnation is not None and _integration(record.data).incarnation != incarnation:
-                return False
-            index = await self._last(self._index)
-            tombstone = {**ROLL, OP: DELETED}
-            messages = [
-                Out(self._index, orjson.dumps([i for i in _ids(index) if i != integration_id]),
-                    {**ROLL, **_expect(index.seq if index else 0)}),
-                Out(record_subject, b"", {**tombstone, **_expect(record.seq)}),
-                Out(self._subject("inc", integration_id), b"", tombstone),
-                Out(self._subject("rejx", integration_id), b"", tombstone),
-                # No lease outlives its integration (issue 16's lease fences expect it).
-                Out(self._subject("lease", integration_id), b"", tombstone),
-            ]
-            try:
-                ack = await self._commit(messages)
-            except Conflict:
-                await _backoff(attempt)
-                continue
-            self._markers.pop(integration_id, None)
-            self._locks.pop(integration_id, None)
-            await self._purge_integration(integration_id, ack.seq + 1)
-            return True
-        raise StoreUnavailable("too many concurrent changes of this integration; try again")
+                return None
+            if (incarnation is not None
+                    and self._integration(record.data).incarnation != incarnation):
+                return None
+            index = await self._last(self.subjects.index)
+            return await self.commit([
+                Out(self.subjects.index,
+                    orjson.dumps([i for i in _ids(index) if i != integration_id]),
+                    {**ROLL, **expect(index.seq if index else 0)}),
+                Out(record_subject, b"", {**TOMBSTONE, **expect(record.seq)}),
+                Out(self._subject(MARKER, integration_id), b"", TOMBSTONE),
+                Out(self._subject(REJECTED_INDEX, integration_id), b"", TOMBSTONE),
+                # No lease outlives its integration (the lease fences expect it).
+                Out(self._subject(LEASE, integration_id), b"", TOMBSTONE),
+            ])
+
+        ack = await self._cas(attempt, "too many concurrent changes of this integration; "
+                                       "try again")
+        if ack is None:
+            return False
+        self._markers.pop(integration_id, None)
+        self._locks.pop(integration_id, None)
+        await self._purge_integration(integration_id, ack.seq + 1)
+        return True
 
     # ------------------------------------------------------------- cursors
 
     async def get_cursor(self, integration_id: str) -> int | None:
-        if not _token(integration_id):
+        if not is_token(integration_id):
             return None
-        entry = await self._last(self._subject("cur", integration_id))
+        entry = await self._last(self._subject(CURSOR, integration_id))
         if entry is None or entry.deleted or not entry.data:
             return None
         return int(entry.data)
 
     async def get_sink_state(self, integration_id: str) -> dict[str, object] | None:
-        if not _token(integration_id):
+        if not is_token(integration_id):
             return None
-        entry = await self._last(self._subject("sink", integration_id))
+        entry = await self._last(self._subject(SINK_STATE, integration_id))
         if entry is None or entry.deleted or not entry.data:
             return None
         state: dict[str, object] = msgpack.unpackb(entry.data)
@@ -404,45 +417,46 @@ class StateStore:
         cached = self._markers.get(fence.integration_id)
         if cached is not None and cached[0] == fence.incarnation:
             return cached[1]
-        entry = await self._last(self._subject("inc", fence.integration_id))
+        entry = await self._last(self._subject(MARKER, fence.integration_id))
         if entry is None or entry.deleted or entry.data.decode() != fence.incarnation:
             return None
         self._markers[fence.integration_id] = (fence.incarnation, entry.seq)
         return entry.seq
 
     async def _lease_holds(self, fence: Fence) -> bool:
-        entry = await self._last(self._subject("lease", fence.integration_id))
+        entry = await self._last(self._subject(LEASE, fence.integration_id))
         return entry is not None and not entry.deleted and entry.seq == fence.lease
 
     def _fence_headers(self, fence: Fence, marker: int) -> dict[str, str]:
-        if fence.lease is not None:  # issue 16: the lease message implies the incarnation
-            return _expect(fence.lease, self._subject("lease", fence.integration_id))
-        return _expect(marker, self._subject("inc", fence.integration_id))
+        if fence.lease is not None:  # the lease message implies the incarnation
+            return expect(fence.lease, self._subject(LEASE, fence.integration_id))
+        return expect(marker, self._subject(MARKER, fence.integration_id))
 
     async def fenced(self, fence: Fence,
                      build: Callable[[dict[str, str]], Awaitable[list[Out]]]) -> Ack | None:
         """Commit what `build(fence_headers)` returns (its first message carries the fence
         headers), or None without writing when the fence does not hold."""
-        if not _token(fence.integration_id):
+        if not is_token(fence.integration_id):
             return None
+        async def attempt() -> Ack | None:
+            marker = 0
+            if fence.lease is None:
+                found = await self._marker(fence)
+                if found is None:
+                    return None
+                marker = found
+            try:
+                return await self.commit(await build(self._fence_headers(fence, marker)))
+            except Conflict:
+                # The marker moved (deleted, re-created), or another check in flight
+                # (cluster), or what `build` compared changed: look again.
+                self._markers.pop(fence.integration_id, None)
+                if fence.lease is not None and not await self._lease_holds(fence):
+                    return None  # claimed by another daemon, released, or deleted
+                raise
+
         async with self._lock(fence.integration_id):
-            for attempt in range(CAS_ATTEMPTS):
-                marker = 0
-                if fence.lease is None:
-                    found = await self._marker(fence)
-                    if found is None:
-                        return None
-                    marker = found
-                try:
-                    return await self._commit(await build(self._fence_headers(fence, marker)))
-                except Conflict:
-                    # The marker moved (deleted, re-created), or another check in flight
-                    # (cluster), or what `build` compared changed: look again.
-                    self._markers.pop(fence.integration_id, None)
-                    if fence.lease is not None and not await self._lease_holds(fence):
-                        return None  # claimed by another daemon, released, or deleted
-                    await _backoff(attempt)
-        raise StoreUnavailable("a delivery write kept conflicting; try again")
+            return await self._cas(attempt, "a delivery write kept conflicting; try again")
 
     async def write_fenced(self, fence: Fence, kind: str, data: bytes,
                            rollup: bool = True) -> bool:
@@ -454,13 +468,13 @@ class StateStore:
         return await self.fenced(fence, build) is not None
 
     async def add_log(self, fence: Fence, entry: LogEntry) -> bool:
-        return await self.write_fenced(fence, "log", _log_bytes(entry), rollup=False)
+        return await self.write_fenced(fence, LOG, _log_bytes(entry), rollup=False)
 
     async def list_logs(self, integration_id: str, limit: int) -> list[LogEntry]:
-        if not _token(integration_id) or limit <= 0:
+        if not is_token(integration_id) or limit <= 0:
             return []
-        msgs = await self.client.direct_batch(self.stream, {
-            "seq": 1, "next_by_subj": self._subject("log", integration_id),
+        msgs = await self.client.direct_batch(self.subjects.stream, {
+            "seq": 1, "next_by_subj": self._subject(LOG, integration_id),
             "batch": max(limit, self.log_entries)})
         entries = [codec.log_from_store(orjson.loads(m.data)) for m in msgs]
         return entries[::-1][:limit]
@@ -468,16 +482,16 @@ class StateStore:
     # ------------------------------------------------------- rejected events
 
     async def rejected_ids(self, integration_id: str) -> list[str]:
-        if not _token(integration_id):
+        if not is_token(integration_id):
             return []
-        return _ids(await self._last(self._subject("rejx", integration_id)))
+        return _ids(await self._last(self._subject(REJECTED_INDEX, integration_id)))
 
     async def list_rejected(self, integration_id: str) -> list[RejectedEvent]:
         ids = await self.rejected_ids(integration_id)
         if not ids:
             return []
-        msgs = await self.client.direct_batch(self.stream, {
-            "multi_last": [self._rejected_subject(integration_id, "*")]})
+        msgs = await self.client.direct_batch(self.subjects.stream, {
+            "multi_last": [self.subjects.rejected(integration_id, "*")]})
         found = {}
         for msg in msgs:
             if msg.data and (msg.headers or {}).get(OP) != DELETED:
@@ -486,9 +500,9 @@ class StateStore:
         return [found[i] for i in reversed(ids) if i in found]
 
     async def get_rejected(self, integration_id: str, rejected_id: str) -> RejectedEvent | None:
-        if not _token(rejected_id) or rejected_id not in await self.rejected_ids(integration_id):
+        if not is_token(rejected_id) or rejected_id not in await self.rejected_ids(integration_id):
             return None
-        entry = await self._last(self._rejected_subject(integration_id, rejected_id))
+        entry = await self._last(self.subjects.rejected(integration_id, rejected_id))
         if entry is None or entry.deleted or not entry.data:
             return None
         return codec.rejected_from_store(msgpack.unpackb(entry.data))
@@ -511,9 +525,9 @@ class StateStore:
         """Keep `entry` (replacing one with its id), log it, drop the oldest beyond the
         bound; (written, count now)."""
         integration_id = fence.integration_id
-        if not _token(entry.id):
+        if not is_token(entry.id):
             raise ValueError(f"rejected event id {entry.id!r} cannot name a subject")
-        index_subject = self._subject("rejx", integration_id)
+        index_subject = self._subject(REJECTED_INDEX, integration_id)
         payload = self._rejected_bytes(entry)
         dropped: list[str] = []
         kept: list[str] = []
@@ -525,13 +539,13 @@ class StateStore:
             cut = max(0, len(ids) - self.rejected_events)
             dropped, kept = ids[:cut], ids[cut:]
             messages = [
-                Out(self._rejected_subject(integration_id, entry.id), payload,
+                Out(self.subjects.rejected(integration_id, entry.id), payload,
                     {**ROLL, **headers}),
                 Out(index_subject, orjson.dumps(kept),
-                    {**ROLL, **_expect(index.seq if index else 0)}),
-                Out(self._subject("log", integration_id), _log_bytes(log_entry)),
+                    {**ROLL, **expect(index.seq if index else 0)}),
+                Out(self._subject(LOG, integration_id), _log_bytes(log_entry)),
             ]
-            messages += [Out(self._subject("log", integration_id), _log_bytes(
+            messages += [Out(self._subject(LOG, integration_id), _log_bytes(
                 rejected_dropped_log(log_entry.created_at, rid, self.rejected_events)))
                 for rid in dropped]
             return messages
@@ -543,35 +557,35 @@ class StateStore:
         return True, len(kept)
 
     async def delete_rejected(self, integration_id: str, rejected_id: str) -> tuple[bool, int]:
-        if not _token(integration_id) or not _token(rejected_id):
+        if not is_token(integration_id) or not is_token(rejected_id):
             return False, 0
-        index_subject = self._subject("rejx", integration_id)
-        for attempt in range(CAS_ATTEMPTS):
+        index_subject = self._subject(REJECTED_INDEX, integration_id)
+        async def attempt() -> tuple[Ack | None, list[str]]:
             index = await self._last(index_subject)
             ids = _ids(index)
             if index is None or rejected_id not in ids:
-                return False, len(ids)
+                return None, ids
             ids.remove(rejected_id)
-            try:
-                ack = await self._commit([Out(index_subject, orjson.dumps(ids),
-                                              {**ROLL, **_expect(index.seq)})])
-            except Conflict:
-                await _backoff(attempt)
-                continue
-            await self._purge_rejected(integration_id, [rejected_id], ack.seq + 1)
-            return True, len(ids)
-        raise StoreUnavailable("too many concurrent changes of the rejected events; try again")
+            return await self.commit([Out(index_subject, orjson.dumps(ids),
+                                          {**ROLL, **expect(index.seq)})]), ids
+
+        ack, ids = await self._cas(attempt, "too many concurrent changes of the rejected "
+                                            "events; try again")
+        if ack is None:
+            return False, len(ids)
+        await self._purge_rejected(integration_id, [rejected_id], ack.seq + 1)
+        return True, len(ids)
 
     async def resolve_rejected(self, fence: Fence, rejected_id: str | None,
                                log_entry: LogEntry) -> tuple[bool, int | None]:
         integration_id = fence.integration_id
-        index_subject = self._subject("rejx", integration_id)
+        index_subject = self._subject(REJECTED_INDEX, integration_id)
         removed = False
         remaining: int | None = None
 
         async def build(headers: dict[str, str]) -> list[Out]:
             nonlocal removed, remaining
-            messages = [Out(self._subject("log", integration_id), _log_bytes(log_entry),
+            messages = [Out(self._subject(LOG, integration_id), _log_bytes(log_entry),
                             headers)]
             removed = False
             if rejected_id is not None:
@@ -582,7 +596,7 @@ class StateStore:
                     ids.remove(rejected_id)
                     remaining, removed = len(ids), True
                     messages.append(Out(index_subject, orjson.dumps(ids),
-                                        {**ROLL, **_expect(index.seq)}))
+                                        {**ROLL, **expect(index.seq)}))
             return messages
 
         ack = await self.fenced(fence, build)
@@ -597,16 +611,16 @@ class StateStore:
         """Replace a kept entry in place (the index, which orders the list, is only
         compared, so a delete that lands first wins) and log."""
         integration_id = fence.integration_id
-        index_subject = self._subject("rejx", integration_id)
-        payload = self._rejected_bytes(entry) if _token(entry.id) else b""
+        index_subject = self._subject(REJECTED_INDEX, integration_id)
+        payload = self._rejected_bytes(entry) if is_token(entry.id) else b""
 
         async def build(headers: dict[str, str]) -> list[Out]:
-            messages = [Out(self._subject("log", integration_id), _log_bytes(log_entry),
+            messages = [Out(self._subject(LOG, integration_id), _log_bytes(log_entry),
                             headers)]
             index = await self._last(index_subject)
             if index is not None and payload and entry.id in _ids(index):
-                messages.append(Out(self._rejected_subject(integration_id, entry.id), payload,
-                                    {**ROLL, **_expect(index.seq, index_subject)}))
+                messages.append(Out(self.subjects.rejected(integration_id, entry.id), payload,
+                                    {**ROLL, **expect(index.seq, index_subject)}))
             return messages
 
         return await self.fenced(fence, build) is not None

@@ -39,14 +39,16 @@ import anyio
 import msgpack
 from anyio.abc import TaskGroup
 
+from ...codec import TargetTypes
 from ...config import Config
 from ...logs import kv
 from ...model import Fence, Integration, LogEntry, NewEvent, RejectedEvent, StoredEvent
-from ..base import StoreHealth, StoreStats, StoreUnavailable, Transition
+from ..base import NO_TARGETS, StoreHealth, StoreStats, StoreUnavailable, Transition
 from .client import JsApiError, JsClient, NotSent, Unknown
 from .events import EventLog
-from .lease import LeaseBook
+from .lease import JetStreamLeaseBook
 from .state import StateStore
+from .subjects import CURSOR, SINK_STATE
 
 log = logging.getLogger("eventstreamd.jetstream")
 
@@ -56,16 +58,16 @@ T = TypeVar("T")
 
 
 class JetStreamStore:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, targets: TargetTypes = NO_TARGETS) -> None:
         js = config.jetstream
         self.config = config
         self.client = JsClient(js)
         self.events = EventLog(self.client, js.prefix, js.replicas, config.storage.retention,
                                js.max_batch, js.max_bytes)
-        self.state = StateStore(self.client, js.prefix, js.replicas,
+        self.state = StateStore(self.client, js.prefix, js.replicas, targets,
                                 log_entries=config.limits.log_entries,
                                 rejected_events=config.limits.rejected_events)
-        self.leases = LeaseBook(self.state)  # several daemons: daemon/ownership.py
+        self.leases = JetStreamLeaseBook(self.state)  # several daemons: daemon/ownership.py
         self._tg: TaskGroup | None = None
         self._closing = False
         # The last values seen: what supervision and status show while NATS is away.
@@ -284,7 +286,7 @@ class JetStreamStore:
 
     async def set_cursor(self, fence: Fence, next_seq: int) -> bool:
         written = await self._patient(lambda: self.state.write_fenced(
-            fence, "cur", str(next_seq).encode()))
+            fence, CURSOR, str(next_seq).encode()))
         if written:
             self._cursors[fence.integration_id] = next_seq
         return written
@@ -294,7 +296,7 @@ class JetStreamStore:
 
     async def put_sink_state(self, fence: Fence, state: dict[str, object]) -> bool:
         data: bytes = msgpack.packb(state)
-        return await self._patient(lambda: self.state.write_fenced(fence, "sink", data))
+        return await self._patient(lambda: self.state.write_fenced(fence, SINK_STATE, data))
 
     async def add_log(self, fence: Fence, entry: LogEntry) -> bool:
         return await self._patient(lambda: self.state.add_log(fence, entry))

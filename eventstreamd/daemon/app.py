@@ -20,7 +20,6 @@ from aiohttp import web
 from ..config import Config
 from ..schemas.spec import spec_text
 from ..storage.base import Store
-from .api import add_routes
 from .auth import auth_middleware
 from .budget import BodyBudget
 from .errors import error_middleware
@@ -36,6 +35,7 @@ from .keys import (
 )
 from .metrics import DaemonMetrics, IngestStats, metrics_handler, readyz_handler
 from .publish import publish_events
+from .routes import add_routes
 
 
 async def healthz(request: web.Request) -> web.Response:
