@@ -1,0 +1,175 @@
+// The replay panel of an integration's page: count what a replay would send
+// (a dry run) and show that count before the replay can be started; list the
+// replays with their progress; cancel one that is running or paused.
+//
+// The list is read every second while a replay is running or paused, else
+// every few seconds. A daemon without replays answers 404 `not_found`: the
+// panel then says so and offers nothing.
+
+import { api, Unreachable } from "./api.js";
+import { confirmAction } from "./dialog.js";
+import { fill, h } from "./dom.js";
+import { FieldProblem, setPath, toApi } from "./fields.js";
+import { count, NONE, when } from "./format.js";
+import { clearErrors, field, formErrorSlot, readField, showError, showFieldError } from "./inputs.js";
+
+const ACTIVE_REFRESH = 1000; // ms, while a replay is running or paused
+const IDLE_REFRESH = 5000;
+const ACTIVE = new Set(["running", "paused"]);
+
+const FIELDS = [
+  { name: "starts_at", label: "From (your local time)", type: "datetime", required: true },
+  { name: "ends_at", label: "Until (your local time)", type: "datetime", hint: "empty: now" },
+  { name: "max_rate", label: "Max rate (events/s)", type: "number", hint: "empty: as fast as the integration goes" },
+  { name: "filter_conditions.event_filter", label: "Events", type: "list",
+    placeholder: "order.created", hint: "comma-separated; with neither filter: the integration's own" },
+  { name: "filter_conditions.entity_filter", label: "Entities", type: "list", placeholder: "order" },
+];
+
+export function replayPanel(id, { say, failed }) {
+  const fields = FIELDS.map((spec) => field(spec));
+  const formError = formErrorSlot();
+  const countButton = h("button", { type: "submit", class: "quiet", text: "Count events" });
+  const startButton = h("button", { type: "button", text: "Start replay", hidden: true });
+  const counted = h("p", { class: "count", role: "status" });
+  const form = h("form", { novalidate: true, class: "replay-form", "aria-label": "New replay" },
+    h("div", { class: "grid" }, fields.map((f) => f.row)), formError,
+    h("div", { class: "actions" }, countButton, counted, startButton));
+  const body = h("tbody");
+  const table = h("div", { class: "table-wrap" }, h("table", { class: "replays" },
+    h("thead", {}, h("tr", {},
+      ["Replay", "Status", "Range", "Progress", "Started", "Finished", ""].map(
+        (t) => h("th", { text: t })))),
+    body));
+  const unsupported = h("p", { class: "notice", hidden: true,
+    text: "Replays are not supported by this daemon." });
+  const node = h("section", { class: "panel", "aria-label": "Replays" },
+    h("h2", { text: "Replays" }), unsupported, form, table);
+
+  let pending = null; // the body whose dry-run count is shown
+  let timer = null;
+  let closed = false;
+
+  const forget = () => {
+    pending = null;
+    startButton.hidden = true;
+    counted.textContent = "";
+  };
+  form.addEventListener("input", forget);
+
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    clearErrors(fields, formError);
+    forget();
+    let request;
+    try {
+      request = replayBody(fields);
+    } catch (problem) {
+      if (!(problem instanceof FieldProblem)) throw problem;
+      showFieldError(fields.find((f) => f.spec.name === problem.field), problem.message);
+      return;
+    }
+    countButton.disabled = true;
+    try {
+      const result = await api.replay(id, { ...request, dry_run: true });
+      pending = request;
+      counted.textContent = `${count(result.events)} events would be replayed.`;
+      startButton.textContent = `Start replay of ${count(result.events)} events`;
+      startButton.hidden = false;
+      startButton.focus();
+    } catch (error) {
+      problem(error);
+    } finally {
+      countButton.disabled = false;
+    }
+  });
+
+  startButton.addEventListener("click", async () => {
+    if (!pending) return;
+    const request = pending;
+    forget();
+    try {
+      const started = await api.replay(id, request);
+      say(`Replay ${started.replay_id} started: ${count(started.events)} events.`);
+    } catch (error) {
+      problem(error);
+    }
+    refresh();
+  });
+
+  function problem(error) {
+    if (error.unsupported) showUnsupported();
+    else if (error instanceof Unreachable) failed("Replay", error);
+    else showError(error, fields, formError);
+  }
+
+  function showUnsupported() {
+    unsupported.hidden = false;
+    form.hidden = true;
+    table.hidden = true;
+  }
+
+  async function refresh() {
+    clearTimeout(timer);
+    let next = IDLE_REFRESH;
+    try {
+      const replays = (await api.replays(id)).replays;
+      fill(body, replays.length ? replays.map(row)
+        : h("tr", {}, h("td", { colspan: 7, class: "muted", text: "No replays." })));
+      if (replays.some((r) => ACTIVE.has(r.status))) next = ACTIVE_REFRESH;
+    } catch (error) {
+      if (error.unsupported) {
+        showUnsupported();
+        return;
+      }
+    }
+    if (!closed) timer = setTimeout(refresh, next);
+  }
+
+  function row(replay) {
+    const events = replay.events ?? 0;
+    const delivered = replay.delivered ?? 0;
+    const cancel = h("button", { type: "button", class: "danger small", text: "Cancel",
+      hidden: !ACTIVE.has(replay.status) });
+    cancel.addEventListener("click", async () => {
+      if (!await confirmAction(`Cancel replay ${replay.replay_id}? What it delivered stays ` +
+        "delivered.", "Cancel replay")) return;
+      try {
+        await api.cancelReplay(id, replay.replay_id);
+        say(`Replay ${replay.replay_id} cancelled.`);
+      } catch (error) {
+        failed("Cancel replay", error);
+      }
+      refresh();
+    });
+    return h("tr", { "data-replay-id": replay.replay_id },
+      h("td", { class: "mono", text: replay.replay_id }),
+      h("td", { class: `replay-${replay.status}`, text: replay.status }),
+      h("td", { class: "nowrap", text: `${when(replay.starts_at)} – ${when(replay.ends_at)}` }),
+      h("td", {}, h("progress", { max: Math.max(events, 1), value: delivered,
+        "aria-label": `${delivered} of ${events} delivered` }),
+      ` ${count(delivered)} / ${count(events)}`),
+      h("td", { class: "nowrap", text: when(replay.created_at) }),
+      h("td", { class: "nowrap", text: replay.finished_at ? when(replay.finished_at) : NONE }),
+      h("td", {}, cancel));
+  }
+
+  refresh();
+  return {
+    node,
+    refresh,
+    unmount() {
+      closed = true;
+      clearTimeout(timer);
+    },
+  };
+}
+
+function replayBody(fields) {
+  const request = {};
+  for (const f of fields) {
+    const value = toApi(f.spec, readField(f));
+    if (value !== undefined) setPath(request, f.spec.name, value);
+  }
+  return request;
+}
