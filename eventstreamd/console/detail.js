@@ -68,7 +68,7 @@ export function mountDetail(main, { route, live }) {
       h("h2", { text: "Rejected events" }), rejected.node),
     h("section", { class: "panel", "aria-label": "Log" },
       h("h2", { text: "Log" }),
-      h("div", { class: "table-wrap" }, h("table", { class: "log" },
+      h("div", { class: "table-wrap tall", tabindex: "0" }, h("table", { class: "log" },
         h("thead", {}, h("tr", {}, ["Time", "Action", "Reason"].map((t) => h("th", { text: t })))),
         logBody))));
   fill(main, page);

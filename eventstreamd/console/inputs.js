@@ -20,8 +20,9 @@ export function field(spec) {
   const errorId = `${id}-error`;
   const control = makeControl(spec, id);
   control.setAttribute("aria-describedby", spec.hint ? `${hintId} ${errorId}` : errorId);
-  const label = h("label", { for: id, text: spec.label });
-  if (spec.required) label.append(h("span", { class: "required", "aria-hidden": "true", text: " *" }));
+  // A required field's asterisk comes from CSS: the control's `required` tells assistive
+  // technology, and the label's text stays the field's name.
+  const label = h("label", { for: id, class: spec.required ? "required" : null, text: spec.label });
   const hint = spec.hint ? h("p", { class: "hint", id: hintId, text: spec.hint }) : null;
   const error = h("p", { class: "field-error", id: errorId, hidden: true });
   const row = spec.type === "checkbox"
