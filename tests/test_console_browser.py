@@ -33,8 +33,10 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 
+from tests.conftest import jetstream_settings
 from tests.helpers.api import BASE, ApiClient, events
-from tests.helpers.daemon import DaemonProcess, Factory
+from tests.helpers.daemon import DaemonProcess, Factory, merge
+from tests.helpers.nats_server import NatsServer
 from tests.helpers.receiver import Received, Receiver, Responder, ok
 from tests.helpers.wait import eventually
 
@@ -135,9 +137,27 @@ def field_error(page: Page, label: str) -> Any:
         ".field-error")
 
 
+async def fill_form(page: Page, values: dict[str, str]) -> None:
+    """Type into the controls with these labels."""
+    for label, value in values.items():
+        await page.get_by_label(label, exact=True).fill(value)
+
+
 async def api_status(daemon: DaemonProcess, integration_id: str) -> str:
     async with ApiClient(daemon) as api:
         return str((await api.get(integration_id))["status"])
+
+
+async def rejected_row(page: Page, d: DaemonProcess, receiver: Receiver,
+                       event: dict[str, Any]) -> Any:
+    """`event` sent to `orders` (whose receiver answers 400) and set aside; its row on the
+    integration's page."""
+    async with ApiClient(d) as api:
+        await api.webhook("orders", receiver.url)
+        await api.publish([event])
+        await eventually(lambda: api.rejected("orders"), what="the rejected event")
+    await open_console(page, d, detail("orders"))
+    return page.locator("table.rejected tbody tr").first
 
 
 def free_port() -> int:
@@ -214,6 +234,19 @@ async def test_the_list_shows_an_integration_created_through_the_api_without_a_r
     assert await page.evaluate("document.documentElement.scrollWidth") <= 390
 
 
+async def test_on_jetstream_the_list_names_every_daemon_and_the_deliverer(
+        page: Page, daemon_factory: Factory, nats_server: NatsServer) -> None:
+    d = daemon_factory(merge(FAST, merge(jetstream_settings(nats_server),
+                                         {"jetstream": {"instance": "alpha"}})))
+    async with ApiClient(d) as api:
+        await api.webhook("orders", "http://127.0.0.1:9/x")
+    await open_console(page, d)
+    await expect(page.locator('tr[data-id="orders"] [data-label="Delivered by"]')).to_have_text(
+        "alpha (this daemon)")
+    await expect(page.locator(".cluster")).to_contain_text("★ alpha: 1 integration,")
+    await expect(page.locator(".summary")).to_contain_text("jetstream")
+
+
 async def test_stop_and_start_from_the_console_change_the_status_the_api_reports(
         page: Page, daemon_factory: Factory,
         receivers: Callable[..., Awaitable[Receiver]]) -> None:
@@ -241,13 +274,8 @@ async def test_markup_from_the_daemon_is_shown_as_text_and_nothing_runs(
         receivers: Callable[..., Awaitable[Receiver]]) -> None:
     d = daemon_factory(FAST)
     receiver = await receivers(lambda _r, _n: web.Response(status=400, text=HOSTILE_ANSWER))
-    async with ApiClient(d) as api:
-        await api.webhook("orders", receiver.url)
-        await api.publish([{"id": HOSTILE_EVENT_ID, "name": "order.created",
-                            "payload": HOSTILE_PAYLOAD}])
-        await eventually(lambda: api.rejected("orders"), what="the rejected event")
-    await open_console(page, d, detail("orders"))
-    rejected = page.locator("table.rejected tbody tr").first
+    rejected = await rejected_row(page, d, receiver, {
+        "id": HOSTILE_EVENT_ID, "name": "order.created", "payload": HOSTILE_PAYLOAD})
     await expect(rejected).to_contain_text(HOSTILE_ANSWER)
     await expect(rejected).to_contain_text(HOSTILE_EVENT_ID)
     await rejected.get_by_role("button", name="View").click()
@@ -264,12 +292,8 @@ async def test_retry_of_a_rejected_event_from_the_console_delivers_it(
     d = daemon_factory(FAST)
     receiver = await receivers(
         lambda _r, attempt: web.Response(status=400 if attempt == 1 else 200, text="not yet"))
-    async with ApiClient(d) as api:
-        await api.webhook("orders", receiver.url)
-        await api.publish([{"id": "evt-1", "name": "order.created", "payload": {"n": 1}}])
-        await eventually(lambda: api.rejected("orders"), what="the rejected event")
-    await open_console(page, d, detail("orders"))
-    row = page.locator("table.rejected tbody tr").first
+    row = await rejected_row(page, d, receiver, {
+        "id": "evt-1", "name": "order.created", "payload": {"n": 1}})
     await expect(row).to_contain_text("not yet")
     await row.get_by_role("button", name="Retry").click()
     await expect(page.locator(".flash")).to_contain_text("Delivered the rejected event evt-1")
@@ -284,12 +308,7 @@ async def test_a_rejected_event_deleted_from_the_console_is_gone(
         receivers: Callable[..., Awaitable[Receiver]]) -> None:
     d = daemon_factory(FAST)
     receiver = await receivers(lambda _r, _n: web.Response(status=400, text="never"))
-    async with ApiClient(d) as api:
-        await api.webhook("orders", receiver.url)
-        await api.publish(events(1))
-        await eventually(lambda: api.rejected("orders"), what="the rejected event")
-    await open_console(page, d, detail("orders"))
-    row = page.locator("table.rejected tbody tr").first
+    row = await rejected_row(page, d, receiver, events(1)[0])
     await row.get_by_role("button", name="Delete").click()
     await confirm_in_console(page, "Delete rejected event")
     await expect(page.locator("table.rejected")).to_contain_text("No rejected events.")
@@ -316,9 +335,8 @@ async def test_form_validation_errors_appear_at_the_field(page: Page,
     await expect(field_error(page, "Id")).to_contain_text("'id'")
     await expect(field_error(page, "Callback URL")).to_be_hidden()
 
-    await page.get_by_label("Id", exact=True).fill("orders")
-    await page.get_by_label("API key").fill("erp-key-0123456789")
-    await page.get_by_label("Entities").fill("order, return")
+    await fill_form(page, {"Id": "orders", "API key": "erp-key-0123456789",
+                           "Entities": "order, return"})
     await page.get_by_role("button", name="Create webhook").click()
     await expect(page).to_have_url(re.compile(r"#/integration/orders$"))
     async with ApiClient(d) as api:
@@ -331,11 +349,8 @@ async def test_form_validation_errors_appear_at_the_field(page: Page,
 
     # An S3 integration's form puts the daemon's message at its field too.
     await page.evaluate("location.hash = '#/new/s3'")
-    await page.get_by_label("Id", exact=True).fill("archive")
-    await page.get_by_label("Region").fill("eu-west-1")
-    await page.get_by_label("Access key id").fill("AKIDEXAMPLE")
-    await page.get_by_label("Secret access key").fill("secret")
-    await page.get_by_label("Bucket").fill("no")
+    await fill_form(page, {"Id": "archive", "Region": "eu-west-1", "Bucket": "no",
+                           "Access key id": "AKIDEXAMPLE", "Secret access key": "secret"})
     await page.get_by_role("button", name="Create S3 integration").click()
     await expect(field_error(page, "Bucket")).to_contain_text("'s3_parameters.bucket'")
 
@@ -450,19 +465,25 @@ def utc_input(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S")
 
 
+async def delivered_then_replay_form(page: Page, d: DaemonProcess, receiver: Receiver,
+                                     count: int) -> None:
+    """`count` events delivered live to `orders`; its page open with the replay's start
+    filled in (a little before they were published)."""
+    since = datetime.now(UTC) - timedelta(seconds=5)
+    async with ApiClient(d) as api:
+        await api.webhook("orders", receiver.url)
+        await api.publish(events(count))
+        await receiver.wait_for(lambda: len(receiver.delivered) == count)
+    await open_console(page, d, detail("orders"))
+    await page.get_by_label("From (your local time)").fill(utc_input(since))
+
+
 @pytest.mark.needs_replays
 async def test_a_replay_started_from_the_console_completes(
         page: Page, daemon_factory: Factory,
         receivers: Callable[..., Awaitable[Receiver]]) -> None:
-    d = daemon_factory(FAST)
     receiver = await receivers()
-    since = datetime.now(UTC) - timedelta(seconds=5)
-    async with ApiClient(d) as api:
-        await api.webhook("orders", receiver.url)
-        await api.publish(events(5))
-        await receiver.wait_for(lambda: len(receiver.delivered) == 5)
-    await open_console(page, d, detail("orders"))
-    await page.get_by_label("From (your local time)").fill(utc_input(since))
+    await delivered_then_replay_form(page, daemon_factory(FAST), receiver, 5)
     await page.get_by_role("button", name="Count events").click()
     await expect(page.locator(".replay-form .count")).to_have_text("5 events would be replayed.")
     await page.get_by_role("button", name="Start replay of 5 events").click()
@@ -479,14 +500,7 @@ async def test_a_replay_is_cancelled_from_the_console(
         page: Page, daemon_factory: Factory,
         receivers: Callable[..., Awaitable[Receiver]]) -> None:
     d = daemon_factory(FAST)
-    receiver = await receivers()
-    since = datetime.now(UTC) - timedelta(seconds=5)
-    async with ApiClient(d) as api:
-        await api.webhook("orders", receiver.url)
-        await api.publish(events(100))
-        await receiver.wait_for(lambda: len(receiver.delivered) == 100)
-    await open_console(page, d, detail("orders"))
-    await page.get_by_label("From (your local time)").fill(utc_input(since))
+    await delivered_then_replay_form(page, d, await receivers(), 100)
     await page.get_by_label("Max rate (events/s)").fill("2")
     await page.get_by_role("button", name="Count events").click()
     await page.get_by_role("button", name="Start replay of 100 events").click()
@@ -534,19 +548,16 @@ async def test_the_create_form_sends_the_delivery_controls(page: Page,
                                                            daemon_factory: Factory) -> None:
     d = daemon_factory(FAST)
     await open_console(page, d, "#/new/webhook")
-    await page.get_by_label("Id", exact=True).fill("orders")
-    await page.get_by_label("Callback URL").fill("http://127.0.0.1:9/hooks")
-    await page.get_by_label("Extra headers").fill("Authorization: mine")
+    await fill_form(page, {"Id": "orders", "Callback URL": "http://127.0.0.1:9/hooks",
+                           "Extra headers": "Authorization: mine"})
     await page.get_by_role("button", name="Create webhook").click()
     await expect(field_error(page, "Extra headers")).to_contain_text("headers")
 
-    await page.get_by_label("Signing secret").fill(
-        "whsec_" + "bmV3LXNlY3JldC1uZXctc2VjcmV0LTEyMzQ1Njc4OTA=")
-    await page.get_by_label("Extra headers").fill("X-Tenant: acme\nX-Team: billing")
-    await page.get_by_label("Max rate (deliveries/s)").fill("5")
+    await fill_form(page, {
+        "Signing secret": "whsec_bmV3LXNlY3JldC1uZXctc2VjcmV0LTEyMzQ1Njc4OTA=",
+        "Extra headers": "X-Tenant: acme\nX-Team: billing", "Max rate (deliveries/s)": "5",
+        "Ordering key": "customer.id", "Stop after failing for": "2h"})
     await page.get_by_label("Deliver in sequence order").check()
-    await page.get_by_label("Ordering key").fill("customer.id")
-    await page.get_by_label("Stop after failing for").fill("2h")
     await page.get_by_role("button", name="Create webhook").click()
     await expect(page).to_have_url(re.compile(r"#/integration/orders$"))
     async with ApiClient(d) as api:
@@ -578,12 +589,9 @@ async def test_the_s3_form_sends_compression_format_and_key_template(
         page: Page, daemon_factory: Factory) -> None:
     d = daemon_factory(FAST)
     await open_console(page, d, "#/new/s3")
-    await page.get_by_label("Id", exact=True).fill("archive")
-    await page.get_by_label("Bucket").fill("acme-archive")
-    await page.get_by_label("Region").fill("eu-west-1")
-    await page.get_by_label("Access key id").fill("AKIDEXAMPLE")
-    await page.get_by_label("Secret access key").fill("secret")
-    await page.get_by_label("Key template").fill("{tenant}/{date}/{hour}")
+    await fill_form(page, {"Id": "archive", "Bucket": "acme-archive", "Region": "eu-west-1",
+                           "Access key id": "AKIDEXAMPLE", "Secret access key": "secret",
+                           "Key template": "{tenant}/{date}/{hour}"})
     await page.get_by_role("button", name="Create S3 integration").click()
     await expect(field_error(page, "Key template")).to_contain_text("key_template")
     await page.get_by_label("Compression").select_option("zstd")
@@ -648,8 +656,7 @@ async def test_screenshots(page: Page, daemon_factory: Factory,
     await expect(page.locator("pre.payload")).to_be_visible()
     await page.screenshot(path=out / "console-detail.png", full_page=True)
     await page.evaluate("location.hash = '#/new/webhook'")
-    await page.get_by_label("Id", exact=True).fill("crm")
-    await page.get_by_label("Callback URL").fill("ftp://crm.example.com/hooks")
+    await fill_form(page, {"Id": "crm", "Callback URL": "ftp://crm.example.com/hooks"})
     await page.get_by_role("button", name="Create webhook").click()
     await expect(field_error(page, "Callback URL")).to_be_visible()
     await page.screenshot(path=out / "console-create.png", full_page=True)

@@ -9,9 +9,9 @@
 
 import { api, Unreachable } from "./api.js";
 import { confirmAction } from "./dialog.js";
-import { fill, h, setText } from "./dom.js";
+import { emptyRow, fill, h, row, setText, table } from "./dom.js";
 import {
-  age, count, healthClass, healthLabel, NONE, ownerText, rate, size, when,
+  age, count, healthClass, healthLabel, NONE, ownerText, plural, rate, size, when,
 } from "./format.js";
 import { replayPanel } from "./replay.js";
 import { go, href } from "./router.js";
@@ -19,6 +19,8 @@ import { drawSparkline, sparkline } from "./sparkline.js";
 
 const SLOW_REFRESH = 5000; // ms between reads of the parameters, log and rejected events
 const STOP_ACTIONS = new Set(["auto_stopped", "integration_started", "integration_stopped"]);
+const LOG_COLUMNS = ["Time", "Action", "Reason"];
+const REJECTED_COLUMNS = ["Rejected", "Event", "Seq", "HTTP", "Receiver's answer", "Attempts", ""];
 
 export function mountDetail(main, { route, live }) {
   const id = route.id;
@@ -68,9 +70,8 @@ export function mountDetail(main, { route, live }) {
       h("h2", { text: "Rejected events" }), rejected.node),
     h("section", { class: "panel", "aria-label": "Log" },
       h("h2", { text: "Log" }),
-      h("div", { class: "table-wrap tall", tabindex: "0" }, h("table", { class: "log" },
-        h("thead", {}, h("tr", {}, ["Time", "Action", "Reason"].map((t) => h("th", { text: t })))),
-        logBody))));
+      h("div", { class: "table-wrap tall", tabindex: "0" },
+        table("log", LOG_COLUMNS, logBody))));
   fill(main, page);
 
   let integration = null;
@@ -102,11 +103,10 @@ export function mountDetail(main, { route, live }) {
     } catch {
       return;
     }
-    fill(logBody, logs.map((entry) => h("tr", {},
+    fill(logBody, logs.length ? logs.map((entry) => row(LOG_COLUMNS, [
       h("td", { class: "nowrap", title: entry.created_at, text: when(entry.created_at) }),
       h("td", { class: "mono", text: entry.action }),
-      h("td", { class: "reason", text: entry.reason }))));
-    if (!logs.length) fill(logBody, h("tr", {}, h("td", { colspan: 3, class: "muted", text: "Nothing logged yet." })));
+      h("td", { class: "reason", text: entry.reason })])) : emptyRow(3, "Nothing logged yet."));
     showAutoStop();
   }
 
@@ -203,7 +203,7 @@ function figureList(id, live) {
   const rows = [
     ["Status", (i) => i.status],
     ["Target", (i) => i.target],
-    ["Lag", (i) => `${count(i.lag_events)} events`],
+    ["Lag", (i) => plural(i.lag_events, "event")],
     ["Oldest waiting", (i) => age(i.lag_seconds)],
     ["Delivery rate", (i) => rate(i.delivered_rate), line],
     ["Delivered", (i) => count(i.delivered)],
@@ -283,11 +283,7 @@ function showSecret(container, value) {
 
 function rejectedTable(id, { say, failed, reload }) {
   const body = h("tbody");
-  const node = h("div", { class: "table-wrap" }, h("table", { class: "rejected" },
-    h("thead", {}, h("tr", {},
-      ["Rejected", "Event", "Seq", "HTTP", "Receiver's answer", "Attempts", ""].map(
-        (t) => h("th", { text: t })))),
-    body));
+  const node = h("div", { class: "table-wrap" }, table("rejected", REJECTED_COLUMNS, body));
 
   async function load() {
     let entries;
@@ -296,25 +292,24 @@ function rejectedTable(id, { say, failed, reload }) {
     } catch {
       return;
     }
-    fill(body, entries.length ? entries.map(row)
-      : h("tr", {}, h("td", { colspan: 7, class: "muted", text: "No rejected events." })));
+    fill(body, entries.length ? entries.map(entryRow) : emptyRow(7, "No rejected events."));
   }
 
-  function row(entry) {
+  function entryRow(entry) {
     const view = h("button", { type: "button", class: "quiet small", text: "View",
       "aria-expanded": "false" });
     const retry = h("button", { type: "button", class: "small", text: "Retry",
       disabled: entry.deliverable === false,
       title: entry.deliverable === false ? "this event can never be delivered as it is" : null });
     const remove = h("button", { type: "button", class: "danger small", text: "Delete" });
-    const tr = h("tr", { "data-rejected-id": entry.id },
+    const tr = row(REJECTED_COLUMNS, [
       h("td", { class: "nowrap", title: entry.created_at, text: when(entry.created_at) }),
       h("td", { class: "mono", text: entry.event_id ?? entry.id }),
       h("td", { text: count(entry.seq) }),
       h("td", { text: entry.status ?? NONE }),
       h("td", { class: "reason", text: entry.reason ?? NONE }),
       h("td", { text: count(entry.attempts) }),
-      h("td", { class: "row-actions" }, view, retry, remove));
+      h("td", { class: "row-actions" }, view, retry, remove)], { "data-rejected-id": entry.id });
     let shown = null;
     view.addEventListener("click", async () => {
       if (shown) {

@@ -54,6 +54,27 @@ export function setText(node, text) {
   if (node.textContent !== value) node.textContent = value;
 }
 
+/** A table with column headings and the given body; at phone width its rows read as
+ * cards, each cell beside its heading (see `row`). */
+export function table(className, headings, body) {
+  return h("table", { class: `${className} cards` },
+    h("thead", {}, h("tr", {}, headings.map((text) => h("th", { scope: "col", text })))),
+    body);
+}
+
+/** A row whose cells carry their column's heading, for the card layout. */
+export function row(headings, cells, props = {}) {
+  cells.forEach((cell, index) => {
+    if (headings[index]) cell.dataset.label = headings[index];
+  });
+  return h("tr", props, cells);
+}
+
+/** The one row of a table with nothing to show. */
+export function emptyRow(columns, text) {
+  return h("tr", {}, h("td", { colspan: columns, class: "muted", text }));
+}
+
 let counter = 0;
 /** A page-unique id, for label/aria associations. */
 export function uid(prefix) {

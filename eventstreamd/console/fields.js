@@ -8,6 +8,7 @@
 // Secrets come back masked; sent back unchanged, the daemon keeps the stored one.
 
 import { isoToLocalInput, localInputToIso } from "./format.js";
+import { FieldProblem, readField } from "./inputs.js";
 
 const FILTER_HINT = "comma-separated; with neither filter every event is delivered";
 
@@ -73,14 +74,6 @@ export const KINDS = {
   s3: { title: "S3 integration", fields: S3, target: "s3_parameters" },
 };
 
-/** A value the user typed that cannot be sent as it is; the form shows it at the field. */
-export class FieldProblem extends Error {
-  constructor(name, message) {
-    super(message);
-    this.field = name;
-  }
-}
-
 /** The API value of one control's text (undefined: leave the field out). */
 export function toApi(spec, raw) {
   if (spec.type === "checkbox") return raw ? true : undefined;
@@ -127,6 +120,17 @@ function parseHeaders(spec, raw) {
     headers[line.slice(0, colon).trim()] = line.slice(colon + 1).trim();
   });
   return Object.keys(headers).length ? headers : undefined;
+}
+
+/** The request body the form's controls make (disabled ones left out). */
+export function bodyFrom(fields) {
+  const body = {};
+  for (const f of fields) {
+    if (f.spec.disabled) continue;
+    const value = toApi(f.spec, readField(f));
+    if (value !== undefined) setPath(body, f.spec.name, value);
+  }
+  return body;
 }
 
 export function getPath(object, path) {

@@ -31,6 +31,10 @@ export function count(value) {
   return value === null || value === undefined ? NONE : Number(value).toLocaleString("en-US");
 }
 
+export function plural(n, word) {
+  return `${count(n)} ${word}${n === 1 ? "" : "s"}`;
+}
+
 export function rate(value) {
   if (value === null || value === undefined) return NONE;
   if (value >= 10000) return `${(value / 1000).toFixed(0)}k/s`;

@@ -8,10 +8,8 @@
 
 import { api, Unreachable } from "./api.js";
 import { fill, h } from "./dom.js";
-import { COMMON, FieldProblem, KINDS, fromApi, getPath, setPath, toApi } from "./fields.js";
-import {
-  clearErrors, field, formErrorSlot, readField, showError, showFieldError, writeField,
-} from "./inputs.js";
+import { bodyFrom, COMMON, fromApi, getPath, KINDS } from "./fields.js";
+import { field, FieldProblem, formErrorSlot, showError, tryBuild, writeField } from "./inputs.js";
 import { go, href } from "./router.js";
 
 export function mountForm(main, { route }) {
@@ -78,15 +76,8 @@ function render(page, { kind, integration }) {
 
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
-    clearErrors(fields, formError);
-    let body;
-    try {
-      body = requestBody(fields, integration);
-    } catch (problem) {
-      if (!(problem instanceof FieldProblem)) throw problem;
-      showFieldError(fields.find((f) => f.spec.name === problem.field), problem.message);
-      return;
-    }
+    const body = tryBuild(fields, formError, () => requestBody(fields, integration));
+    if (!body) return;
     submit.disabled = true;
     try {
       const saved = editing ? await api.update(integration.id, body) : await api.create(body);
@@ -108,12 +99,7 @@ function render(page, { kind, integration }) {
 }
 
 function requestBody(fields, integration) {
-  const body = {};
-  for (const f of fields) {
-    if (f.spec.disabled) continue;
-    const value = toApi(f.spec, readField(f));
-    if (value !== undefined) setPath(body, f.spec.name, value);
-  }
+  const body = bodyFrom(fields);
   if (integration && integration.filter_conditions && !body.filter_conditions) {
     throw new FieldProblem("filter_conditions.event_filter", "an update cannot remove the " +
       "filter; give events or entities, or delete the integration and create it again");

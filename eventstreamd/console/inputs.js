@@ -82,6 +82,27 @@ export function clearErrors(fields, formError) {
   formError.hidden = true;
 }
 
+/** A value the user typed that cannot be sent as it is; shown at the field it names. */
+export class FieldProblem extends Error {
+  constructor(name, message) {
+    super(message);
+    this.field = name;
+  }
+}
+
+/** Clear the form's errors and build its request; a FieldProblem is shown at its field
+ * and gives null. */
+export function tryBuild(fields, formError, build) {
+  clearErrors(fields, formError);
+  try {
+    return build();
+  } catch (problem) {
+    if (!(problem instanceof FieldProblem)) throw problem;
+    showFieldError(fields.find((f) => f.spec.name === problem.field), problem.message);
+    return null;
+  }
+}
+
 export function formErrorSlot() {
   return h("p", { class: "form-error", role: "alert", hidden: true });
 }

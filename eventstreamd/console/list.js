@@ -6,7 +6,9 @@
 // and selection survive the updates; at phone width the table reads as cards.
 
 import { h, setText } from "./dom.js";
-import { age, count, healthClass, healthLabel, NONE, ownerText, rate } from "./format.js";
+import {
+  age, count, healthClass, healthLabel, NONE, ownerText, plural, rate,
+} from "./format.js";
 import { href } from "./router.js";
 import { drawSparkline, sparkline } from "./sparkline.js";
 
@@ -44,7 +46,7 @@ export function mountList(main, { live }) {
       const clustered = Boolean(snapshot.cluster);
       ownerHeader.hidden = !clustered;
       empty.hidden = snapshot.integrations.length > 0;
-      empty.textContent = "No integrations yet: create a webhook or an S3 integration.";
+      setText(empty, "No integrations yet: create a webhook or an S3 integration.");
       const seen = new Set();
       snapshot.integrations.forEach((item, index) => {
         seen.add(item.id);
@@ -94,7 +96,7 @@ function integrationRow(id) {
       setText(texts[2], item.status);
       health.className = healthClass(item.health);
       setText(health, healthLabel(item.health));
-      setText(texts[4], `${count(item.lag_events)} events`);
+      setText(texts[4], plural(item.lag_events, "event"));
       setText(texts[5], age(item.lag_seconds));
       setText(texts[6], rate(item.delivered_rate));
       drawSparkline(line, live.history(id));
@@ -137,8 +139,9 @@ function summaryBlock() {
       if (snapshot.cluster) {
         cluster.replaceChildren(...snapshot.cluster.instances.map((instance) => h("li", {
           class: instance.live ? "" : "muted",
-          text: `${instance.this ? "★ " : ""}${instance.instance}: ${instance.owns.length} ` +
-            `integrations, ${rate(instance.delivered_rate)}${instance.live ? "" : " (not live)"}`,
+          text: `${instance.this ? "★ " : ""}${instance.instance}: ` +
+            `${plural(instance.owns.length, "integration")}, ${rate(instance.delivered_rate)}` +
+            `${instance.live ? "" : " (not live)"}`,
         })));
       }
     },

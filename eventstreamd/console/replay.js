@@ -8,14 +8,15 @@
 
 import { api, Unreachable } from "./api.js";
 import { confirmAction } from "./dialog.js";
-import { fill, h } from "./dom.js";
-import { FieldProblem, setPath, toApi } from "./fields.js";
+import { emptyRow, fill, h, row, table } from "./dom.js";
+import { bodyFrom } from "./fields.js";
 import { count, NONE, when } from "./format.js";
-import { clearErrors, field, formErrorSlot, readField, showError, showFieldError } from "./inputs.js";
+import { field, formErrorSlot, showError, tryBuild } from "./inputs.js";
 
 const ACTIVE_REFRESH = 1000; // ms, while a replay is running or paused
 const IDLE_REFRESH = 5000;
 const ACTIVE = new Set(["running", "paused"]);
+const COLUMNS = ["Replay", "Status", "Range", "Progress", "Started", "Finished", ""];
 
 const FIELDS = [
   { name: "starts_at", label: "From (your local time)", type: "datetime", required: true },
@@ -36,15 +37,11 @@ export function replayPanel(id, { say, failed }) {
     h("div", { class: "grid" }, fields.map((f) => f.row)), formError,
     h("div", { class: "actions" }, countButton, counted, startButton));
   const body = h("tbody");
-  const table = h("div", { class: "table-wrap" }, h("table", { class: "replays" },
-    h("thead", {}, h("tr", {},
-      ["Replay", "Status", "Range", "Progress", "Started", "Finished", ""].map(
-        (t) => h("th", { text: t })))),
-    body));
+  const list = h("div", { class: "table-wrap" }, table("replays", COLUMNS, body));
   const unsupported = h("p", { class: "notice", hidden: true,
     text: "Replays are not supported by this daemon." });
   const node = h("section", { class: "panel", "aria-label": "Replays" },
-    h("h2", { text: "Replays" }), unsupported, form, table);
+    h("h2", { text: "Replays" }), unsupported, form, list);
 
   let pending = null; // the body whose dry-run count is shown
   let timer = null;
@@ -59,16 +56,9 @@ export function replayPanel(id, { say, failed }) {
 
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
-    clearErrors(fields, formError);
     forget();
-    let request;
-    try {
-      request = replayBody(fields);
-    } catch (problem) {
-      if (!(problem instanceof FieldProblem)) throw problem;
-      showFieldError(fields.find((f) => f.spec.name === problem.field), problem.message);
-      return;
-    }
+    const request = tryBuild(fields, formError, () => bodyFrom(fields));
+    if (!request) return;
     countButton.disabled = true;
     try {
       const result = await api.replay(id, { ...request, dry_run: true });
@@ -106,7 +96,7 @@ export function replayPanel(id, { say, failed }) {
   function showUnsupported() {
     unsupported.hidden = false;
     form.hidden = true;
-    table.hidden = true;
+    list.hidden = true;
   }
 
   async function refresh() {
@@ -114,8 +104,7 @@ export function replayPanel(id, { say, failed }) {
     let next = IDLE_REFRESH;
     try {
       const replays = (await api.replays(id)).replays;
-      fill(body, replays.length ? replays.map(row)
-        : h("tr", {}, h("td", { colspan: 7, class: "muted", text: "No replays." })));
+      fill(body, replays.length ? replays.map(replayRow) : emptyRow(7, "No replays."));
       if (replays.some((r) => ACTIVE.has(r.status))) next = ACTIVE_REFRESH;
     } catch (error) {
       if (error.unsupported) {
@@ -126,7 +115,7 @@ export function replayPanel(id, { say, failed }) {
     if (!closed) timer = setTimeout(refresh, next);
   }
 
-  function row(replay) {
+  function replayRow(replay) {
     const events = replay.events ?? 0;
     const delivered = replay.delivered ?? 0;
     const cancel = h("button", { type: "button", class: "danger small", text: "Cancel",
@@ -142,7 +131,7 @@ export function replayPanel(id, { say, failed }) {
       }
       refresh();
     });
-    return h("tr", { "data-replay-id": replay.replay_id },
+    return row(COLUMNS, [
       h("td", { class: "mono", text: replay.replay_id }),
       h("td", { class: `replay-${replay.status}`, text: replay.status }),
       h("td", { class: "nowrap", text: `${when(replay.starts_at)} – ${when(replay.ends_at)}` }),
@@ -151,7 +140,7 @@ export function replayPanel(id, { say, failed }) {
       ` ${count(delivered)} / ${count(events)}`),
       h("td", { class: "nowrap", text: when(replay.created_at) }),
       h("td", { class: "nowrap", text: replay.finished_at ? when(replay.finished_at) : NONE }),
-      h("td", {}, cancel));
+      h("td", {}, cancel)], { "data-replay-id": replay.replay_id });
   }
 
   refresh();
@@ -163,13 +152,4 @@ export function replayPanel(id, { say, failed }) {
       clearTimeout(timer);
     },
   };
-}
-
-function replayBody(fields) {
-  const request = {};
-  for (const f of fields) {
-    const value = toApi(f.spec, readField(f));
-    if (value !== undefined) setPath(request, f.spec.name, value);
-  }
-  return request;
 }
