@@ -267,6 +267,10 @@ async def test_stop_and_start_from_the_console_change_the_status_the_api_reports
     await expect(page.locator(".title-row .health")).to_have_text("● ok")
     assert await api_status(d, "orders") == "running"
     await expect(page.get_by_text("integration_started").first).to_be_visible()
+    async with ApiClient(d) as api:  # a change made elsewhere shows up by itself
+        await api.stop("orders")
+    await expect(page.locator(".title-row .health")).to_have_text("■ stopped")
+    await expect(page.get_by_text("integration_stopped").first).to_be_visible()
 
 
 async def test_markup_from_the_daemon_is_shown_as_text_and_nothing_runs(

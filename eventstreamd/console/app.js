@@ -60,7 +60,7 @@ function route() {
 function showConnection(state) {
   if (state.failure) {
     connection.className = "connection connection-down";
-    setText(connection, `✖ The daemon does not answer (since ${state.failure.since.toLocaleTimeString()}); ` +
+    setText(connection, `✖ ${state.failure.message} since ${state.failure.since.toLocaleTimeString()}; ` +
       "retrying every second. The figures are the last ones received.");
   } else if (state.updatedAt) {
     // The text changes only when the connection does (it is a live region);

@@ -9,7 +9,7 @@
 
 import { api, Unreachable } from "./api.js";
 import { confirmAction } from "./dialog.js";
-import { emptyRow, fill, h, row, setText, table } from "./dom.js";
+import { emptyRow, fill, h, row, setText, table, whenChanged } from "./dom.js";
 import {
   age, count, healthClass, healthLabel, NONE, ownerText, plural, rate, size, when,
 } from "./format.js";
@@ -80,6 +80,14 @@ export function mountDetail(main, { route, live }) {
   let wasUnreachable = false;
   let gone = false;
 
+  const showParams = whenChanged((shown) => fill(params, parameterRows(shown)));
+  const showLogs = whenChanged((entries) => fill(logBody, entries.length
+    ? entries.map((entry) => row(LOG_COLUMNS, [
+      h("td", { class: "nowrap", title: entry.created_at, text: when(entry.created_at) }),
+      h("td", { class: "mono", text: entry.action }),
+      h("td", { class: "reason", text: entry.reason })]))
+    : emptyRow(3, "Nothing logged yet.")));
+
   async function loadIntegration() {
     try {
       integration = await api.get(id);
@@ -91,7 +99,8 @@ export function mountDetail(main, { route, live }) {
       }
       return;
     }
-    fill(params, parameterRows(integration));
+    gone = false;
+    showParams(integration);
     buttons.rotate.hidden = !integration.callback_parameters;
     showActions(integration.status);
     showAutoStop();
@@ -103,10 +112,7 @@ export function mountDetail(main, { route, live }) {
     } catch {
       return;
     }
-    fill(logBody, logs.length ? logs.map((entry) => row(LOG_COLUMNS, [
-      h("td", { class: "nowrap", title: entry.created_at, text: when(entry.created_at) }),
-      h("td", { class: "mono", text: entry.action }),
-      h("td", { class: "reason", text: entry.reason })])) : emptyRow(3, "Nothing logged yet."));
+    showLogs(logs);
     showAutoStop();
   }
 
@@ -284,15 +290,15 @@ function showSecret(container, value) {
 function rejectedTable(id, { say, failed, reload }) {
   const body = h("tbody");
   const node = h("div", { class: "table-wrap" }, table("rejected", REJECTED_COLUMNS, body));
+  const show = whenChanged((entries) => fill(body, entries.length ? entries.map(entryRow)
+    : emptyRow(7, "No rejected events.")));
 
   async function load() {
-    let entries;
     try {
-      entries = (await api.rejected(id)).rejected_events;
+      show((await api.rejected(id)).rejected_events);
     } catch {
-      return;
+      // unreachable or gone: the page says so elsewhere; the last list stays
     }
-    fill(body, entries.length ? entries.map(entryRow) : emptyRow(7, "No rejected events."));
   }
 
   function entryRow(entry) {

@@ -75,6 +75,18 @@ export function emptyRow(columns, text) {
   return h("tr", {}, h("td", { colspan: columns, class: "muted", text }));
 }
 
+/** `render` wrapped to run only when its argument differs (as JSON) from the last one:
+ * a refresh that brings nothing new leaves the page, its focus and open rows alone. */
+export function whenChanged(render) {
+  let last = null;
+  return (value) => {
+    const key = JSON.stringify(value);
+    if (key === last) return;
+    last = key;
+    render(value);
+  };
+}
+
 let counter = 0;
 /** A page-unique id, for label/aria associations. */
 export function uid(prefix) {

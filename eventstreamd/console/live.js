@@ -70,7 +70,7 @@ export class Live {
     }
     if (generation !== this.generation) return; // stopped or superseded meanwhile
     if (snapshot) this.accept(snapshot);
-    else if (!this.failure) this.failure = { since: new Date(), message: failure.message };
+    else if (!this.failure) this.failure = { since: new Date(), message: describe(failure) };
     this.notify();
     this.timer = setTimeout(() => this.poll(generation), INTERVAL);
   }
@@ -79,7 +79,8 @@ export class Live {
     this.snapshot = snapshot;
     this.failure = null;
     this.updatedAt = new Date();
-    push(this.ingestHistory, snapshot.ingest_rate ?? 0);
+    if (this.ingestHistory.length) push(this.ingestHistory, snapshot.ingest_rate ?? 0);
+    else this.ingestHistory = [...(snapshot.ingest_history || [])].slice(-HISTORY);
     const seen = new Set();
     for (const item of snapshot.integrations) {
       seen.add(item.id);
@@ -97,6 +98,12 @@ export class Live {
   notify() {
     for (const listener of this.listeners) listener(this);
   }
+}
+
+function describe(error) {
+  return error instanceof ApiError
+    ? `The daemon answers HTTP ${error.status} (${error.message})`
+    : "The daemon does not answer";
 }
 
 function push(history, value) {

@@ -8,7 +8,7 @@
 
 import { api, Unreachable } from "./api.js";
 import { confirmAction } from "./dialog.js";
-import { emptyRow, fill, h, row, table } from "./dom.js";
+import { emptyRow, fill, h, row, setText, table } from "./dom.js";
 import { bodyFrom } from "./fields.js";
 import { count, NONE, when } from "./format.js";
 import { field, formErrorSlot, showError, tryBuild } from "./inputs.js";
@@ -99,12 +99,38 @@ export function replayPanel(id, { say, failed }) {
     list.hidden = true;
   }
 
+  // Rows are kept by replay id and updated in place: a running replay's row changes
+  // every second, and its Cancel button must keep the keyboard focus meanwhile.
+  const rows = new Map();
+
+  function render(replays) {
+    if (!replays.length) {
+      rows.clear();
+      fill(body, emptyRow(7, "No replays."));
+      return;
+    }
+    const nodes = replays.map((replay) => {
+      let entry = rows.get(replay.replay_id);
+      if (!entry) {
+        entry = replayRow(replay.replay_id);
+        rows.set(replay.replay_id, entry);
+      }
+      entry.update(replay);
+      return entry.node;
+    });
+    const shown = new Set(replays.map((replay) => replay.replay_id));
+    for (const replayId of rows.keys()) if (!shown.has(replayId)) rows.delete(replayId);
+    if (nodes.length !== body.children.length || nodes.some((node, i) => body.children[i] !== node)) {
+      fill(body, nodes);
+    }
+  }
+
   async function refresh() {
     clearTimeout(timer);
     let next = IDLE_REFRESH;
     try {
       const replays = (await api.replays(id)).replays;
-      fill(body, replays.length ? replays.map(replayRow) : emptyRow(7, "No replays."));
+      render(replays);
       if (replays.some((r) => ACTIVE.has(r.status))) next = ACTIVE_REFRESH;
     } catch (error) {
       if (error.unsupported) {
@@ -115,32 +141,45 @@ export function replayPanel(id, { say, failed }) {
     if (!closed) timer = setTimeout(refresh, next);
   }
 
-  function replayRow(replay) {
-    const events = replay.events ?? 0;
-    const delivered = replay.delivered ?? 0;
-    const cancel = h("button", { type: "button", class: "danger small", text: "Cancel",
-      hidden: !ACTIVE.has(replay.status) });
+  function replayRow(replayId) {
+    const cancel = h("button", { type: "button", class: "danger small", text: "Cancel" });
     cancel.addEventListener("click", async () => {
-      if (!await confirmAction(`Cancel replay ${replay.replay_id}? What it delivered stays ` +
-        "delivered.", "Cancel replay")) return;
+      if (!await confirmAction(`Cancel replay ${replayId}? What it delivered stays delivered.`,
+        "Cancel replay")) return;
       try {
-        await api.cancelReplay(id, replay.replay_id);
-        say(`Replay ${replay.replay_id} cancelled.`);
+        await api.cancelReplay(id, replayId);
+        say(`Replay ${replayId} cancelled.`);
       } catch (error) {
         failed("Cancel replay", error);
       }
       refresh();
     });
-    return row(COLUMNS, [
-      h("td", { class: "mono", text: replay.replay_id }),
-      h("td", { class: `replay-${replay.status}`, text: replay.status }),
-      h("td", { class: "nowrap", text: `${when(replay.starts_at)} – ${when(replay.ends_at)}` }),
-      h("td", {}, h("progress", { max: Math.max(events, 1), value: delivered,
-        "aria-label": `${delivered} of ${events} delivered` }),
-      ` ${count(delivered)} / ${count(events)}`),
-      h("td", { class: "nowrap", text: when(replay.created_at) }),
-      h("td", { class: "nowrap", text: replay.finished_at ? when(replay.finished_at) : NONE }),
-      h("td", {}, cancel)], { "data-replay-id": replay.replay_id });
+    const status = h("td");
+    const range = h("td", { class: "nowrap" });
+    const progress = h("progress");
+    const progressText = h("span");
+    const created = h("td", { class: "nowrap" });
+    const finished = h("td", { class: "nowrap" });
+    const node = row(COLUMNS, [h("td", { class: "mono", text: replayId }), status, range,
+      h("td", {}, progress, " ", progressText), created, finished, h("td", {}, cancel)],
+    { "data-replay-id": replayId });
+    return {
+      node,
+      update(replay) {
+        const events = replay.events ?? 0;
+        const delivered = replay.delivered ?? 0;
+        status.className = `replay-${replay.status}`;
+        setText(status, replay.status);
+        setText(range, `${when(replay.starts_at)} – ${when(replay.ends_at)}`);
+        progress.max = Math.max(events, 1);
+        progress.value = delivered;
+        progress.setAttribute("aria-label", `${delivered} of ${events} delivered`);
+        setText(progressText, `${count(delivered)} / ${count(events)}`);
+        setText(created, when(replay.created_at));
+        setText(finished, replay.finished_at ? when(replay.finished_at) : NONE);
+        cancel.hidden = !ACTIVE.has(replay.status);
+      },
+    };
   }
 
   refresh();
