@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import dataclasses
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -9,13 +8,15 @@ from typing import Any
 import pytest
 
 from eventstreamd.config import Config, JetStreamConfig, StorageConfig
+from tests.helpers.backends import jetstream_settings, new_prefix
 from tests.helpers.daemon import DaemonProcess
 from tests.helpers.nats_server import NatsServer
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """A test module runs its daemon tests on every backend it lists in `BACKENDS`
-    (default: LMDB only), as `test_x[lmdb]`, `test_x[jetstream]`."""
+    (default: LMDB only), as `test_x[lmdb]`, `test_x[jetstream]`; tests/helpers/backends.py
+    has the lists."""
     if "backend" in metafunc.fixturenames:
         backends = getattr(metafunc.module, "BACKENDS", None)
         if backends:
@@ -34,15 +35,6 @@ def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer
     server = NatsServer(tmp_path_factory.mktemp("nats")).start()
     yield server
     server.stop()
-
-
-def jetstream_settings(server: NatsServer, prefix: str | None = None) -> dict[str, Any]:
-    return {"storage": {"backend": "jetstream"},
-            "jetstream": {"servers": [server.url], "prefix": prefix or new_prefix()}}
-
-
-def new_prefix() -> str:
-    return f"t{uuid.uuid4().hex[:12]}"
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import anyio
 import pytest
 
 from eventstreamd.daemon.retention import prune_once
-from eventstreamd.model import Change, Integration, LogEntry, NewEvent, RejectedEvent
+from eventstreamd.model import Change, ChangeView, Integration, LogEntry, NewEvent, RejectedEvent
 from eventstreamd.sinks.webhook import WebhookTarget
 from eventstreamd.storage import lmdb_store
 from eventstreamd.storage.base import (
@@ -196,8 +196,8 @@ async def test_transitions_are_atomic_and_may_refuse(store: LmdbStore) -> None:
 
     seen: list[tuple[int | None, int]] = []
 
-    def look(current: Integration, view: object) -> Change:
-        seen.append((view.cursor, view.head))  # type: ignore[attr-defined]
+    def look(current: Integration, view: ChangeView) -> Change:
+        seen.append((view.cursor, view.head))
         return Change(current)
 
     await store.change_integration("a", look)
@@ -207,7 +207,8 @@ async def test_transitions_are_atomic_and_may_refuse(store: LmdbStore) -> None:
                                     return_exceptions=True)
     assert sum(isinstance(o, Integration) for o in outcomes) == 1
     assert sum(isinstance(o, ValueError) for o in outcomes) == 1
-    assert (await store.get_integration("a")).status == "stopped"  # type: ignore[union-attr]
+    stopped = await store.get_integration("a")
+    assert stopped is not None and stopped.status == "stopped"
     assert await store.get_cursor("a") == 9
     with pytest.raises(IntegrationMissing):
         await store.change_integration("nope", look)
@@ -240,7 +241,9 @@ async def test_one_failing_job_does_not_fail_its_neighbours(store: LmdbStore) ->
         return_exceptions=True,
     )
     assert isinstance(results[1], ValueError)
-    assert sorted([results[0][0], results[2][0]]) == [1, 2]  # type: ignore[index]
+    first, third = results[0], results[2]
+    assert isinstance(first, tuple) and isinstance(third, tuple)
+    assert sorted([first[0], third[0]]) == [1, 2]
     assert (await store.stats()).events == 2
 
 

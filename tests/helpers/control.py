@@ -71,7 +71,7 @@ async def status(daemon: DaemonProcess) -> dict[str, Any]:
     """One status snapshot, over a connection of its own."""
     client = await Line.connect(control_path(daemon))
     try:
-        return (await client.call("status"))["result"]  # type: ignore[no-any-return]
+        return (await client.call("status"))["result"]
     finally:
         await client.close()
 
