@@ -36,6 +36,7 @@ run: $(RUN_STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports --no-cache
+	$(BIN)/mypy tests bench
 	$(BIN)/python -m pytest -q -p no:cacheprovider -n 3 --dist worksteal
 
 # The long forms: 100 crashes instead of 10, and 10x the fuzz examples.
@@ -50,6 +51,7 @@ bench: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports --no-cache
+	$(BIN)/mypy tests bench
 
 clean:
 	rm -rf $(VENV) data .pytest_cache
