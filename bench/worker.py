@@ -329,6 +329,7 @@ def _subjects(log: Any) -> tuple[str, str]:
 def _event_log(prefix: str) -> Any:
     from eventstreamd.storage.jetstream.events import EventLog
 
+    # Only its subject names are asked for: no client is needed.
     return EventLog(None, prefix, 1, 30 * 86400.0, 1000, 0)  # type: ignore[arg-type]
 
 
@@ -500,7 +501,7 @@ async def s3_watch(a: dict[str, Any]) -> dict[str, Any]:
     first_timeout = float(a.get("first_timeout", timeout))
     started = time.monotonic()
     first_ns = None
-    total, objects = 0, []
+    total, objects = 0, list[tuple[str, int]]()
     end = time.monotonic() + timeout
     async with _s3_client(a) as s3:
         print(json.dumps({"ready": True}), flush=True)

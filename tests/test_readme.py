@@ -17,8 +17,8 @@ from typing import Any
 
 from tests.helpers.api import ApiClient
 from tests.helpers.daemon import Factory, Listener
-from tests.helpers.wait import eventually_sync
-from tests.test_signing import RawReceiver
+from tests.helpers.receiver import Receiver
+from tests.helpers.wait import eventually, eventually_sync
 
 ROOT = Path(__file__).parents[1]
 WAIT = 20.0
@@ -127,14 +127,14 @@ async def test_the_five_line_receiver_verifies_a_real_delivery(
     secret = "whsec_" + base64.b64encode(os.urandom(32)).decode()
     namespace: dict[str, Any] = {}
     exec(compile(code.replace('"whsec_..."', repr(secret)), "README.md", "exec"), namespace)
-    receiver = await RawReceiver().start()
+    receiver = await Receiver().start()
     try:
         d = daemon_factory({"webhook": {"signing_secret": secret}})
         async with ApiClient(d) as api:
             await api.webhook("signed", receiver.url)
             await api.publish([{"name": "order.created", "payload": {"order_id": "A-1"}}])
-            await receiver.wait_for(lambda: len(receiver.raw) == 1)
-        body, headers = receiver.raw[0]
+            await eventually(lambda: len(receiver.requests) == 1)
+        body, headers = receiver.requests[0].raw, receiver.requests[0].headers
         assert namespace["verified"](body, headers)["payload"] == {"order_id": "A-1"}
         forged = {**headers, "webhook-signature": "v1," + base64.b64encode(b"x" * 32).decode()}
         try:

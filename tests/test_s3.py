@@ -8,19 +8,20 @@ import signal
 from collections.abc import Iterator
 from typing import Any
 
-import anyio
 import orjson
 import pytest
 
 from tests.helpers.api import ApiClient, events
+from tests.helpers.backends import EVERY_BACKEND
 from tests.helpers.control import Line, wait_settled
 from tests.helpers.daemon import Factory
 from tests.helpers.s3 import MotoServer, s3_params
+from tests.helpers.wait import eventually
+
+BACKENDS = EVERY_BACKEND
 
 KEY = re.compile(r"^(?:(?P<prefix>.+)/)?(?P<tenant>[^/]+)/(?P<ms>\d{13})-data-(?P<rand>[0-9a-f]+)"
                  r"\.export$")
-
-BACKENDS = ("lmdb", "jetstream")
 
 
 @pytest.fixture(scope="module")
@@ -196,11 +197,11 @@ async def test_sigkill_leaves_every_event_in_exactly_one_object(
         if moment == "spooling":
             # Spool files are written through a buffer: ask the daemon how much it holds.
             client = await Line.connect(d.data_dir / "control.sock")
-            with anyio.fail_after(20):
-                while ((await client.call("status"))["result"]["integrations"][0]
-                       ["buffered_bytes"] or 0) < 1000:
-                    await anyio.sleep(0.05)
-            d.proc.send_signal(signal.SIGKILL)  # type: ignore[union-attr]
+            await eventually(lambda: client.call("status"),
+                             lambda answer: (answer["result"]["integrations"][0]
+                                             ["buffered_bytes"] or 0) >= 1000,
+                             within=20, what="1000 bytes buffered")
+            d.send_signal(signal.SIGKILL)
             await client.close()
     assert d.proc is not None
     # The crash point must really be reached: the daemon dies by itself (or by our kill).
