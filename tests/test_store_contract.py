@@ -10,7 +10,14 @@ from collections.abc import AsyncIterator
 import pytest
 
 from eventstreamd.config import Config, LimitsConfig
-from eventstreamd.model import Change, ChangeView, Integration, LogEntry, RejectedEvent
+from eventstreamd.model import (
+    Change,
+    ChangeView,
+    Integration,
+    LogEntry,
+    RejectedEvent,
+    RetryOutcome,
+)
 from eventstreamd.sinks.webhook import WebhookTarget
 from eventstreamd.storage.base import (
     IntegrationExists,
@@ -152,7 +159,7 @@ async def test_stale_fences_write_nothing(store: Store) -> None:
     for write in (store.set_cursor(fence, 9), store.put_sink_state(fence, {"k": 2}),
                   store.add_log(fence, LOG), store.add_rejected(fence, rejected(2), LOG),
                   store.resolve_rejected(fence, None, LOG),
-                  store.update_rejected(fence, rejected(1), LOG)):
+                  store.update_rejected(fence, "r-1", RetryOutcome("t", True, "x"), LOG)):
         assert await write is False
     assert await store.get_cursor("a") is None and await store.get_sink_state("a") is None
     new = hook(incarnation="new")
@@ -194,16 +201,17 @@ async def test_logs_and_rejected_events_keep_the_newest(store: Store) -> None:
     assert await store.delete_rejected("a", "r-3") and not await store.delete_rejected("a",
                                                                                        "r-3")
     # A failed retry updates its entry where it stands.
+    assert await store.add_rejected(fence, dataclasses.replace(rejected(2), attempts=1), LOG)
     assert await store.add_rejected(fence, rejected(4), LOG)
-    assert await store.update_rejected(fence, dataclasses.replace(rejected(2), attempts=2,
-                                                                  reason="nope"),
+    assert await store.update_rejected(fence, "r-2", RetryOutcome("t", True, "nope", 400),
                                        LogEntry("t", "rejected_event_retry_failed", "nope"))
     assert [(r.id, r.attempts, r.reason) for r in await store.list_rejected("a")] == \
         [("r-4", None, "Bad Request"), ("r-2", 2, "nope")]
     assert (await store.list_logs("a", 1))[0].action == "rejected_event_retry_failed"
     assert await store.delete_rejected("a", "r-4")
     # One deleted meanwhile stays deleted; the log entry is written all the same.
-    assert await store.update_rejected(fence, rejected(4), LogEntry("t", "x", "gone"))
+    assert await store.update_rejected(fence, "r-4", RetryOutcome("t", True, "x"),
+                                       LogEntry("t", "x", "gone"))
     assert [r.id for r in await store.list_rejected("a")] == ["r-2"]
     assert await store.get_rejected("a", "r-4") is None
     assert (await store.list_logs("a", 1))[0].reason == "gone"

@@ -5,18 +5,26 @@ nats-server. Real daemons, a real nats-server, real receivers."""
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
+import sys
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import anyio
 import anyio.to_thread
+import nats
+import orjson
 
 from tests.conftest import new_prefix
-from tests.helpers.api import ApiClient
+from tests.helpers.api import BASE, ApiClient, events
+from tests.helpers.control import status as control_status
 from tests.helpers.daemon import DaemonProcess, Factory
 from tests.helpers.nats_server import NatsServer
 from tests.helpers.receiver import Receiver
+from tests.helpers.store import opened
 from tests.helpers.tcp_proxy import TcpProxy
 from tests.helpers.wait import eventually
 
@@ -105,3 +113,212 @@ async def test_disconnect_storm_pauses_delivery_without_crashing_a_sink(
     finally:
         await receiver.close()
         await proxy.close()
+
+
+# --------------------------------------------------- a log that went back
+
+
+class JetStreamAdmin:
+    """The JetStream API as an operator (or an accident) uses it: stream info, delete and
+    create, over a connection of its own."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.nc: Any = None
+
+    async def __aenter__(self) -> JetStreamAdmin:
+        self.nc = await nats.connect(self.url)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.nc.close()
+
+    async def api(self, endpoint: str, body: Any = None) -> dict[str, Any]:
+        msg = await self.nc.request(f"$JS.API.{endpoint}",
+                                    orjson.dumps(body) if body is not None else b"", timeout=5)
+        answer: dict[str, Any] = orjson.loads(msg.data)
+        assert "error" not in answer, answer
+        return answer
+
+    async def recreate(self, stream: str) -> None:
+        """Delete the stream and create an empty one with the same settings."""
+        config = (await self.api(f"STREAM.INFO.{stream}"))["config"]
+        await self.api(f"STREAM.DELETE.{stream}")
+        await self.api(f"STREAM.CREATE.{stream}", config)
+
+    async def delete(self, stream: str) -> None:
+        await self.api(f"STREAM.DELETE.{stream}")
+
+
+def prefix_of(d: DaemonProcess) -> str:
+    return str(d.settings["jetstream"]["prefix"])
+
+
+async def publish_retrying(api: ApiClient, batch: list[dict[str, Any]]) -> dict[str, Any]:
+    """Publish, retrying 503s (the daemon may be between a stream's loss and its return)."""
+    async def attempt() -> dict[str, Any] | None:
+        async with api._session.post(f"{api.daemon.url}/events", json=batch) as response:
+            return await response.json() if response.status == 200 else None
+    result = await eventually(attempt, lambda r: r is not None, within=20, every=0.2,
+                              what="publish accepted")
+    assert result is not None
+    return result
+
+
+async def assert_reset_reported(api: ApiClient, d: DaemonProcess, name: str,
+                                resets: int = 1) -> str:
+    entries = await api.wait_logs(name, "cursor_reset")
+    reason = entries[0]["reason"]
+    assert "past the newest event in the log" in reason, reason
+    assert "cursor past the newest event in the log" in d.log()
+    assert any(" WARNING " in line for line in d.log().splitlines()
+               if "cursor past the newest event" in line)
+    assert metric(await scrape(d), "eventstreamd_cursor_resets_total", name) == resets
+    return str(reason)
+
+
+async def test_lmdb_cursor_past_a_restored_log_is_reset_and_reported(
+        daemon_factory: Factory) -> None:
+    receiver = await Receiver().start()
+    try:
+        d = daemon_factory(FAST)
+        async with ApiClient(d) as api:
+            await api.webhook("w1", receiver.url)
+            await api.publish(events(10))
+            await receiver.wait_for(lambda: len(receiver.delivered) == 10)
+        d.stop()
+        # A data dir restored from an older copy: its cursors are past its log's head.
+        async with opened(d.data_dir) as store:
+            integration = await store.get_integration("w1")
+            assert await store.set_cursor(integration.fence(), 501)
+            assert store.head == 10
+        d.start()
+        async with ApiClient(d) as api:
+            result = await api.publish(events(3, start=100))
+            assert (result["first_seq"], result["last_seq"]) == (11, 13)
+            await receiver.wait_for(lambda: len(receiver.delivered) == 13)
+            assert sorted(r.body["payload"]["i"] for r in receiver.delivered[10:]) == \
+                [100, 101, 102]
+            reason = await assert_reset_reported(api, d, "w1")
+            assert "seq 501" in reason and "seq 10)" in reason and "from seq 11" in reason
+            status = await eventually(lambda: api.get("w1"), lambda i: i is not None)
+            assert status["status"] == "running"
+    finally:
+        await receiver.close()
+
+
+async def test_jetstream_stream_replaced_under_a_running_daemon(
+        daemon_factory: Factory, nats_server: NatsServer) -> None:
+    receiver = await Receiver().start()
+    try:
+        d = daemon_factory({**jetstream([nats_server.url]), **FAST})
+        async with ApiClient(d) as api, JetStreamAdmin(nats_server.url) as admin:
+            await api.webhook("w1", receiver.url)
+            await api.publish(events(30))
+            await receiver.wait_for(lambda: len(receiver.delivered) == 30)
+            await admin.recreate(f"{prefix_of(d)}_events")
+            result = await publish_retrying(api, events(5, start=100))
+            assert result["first_seq"] == 1  # the new stream counts from 1 again
+            # Every event of the new stream reaches the receiver, the first ones too.
+            await receiver.wait_for(lambda: len(receiver.delivered) == 35)
+            assert sorted(r.body["payload"]["i"] for r in receiver.delivered[30:]) == \
+                [100, 101, 102, 103, 104]
+            reason = await assert_reset_reported(api, d, "w1")
+            assert "from seq 1;" in reason
+            assert "the event stream was replaced" in d.log()
+            health = await api.request("GET", "/healthz")
+            assert health["status"] == "ok"
+    finally:
+        await receiver.close()
+
+
+async def test_jetstream_event_stream_deleted_while_down(
+        daemon_factory: Factory, nats_server: NatsServer) -> None:
+    receiver = await Receiver().start()
+    try:
+        d = daemon_factory({**jetstream([nats_server.url]), **FAST})
+        async with ApiClient(d) as api:
+            await api.webhook("w1", receiver.url)
+            await api.publish(events(40))
+            await receiver.wait_for(lambda: len(receiver.delivered) == 40)
+        d.stop()
+        async with JetStreamAdmin(nats_server.url) as admin:
+            await admin.delete(f"{prefix_of(d)}_events")
+        # The daemon used that stream: it does not silently make an empty one.
+        refused = run_daemon_once(d)
+        assert refused.returncode == 1
+        line = refused.stderr.strip().splitlines()[-1]  # after the log lines, one line
+        assert line.startswith("eventstreamd: the JetStream streams"), line
+        assert f"{prefix_of(d)}_events is gone" in line and "--accept-new-streams" in line
+        d.run_args = ["--accept-new-streams"]
+        d.start()
+        async with ApiClient(d) as api:
+            result = await api.publish(events(5, start=100))
+            assert (result["first_seq"], result["last_seq"]) == (1, 5)
+            await receiver.wait_for(lambda: len(receiver.delivered) == 45)
+            assert sorted(r.body["payload"]["i"] for r in receiver.delivered[40:]) == \
+                [100, 101, 102, 103, 104]
+            await assert_reset_reported(api, d, "w1")
+        # Accepted once: the next start knows the new stream.
+        d.run_args = []
+        d.restart()
+        async with ApiClient(d) as api:
+            assert (await api.get("w1"))["status"] == "running"
+    finally:
+        await receiver.close()
+
+
+def run_daemon_once(d: DaemonProcess) -> subprocess.CompletedProcess[str]:
+    """`eventstreamd run` on the daemon's config, expected to refuse to start."""
+    return subprocess.run([sys.executable, "-m", "eventstreamd", "run", "--config",
+                           str(d.config_path), *d.run_args], capture_output=True, text=True,
+                          timeout=60, cwd=d.workdir)
+
+
+# ------------------------------------------------------------- a wiped server
+
+
+async def test_wiped_nats_server_is_reported_and_not_silently_started_over(
+        daemon_factory: Factory, tmp_path: Path) -> None:
+    server = NatsServer(tmp_path / "nats").start()
+    receiver = await Receiver().start()
+    try:
+        d = daemon_factory({**jetstream([server.url]), **FAST})
+        async with ApiClient(d) as api:
+            await api.webhook("w1", receiver.url)
+            await api.publish(events(5))
+            await receiver.wait_for(lambda: len(receiver.delivered) == 5)
+            # The server comes back with an empty store under the running daemon.
+            server.stop()
+            shutil.rmtree(server.store_dir)
+            server.start()
+            health = await eventually(lambda: api.request("GET", "/healthz"),
+                                      lambda h: h["store"]["connected"]
+                                      and h["status"] == "degraded", within=20,
+                                      what="/healthz degraded, NATS reachable")
+            assert "gone" in health["store"]["error"], health
+            async with api._session.post(f"{d.url}/events", json=events(1)) as response:
+                body = await response.json()
+                assert response.status == 503
+                assert "gone" in body["message"] and "election" not in body["message"], body
+            async with api._session.post(f"{d.url}{BASE}", json={
+                    "id": "w2", "integration_type": "permanent",
+                    "callback_parameters": {"callback_url": receiver.url}}) as response:
+                body = await response.json()
+                assert response.status == 503 and "gone" in body["message"], body
+            status = await control_status(d)
+            assert "gone" in status["store"]["error"]
+        d.stop()
+        refused = run_daemon_once(d)
+        assert refused.returncode == 1, refused
+        line = refused.stderr.strip().splitlines()[-1]
+        assert line.startswith("eventstreamd: the JetStream streams"), line
+        assert "is gone" in line and "--accept-new-streams" in line
+        d.run_args = ["--accept-new-streams"]
+        d.start()
+        async with ApiClient(d) as api:
+            assert (await api.request("GET", "/healthz"))["status"] == "ok"
+            assert (await api.request("GET", BASE))["integrations"] == []
+    finally:
+        await receiver.close()
+        server.stop()

@@ -18,7 +18,9 @@ Decisions:
 - An exclusive lock on `{data_dir}/daemon.lock` keeps a second daemon off the
   same log; failures while starting (lock, port, store, socket) become one
   `StartupError` line and exit code 1 in the CLI. With the JetStream backend
-  an unreachable server is such a failure: the line names the servers.
+  an unreachable server is such a failure: the line names the servers; so are
+  streams this data dir's daemon used that are gone or were created anew
+  (unless started with `--accept-new-streams`: storage/jetstream/identity.py).
 - At start the soft open-file limit is raised to the hard one and the HTTP
   connection cap fitted within it (`http_server.connection_limits`), so
   descriptors run out for neither HTTP clients nor anything else.
@@ -56,7 +58,7 @@ from ..logs import kv, redactor
 from ..runtime import RuntimeInfo, remove_runtime, runtime_file, write_runtime
 from ..sinks.base import SinkEnv
 from ..sinks.ssrf import guarded_connector_args
-from ..storage.base import StoreUnavailable
+from ..storage.base import StoreReplaced, StoreUnavailable
 from ..storage.factory import open_store
 from ..storage.lmdb_store import StoreFormatError
 from .auth import resolve_tokens
@@ -115,6 +117,8 @@ class StartupError(Exception):
 def _starting(what: str) -> Iterator[None]:
     try:
         yield
+    except StoreReplaced as exc:  # says itself what happened and what to do
+        raise StartupError(str(exc)) from exc
     except (OSError, lmdb.Error, RuntimeError, ControlSocketError, StoreFormatError,
             StoreUnavailable) as exc:
         raise StartupError(f"cannot {what}: {exc}") from exc
@@ -134,8 +138,9 @@ def http_session(config: Config) -> aiohttp.ClientSession:
 
 
 class Daemon:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *, accept_new_streams: bool = False) -> None:
         self.config = config
+        self.accept_new_streams = accept_new_streams
         self._stop = anyio.Event()
         self.info: RuntimeInfo | None = None
 
@@ -155,7 +160,8 @@ class Daemon:
                 stack.callback(os.close, _lock_data_dir(config.data_dir))
             with _starting(f"open the store in {config.data_dir}"
                            if config.storage.backend == "lmdb" else "connect to NATS JetStream"):
-                store = await stack.enter_async_context(open_store(config))
+                store = await stack.enter_async_context(
+                    open_store(config, accept_new_streams=self.accept_new_streams))
             with _starting("set up the API token"):
                 tokens, generated = resolve_tokens(config)
             tg = await stack.enter_async_context(anyio.create_task_group())

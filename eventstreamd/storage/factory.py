@@ -11,12 +11,14 @@ from .base import Store
 from .lmdb_store import LmdbStore
 
 
-def open_store(config: Config) -> Store:
-    """The configured store, not yet entered (`async with open_store(config) as store`)."""
+def open_store(config: Config, *, accept_new_streams: bool = False) -> Store:
+    """The configured store, not yet entered (`async with open_store(config) as store`).
+    `accept_new_streams`: JetStream may create empty streams in place of ones this data
+    dir's daemon used before (`eventstreamd run --accept-new-streams`)."""
     if config.storage.backend == "jetstream":
         from .jetstream import JetStreamStore
 
-        return JetStreamStore(config)
+        return JetStreamStore(config, accept_new_streams=accept_new_streams)
     return LmdbStore(
         config.data_dir,
         map_size=config.storage.map_size,

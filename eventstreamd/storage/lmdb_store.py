@@ -17,6 +17,8 @@ Decisions:
 - Sequence numbers start at 1 and never repeat: `meta.last_seq` survives
   pruning. Ingest times are made non-decreasing along the log by the writer,
   so "first event at or after time T" is a binary search: O(log n) point reads.
+- A data dir restored from an older copy may hold cursors past its head;
+  `resume_past_head` sends such a reader to what came after the open.
 - A full map or disk raises `StoreFull`; the failed transaction is aborted, so
   what was stored before stays intact and later writes succeed once space is
   freed (retention, deletes) or the map is grown (restart with a larger
@@ -29,6 +31,7 @@ Decisions:
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import logging
 import os
@@ -53,12 +56,15 @@ from ..model import (
     LogEntry,
     NewEvent,
     RejectedEvent,
+    RetryClaim,
+    RetryOutcome,
     StoredEvent,
 )
 from .base import (
     IntegrationExists,
     IntegrationLimitReached,
     IntegrationMissing,
+    RetryInProgress,
     StoreFull,
     StoreHealth,
     StoreStats,
@@ -134,6 +140,9 @@ class LmdbStore:
             raise
         with self.env.begin() as txn:
             self._head = self._txn_head(txn)
+        # What the log held when it was opened: a position past it was counted in a
+        # longer copy of this log (the data dir was restored from an older backup).
+        self._opened_head = self._head
         self._head_moved = anyio.Event()
         self._tg: TaskGroup | None = None
         self._closed = False
@@ -464,11 +473,33 @@ class LmdbStore:
 
         return await self._fenced(fence, job)
 
-    async def update_rejected(self, fence: Fence, entry: RejectedEvent, log: LogEntry) -> bool:
+    async def claim_rejected(self, integration_id: str, rejected_id: str,
+                             claim: RetryClaim) -> RejectedEvent | None:
+        def job(txn: Txn) -> RejectedEvent | RetryInProgress | None:
+            key = self._txn_find_rejected(txn, integration_id, rejected_id)
+            if key is None:
+                return None
+            entry = codec.rejected_from_store(unpack(txn.get(key, db=self._rejected)))
+            if not entry.claimable(claim.at_ms):
+                assert entry.retry_claim is not None
+                return RetryInProgress(entry.retry_claim)  # returned: see create_integration
+            claimed = dataclasses.replace(entry, retry_claim=claim)
+            txn.put(key, pack(codec.rejected_to_store(claimed)), db=self._rejected)
+            return claimed
+
+        outcome = await self._write(job)
+        if isinstance(outcome, RetryInProgress):
+            raise outcome
+        return outcome
+
+    async def update_rejected(self, fence: Fence, rejected_id: str, outcome: RetryOutcome,
+                              log: LogEntry) -> bool:
         def job(txn: Txn) -> None:
-            key = self._txn_find_rejected(txn, fence.integration_id, entry.id)
+            key = self._txn_find_rejected(txn, fence.integration_id, rejected_id)
             if key is not None:
-                txn.put(key, pack(codec.rejected_to_store(entry)), db=self._rejected)
+                entry = codec.rejected_from_store(unpack(txn.get(key, db=self._rejected)))
+                txn.put(key, pack(codec.rejected_to_store(entry.after_retry(outcome))),
+                        db=self._rejected)
             self._txn_add_log(txn, fence.integration_id, log)
 
         return await self._fenced(fence, job)
@@ -492,6 +523,14 @@ class LmdbStore:
     async def first_seq(self) -> int:
         with self.env.begin(db=self._events) as txn, txn.cursor() as cur:
             return from_u64(cur.key()) if cur.first() else self._head + 1
+
+    async def resume_past_head(self, position: int) -> int | None:
+        """One process writes this log, so the head is exact. A position past it comes
+        from a data dir restored from an older copy: what the copy held up to its head
+        was in the log the position was counted in; what came after the open is new."""
+        if position <= self._head + 1:
+            return None
+        return self._opened_head + 1
 
     async def last_ingested_ms(self) -> int:
         with self.env.begin(db=self._meta) as txn:

@@ -184,9 +184,11 @@ class DashboardApp(App[int]):
 def store_problem(snapshot: dict[str, Any]) -> str | None:
     """What the bar says when the daemon cannot reach its store; None when it can."""
     store = snapshot.get("store") or {}
-    if store.get("connected", True):
-        return None
     where = f" at {store['server']}" if store.get("server") else ""
+    if store.get("connected", True):
+        # Reachable but unusable (JetStream: its streams are gone): the error says it all.
+        return f"✖ {store.get('backend', 'store')}{where}: {store['error']}" \
+            if store.get("error") else None
     return (f"✖ {store.get('backend', 'store')}{where} unreachable: "
             f"{store.get('error') or 'no connection'} — delivery paused, publishing "
             "answers 503")
