@@ -31,6 +31,7 @@ from textual.screen import Screen
 
 from .client import ConnectionLost, ControlClient, ControlError, ControlUnavailable
 from .dashboard import DashboardScreen
+from .format import printable
 from .widgets import LINKED
 
 RECONNECT_DELAY = 1.0
@@ -139,8 +140,9 @@ class DashboardApp(App[int]):
 
     def say(self, text: str, *, error: bool = False) -> None:
         self.last_message = text
-        self.notify(text, severity="error" if error else "information",
-                    timeout=6 if error else 3)
+        # Messages quote the daemon, which quotes receivers: text, never markup.
+        self.notify(printable(text), severity="error" if error else "information",
+                    timeout=6 if error else 3, markup=False)
 
     async def act(self, op: str, done: str, **fields: Any) -> bool:
         """Run one action on the daemon; report the outcome; refresh the status after it."""

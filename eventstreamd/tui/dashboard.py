@@ -63,10 +63,11 @@ def row_cells(item: dict[str, Any], stale: bool = False) -> list[Any]:
     rejected = item.get("rejected_events") or 0
     owner = item.get("owner")  # several daemons on one JetStream: who delivers it
     return [
-        Text.assemble(item["id"], (f" @{owner}", "dim")) if owner else item["id"],
-        item.get("kind", ""),
+        Text.assemble(fmt.plain(item["id"]), fmt.plain(f" @{owner}", "dim")) if owner
+        else fmt.plain(item["id"]),
+        fmt.plain(item.get("kind", "")),
         fmt.STALE if stale else fmt.health_text(health),
-        fmt.shorten(item.get("target"), TARGET_WIDTH),
+        fmt.plain(fmt.shorten(item.get("target"), TARGET_WIDTH)),
         Text(fmt.count(item.get("cursor")), justify="right"),
         Text(fmt.count(item.get("lag_events")), style=alert, justify="right"),
         Text(fmt.age(item.get("lag_seconds")), style=alert, justify="right"),
@@ -75,12 +76,12 @@ def row_cells(item: dict[str, Any], stale: bool = False) -> list[Any]:
         Text(fmt.count(item.get("failures")),
              style="red" if item.get("failures") else "", justify="right"),
         Text(str(rejected), style="yellow" if rejected else "", justify="right"),
-        Text(fmt.shorten(item.get("last_error_cause") or item.get("last_error"),
-                         LAST_ERROR_WIDTH), style="red"),
+        fmt.plain(fmt.shorten(item.get("last_error_cause") or item.get("last_error"),
+                              LAST_ERROR_WIDTH), "red"),
     ]
 
 
-def summary(snapshot: dict[str, Any]) -> str:
+def summary(snapshot: dict[str, Any]) -> Text:
     items = snapshot.get("integrations") or []
     counts: dict[str, int] = {}
     for item in items:
@@ -94,7 +95,7 @@ def summary(snapshot: dict[str, Any]) -> str:
     cluster = snapshot.get("cluster")
     if cluster:
         line += "\n" + cluster_line(cluster)
-    return line
+    return fmt.plain_lines(line)  # instance names come from other daemons' configs
 
 
 def cluster_line(cluster: dict[str, Any]) -> str:
