@@ -81,7 +81,7 @@ def row_cells(item: dict[str, Any], stale: bool = False) -> list[Any]:
     ]
 
 
-def summary(snapshot: dict[str, Any]) -> Text:
+def summary(snapshot: dict[str, Any]) -> str:
     items = snapshot.get("integrations") or []
     counts: dict[str, int] = {}
     for item in items:
@@ -95,7 +95,7 @@ def summary(snapshot: dict[str, Any]) -> Text:
     cluster = snapshot.get("cluster")
     if cluster:
         line += "\n" + cluster_line(cluster)
-    return fmt.plain_lines(line)  # instance names come from other daemons' configs
+    return line
 
 
 def cluster_line(cluster: dict[str, Any]) -> str:
@@ -167,7 +167,8 @@ class DashboardScreen(Screen[None]):
             pass
 
     def _show(self, snapshot: dict[str, Any]) -> None:
-        self.query_one("#summary", Static).update(summary(snapshot))
+        # Instance names come from other daemons' configs: text, not markup.
+        self.query_one("#summary", Static).update(fmt.plain_lines(summary(snapshot)))
         self.query_one("#ingest-spark", Sparkline).data = list(
             snapshot.get("ingest_history") or [0.0])
         table: DataTable[Any] = self.query_one("#integrations", DataTable)
