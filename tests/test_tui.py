@@ -341,4 +341,4 @@ def test_the_dashboard_names_owners_and_the_daemons_of_a_cluster() -> None:
     assert str(cell) == "w3 @b"
     # Without a cluster (LMDB) nothing changes: one line, the bare id.
     assert "\n" not in summary({**snapshot, "cluster": None})
-    assert row_cells({"id": "w3"})[0] == "w3"
+    assert str(row_cells({"id": "w3"})[0]) == "w3"  # a Text: never markup
