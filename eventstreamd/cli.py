@@ -91,6 +91,8 @@ def _parser() -> argparse.ArgumentParser:
         epilog=f"{CONFIG_ORDER}\n\nexit codes: 0 valid, 2 not (one line naming the file and "
                "the key).")
     check.add_argument("path", nargs="?", metavar="PATH", help="config file (TOML)")
+    check.add_argument("--config", metavar="PATH", dest="config_option",
+                       help="the same as PATH, as every other command spells it")
 
     listen = sub.add_parser(
         "listen", help="a local webhook receiver that prints every delivery",
@@ -191,7 +193,11 @@ def _integrations(args: argparse.Namespace) -> int:
 
 
 def _check_config(args: argparse.Namespace) -> int:
-    config = _load(args.path)
+    if args.path and args.config_option and args.path != args.config_option:
+        print("eventstreamd check-config: give the file once (PATH or --config PATH)",
+              file=sys.stderr)
+        return 2
+    config = _load(args.path or args.config_option)
     if config.source == "<defaults>":
         print("no config file found (--config, $EVENTSTREAMD_CONFIG, ./eventstreamd.toml): "
               "the built-in defaults apply, and they are valid")
