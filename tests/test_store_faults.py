@@ -27,6 +27,7 @@ from tests.helpers.receiver import Receiver
 from tests.helpers.store import opened
 from tests.helpers.tcp_proxy import TcpProxy
 from tests.helpers.wait import eventually
+from tests.reliability.test_full_store import publish_until_full
 
 NAMES = tuple(f"w{i}" for i in range(1, 9))
 CUTS = 30
@@ -322,3 +323,43 @@ async def test_wiped_nats_server_is_reported_and_not_silently_started_over(
     finally:
         await receiver.close()
         server.stop()
+
+
+# ------------------------------------------------------------ a full LMDB map
+
+
+async def test_integrations_can_be_stopped_started_and_deleted_while_the_map_is_full(
+        daemon_factory: Factory) -> None:
+    receiver = await Receiver().start()
+    try:
+        d = daemon_factory({"storage": {"map_size": "2MiB"}, **FAST})
+        async with ApiClient(d) as api:
+            for name in ("w1", "w2"):
+                await api.webhook(name, receiver.url)
+            acknowledged, error = await publish_until_full(api, 2000)
+            assert error["status"] == 507 and acknowledged > 0
+            # Then to the last page: small events until not even one fits.
+            for n in range(acknowledged, acknowledged + 5000):
+                async with api._session.post(f"{d.url}/events", json=[
+                        {"name": "order.created", "payload": {"i": n}}]) as response:
+                    if response.status == 507:
+                        break
+                    assert response.status == 200
+                    acknowledged += 1
+            else:
+                raise AssertionError("the map never filled up")
+            # Publishing is refused, but what operators do with integrations is not.
+            for _ in range(3):
+                assert (await api.stop("w1"))["status"] == "stopped"
+                assert (await api.start("w1"))["status"] == "running"
+            await api.request("DELETE", f"{BASE}/w2")
+            await api.webhook("w3", receiver.url)
+            assert (await api.stop("w3"))["status"] == "stopped"
+            # Delivery went on meanwhile: every acknowledged event reached w1.
+            await receiver.wait_for(lambda: {r.body["payload"]["i"] for r in receiver.delivered}
+                                    >= set(range(acknowledged)), 60)
+            async with api._session.post(f"{d.url}/events", json=events(1)) as response:
+                assert response.status == 507  # still full: the room kept is not for events
+        assert "integration log entry dropped" not in d.log()
+    finally:
+        await receiver.close()

@@ -23,6 +23,13 @@ Decisions:
   what was stored before stays intact and later writes succeed once space is
   freed (retention, deletes) or the map is grown (restart with a larger
   `storage.map_size`).
+- Appends stop short of the map's end: they are refused (`StoreFull`) once
+  less than `reserve` (1% of the map, 256 KiB to 64 MiB) would be left, so
+  everything else — stopping, starting or deleting an integration, cursors,
+  logs, rejected events, pruning — still finds pages when publishing has
+  filled the map (LMDB needs fresh pages for any write, however small). The
+  room is counted from the databases' own page counts (`_txn_room`), which
+  pages freed by retention or deletes leave at once.
 - Format: `meta.format` is 2. A log written in format 1 (a msgpack map per
   event) is migrated when the store opens, in chunks of one transaction each
   (each record tells its own format, so an interrupted migration resumes);
@@ -94,6 +101,9 @@ _LAST_INGEST = b"last_ingested_at"
 _COUNTER = b"counter"
 _FORMAT = b"format"
 PRUNE_CHUNK = 5_000
+# Room appends leave for every other write (1% of the map, within these bounds).
+RESERVE_MIN = 256 * 1024
+RESERVE_MAX = 64 * 1024 * 1024
 MIGRATE_CHUNK = 10_000
 T = TypeVar("T")
 Txn = lmdb.Transaction
@@ -132,6 +142,10 @@ class LmdbStore:
         self._logs = self.env.open_db(b"logs")
         self._rejected = self.env.open_db(b"rejected")
         self._sink_state = self.env.open_db(b"sink_state")
+        self._all_dbs = (self.env.open_db(None), self._events, self._meta, self._integrations,
+                         self._cursors, self._logs, self._rejected, self._sink_state)
+        self._page_size = int(self.env.stat()["psize"])
+        self.reserve = min(RESERVE_MAX, max(RESERVE_MIN, map_size // 100))
         self.writer = LogWriter(self.env)
         try:
             self._check_format()
@@ -268,11 +282,21 @@ class LmdbStore:
         return await self._write(guarded)
 
     async def append(self, events: Sequence[NewEvent]) -> tuple[int, int]:
-        first, last = await self._write(lambda txn: self._txn_append(txn, events))
+        stored = await self._write(lambda txn: self._txn_append(txn, events))
+        if isinstance(stored, StoreFull):
+            raise stored
+        first, last = stored
         self._set_head(last)
         return first, last
 
-    def _txn_append(self, txn: Txn, events: Sequence[NewEvent]) -> tuple[int, int]:
+    def _txn_append(self, txn: Txn, events: Sequence[NewEvent]) -> tuple[int, int] | StoreFull:
+        # Returned, not raised: see create_integration.
+        need = 2 * sum(len(e.body) + len(e.id) + len(e.name) + len(e.tenant) + 48
+                       for e in events) + 4 * self._page_size
+        if self._txn_room(txn) - need < self.reserve:
+            return StoreFull("the event store is full (storage.map_size reached; the last "
+                             f"{self.reserve // 1024:,} KiB are kept for integration changes, "
+                             "cursors and logs)")
         last_seq = self._txn_head(txn)
         raw_time = txn.get(_LAST_INGEST, db=self._meta)
         ingested = max(now_ms(), from_u64(raw_time) if raw_time else 0)
@@ -558,18 +582,28 @@ class LmdbStore:
 
     async def stats(self) -> StoreStats:
         info = self.env.info()
-        stat = self.env.stat()
         with self.env.begin() as txn:
             events = int(txn.stat(self._events)["entries"])
-        used = (info["last_pgno"] + 1) * stat["psize"]
+            room = self._txn_room(txn)
+        used = (info["last_pgno"] + 1) * self._page_size
         return StoreStats(events=events, first_seq=await self.first_seq(), head=self._head,
                           size_bytes=used, capacity_bytes=self.map_size,
-                          free_bytes=max(0, self.map_size - used))
+                          free_bytes=max(0, room - self.reserve))
 
     def health(self) -> StoreHealth:
         return StoreHealth("lmdb", not self._closed)
 
     # ------------------------------------------------------------ txn helpers
+
+    def _txn_room(self, txn: Txn) -> int:
+        """Bytes the map has left: its size less the pages every database holds (and the
+        two meta pages). Pages freed but not reusable yet count as room; the reserve is
+        far larger than those."""
+        used = 2
+        for db in self._all_dbs:
+            stat = txn.stat(db)
+            used += stat["branch_pages"] + stat["leaf_pages"] + stat["overflow_pages"]
+        return self.map_size - used * self._page_size
 
     def _txn_head(self, txn: Txn) -> int:
         raw = txn.get(_LAST_SEQ, db=self._meta)
