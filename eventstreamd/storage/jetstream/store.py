@@ -121,8 +121,10 @@ class JetStreamStore:
         just created (by this daemon or another one starting beside it) may not answer
         its first reads yet on a cluster (replicas still electing, direct-get
         responders not up): such answers, which carry no JetStream error code, are
-        retried within `connect_timeout`; a refused setting fails at once, and no
-        answer at all means JetStream is not enabled (the caller says so)."""
+        retried within `connect_timeout`, and so are requests no one answers (a
+        cluster just started, its meta leader not elected yet); a refused setting
+        fails at once, and no answer until the deadline means JetStream is not
+        enabled (the caller says so)."""
         deadline = time.monotonic() + self.client.config.connect_timeout
         while True:
             try:
@@ -137,6 +139,14 @@ class JetStreamStore:
                 if exc.err_code != 0 or time.monotonic() >= deadline:
                     raise
                 log.info("streams not ready yet; trying again", extra=kv(error=str(exc)))
+                await anyio.sleep(RETRY_PAUSE)
+            except (NotSent, Unknown) as exc:
+                # No answer: JetStream off, or a cluster just started that has no
+                # meta leader yet. Only the deadline tells them apart.
+                if time.monotonic() >= deadline:
+                    raise
+                log.info("JetStream does not answer yet; trying again", extra=kv(
+                    error=str(exc)))
                 await anyio.sleep(RETRY_PAUSE)
 
     async def _created(self, stream: str) -> str | None:
