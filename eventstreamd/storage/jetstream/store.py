@@ -25,6 +25,15 @@ Decisions:
     what they know; `health()` says the store is unreachable and why.
 - `prune()` removes nothing: the stream's `max_age` is `storage.retention`
   and the server expires events itself, message by message.
+- The streams are this data dir's daemon's to find again (`identity.py`): a
+  start that finds the ones it used gone or created anew is refused
+  (`StoreReplaced`, one line) unless `accept_new_streams`. While running,
+  both streams are looked at every `STREAM_CHECK_EVERY` seconds and right
+  after a reconnect (a server back from a restart may have lost its
+  storage): gone ones make `health()` say so and every API and publish
+  operation fail with that reason (not "no responders, e.g. an election");
+  streams created anew are adopted (the event log's head follows, even
+  backwards; sinks then resume at the new log's first event).
 """
 
 from __future__ import annotations
