@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
@@ -83,9 +84,19 @@ async def test_one_claim_at_a_time_and_attempts_counted_in_the_store(store: Stor
 # --------------------------------------------------------- through the daemon
 
 
-async def rejected_then(answer: int, delay: float) -> tuple[Receiver, list[Received]]:
-    """A receiver that rejects each event once (400), then answers `answer` after
-    `delay` seconds; the list records the retries it got."""
+@dataclasses.dataclass
+class OneRejected:
+    api: ApiClient
+    receiver: Receiver
+    retries: list[Received]  # the retries the receiver got
+    rejected_id: str
+
+
+@asynccontextmanager
+async def one_rejected(daemon_factory: Factory, answer: int,
+                       delay: float) -> AsyncIterator[OneRejected]:
+    """A daemon with one webhook integration and one rejected event: its receiver rejects
+    each event once (400), then answers retries with `answer` after `delay` seconds."""
     retries: list[Received] = []
 
     async def respond(received: Received, attempt: int) -> web.Response:
@@ -95,15 +106,16 @@ async def rejected_then(answer: int, delay: float) -> tuple[Receiver, list[Recei
         await anyio.sleep(delay)
         return web.Response(status=answer, text=f"answered {answer}")
 
-    return await Receiver(respond).start(), retries
-
-
-async def one_rejected(api: ApiClient, receiver: Receiver) -> str:
-    await api.webhook("w1", receiver.url)
-    await api.publish(events(1))
-    [entry] = await eventually(lambda: api.rejected("w1"), lambda r: len(r) == 1)
-    assert entry["attempts"] == 1
-    return str(entry["id"])
+    receiver = await Receiver(respond).start()
+    try:
+        async with ApiClient(daemon_factory(FAST)) as api:
+            await api.webhook("w1", receiver.url)
+            await api.publish(events(1))
+            [entry] = await eventually(lambda: api.rejected("w1"), lambda r: len(r) == 1)
+            assert entry["attempts"] == 1
+            yield OneRejected(api, receiver, retries, str(entry["id"]))
+    finally:
+        await receiver.close()
 
 
 async def post(api: ApiClient, path: str, method: str = "POST") -> tuple[int, Any]:
@@ -112,69 +124,52 @@ async def post(api: ApiClient, path: str, method: str = "POST") -> tuple[int, An
 
 
 async def test_concurrent_retries_deliver_once(daemon_factory: Factory) -> None:
-    receiver, retries = await rejected_then(200, delay=0.3)
-    try:
-        d = daemon_factory(FAST)
-        async with ApiClient(d) as api:
-            rejected_id = await one_rejected(api, receiver)
-            answers = await asyncio.gather(*(post(api, f"rejected_events/{rejected_id}/_retry")
-                                             for _ in range(40)))
-            statuses = sorted(status for status, _ in answers)
-            assert statuses.count(200) == 1, statuses
-            assert set(statuses) <= {200, 404, 409}, statuses
-            for status, body in answers:
-                if status == 409:
-                    assert body["error_code"] == "retry_in_progress"
-                    assert set(body) == {"error_code", "message", "request_id"}
-            assert len(retries) == 1 and len(receiver.delivered) == 1
-            assert await api.rejected("w1") == []
-            # Once delivered it is gone: later retries find nothing.
-            assert (await post(api, f"rejected_events/{rejected_id}/_retry"))[0] == 404
-    finally:
-        await receiver.close()
+    async with one_rejected(daemon_factory, 200, delay=0.3) as case:
+        api, path = case.api, f"rejected_events/{case.rejected_id}/_retry"
+        answers = await asyncio.gather(*(post(api, path) for _ in range(40)))
+        statuses = sorted(status for status, _ in answers)
+        assert statuses.count(200) == 1, statuses
+        assert set(statuses) <= {200, 404, 409}, statuses
+        for status, body in answers:
+            if status == 409:
+                assert body["error_code"] == "retry_in_progress"
+                assert set(body) == {"error_code", "message", "request_id"}
+        assert len(case.retries) == 1 and len(case.receiver.delivered) == 1
+        assert await api.rejected("w1") == []
+        # Once delivered it is gone: later retries find nothing.
+        assert (await post(api, path))[0] == 404
 
 
 async def test_retries_racing_deletes_deliver_at_most_once(daemon_factory: Factory) -> None:
-    receiver, retries = await rejected_then(200, delay=0.2)
-    try:
-        d = daemon_factory(FAST)
-        async with ApiClient(d) as api:
-            rejected_id = await one_rejected(api, receiver)
-            path = f"rejected_events/{rejected_id}"
-            calls = [post(api, f"{path}/_retry") for _ in range(20)]
-            calls += [post(api, path, "DELETE") for _ in range(20)]
-            answers = await asyncio.gather(*calls)
-            assert {status for status, _ in answers} <= {200, 204, 404, 409}, answers
-            assert len(retries) <= 1 and len(receiver.delivered) <= 1
-            assert await api.rejected("w1") == []
-    finally:
-        await receiver.close()
+    async with one_rejected(daemon_factory, 200, delay=0.2) as case:
+        path = f"rejected_events/{case.rejected_id}"
+        calls = [post(case.api, f"{path}/_retry") for _ in range(20)]
+        calls += [post(case.api, path, "DELETE") for _ in range(20)]
+        answers = await asyncio.gather(*calls)
+        assert {status for status, _ in answers} <= {200, 204, 404, 409}, answers
+        assert len(case.retries) <= 1 and len(case.receiver.delivered) <= 1
+        assert await case.api.rejected("w1") == []
 
 
 async def test_concurrent_failing_retries_count_every_attempt(daemon_factory: Factory) -> None:
-    receiver, retries = await rejected_then(400, delay=0.02)
-    try:
-        d = daemon_factory(FAST)
-        async with ApiClient(d) as api:
-            rejected_id = await one_rejected(api, receiver)
-            failed = 0
+    async with one_rejected(daemon_factory, 400, delay=0.02) as case:
+        failed = 0
 
-            async def retry_until_tried() -> None:
-                """One retry that reaches the receiver, however many turns it waits."""
-                nonlocal failed
-                for _ in range(400):  # bounded: each turn waits for another retry's end
-                    status, body = await post(api, f"rejected_events/{rejected_id}/_retry")
-                    if status == 502:
-                        failed += 1
-                        return
-                    assert status == 409 and body["error_code"] == "retry_in_progress", body
-                    await anyio.sleep(0.01)
-                raise AssertionError("never got its turn")
+        async def retry_until_tried() -> None:
+            """One retry that reaches the receiver, however many turns it waits."""
+            nonlocal failed
+            for _ in range(400):  # bounded: each turn waits for another retry's end
+                status, body = await post(case.api,
+                                          f"rejected_events/{case.rejected_id}/_retry")
+                if status == 502:
+                    failed += 1
+                    return
+                assert status == 409 and body["error_code"] == "retry_in_progress", body
+                await anyio.sleep(0.01)
+            raise AssertionError("never got its turn")
 
-            await asyncio.gather(*(retry_until_tried() for _ in range(20)))
-            assert failed == 20 and len(retries) == 20
-            [entry] = await api.rejected("w1")
-            assert entry["attempts"] == 1 + 20  # the first delivery, and every retry
-            assert entry["status"] == 400
-    finally:
-        await receiver.close()
+        await asyncio.gather(*(retry_until_tried() for _ in range(20)))
+        assert failed == 20 and len(case.retries) == 20
+        [entry] = await case.api.rejected("w1")
+        assert entry["attempts"] == 1 + 20  # the first delivery, and every retry
+        assert entry["status"] == 400
