@@ -11,6 +11,7 @@ and the commands hold a few of those; reading any of these inputs whole would ta
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -40,16 +41,34 @@ class Finished:
         return [line for line in self.stderr.splitlines() if line.strip()]
 
 
+# Runs the command as a child of a small process of its own and reports the child's peak
+# RSS: a child forked straight from the test process would count that process's memory
+# (Linux's ru_maxrss covers the forked copy before exec), which under xdist is ~240 MiB.
+MEASURE = """
+import os, sys
+pid = os.fork()
+if pid == 0:
+    os.execv(sys.argv[2], sys.argv[2:])
+_, status, usage = os.wait4(pid, 0)
+with open(sys.argv[1], "w") as out:
+    out.write(str(usage.ru_maxrss))
+sys.exit(os.waitstatus_to_exitcode(status) % 256)
+"""
+
+
 def run_measured(args: list[str], cwd: Path, feed: Iterator[bytes] | None = None,
                  timeout: float = 120.0) -> Finished:
     """`eventstreamd ARGS` in a child process, its stdin fed from `feed` until it ends or
     the child stops reading; exit code, stderr and peak RSS."""
-    err_path = cwd / f"stderr-{os.getpid()}-{threading.get_ident()}.txt"
+    tag = f"{os.getpid()}-{threading.get_ident()}"
+    err_path, peak_path = cwd / f"stderr-{tag}.txt", cwd / f"peak-{tag}.txt"
     with open(err_path, "wb") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "eventstreamd", *args], cwd=cwd,
+        proc = subprocess.Popen([sys.executable, "-c", MEASURE, str(peak_path),
+                                 sys.executable, "-m", "eventstreamd", *args], cwd=cwd,
                                 stdin=subprocess.PIPE if feed is not None else None,
                                 stdout=subprocess.DEVNULL, stderr=err,
-                                env=dict(os.environ, EVENTSTREAMD_CONFIG=""))
+                                env=dict(os.environ, EVENTSTREAMD_CONFIG=""),
+                                start_new_session=True)
     fed = 0
 
     def write() -> None:
@@ -70,17 +89,15 @@ def run_measured(args: list[str], cwd: Path, feed: Iterator[bytes] | None = None
     writer = threading.Thread(target=write, daemon=True)
     if feed is not None:
         writer.start()
-    timer = threading.Timer(timeout, proc.kill)  # a bound, not a measured figure
-    timer.start()
     try:
-        _, status, usage = os.wait4(proc.pid, 0)
-    finally:
-        timer.cancel()
-    proc.returncode = os.waitstatus_to_exitcode(status)
+        code = proc.wait(timeout)  # a bound, not a measured figure
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        code = proc.wait(10)
     if feed is not None:
         writer.join(30)
-    return Finished(proc.returncode, err_path.read_text(errors="replace"), usage.ru_maxrss,
-                    fed)
+    peak = int(peak_path.read_text()) if peak_path.exists() else -1
+    return Finished(code, err_path.read_text(errors="replace"), peak, fed)
 
 
 def repeated(head: bytes, body: bytes = PIECE, total: int = GIB,
@@ -93,6 +110,7 @@ def repeated(head: bytes, body: bytes = PIECE, total: int = GIB,
 
 def assert_refused(done: Finished, command: str, *phrases: str, code: int = 1) -> None:
     assert done.code == code, done
+    assert done.peak_kib > 0, done
     assert len(done.lines) == 1 and done.lines[0].startswith(f"eventstreamd {command}: "), \
         done.lines[:5]
     for phrase in phrases:
