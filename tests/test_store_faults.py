@@ -99,8 +99,16 @@ async def test_disconnect_storm_pauses_delivery_without_crashing_a_sink(
                 return Counter(r.body["payload"]["n"] for r in receiver.delivered
                                if r.headers.get("Authorization") == f"Bearer key-{name}")
 
-            await receiver.wait_for(lambda: all(set(acknowledged) <= set(delivered(name))
-                                                for name in NAMES), 60)
+            try:
+                await receiver.wait_for(lambda: all(set(acknowledged) <= set(delivered(name))
+                                                    for name in NAMES), 60)
+            except TimeoutError:
+                missing = {name: len(set(acknowledged) - set(delivered(name)))
+                           for name in NAMES}
+                notes = [line for line in d.log().splitlines()
+                         if " WARNING " in line or " ERROR " in line][-40:]
+                raise AssertionError(f"not delivered: {missing}\n" + "\n".join(notes)) \
+                    from None
             metrics = await scrape(d)
         log = d.log()
         assert "sink crashed" not in log, log[-3000:]
