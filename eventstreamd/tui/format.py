@@ -107,10 +107,9 @@ def printable(text: object) -> str:
     return escape_controls(str(text))
 
 
-def plain(text: object, style: str = "", *, justify: str | None = None) -> Text:
+def plain(text: object, style: str = "") -> Text:
     """Text from outside, shown as it is: never parsed as markup, controls escaped."""
-    return Text(printable("" if text is None else text), style=style,
-                justify=justify)  # type: ignore[arg-type]
+    return Text(printable("" if text is None else text), style=style)
 
 
 def plain_lines(text: str) -> Text:
