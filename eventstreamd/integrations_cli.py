@@ -20,6 +20,11 @@ Decisions:
   `$AWS_SECRET_ACCESS_KEY`, so they need not appear in a command line.
 - A rejected event can be named by its id or by the original event's id
   (what the publisher knows); the latter is looked up in the list.
+- Ids are percent-encoded in paths (`api_path()`): whatever the user typed names
+  one integration or event, never another route.
+- A `--file` is read up to `config.MAX_FILE` (1 MiB; a body is a few hundred
+  bytes), so `--file /dev/zero` is refused at once; a parameter group that is
+  not an object, or TOML nested too deeply, is one line and exit 2.
 """
 
 from __future__ import annotations
@@ -27,9 +32,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tomllib
+import urllib.parse
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -41,7 +45,7 @@ from .apiclient import (
     resolve_target,
     resolve_token,
 )
-from .config import Config
+from .config import Config, parse_toml, read_capped
 
 # ------------------------------------------------------------------- output
 
@@ -221,24 +225,44 @@ exit codes: 0 done, 1 refused or failed by the daemon, 2 usage or config error,
 
 
 def _load_file(path: str) -> dict[str, Any]:
+    """The body in `path` (- for stdin): JSON, or TOML; at most `MAX_FILE` bytes."""
     try:
-        raw = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
+        if path == "-":
+            raw = read_capped(sys.stdin.buffer)
+        else:
+            with open(path, "rb") as fh:
+                raw = read_capped(fh)
     except OSError as exc:
         raise ClientError(f"cannot read {path}: {exc.strerror or exc}", EXIT_USAGE) from None
-    try:
-        if path.endswith(".toml"):
-            data: Any = tomllib.loads(raw.decode())
-        else:
-            try:
-                data = orjson.loads(raw)
-            except orjson.JSONDecodeError:
-                data = tomllib.loads(raw.decode())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ClientError(f"{path}: neither JSON nor TOML ({exc})", EXIT_USAGE) from None
+    except ValueError as exc:
+        raise ClientError(f"{path}: {exc}", EXIT_USAGE) from None
+    data: Any = None
+    if not path.endswith(".toml"):
+        try:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            data = None
+    if data is None:
+        try:
+            data = parse_toml(raw)
+        except ValueError as exc:
+            raise ClientError(f"{path}: neither JSON nor TOML ({exc})", EXIT_USAGE) from None
     if not isinstance(data, dict):
         raise ClientError(f"{path}: expected an object (the API's integration fields)",
                           EXIT_USAGE)
     return data
+
+
+def _group(body: dict[str, Any], key: str, source: str) -> dict[str, Any]:
+    """A copy of the object `body[key]` (a parameter group) that flags add to; a group
+    that is there but not an object is a usage error, said in one line."""
+    value = body.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ClientError(f"{source}: '{key}' must be an object (the API's field), not "
+                          f"{type(value).__name__}", EXIT_USAGE)
+    return dict(value)
 
 
 def _split(value: str) -> list[str]:
@@ -247,8 +271,11 @@ def _split(value: str) -> list[str]:
 
 def build_body(args: argparse.Namespace, creating: bool) -> dict[str, Any]:
     body = _load_file(args.file) if args.file else {}
+    source = args.file or "the flags"
+    for key in ("callback_parameters", "s3_parameters", "filter_conditions"):
+        _group(body, key, source)  # checked even where no flag adds to it
     if args.webhook or args.api_key:
-        hook = dict(body.get("callback_parameters") or {})
+        hook = _group(body, "callback_parameters", source)
         if args.webhook:
             hook["callback_url"] = args.webhook
         if args.api_key:
@@ -258,7 +285,7 @@ def build_body(args: argparse.Namespace, creating: bool) -> dict[str, Any]:
     s3_flags = (args.s3_bucket, args.s3_region, args.s3_prefix, args.aws_access_key_id,
                 args.aws_secret_access_key)
     if any(s3_flags):
-        s3 = dict(body.get("s3_parameters") or {})
+        s3 = _group(body, "s3_parameters", source)
         for key, value in zip(("bucket", "aws_region", "key_prefix", "aws_access_key_id",
                                "aws_secret_access_key"), s3_flags, strict=True):
             if value:
@@ -272,7 +299,7 @@ def build_body(args: argparse.Namespace, creating: bool) -> dict[str, Any]:
         if args.webhook is None and args.api_key is None:
             body.pop("callback_parameters", None)
     if args.events is not None or args.entities is not None:
-        conditions = dict(body.get("filter_conditions") or {})
+        conditions = _group(body, "filter_conditions", source)
         if args.events is not None:
             conditions["event_filter"] = _split(args.events)
         if args.entities is not None:
@@ -302,9 +329,15 @@ def build_body(args: argparse.Namespace, creating: bool) -> dict[str, Any]:
 # ---------------------------------------------------------------- commands
 
 
+def api_path(client: HttpClient, *parts: str) -> str:
+    """An API path under the configuration API, each id percent-encoded: an id with '/',
+    '?', '#', '%' or spaces names that id, never another route."""
+    return "/".join([client.api_base, *(urllib.parse.quote(p, safe="") for p in parts)])
+
+
 def _rejected_id(client: HttpClient, integration_id: str, given: str) -> str:
     """The rejected event's id, also when `given` is the original event's id."""
-    listed = client.call("GET", f"{client.api_base}/{integration_id}/rejected_events") or {}
+    listed = client.call("GET", api_path(client, integration_id, "rejected_events")) or {}
     entries = listed.get("rejected_events") or []
     if any(e.get("id") == given for e in entries):
         return given
@@ -340,9 +373,10 @@ def _list(client: HttpClient, args: argparse.Namespace) -> int:
     return 0
 
 
-def _one(method: str, suffix: str, done: str) -> Callable[[HttpClient, argparse.Namespace], int]:
+def _one(method: str, suffix: tuple[str, ...],
+         done: str) -> Callable[[HttpClient, argparse.Namespace], int]:
     def command(client: HttpClient, args: argparse.Namespace) -> int:
-        result = client.call(method, f"{client.api_base}/{args.id}{suffix}")
+        result = client.call(method, api_path(client, args.id, *suffix))
         if args.json:
             dump(result)
         elif done:
@@ -364,7 +398,7 @@ def _create(client: HttpClient, args: argparse.Namespace) -> int:
 
 
 def _patch(client: HttpClient, args: argparse.Namespace) -> int:
-    result = client.call("PATCH", f"{client.api_base}/{args.id}", build_body(args, creating=False))
+    result = client.call("PATCH", api_path(client, args.id), build_body(args, creating=False))
     if args.json:
         dump(result)
     else:
@@ -375,14 +409,14 @@ def _patch(client: HttpClient, args: argparse.Namespace) -> int:
 
 
 def _delete(client: HttpClient, args: argparse.Namespace) -> int:
-    client.call("DELETE", f"{client.api_base}/{args.id}")
+    client.call("DELETE", api_path(client, args.id))
     if not args.json:
         print(f"deleted {args.id}")
     return 0
 
 
 def _logs(client: HttpClient, args: argparse.Namespace) -> int:
-    result = client.call("GET", f"{client.api_base}/{args.id}/logs")
+    result = client.call("GET", api_path(client, args.id, "logs"))
     if args.json:
         dump(result)
         return 0
@@ -396,7 +430,7 @@ def _logs(client: HttpClient, args: argparse.Namespace) -> int:
 
 
 def _rejected_list(client: HttpClient, args: argparse.Namespace) -> int:
-    result = client.call("GET", f"{client.api_base}/{args.id}/rejected_events")
+    result = client.call("GET", api_path(client, args.id, "rejected_events"))
     if args.json:
         dump(result)
         return 0
@@ -412,7 +446,7 @@ def _rejected_list(client: HttpClient, args: argparse.Namespace) -> int:
 
 def _rejected_show(client: HttpClient, args: argparse.Namespace) -> int:
     rejected_id = _rejected_id(client, args.id, args.rejected_id)
-    result = client.call("GET", f"{client.api_base}/{args.id}/rejected_events/{rejected_id}")
+    result = client.call("GET", api_path(client, args.id, "rejected_events", rejected_id))
     if args.json:
         dump(result)
         return 0
@@ -430,7 +464,7 @@ def _rejected_show(client: HttpClient, args: argparse.Namespace) -> int:
 
 def _rejected_retry(client: HttpClient, args: argparse.Namespace) -> int:
     rejected_id = _rejected_id(client, args.id, args.rejected_id)
-    client.call("POST", f"{client.api_base}/{args.id}/rejected_events/{rejected_id}/_retry")
+    client.call("POST", api_path(client, args.id, "rejected_events", rejected_id, "_retry"))
     if not args.json:
         print(f"rejected event {rejected_id} delivered and removed")
     return 0
@@ -438,7 +472,7 @@ def _rejected_retry(client: HttpClient, args: argparse.Namespace) -> int:
 
 def _rejected_delete(client: HttpClient, args: argparse.Namespace) -> int:
     rejected_id = _rejected_id(client, args.id, args.rejected_id)
-    client.call("DELETE", f"{client.api_base}/{args.id}/rejected_events/{rejected_id}")
+    client.call("DELETE", api_path(client, args.id, "rejected_events", rejected_id))
     if not args.json:
         print(f"rejected event {rejected_id} deleted")
     return 0
@@ -446,12 +480,12 @@ def _rejected_delete(client: HttpClient, args: argparse.Namespace) -> int:
 
 COMMANDS: dict[str, Callable[[HttpClient, argparse.Namespace], int]] = {
     "list": _list,
-    "show": _one("GET", "", ""),
+    "show": _one("GET", (), ""),
     "create": _create,
     "patch": _patch,
     "delete": _delete,
-    "start": _one("POST", "/_start", "{id}: {status}"),
-    "stop": _one("POST", "/_stop", "{id}: {status}"),
+    "start": _one("POST", ("_start",), "{id}: {status}"),
+    "stop": _one("POST", ("_stop",), "{id}: {status}"),
     "logs": _logs,
     "rejected-list": _rejected_list,
     "rejected-show": _rejected_show,

@@ -203,8 +203,9 @@ async def test_an_unanswered_commit_is_resent_and_stored_once(
     `Nats-Msg-Id`): the publisher gets the right range, the stream holds it once."""
     caplog.set_level(logging.INFO, logger="eventstreamd.jetstream")
     server = NatsServer(tmp_path / "nats").start()
-    config = Config(storage=StorageConfig(backend="jetstream"), jetstream=JetStreamConfig(
-        servers=(server.url,), prefix="resend", request_timeout=0.5))
+    config = Config(storage=StorageConfig(backend="jetstream", data_dir=str(tmp_path / "data")),
+                    jetstream=JetStreamConfig(servers=(server.url,), prefix="resend",
+                                              request_timeout=0.5))
     try:
         async with JetStreamStore(config) as store:
             assert await store.append([new_event("before", {})]) == (1, 1)

@@ -100,7 +100,8 @@ async def test_metrics_match_what_the_receiver_saw(daemon_factory: Factory) -> N
         used, capacity = (value(found, "eventstreamd_store_size_bytes"),
                           value(found, "eventstreamd_store_capacity_bytes"))
         free = value(found, "eventstreamd_store_free_bytes")
-        assert used and capacity and free is not None and used + free == capacity
+        # free: the room left before publishing answers 507 (a reserve stays for the rest)
+        assert used and capacity and free is not None and 0 < free < capacity - used
         assert value(found, "eventstreamd_ready") == 1
         # Neither the target nor its key is shown.
         assert receiver.url not in (await scrape(d))[1]

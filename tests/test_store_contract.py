@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from eventstreamd.config import Config
-from eventstreamd.model import Change, ChangeView, Integration, LogEntry
+from eventstreamd.model import Change, ChangeView, Integration, LogEntry, RetryOutcome
 from eventstreamd.storage.base import (
     IntegrationExists,
     IntegrationLimitReached,
@@ -136,7 +136,7 @@ async def test_stale_fences_write_nothing(store: Store) -> None:
     for write in (store.set_cursor(fence, 9), store.put_sink_state(fence, {"k": 2}),
                   store.add_log(fence, CREATED), store.add_rejected(fence, rejected_n(2), CREATED),
                   store.resolve_rejected(fence, None, CREATED),
-                  store.update_rejected(fence, rejected_n(1), CREATED)):
+                  store.update_rejected(fence, "r-1", RetryOutcome("t", True, "x"), CREATED)):
         assert await write is False
     assert await store.get_cursor("a") is None and await store.get_sink_state("a") is None
     new = stored_hook(incarnation="new")
@@ -178,16 +178,18 @@ async def test_logs_and_rejected_events_keep_the_newest(store: Store) -> None:
     assert await store.delete_rejected("a", "r-3") and not await store.delete_rejected("a",
                                                                                        "r-3")
     # A failed retry updates its entry where it stands.
+    assert await store.add_rejected(fence, dataclasses.replace(rejected_n(2), attempts=1),
+                                    CREATED)
     assert await store.add_rejected(fence, rejected_n(4), CREATED)
-    assert await store.update_rejected(fence, dataclasses.replace(rejected_n(2), attempts=2,
-                                                                  reason="nope"),
+    assert await store.update_rejected(fence, "r-2", RetryOutcome("t", True, "nope", 400),
                                        LogEntry("t", "rejected_event_retry_failed", "nope"))
     assert [(r.id, r.attempts, r.reason) for r in await store.list_rejected("a")] == \
         [("r-4", None, "Bad Request"), ("r-2", 2, "nope")]
     assert (await store.list_logs("a", 1))[0].action == "rejected_event_retry_failed"
     assert await store.delete_rejected("a", "r-4")
     # One deleted meanwhile stays deleted; the log entry is written all the same.
-    assert await store.update_rejected(fence, rejected_n(4), LogEntry("t", "x", "gone"))
+    assert await store.update_rejected(fence, "r-4", RetryOutcome("t", True, "x"),
+                                       LogEntry("t", "x", "gone"))
     assert [r.id for r in await store.list_rejected("a")] == ["r-2"]
     assert await store.get_rejected("a", "r-4") is None
     assert (await store.list_logs("a", 1))[0].reason == "gone"

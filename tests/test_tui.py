@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import inspect
 import socket
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
-from textual.pilot import Pilot
-from textual.widgets import DataTable
 
 from eventstreamd.tui import format as fmt
 from eventstreamd.tui.app import DashboardApp
@@ -22,50 +18,10 @@ from eventstreamd.tui.dialogs import ConfirmScreen, PayloadScreen
 from eventstreamd.tui.sample import SIZE, SNAPSHOT, SOCKET_LABEL
 from eventstreamd.tui.widgets import ConnectionBar
 from tests.helpers.api import ApiClient, events
-from tests.helpers.daemon import FAST, DaemonProcess, Factory
+from tests.helpers.daemon import FAST, Factory
 from tests.helpers.receiver import Receiver, Switch, answer
+from tests.helpers.tui import TERMINAL, WAIT, cell, row_ids, select, shows, table, tui_for
 from tests.helpers.wait import eventually
-
-WAIT = 20.0  # the bound on every wait in this file, in seconds
-TERMINAL = (160, 40)
-
-
-def tui_for(daemon: DaemonProcess) -> DashboardApp:
-    return DashboardApp(daemon.data_dir / "control.sock", reconnect_delay=0.2)
-
-
-async def shows(pilot: Pilot[Any], condition: Callable[[], bool] | Callable[[], Awaitable[bool]],
-                what: str) -> None:
-    """`eventually` for a running app: it has processed what was pending before each look
-    (at the screen, or at what the daemon says)."""
-    async def looked() -> bool:
-        await pilot.pause()
-        found = condition()
-        return bool(await found if inspect.isawaitable(found) else found)
-
-    await eventually(looked, within=WAIT, what=what)
-
-
-def table(app: DashboardApp, selector: str = "#integrations") -> DataTable[Any]:
-    return app.screen.query_one(selector, DataTable)
-
-
-def cell(app: DashboardApp, row: str, column: str) -> str | None:
-    grid = table(app)
-    if row not in {key.value for key in grid.rows}:
-        return None
-    value = grid.get_cell(row, column)
-    return getattr(value, "plain", str(value))
-
-
-def row_ids(app: DashboardApp, selector: str) -> list[str]:
-    return [str(key.value) for key in table(app, selector).rows]
-
-
-def select(app: DashboardApp, row: str, selector: str = "#integrations") -> None:
-    grid = table(app, selector)
-    grid.move_cursor(row=grid.get_row_index(row))
-
 
 # ------------------------------------------------------------- live daemon
 
@@ -324,4 +280,4 @@ def test_the_dashboard_names_owners_and_the_daemons_of_a_cluster() -> None:
     assert str(cell) == "w3 @b"
     # Without a cluster (LMDB) nothing changes: one line, the bare id.
     assert "\n" not in summary({**snapshot, "cluster": None})
-    assert row_cells({"id": "w3"})[0] == "w3"
+    assert str(row_cells({"id": "w3"})[0]) == "w3"  # a Text: never markup

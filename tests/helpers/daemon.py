@@ -87,6 +87,7 @@ class DaemonProcess:
         self.data_dir = workdir / self.settings["storage"]["data_dir"]
         self.config_path = write_config(workdir / "eventstreamd.toml", self.settings)
         self.proc: subprocess.Popen[bytes] | None = None
+        self.run_args: list[str] = []  # more arguments of `eventstreamd run`
         self.url = ""
         self.log_path = workdir / "daemon.log"
         self._log_fh: Any = None
@@ -112,7 +113,7 @@ class DaemonProcess:
         env = dict(os.environ, PYTHONUNBUFFERED="1", **self.env)
         self.proc = self.popen(
             [*self.wrapper, sys.executable, "-m", "eventstreamd", "run",
-             "--config", str(self.config_path)],
+             "--config", str(self.config_path), *self.run_args],
             cwd=self.cwd, stdout=self._log_fh, stderr=subprocess.STDOUT, env=env,
         )
         if wait:
