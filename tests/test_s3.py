@@ -111,7 +111,9 @@ async def test_rotation_by_size(daemon_factory: Factory, moto: MotoServer, bucke
 
 
 async def test_multipart_upload(daemon_factory: Factory, moto: MotoServer, bucket: str) -> None:
-    d = daemon_factory(settings(moto, rotate_interval="1h", rotate_size="9MiB"))
+    # Above the multipart threshold: parts of 8 MiB (a file up to it goes up in one PUT).
+    d = daemon_factory(settings(moto, rotate_interval="1h", rotate_size="9MiB",
+                                multipart_threshold="5MiB"))
     pad = "y" * 4000
     async with ApiClient(d) as api:
         await api.create(id="s1", s3_parameters=s3_params(bucket))
@@ -181,7 +183,8 @@ async def test_sigkill_leaves_every_event_in_exactly_one_object(
     pad = "z" * (4000 if multipart else 20)
     n = 2500 if multipart else 300
     crash_env = {} if moment == "spooling" else {"EVENTSTREAMD_CRASH_AT": moment}
-    rotate = {"rotate_interval": "1h", "rotate_size": "9MiB"} if multipart else \
+    rotate = {"rotate_interval": "1h", "rotate_size": "9MiB",
+              "multipart_threshold": "5MiB"} if multipart else \
         {"rotate_interval": "1h" if moment == "spooling" else "1s"}
     d = daemon_factory(settings(moto, **rotate), env=crash_env)
     published = 0
