@@ -234,6 +234,15 @@ def check(params: TargetParams, config: Config) -> None:
 # ------------------------------------------------------------------------ objects
 
 
+@dataclass(frozen=True, slots=True)
+class Sealed:
+    """A recorded file waiting for the uploader; `at` is when it was sealed (monotonic)."""
+
+    manifest: Manifest
+    path: Path
+    at: float
+
+
 @dataclass
 class OpenFile:
     """A tenant's file being spooled; its key is decided when it is sealed."""
@@ -280,9 +289,18 @@ class StateUnreadable(Exception):
 
 
 def state_form(state: S3State) -> dict[str, object]:
-    """The state as the store keeps it: plain data, the form every version reads."""
-    form: dict[str, object] = msgspec.to_builtins(state)
+    """The state as the store keeps it: plain data, the form every version reads. A plain
+    NDJSON file's entry names no format or compression, exactly as versions before them
+    wrote it."""
+    form: dict[str, Any] = msgspec.to_builtins(state)
+    for entry in form["pending"]:
+        for name, default in _PLAIN_ENCODING.items():
+            if entry.get(name) == default:
+                del entry[name]
     return form
+
+
+_PLAIN_ENCODING = {"format": "ndjson", "compression": "none"}
 
 
 def read_state(form: dict[str, object] | None) -> S3State:
@@ -359,7 +377,7 @@ class S3Pipeline:
         self._client: Any = None
         self._stack = contextlib.AsyncExitStack()
         self.uploads = 0
-        self._queue: deque[tuple[Manifest, Path]] = deque()  # sealed, not yet uploaded
+        self._queue: deque[Sealed] = deque()  # sealed, not yet uploaded
         self._queue_changed = anyio.Event()
         self._uploader_done = anyio.Event()
 
@@ -386,8 +404,8 @@ class S3Pipeline:
             while True:
                 while not self._queue:
                     await self._wait_queue()
-                manifest, path = self._queue[0]
-                if not await self._upload(manifest, ctx, path):
+                sealed = self._queue[0]
+                if not await self._upload(sealed.manifest, ctx, sealed.path, sealed.at):
                     return  # stopping: it stays recorded and is rebuilt on the next start
                 self._queue.popleft()
                 self._queue_moved()
@@ -511,7 +529,7 @@ class S3Pipeline:
                 return False
             with anyio.move_on_after(0.2):
                 await self._wait_queue()
-        sealed: list[tuple[Manifest, Path]] = []
+        sealed: list[Sealed] = []
         for open_file in files:
             del self.files[open_file.tenant]
             encoder = open_file.encoder
@@ -521,15 +539,15 @@ class S3Pipeline:
             key = self.key_template.render(FileNaming(
                 self.prefix, open_file.tenant, open_file.started_at, open_file.first_seq,
                 open_file.last_seq), self.encoding.suffix)
-            sealed.append((Manifest(
+            sealed.append(Sealed(Manifest(
                 key=key, tenant=open_file.tenant, first_seq=open_file.first_seq,
                 last_seq=open_file.last_seq, lines=encoder.rows, size=encoder.raw_bytes,
                 filter=filter_to_api(ctx.integration.filter), opened_at=open_file.started_at,
                 format=self.encoding.format, compression=self.encoding.compression,
-            ), open_file.path))
-        for manifest, _ in sealed:
-            self.watermarks[manifest.tenant] = manifest.last_seq
-            self.pending.append(manifest)
+            ), open_file.path, time.monotonic()))
+        for entry in sealed:
+            self.watermarks[entry.manifest.tenant] = entry.manifest.last_seq
+            self.pending.append(entry.manifest)
         if not await self._save_state(ctx):
             return False  # deleted or replaced: upload nothing more for it
         self._queue.extend(sealed)
@@ -597,7 +615,9 @@ class S3Pipeline:
 
     # --------------------------------------------------------------- upload
 
-    async def _upload(self, manifest: Manifest, ctx: SinkContext, path: Path | None) -> bool:
+    async def _upload(self, manifest: Manifest, ctx: SinkContext, path: Path | None,
+                      sealed_at: float | None = None) -> bool:
+        started = time.monotonic()
         if path is None or not await anyio.Path(path).exists():
             path, lines = await self._rebuild(manifest, ctx)
             if lines != manifest.lines and await self._exists(manifest.key):
@@ -632,8 +652,13 @@ class S3Pipeline:
         ctx.stats.record_delivered(int(opened_at * 1000) if opened_at else None,
                                    manifest.lines)
         ctx.progressed()
-        log.info("uploaded", extra=kv(integration=ctx.integration.id, key=key,
-                                      events=manifest.lines, bytes=manifest.size))
+        # How long it waited for the uploader and took to go up: a catch-up's timeline.
+        timing = {"upload_s": round(time.monotonic() - started, 3)}
+        if sealed_at is not None:
+            timing["queued_s"] = round(started - sealed_at, 3)
+        log.info("uploaded", extra=kv(
+            integration=ctx.integration.id, key=key, events=manifest.lines,
+            bytes=manifest.size, encoding=manifest.encoding.describe(), **timing))
         return True
 
 
