@@ -560,7 +560,7 @@ def _s3_files(ctx: Ctx, scenario: str, file_format: str, compression: str,
             first_timeout = ctx.size(60.0, 15.0)
             watch = ctx.worker("s3_watch", {**creds, "bucket": "bench-daemon",
                                             "expected": expected if plain else None,
-                                            "expected_objects": files, "interval": 0.2,
+                                            "expected_objects": files, "interval": 0.05,
                                             "first_timeout": first_timeout,
                                             "timeout": ctx.size(300.0, 40.0)})
             watch.line(60)  # ready
@@ -594,7 +594,7 @@ def _s3_files(ctx: Ctx, scenario: str, file_format: str, compression: str,
     value = mib / elapsed if seen["reached"] else None
     sizes = sorted({size for _, size in seen["objects"]})
     note = (f"{what}: {len(seen['objects'])} objects of {sizes} bytes "
-            f"({mib:.1f} MiB of events) in {elapsed:.2f}s (bucket polled every 0.2s); "
+            f"({mib:.1f} MiB of events) in {elapsed:.2f}s (bucket polled every 0.05s); "
             f"baseline {base['mib']:.1f} MiB in {base['wall_s']:.2f}s")
     if not plain:
         note += (f"; compression ratio {expected / max(1, seen['total']):.1f} "

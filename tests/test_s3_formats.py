@@ -404,6 +404,8 @@ async def test_a_200_mib_parquet_catch_up_stays_in_bounded_memory(
           f"VmHWM {hwm:.0f} MiB (with LMDB's file-backed pages); {len(objects)} objects, "
           f"{rows} rows")
     assert rows == published_count
-    # Measured: ~70 MiB (pyarrow and botocore imported, a row group, the upload). One
-    # 50 MiB file held as Python values and Arrow arrays would take well over 100 MiB.
-    assert peak - idle < 100, f"RssAnon grew by {peak - idle:.0f} MiB"
+    # Measured: 70-107 MiB, of which ~30 MiB are botocore's S3 model and pyarrow, loaded
+    # by the first S3 and Parquet integration, the rest a 16 MiB row group as it is encoded
+    # and the worker threads' allocator arenas. One 50 MiB file held whole would add
+    # ~85 MiB of Python values and ~50 MiB of Arrow arrays on top of the imports.
+    assert peak - idle < 130, f"RssAnon grew by {peak - idle:.0f} MiB"

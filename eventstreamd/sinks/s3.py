@@ -92,6 +92,7 @@ from .base import (
 )
 from .filters import EventFilter
 from .retry import Failure, RetryPolicy, retry_until_stopped
+from .s3_client import S3Client
 from .s3_encoders import (
     COMPRESSIONS,
     FORMATS,
@@ -328,24 +329,14 @@ def describe_error(exc: BaseException) -> Failure:
     return Failure(f"{type(exc).__name__}: {exc}")
 
 
-def s3_client(target: S3Target, endpoint_url: str | None, timeout: float) -> Any:
-    """An aiobotocore S3 client (an async context manager) for an integration's target."""
-    from aiobotocore.config import AioConfig
-    from aiobotocore.session import get_session
-
-    config = AioConfig(
-        connect_timeout=timeout, read_timeout=max(timeout, 30.0),
-        retries={"max_attempts": 1, "mode": "standard"},
-        s3={"addressing_style": "path"} if endpoint_url else None,
-    )
-    return get_session().create_client(
-        "s3",
-        region_name=target.aws_region,
-        endpoint_url=endpoint_url or None,
-        aws_access_key_id=target.aws_access_key_id,
-        aws_secret_access_key=target.aws_secret_access_key,
-        config=config,
-    )
+async def s3_client(target: S3Target, endpoint_url: str | None,
+                    request_timeout: float) -> S3Client:
+    """The S3 client for an integration's target (`s3_client.py`)."""
+    return await S3Client.connect(
+        region=target.aws_region, endpoint_url=endpoint_url or None,
+        access_key_id=target.aws_access_key_id,
+        secret_access_key=target.aws_secret_access_key, request_timeout=request_timeout,
+        max_connections=PART_CONCURRENCY + 2)
 
 
 class S3Pipeline:
@@ -374,8 +365,7 @@ class S3Pipeline:
         self.files: dict[str, OpenFile] = {}
         self.watermarks: dict[str, int] = {}
         self.pending: list[Manifest] = []
-        self._client: Any = None
-        self._stack = contextlib.AsyncExitStack()
+        self._client: S3Client | None = None
         self.uploads = 0
         self._queue: deque[Sealed] = deque()  # sealed, not yet uploaded
         self._queue_changed = anyio.Event()
@@ -389,8 +379,7 @@ class S3Pipeline:
         # Whatever a previous run left in the spool is rebuilt from the log.
         shutil.rmtree(self.spool_dir, ignore_errors=True)
         self.spool_dir.mkdir(parents=True, exist_ok=True)
-        self._client = await self._stack.enter_async_context(
-            s3_client(self.target, self._endpoint_url, self._timeout))
+        self._client = await s3_client(self.target, self._endpoint_url, self._timeout)
         for manifest in list(self.pending):
             log.info("re-uploading a recorded file", extra=kv(
                 integration=ctx.integration.id, key=manifest.key))
@@ -502,7 +491,8 @@ class S3Pipeline:
         for open_file in self.files.values():
             open_file.encoder.close()
         self.files.clear()
-        await self._stack.aclose()
+        if self._client is not None:
+            self._client.close()
 
     def status(self) -> PipelineStatus:
         now_files = list(self.files.values())
@@ -568,9 +558,14 @@ class S3Pipeline:
         ctx.progressed()
         return True
 
+    @property
+    def client(self) -> S3Client:
+        assert self._client is not None, "open() creates the client"
+        return self._client
+
     async def _exists(self, key: str) -> bool:
         try:
-            await self._client.head_object(Bucket=self.bucket, Key=key)
+            await self.client.call("head_object", Bucket=self.bucket, Key=key)
             return True
         except upload_errors():
             return False
@@ -578,11 +573,12 @@ class S3Pipeline:
     async def _abort_stale_multipart(self, key: str) -> None:
         """Abort multipart uploads of `key` left by a crash, so no orphaned parts stay billed."""
         with contextlib.suppress(*upload_errors()), anyio.move_on_after(self._timeout):
-            listing = await self._client.list_multipart_uploads(Bucket=self.bucket, Prefix=key)
+            listing = await self.client.call("list_multipart_uploads", Bucket=self.bucket,
+                                             Prefix=key)
             for upload in listing.get("Uploads", []):
                 if upload.get("Key") == key:
-                    await self._client.abort_multipart_upload(
-                        Bucket=self.bucket, Key=key, UploadId=upload["UploadId"])
+                    await self.client.call("abort_multipart_upload", Bucket=self.bucket,
+                                           Key=key, UploadId=upload["UploadId"])
 
     async def _rebuild(self, manifest: Manifest, ctx: SinkContext) -> tuple[Path, int]:
         """Write the recorded file again from the log: same range, tenant and filter, and
@@ -630,7 +626,7 @@ class S3Pipeline:
 
         async def attempt() -> bool | Failure:
             try:
-                await put_file(self._client, self.bucket, key, spooled, manifest.encoding,
+                await put_file(self.client, self.bucket, key, spooled, manifest.encoding,
                                self._multipart_threshold, self._timeout)
                 crash_point("s3_after_upload")
                 return True
@@ -672,52 +668,54 @@ async def _encode(encoder: Encoder, finish: bool = False) -> None:
         work()
 
 
-async def put_file(client: Any, bucket: str, key: str, path: Path, encoding: Encoding,
+async def put_file(client: S3Client, bucket: str, key: str, path: Path, encoding: Encoding,
                    multipart_threshold: int, abort_within: float) -> None:
     """Upload a spool file as the object `key`, with the encoding's Content-Type and
     Content-Encoding: one PUT streamed from the file up to `multipart_threshold`, a
-    multipart upload above it."""
+    multipart upload above it (parts read from the file when their turn comes)."""
     metadata = {"ContentType": encoding.content_type}
     if encoding.content_encoding is not None:
         metadata["ContentEncoding"] = encoding.content_encoding
     size = (await anyio.Path(path).stat()).st_size
     if size <= multipart_threshold:
-        # A plain file: botocore reads it to sign and send, in chunks, never whole.
-        with open(path, "rb") as body:  # noqa: ASYNC230
-            await client.put_object(Bucket=bucket, Key=key, Body=body, **metadata)
+        def put(s3: Any) -> None:
+            # A plain file: botocore reads it to sign and send, in chunks, never whole.
+            with open(path, "rb") as body:
+                s3.put_object(Bucket=bucket, Key=key, Body=body, **metadata)
+
+        await client.run(put)
         return
-    upload = await client.create_multipart_upload(Bucket=bucket, Key=key, **metadata)
+    upload = await client.call("create_multipart_upload", Bucket=bucket, Key=key, **metadata)
     upload_id = upload["UploadId"]
     parts: dict[int, str] = {}
     slots = anyio.Semaphore(PART_CONCURRENCY)
 
-    async def send(number: int, chunk: bytes) -> None:
-        try:
-            part = await client.upload_part(
-                Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=chunk)
-            parts[number] = part["ETag"]
+    async def send(number: int) -> None:
+        def part(s3: Any) -> str:
+            with open(path, "rb") as fh:
+                fh.seek((number - 1) * PART_SIZE)
+                chunk = fh.read(PART_SIZE)  # at most PART_CONCURRENCY parts in memory
+            answer = s3.upload_part(Bucket=bucket, Key=key, UploadId=upload_id,
+                                    PartNumber=number, Body=chunk)
+            return str(answer["ETag"])
+
+        async with slots:
+            parts[number] = await client.run(part)
             crash_point("s3_multipart_part")
-        finally:
-            slots.release()
 
     try:
-        async with await anyio.open_file(path, "rb") as fh, anyio.create_task_group() as tg:
-            for number in range(1, size // PART_SIZE + 2):
-                await slots.acquire()  # read a part only when it can be sent
-                chunk = await fh.read(PART_SIZE)
-                if not chunk:
-                    slots.release()
-                    break
-                tg.start_soon(send, number, chunk)
-        await client.complete_multipart_upload(
-            Bucket=bucket, Key=key, UploadId=upload_id,
-            MultipartUpload={"Parts": [{"ETag": parts[n], "PartNumber": n}
-                                       for n in sorted(parts)]})
+        async with anyio.create_task_group() as tg:
+            for number in range(1, -(-size // PART_SIZE) + 1):
+                tg.start_soon(send, number)
+        await client.call("complete_multipart_upload", Bucket=bucket, Key=key,
+                          UploadId=upload_id, MultipartUpload={"Parts": [
+                              {"ETag": parts[n], "PartNumber": n} for n in sorted(parts)]})
     except BaseException:
         # Shielded so a stop cannot skip it, bounded so it cannot hold a stop up.
         with anyio.CancelScope(shield=True), anyio.move_on_after(abort_within), \
                 contextlib.suppress(Exception):
-            await client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
+            await client.call("abort_multipart_upload", Bucket=bucket, Key=key,
+                              UploadId=upload_id)
         raise
 
 
@@ -750,9 +748,12 @@ async def upload_single(target: S3Target, config: S3Config, event: StoredEvent,
             target.key_prefix, event.tenant, time.time(), event.seq, event.seq),
             encoding.suffix)
         with anyio.fail_after(config.timeout * 2):
-            async with s3_client(target, config.endpoint_url, config.timeout) as client:
+            client = await s3_client(target, config.endpoint_url, config.timeout)
+            try:
                 await put_file(client, target.bucket, key, path, encoding,
                                config.multipart_threshold, config.timeout)
+            finally:
+                client.close()
     finally:
         encoder.close()
         with contextlib.suppress(OSError):
