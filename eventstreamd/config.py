@@ -212,6 +212,7 @@ class S3Config:
     endpoint_url: str = ""
     rotate_interval: float = _duration("5m")
     rotate_size: int = _size("50MiB")
+    multipart_threshold: int = _size("64MiB")  # larger files go up as multipart uploads
     timeout: float = _duration("30s")
     retry_initial: float = _duration("1s")
     retry_max: float = _duration("60s")

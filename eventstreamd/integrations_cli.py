@@ -115,6 +115,8 @@ def show_integration(integration: dict[str, Any]) -> None:
     items += [("api_key", webhook.get("api_key")), ("region", s3.get("aws_region")),
               ("access_key_id", s3.get("aws_access_key_id")),
               ("secret_access_key", s3.get("aws_secret_access_key")),
+              ("compression", s3.get("compression")), ("format", s3.get("format")),
+              ("key_template", s3.get("key_template")),
               ("starts_at", integration.get("starts_at")),
               ("ends_at", integration.get("ends_at")), ("filter", filter_of(integration))]
     pairs(items)
@@ -148,6 +150,15 @@ def _body_flags(parser: argparse.ArgumentParser, creating: bool) -> None:
                     help="default: $AWS_ACCESS_KEY_ID")
     s3.add_argument("--aws-secret-access-key", metavar="SECRET",
                     help="default: $AWS_SECRET_ACCESS_KEY")
+    s3.add_argument("--s3-compression", choices=("none", "gzip", "zstd"),
+                    help="compression (default: none); NDJSON keys gain .gz / .zst")
+    s3.add_argument("--s3-format", choices=("ndjson", "parquet"),
+                    help="file format (default: ndjson); parquet needs eventstreamd[parquet] "
+                         "on the daemon's host")
+    s3.add_argument("--s3-key-template", metavar="TEMPLATE",
+                    help="key_template, e.g. '{key_prefix}/date={date}/{tenant}-{first_seq}' "
+                         "(placeholders {key_prefix} {tenant} {timestamp} {random} {date} "
+                         "{hour} {first_seq} {last_seq}; needs {random} or {first_seq})")
     what = parser.add_argument_group("which events")
     what.add_argument("--events", metavar="NAMES",
                       help="event_filter: comma-separated names, e.g. order.created")
@@ -213,6 +224,8 @@ examples:
   eventstreamd integrations create orders --webhook https://erp.example.com/events \\
       --entities order
   eventstreamd integrations create archive --s3-bucket my-archive --s3-region eu-west-1
+  eventstreamd integrations create lake --s3-bucket my-lake --s3-format parquet \
+      --s3-compression zstd --s3-key-template '{key_prefix}/date={date}/{tenant}-{first_seq}'
   eventstreamd integrations list --json
   eventstreamd integrations rejected list orders
 
@@ -283,11 +296,13 @@ def build_body(args: argparse.Namespace, creating: bool) -> dict[str, Any]:
         body["callback_parameters"] = hook
         body.pop("s3_parameters", None)
     s3_flags = (args.s3_bucket, args.s3_region, args.s3_prefix, args.aws_access_key_id,
-                args.aws_secret_access_key)
+                args.aws_secret_access_key, args.s3_compression, args.s3_format,
+                args.s3_key_template)
     if any(s3_flags):
         s3 = _group(body, "s3_parameters", source)
         for key, value in zip(("bucket", "aws_region", "key_prefix", "aws_access_key_id",
-                               "aws_secret_access_key"), s3_flags, strict=True):
+                               "aws_secret_access_key", "compression", "format",
+                               "key_template"), s3_flags, strict=True):
             if value:
                 s3[key] = value
         s3.setdefault("aws_region", "us-east-1")

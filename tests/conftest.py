@@ -11,6 +11,7 @@ from eventstreamd.config import Backend, Config, JetStreamConfig, StorageConfig
 from tests.helpers.backends import jetstream_settings, new_prefix
 from tests.helpers.daemon import DaemonProcess
 from tests.helpers.nats_server import NatsServer
+from tests.helpers.s3 import MotoServer
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -86,3 +87,21 @@ def daemon_factory(tmp_path: Path, backend_settings: dict[str, Any],
 @pytest.fixture
 def daemon(daemon_factory: Callable[..., DaemonProcess]) -> DaemonProcess:
     return daemon_factory()
+
+
+# S3 tests: one moto_server per test module, a fresh bucket per test.
+@pytest.fixture(scope="module")
+def moto() -> Iterator[MotoServer]:
+    server = MotoServer().start()
+    yield server
+    server.stop()
+
+
+_bucket_counter = iter(range(1_000_000))
+
+
+@pytest.fixture
+async def bucket(moto: MotoServer) -> str:
+    name = f"bucket-{next(_bucket_counter)}"
+    await moto.create_bucket(name)
+    return name

@@ -36,7 +36,7 @@ from .lmdb import (
     webhook_8,
     webhook_fanout,
 )
-from .s3 import s3_upload
+from .s3 import s3_gzip, s3_parquet, s3_upload, s3_zstd
 
 SCENARIOS: dict[str, Callable[[Ctx], list[Row]]] = {
     "ingest-ndjson": ingest_ndjson,
@@ -47,6 +47,9 @@ SCENARIOS: dict[str, Callable[[Ctx], list[Row]]] = {
     "latency-1000eps": latency,
     "capacity": capacity,
     "s3-upload": s3_upload,
+    "s3-gzip": s3_gzip,
+    "s3-zstd": s3_zstd,
+    "s3-parquet": s3_parquet,
     "backlog-rss": backlog_rss,
     "restart": restart,
     "jetstream-ingest-ndjson": js_ingest_ndjson,

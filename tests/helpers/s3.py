@@ -90,3 +90,8 @@ def s3_params(bucket: str, prefix: str | None = None) -> dict[str, Any]:
     if prefix:
         params["key_prefix"] = prefix
     return params
+
+
+def settings(moto: MotoServer, **s3: Any) -> dict[str, Any]:
+    return {"s3": {"endpoint_url": moto.url, **s3},
+            "webhook": {"retry_initial": "100ms", "retry_max": "500ms", "timeout": "5s"}}
