@@ -187,8 +187,11 @@ class Pipeline(Protocol):
         than all only when stopping prevented the rest). Called per batch, not per event:
         per-event work belongs in the pipeline's own tight loop."""
 
-    async def tick(self, ctx: SinkContext) -> None:
-        """Called between batches and while idle (time-based work such as file rotation)."""
+    async def tick(self, ctx: SinkContext) -> float | None:
+        """Called between batches, and when the time it last returned has come: time-based
+        work such as file rotation. Returns when (by `ctx.clock()`) it next needs a tick
+        even if no event arrives, or None when only new events can give it work: an idle
+        sink then sleeps until an event its filter matches is appended."""
 
     def blocked(self) -> bool:
         """True while the pipeline cannot take another event (the loop waits for progress)."""
