@@ -146,7 +146,9 @@ class SinkContext(Protocol):
 
     async def wait_room(self) -> bool:
         """Wait while the pipeline is blocked (asking for a durable cursor meanwhile);
-        False when the sink is stopping."""
+        False when the sink is stopping, or when it stayed blocked so long that the loop
+        takes back the rest of the batch (`accept` then returns how many it took, and
+        the rest comes again later)."""
         ...
 
     async def sleep_unless_stopping(self, delay: float) -> bool:
@@ -184,8 +186,9 @@ class Pipeline(Protocol):
 
     async def accept(self, events: list[StoredEvent], ctx: SinkContext) -> int:
         """Take a batch of matching events, in sequence order; how many were taken (fewer
-        than all only when stopping prevented the rest). Called per batch, not per event:
-        per-event work belongs in the pipeline's own tight loop."""
+        than all only when `ctx.wait_room()` said no: stopping, or the loop taking the
+        rest back). Called per batch, not per event: per-event work belongs in the
+        pipeline's own tight loop."""
 
     async def tick(self, ctx: SinkContext) -> float | None:
         """Called between batches, and when the time it last returned has come: time-based

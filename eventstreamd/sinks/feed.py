@@ -36,8 +36,8 @@ Decisions:
   retention removed every event from there on (the feed records a *gap* batch
   without events up to the oldest event left, so readers report how many were
   pruned) or that a replica has not caught up with the head yet (wait a
-  little and read again). A reader jumping over batches it was not woken for
-  does not report the pruned events among them (their names were unknown).
+  little and read again). A gap wakes every parked reader, so each reports
+  the pruned events as it did when it read on its own.
 - A failed read at the head (the store unreachable longer than it waits) is
   handed to every parked reader, which raises it in its own task: its sink
   crashes and is restarted with backoff, as when it read on its own.
@@ -321,24 +321,31 @@ class LogFeed:
             self._wanted = anyio.Event()
 
     def _wake_for(self, batch: Batch) -> None:
-        woken: set[_Parked] = set(self._every)
-        for index, keys in ((self._by_name, batch.names), (self._by_entity, batch.entities)):
-            for key in keys:
-                waiting = index.get(key)
-                if waiting:
-                    woken |= waiting
+        if not batch.events:  # a gap: every reader reports the pruned events
+            woken = self._everyone()
+        else:
+            woken = set(self._every)
+            for index, keys in ((self._by_name, batch.names),
+                                (self._by_entity, batch.entities)):
+                for key in keys:
+                    waiting = index.get(key)
+                    if waiting:
+                        woken |= waiting
         for parked in woken:
             parked.matched_at = batch.start
             self._unpark(parked)
             parked.wake.set()
         self.stats.wakeups += len(woken)
 
-    def _fail_parked(self, error: BaseException) -> None:
+    def _everyone(self) -> set[_Parked]:
         everyone = set(self._every)
         for index in (self._by_name, self._by_entity):
             for waiting in index.values():
                 everyone |= waiting
-        for parked in everyone:
+        return everyone
+
+    def _fail_parked(self, error: BaseException) -> None:
+        for parked in self._everyone():
             parked.error = error
             self._unpark(parked)
             parked.wake.set()
@@ -367,6 +374,9 @@ class LogFeed:
             self.stats.reads += 1
             if batch is not None:
                 self._append(batch)
+            # An LMDB read need not suspend: let the woken sinks (and everything else)
+            # run between two batches while the feed catches up with the head.
+            await anyio.lowlevel.checkpoint()
 
     async def read_at(self, position: int, limit: int, max_bytes: int) -> Batch | None:
         """A batch read from the store at `position`; None when there is nothing to read

@@ -42,6 +42,12 @@ Decisions:
   the integration's lease (several daemons on one JetStream) after another
   claimed it. A refused write stops the sink; so does a lease past its
   holder's own deadline, before the next delivery attempt (`may_deliver`).
+- A pipeline that stays full for `HOLD_LIMIT` while a step is handed on (a
+  receiver that does not answer) gives the rest of the step back (`wait_room`
+  says no, `accept` returns what it took): the loop lets go of those events
+  and of their read budget, and reads them again once there is room. So a
+  stuck integration holds no more than its pipeline's window, and never the
+  budget other integrations catching up need.
 - Stop: nothing new is handed on; the pipeline finishes what it can within
   the grace period (requests in flight, an open file's upload), the cursor is
   flushed, and whatever did not finish stays after the cursor for next time.
@@ -75,6 +81,7 @@ log = logging.getLogger("eventstreamd.sink")
 BLOCKED_POLL = 0.2  # seconds; how often a blocked pipeline's tick runs while it waits
 CURSOR_RETRY = 1.0  # seconds between cursor writes while the store is full
 SKIP_SAVE_INTERVAL = 30.0  # seconds; how long progress that only skipped may stay unsaved
+HOLD_LIMIT = 1.0  # seconds a full pipeline may keep the rest of a step waiting (wait_room)
 REJECTED_NAMESPACE = uuid.UUID("5b0c6a86-1f0e-4b8e-9d43-8a3c8f1f2a10")
 
 
@@ -127,6 +134,8 @@ class SinkLoop:
         self._cursor_interval = cursor_interval
         self._urgent = anyio.Event()
         self._nudge = anyio.Event()  # the flusher's: progress, urgency or the feed moving
+        self._handing_on = False
+        self._flushing = anyio.Lock()
         self.rounds = 0  # dispatch rounds run (an idle sink runs none)
 
     @property
@@ -308,14 +317,15 @@ class SinkLoop:
             if step.reservation is not None:  # a crash while handing on
                 step.reservation.release()
         if stopped_at is not None:
-            return "stopped"
+            # Cut short: stopping, or a pipeline that stayed full (read again later).
+            return "stopped" if self._stopping.is_set() else None
         self.progressed()
         return "completed" if step.completed else None
 
     async def _hand_on(self, step: Step) -> int | None:
         """Hand the step's events to the pipeline, per batch (one call, not one per
-        event); None when all were taken, else the seq of the first not taken (stopping
-        cut it short)."""
+        event); None when all were taken, else the seq of the first not taken (stopping,
+        or a pipeline full for longer than `HOLD_LIMIT`, cut it short)."""
         matching = step.events
         if any(e.problem is not None for e in matching):
             rest = await self._set_aside_problems(matching)
@@ -323,7 +333,11 @@ class SinkLoop:
                 return matching[0].seq  # conservative: set-asides are idempotent
             matching = rest
         self._handed_end = step.end
-        taken = await self.pipeline.accept(matching, self) if matching else 0
+        self._handing_on = True
+        try:
+            taken = await self.pipeline.accept(matching, self) if matching else 0
+        finally:
+            self._handing_on = False
         if taken < len(matching):
             return matching[taken].seq
         return None
@@ -347,8 +361,14 @@ class SinkLoop:
 
     async def wait_room(self) -> bool:
         """For a pipeline whose window is full: ask for the cursor if that is what it
-        waits for, and wait for progress. False when stopping."""
+        waits for, and wait for progress. False when stopping, or when the window stayed
+        full for `HOLD_LIMIT` seconds while a step was being handed on: the loop then lets
+        go of the rest of the step (read again once there is room) instead of holding
+        events, and read budget, for a receiver that does not answer."""
+        give_up = time.monotonic() + HOLD_LIMIT if self._handing_on else None
         while self.pipeline.blocked() and not self._stopping.is_set():
+            if give_up is not None and time.monotonic() >= give_up:
+                return False
             await self._wait_room_once()
         return not self._stopping.is_set()
 
@@ -414,12 +434,15 @@ class SinkLoop:
                 await anyio.sleep(CURSOR_RETRY)
 
     async def _flush(self) -> None:
-        assert self.reader is not None
-        cursor = self.pipeline.safe_cursor(self.reader.live_position)
-        if cursor <= self.durable_cursor:
-            return
-        if not await self._held(await self.store.set_cursor(self.fence, cursor)):
-            return
-        self.durable_cursor = max(self.durable_cursor, cursor)
-        self.pipeline.committed(cursor)
+        # One write at a time: the flusher's and the final one at stop would otherwise
+        # both write the same cursor.
+        async with self._flushing:
+            assert self.reader is not None
+            cursor = self.pipeline.safe_cursor(self.reader.live_position)
+            if cursor <= self.durable_cursor:
+                return
+            if not await self._held(await self.store.set_cursor(self.fence, cursor)):
+                return
+            self.durable_cursor = max(self.durable_cursor, cursor)
+            self.pipeline.committed(cursor)
         self.progressed()
