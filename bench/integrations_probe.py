@@ -2,6 +2,7 @@
 
     .venv/bin/python -m bench.integrations_probe [--tree DIR] [--only idle,matching,rss]
                                                  [--integrations 1000] [--idle-seconds 30]
+                                                 [--backend lmdb|jetstream]
 
 Not a scenario of the suite (no baseline, no target): three figures measured from
 outside, on the real daemon, as the cost model in docs/scaling.md quotes them.
@@ -30,12 +31,24 @@ import json
 import os
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from .common import API_BASE, Children, EventFactory, published_at_now, ticks
+from tests.helpers.nats_server import NatsServer
+
+from .common import (
+    API_BASE,
+    TOKEN,
+    Children,
+    EventFactory,
+    cpu_seconds,
+    http,
+    published_at_now,
+    ticks,
+)
 from .daemon import BenchDaemon
 from .suite import ReceiverProc
 
@@ -52,17 +65,30 @@ def _create(daemon: BenchDaemon, count: int, url: str, matching: int,
                                 "callback_parameters": {"callback_url": f"{url}/{k}"}}
         if k >= matching:
             body["filter_conditions"] = NO_MATCH
-        daemon.api("POST", API_BASE, body)
+        for _ in ticks(120, 0.05):  # JetStream answers 503 to concurrent creates it refuses
+            status, payload = http("POST", f"{daemon.url}{API_BASE}", body, token=TOKEN)
+            if status == 201 or status == 200:
+                return
+            if status != 503:
+                raise RuntimeError(f"creating {body['id']} answered {status}: {payload}")
+        raise RuntimeError(f"creating {body['id']}: still refused")
 
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         list(pool.map(one, range(count)))
 
 
+NATS: list[str] = []  # the nats-server's URL when --backend jetstream
+SERVER: list[NatsServer] = []
+
+
 def _daemon(children: Children, root: Path, name: str, tree: str | None,
             integrations: int) -> BenchDaemon:
     env = {"PYTHONPATH": tree} if tree else None
-    settings = {"limits": {"max_integrations": integrations + 10},
-                "server": {"max_body": "8MiB"}}
+    settings: dict[str, Any] = {"limits": {"max_integrations": integrations + 10},
+                                "server": {"max_body": "8MiB"}}
+    if NATS:
+        settings |= {"storage": {"backend": "jetstream"},
+                     "jetstream": {"servers": NATS, "prefix": f"p{uuid.uuid4().hex[:10]}"}}
     return BenchDaemon(children, root / name, settings, env=env).start()  # type: ignore[return-value]
 
 
@@ -73,11 +99,16 @@ def idle(children: Children, root: Path, tree: str | None, n: int,
     try:
         _create(daemon, n, receiver.url, matching=0)
         time.sleep(10)  # settle: every sink started
+        nats = SERVER[0].proc.pid if SERVER and SERVER[0].proc else None
         before, t0 = daemon.cpu(), time.monotonic()
+        nats_before = cpu_seconds(nats) if nats else 0.0
         time.sleep(seconds)
         cpu, wall = daemon.cpu() - before, time.monotonic() - t0
-        return {"integrations": n, "seconds": round(wall, 1), "cpu_s": round(cpu, 2),
-                "core_pct": round(100 * cpu / wall, 2)}
+        out = {"integrations": n, "seconds": round(wall, 1), "cpu_s": round(cpu, 2),
+               "core_pct": round(100 * cpu / wall, 2)}
+        if nats:
+            out["nats_server_core_pct"] = round(100 * (cpu_seconds(nats) - nats_before) / wall, 2)
+        return out
     finally:
         daemon.stop()
         receiver.stop()
@@ -147,6 +178,7 @@ def main() -> None:
     parser.add_argument("--only", default="idle,matching,rss")
     parser.add_argument("--integrations", type=int, default=1000)
     parser.add_argument("--idle-seconds", type=float, default=30.0)
+    parser.add_argument("--backend", choices=("lmdb", "jetstream"), default="lmdb")
     parser.add_argument("--per-request", type=int, default=64,
                         help="16 KiB events per publish request in `rss` (1 MiB)")
     args = parser.parse_args()
@@ -156,6 +188,10 @@ def main() -> None:
     try:
         with tempfile.TemporaryDirectory(prefix="es-probe-") as tmp:
             root = Path(tmp)
+            if args.backend == "jetstream":
+                SERVER.append(NatsServer(root / "nats").start())
+                NATS.append(SERVER[0].url)
+                results["backend"] = "jetstream"
             for name in args.only.split(","):
                 if name == "idle":
                     results[name] = idle(children, root, args.tree, args.integrations,
@@ -168,6 +204,8 @@ def main() -> None:
                 print(json.dumps({name: results[name]}), flush=True)
     finally:
         children.end_all()
+        for server in SERVER:
+            server.stop()
     results["load_after"] = os.getloadavg()
     print(json.dumps(results, indent=1))
 
