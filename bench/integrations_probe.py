@@ -66,7 +66,8 @@ def _create(daemon: BenchDaemon, count: int, url: str, matching: int,
         if k >= matching:
             body["filter_conditions"] = NO_MATCH
         for _ in ticks(120, 0.05):  # JetStream answers 503 to concurrent creates it refuses
-            status, payload = http("POST", f"{daemon.url}{API_BASE}", body, token=TOKEN)
+            status, payload = http("POST", f"{daemon.url}{API_BASE}", body, token=TOKEN,
+                                   timeout=120)
             if status == 201 or status == 200:
                 return
             if status != 503:
@@ -97,15 +98,18 @@ def idle(children: Children, root: Path, tree: str | None, n: int,
     receiver = ReceiverProc(children)
     daemon = _daemon(children, root, "idle", tree, n)
     try:
+        empty_rss = daemon.memory().get("VmRSS", 0.0)
         _create(daemon, n, receiver.url, matching=0)
         time.sleep(10)  # settle: every sink started
+        full_rss = daemon.memory().get("VmRSS", 0.0)
         nats = SERVER[0].proc.pid if SERVER and SERVER[0].proc else None
         before, t0 = daemon.cpu(), time.monotonic()
         nats_before = cpu_seconds(nats) if nats else 0.0
         time.sleep(seconds)
         cpu, wall = daemon.cpu() - before, time.monotonic() - t0
         out = {"integrations": n, "seconds": round(wall, 1), "cpu_s": round(cpu, 2),
-               "core_pct": round(100 * cpu / wall, 2)}
+               "core_pct": round(100 * cpu / wall, 2), "rss_empty_mib": round(empty_rss, 1),
+               "rss_mib": round(full_rss, 1)}
         if nats:
             out["nats_server_core_pct"] = round(100 * (cpu_seconds(nats) - nats_before) / wall, 2)
         return out
