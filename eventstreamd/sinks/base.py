@@ -194,7 +194,9 @@ class Pipeline(Protocol):
         """Called between batches, and when the time it last returned has come: time-based
         work such as file rotation. Returns when (by `ctx.clock()`) it next needs a tick
         even if no event arrives, or None when only new events can give it work: an idle
-        sink then sleeps until an event its filter matches is appended."""
+        sink then sleeps until an event its filter matches is appended. While `blocked()`
+        the loop waits for progress (`ctx.progressed()`) or that time, so a pipeline that
+        unblocks by time alone must return when."""
 
     def blocked(self) -> bool:
         """True while the pipeline cannot take another event (the loop waits for progress)."""

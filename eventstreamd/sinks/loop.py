@@ -78,7 +78,7 @@ from .filters import EventFilter
 
 log = logging.getLogger("eventstreamd.sink")
 
-BLOCKED_POLL = 0.2  # seconds; how often a blocked pipeline's tick runs while it waits
+BLOCKED_POLL = 0.2  # seconds; how often `wait_room` looks again while a step is held
 CURSOR_RETRY = 1.0  # seconds between cursor writes while the store is full
 SKIP_SAVE_INTERVAL = 30.0  # seconds; how long progress that only skipped may stay unsaved
 HOLD_LIMIT = 1.0  # seconds a full pipeline may keep the rest of a step waiting (wait_room)
@@ -282,7 +282,9 @@ class SinkLoop:
             self.rounds += 1
             tick_at = await pipeline.tick(self)
             if pipeline.blocked():
-                await self._wait_room_once()  # then tick again (S3 rotates on time)
+                # Until progress (an answer, an upload, a durable cursor) or the tick the
+                # pipeline asked for: a blocked sink does not poll either.
+                await self._wait_room_once(self._delay_until(tick_at))
                 continue
             if self._stopping.is_set():
                 break
@@ -369,14 +371,18 @@ class SinkLoop:
         while self.pipeline.blocked() and not self._stopping.is_set():
             if give_up is not None and time.monotonic() >= give_up:
                 return False
-            await self._wait_room_once()
+            await self._wait_room_once(BLOCKED_POLL)
         return not self._stopping.is_set()
 
-    async def _wait_room_once(self) -> None:
+    async def _wait_room_once(self, within: float | None) -> None:
         if self.pipeline.waits_for_cursor():
             self._flush_soon()
-        with anyio.move_on_after(BLOCKED_POLL):
+        with anyio.move_on_after(within):
             await self.wait_progress()
+
+    def _delay_until(self, at: float | None) -> float | None:
+        """Seconds until `at` by the sink's clock (None: no time set)."""
+        return None if at is None else max(0.0, at - self._clock())
 
     async def _report_pruned(self, count: int) -> None:
         await self.add_log("events_pruned",
