@@ -200,10 +200,12 @@ class _Parked:
     """A reader waiting at the head for a batch its filter can match."""
 
     reader: LogReader
-    position: int  # where it waits; every batch appended since ends at or before...
-    every_batch: bool
+    position: int  # where it waits (the tail's end, or beyond it)
+    every_batch: bool  # woken by every batch, not only by those its filter may match
     wake: anyio.Event = field(default_factory=anyio.Event)
-    matched_at: int | None = None  # start of the first batch appended that may match
+    # Where it resumes once woken: the start of the first batch appended that may match
+    # (or the tail's end when a read failed); None while it waits.
+    resume_at: int | None = None
     error: BaseException | None = None
     parked: bool = True
 
@@ -332,7 +334,7 @@ class LogFeed:
                     if waiting:
                         woken |= waiting
         for parked in woken:
-            parked.matched_at = batch.start
+            parked.resume_at = batch.start
             self._unpark(parked)
             parked.wake.set()
         self.stats.wakeups += len(woken)
@@ -347,6 +349,7 @@ class LogFeed:
     def _fail_parked(self, error: BaseException) -> None:
         for parked in self._everyone():
             parked.error = error
+            parked.resume_at = self.tail_end  # what it passed so far, whatever comes later
             self._unpark(parked)
             parked.wake.set()
 
@@ -434,7 +437,7 @@ class LogReader:
         return self._resolved(parked)
 
     def _resolved(self, parked: _Parked) -> int:
-        moved_to = parked.matched_at if parked.matched_at is not None else self.feed.tail_end
+        moved_to = parked.resume_at if parked.resume_at is not None else self.feed.tail_end
         return max(parked.position, moved_to)
 
     def interrupt(self) -> None:
