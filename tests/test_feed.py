@@ -291,6 +291,12 @@ async def test_a_range_ends_at_a_seq_or_an_ingest_time(tmp_path: Path) -> None:
             by_seq.finish(step)
         assert [e.seq for s in steps for e in s.events] == [3, 4, 5, 6, 7]
         assert by_seq.position == 8
+        behind = LogReader(feed, 1, EVERYTHING, end_seq=3)  # behind the tail, at 3
+        step = await behind.next()
+        assert step is not None and step.completed and [e.seq for e in step.events] == [1, 2]
+        assert feed.stats.private_reads == 1
+        behind.finish(step)
+        assert feed.budget.available == feed.budget.total
         [tenth] = await store.read_events(10, 1)
         await anyio.sleep(0.01)
         await publish(store, 3, start=10)  # ingested after the range's end

@@ -495,7 +495,10 @@ class LogReader:
                     return None
                 reservation = await feed.budget.reserve(feed.read_bytes)
                 try:
-                    batch = await feed.read_at(position, feed.read_batch, reservation.amount)
+                    limit = feed.read_batch
+                    if self.end_seq is not None:  # nothing beyond the range
+                        limit = min(limit, self.end_seq - position)
+                    batch = await feed.read_at(position, limit, reservation.amount)
                     feed.stats.private_reads += 1
                 except BaseException:
                     reservation.release()
