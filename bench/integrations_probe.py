@@ -157,6 +157,7 @@ def rss(children: Children, root: Path, tree: str | None, n: int,
         idle_mem = daemon.memory()
         peak_anon = idle_mem.get("RssAnon", 0.0)
         t0 = time.monotonic()
+        count -= count % per_request  # whole requests only
         for _ in range(count // per_request):
             daemon.publish_ndjson(line * per_request)
             peak_anon = max(peak_anon, daemon.memory().get("RssAnon", 0.0))
