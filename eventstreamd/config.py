@@ -205,6 +205,10 @@ class WebhookConfig:
 class DeliveryConfig:
     cursor_every: int = 1000
     cursor_interval: float = _duration("200ms")
+    # The newest events kept in memory for every sink to share (sinks/feed.py), and the
+    # bytes that reads of sinks behind them may hold at once, whatever their number.
+    tail_cache: int = _size("32MiB")
+    read_budget: int = _size("64MiB")
 
 
 @dataclass(frozen=True)
@@ -345,6 +349,8 @@ def _check(config: Config) -> None:
                           "server.max_body")
     if config.delivery.cursor_every < 1:
         raise ConfigError("bad value for 'delivery.cursor_every': must be at least 1")
+    if config.delivery.read_budget < 64 * 1024:
+        raise ConfigError("bad value for 'delivery.read_budget': must be at least 64KiB")
     if config.webhook.max_in_flight < 1:
         raise ConfigError("bad value for 'webhook.max_in_flight': must be at least 1")
     for section in ("webhook", "s3"):

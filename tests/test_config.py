@@ -105,6 +105,7 @@ BAD_CONFIGS = [
     ("base_path", '[server]\nbase_path = "api/"\n', "'server.base_path'"),
     ("in_flight_zero", "[webhook]\nmax_in_flight = 0\n", "'webhook.max_in_flight'"),
     ("connections_zero", "[server]\nmax_connections = 0\n", "'server.max_connections'"),
+    ("read_budget_small", '[delivery]\nread_budget = "4KiB"\n', "'delivery.read_budget'"),
     ("header_timeout_zero", '[server]\nheader_timeout = "0s"\n', "'server.header_timeout'"),
     ("control_idle_zero", "[control]\nidle_timeout = 0\n", "'control.idle_timeout'"),
     ("log_level", '[log]\nlevel = "loud"\n', "'log.level'"),

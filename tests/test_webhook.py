@@ -300,7 +300,8 @@ async def test_the_cursor_is_saved_by_its_bounds_not_per_delivery(
         [status] = (await client.call("status"))["result"]["integrations"]
     finally:
         await client.close()
-    assert status["cursor"] == 1 and status["lag_events"] == 50, status
+    # Not saved, yet nothing waits: lag counts from where the sink stands, not its cursor.
+    assert status["cursor"] == 1 and status["lag_events"] == 0, status
 
 
 async def test_sigkill_mid_delivery_redelivers_at_most_the_cursor_bound(

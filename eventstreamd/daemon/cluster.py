@@ -4,7 +4,7 @@ Decisions:
 - Each daemon announces its own part once a second (with the ownership
   balancer's announcement, `ownership.py`): its pid and version and, per
   integration it delivers, the live figures only it has (delivered count and
-  rate, its saved cursor, lag, requests in flight). Rates are taken here from
+  rate, its saved cursor and live position, requests in flight). Rates are taken here from
   successive announcements, so they exist whether or not a client watches.
 - The status snapshot of *any* daemon (control socket, TUI) then shows the
   whole cluster: a `cluster` section (every daemon seen, whether it is live,
@@ -41,6 +41,8 @@ class OwnedFigures(msgspec.Struct, frozen=True, omit_defaults=True):
     delivered: int | None = None
     delivered_rate: float = 0.0
     cursor: int | None = None
+    # Where its sink stands now (everything before is delivered or filtered out).
+    position: int | None = None
     in_flight: int | None = None
 
 
@@ -145,6 +147,7 @@ class LocalReport:
                 delivered=count if sink else None,
                 delivered_rate=per_second(delta, elapsed),
                 cursor=sink.cursor if sink else None,
+                position=sink.position if sink else None,
                 in_flight=sink.pipeline.in_flight if sink else None,
             )
         self._last = (now, delivered)

@@ -58,6 +58,8 @@ class SinkStatus:
     restart_in: float | None
     cursor: int | None  # the last cursor the sink saved
     pipeline: PipelineStatus
+    # Where it stands now (everything before is delivered or filtered out), saved or not.
+    position: int | None = None
 
 
 class SinkStatusSource(Protocol):

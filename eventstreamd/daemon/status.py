@@ -16,11 +16,13 @@ Decisions:
 - A sink's counters live as long as its sink is wanted (a crash and restart
   keeps them); a stopped integration has no live counters: those fields are
   null, the stored ones (cursor, lag, rejected count) are not.
-- Lag is "roughly" by design: `head - cursor + 1` counts every event after the
-  cursor, including ones the integration's filter will skip (the cursor moves
-  over those as soon as they are read, so they only count while unread). The
-  age is that of the first event at or after the cursor, from its
-  `ingested_at`.
+- Lag is "roughly" by design: `head - position + 1` counts every event after
+  the sink's live position (where it stands now: everything before it is
+  delivered or filtered out, `SinkStatus.position`), including ones the
+  filter will skip once read. The live position, not the saved cursor, because
+  progress over skipped events is saved only lazily; for a stopped sink (or
+  one another daemon delivers) it is the saved (announced) cursor. The age is
+  that of the first event at or after that position, from its `ingested_at`.
 - `health` is decided here, not in the TUI, so every client shows the same
   verdict and the rule is tested in one place:
   `completed` (temporary, done) > `stopped` > `failing` (its sink crashed
@@ -170,10 +172,12 @@ class StatusSampler:
             remote = figures.get(integration_id)
         cursor = ((sink.cursor if sink else None) or (remote.cursor if remote else None)
                   or await self.store.get_cursor(integration_id) or head + 1)
-        lag_events = max(0, head - cursor + 1)
+        position = max(cursor, (sink.position if sink else None)
+                       or (remote.position if remote else None) or cursor)
+        lag_events = max(0, head - position + 1)
         lag_seconds = None
         if lag_events and connected:
-            oldest = await self.store.read_events(cursor, 1, 1)
+            oldest = await self.store.read_events(position, 1, 1)
             if oldest:
                 lag_seconds = round(max(0.0, now - oldest[0].ingested_at / 1000), 1)
         stats = sink.stats if sink else None

@@ -22,6 +22,11 @@ Decisions:
   gone.
 - `sinks_started` is set once the integrations found at start have been
   reconciled (their sinks launched): half of what `/readyz` waits for.
+- The supervisor owns the daemon's one `LogFeed` (sinks/feed.py): it runs
+  the feed's reader in its task group and hands the feed to every sink loop,
+  so events near the head are read once however many sinks there are.
+  `sink_status` carries each sink's live position (`live_cursor`), which
+  status measures lag by while skipped-over progress is saved only lazily.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from anyio.abc import TaskGroup, TaskStatus
 from ..logs import kv
 from ..model import Integration, LogEntry
 from ..sinks.base import LeaseHold, PipelineStatus, SinkEnv, SinkStats
+from ..sinks.feed import LogFeed
 from ..sinks.loop import SinkLoop
 from ..sinks.registry import sink_type
 from ..storage.base import Store
@@ -86,6 +92,9 @@ class Supervisor:
         self.on_completed = on_completed
         self.clock = clock
         self.handles: dict[str, SinkHandle] = {}
+        delivery = self.config.delivery
+        self.feed = LogFeed(store, tail_bytes=delivery.tail_cache,
+                            read_budget=delivery.read_budget)
         self._tg: TaskGroup | None = None
         self._shutting_down = False
         self.sinks_started = anyio.Event()
@@ -95,6 +104,7 @@ class Supervisor:
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         async with anyio.create_task_group() as tg:
             self._tg = tg
+            tg.start_soon(self.feed.run, name="supervisor:feed")
             initial = await self.store.list_integrations()
             for integration in initial:
                 self.changes.notify(integration.id)
@@ -237,7 +247,8 @@ class Supervisor:
                         pipeline=kind.build(self.env, integration),
                         stop_grace=kind.stop_grace(self.config), clock=self.clock, stats=stats,
                         cursor_every=self.config.delivery.cursor_every,
-                        cursor_interval=self.config.delivery.cursor_interval)
+                        cursor_interval=self.config.delivery.cursor_interval,
+                        feed=self.feed)
 
     # ---------------------------------------------------------------- status
 
@@ -253,6 +264,7 @@ class Supervisor:
                         if handle.restart_at is not None else None),
             cursor=(loop.durable_cursor or None) if loop is not None else None,
             pipeline=loop.pipeline.status() if loop is not None else PipelineStatus(),
+            position=(loop.live_cursor or None) if loop is not None else None,
         )
 
 

@@ -143,7 +143,9 @@ class SinkContext(Protocol):
 
     async def wait_room(self) -> bool:
         """Wait while the pipeline is blocked (asking for a durable cursor meanwhile);
-        False when the sink is stopping."""
+        False when the sink is stopping, or when it stayed blocked so long that the loop
+        takes back the rest of the batch (`accept` then returns how many it took, and
+        the rest comes again later)."""
         ...
 
     async def sleep_unless_stopping(self, delay: float) -> bool:
@@ -181,11 +183,17 @@ class Pipeline(Protocol):
 
     async def accept(self, events: list[StoredEvent], ctx: SinkContext) -> int:
         """Take a batch of matching events, in sequence order; how many were taken (fewer
-        than all only when stopping prevented the rest). Called per batch, not per event:
-        per-event work belongs in the pipeline's own tight loop."""
+        than all only when `ctx.wait_room()` said no: stopping, or the loop taking the
+        rest back). Called per batch, not per event: per-event work belongs in the
+        pipeline's own tight loop."""
 
-    async def tick(self, ctx: SinkContext) -> None:
-        """Called between batches and while idle (time-based work such as file rotation)."""
+    async def tick(self, ctx: SinkContext) -> float | None:
+        """Called between batches, and when the time it last returned has come: time-based
+        work such as file rotation. Returns when (by `ctx.clock()`) it next needs a tick
+        even if no event arrives, or None when only new events can give it work: an idle
+        sink then sleeps until an event its filter matches is appended. While `blocked()`
+        the loop waits for progress (`ctx.progressed()`) or that time, so a pipeline that
+        unblocks by time alone must return when."""
 
     def blocked(self) -> bool:
         """True while the pipeline cannot take another event (the loop waits for progress)."""

@@ -8,9 +8,14 @@ Decisions:
   concurrent requests, the S3 pipeline spools it into a file. The pipeline
   says how far the cursor may safely move (`safe_cursor`). The loop is also
   the pipeline's `SinkContext`.
-- Reads come in bounded batches (`READ_BATCH`); memory is bounded by that
-  batch plus what the pipeline holds (a window of events, or an open file on
-  disk), however large the backlog.
+- Reading is a `LogReader` on the daemon's shared `LogFeed` (feed.py): near
+  the head every sink gets the same batches from memory, read once for all,
+  and a batch its filter cannot match is skipped whole; a sink waiting at the
+  head is woken only by a batch it may match, and never by the clock unless
+  its pipeline asked for a tick (`Pipeline.tick` returns when it next needs
+  one: an S3 file's rotation). Sinks behind the feed's tail read on their own
+  under the daemon's read budget. A step's batch is dropped once handed on
+  (`_step`), so nothing read stays referenced across a suspension.
 - The cursor is written by one flusher task, by bound rather than per event:
   when `cursor_every` events' worth of progress has accumulated, when
   `cursor_interval` has passed since the last save, or at once when the
@@ -18,6 +23,14 @@ Decisions:
   While one write is in flight further progress accumulates, so cursor writes
   cost little and keep fsyncs off the delivery path; a crash re-reads at most
   what moved since the last save.
+- Progress that only skipped events (filtered out, nothing handed on since
+  the durable cursor) is saved lazily, at most every `SKIP_SAVE_INTERVAL` and
+  at stop: nothing was delivered, so a crash re-reads those events at no
+  delivery cost, and a thousand filtered-out integrations do not write a
+  thousand cursors per commit. With nothing unsaved the flusher sleeps until
+  progress (or the feed moving past a parked sink) wakes it: an idle sink
+  costs no wake-ups at all. `live_cursor` is where the sink really stands
+  (status's lag), whether or not it was saved yet.
 - Where delivery starts: the stored cursor (the integration service applied
   the restart-window rule to it when the integration was started), skipping
   past events that retention pruned (logged with the count).
@@ -29,11 +42,11 @@ Decisions:
   (`_resume_past_head`): past it, the store says where to go on
   (`Store.resume_past_head`), and the jump is a WARNING, an integration log
   entry naming the gap (`cursor_reset`) and a counted `cursor_resets`. While
-  it runs, a head that went back below the read position (the stream
-  replaced under the daemon) ends the loop with `restart_wanted`: the
-  supervisor starts it again at once, and that start makes the check (a
-  pipeline's window and files are kept in sequence order; they are not
-  rewound in place). A temporary
+  it runs, a log replaced under the daemon (the store's `log_epoch` moves)
+  reaches the sink through the feed as a step that says so: the loop ends
+  with `restart_wanted`, the supervisor starts it again at once, and that
+  start makes the check (a pipeline's window and files are kept in sequence
+  order; they are not rewound in place). A temporary
   integration ends at the first event ingested after `ends_at` (or when the
   log is drained and `ends_at` has passed).
 - Every write a sink makes (cursor, logs, rejected events, its own state)
@@ -42,6 +55,12 @@ Decisions:
   the integration's lease (several daemons on one JetStream) after another
   claimed it. A refused write stops the sink; so does a lease past its
   holder's own deadline, before the next delivery attempt (`may_deliver`).
+- A pipeline that stays full for `HOLD_LIMIT` while a step is handed on (a
+  receiver that does not answer) gives the rest of the step back (`wait_room`
+  says no, `accept` returns what it took): the loop lets go of those events
+  and of their read budget, and reads them again once there is room. So a
+  stuck integration holds no more than its pipeline's window, and never the
+  budget other integrations catching up need.
 - Stop: nothing new is handed on; the pipeline finishes what it can within
   the grace period (requests in flight, an open file's upload), the cursor is
   flushed, and whatever did not finish stays after the cursor for next time.
@@ -67,16 +86,15 @@ from ..model import Fence, Integration, LogEntry, RejectedEvent, StoredEvent
 from ..storage.base import Store, StoreFull
 from ..timeutil import now_iso, parse_rfc3339, to_ms
 from .base import Clock, LeaseHold, Outcome, Pipeline, SinkStats
+from .feed import LogFeed, LogReader, Step
 from .filters import EventFilter
 
 log = logging.getLogger("eventstreamd.sink")
 
-READ_BATCH = 256
-READ_BYTES = 4 * 1024 * 1024  # a batch stops at this much stored data, too
-HEAD_POLL = 0.2  # seconds; also how often a pipeline's tick runs while the log is idle
-EMPTY_READ_PAUSE = 0.05  # seconds; see _past_a_gap
-COMPLETION_MARGIN_MS = 5_000  # see _range_closed
+BLOCKED_POLL = 0.2  # seconds; how often `wait_room` looks again while a step is held
 CURSOR_RETRY = 1.0  # seconds between cursor writes while the store is full
+SKIP_SAVE_INTERVAL = 30.0  # seconds; how long progress that only skipped may stay unsaved
+HOLD_LIMIT = 1.0  # seconds a full pipeline may keep the rest of a step waiting (wait_room)
 REJECTED_NAMESPACE = uuid.UUID("5b0c6a86-1f0e-4b8e-9d43-8a3c8f1f2a10")
 
 
@@ -101,8 +119,13 @@ class SinkLoop:
     def __init__(self, *, store: Store, integration: Integration, pipeline: Pipeline,
                  stop_grace: float, clock: Clock = time.time,
                  stats: SinkStats | None = None, lease: LeaseHold | None = None,
-                 cursor_every: int = 1000, cursor_interval: float = 0.2) -> None:
+                 cursor_every: int = 1000, cursor_interval: float = 0.2,
+                 feed: LogFeed | None = None) -> None:
         self.store = store
+        # A loop built alone (no daemon's feed) reads through a feed of its own.
+        self._own_feed = feed is None
+        self.feed = feed if feed is not None else LogFeed(store)
+        self.reader: LogReader | None = None
         self._integration = integration
         self.integration_id = integration.id
         self.lease = lease
@@ -115,13 +138,32 @@ class SinkLoop:
                          if integration.type == "temporary" and integration.ends_at else None)
         self._stopping = anyio.Event()
         self._stats = stats if stats is not None else SinkStats(started_at=clock())
-        self.read_position = 0  # next sequence number to read
         self.durable_cursor = 0  # last cursor committed to the store
+        # Where the last step that handed something on (or reported pruned events)
+        # ended: progress up to it is saved promptly, beyond it only lazily.
+        self._handed_end = 0
         self._changed = anyio.Event()
         self._cursor_every = cursor_every
         self._cursor_interval = cursor_interval
         self._urgent = anyio.Event()
-        self.restart_wanted = False  # the log went back under the sink: start it again
+        self._nudge = anyio.Event()  # the flusher's: progress, urgency or the feed moving
+        self._handing_on = False
+        self._flushing = anyio.Lock()
+        self.rounds = 0  # dispatch rounds run (an idle sink runs none)
+        self.restart_wanted = False  # the log was replaced under the sink: start it again
+
+    @property
+    def read_position(self) -> int:
+        """The next sequence number to read."""
+        return self.reader.position if self.reader is not None else 0
+
+    @property
+    def live_cursor(self) -> int:
+        """Where the sink stands now: everything before it is delivered or filtered out,
+        whether or not a cursor write has said so yet."""
+        if self.reader is None:
+            return self.durable_cursor
+        return max(self.durable_cursor, self.pipeline.safe_cursor(self.reader.live_position))
 
     # ------------------------------------------------------------ SinkContext
 
@@ -142,12 +184,15 @@ class SinkLoop:
 
     def request_stop(self) -> None:
         self._stopping.set()
+        if self.reader is not None:
+            self.reader.interrupt()
         self._flush_soon()
         self.progressed()
 
     def progressed(self) -> None:
         changed, self._changed = self._changed, anyio.Event()
         changed.set()
+        self._nudge.set()
 
     async def wait_progress(self) -> None:
         await self._changed.wait()
@@ -217,19 +262,28 @@ class SinkLoop:
         cursor = await self.store.get_cursor(self.integration_id)
         start = cursor if cursor is not None else self.store.head + 1
         start = await self._resume_past_head(start)
-        self.read_position = self.durable_cursor = start
+        self.durable_cursor = self._handed_end = start
+        self.reader = LogReader(self.feed, start, self.filter, ends_ms=self._ends_ms,
+                                clock=self._clock)
+        if self._stopping.is_set():
+            self.reader.interrupt()
         outcome: Outcome = "stopped"
         try:
             async with anyio.create_task_group() as tg:
+                if self._own_feed:
+                    tg.start_soon(self.feed.run, name=f"feed:{self.integration_id}")
                 await self.pipeline.open(self)
                 tg.start_soon(self.pipeline.serve, self, name=f"serve:{self.integration_id}")
                 tg.start_soon(self._flush_forever, name=f"cursor:{self.integration_id}")
                 outcome = await self._dispatch()
                 await self.pipeline.close(self, outcome, self._stop_grace)
+                self.reader.close()  # takes along what waiting at the head passed
                 with contextlib.suppress(StoreFull):  # then it is redelivered: at least once
                     await self._flush()
                 tg.cancel_scope.cancel()
         finally:
+            self.reader.close()
+            self.feed.forget_moved(self)
             # After a crash too: the pipeline's client and open files are released.
             with anyio.CancelScope(shield=True), anyio.move_on_after(self._stop_grace):
                 await self.pipeline.release()
@@ -240,64 +294,76 @@ class SinkLoop:
     async def _dispatch(self) -> Outcome:
         pipeline = self.pipeline
         while not self._stopping.is_set():
-            await pipeline.tick(self)
+            self.rounds += 1
+            tick_at = await pipeline.tick(self)
             if pipeline.blocked():
-                await self._wait_room_once()  # then tick again (S3 rotates on time)
+                # Until progress (an answer, an upload, a durable cursor) or the tick the
+                # pipeline asked for: a blocked sink does not poll either.
+                await self._wait_room_once(self._delay_until(tick_at))
                 continue
-            batch = await self.store.read_events(self.read_position, READ_BATCH, READ_BYTES)
-            if not batch:
-                if self._ends_ms is not None and await self._range_closed():
-                    return "completed"
-                if self.store.head >= self.read_position:
-                    await self._past_a_gap()  # nothing read, yet the head is past us
-                    continue
-                if (self.read_position > self.store.head + 1
-                        and await self.store.resume_past_head(self.read_position) is not None):
-                    log.info("the event log went back under the sink; it starts again",
-                             extra=kv(integration=self.integration_id, head=self.store.head,
-                                      position=self.read_position))
-                    self.restart_wanted = True
-                    return "stopped"
-                await self.store.wait_for_head(self.read_position - 1, max_wait=HEAD_POLL)
-                continue
-            if batch[0].seq > self.read_position:
-                await self._report_pruned(batch[0].seq - self.read_position)
-                self.read_position = batch[0].seq
-            completed = False
-            if self._ends_ms is not None and batch[-1].ingested_at > self._ends_ms:
-                ends = self._ends_ms
-                batch = [e for e in batch if e.ingested_at <= ends]  # stamped in order
-                completed = True
-            if batch and not await self._hand_on(batch):
-                break  # stopping
-            if completed:
-                return "completed"
-            if self.read_position - self.durable_cursor >= self._cursor_every:
+            if self._stopping.is_set():
+                break
+            done = await self._step(tick_at)
+            if done is not None:
+                return done
+            if (self._handed_end > self.durable_cursor
+                    and self.read_position - self.durable_cursor >= self._cursor_every):
                 self._flush_soon()
-            self.progressed()
             # Reading an LMDB batch and handing it on need not suspend at all: without this
             # a sink catching up (an S3 file spooling) would hold the event loop for as long
             # as the backlog lasts, and its own uploads, other sinks and the API would wait.
             await anyio.lowlevel.checkpoint()
         return "stopped"
 
-    async def _hand_on(self, batch: list[StoredEvent]) -> bool:
-        """Hand the batch's matching events to the pipeline, per batch (one call, not one
-        per event); False when stopping cut it short (read_position then stops at the
-        first event not taken)."""
-        matching = (batch if self.filter.passes_everything
-                    else [e for e in batch if self.filter.matches(e)])
+    async def _step(self, tick_at: float | None) -> Outcome | None:
+        """Read the next matching events and hand them on; "completed" when the range of a
+        temporary integration is done, "stopped" when stopping cut it short. The step (and
+        the batch it came from) is not referenced once this returns."""
+        reader = self.reader
+        assert reader is not None
+        step = await reader.next(until=tick_at)
+        if step is None:
+            return None  # the pipeline's tick is due, or stopping
+        if step.replaced:
+            log.info("the event log was replaced under the sink; it starts again",
+                     extra=kv(integration=self.integration_id, head=self.store.head,
+                              position=reader.position))
+            self.restart_wanted = True
+            return "stopped"
+        try:
+            if step.pruned:
+                await self._report_pruned(step.pruned)
+                self._handed_end = step.end
+            stopped_at = await self._hand_on(step) if step.events else None
+            reader.finish(step, stopped_at)
+        finally:
+            if step.reservation is not None:  # a crash while handing on
+                step.reservation.release()
+        if stopped_at is not None:
+            # Cut short: stopping, or a pipeline that stayed full (read again later).
+            return "stopped" if self._stopping.is_set() else None
+        self.progressed()
+        return "completed" if step.completed else None
+
+    async def _hand_on(self, step: Step) -> int | None:
+        """Hand the step's events to the pipeline, per batch (one call, not one per
+        event); None when all were taken, else the seq of the first not taken (stopping,
+        or a pipeline full for longer than `HOLD_LIMIT`, cut it short)."""
+        matching = step.events
         if any(e.problem is not None for e in matching):
-            deliverable = await self._set_aside_problems(matching)
-            if deliverable is None:
-                return False
-            matching = deliverable
-        taken = await self.pipeline.accept(matching, self) if matching else 0
+            rest = await self._set_aside_problems(matching)
+            if rest is None:
+                return matching[0].seq  # conservative: set-asides are idempotent
+            matching = rest
+        self._handed_end = step.end
+        self._handing_on = True
+        try:
+            taken = await self.pipeline.accept(matching, self) if matching else 0
+        finally:
+            self._handing_on = False
         if taken < len(matching):
-            self.read_position = matching[taken].seq
-            return False
-        self.read_position = batch[-1].seq + 1
-        return True
+            return matching[taken].seq
+        return None
 
     async def _set_aside_problems(self, events: list[StoredEvent]) -> list[StoredEvent] | None:
         """Events an older version stored that no sink can send (found when the log was
@@ -318,40 +384,26 @@ class SinkLoop:
 
     async def wait_room(self) -> bool:
         """For a pipeline whose window is full: ask for the cursor if that is what it
-        waits for, and wait for progress. False when stopping."""
+        waits for, and wait for progress. False when stopping, or when the window stayed
+        full for `HOLD_LIMIT` seconds while a step was being handed on: the loop then lets
+        go of the rest of the step (read again once there is room) instead of holding
+        events, and read budget, for a receiver that does not answer."""
+        give_up = time.monotonic() + HOLD_LIMIT if self._handing_on else None
         while self.pipeline.blocked() and not self._stopping.is_set():
-            await self._wait_room_once()
+            if give_up is not None and time.monotonic() >= give_up:
+                return False
+            await self._wait_room_once(BLOCKED_POLL)
         return not self._stopping.is_set()
 
-    async def _wait_room_once(self) -> None:
+    async def _wait_room_once(self, within: float | None) -> None:
         if self.pipeline.waits_for_cursor():
             self._flush_soon()
-        with anyio.move_on_after(HEAD_POLL):
+        with anyio.move_on_after(within):
             await self.wait_progress()
 
-    async def _range_closed(self) -> bool:
-        """No event ingested at or before `ends_at` can still appear in the log.
-
-        Ingest times are stamped in commit order, so a commit stamped after
-        `ends_at` closes the range; so does `ends_at` being older than any commit
-        could take (an event stamped just before it may still be fsyncing).
-        """
-        assert self._ends_ms is not None
-        return (await self.store.last_ingested_ms() > self._ends_ms
-                or self._clock() * 1000 > self._ends_ms + COMPLETION_MARGIN_MS)
-
-    async def _past_a_gap(self) -> None:
-        """The head is at or past `read_position` but no event was read: either retention
-        removed every event from here on (then skip to the oldest left, and say so), or a
-        replica has not caught up with the head yet (then wait a little). Without this the
-        loop would spin: the head is already past what `wait_for_head` waits for."""
-        first = await self.store.first_seq()
-        if first > self.read_position:
-            await self._report_pruned(first - self.read_position)
-            self.read_position = first
-            self.progressed()
-            return
-        await self.sleep_unless_stopping(EMPTY_READ_PAUSE)
+    def _delay_until(self, at: float | None) -> float | None:
+        """Seconds until `at` by the sink's clock (None: no time set)."""
+        return None if at is None else max(0.0, at - self._clock())
 
     async def _resume_past_head(self, position: int) -> int:
         """`position`, or where to go on when it is past the log's newest event (see the
@@ -385,18 +437,43 @@ class SinkLoop:
 
     def _flush_soon(self) -> None:
         """Save the cursor now rather than at the next interval (the pipeline waits for it,
-        or `cursor_every` events' worth has accumulated)."""
+        `cursor_every` events' worth has accumulated, or the sink stops)."""
         self._urgent.set()
+        self._nudge.set()
+
+    def _unsaved(self) -> tuple[bool, bool]:
+        """(anything to save, whether it includes events handed on)."""
+        assert self.reader is not None
+        live = self.pipeline.safe_cursor(self.reader.live_position)
+        return live > self.durable_cursor, self._handed_end > self.durable_cursor
 
     async def _flush_forever(self) -> None:
-        # Woken by the interval or an urgent request, never per event: per-event
-        # progress only wakes the dispatcher.
+        # Woken by progress, urgency or the feed moving past a parked sink, never by the
+        # clock alone: per-event progress only wakes the dispatcher and this task once
+        # per save. Progress that includes deliveries is saved within cursor_interval;
+        # progress that only skipped events within SKIP_SAVE_INTERVAL (or at stop).
+        skipping_since: float | None = None
         while True:
-            with anyio.move_on_after(self._cursor_interval):
-                await self._urgent.wait()
-            self._urgent = anyio.Event()
-            if self.pipeline.safe_cursor(self.read_position) <= self.durable_cursor:
+            self._nudge = anyio.Event()
+            unsaved, delivered = self._unsaved()
+            if not unsaved:
+                skipping_since = None
+                self.feed.notify_moved(self, self._nudge)
+                await self._nudge.wait()
                 continue
+            if not delivered and not self._urgent.is_set():
+                now = time.monotonic()
+                skipping_since = skipping_since if skipping_since is not None else now
+                left = skipping_since + SKIP_SAVE_INTERVAL - now
+                if left > 0:
+                    with anyio.move_on_after(left):
+                        await self._nudge.wait()
+                    continue  # look again: deliveries may have joined in
+            elif not self._urgent.is_set():
+                with anyio.move_on_after(self._cursor_interval):
+                    await self._urgent.wait()
+            skipping_since = None
+            self._urgent = anyio.Event()
             try:
                 await self._flush()
             except StoreFull:
@@ -407,11 +484,15 @@ class SinkLoop:
                 await anyio.sleep(CURSOR_RETRY)
 
     async def _flush(self) -> None:
-        cursor = self.pipeline.safe_cursor(self.read_position)
-        if cursor <= self.durable_cursor:
-            return
-        if not await self._held(await self.store.set_cursor(self.fence, cursor)):
-            return
-        self.durable_cursor = max(self.durable_cursor, cursor)
-        self.pipeline.committed(cursor)
+        # One write at a time: the flusher's and the final one at stop would otherwise
+        # both write the same cursor.
+        async with self._flushing:
+            assert self.reader is not None
+            cursor = self.pipeline.safe_cursor(self.reader.live_position)
+            if cursor <= self.durable_cursor:
+                return
+            if not await self._held(await self.store.set_cursor(self.fence, cursor)):
+                return
+            self.durable_cursor = max(self.durable_cursor, cursor)
+            self.pipeline.committed(cursor)
         self.progressed()

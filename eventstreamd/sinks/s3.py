@@ -10,8 +10,10 @@ Decisions:
   Spool files are named by a random id, not by the key, which may be longer
   than a file name may be.
 - Rotation: a file is sealed when it reaches `s3.rotate_size`, or when it is
-  `s3.rotate_interval` old by the wall clock — checked on every loop tick, so
-  a file goes up on time even when no new event arrives.
+  `s3.rotate_interval` old by the wall clock — checked on every loop tick;
+  `tick` returns the next file's rotation time, so the loop wakes for it and a
+  file goes up on time even when no new event arrives (with no open file the
+  sink sleeps until an event comes).
 - Exactly-once objects (the Kafka Connect approach, with recorded rather than
   derived names): before a sealed file is uploaded, its key, tenant, sequence
   range and filter are saved as the sink's state, together with the tenant's
@@ -458,11 +460,14 @@ class S3Pipeline:
                 if await ctx.sleep_unless_stopping(1.0):
                     return False
 
-    async def tick(self, ctx: SinkContext) -> None:
+    async def tick(self, ctx: SinkContext) -> float | None:
         now = ctx.clock()
         due = [f for f in self.files.values() if now - f.started_at >= self.rotate_interval]
         if due:
             await self._rotate(due, ctx)
+        # The next rotation by time; without an open file only new events give work.
+        return min((f.started_at + self.rotate_interval for f in self.files.values()),
+                   default=None)
 
     def blocked(self) -> bool:
         return len(self._queue) >= MAX_QUEUED_UPLOADS

@@ -245,7 +245,7 @@ class WebhookPipeline:
             for number in range(self.window.size):
                 tg.start_soon(self._worker, ctx, name=f"webhook:{ctx.integration.id}:{number}")
 
-    async def tick(self, ctx: SinkContext) -> None:
+    async def tick(self, ctx: SinkContext) -> float | None:
         return None
 
     def blocked(self) -> bool:

@@ -178,8 +178,15 @@ class Store(Protocol):
         """The newest committed sequence number (0 before the first event)."""
         ...
 
+    @property
+    def log_epoch(self) -> int:
+        """Counts the times the log was replaced while the store is open (JetStream: the
+        event stream deleted and created anew under the daemon); 0 while it never was."""
+        ...
+
     async def wait_for_head(self, after: int, max_wait: float | None = None) -> int:
-        """Wait until the head moves past `after` (or `max_wait` passes); the head."""
+        """Wait until the head moves past `after`, the log is replaced (`log_epoch`
+        moves), or `max_wait` passes; the head."""
         ...
 
     async def append(self, events: Sequence[NewEvent]) -> tuple[int, int]:

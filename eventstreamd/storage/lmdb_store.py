@@ -244,6 +244,10 @@ class LmdbStore:
     def head(self) -> int:
         return self._head
 
+    @property
+    def log_epoch(self) -> int:
+        return 0  # one process writes this log: it is never replaced under it
+
     async def wait_for_head(self, after: int, max_wait: float | None = None) -> int:
         with anyio.move_on_after(max_wait):
             while self._head <= after:

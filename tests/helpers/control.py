@@ -79,10 +79,10 @@ async def status(daemon: DaemonProcess) -> dict[str, Any]:
 
 async def wait_settled(daemon: DaemonProcess, integration_ids: Iterable[str],
                        timeout: float = 60.0, *, cursor_saved: bool = True) -> dict[str, Any]:
-    """Until each integration's durable cursor is past the log's head with nothing in
-    flight and no open S3 file: everything stored was delivered (or set aside) and the
-    cursor saved, so no later delivery or object can appear without new events. Returns
-    the last status snapshot.
+    """Until each integration stands past the log's head (status lag 0: everything
+    stored was delivered, set aside or filtered out) with nothing in flight and no open
+    S3 file, so no later delivery or object can appear without new events. Returns the
+    last status snapshot.
 
     `cursor_saved=False` is for a test whose cursor is saved rarely on purpose, and
     which already saw the last event arrive: then nothing in flight is enough."""

@@ -219,6 +219,7 @@ class EventLog:
         self._head = 0
         self.created: str | None = None  # the stream's creation time: which stream it is
         self._moved = anyio.Event()
+        self.epoch = 0  # times the stream was replaced under this daemon (`adopt`)
         self._last_ingest = (0, 0)  # (seq, ms) of the newest message whose time is known
         self._queue: asyncio.Queue[_Append | None] = asyncio.Queue(maxsize=MAX_PENDING)
         self._carry: _Append | None = None
@@ -290,14 +291,16 @@ class EventLog:
                             previous_head=self._head))
             self._head = last_seq
             self._last_ingest = (0, 0)
+            self.epoch += 1
             self._wake()
         else:
             self._set_head(last_seq)
         return replaced
 
     async def wait_for_head(self, after: int, max_wait: float | None = None) -> int:
+        epoch = self.epoch
         with anyio.move_on_after(max_wait):
-            while self._head <= after:
+            while self._head <= after and self.epoch == epoch:
                 await self._moved.wait()
         return self._head
 

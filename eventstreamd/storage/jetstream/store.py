@@ -336,6 +336,10 @@ class JetStreamStore:
     def head(self) -> int:
         return self.events.head
 
+    @property
+    def log_epoch(self) -> int:
+        return self.events.epoch
+
     async def wait_for_head(self, after: int, max_wait: float | None = None) -> int:
         return await self.events.wait_for_head(after, max_wait)
 
