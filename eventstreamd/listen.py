@@ -13,6 +13,9 @@ Decisions:
   `previous_signing_secret` of the config) each delivery's Standard Webhooks
   signature is checked and the verdict printed; it never changes the answer.
 - Secrets a delivery carries (the `Authorization` header) are shown masked.
+  The signing secrets it checks with are registered with the log redactor
+  (`register_secrets`), and every printed block is scrubbed with it, as the
+  daemon's log lines are.
 - The first line says where it listens (with `--port 0`, the port chosen),
   flushed at once so scripts can read it; SIGINT/SIGTERM end it with exit 0.
 """
@@ -28,7 +31,8 @@ from typing import IO
 import orjson
 from aiohttp import web
 
-from .sinks.signing import verify
+from .logs import redactor
+from .sinks.signing import register_secrets, verify
 
 
 class Listener:
@@ -55,7 +59,7 @@ class Listener:
             lines.append(f"signature: {verdict}")
         lines.append("")
         lines.append(_pretty(body))
-        print("\n".join(lines), file=self.out, flush=True)
+        print(redactor.scrub("\n".join(lines)), file=self.out, flush=True)
         if 200 <= self.status < 300:
             return web.Response(status=self.status)
         return web.json_response({"error": f"answered {self.status} by eventstreamd listen "
@@ -93,5 +97,6 @@ async def serve(host: str, port: int, listener: Listener) -> None:
 
 
 def run_listener(host: str, port: int, status: int, secrets: tuple[str, ...]) -> None:
+    register_secrets(secrets)
     asyncio.run(serve(host, port, Listener(status, secrets)))
 

@@ -32,6 +32,10 @@ Decisions:
 - Stop: nothing new is handed on; the pipeline finishes what it can within
   the grace period (requests in flight, an open file's upload), the cursor is
   flushed, and whatever did not finish stays after the cursor for next time.
+- A pipeline that gives up (`give_up`: every delivery attempt has failed for
+  the integration's `stop_after_failing`) stops the sink like a stop request;
+  `run()` then answers `gave_up` and the supervisor has the integration
+  stopped through the integration service.
 - One event never stalls an integration: an event the pipeline can never
   send (a receiver's 400, or a reason on our side that retrying cannot cure:
   it cannot be encoded, its id cannot be a header, its tenant cannot be part
@@ -108,6 +112,7 @@ class SinkLoop:
         self._cursor_every = cursor_every
         self._cursor_interval = cursor_interval
         self._urgent = anyio.Event()
+        self.gave_up: str | None = None  # why the pipeline gave up (`give_up`)
 
     # ------------------------------------------------------------ SinkContext
 
@@ -154,6 +159,13 @@ class SinkLoop:
                         extra=kv(integration=self.integration_id))
             self.request_stop()
         return False
+
+    def give_up(self, reason: str) -> None:
+        if self.gave_up is None:
+            self.gave_up = reason
+            log.warning("deliveries have failed for too long; the integration stops",
+                        extra=kv(integration=self.integration_id))
+        self.request_stop()
 
     async def add_log(self, action: str, reason: str) -> None:
         """An integration log entry; one that cannot be kept because the store is full is
@@ -218,6 +230,8 @@ class SinkLoop:
             # After a crash too: the pipeline's client and open files are released.
             with anyio.CancelScope(shield=True), anyio.move_on_after(self._stop_grace):
                 await self.pipeline.release()
+        if self.gave_up is not None:
+            return "gave_up"
         if outcome == "completed" and self._stopping.is_set():
             outcome = "stopped"  # stopped before the last events were finished
         return outcome
