@@ -3,23 +3,17 @@ never with our own verifier: real daemon, real receiver, the bytes as received."
 
 from __future__ import annotations
 
-import base64
-import os
 import time
 
 import pytest
 from aiohttp import web
-from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+from standardwebhooks.webhooks import Webhook
 
 from eventstreamd.sinks import signing
 from tests.helpers.api import ApiClient
 from tests.helpers.daemon import Factory
 from tests.helpers.receiver import Received, Receiver
-
-
-def new_secret() -> str:
-    return "whsec_" + base64.b64encode(os.urandom(32)).decode()
-
+from tests.helpers.signing import library_verifies, new_secret
 
 NEW, OLD, OTHER = new_secret(), new_secret(), new_secret()
 FAST = {"webhook": {"retry_initial": "50ms", "retry_max": "100ms"}}
@@ -35,14 +29,6 @@ class RawReceiver(Receiver):
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         self.raw.append((await request.read(), dict(request.headers)))
         return await super()._handle(request)
-
-
-def library_verifies(secret: str, body: bytes, headers: dict[str, str]) -> bool:
-    try:
-        Webhook(secret).verify(body, {k.lower(): v for k, v in headers.items()})
-    except WebhookVerificationError:
-        return False
-    return True
 
 
 async def test_deliveries_carry_standard_webhooks_signatures(daemon_factory: Factory) -> None:

@@ -44,8 +44,11 @@ class ApiClient:
         return await self.request("POST", BASE, integration)
 
     async def webhook(self, integration_id: str, url: str, api_key: str | None = None,
-                      **extra: Any) -> dict[str, Any]:
-        params = {"callback_url": url, **({"api_key": api_key} if api_key else {})}
+                      controls: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
+        """A webhook integration; `controls` are more `callback_parameters` (max_rate, ...),
+        `extra` more top-level fields."""
+        params = {"callback_url": url, **({"api_key": api_key} if api_key else {}),
+                  **(controls or {})}
         return await self.create(id=integration_id, callback_parameters=params, **extra)
 
     async def get(self, integration_id: str, expect: int = 200) -> Any:
@@ -56,6 +59,15 @@ class ApiClient:
 
     async def stop(self, integration_id: str) -> dict[str, Any]:
         return await self.request("POST", f"{BASE}/{integration_id}/_stop")
+
+    async def patch(self, integration_id: str, body: dict[str, Any],
+                    expect: int = 200) -> Any:
+        return await self.request("PATCH", f"{BASE}/{integration_id}", body, expect=expect)
+
+    async def rotate_secret(self, integration_id: str, body: dict[str, Any] | None = None,
+                            expect: int = 200) -> Any:
+        return await self.request("POST", f"{BASE}/{integration_id}/_rotate_secret", body,
+                                  expect=expect)
 
     async def logs(self, integration_id: str) -> list[dict[str, Any]]:
         return (await self.request("GET", f"{BASE}/{integration_id}/logs"))["entries"]

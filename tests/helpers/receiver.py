@@ -17,7 +17,8 @@ from aiohttp.test_utils import TestServer
 class Received:
     body: dict[str, Any]
     headers: dict[str, str]
-    at: float = field(default_factory=time.monotonic)
+    at: float = field(default_factory=time.monotonic)  # when the request arrived
+    raw: bytes = b""  # the body exactly as sent (signatures cover these bytes)
 
     @property
     def key(self) -> str:
@@ -32,24 +33,34 @@ async def ok(_: Received, __: int) -> web.Response:
 
 
 class Receiver:
-    """Records every request; `responder(received, attempt_no)` decides the answer."""
+    """Records every request; `responder(received, attempt_no)` decides the answer.
+    `max_concurrent` is the most requests it was handling at once."""
 
     def __init__(self, responder: Responder = ok) -> None:
         self.responder = responder
         self.requests: list[Received] = []
         self.delivered: list[Received] = []  # answered 2xx
         self.attempts: dict[str, int] = {}
+        self.concurrent = 0
+        self.max_concurrent = 0
         self._server: TestServer | None = None
         self._url = ""
         self._changed = anyio.Event()
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
-        received = Received(orjson.loads(await request.read()), dict(request.headers))
-        self.requests.append(received)
-        attempt = self.attempts[received.key] = self.attempts.get(received.key, 0) + 1
-        response = self.responder(received, attempt)
-        if not isinstance(response, web.StreamResponse):
-            response = await response
+        self.concurrent += 1
+        self.max_concurrent = max(self.max_concurrent, self.concurrent)
+        try:
+            arrived = time.monotonic()
+            raw = await request.read()
+            received = Received(orjson.loads(raw), dict(request.headers), arrived, raw)
+            self.requests.append(received)
+            attempt = self.attempts[received.key] = self.attempts.get(received.key, 0) + 1
+            response = self.responder(received, attempt)
+            if not isinstance(response, web.StreamResponse):
+                response = await response
+        finally:
+            self.concurrent -= 1
         if 200 <= response.status < 300:
             self.delivered.append(received)
         changed, self._changed = self._changed, anyio.Event()
