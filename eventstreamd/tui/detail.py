@@ -43,9 +43,9 @@ def details_table(item: dict[str, Any] | None, integration_id: str) -> Table:
         return grid
     pairs: list[tuple[str, Text | str]] = [
         ("Integration", Text(item["id"], style="bold")),
-        ("Status", fmt.health_text(item.get("health"))),
-        ("Type", f"{item.get('kind')} · {item.get('integration_type')}"),
-        ("Target", str(item.get("target") or "")),
+        ("Status", fmt.health_text(item.get("health"), bool(item.get("auto_stopped")))),
+        ("Type", Text(f"{item.get('kind')} · {item.get('integration_type')}")),
+        ("Target", Text(str(item.get("target") or ""))),
         ("Cursor", fmt.count(item.get("cursor"))),
         ("Lag", f"{fmt.count(item.get('lag_events'))} events · oldest "
                 f"{fmt.age(item.get('lag_seconds'))}"),
@@ -60,11 +60,22 @@ def details_table(item: dict[str, Any] | None, integration_id: str) -> Table:
     if item.get("buffered_bytes") is not None:  # a sink that holds events before they go out
         pairs.append(("Buffered", f"{fmt.size(item.get('buffered_bytes'))} · age "
                                   f"{fmt.age(item.get('buffered_age'))}"))
+    if item.get("max_rate") or item.get("ordering"):  # a webhook's delivery controls
+        rate = item.get("max_rate")
+        ordering = item.get("ordering")
+        pairs.append(("Max rate", Text(f"{rate:g} deliveries/s" if rate else "unlimited")))
+        pairs.append(("Order", Text(
+            "strict: one request at a time" if ordering == "strict"
+            else f"per value of {ordering.removeprefix('key ')}" if ordering
+            else "none (up to max_in_flight at once)")))
     for index in range(0, len(pairs), 2):
         row: list[Text | str] = []
         for label, value in pairs[index:index + 2]:
             row += [Text(label, style="dim"), value]
         grid.add_row(*row)
+    if item.get("auto_stopped"):
+        grid.add_row(Text("Stopped", style="dim"),
+                     Text(f"by the daemon: {item.get('stop_reason') or ''}", style="red"))
     error = item.get("last_error")
     if error:
         when = fmt.age(item.get("last_error_age"))
