@@ -33,7 +33,7 @@ def spec_operations(document: dict[str, Any] | None = None) -> list[tuple[str, s
 
 
 ROUTES = [*spec_operations(), ("POST", "/events"), ("GET", "/openapi.yaml"), ("GET", "/metrics"),
-          ("GET", "/no/such/route"), ("DELETE", "/healthz/x")]
+          ("GET", "/status"), ("GET", "/no/such/route"), ("DELETE", "/healthz/x")]
 
 
 def test_the_seed_spec_has_twelve_operations() -> None:
@@ -54,7 +54,7 @@ async def test_every_route_but_healthz_needs_a_valid_token(daemon: DaemonProcess
                 assert r.status == 401, (method, path, r.status)
                 assert set(body) == {"error_code", "message", "request_id"}
                 assert CIMultiDict(r.headers)["X-Request-Id"] == body["request_id"]
-        for public in ("/healthz", "/readyz"):
+        for public in ("/healthz", "/readyz", "/ui/", "/ui/app.js"):
             async with session.get(daemon.url + public, headers=headers) as r:
                 assert r.status == 200
 

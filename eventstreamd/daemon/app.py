@@ -10,7 +10,8 @@ Decisions:
 - The app is built from what the lifecycle built once (store, service,
   tokens, the metrics sources); it creates nothing long-lived of its own.
 - `/healthz` and `/readyz` need no token; `/metrics` needs one unless
-  `metrics.public` (see metrics.py).
+  `metrics.public` (see metrics.py). The web console (`/ui/`, no token) and
+  `/status` (token) come from console.py.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from ..schemas.spec import spec_text
 from ..storage.base import Store
 from .auth import auth_middleware
 from .budget import BodyBudget
+from .console import add_console_routes
 from .errors import error_middleware
 from .integrations import IntegrationService
 from .keys import (
@@ -72,6 +74,7 @@ def build_app(config: Config, store: Store, tokens: tuple[str, ...],
     if metrics is not None:
         app.router.add_get("/readyz", readyz_handler(metrics))
         app.router.add_get("/metrics", metrics_handler(metrics))
+        add_console_routes(app, metrics.sampler, f"{config.server.base_path}/eventstream")
     app.router.add_get("/openapi.yaml", openapi_yaml)
     app.router.add_post("/events", publish_events)
     add_routes(app, config.server.base_path)

@@ -1,4 +1,4 @@
-"""Bearer-token authentication for every route but `/healthz`.
+"""Bearer-token authentication for every route but `/healthz`, `/readyz` and the web console.
 
 Decisions:
 - Tokens come from `auth.tokens`; when that list is empty a token is generated
@@ -9,6 +9,8 @@ Decisions:
   lifecycle after the port is bound), so a start that fails (port in use)
   leaves nothing behind. Every token is registered with the log redactor at
   once, so no line can print it.
+- The web console's files (`/ui/...`) are public: they hold no data, and every
+  call they make carries the token (console.py).
 - Comparison uses `hmac.compare_digest` against every configured token, so the
   time taken does not depend on which token (or how much of one) matched.
 """
@@ -32,7 +34,8 @@ from .keys import CONFIG, TOKENS
 
 log = logging.getLogger("eventstreamd.auth")
 
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/ui"})
+PUBLIC_PREFIX = "/ui/"
 
 
 @dataclass(frozen=True)
@@ -91,8 +94,9 @@ def token_matches(presented: str, tokens: tuple[str, ...]) -> bool:
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if request.path in PUBLIC_PATHS or (request.path == "/metrics"
-                                        and request.app[CONFIG].metrics.public):
+    path = request.path
+    if path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIX) or (
+            path == "/metrics" and request.app[CONFIG].metrics.public):
         return await handler(request)
     header = request.headers.get("Authorization", "")
     scheme, _, presented = header.partition(" ")
