@@ -36,6 +36,7 @@ from . import SCENARIO_IDS
 from .common import (
     API_BASE,
     MIB,
+    STORES,
     TOKEN,
     Children,
     EventFactory,
@@ -348,49 +349,74 @@ def ingest_single(ctx: Ctx) -> list[Row]:
                       note=note, busy=busy)]
 
 
-def _webhook(ctx: Ctx, scenario: str, in_flight: int, integrations: int, per: int,
-             min_ratio: float | None) -> list[Row]:
-    total = integrations * per
-    receiver = ReceiverProc(ctx.children)
-    try:
-        urls = [f"{receiver.url}/hook/{k}" for k in range(integrations)]
-        ctx.log(f"  baseline: bare aiohttp client, {total:,} posts, "
-                f"{integrations} x {in_flight} concurrent")
-        base, base_busy = ctx.measure(
-            "webhook_baseline", {"urls": urls, "count": per, "concurrency": in_flight},
-            {"receiver": receiver.pid}, timeout=600)
-        stats = receiver.wait_count(total, 30)
-        baseline = stats["count"] / ((stats["last_ns"] - base["t0_ns"]) / 1e9)
+def _bare_delivery(ctx: Ctx, receiver: ReceiverProc, urls: list[str], per: int,
+                   in_flight: int) -> tuple[float, dict[str, float]]:
+    """The bare aiohttp client posting `per` bodies to each URL: events/s and busyness."""
+    total = len(urls) * per
+    ctx.log(f"  baseline: bare aiohttp client, {total:,} posts, "
+            f"{len(urls)} x {in_flight} concurrent")
+    base, base_busy = ctx.measure(
+        "webhook_baseline", {"urls": urls, "count": per, "concurrency": in_flight},
+        {"receiver": receiver.pid}, timeout=600)
+    stats = receiver.wait_count(total, 30)
+    rate = stats["count"] / ((stats["last_ns"] - base["t0_ns"]) / 1e9)
+    return rate, {"baseline_client": base_busy["loadgen"],
+                  "baseline_receiver": base_busy["receiver"],
+                  "baseline_machine": base_busy["machine"]}
 
-        daemon = ctx.daemon(scenario, {"webhook": {"max_in_flight": in_flight}})
-        try:
-            starts_at = starts_at_now()
-            ctx.log(f"  daemon: publishing {per:,} events, then {integrations} integration(s) "
-                    f"catch up (max_in_flight {in_flight})")
-            ctx.run("publish_all", {"url": f"{daemon.url}/events", "events": per}, timeout=300)
-            receiver.reset()
-            meter = Meter({"daemon": daemon.pid, "receiver": receiver.pid})
-            t0 = time.monotonic_ns()
-            for k in range(integrations):
-                daemon.create_webhook(f"bench-{k}", urls[k], starts_at)
-            limit = max(60.0, total / 300) if not ctx.quick else 40.0
-            stats = receiver.wait_count(total, limit)
-            t1 = time.monotonic_ns()
-            elapsed = ((stats["last_ns"] or t1) - t0) / 1e9
-            wall = (t1 - t0) / 1e9
-            busy = {**meter.busy(wall), "baseline_client": base_busy["loadgen"],
-                    "baseline_receiver": base_busy["receiver"],
-                    "baseline_machine": base_busy["machine"]}
-        finally:
-            daemon.stop()
+
+def _daemon_delivery(ctx: Ctx, scenario: str, receiver: ReceiverProc, urls: list[str],
+                     per: int, in_flight: int, controls: dict[str, Any] | None = None,
+                     ) -> tuple[dict[str, Any], float, dict[str, float]]:
+    """Events published first, then one integration per URL (with `controls` in its
+    callback_parameters) catches up: the receiver's stats, the seconds from creating them
+    to the last arrival, and busyness."""
+    total = len(urls) * per
+    daemon = ctx.daemon(scenario, {"webhook": {"max_in_flight": in_flight}})
+    try:
+        starts_at = starts_at_now()
+        shown = f", {controls}" if controls else ""
+        ctx.log(f"  daemon: publishing {per:,} events, then {len(urls)} integration(s) "
+                f"catch up (max_in_flight {in_flight}{shown})")
+        ctx.run("publish_all", {"url": f"{daemon.url}/events", "events": per}, timeout=300)
+        receiver.reset()
+        meter = Meter({"daemon": daemon.pid, "receiver": receiver.pid})
+        t0 = time.monotonic_ns()
+        for k, url in enumerate(urls):
+            daemon.create_webhook(f"bench-{k}", url, starts_at, controls)
+        limit = max(60.0, total / 300) if not ctx.quick else 40.0
+        stats = receiver.wait_count(total, limit)
+        t1 = time.monotonic_ns()
+        elapsed = ((stats["last_ns"] or t1) - t0) / 1e9
+        busy = meter.busy((t1 - t0) / 1e9)
     finally:
-        receiver.stop()
-    value = stats["count"] / elapsed if stats["count"] else None
+        daemon.stop()
+    return stats, elapsed, busy
+
+
+def _delivered_note(stats: dict[str, Any], total: int, elapsed: float) -> str:
     note = f"{stats['count']:,} of {total:,} delivered in {elapsed:.2f}s"
     if stats["count"] < total:
         note += " (INCOMPLETE within the time limit)"
+    return note
+
+
+def _webhook(ctx: Ctx, scenario: str, in_flight: int, integrations: int, per: int,
+             min_ratio: float | None, controls: dict[str, Any] | None = None,
+             baseline_in_flight: int | None = None) -> list[Row]:
+    receiver = ReceiverProc(ctx.children)
+    try:
+        urls = [f"{receiver.url}/hook/{k}" for k in range(integrations)]
+        baseline, base_busy = _bare_delivery(ctx, receiver, urls, per,
+                                             baseline_in_flight or in_flight)
+        stats, elapsed, busy = _daemon_delivery(ctx, scenario, receiver, urls, per,
+                                                in_flight, controls)
+    finally:
+        receiver.stop()
+    value = stats["count"] / elapsed if stats["count"] else None
     return [ratio_row(scenario, "delivered events/s", "events/s", value, baseline, min_ratio,
-                      note=note, busy=busy)]
+                      note=_delivered_note(stats, integrations * per, elapsed),
+                      busy={**busy, **base_busy})]
 
 
 def webhook_8(ctx: Ctx) -> list[Row]:
@@ -403,6 +429,56 @@ def webhook_1(ctx: Ctx) -> list[Row]:
 
 def webhook_fanout(ctx: Ctx) -> list[Row]:
     return _webhook(ctx, "webhook-fanout-10", 8, 10, ctx.size(4_000, 300), 0.8)
+
+
+def webhook_strict(ctx: Ctx) -> list[Row]:
+    """`ordered` without a key (`max_in_flight` left at 8: strict order sends one request
+    at a time anyway), against the bare client at concurrency 1."""
+    return _webhook(ctx, "webhook-ordered-strict", 8, 1, ctx.size(5_000, 600), 0.9,
+                    controls={"ordered": True}, baseline_in_flight=1)
+
+
+def webhook_keyed(ctx: Ctx) -> list[Row]:
+    """Per-key lanes over 100 store ids, against the same daemon unordered (8 in flight)."""
+    scenario, per = "webhook-ordered-keyed", ctx.size(20_000, 2_000)
+    receiver = ReceiverProc(ctx.children)
+    try:
+        urls = [f"{receiver.url}/hook/0"]
+        plain, plain_elapsed, plain_busy = _daemon_delivery(ctx, f"{scenario}-unordered",
+                                                            receiver, urls, per, 8)
+        keyed, elapsed, busy = _daemon_delivery(
+            ctx, scenario, receiver, urls, per, 8,
+            {"ordered": True, "ordering_key": "store_id"})
+    finally:
+        receiver.stop()
+    baseline = plain["count"] / plain_elapsed if plain["count"] else None
+    value = keyed["count"] / elapsed if keyed["count"] else None
+    note = (f"{STORES} keys; {_delivered_note(keyed, per, elapsed)}; unordered: "
+            f"{_delivered_note(plain, per, plain_elapsed)}")
+    return [ratio_row(scenario, "delivered events/s", "events/s", value, baseline, 0.8,
+                      note=note, busy={**busy, **{f"unordered_{k}": v
+                                                  for k, v in plain_busy.items()}})]
+
+
+def webhook_max_rate(ctx: Ctx) -> list[Row]:
+    """`max_rate`: the delivered rate, first to last arrival, against the limit."""
+    scenario, limit = "webhook-max-rate", 200.0
+    per = int(limit * ctx.size(15, 3))
+    receiver = ReceiverProc(ctx.children)
+    try:
+        stats, elapsed, busy = _daemon_delivery(ctx, scenario, receiver,
+                                                [f"{receiver.url}/hook/0"], per, 8,
+                                                {"max_rate": limit})
+    finally:
+        receiver.stop()
+    value = None
+    if stats["count"] > 1 and stats["first_ns"] and stats["last_ns"]:
+        value = (stats["count"] - 1) / ((stats["last_ns"] - stats["first_ns"]) / 1e9)
+    ratio = value / limit if value is not None else None
+    met = abs(ratio - 1) <= 0.05 if ratio is not None else None
+    note = f"limit {limit:g}/s; {_delivered_note(stats, per, elapsed)}"
+    return [Row(scenario, "delivered events/s (first to last arrival)", "events/s", value,
+                limit, ratio, "within 5 % of the limit", met, note, busy)]
 
 
 def latency(ctx: Ctx) -> list[Row]:
@@ -971,6 +1047,9 @@ SCENARIOS: dict[str, Callable[[Ctx], list[Row]]] = {
     "webhook-inflight-8": webhook_8,
     "webhook-inflight-1": webhook_1,
     "webhook-fanout-10": webhook_fanout,
+    "webhook-ordered-strict": webhook_strict,
+    "webhook-ordered-keyed": webhook_keyed,
+    "webhook-max-rate": webhook_max_rate,
     "latency-1000eps": latency,
     "capacity": capacity,
     "s3-upload": s3_upload,

@@ -33,7 +33,7 @@ Status = Literal["running", "stopped"]
 # ------------------------------------------------------------------- events
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: ingest makes one per event, and a frozen init costs more
 class NewEvent:
     """An event validated by ingest, waiting for its sequence number."""
 
