@@ -268,6 +268,10 @@ def test_a_failure_streak_lasts_until_an_answer_and_not_before_the_last_start() 
     assert not streak.failed()
     clock.now += 1
     assert streak.failed()
+    assert streak.describe() == "60s (since 1970-01-01T00:16:40.000Z)"
+    clock.now += 5 * 86_400
+    assert streak.describe().startswith("5d (since")
+    clock.now -= 5 * 86_400
     streak.succeeded()
     assert streak.since_ms is None and not streak.failed()
     never = FailureStreak(0.0, None, clock)

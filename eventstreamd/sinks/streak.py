@@ -91,7 +91,16 @@ class FailureStreak:
     def describe(self) -> str:
         """How long, since when (for the auto-stop's log entry)."""
         since = self.since_ms or 0
-        return f"{(int(self._clock() * 1000) - since) / 1000:g}s (since {ms_to_iso(since)})"
+        lasted = (int(self._clock() * 1000) - since) / 1000
+        return f"{_duration(lasted)} (since {ms_to_iso(since)})"
+
+
+def _duration(seconds: float) -> str:
+    """`12.5s`, `42m`, `6.5h`, `5d`: a period as a person reads it."""
+    for unit, size in (("d", 86_400.0), ("h", 3_600.0), ("m", 60.0)):
+        if seconds >= 2 * size:
+            return f"{seconds / size:.1f}".removesuffix(".0") + unit
+    return f"{seconds:.1f}".removesuffix(".0") + "s"
 
     async def keep_saved(self, ctx: SinkContext) -> None:
         """Save the streak's start whenever it changes (runs for the pipeline's lifetime)."""

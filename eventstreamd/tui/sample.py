@@ -47,7 +47,7 @@ SNAPSHOT: dict[str, Any] = {
             lag_seconds=7_380.0, status="stopped", health="stopped", delivered=None,
             delivered_rate=0.0, failures=None, in_flight=None, crashes=None,
             rejected_events=3, auto_stopped=True,
-            stop_reason=("Every delivery attempt failed for 432000s (since "
+            stop_reason=("Every delivery attempt failed for 5d (since "
                          "2024-05-27T12:00:00.000Z); stopped automatically. Last error: "
                          "Request to URL https://crm.acme.example:8443/hooks failed. Reason: "
                          "Service Unavailable (HTTP status code 503).")),
