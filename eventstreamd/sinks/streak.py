@@ -95,13 +95,6 @@ class FailureStreak:
         return f"{_duration(lasted)} (since {ms_to_iso(since)})"
 
 
-def _duration(seconds: float) -> str:
-    """`12.5s`, `42m`, `6.5h`, `5d`: a period as a person reads it."""
-    for unit, size in (("d", 86_400.0), ("h", 3_600.0), ("m", 60.0)):
-        if seconds >= 2 * size:
-            return f"{seconds / size:.1f}".removesuffix(".0") + unit
-    return f"{seconds:.1f}".removesuffix(".0") + "s"
-
     async def keep_saved(self, ctx: SinkContext) -> None:
         """Save the streak's start whenever it changes (runs for the pipeline's lifetime)."""
         while True:
@@ -126,3 +119,11 @@ def _duration(seconds: float) -> str:
             with contextlib.suppress(StoreFull):
                 if await ctx.save_state(msgspec.to_builtins(StreakState(value))):
                     self._saved = value
+
+
+def _duration(seconds: float) -> str:
+    """`12.5s`, `42m`, `6.5h`, `5d`: a period as a person reads it."""
+    for unit, size in (("d", 86_400.0), ("h", 3_600.0), ("m", 60.0)):
+        if seconds >= 2 * size:
+            return f"{seconds / size:.1f}".removesuffix(".0") + unit
+    return f"{seconds:.1f}".removesuffix(".0") + "s"
