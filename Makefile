@@ -24,7 +24,7 @@ $(RUN_STAMP): pyproject.toml
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[test,parquet]'
 	rm -f $(VENV)/.installed-* $(VENV)/.runtime-*
 	touch $@ $(RUN_STAMP)
 

@@ -17,6 +17,11 @@ SCENARIO_IDS = (
     "latency-1000eps",
     "capacity",
     "s3-upload",
+    # The same events as gzip and zstd NDJSON and as Parquet, each against the bare
+    # client encoding and putting the same files.
+    "s3-gzip",
+    "s3-zstd",
+    "s3-parquet",
     "backlog-rss",
     "restart",
     # The same on the JetStream backend, each against bare nats-py on the same server.

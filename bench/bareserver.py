@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import signal
 
 import aiohttp
 import orjson
 from aiohttp import web
-
-from .receiver import serve
 
 NDJSON_TYPES = frozenset({"application/x-ndjson", "application/ndjson"})
 
@@ -50,6 +50,30 @@ def build_app(relay: asyncio.Queue[bytes] | None = None) -> web.Application:
     app = web.Application(client_max_size=16 * 1024 * 1024)
     app.router.add_post("/events", publish)
     return app
+
+
+async def serve(app: web.Application) -> None:
+    """Serve `app` on a free loopback port, say which, and stop on SIGTERM or SIGINT."""
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, backlog=1024)
+    await site.start()
+    announce(next(a[1] for a in runner.addresses if isinstance(a, tuple)))
+    await until_signalled()
+    await runner.cleanup()
+
+
+def announce(port: int) -> None:
+    """The line the orchestrator waits for (`Helper.line`): the server is listening."""
+    print(json.dumps({"port": port}), flush=True)
+
+
+async def until_signalled() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
 
 
 async def forward(queue: asyncio.Queue[bytes], url: str, in_flight: int) -> None:

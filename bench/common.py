@@ -21,7 +21,6 @@ import json
 import os
 import select
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -173,12 +172,6 @@ def percentile(sorted_values: list[float], q: float) -> float | None:
 
 
 # --------------------------------------------------------------------- network
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
 
 def http(method: str, url: str, body: Any = None, token: str | None = None,
          content_type: str = "application/json", timeout: float = 30.0,

@@ -46,11 +46,11 @@ class BenchDaemon(DaemonProcess):
     def memory(self) -> dict[str, float]:
         return memory(self.pid)
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 40.0) -> float:  # type: ignore[override]
-        """SIGTERM to the daemon itself (also under a profiler); the seconds it took."""
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 40.0) -> int:
+        """`sig` to the daemon itself (also under a profiler, which runs it as a child);
+        its exit code (0 when it never started)."""
         if self.proc is None:
-            return 0.0
-        start = time.monotonic()
+            return 0
         if self.proc.poll() is None and self.pid:
             try:
                 os.kill(self.pid, sig)
@@ -61,7 +61,12 @@ class BenchDaemon(DaemonProcess):
             except subprocess.TimeoutExpired:
                 pass
         self.children.end(self.proc)
-        self.wait(10)
+        return self.wait(10)
+
+    def timed_stop(self) -> float:
+        """A graceful stop; the seconds it took."""
+        start = time.monotonic()
+        self.stop()
         return time.monotonic() - start
 
     # ------------------------------------------------------------------- API

@@ -1,4 +1,5 @@
-"""The webhook receiver: one aiohttp server process that counts what arrives.
+"""The webhook receiver of the benchmarks: the tests' receiver (tests/helpers/receiver.py)
+keeping nothing and counting what arrives, in a process of its own.
 
 `python -m bench.receiver` prints `{"port": N}` once it listens on 127.0.0.1
 (an ephemeral port). The daemon and the bare baseline client both post to a
@@ -17,13 +18,14 @@ process.
 from __future__ import annotations
 
 import asyncio
-import json
-import signal
 import time
 from typing import Any
 
-import orjson
 from aiohttp import web
+
+from tests.helpers.receiver import Received, Receiver
+
+from .bareserver import announce, until_signalled
 
 MAX_LATENCIES = 2_000_000
 
@@ -54,29 +56,38 @@ def _percentiles(values: list[int]) -> dict[str, Any]:
             "p999_ms": at(0.999), "max_ms": ordered[-1] / 1e6}
 
 
-def build_app() -> web.Application:
-    counters = Counters()
+class CountingReceiver(Receiver):
+    """Answers 200 and keeps only counters (millions of requests arrive in a run)."""
 
-    async def receive(request: web.Request) -> web.Response:
-        body = await request.read()
+    def __init__(self) -> None:
+        super().__init__(keep=False)
+        self.counters = Counters()
+
+    def arrived(self, received: Received) -> int:
         now = time.monotonic_ns()
+        counters = self.counters
         counters.count += 1
-        counters.bytes += len(body)
+        counters.bytes += len(received.raw)
         if counters.first_ns is None:
             counters.first_ns = now
         counters.last_ns = now
-        counters.paths[request.path] = counters.paths.get(request.path, 0) + 1
+        counters.paths[received.path] = counters.paths.get(received.path, 0) + 1
         try:
-            sent = orjson.loads(body)["payload"].get("t")
-        except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
+            sent = received.body["payload"].get("t")
+        except (ValueError, KeyError, TypeError, AttributeError):
             counters.bad_bodies += 1
             sent = None
         if isinstance(sent, int) and len(counters.latencies_ns) < MAX_LATENCIES:
             counters.latencies_ns.append(now - sent)
-        return web.Response(status=200)
+        return 1
 
-    async def stats(request: web.Request) -> web.Response:
+    def routes(self, router: web.UrlDispatcher) -> None:
+        router.add_get("/_stats", self._stats)
+        router.add_post("/_reset", self._reset)
+
+    async def _stats(self, request: web.Request) -> web.Response:
         skip = int(request.query.get("skip", "0"))
+        counters = self.counters
         return web.json_response({
             "count": counters.count, "bytes": counters.bytes,
             "first_ns": counters.first_ns, "last_ns": counters.last_ns,
@@ -84,34 +95,20 @@ def build_app() -> web.Application:
             "cpu_s": time.process_time(), "latency": _percentiles(counters.latencies_ns[skip:]),
         })
 
-    async def reset(request: web.Request) -> web.Response:
-        counters.reset()
+    async def _reset(self, request: web.Request) -> web.Response:
+        self.counters.reset()
         return web.json_response({"ok": True})
 
-    app = web.Application(client_max_size=64 * 1024 * 1024)
-    app.router.add_get("/_stats", stats)
-    app.router.add_post("/_reset", reset)
-    app.router.add_post("/{tail:.*}", receive)
-    return app
 
-
-async def serve(app: web.Application) -> None:
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0, backlog=1024)
-    await site.start()
-    port = next(a[1] for a in runner.addresses if isinstance(a, tuple))
-    print(json.dumps({"port": port}), flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    await runner.cleanup()
+async def serve() -> None:
+    receiver = await CountingReceiver().start()
+    announce(receiver.port)
+    await until_signalled()
+    await receiver.close()
 
 
 def main() -> None:
-    asyncio.run(serve(build_app()))
+    asyncio.run(serve())
 
 
 if __name__ == "__main__":

@@ -22,7 +22,9 @@ from pathlib import Path
 
 from . import SCENARIO_IDS
 from .common import Children
-from .suite import SCENARIOS, Ctx, Row, fmt_busy
+from .context import Ctx
+from .rows import Row, fmt_busy
+from .scenarios import SCENARIOS
 
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results.json"
 OTHER_LOAD_WARNING = 0.4  # cores used by processes outside the benchmark worth warning about
@@ -162,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         if r.busy and r.scenario not in seen:
             seen.add(r.scenario)
             print(f"- {r.scenario}: {fmt_busy(r.busy)}")
-    contended = []
+    contended: list[tuple[str, float]] = []
     for r in rows:
         if r.busy and r.scenario not in [c[0] for c in contended]:
             ours = sum(v for k, v in r.busy.items()

@@ -25,10 +25,12 @@ Commands:
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import sys
 import time
 import uuid
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -329,6 +331,7 @@ def _subjects(log: Any) -> tuple[str, str]:
 def _event_log(prefix: str) -> Any:
     from eventstreamd.storage.jetstream.events import EventLog
 
+    # Only its subject names are asked for: no client is needed.
     return EventLog(None, prefix, 1, 30 * 86400.0, 1000, 0)  # type: ignore[arg-type]
 
 
@@ -495,12 +498,20 @@ async def _s3_total(s3: Any, bucket: str) -> tuple[int, list[tuple[str, int]]]:
 
 
 async def s3_watch(a: dict[str, Any]) -> dict[str, Any]:
-    """Poll the bucket until `expected` bytes are there (or `timeout`); when did they arrive."""
-    expected, timeout, interval = int(a["expected"]), float(a["timeout"]), float(a["interval"])
+    """Poll the bucket until `expected` bytes are there, or (when `expected` is None:
+    compressed files, whose sizes are not known in advance) `expected_objects` objects
+    (or `timeout`); when did they arrive."""
+    expected = int(a["expected"]) if a.get("expected") is not None else None
+    expected_objects = int(a.get("expected_objects") or 0)
+    timeout, interval = float(a["timeout"]), float(a["interval"])
     first_timeout = float(a.get("first_timeout", timeout))
     started = time.monotonic()
+
+    def done(total: int, objects: list[tuple[str, int]]) -> bool:
+        return total >= expected if expected is not None else len(objects) >= expected_objects
+
     first_ns = None
-    total, objects = 0, []
+    total, objects = 0, list[tuple[str, int]]()
     end = time.monotonic() + timeout
     async with _s3_client(a) as s3:
         print(json.dumps({"ready": True}), flush=True)
@@ -508,41 +519,95 @@ async def s3_watch(a: dict[str, Any]) -> dict[str, Any]:
             total, objects = await _s3_total(s3, a["bucket"])
             if total and first_ns is None:
                 first_ns = time.monotonic_ns()
-            if total >= expected or time.monotonic() >= end:
+            if done(total, objects) or time.monotonic() >= end:
                 break
             if not total and time.monotonic() - started > first_timeout:
                 break
             await asyncio.sleep(interval)
     return {"done_ns": time.monotonic_ns(), "first_ns": first_ns, "total": total,
-            "objects": objects, "reached": total >= expected}
+            "objects": objects, "reached": done(total, objects)}
 
 
 async def s3_baseline(a: dict[str, Any]) -> dict[str, Any]:
-    """put_object of the same files (same lines, same sizes), one after another; with
-    `multipart`, each file as the daemon sends it instead: a multipart upload of
-    `part_size` parts, `part_concurrency` at once (for the note: what the same S3 calls
-    cost bare)."""
+    """put_object of the same files (same lines, same sizes), one after another. With
+    `format` / `compression` other than plain NDJSON, each file is first encoded as the
+    daemon writes it (gzip level 6, zstd level 3, Parquet with the same columns, codec
+    and row groups) inside the timed phase, from data prepared before it (the lines, or
+    the columns' values): the bare cost of the same work. With `multipart`, each file
+    goes up as a multipart upload of `part_size` parts, `part_concurrency` at once (for
+    the note: what the same S3 calls cost bare)."""
     factory = EventFactory(a["published_at"])
     files, lines_per_file = int(a["files"]), int(a["lines_per_file"])
-    results = []
+    file_format, compression = a.get("format", "ndjson"), a.get("compression", "none")
+    raw_sizes, sizes = [], []
     async with _s3_client(a) as s3:
-        start = 0
-        payloads = []
-        for _ in range(files):
-            payloads.append(b"".join(factory.delivery_body(i) + b"\n"
-                                     for i in range(start, start + lines_per_file)))
-            start += lines_per_file
+        sources: list[Any] = []
+        for n in range(files):
+            numbers = range(n * lines_per_file, (n + 1) * lines_per_file)
+            if file_format == "parquet":
+                sources.append(_columns(factory, numbers))
+            else:
+                sources.append(b"".join(factory.delivery_body(i) + b"\n" for i in numbers))
+            raw_sizes.append(sum(len(factory.delivery_body(i)) + 1 for i in numbers))
         phase = Phase()
-        for n, body in enumerate(payloads):
+        for n, source in enumerate(sources):
+            body = (_parquet(source, compression, raw_sizes[n]) if file_format == "parquet"
+                    else _compressed(source, compression))
             key = f"baseline/file-{n}.export"
             if a.get("multipart"):
                 await _multipart(s3, a["bucket"], key, body, int(a["part_size"]),
                                  int(a["part_concurrency"]))
             else:
                 await s3.put_object(Bucket=a["bucket"], Key=key, Body=body)
-            results.append(len(body))
+            sizes.append(len(body))
         result = phase.result()
-    return {**result, "bytes": sum(results), "mib": sum(results) / MIB}
+    return {**result, "bytes": sum(sizes), "raw_bytes": sum(raw_sizes),
+            "mib": sum(raw_sizes) / MIB}
+
+
+def _compressed(raw: bytes, compression: str) -> bytes:
+    if compression == "gzip":
+        compressor = zlib.compressobj(6, zlib.DEFLATED, 31)
+        return compressor.compress(raw) + compressor.flush()
+    if compression == "zstd":
+        import zstandard
+
+        return zstandard.ZstdCompressor(level=3, write_checksum=True).compress(raw)
+    return raw
+
+
+def _columns(factory: EventFactory, numbers: range) -> dict[str, list[Any]]:
+    """The Parquet columns' values of events `numbers`, as plain Python values."""
+    events = [factory.event(i) for i in numbers]
+    return {"id": [str(uuid.uuid4()) for _ in numbers],
+            "seq": [i + 1 for i in numbers],
+            "tenant": ["default"] * len(numbers),
+            "name": [e["name"] for e in events],
+            "published_at": [e["published_at"] for e in events],
+            "payload": [orjson.dumps(e["payload"]) for e in events]}
+
+
+def _parquet(columns: dict[str, list[Any]], compression: str, raw_bytes: int) -> bytes:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from eventstreamd.sinks.s3_encoders import ROW_GROUP_BYTES
+
+    rows = len(columns["id"])
+    table = pa.table({
+        "id": pa.array(columns["id"], pa.string()),
+        "seq": pa.array(columns["seq"], pa.int64()),
+        "tenant": pa.array(columns["tenant"], pa.string()),
+        "name": pa.array(columns["name"], pa.string()),
+        "published_at": pc.cast(pa.array(columns["published_at"], pa.string()),
+                                pa.timestamp("us", tz="UTC")),
+        "payload": pa.array(columns["payload"], pa.string()),
+    })
+    out = io.BytesIO()
+    pq.write_table(table, out, compression=compression, use_dictionary=["tenant", "name"],
+                   row_group_size=max(1, rows * ROW_GROUP_BYTES // raw_bytes))
+    return out.getvalue()
 
 
 async def _multipart(s3: Any, bucket: str, key: str, body: bytes, part_size: int,

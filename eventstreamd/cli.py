@@ -28,8 +28,8 @@ signals: SIGINT or SIGTERM stop the daemon gracefully (in-flight requests and de
 get a grace period; what is not delivered stays for the next start).
 
 exit codes: 0 stopped by a signal; 1 could not start (port in use, data_dir locked by
-another daemon, store or socket errors), said in one line; 2 bad config, said in one
-line naming the file and the key.
+another daemon, store or socket errors, JetStream streams used before gone), said in
+one line; 2 bad config, said in one line naming the file and the key.
 
 Once started it writes {{data_dir}}/runtime.json (where it listens, its control socket)
 for `publish`, `integrations` and `tui`; GET /healthz, /readyz and /metrics watch it.
@@ -59,6 +59,10 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the daemon in the foreground", formatter_class=raw,
                          description="Run the daemon in the foreground.", epilog=RUN_EPILOG)
     run.add_argument("--config", metavar="PATH", help="config file (TOML)")
+    run.add_argument("--accept-new-streams", action="store_true",
+                     help="JetStream: go on with new, empty streams where the ones this "
+                          "data_dir's daemon used are gone (a wiped server) or were created "
+                          "anew; without it such a start is refused")
 
     pub = sub.add_parser(
         "publish", help="send events (JSON object, array or NDJSON)", formatter_class=raw,
@@ -87,6 +91,8 @@ def _parser() -> argparse.ArgumentParser:
         epilog=f"{CONFIG_ORDER}\n\nexit codes: 0 valid, 2 not (one line naming the file and "
                "the key).")
     check.add_argument("path", nargs="?", metavar="PATH", help="config file (TOML)")
+    check.add_argument("--config", metavar="PATH", dest="config_option",
+                       help="the same as PATH, as every other command spells it")
 
     listen = sub.add_parser(
         "listen", help="a local webhook receiver that prints every delivery",
@@ -132,7 +138,8 @@ def _run(args: argparse.Namespace) -> int:
     try:
         # uvloop where available: the daemon is bound by event-loop overhead (socket
         # writes, callbacks) on its delivery and ingest paths; see bench/README.md.
-        anyio.run(Daemon(config).run, backend_options={"use_uvloop": _have_uvloop()})
+        daemon = Daemon(config, accept_new_streams=args.accept_new_streams)
+        anyio.run(daemon.run, backend_options={"use_uvloop": _have_uvloop()})
     except* StartupError as group:  # raised inside the daemon's task group
         failure.extend(group.exceptions)
     if failure:
@@ -186,7 +193,11 @@ def _integrations(args: argparse.Namespace) -> int:
 
 
 def _check_config(args: argparse.Namespace) -> int:
-    config = _load(args.path)
+    if args.path and args.config_option and args.path != args.config_option:
+        print("eventstreamd check-config: give the file once (PATH or --config PATH)",
+              file=sys.stderr)
+        return 2
+    config = _load(args.path or args.config_option)
     if config.source == "<defaults>":
         print("no config file found (--config, $EVENTSTREAMD_CONFIG, ./eventstreamd.toml): "
               "the built-in defaults apply, and they are valid")

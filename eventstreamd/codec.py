@@ -29,6 +29,7 @@ Decisions:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 from typing import Any, Protocol
 
@@ -40,6 +41,7 @@ from .model import (
     Integration,
     LogEntry,
     RejectedEvent,
+    RetryClaim,
     TargetParams,
     UnknownTargetKind,
 )
@@ -211,11 +213,13 @@ def rejected_to_store(entry: RejectedEvent) -> dict[str, Any]:
     return {"id": entry.id, "created_at": entry.created_at, "seq": entry.seq,
             "event_id": entry.event_id, "reason": entry.reason, "status": entry.status,
             "body": entry.body, "deliverable": entry.deliverable, "attempts": entry.attempts,
-            **entry.extra}
+            **entry.extra,
+            **({"retry_claim": dataclasses.asdict(entry.retry_claim)}
+               if entry.retry_claim is not None else {})}
 
 
 _REJECTED_KEYS = frozenset({"id", "created_at", "seq", "event_id", "reason", "status", "body",
-                            "event", "deliverable", "attempts"})
+                            "event", "deliverable", "attempts", "retry_claim"})
 
 
 def placeholder_body(tenant: str, name: str, published_at: str) -> bytes:
@@ -240,7 +244,15 @@ def rejected_from_store(raw: dict[str, Any]) -> RejectedEvent:
         event_id=raw.get("event_id", raw["id"]), reason=raw.get("reason") or "",
         body=body, status=raw.get("status"), deliverable=deliverable,
         attempts=raw.get("attempts"),
-        extra={k: v for k, v in raw.items() if k not in _REJECTED_KEYS})
+        extra={k: v for k, v in raw.items() if k not in _REJECTED_KEYS},
+        retry_claim=_retry_claim(raw.get("retry_claim")))
+
+
+def _retry_claim(raw: Any) -> RetryClaim | None:
+    if not isinstance(raw, dict):
+        return None
+    return RetryClaim(str(raw.get("token", "")), int(raw.get("at_ms", 0)),
+                      int(raw.get("until_ms", 0)))
 
 
 REASON_EXCERPT = 200  # characters of the reason in a list entry

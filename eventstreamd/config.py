@@ -40,7 +40,7 @@ import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
 from .naming import valid_subject_token, valid_tenant
 
@@ -218,6 +218,7 @@ class S3Config:
     endpoint_url: str = ""
     rotate_interval: float = _duration("5m")
     rotate_size: int = _size("50MiB")
+    multipart_threshold: int = _size("64MiB")  # larger files go up as multipart uploads
     timeout: float = _duration("30s")
     retry_initial: float = _duration("1s")
     retry_max: float = _duration("60s")
@@ -422,6 +423,30 @@ def valid_signing_secret(secret: str) -> bool:
     return True
 
 
+MAX_FILE = 1024 * 1024  # a config file, or an integration's body file: far above either
+
+
+def read_capped(source: BinaryIO, limit: int = MAX_FILE) -> bytes:
+    """At most `limit` bytes of `source`; ValueError when it holds more (a device such as
+    /dev/zero, a wrong file), without reading the rest."""
+    data = source.read(limit + 1)
+    if len(data) > limit:
+        raise ValueError(f"larger than {limit // 1024:,} KiB; not a file this takes")
+    return data
+
+
+def parse_toml(raw: bytes) -> dict[str, Any]:
+    """A TOML document; ValueError saying why not (not UTF-8, not TOML, nested too deep)."""
+    try:
+        return tomllib.loads(raw.decode())
+    except UnicodeDecodeError:
+        raise ValueError("not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"not valid TOML: {exc}") from None
+    except RecursionError:
+        raise ValueError("not valid TOML: nested too deeply") from None
+
+
 def load_config(path: str | os.PathLike[str] | None = None) -> Config:
     """Load the config following the resolution order; raise ConfigError on any problem."""
     chosen: Path | None = None
@@ -435,11 +460,11 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
         return Config()
     try:
         with chosen.open("rb") as fh:
-            data = tomllib.load(fh)
+            data = parse_toml(read_capped(fh))
     except FileNotFoundError:
         raise ConfigError(f"{chosen}: no such config file") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{chosen}: not valid TOML: {exc}") from None
+    except ValueError as exc:
+        raise ConfigError(f"{chosen}: {exc}") from None
     except OSError as exc:
         raise ConfigError(f"{chosen}: cannot read: {exc.strerror}") from None
     try:

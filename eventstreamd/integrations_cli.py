@@ -28,6 +28,11 @@ Decisions:
   changes what the flags say (as GET shows them: secrets masked, which the
   daemon takes as "keep the stored one").
   `rotate-secret ID` prints the new secret, the only time it is shown.
+- Ids are percent-encoded in paths (`api_path()`): whatever the user typed names
+  one integration or event, never another route.
+- A `--file` is read up to `config.MAX_FILE` (1 MiB; a body is a few hundred
+  bytes), so `--file /dev/zero` is refused at once; a parameter group that is
+  not an object, or TOML nested too deeply, is one line and exit 2.
 """
 
 from __future__ import annotations
@@ -35,9 +40,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tomllib
+import urllib.parse
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -49,7 +53,7 @@ from .apiclient import (
     resolve_target,
     resolve_token,
 )
-from .config import Config
+from .config import Config, parse_toml, read_capped
 
 # ------------------------------------------------------------------- output
 
@@ -133,6 +137,8 @@ def show_integration(integration: dict[str, Any]) -> None:
               ("region", s3.get("aws_region")),
               ("access_key_id", s3.get("aws_access_key_id")),
               ("secret_access_key", s3.get("aws_secret_access_key")),
+              ("compression", s3.get("compression")), ("format", s3.get("format")),
+              ("key_template", s3.get("key_template")),
               ("starts_at", integration.get("starts_at")),
               ("ends_at", integration.get("ends_at")), ("filter", filter_of(integration))]
     pairs(items)
@@ -180,6 +186,15 @@ def _body_flags(parser: argparse.ArgumentParser, creating: bool) -> None:
                     help="default: $AWS_ACCESS_KEY_ID")
     s3.add_argument("--aws-secret-access-key", metavar="SECRET",
                     help="default: $AWS_SECRET_ACCESS_KEY")
+    s3.add_argument("--s3-compression", choices=("none", "gzip", "zstd"),
+                    help="compression (default: none); NDJSON keys gain .gz / .zst")
+    s3.add_argument("--s3-format", choices=("ndjson", "parquet"),
+                    help="file format (default: ndjson); parquet needs eventstreamd[parquet] "
+                         "on the daemon's host")
+    s3.add_argument("--s3-key-template", metavar="TEMPLATE",
+                    help="key_template, e.g. '{key_prefix}/date={date}/{tenant}-{first_seq}' "
+                         "(placeholders {key_prefix} {tenant} {timestamp} {random} {date} "
+                         "{hour} {first_seq} {last_seq}; needs {random} or {first_seq})")
     what = parser.add_argument_group("which events")
     what.add_argument("--events", metavar="NAMES",
                       help="event_filter: comma-separated names, e.g. order.created")
@@ -249,6 +264,8 @@ examples:
   eventstreamd integrations create orders --webhook https://erp.example.com/events \\
       --entities order
   eventstreamd integrations create archive --s3-bucket my-archive --s3-region eu-west-1
+  eventstreamd integrations create lake --s3-bucket my-lake --s3-format parquet \
+      --s3-compression zstd --s3-key-template '{key_prefix}/date={date}/{tenant}-{first_seq}'
   eventstreamd integrations list --json
   eventstreamd integrations rejected list orders
   eventstreamd integrations patch orders --max-rate 50 --ordered --ordering-key order_id
@@ -263,24 +280,44 @@ exit codes: 0 done, 1 refused or failed by the daemon, 2 usage or config error,
 
 
 def _load_file(path: str) -> dict[str, Any]:
+    """The body in `path` (- for stdin): JSON, or TOML; at most `MAX_FILE` bytes."""
     try:
-        raw = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
+        if path == "-":
+            raw = read_capped(sys.stdin.buffer)
+        else:
+            with open(path, "rb") as fh:
+                raw = read_capped(fh)
     except OSError as exc:
         raise ClientError(f"cannot read {path}: {exc.strerror or exc}", EXIT_USAGE) from None
-    try:
-        if path.endswith(".toml"):
-            data: Any = tomllib.loads(raw.decode())
-        else:
-            try:
-                data = orjson.loads(raw)
-            except orjson.JSONDecodeError:
-                data = tomllib.loads(raw.decode())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ClientError(f"{path}: neither JSON nor TOML ({exc})", EXIT_USAGE) from None
+    except ValueError as exc:
+        raise ClientError(f"{path}: {exc}", EXIT_USAGE) from None
+    data: Any = None
+    if not path.endswith(".toml"):
+        try:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            data = None
+    if data is None:
+        try:
+            data = parse_toml(raw)
+        except ValueError as exc:
+            raise ClientError(f"{path}: neither JSON nor TOML ({exc})", EXIT_USAGE) from None
     if not isinstance(data, dict):
         raise ClientError(f"{path}: expected an object (the API's integration fields)",
                           EXIT_USAGE)
     return data
+
+
+def _group(body: dict[str, Any], key: str, source: str) -> dict[str, Any]:
+    """A copy of the object `body[key]` (a parameter group) that flags add to; a group
+    that is there but not an object is a usage error, said in one line."""
+    value = body.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ClientError(f"{source}: '{key}' must be an object (the API's field), not "
+                          f"{type(value).__name__}", EXIT_USAGE)
+    return dict(value)
 
 
 def _split(value: str) -> list[str]:
@@ -313,9 +350,12 @@ def _controls(args: argparse.Namespace) -> dict[str, Any]:
 
 def build_body(args: argparse.Namespace, creating: bool) -> dict[str, Any]:
     body = _load_file(args.file) if args.file else {}
+    source = args.file or "the flags"
+    for key in ("callback_parameters", "s3_parameters", "filter_conditions"):
+        _group(body, key, source)  # checked even where no flag adds to it
     controls = _controls(args)
     if args.webhook or args.api_key or controls:
-        hook = dict(body.get("callback_parameters") or {})
+        hook = _group(body, "callback_parameters", source)
         if args.webhook:
             hook["callback_url"] = args.webhook
         if args.api_key:
@@ -326,11 +366,13 @@ def build_body(args: argparse.Namespace, creating: bool) -> dict[str, Any]:
         body["callback_parameters"] = hook
         body.pop("s3_parameters", None)
     s3_flags = (args.s3_bucket, args.s3_region, args.s3_prefix, args.aws_access_key_id,
-                args.aws_secret_access_key)
+                args.aws_secret_access_key, args.s3_compression, args.s3_format,
+                args.s3_key_template)
     if any(s3_flags):
-        s3 = dict(body.get("s3_parameters") or {})
+        s3 = _group(body, "s3_parameters", source)
         for key, value in zip(("bucket", "aws_region", "key_prefix", "aws_access_key_id",
-                               "aws_secret_access_key"), s3_flags, strict=True):
+                               "aws_secret_access_key", "compression", "format",
+                               "key_template"), s3_flags, strict=True):
             if value:
                 s3[key] = value
         s3.setdefault("aws_region", "us-east-1")
@@ -342,7 +384,7 @@ def build_body(args: argparse.Namespace, creating: bool) -> dict[str, Any]:
         if args.webhook is None and args.api_key is None and not _controls(args):
             body.pop("callback_parameters", None)
     if args.events is not None or args.entities is not None:
-        conditions = dict(body.get("filter_conditions") or {})
+        conditions = _group(body, "filter_conditions", source)
         if args.events is not None:
             conditions["event_filter"] = _split(args.events)
         if args.entities is not None:
@@ -373,9 +415,15 @@ def build_body(args: argparse.Namespace, creating: bool) -> dict[str, Any]:
 # ---------------------------------------------------------------- commands
 
 
+def api_path(client: HttpClient, *parts: str) -> str:
+    """An API path under the configuration API, each id percent-encoded: an id with '/',
+    '?', '#', '%' or spaces names that id, never another route."""
+    return "/".join([client.api_base, *(urllib.parse.quote(p, safe="") for p in parts)])
+
+
 def _rejected_id(client: HttpClient, integration_id: str, given: str) -> str:
     """The rejected event's id, also when `given` is the original event's id."""
-    listed = client.call("GET", f"{client.api_base}/{integration_id}/rejected_events") or {}
+    listed = client.call("GET", api_path(client, integration_id, "rejected_events")) or {}
     entries = listed.get("rejected_events") or []
     if any(e.get("id") == given for e in entries):
         return given
@@ -411,9 +459,10 @@ def _list(client: HttpClient, args: argparse.Namespace) -> int:
     return 0
 
 
-def _one(method: str, suffix: str, done: str) -> Callable[[HttpClient, argparse.Namespace], int]:
+def _one(method: str, suffix: tuple[str, ...],
+         done: str) -> Callable[[HttpClient, argparse.Namespace], int]:
     def command(client: HttpClient, args: argparse.Namespace) -> int:
-        result = client.call(method, f"{client.api_base}/{args.id}{suffix}")
+        result = client.call(method, api_path(client, args.id, *suffix))
         if args.json:
             dump(result)
         elif done:
@@ -440,7 +489,7 @@ def _patch(client: HttpClient, args: argparse.Namespace) -> int:
     if isinstance(hook, dict) and not args.file:
         # A PATCH replaces the target: flags change the current one (its secrets come back
         # masked, which the daemon reads as "keep the stored ones").
-        current = client.call("GET", f"{client.api_base}/{args.id}") or {}
+        current = client.call("GET", api_path(client, args.id)) or {}
         stored = current.get("callback_parameters")
         if not isinstance(stored, dict):
             if "callback_url" in hook:
@@ -454,7 +503,7 @@ def _patch(client: HttpClient, args: argparse.Namespace) -> int:
         if hook.get("ordered") is False and "ordering_key" not in hook:
             merged.pop("ordering_key", None)  # --no-ordered: no lanes either
         body["callback_parameters"] = merged
-    result = client.call("PATCH", f"{client.api_base}/{args.id}", body)
+    result = client.call("PATCH", api_path(client, args.id), body)
     if args.json:
         dump(result)
     else:
@@ -466,7 +515,7 @@ def _patch(client: HttpClient, args: argparse.Namespace) -> int:
 
 def _rotate_secret(client: HttpClient, args: argparse.Namespace) -> int:
     body = {"signing_secret": args.signing_secret} if args.signing_secret else None
-    result = client.call("POST", f"{client.api_base}/{args.id}/_rotate_secret", body)
+    result = client.call("POST", api_path(client, args.id, "_rotate_secret"), body)
     if args.json:
         dump(result)
     else:
@@ -476,14 +525,14 @@ def _rotate_secret(client: HttpClient, args: argparse.Namespace) -> int:
 
 
 def _delete(client: HttpClient, args: argparse.Namespace) -> int:
-    client.call("DELETE", f"{client.api_base}/{args.id}")
+    client.call("DELETE", api_path(client, args.id))
     if not args.json:
         print(f"deleted {args.id}")
     return 0
 
 
 def _logs(client: HttpClient, args: argparse.Namespace) -> int:
-    result = client.call("GET", f"{client.api_base}/{args.id}/logs")
+    result = client.call("GET", api_path(client, args.id, "logs"))
     if args.json:
         dump(result)
         return 0
@@ -497,7 +546,7 @@ def _logs(client: HttpClient, args: argparse.Namespace) -> int:
 
 
 def _rejected_list(client: HttpClient, args: argparse.Namespace) -> int:
-    result = client.call("GET", f"{client.api_base}/{args.id}/rejected_events")
+    result = client.call("GET", api_path(client, args.id, "rejected_events"))
     if args.json:
         dump(result)
         return 0
@@ -513,7 +562,7 @@ def _rejected_list(client: HttpClient, args: argparse.Namespace) -> int:
 
 def _rejected_show(client: HttpClient, args: argparse.Namespace) -> int:
     rejected_id = _rejected_id(client, args.id, args.rejected_id)
-    result = client.call("GET", f"{client.api_base}/{args.id}/rejected_events/{rejected_id}")
+    result = client.call("GET", api_path(client, args.id, "rejected_events", rejected_id))
     if args.json:
         dump(result)
         return 0
@@ -531,7 +580,7 @@ def _rejected_show(client: HttpClient, args: argparse.Namespace) -> int:
 
 def _rejected_retry(client: HttpClient, args: argparse.Namespace) -> int:
     rejected_id = _rejected_id(client, args.id, args.rejected_id)
-    client.call("POST", f"{client.api_base}/{args.id}/rejected_events/{rejected_id}/_retry")
+    client.call("POST", api_path(client, args.id, "rejected_events", rejected_id, "_retry"))
     if not args.json:
         print(f"rejected event {rejected_id} delivered and removed")
     return 0
@@ -539,7 +588,7 @@ def _rejected_retry(client: HttpClient, args: argparse.Namespace) -> int:
 
 def _rejected_delete(client: HttpClient, args: argparse.Namespace) -> int:
     rejected_id = _rejected_id(client, args.id, args.rejected_id)
-    client.call("DELETE", f"{client.api_base}/{args.id}/rejected_events/{rejected_id}")
+    client.call("DELETE", api_path(client, args.id, "rejected_events", rejected_id))
     if not args.json:
         print(f"rejected event {rejected_id} deleted")
     return 0
@@ -547,13 +596,13 @@ def _rejected_delete(client: HttpClient, args: argparse.Namespace) -> int:
 
 COMMANDS: dict[str, Callable[[HttpClient, argparse.Namespace], int]] = {
     "list": _list,
-    "show": _one("GET", "", ""),
+    "show": _one("GET", (), ""),
     "create": _create,
     "patch": _patch,
     "delete": _delete,
     "rotate-secret": _rotate_secret,
-    "start": _one("POST", "/_start", "{id}: {status}"),
-    "stop": _one("POST", "/_stop", "{id}: {status}"),
+    "start": _one("POST", ("_start",), "{id}: {status}"),
+    "stop": _one("POST", ("_stop",), "{id}: {status}"),
     "logs": _logs,
     "rejected-list": _rejected_list,
     "rejected-show": _rejected_show,

@@ -13,7 +13,12 @@ Decisions:
   `previous_signing_secret` of the config) each delivery's Standard Webhooks
   signature is checked and the verdict printed; it never changes the answer.
 - Secrets a delivery carries (the `Authorization` header) are shown masked.
-  The signing secrets it checks with are registered with the log redactor
+- What a client sent reaches the terminal as text only: control characters in
+  the request line, headers or a body that is not JSON are shown escaped
+  (`\\x1b`), so a body cannot move the cursor, retitle the window or clear the
+  screen (JSON bodies are re-printed by orjson, which escapes C0 controls in
+  strings; C1 ones are escaped here too).
+- The signing secrets it checks with are registered with the log redactor
   (`register_secrets`), and every printed block is scrubbed with it, as the
   daemon's log lines are.
 - The first line says where it listens (with `--port 0`, the port chosen),
@@ -31,7 +36,7 @@ from typing import IO
 import orjson
 from aiohttp import web
 
-from .logs import redactor
+from .logs import escape_controls, redactor
 from .sinks.signing import register_secrets, verify
 
 
@@ -59,7 +64,8 @@ class Listener:
             lines.append(f"signature: {verdict}")
         lines.append("")
         lines.append(_pretty(body))
-        print(redactor.scrub("\n".join(lines)), file=self.out, flush=True)
+        print(escape_controls(redactor.scrub("\n".join(lines)), keep="\n\t"), file=self.out,
+              flush=True)
         if 200 <= self.status < 300:
             return web.Response(status=self.status)
         return web.json_response({"error": f"answered {self.status} by eventstreamd listen "

@@ -55,6 +55,8 @@ class SecretRedactor:
 redactor = SecretRedactor()
 
 _CONTROL = dict.fromkeys(range(32), " ")
+# C0 and C1 control characters and DEL, shown escaped (see `escape_controls`).
+_ESCAPED = {code: f"\\x{code:02x}" for code in (*range(0x20), 0x7F, *range(0x80, 0xA0))}
 
 
 def shorten(text: str, limit: int) -> str:
@@ -66,6 +68,14 @@ def clean_text(text: str) -> str:
     """Text from outside (a receiver's answer, an exception) made safe to store and show:
     known secrets masked, control characters (forged log lines) flattened."""
     return redactor.scrub(text).translate(_CONTROL)
+
+
+def escape_controls(text: str, keep: str = "") -> str:
+    """Text from outside made safe to put on a terminal: control characters (escape
+    sequences, bells, carriage returns) shown as `\\x1b` etc., but those in `keep`."""
+    table = _ESCAPED if not keep else {k: v for k, v in _ESCAPED.items()
+                                       if chr(k) not in keep}
+    return text.translate(table)
 
 
 class _TextFormatter(logging.Formatter):

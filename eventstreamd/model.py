@@ -23,7 +23,7 @@ Decisions:
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Literal
 
 IntegrationType = Literal["permanent", "temporary"]
@@ -217,6 +217,29 @@ class LogEntry:
 
 
 @dataclass(frozen=True, slots=True)
+class RetryClaim:
+    """A rejected event being retried: by whom (`token`, one per retry), since and until
+    when (epoch ms). While it holds, no other retry of the event starts; one left by a
+    daemon that died mid-retry lapses at `until_ms`."""
+
+    token: str
+    at_ms: int
+    until_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class RetryOutcome:
+    """A retry that did not deliver, as its entry records it: the claim it ran under is
+    released, and when the attempt reached the receiver one more attempt is counted and
+    its `reason` and `status` are kept (the store does both in one atomic step)."""
+
+    token: str
+    attempted: bool
+    reason: str = ""
+    status: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class RejectedEvent:
     """An event set aside by a sink: a receiver's 400, or a reason on our side that
     retrying cannot cure. `body` is the delivery JSON; `deliverable` is False for an
@@ -232,6 +255,21 @@ class RejectedEvent:
     deliverable: bool = True
     attempts: int | None = None  # delivery attempts up to the rejection, when counted
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
+    retry_claim: RetryClaim | None = None  # a retry under way (see RetryClaim)
+
+    def claimable(self, at_ms: int) -> bool:
+        """No retry holds it at `at_ms` (none started, or the last one's claim lapsed)."""
+        return self.retry_claim is None or self.retry_claim.until_ms <= at_ms
+
+    def after_retry(self, outcome: RetryOutcome) -> RejectedEvent:
+        """The entry once a retry that did not deliver has ended (see RetryOutcome)."""
+        claim = self.retry_claim
+        released = None if claim is not None and claim.token == outcome.token else claim
+        if not outcome.attempted:
+            return replace(self, retry_claim=released)
+        return replace(self, retry_claim=released, reason=outcome.reason,
+                       status=outcome.status,
+                       attempts=None if self.attempts is None else self.attempts + 1)
 
 
 @dataclass(frozen=True, slots=True)

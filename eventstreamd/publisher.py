@@ -4,8 +4,15 @@ Decisions:
 - Input is one JSON object, a JSON array, or NDJSON, told apart by content:
   `[` starts an array; otherwise lines are read one by one as NDJSON, and if
   the first line is not a whole JSON value the input is parsed as one
-  (pretty-printed) object. NDJSON is streamed, so a file of any size is sent
-  in constant memory.
+  (pretty-printed) object. NDJSON and arrays are streamed (an array element
+  by element, with the stdlib decoder's `raw_decode`), so an input of any
+  size is sent in memory bounded by one event and one batch.
+- Nothing is read without limit: one event — an NDJSON line, an array
+  element, the single object — may be at most `server.max_body` of the
+  config (10 MiB by default; a larger one could not be sent in one request
+  anyway). Past that, publish stops with one line and exit 1 without
+  reading further, so `/dev/urandom`, a 1 GiB line or a binary file end
+  quickly and in bounded memory.
 - Events go out as NDJSON batches (at most `BATCH_EVENTS` events or
   `BATCH_BYTES` bytes) over one keep-alive connection (stdlib http.client: the
   command is sequential, so asyncio would add nothing).
@@ -20,10 +27,12 @@ Decisions:
 
 from __future__ import annotations
 
+import codecs
+import json
 import re
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import IO, Any
 
 import orjson
@@ -34,36 +43,158 @@ from .config import Config
 BATCH_EVENTS = 1000
 BATCH_BYTES = 4 * 1024 * 1024
 PROGRESS_EVERY = 1.0
+DEFAULT_EVENT_LIMIT = 10 * 1024 * 1024  # server.max_body's default
+MIN_EVENT_LIMIT = 64 * 1024
+ARRAY_CHUNK = 1024 * 1024
+HEAD = 64 * 1024  # read to tell an array from NDJSON
 
 
 class PublishError(ClientError):
     """Publishing stopped part-way (exit code 1); what was accepted before is said."""
 
 
-def iter_located(stream: IO[bytes]) -> Iterator[tuple[str, Any]]:
-    """Yield (where in the input, raw event) of a JSON object, JSON array or NDJSON stream."""
-    first = stream.readline()
-    line_no = 1
+def iter_located(stream: IO[bytes],
+                 limit: int = DEFAULT_EVENT_LIMIT) -> Iterator[tuple[str, Any]]:
+    """Yield (where in the input, raw event) of a JSON object, JSON array or NDJSON stream,
+    reading at most about `limit` bytes (one event) ahead: a line, an array element or
+    a single document larger than that is refused, and nothing is read past it."""
+    # The start in pieces of HEAD bytes: an array may be all on one line, of any length.
+    first, line_no = stream.readline(HEAD), 1
     while first and not first.strip():
-        first = stream.readline()
-        line_no += 1
+        line_no += first.endswith(b"\n")
+        first = stream.readline(HEAD)
     if not first:
         return
     if first.lstrip().startswith(b"["):
-        document = _loads(first + stream.read(), "input")
-        if not isinstance(document, list):
-            raise PublishError("input starts with '[' but is not a JSON array")
-        for index, event in enumerate(document):
-            yield f"event {index:,} of the array", event
+        yield from _array_elements(stream, first, limit)
         return
+    if not first.endswith(b"\n"):  # the rest of the first line
+        first += stream.readline(limit + 2 - len(first))
+        if len(first.rstrip(b"\r\n")) > limit:
+            raise _too_long(line_no, limit)
     try:
         yield f"line {line_no:,}", orjson.loads(first)
     except orjson.JSONDecodeError:
-        yield "the input", _loads(first + stream.read(), "input")  # one pretty-printed object
+        # Not a whole value on its line: one pretty-printed object, read up to the limit.
+        document = first + stream.read(limit + 1 - len(first))
+        if len(document) > limit:
+            raise PublishError(
+                f"line {line_no:,} is not a whole JSON value (so not NDJSON), and the input "
+                f"is larger than {_size(limit)} (so not one event): is it JSON at all?"
+            ) from None
+        yield "the input", _loads(document, "input")
         return
-    for number, line in enumerate(stream, start=line_no + 1):
+    number = line_no
+    while line := _readline(stream, limit, number + 1):
+        number += 1
         if line.strip():
             yield f"line {number:,}", _loads(line, f"line {number:,}")
+
+
+def _readline(stream: IO[bytes], limit: int, number: int) -> bytes:
+    """One line of at most `limit` bytes (b"" at the end), else PublishError."""
+    line = stream.readline(limit + 2)  # the line break may follow
+    if len(line.rstrip(b"\r\n")) > limit:
+        raise _too_long(number, limit)
+    return line
+
+
+def _too_long(number: int, limit: int) -> PublishError:
+    return PublishError(f"line {number:,} is longer than {_size(limit)}: one event may be at "
+                        "most server.max_body; nothing more was read")
+
+
+_BLANK = re.compile(r"[ \t\r\n]*")  # a run of JSON white space (faster than [^...])
+
+
+def _array_elements(stream: IO[bytes], head: bytes,
+                    limit: int) -> Iterator[tuple[str, Any]]:
+    """The elements of a JSON array, parsed one at a time (the stdlib decoder's
+    `raw_decode` from a position), holding at most one element and one chunk."""
+    decoder = json.JSONDecoder(parse_constant=_no_constant)
+    utf8 = codecs.getincrementaldecoder("utf-8")()
+
+    def more() -> str | None:
+        try:
+            data = stream.read(ARRAY_CHUNK)
+            return utf8.decode(data, final=not data) if data else None
+        except UnicodeDecodeError:
+            raise PublishError("the JSON array is not valid UTF-8") from None
+
+    buffer, eof = _decoded(utf8, head), False
+    position = buffer.index("[") + 1
+    index, want_value = 0, True
+    while True:
+        position = _BLANK.match(buffer, position).end()  # type: ignore[union-attr]
+        if position == len(buffer):  # nothing but white space left in the buffer
+            chunk = None if eof else more()
+            if chunk is None:
+                raise PublishError("the JSON array is not closed: the input ended")
+            buffer, position = chunk, 0
+            continue
+        char = buffer[position]
+        where = f"event {index:,} of the array"
+        if not want_value or (char == "]" and index == 0):
+            if char == "]":
+                _only_blank_after(buffer[position + 1:], more)
+                return
+            if want_value or char != ",":
+                raise PublishError(f"{where}: not valid JSON (expected ',' or ']' after "
+                                   f"event {index - 1:,})")
+            position, want_value = position + 1, True
+            continue
+        while True:
+            failure: json.JSONDecodeError | None = None
+            try:
+                value, end = decoder.raw_decode(buffer, position)
+            except json.JSONDecodeError as exc:
+                failure = exc
+            # A value that reaches the end of the buffer may go on (a number) or be cut.
+            if failure is None and (end < len(buffer) or eof):
+                break
+            if eof:
+                raise PublishError(f"{where}: not valid JSON ({failure})")
+            if len(buffer) - position > limit:
+                raise PublishError(f"{where} is larger than {_size(limit)} (one event may be "
+                                   "at most server.max_body), or not valid JSON; nothing "
+                                   "more was read")
+            chunk = more()
+            if chunk is None:
+                eof = True
+            else:
+                buffer, position = buffer[position:] + chunk, 0
+        if end - position > limit:
+            raise PublishError(f"{where} is larger than {_size(limit)}: one event may be at "
+                               "most server.max_body")
+        yield where, value
+        position, index, want_value = end, index + 1, False
+
+
+def _decoded(utf8: codecs.IncrementalDecoder, data: bytes) -> str:
+    try:
+        return utf8.decode(data)
+    except UnicodeDecodeError:
+        raise PublishError("the JSON array is not valid UTF-8") from None
+
+
+def _only_blank_after(rest: str, more: Callable[[], str | None]) -> None:
+    """After the array's `]` only white space may follow (read in chunks, not kept)."""
+    while True:
+        if _BLANK.match(rest).end() != len(rest):  # type: ignore[union-attr]
+            raise PublishError("the input goes on after the JSON array's closing ']'")
+        chunk = more()
+        if chunk is None:
+            return
+        rest = chunk
+
+
+def _no_constant(name: str) -> Any:
+    raise PublishError(f"{name} is not a JSON number (the JSON standard has no NaN or "
+                       "Infinity)")
+
+
+def _size(limit: int) -> str:
+    return f"{limit / (1 << 20):g} MiB" if limit >= 1 << 20 else f"{limit:,} bytes"
 
 
 def iter_events(stream: IO[bytes]) -> Iterator[Any]:
@@ -92,7 +223,10 @@ def iter_located_batches(
     where: list[str] = []
     size = 0
     for label, event in located:
-        line = orjson.dumps(event)
+        try:
+            line = orjson.dumps(event)
+        except orjson.JSONEncodeError as exc:  # an integer past 64 bits, a lone surrogate
+            raise PublishError(f"{label}: cannot be sent as JSON ({exc})") from None
         if lines and (len(lines) >= BATCH_EVENTS or size + len(line) > BATCH_BYTES):
             yield len(lines), b"\n".join(lines), where
             lines, where, size = [], [], 0
@@ -134,7 +268,8 @@ def publish(
     started = last_report = time.monotonic()
     first_seq = last_seq = None
     try:
-        for count, body, where in iter_located_batches(iter_located(stream)):
+        located = iter_located(stream, max(config.server.max_body, MIN_EVENT_LIMIT))
+        for count, body, where in iter_located_batches(located):
             try:
                 result = client.call_ndjson(body)
             except HttpError as exc:

@@ -1,21 +1,23 @@
 from __future__ import annotations
 
 import dataclasses
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from eventstreamd.config import Config, JetStreamConfig, StorageConfig
+from eventstreamd.config import Backend, Config, JetStreamConfig, StorageConfig
+from tests.helpers.backends import jetstream_settings, new_prefix
 from tests.helpers.daemon import DaemonProcess
 from tests.helpers.nats_server import NatsServer
+from tests.helpers.s3 import MotoServer
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """A test module runs its daemon tests on every backend it lists in `BACKENDS`
-    (default: LMDB only), as `test_x[lmdb]`, `test_x[jetstream]`."""
+    (default: LMDB only), as `test_x[lmdb]`, `test_x[jetstream]`; tests/helpers/backends.py
+    has the lists."""
     if "backend" in metafunc.fixturenames:
         backends = getattr(metafunc.module, "BACKENDS", None)
         if backends:
@@ -36,15 +38,6 @@ def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer
     server.stop()
 
 
-def jetstream_settings(server: NatsServer, prefix: str | None = None) -> dict[str, Any]:
-    return {"storage": {"backend": "jetstream"},
-            "jetstream": {"servers": [server.url], "prefix": prefix or new_prefix()}}
-
-
-def new_prefix() -> str:
-    return f"t{uuid.uuid4().hex[:12]}"
-
-
 @pytest.fixture
 def backend_settings(backend: str, request: pytest.FixtureRequest) -> dict[str, Any]:
     """What a daemon's config needs for the test's backend (nothing for LMDB)."""
@@ -54,7 +47,7 @@ def backend_settings(backend: str, request: pytest.FixtureRequest) -> dict[str, 
 
 
 @pytest.fixture
-def store_config(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Config:
+def store_config(backend: Backend, tmp_path: Path, request: pytest.FixtureRequest) -> Config:
     """A config for a store opened in-process (`open_store(store_config)`) on the test's
     backend: LMDB in a temp data dir, or JetStream under a fresh prefix."""
     config = Config(storage=StorageConfig(backend=backend, data_dir=str(tmp_path / "data")))
@@ -94,3 +87,21 @@ def daemon_factory(tmp_path: Path, backend_settings: dict[str, Any],
 @pytest.fixture
 def daemon(daemon_factory: Callable[..., DaemonProcess]) -> DaemonProcess:
     return daemon_factory()
+
+
+# S3 tests: one moto_server per test module, a fresh bucket per test.
+@pytest.fixture(scope="module")
+def moto() -> Iterator[MotoServer]:
+    server = MotoServer().start()
+    yield server
+    server.stop()
+
+
+_bucket_counter = iter(range(1_000_000))
+
+
+@pytest.fixture
+async def bucket(moto: MotoServer) -> str:
+    name = f"bucket-{next(_bucket_counter)}"
+    await moto.create_bucket(name)
+    return name

@@ -1,8 +1,8 @@
 """The configuration API against a real daemon: every operation, every documented status.
 
-Every response goes through `Api.call`, which asserts the status is one the
-spec documents for the operation, that the body conforms to the spec's
-response schema for it, and that error bodies carry the `X-Request-Id`.
+Every response goes through `ApiClient.call` (tests/helpers/api.py), which asserts
+the status is one the spec documents for the operation, that the body conforms to
+the spec's response schema for it, and that error bodies carry the `X-Request-Id`.
 Rejected events are written by the delivery layer; here they are seeded into
 the store in-process while the daemon is stopped (`seed_rejected`).
 """
@@ -10,144 +10,31 @@ the store in-process while the daemon is stopped (`seed_rejected`).
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import aiohttp
-import orjson
 
-from eventstreamd.config import Config
 from eventstreamd.model import RejectedEvent
-from eventstreamd.schemas.validation import documented_statuses, response_errors
-from tests.helpers.daemon import DaemonProcess, Factory, merge
+from tests.helpers.api import (
+    API_KEY,
+    AWS_SECRET,
+    BASE,
+    FUTURE,
+    LATER,
+    PAST,
+    S3,
+    WEBHOOK,
+    ApiClient,
+    local_daemon,
+    s3_body,
+    webhook_body,
+)
+from tests.helpers.backends import EVERY_BACKEND
+from tests.helpers.daemon import DaemonProcess, Factory
 from tests.helpers.store import event_of, event_part, rejected_entry
 from tests.helpers.store import seed_rejected as store_seed_rejected
 
-BACKENDS = ("lmdb", "jetstream")
-
-BASE = Config().server.base_path + "/eventstream"
-
-API_KEY = "webhook-api-key-0123456789"
-AWS_SECRET = "aws-secret-access-key-0123456789"
-# Loopback only: the daemon runs the real supervisor, and a retry delivers for
-# real (port 9 refuses, so it fails fast). Other URLs in these tests are never
-# contacted: no events are published to the integrations that carry them.
-WEBHOOK = {"callback_url": "http://127.0.0.1:9/events", "api_key": API_KEY}
-# Where any S3 sink would connect: nowhere but loopback.
-LOCAL_ONLY = {"s3": {"endpoint_url": "http://127.0.0.1:9"}}
-S3 = {
-    "aws_access_key_id": "AKIDEXAMPLE",
-    "aws_secret_access_key": AWS_SECRET,
-    "aws_region": "us-east-1",
-    "bucket": "exports",
-    "key_prefix": "team/stream",
-}
-PAST = "2024-01-01T00:00:00.000Z"
-LATER = "2024-02-01T00:00:00.000Z"
-FUTURE = "2999-01-01T00:00:00Z"
-
-
-def webhook(integration_id: str, **extra: Any) -> dict[str, Any]:
-    return {"id": integration_id, "integration_type": "permanent",
-            "callback_parameters": dict(WEBHOOK), **extra}
-
-
-def s3(integration_id: str, **extra: Any) -> dict[str, Any]:
-    return {"id": integration_id, "integration_type": "permanent", "s3_parameters": dict(S3),
-            **extra}
-
-
-class Api:
-    """One call per operation; each checks its response against the spec."""
-
-    def __init__(self, session: aiohttp.ClientSession, url: str) -> None:
-        self.session = session
-        self.url = url
-
-    async def call(self, operation_id: str, method: str, path: str, *, expect: int,
-                   body: Any = None, raw: bytes | None = None) -> Any:
-        data = raw if raw is not None else (orjson.dumps(body) if body is not None else None)
-        async with self.session.request(method, f"{self.url}{path}", data=data) as response:
-            payload = await response.read()
-            status = response.status
-            request_id = response.headers.get("X-Request-Id")
-        assert status == expect, (status, payload)
-        assert status in documented_statuses(operation_id), (operation_id, status)
-        parsed = orjson.loads(payload) if payload else None
-        assert response_errors(operation_id, status, parsed) == [], (operation_id, parsed)
-        assert request_id
-        if status >= 400:
-            assert parsed["request_id"] == request_id
-        return parsed
-
-    async def list(self) -> list[dict[str, Any]]:
-        return (await self.call("listIntegrations", "GET", BASE, expect=200))["integrations"]
-
-    async def create(self, body: Any = None, *, expect: int = 200,
-                     raw: bytes | None = None) -> Any:
-        return await self.call("registerIntegration", "POST", BASE, body=body, raw=raw,
-                               expect=expect)
-
-    async def get(self, integration_id: str, *, expect: int = 200) -> Any:
-        return await self.call("getIntegration", "GET", f"{BASE}/{integration_id}", expect=expect)
-
-    async def update(self, integration_id: str, body: Any = None, *, expect: int = 200,
-                     raw: bytes | None = None) -> Any:
-        return await self.call("updateIntegration", "PATCH", f"{BASE}/{integration_id}",
-                               body=body, raw=raw, expect=expect)
-
-    async def delete(self, integration_id: str, *, expect: int = 200) -> Any:
-        return await self.call("deleteIntegration", "DELETE", f"{BASE}/{integration_id}",
-                               expect=expect)
-
-    async def start(self, integration_id: str, *, expect: int = 200) -> Any:
-        return await self.call("startIntegration", "POST", f"{BASE}/{integration_id}/_start",
-                               expect=expect)
-
-    async def stop(self, integration_id: str, *, expect: int = 200) -> Any:
-        return await self.call("stopIntegration", "POST", f"{BASE}/{integration_id}/_stop",
-                               expect=expect)
-
-    async def logs(self, integration_id: str, *, expect: int = 200) -> Any:
-        result = await self.call("listIntegrationLogEntries", "GET",
-                                 f"{BASE}/{integration_id}/logs", expect=expect)
-        return result["entries"] if expect == 200 else result
-
-    async def rejected(self, integration_id: str, *, expect: int = 200) -> Any:
-        result = await self.call("listRejectedEvents", "GET",
-                                 f"{BASE}/{integration_id}/rejected_events", expect=expect)
-        return result["rejected_events"] if expect == 200 else result
-
-    async def get_rejected(self, integration_id: str, event_id: str, *,
-                           expect: int = 200) -> Any:
-        return await self.call("getRejectedEvent", "GET",
-                               f"{BASE}/{integration_id}/rejected_events/{event_id}",
-                               expect=expect)
-
-    async def delete_rejected(self, integration_id: str, event_id: str, *,
-                              expect: int = 200) -> Any:
-        return await self.call("deleteRejectedEvent", "DELETE",
-                               f"{BASE}/{integration_id}/rejected_events/{event_id}",
-                               expect=expect)
-
-    async def retry(self, integration_id: str, event_id: str, *, expect: int = 200) -> Any:
-        return await self.call("retryRejectedEvent", "POST",
-                               f"{BASE}/{integration_id}/rejected_events/{event_id}/_retry",
-                               expect=expect)
-
-
-@asynccontextmanager
-async def connect(daemon: DaemonProcess) -> AsyncIterator[Api]:
-    async with aiohttp.ClientSession(
-        headers={**daemon.headers, "Content-Type": "application/json"},
-        timeout=aiohttp.ClientTimeout(total=30),
-    ) as session:
-        yield Api(session, daemon.url)
-
-
-def local_daemon(factory: Factory, settings: dict[str, Any] | None = None) -> DaemonProcess:
-    return factory(merge(LOCAL_ONLY, settings or {}))
+BACKENDS = EVERY_BACKEND
 
 
 async def seed_rejected(daemon: DaemonProcess,
@@ -162,27 +49,28 @@ async def seed_rejected(daemon: DaemonProcess,
 
 async def test_create_list_get_with_masked_secrets(daemon_factory: Factory) -> None:
     daemon = local_daemon(daemon_factory)
-    async with connect(daemon) as api:
-        assert await api.list() == []
-        created = await api.create(webhook("erp-1"))
+    async with ApiClient(daemon) as api:
+        assert await api.list_integrations() == []
+        created = await api.register(webhook_body("erp-1"))
         assert created == {
             "id": "erp-1", "status": "running", "integration_type": "permanent",
             "callback_parameters": {"callback_url": WEBHOOK["callback_url"], "api_key": "we***"},
         }
-        stored = await api.create(s3("s3-1", starts_at="2024-01-01T01:00:00+01:00",
-                                     filter_conditions={"entity_filter": ["order", "return"]}))
+        stored = await api.register(s3_body(
+            "s3-1", starts_at="2024-01-01T01:00:00+01:00",
+            filter_conditions={"entity_filter": ["order", "return"]}))
         assert stored["s3_parameters"] == {**S3, "aws_secret_access_key": "aw***"}
         assert stored["status"] == "running"
         assert stored["starts_at"] == "2024-01-01T00:00:00.000Z"  # normalised to UTC
         assert stored["filter_conditions"] == {"entity_filter": ["order", "return"]}
-        temporary = await api.create({
+        temporary = await api.register({
             "id": "replay-1", "integration_type": "temporary", "starts_at": PAST,
             "ends_at": LATER, "callback_parameters": {"callback_url": "http://127.0.0.1:9/x"},
         })
         assert (temporary["starts_at"], temporary["ends_at"]) == (PAST, LATER)
         assert "api_key" not in temporary["callback_parameters"]
 
-        listed = await api.list()
+        listed = await api.list_integrations()
         assert sorted(i["id"] for i in listed) == ["erp-1", "replay-1", "s3-1"]
         assert {i["id"]: i for i in listed}["s3-1"] == stored
         assert await api.get("erp-1") == created
@@ -198,13 +86,13 @@ async def test_unknown_top_level_fields_are_ignored_unknown_target_fields_refuse
         daemon_factory: Factory) -> None:
     # The seed's schema leaves the body open (no additionalProperties: false); the served
     # spec closes the target objects, whose optional fields a typo would silently lose.
-    async with connect(local_daemon(daemon_factory)) as api:
-        created = await api.create(webhook("erp-1", status="stopped", colour="blue"))
+    async with ApiClient(local_daemon(daemon_factory)) as api:
+        created = await api.register(webhook_body("erp-1", status="stopped", colour="blue"))
         assert created["status"] == "running"
         assert "colour" not in created
-        body = webhook("erp-2")
+        body = webhook_body("erp-2")
         body["callback_parameters"]["extra"] = 1
-        refused = await api.create(body, expect=400)
+        refused = await api.register(body, expect=400)
         assert "'callback_parameters.extra' is not allowed here" in refused["message"]
 
 
@@ -217,90 +105,91 @@ INVALID_CREATES: list[tuple[str, Any, str, str]] = [
      "misplaced_target", "'s3_parameters' belongs at the top level"),
     ("missing id", {"integration_type": "permanent", "callback_parameters": WEBHOOK},
      "invalid_request", "'id'"),
-    ("id with a capital", webhook("Erp-1"), "invalid_request", "'id'"),
-    ("id with a trailing newline", webhook("erp-1\n"), "invalid_request", "'id'"),
-    ("id too long", webhook("a" * 51), "invalid_request", "'id'"),
-    ("bad type", {**webhook("erp-1"), "integration_type": "forever"}, "invalid_request",
+    ("id with a capital", webhook_body("Erp-1"), "invalid_request", "'id'"),
+    ("id with a trailing newline", webhook_body("erp-1\n"), "invalid_request", "'id'"),
+    ("id too long", webhook_body("a" * 51), "invalid_request", "'id'"),
+    ("bad type", {**webhook_body("erp-1"), "integration_type": "forever"}, "invalid_request",
      "'integration_type'"),
     ("no target", {"id": "erp-1", "integration_type": "permanent"}, "invalid_request",
      "'callback_parameters' or 's3_parameters'"),
-    ("both targets", {**webhook("erp-1"), "s3_parameters": S3}, "ambiguous_target",
+    ("both targets", {**webhook_body("erp-1"), "s3_parameters": S3}, "ambiguous_target",
      "s3_parameters"),
-    ("callback_url not a URI", {**webhook("erp-1"), "callback_parameters": {
+    ("callback_url not a URI", {**webhook_body("erp-1"), "callback_parameters": {
         "callback_url": "not a uri"}}, "invalid_request", "'callback_parameters.callback_url'"),
-    ("callback_url not HTTP", {**webhook("erp-1"), "callback_parameters": {
+    ("callback_url not HTTP", {**webhook_body("erp-1"), "callback_parameters": {
         "callback_url": "mailto:ops@example.com"}}, "invalid_callback_url", "callback_url"),
-    ("api_key not a string", {**webhook("erp-1"), "callback_parameters": {
+    ("api_key not a string", {**webhook_body("erp-1"), "callback_parameters": {
         "callback_url": "https://x.example", "api_key": 7}}, "invalid_request",
      "'callback_parameters.api_key'"),
-    ("s3 without bucket", {**s3("s3-1"), "s3_parameters": {
+    ("s3 without bucket", {**s3_body("s3-1"), "s3_parameters": {
         k: v for k, v in S3.items() if k != "bucket"}}, "invalid_request",
      "'s3_parameters.bucket'"),
-    ("key_prefix ending in /", {**s3("s3-1"), "s3_parameters": {**S3, "key_prefix": "a/"}},
+    ("key_prefix ending in /", {**s3_body("s3-1"), "s3_parameters": {**S3, "key_prefix": "a/"}},
      "invalid_request", "'s3_parameters.key_prefix'"),
-    ("empty filter_conditions", webhook("erp-1", filter_conditions={}), "invalid_request",
+    ("empty filter_conditions", webhook_body("erp-1", filter_conditions={}), "invalid_request",
      "filter_conditions"),
-    ("starts_at not a date-time", webhook("erp-1", starts_at="yesterday"), "invalid_request",
+    ("starts_at not a date-time", webhook_body("erp-1", starts_at="yesterday"), "invalid_request",
      "'starts_at'"),
-    ("starts_at in the future", webhook("erp-1", starts_at=FUTURE), "starts_at_in_future",
+    ("starts_at in the future", webhook_body("erp-1", starts_at=FUTURE), "starts_at_in_future",
      "starts_at"),
-    ("permanent with ends_at", webhook("erp-1", starts_at=PAST, ends_at=LATER),
+    ("permanent with ends_at", webhook_body("erp-1", starts_at=PAST, ends_at=LATER),
      "ends_at_not_allowed", "ends_at"),
-    ("temporary without starts_at", webhook("erp-1", integration_type="temporary",
-                                            ends_at=LATER), "starts_at_required", "starts_at"),
-    ("temporary without ends_at", webhook("erp-1", integration_type="temporary",
-                                          starts_at=PAST), "ends_at_required", "ends_at"),
-    ("temporary ending before it starts", webhook(
+    ("temporary without starts_at", webhook_body("erp-1", integration_type="temporary",
+                                                 ends_at=LATER), "starts_at_required",
+     "starts_at"),
+    ("temporary without ends_at", webhook_body("erp-1", integration_type="temporary",
+                                               starts_at=PAST), "ends_at_required", "ends_at"),
+    ("temporary ending before it starts", webhook_body(
         "erp-1", integration_type="temporary", starts_at=LATER, ends_at=PAST),
      "ends_at_before_starts_at", "ends_at"),
-    ("temporary of no length", webhook(
+    ("temporary of no length", webhook_body(
         "erp-1", integration_type="temporary", starts_at=PAST, ends_at=PAST),
      "ends_at_before_starts_at", "ends_at"),
 ]
 
 
 async def test_create_refuses_what_the_spec_forbids(daemon_factory: Factory) -> None:
-    async with connect(local_daemon(daemon_factory)) as api:
+    async with ApiClient(local_daemon(daemon_factory)) as api:
         for what, body, code, text in INVALID_CREATES:
-            error = await api.create(body, expect=400)
+            error = await api.register(body, expect=400)
             assert error["error_code"] == code, (what, error)
             assert text in error["message"], (what, error)
         for raw in (b"", b"{not json", b'{"id": "erp-1",'):
-            error = await api.create(raw=raw, expect=400)
+            error = await api.register(raw=raw, expect=400)
             assert error["error_code"] == "invalid_json", raw
-        assert await api.list() == []
+        assert await api.list_integrations() == []
 
 
 async def test_duplicate_id_is_409(daemon_factory: Factory) -> None:
-    async with connect(local_daemon(daemon_factory)) as api:
-        await api.create(webhook("erp-1"))
-        error = await api.create(s3("erp-1"), expect=409)
+    async with ApiClient(local_daemon(daemon_factory)) as api:
+        await api.register(webhook_body("erp-1"))
+        error = await api.register(s3_body("erp-1"), expect=409)
         assert error["error_code"] == "integration_exists"
         assert "erp-1" in error["message"]
         assert "s3_parameters" not in await api.get("erp-1")
 
 
 async def test_at_most_max_integrations(daemon_factory: Factory) -> None:
-    async with connect(local_daemon(daemon_factory, {"limits": {"max_integrations": 2}})) as api:
-        await api.create(webhook("one"))
-        await api.create(s3("two"))
-        error = await api.create(webhook("three"), expect=400)
+    async with ApiClient(local_daemon(daemon_factory, {"limits": {"max_integrations": 2}})) as api:
+        await api.register(webhook_body("one"))
+        await api.register(s3_body("two"))
+        error = await api.register(webhook_body("three"), expect=400)
         assert error["error_code"] == "max_integrations_reached"
         assert "2" in error["message"]
         # A duplicate is still reported as such at the limit.
-        assert (await api.create(webhook("one"), expect=409))["error_code"] == \
+        assert (await api.register(webhook_body("one"), expect=409))["error_code"] == \
             "integration_exists"
         await api.delete("one")
-        await api.create(webhook("three"))
-        assert sorted(i["id"] for i in await api.list()) == ["three", "two"]
+        await api.register(webhook_body("three"))
+        assert sorted(i["id"] for i in await api.list_integrations()) == ["three", "two"]
 
 
 # ----------------------------------------------------------------- start / stop / logs
 
 
 async def test_start_and_stop_are_idempotent_and_logged(daemon_factory: Factory) -> None:
-    async with connect(local_daemon(daemon_factory)) as api:
-        await api.create(webhook("erp-1"))
+    async with ApiClient(local_daemon(daemon_factory)) as api:
+        await api.register(webhook_body("erp-1"))
         assert (await api.start("erp-1"))["status"] == "running"  # already running
         stopped = await api.stop("erp-1")
         assert stopped["status"] == "stopped"
@@ -319,8 +208,8 @@ async def test_start_and_stop_are_idempotent_and_logged(daemon_factory: Factory)
 
 
 async def test_logs_keep_the_newest_log_entries(daemon_factory: Factory) -> None:
-    async with connect(local_daemon(daemon_factory, {"limits": {"log_entries": 3}})) as api:
-        await api.create(webhook("erp-1"))
+    async with ApiClient(local_daemon(daemon_factory, {"limits": {"log_entries": 3}})) as api:
+        await api.register(webhook_body("erp-1"))
         for _ in range(3):
             await api.stop("erp-1")
             await api.start("erp-1")
@@ -336,8 +225,8 @@ async def test_logs_keep_the_newest_log_entries(daemon_factory: Factory) -> None
 
 
 async def test_update_follows_the_stop_update_start_workflow(daemon_factory: Factory) -> None:
-    async with connect(local_daemon(daemon_factory)) as api:
-        await api.create(webhook("erp-1", starts_at=PAST))
+    async with ApiClient(local_daemon(daemon_factory)) as api:
+        await api.register(webhook_body("erp-1", starts_at=PAST))
         error = await api.update("erp-1", {"filter_conditions": {"event_filter": ["a.b"]}},
                                  expect=400)
         assert error["error_code"] == "integration_running"
@@ -361,8 +250,8 @@ async def test_update_follows_the_stop_update_start_workflow(daemon_factory: Fac
 
 
 async def test_update_switches_between_webhook_and_s3(daemon_factory: Factory) -> None:
-    async with connect(local_daemon(daemon_factory)) as api:
-        await api.create(webhook("erp-1"))
+    async with ApiClient(local_daemon(daemon_factory)) as api:
+        await api.register(webhook_body("erp-1"))
         await api.stop("erp-1")
         switched = await api.update("erp-1", {"s3_parameters": S3})
         assert "callback_parameters" not in switched
@@ -375,8 +264,8 @@ async def test_update_switches_between_webhook_and_s3(daemon_factory: Factory) -
 
 
 async def test_update_refuses_what_cannot_change(daemon_factory: Factory) -> None:
-    async with connect(local_daemon(daemon_factory)) as api:
-        await api.create(webhook("erp-1", starts_at=PAST))
+    async with ApiClient(local_daemon(daemon_factory)) as api:
+        await api.register(webhook_body("erp-1", starts_at=PAST))
         await api.stop("erp-1")
         for key, value in (("starts_at", PAST), ("ends_at", LATER),
                            ("integration_type", "temporary"), ("id", "erp-2"),
@@ -402,9 +291,9 @@ async def test_update_refuses_what_cannot_change(daemon_factory: Factory) -> Non
 
 
 async def test_temporary_integrations_cannot_be_updated(daemon_factory: Factory) -> None:
-    async with connect(local_daemon(daemon_factory)) as api:
-        await api.create(webhook("replay", integration_type="temporary", starts_at=PAST,
-                                 ends_at=LATER))
+    async with ApiClient(local_daemon(daemon_factory)) as api:
+        await api.register(webhook_body("replay", integration_type="temporary", starts_at=PAST,
+                                        ends_at=LATER))
         await api.stop("replay")
         error = await api.update("replay", {"filter_conditions": {"event_filter": ["a.b"]}},
                                  expect=400)
@@ -415,8 +304,8 @@ async def test_temporary_integrations_cannot_be_updated(daemon_factory: Factory)
 
 
 async def test_unknown_ids_are_404(daemon_factory: Factory) -> None:
-    async with connect(local_daemon(daemon_factory)) as api:
-        await api.create(webhook("erp-1"))
+    async with ApiClient(local_daemon(daemon_factory)) as api:
+        await api.register(webhook_body("erp-1"))
         for missing in ("nope", "x" * 600, "UPPER", "a%2Fb"):
             for call in (api.get, api.delete, api.start, api.stop, api.logs, api.rejected):
                 error = await call(missing, expect=404)
@@ -437,13 +326,13 @@ async def test_unknown_ids_are_404(daemon_factory: Factory) -> None:
 
 async def test_rejected_events_list_get_delete_retry(daemon_factory: Factory) -> None:
     daemon = local_daemon(daemon_factory)
-    async with connect(daemon) as api:
-        await api.create(webhook("erp-1"))
-        await api.create(webhook("other"))
+    async with ApiClient(daemon) as api:
+        await api.register(webhook_body("erp-1"))
+        await api.register(webhook_body("other"))
         assert await api.rejected("erp-1") == []
     entries = [rejected_entry(n) for n in range(3)]
     await seed_rejected(daemon, {"erp-1": entries, "other": [rejected_entry(9)]})
-    async with connect(daemon) as api:
+    async with ApiClient(daemon) as api:
         listed = await api.rejected("erp-1")
         assert [(item["id"], item["created_at"]) for item in listed] == \
             [(e.id, e.created_at) for e in reversed(entries)]  # newest first
@@ -482,22 +371,22 @@ async def test_delete_removes_the_integration_with_its_logs_and_rejected_events(
     daemon_factory: Factory,
 ) -> None:
     daemon = local_daemon(daemon_factory)
-    async with connect(daemon) as api:
-        await api.create(webhook("erp-1"))
+    async with ApiClient(daemon) as api:
+        await api.register(webhook_body("erp-1"))
         await api.stop("erp-1")
-        await api.create(webhook("keep"))
+        await api.register(webhook_body("keep"))
     doomed = rejected_entry(1)
     await seed_rejected(daemon, {"erp-1": [doomed], "keep": [rejected_entry(2)]})
-    async with connect(daemon) as api:
+    async with ApiClient(daemon) as api:
         assert await api.delete("erp-1") is None
         await api.get("erp-1", expect=404)
         await api.logs("erp-1", expect=404)
         await api.rejected("erp-1", expect=404)
         await api.get_rejected("erp-1", doomed.id, expect=404)
         await api.delete("erp-1", expect=404)
-        assert [i["id"] for i in await api.list()] == ["keep"]
+        assert [i["id"] for i in await api.list_integrations()] == ["keep"]
         # A new integration under the same id starts with nothing of the old one.
-        recreated = await api.create(s3("erp-1"))
+        recreated = await api.register(s3_body("erp-1"))
         assert recreated["status"] == "running"
         assert [e["action"] for e in await api.logs("erp-1")] == ["integration_created"]
         assert await api.rejected("erp-1") == []

@@ -15,24 +15,25 @@ from eventstreamd.logs import MASK, redactor
 from eventstreamd.model import Integration
 from eventstreamd.sinks.s3 import S3Target
 from eventstreamd.sinks.webhook import WebhookTarget
-from tests.helpers.daemon import DaemonProcess, Factory
-from tests.helpers.store import event_of, event_part, opened, rejected_entry, seed_rejected
-from tests.test_api import (
+from tests.helpers.api import (
     API_KEY,
     AWS_SECRET,
     PAST,
-    connect,
+    ApiClient,
     local_daemon,
-    s3,
-    webhook,
+    s3_body,
+    webhook_body,
 )
+from tests.helpers.backends import EVERY_BACKEND
+from tests.helpers.daemon import DaemonProcess, Factory
+from tests.helpers.store import event_of, event_part, opened, rejected_entry, seed_rejected
 
-BACKENDS = ("lmdb", "jetstream")
+BACKENDS = EVERY_BACKEND
 
 
 async def _snapshot(daemon: DaemonProcess) -> dict[str, Any]:
-    async with connect(daemon) as api:
-        integrations = sorted(await api.list(), key=lambda i: i["id"])
+    async with ApiClient(daemon) as api:
+        integrations = sorted(await api.list_integrations(), key=lambda i: i["id"])
         return {
             "integrations": integrations,
             "logs": {i["id"]: await api.logs(i["id"]) for i in integrations},
@@ -56,12 +57,12 @@ async def test_integrations_statuses_logs_and_rejected_events_survive_a_restart(
     daemon_factory: Factory,
 ) -> None:
     daemon = local_daemon(daemon_factory)
-    async with connect(daemon) as api:
-        await api.create(webhook("hook", filter_conditions=QUIET))
-        await api.create(s3("bucket", starts_at=PAST, filter_conditions=QUIET))
+    async with ApiClient(daemon) as api:
+        await api.register(webhook_body("hook", filter_conditions=QUIET))
+        await api.register(s3_body("bucket", starts_at=PAST, filter_conditions=QUIET))
         await api.stop("bucket")
-        await api.create(webhook("replay", integration_type="temporary", starts_at=PAST,
-                                 ends_at="2999-01-01T00:00:00Z", filter_conditions=QUIET))
+        await api.register(webhook_body("replay", integration_type="temporary", starts_at=PAST,
+                                        ends_at="2999-01-01T00:00:00Z", filter_conditions=QUIET))
     before = await _snapshot(daemon)
     assert daemon.stop() == 0
 
@@ -93,10 +94,10 @@ async def test_integrations_statuses_logs_and_rejected_events_survive_a_restart(
     assert after["rejected"]["replay"] == []
 
     # And the API keeps working on what it reloaded.
-    async with connect(daemon) as api:
+    async with ApiClient(daemon) as api:
         assert (await api.start("bucket"))["status"] == "running"
         await api.delete("hook")
-        assert [i["id"] for i in await api.list()] == ["bucket", "replay"]
+        assert [i["id"] for i in await api.list_integrations()] == ["bucket", "replay"]
 
 
 async def test_stored_secrets_are_registered_with_the_redactor_at_startup(
@@ -106,13 +107,13 @@ async def test_stored_secrets_are_registered_with_the_redactor_at_startup(
     run = uuid.uuid4().hex[:8]
     secret_key, secret_aws = f"restart-api-key-{run}-0123", f"restart-aws-secret-{run}-0123"
     daemon = local_daemon(daemon_factory)
-    async with connect(daemon) as api:
-        body = webhook("hook")
+    async with ApiClient(daemon) as api:
+        body = webhook_body("hook")
         body["callback_parameters"]["api_key"] = secret_key
-        await api.create(body)
-        body = s3("bucket")
+        await api.register(body)
+        body = s3_body("bucket")
         body["s3_parameters"]["aws_secret_access_key"] = secret_aws
-        await api.create(body)
+        await api.register(body)
     assert daemon.stop() == 0
     assert redactor.scrub(secret_key) == secret_key  # this process has not seen them yet
 

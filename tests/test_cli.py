@@ -7,19 +7,16 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.helpers.daemon import DaemonProcess, Factory, Listener
+from tests.helpers.daemon import FAST, DaemonProcess, Factory, Listener, merge
 from tests.helpers.wait import eventually_sync
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
-FAST = {"webhook": {"timeout": "2s", "retry_initial": "50ms", "retry_max": "100ms",
-                    "signing_secret": SECRET}}
-WAIT = 20.0
+SIGNED = merge(FAST, {"webhook": {"signing_secret": SECRET}})
 
 
 def cli(*args: str, cwd: Path | None = None, stdin: str | None = None,
@@ -27,10 +24,6 @@ def cli(*args: str, cwd: Path | None = None, stdin: str | None = None,
     return subprocess.run([sys.executable, "-m", "eventstreamd", *args], cwd=cwd,
                           input=stdin, capture_output=True, text=True, timeout=60,
                           env=dict(os.environ, **(env or {})))
-
-
-def until(condition: Callable[[], Any], what: str) -> Any:
-    return eventually_sync(condition, within=WAIT, what=what)
 
 
 @pytest.fixture
@@ -49,7 +42,7 @@ def listeners(tmp_path: Path) -> Any:
 
 def test_every_integrations_subcommand(daemon_factory: Factory, listeners: Any,
                                        tmp_path: Path) -> None:
-    d = daemon_factory(FAST)
+    d = daemon_factory(SIGNED)
     refusing = listeners("--status", "400")
     accepting = listeners("--secret", SECRET)
 
@@ -78,7 +71,7 @@ def test_every_integrations_subcommand(daemon_factory: Factory, listeners: Any,
     published = cli("publish", "--config", str(d.config_path), "-",
                     stdin='{"id": "evt-1", "name": "order.created", "payload": {"n": 1}}')
     assert published.returncode == 0 and "published 1 event " in published.stderr
-    until(lambda: js("rejected", "list", "shop")["rejected_events"], "the rejection")
+    eventually_sync(lambda: js("rejected", "list", "shop")["rejected_events"], what="the rejection")
     [entry] = js("rejected", "list", "shop")["rejected_events"]
     assert (entry["event_id"], entry["status"], entry["attempts"]) == ("evt-1", 400, 1)
     assert "eventstreamd listen" in entry["reason"]  # the receiver's own answer
@@ -101,7 +94,7 @@ def test_every_integrations_subcommand(daemon_factory: Factory, listeners: Any,
     assert "shop: running" in es("start", "shop").stdout
     assert "delivered and removed" in es("rejected", "retry", "shop", "evt-1").stdout
     assert js("rejected", "list", "shop")["rejected_events"] == []
-    until(lambda: accepting.deliveries() == 1, "the retried delivery")
+    eventually_sync(lambda: accepting.deliveries() == 1, what="the retried delivery")
     assert "webhook-id: evt-1" in accepting.output()
     assert "signature: ok" in accepting.output()
     actions = [e["action"] for e in js("logs", "shop")["entries"]]
@@ -116,8 +109,9 @@ def test_every_integrations_subcommand(daemon_factory: Factory, listeners: Any,
     es("create", "--file", str(spec))
     cli("publish", "--config", str(d.config_path), "-",
         stdin='{"id": "evt-2", "name": "order.created", "payload": {}}')
-    until(lambda: js("rejected", "list", "bin")["rejected_events"], "the second rejection")
-    until(lambda: accepting.deliveries() == 2, "evt-2 at shop")
+    eventually_sync(lambda: js("rejected", "list", "bin")["rejected_events"],
+                    what="the second rejection")
+    eventually_sync(lambda: accepting.deliveries() == 2, what="evt-2 at shop")
     assert "deleted" in es("rejected", "delete", "bin", "evt-2").stdout
     assert js("rejected", "list", "bin")["rejected_events"] == []
     es("rejected", "show", "bin", "evt-2", code=4)
@@ -140,7 +134,7 @@ def test_every_integrations_subcommand(daemon_factory: Factory, listeners: Any,
 
 def test_delivery_controls_from_the_command_line(daemon_factory: Factory,
                                                  listeners: Any) -> None:
-    d = daemon_factory(FAST)
+    d = daemon_factory(SIGNED)  # a global secret: the integration's own one replaces it
     own = "whsec_" + "T3duU2VjcmV0" * 3  # 27 bytes
     receiver = listeners("--secret", own)
 
@@ -173,7 +167,7 @@ def test_delivery_controls_from_the_command_line(daemon_factory: Factory,
     es("start", "ctl")
     cli("publish", "--config", str(d.config_path), "-",
         stdin='{"name": "order.created", "payload": {"order_id": "A-1"}}')
-    until(lambda: receiver.deliveries() == 1, "a delivery")
+    eventually_sync(lambda: receiver.deliveries() == 1, what="a delivery")
     out = receiver.output()
     assert "signature: ok" in out and "X-Tenant: acme-tenant-token" in out
     assert "X-Env: staging" in out
@@ -186,7 +180,7 @@ def test_delivery_controls_from_the_command_line(daemon_factory: Factory,
     es("start", "ctl")
     cli("publish", "--config", str(d.config_path), "-",
         stdin='{"name": "order.created", "payload": {"order_id": "A-2"}}')
-    until(lambda: fresh.deliveries() == 1, "a delivery after the rotation")
+    eventually_sync(lambda: fresh.deliveries() == 1, what="a delivery after the rotation")
     assert "signature: ok" in fresh.output()
     assert rotated not in d.log()
     es("rotate-secret", "ctl", "--signing-secret", "nope", code=1)
@@ -195,13 +189,13 @@ def test_delivery_controls_from_the_command_line(daemon_factory: Factory,
 
 def test_listen_answers_the_given_status_and_checks_signatures(daemon_factory: Factory,
                                                                listeners: Any) -> None:
-    d = daemon_factory(FAST)
+    d = daemon_factory(SIGNED)
     wrong = listeners("--secret", "whsec_" + "QUJD" * 8, "--status", "202")
     es = ["integrations", "create", "x", "--webhook", wrong.url, "--config", str(d.config_path)]
     assert cli(*es).returncode == 0
     cli("publish", "--config", str(d.config_path), "-",
         stdin='{"name": "order.created", "payload": {"k": "v"}}')
-    until(lambda: wrong.deliveries() == 1, "a delivery")
+    eventually_sync(lambda: wrong.deliveries() == 1, what="a delivery")
     out = wrong.output()
     assert "-> 202" in out and "signature: INVALID" in out and '"k": "v"' in out
     assert wrong.stop() == 0  # SIGTERM ends it cleanly

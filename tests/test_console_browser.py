@@ -22,7 +22,6 @@ import json
 import os
 import re
 import shutil
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -33,11 +32,13 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 
-from tests.conftest import jetstream_settings
 from tests.helpers.api import BASE, ApiClient, events
+from tests.helpers.backends import jetstream_settings
 from tests.helpers.daemon import DaemonProcess, Factory, merge
 from tests.helpers.nats_server import NatsServer
+from tests.helpers.processes import free_port
 from tests.helpers.receiver import Received, Receiver, Responder, ok
+from tests.helpers.signing import library_verifies, new_secret
 from tests.helpers.wait import eventually
 
 REQUIRED = os.environ.get("EVENTSTREAMD_REQUIRE_BROWSER") == "1"
@@ -158,12 +159,6 @@ async def rejected_row(page: Page, d: DaemonProcess, receiver: Receiver,
         await eventually(lambda: api.rejected("orders"), what="the rejected event")
     await open_console(page, d, detail("orders"))
     return page.locator("table.rejected tbody tr").first
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def accept_dialogs(page: Page) -> None:
@@ -477,7 +472,7 @@ async def delivered_then_replay_form(page: Page, d: DaemonProcess, receiver: Rec
     async with ApiClient(d) as api:
         await api.webhook("orders", receiver.url)
         await api.publish(events(count))
-        await receiver.wait_for(lambda: len(receiver.delivered) == count)
+        await eventually(lambda: len(receiver.delivered) == count)
     await open_console(page, d, detail("orders"))
     await page.get_by_label("From (your local time)").fill(utc_input(since))
 
@@ -521,10 +516,8 @@ async def test_a_replay_is_cancelled_from_the_console(
 @pytest.mark.needs_delivery_controls
 async def test_rotating_the_secret_from_the_console_signs_with_the_new_one(
         page: Page, daemon_factory: Factory) -> None:
-    from tests.test_signing import RawReceiver, library_verifies, new_secret
-
     d = daemon_factory(FAST)
-    receiver = await RawReceiver().start()
+    receiver = await Receiver().start()
     old = new_secret()
     try:
         async with ApiClient(d) as api:
@@ -540,8 +533,8 @@ async def test_rotating_the_secret_from_the_console_signs_with_the_new_one(
         async with ApiClient(d) as api:
             assert new not in str(await api.get("orders"))  # masked on read
             await api.publish(events(1))
-        await receiver.wait_for(lambda: len(receiver.delivered) == 1)
-        body, headers = receiver.raw[0]
+        await eventually(lambda: len(receiver.delivered) == 1)
+        body, headers = receiver.requests[0].raw, receiver.requests[0].headers
         assert library_verifies(new, body, headers)
     finally:
         await receiver.close()

@@ -21,12 +21,11 @@ import pytest
 from anyio.abc import UNIXSocketStream
 
 from eventstreamd.config import Config, StorageConfig
-from eventstreamd.daemon.contracts import ChangeFeed
+from eventstreamd.daemon.contracts import ChangeFeed, SinkStatus
 from eventstreamd.daemon.control import ControlServer
 from eventstreamd.daemon.integrations import IntegrationService
 from eventstreamd.daemon.status import StatusSampler, health
-from eventstreamd.daemon.supervisor import SinkStatus
-from eventstreamd.model import Change, Integration, LogEntry, TargetParams
+from eventstreamd.model import Change, Integration, LogEntry, Status, TargetParams
 from eventstreamd.sinks.base import PipelineStatus, SinkStats
 from eventstreamd.sinks.registry import SINK_TYPES
 from eventstreamd.sinks.s3 import S3Target
@@ -35,13 +34,22 @@ from eventstreamd.storage.base import Store
 from eventstreamd.storage.factory import open_store
 from eventstreamd.storage.lmdb_store import LmdbStore
 from tests.helpers.api import BASE, ApiClient, events
+from tests.helpers.backends import EVERY_BACKEND
 from tests.helpers.control import Line, control_path
 from tests.helpers.daemon import DaemonProcess, Factory
 from tests.helpers.receiver import Receiver
 from tests.helpers.store import held, new_event, opened
+from tests.helpers.wait import eventually
+
+BACKENDS = EVERY_BACKEND  # the daemon tests and the snapshot test run on both
 
 WAIT = 20.0  # the bound on every wait in this file, in seconds
-BACKENDS = ("lmdb", "jetstream")  # the daemon tests and the snapshot test run on both
+
+
+def fields(record: logging.LogRecord) -> dict[str, Any]:
+    """The structured fields a daemon log record carries (`extra={"fields": ...}`)."""
+    found: dict[str, Any] = record.__dict__["fields"]
+    return found
 
 
 def integration(snapshot: dict[str, Any], integration_id: str) -> dict[str, Any] | None:
@@ -95,7 +103,7 @@ async def test_two_clients_at_once_share_the_api(daemon: DaemonProcess) -> None:
         async with ApiClient(daemon) as api:
             await api.webhook("w1", receiver.url)
             await api.publish(events(3))
-            await receiver.wait_for(lambda: len(receiver.delivered) == 3)
+            await eventually(lambda: len(receiver.delivered) == 3)
             first = await Line.connect(control_path(daemon))
             second = await Line.connect(control_path(daemon))
             try:
@@ -225,9 +233,7 @@ async def served(tmp_path: Path) -> AsyncIterator[tuple[ControlServer, LmdbStore
         # A plain task, not a task group: the fixture's setup and teardown run in
         # different tasks.
         task = asyncio.create_task(server.run())
-        with anyio.fail_after(WAIT):
-            while not path.exists():
-                await anyio.sleep(0.01)
+        await eventually(path.exists, within=WAIT, every=0.01, what="the control socket")
         yield server, store, path
         await server.stop()
         with anyio.move_on_after(5):
@@ -308,7 +314,7 @@ async def test_idle_clients_make_room_for_a_new_one(
     for client in [newcomer, *idle]:
         await client.close()
     gone = [r for r in caplog.records if r.getMessage() == "control client gone"]
-    assert any("evicted" in r.fields["reason"] for r in gone)  # type: ignore[attr-defined]
+    assert any("evicted" in fields(r)["reason"] for r in gone)
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
@@ -332,7 +338,7 @@ async def test_idle_clients_are_closed_after_the_idle_timeout(
     assert (await subscriber.call("ping"))["ok"]
     for client in (silent, asked, partial, subscriber):
         await client.close()
-    reasons = [r.fields["reason"] for r in caplog.records  # type: ignore[attr-defined]
+    reasons = [fields(r)["reason"] for r in caplog.records
                if r.getMessage() == "control client gone" and r.levelno == logging.INFO]
     assert sum("idle" in reason for reason in reasons) == 3
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
@@ -422,8 +428,8 @@ async def store(store_config: Config) -> AsyncIterator[Store]:
 
 
 def _integration(integration_id: str, target: TargetParams,
-                 status: str = "running") -> Integration:
-    return Integration(id=integration_id, type="permanent", status=status,  # type: ignore[arg-type]
+                 status: Status = "running") -> Integration:
+    return Integration(id=integration_id, type="permanent", status=status,
                        target=target, incarnation="i-1", created_at="2024-01-01T00:00:00Z")
 
 
@@ -477,7 +483,8 @@ async def test_snapshot_lag_rates_and_restarted_counters(store: Store) -> None:
     clock.now += 1.0
     sinks.status["w1"] = sink(3, 4)
     await sampler.tick()
-    assert integration(await sampler.snapshot(), "w1")["delivered_rate"] == 3.0  # type: ignore[index]
+    w1 = integration(await sampler.snapshot(), "w1")
+    assert w1 is not None and w1["delivered_rate"] == 3.0
     # A stopped integration has no live counters, but its stored lag stays.
     del sinks.status["w1"]
     await _put(store, _integration("w1", hook, status="stopped"), cursor=4)
@@ -489,8 +496,8 @@ async def test_snapshot_lag_rates_and_restarted_counters(store: Store) -> None:
 
 
 def test_health_rules() -> None:
-    base = {"status": "running", "done": False, "lag_events": 5, "lag_seconds": 1.0,
-            "last_error_at": None, "now": 1000.0}
+    base: dict[str, Any] = {"status": "running", "done": False, "lag_events": 5,
+                            "lag_seconds": 1.0, "last_error_at": None, "now": 1000.0}
     assert health(**base) == "ok"
     assert health(**{**base, "last_error_at": 990.0}) == "failing"
     assert health(**{**base, "last_error_at": 990.0, "lag_events": 0}) == "ok"  # caught up

@@ -51,7 +51,7 @@ def fuzz_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProc
 
 def post(d: DaemonProcess, body: bytes, content_type: str) -> tuple[int, Any]:
     parts = urllib.parse.urlsplit(d.url)
-    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+    conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=30)
     try:
         headers = dict(d.headers)
         if content_type:

@@ -26,13 +26,13 @@ import pytest
 from aiohttp import web
 
 from tests.helpers.api import BASE, ApiClient, events
-from tests.helpers.daemon import DaemonProcess, Factory
+from tests.helpers.daemon import FAST, DaemonProcess, Factory
 from tests.helpers.receiver import Received, Receiver
 from tests.helpers.s3 import MotoServer, s3_params
 from tests.helpers.store import seed_format1
+from tests.helpers.wait import eventually
 
 WAIT = 30.0
-FAST = {"webhook": {"timeout": "2s", "retry_initial": "50ms", "retry_max": "200ms"}}
 PAST = "2024-01-01T00:00:00.000Z"
 
 
@@ -114,7 +114,7 @@ async def test_deep_payloads_are_delivered_verbatim_or_refused(daemon_factory: F
                             + b"1" + b"}" * depth + b"}")
                     async with session.post(f"{d.url}/events", data=body) as r:
                         assert r.status == status, await r.text()
-            await receiver.wait_for(lambda: len(receiver.delivered) == 1, WAIT)
+            await eventually(lambda: len(receiver.delivered) == 1, within=WAIT)
         payload = receiver.delivered[0].body["payload"]
         for _ in range(299):
             payload = payload["a"]
@@ -153,7 +153,7 @@ async def test_undeliverable_stored_events_are_set_aside_and_delivery_goes_on(
                                 "tenant": "acme"}])
             # Each sink sends what it can: the webhook the bad tenant (no key involved),
             # S3 the bad id (ids are not part of objects).
-            await receiver.wait_for(lambda: len(receiver.delivered) >= 8, WAIT)
+            await eventually(lambda: len(receiver.delivered) >= 8, within=WAIT)
             assert sorted(r.key for r in receiver.delivered) == \
                 sorted([f"good-{i}" for i in range(7)] + ["tenant-1"])
             objects = await moto.wait_objects(
@@ -171,8 +171,7 @@ async def test_undeliverable_stored_events_are_set_aside_and_delivery_goes_on(
                 assert sorted(any(w in r for r in reasons) for w in wanted) == [True, True]
                 shown = {}
                 for entry in rejected:
-                    event = await api.request(
-                        "GET", f"{BASE}/{integration_id}/rejected_events/{entry['id']}")
+                    event = await api.get_rejected(integration_id, entry["id"])
                     assert set(event) == {"tenant", "name", "published_at", "payload",
                                           "rejection"}
                     assert event["rejection"]["id"] == entry["id"]
@@ -201,23 +200,21 @@ async def test_a_crash_looping_sink_shows_as_failing(daemon_factory: Factory,
         await api.create(id="s1", s3_parameters=s3_params("crash-loop"))
         await api.publish(events(3))
         client = await Line.connect(d.data_dir / "control.sock")
-        row: dict[str, Any] = {}
-        with anyio.fail_after(WAIT):
-            while not row.get("crashes"):
-                await client.send_raw(b'{"id": 1, "op": "status"}\n')
-                snapshot = (await client.response())["result"]
-                row = snapshot["integrations"][0]
-                await anyio.sleep(0.1)
-        assert row["health"] == "failing"
-        assert row["failures"] >= 1
-        assert "crashed" in row["last_error"]
+
+        async def row() -> dict[str, Any]:
+            integration: dict[str, Any] = (await client.call("status"))["result"][
+                "integrations"][0]
+            return integration
+
+        crashed = await eventually(row, lambda r: bool(r.get("crashes")), within=WAIT,
+                                   every=0.1, what="a crash counted")
+        assert crashed["health"] == "failing"
+        assert crashed["failures"] >= 1
+        assert "crashed" in crashed["last_error"]
         (d.data_dir / "spool").unlink()  # the operator fixes it: the sink recovers
-        with anyio.fail_after(WAIT):
-            while row["health"] != "ok" or row["lag_events"]:
-                await client.send_raw(b'{"id": 2, "op": "status"}\n')
-                row = (await client.response())["result"]["integrations"][0]
-                await anyio.sleep(0.2)
-        await client.stream.aclose()
+        await eventually(row, lambda r: r["health"] == "ok" and not r["lag_events"],
+                         within=WAIT, every=0.2, what="the sink recovered")
+        await client.close()
 
 
 # --------------------------------------------------------------- 4xx, never 500
@@ -330,13 +327,13 @@ async def test_a_retry_finishing_after_delete_and_recreate_leaves_the_new_one_al
         async with ApiClient(d) as api:
             await api.webhook("w1", receiver.url, starts_at=PAST)
             await api.publish(events(1))
-            [entry] = await wait_rejected(api, "w1")
+            [entry] = await eventually(lambda: api.rejected("w1"), within=WAIT)
             async with anyio.create_task_group() as tg:
                 tg.start_soon(api.retry, "w1", entry["id"])
-                await receiver.wait_for(lambda: len(receiver.requests) == 2, WAIT)
+                await eventually(lambda: len(receiver.requests) == 2, within=WAIT)
                 await api.request("DELETE", f"{BASE}/w1")
                 await api.webhook("w1", receiver.url, starts_at=PAST)
-                [again] = await wait_rejected(api, "w1")
+                [again] = await eventually(lambda: api.rejected("w1"), within=WAIT)
                 assert again["id"] == entry["id"]
                 release.set()
             # The old integration's retry succeeded, but the new one keeps its entry and
@@ -347,13 +344,6 @@ async def test_a_retry_finishing_after_delete_and_recreate_leaves_the_new_one_al
     finally:
         release.set()
         await receiver.close()
-
-
-async def wait_rejected(api: ApiClient, integration_id: str) -> list[dict[str, Any]]:
-    with anyio.fail_after(WAIT):
-        while not (found := await api.rejected(integration_id)):
-            await anyio.sleep(0.05)
-    return found
 
 
 # ------------------------------------------------------------ bounded ingest
@@ -434,14 +424,14 @@ async def test_a_second_large_publish_waits_for_budget_not_memory(
     d = daemon_factory({"server": {"max_body": "1MiB", "max_inflight_bytes": "1MiB"}})
     body = tiny_events_ndjson(900 * 1024)
 
-    async def raw_post(declared: int) -> tuple[int, bytes]:
+    async def raw_post(declared: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         # Headers only: the first request holds its budget while its body is awaited.
         reader, writer = await asyncio.open_connection(*d.url[7:].split(":"))
         writer.write((f"POST /events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {d.token}\r\n"
                       f"Content-Type: application/x-ndjson\r\nContent-Length: {declared}\r\n"
                       "\r\n").encode())
         await writer.drain()
-        return reader, writer  # type: ignore[return-value]
+        return reader, writer
 
     holder = await raw_post(len(body))
     try:
@@ -450,11 +440,11 @@ async def test_a_second_large_publish_waits_for_budget_not_memory(
             f"Content-Type: application/x-ndjson\r\nContent-Length: {len(body)}\r\n"
             "Connection: close\r\n\r\n").encode() + body)
         assert_error(status, answer, 503, "overloaded")
-        reader, writer = holder  # type: ignore[misc]
+        reader, writer = holder
         writer.write(body)
         await writer.drain()
         with anyio.fail_after(WAIT):
             head = await reader.readuntil(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 200")
     finally:
-        holder[1].close()  # type: ignore[index]
+        holder[1].close()

@@ -23,18 +23,18 @@ from eventstreamd.config import Config, JetStreamConfig, StorageConfig
 from eventstreamd.storage.jetstream import JetStreamStore
 from eventstreamd.tui.app import DashboardApp
 from eventstreamd.tui.sample import SIZE, SNAPSHOT, SOCKET_LABEL
-from tests.conftest import jetstream_settings
 from tests.helpers.api import ApiClient
+from tests.helpers.backends import JETSTREAM_ONLY, jetstream_settings
 from tests.helpers.control import Line, control_path
-from tests.helpers.daemon import DaemonProcess, Factory, write_config
-from tests.helpers.nats_server import NatsServer, free_port
+from tests.helpers.daemon import FAST, DaemonProcess, Factory, write_config
+from tests.helpers.nats_server import NatsServer
+from tests.helpers.processes import free_port
 from tests.helpers.receiver import Receiver
 from tests.helpers.store import new_event, read_all
 from tests.helpers.wait import eventually
 
-BACKENDS = ("jetstream",)
-FAST = {"webhook": {"timeout": "2s", "retry_initial": "50ms", "retry_max": "200ms",
-                    "max_in_flight": 8}}
+BACKENDS = JETSTREAM_ONLY
+
 
 
 def delivered_uids(receiver: Receiver) -> set[str]:
@@ -110,8 +110,9 @@ async def publisher(d: DaemonProcess, name: str, acked: set[str], statuses: list
     async with aiohttp.ClientSession(headers=d.headers,
                                      timeout=aiohttp.ClientTimeout(total=30)) as session:
         while not stop.is_set() and counter < 50_000:
-            batch = [{"name": "order.created", "payload": {"uid": f"{name}-{counter + i}"}}
-                     for i in range(5)]
+            batch: list[dict[str, Any]] = [
+                {"name": "order.created", "payload": {"uid": f"{name}-{counter + i}"}}
+                for i in range(5)]
             counter += 5
             async with session.post(f"{d.url}/events", data=orjson.dumps(batch)) as r:
                 await r.read()
@@ -162,7 +163,7 @@ async def test_nats_outage_while_publishing_and_delivering(
                              lambda n: n >= ok_before + 5, what="publishing works again")
             stop.set()
         assert set(statuses) <= {200, 503}, collections.Counter(statuses)
-        await receiver.wait_for(lambda: acked <= delivered_uids(receiver), timeout=60)
+        await eventually(lambda: acked <= delivered_uids(receiver), within=60)
         d.stop()
         stored = {orjson.loads(e.body)["payload"]["uid"] for e in await read_all(d)}
         assert acked <= stored
@@ -202,8 +203,9 @@ async def test_an_unanswered_commit_is_resent_and_stored_once(
     `Nats-Msg-Id`): the publisher gets the right range, the stream holds it once."""
     caplog.set_level(logging.INFO, logger="eventstreamd.jetstream")
     server = NatsServer(tmp_path / "nats").start()
-    config = Config(storage=StorageConfig(backend="jetstream"), jetstream=JetStreamConfig(
-        servers=(server.url,), prefix="resend", request_timeout=0.5))
+    config = Config(storage=StorageConfig(backend="jetstream", data_dir=str(tmp_path / "data")),
+                    jetstream=JetStreamConfig(servers=(server.url,), prefix="resend",
+                                              request_timeout=0.5))
     try:
         async with JetStreamStore(config) as store:
             assert await store.append([new_event("before", {})]) == (1, 1)

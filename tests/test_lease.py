@@ -4,28 +4,23 @@ write of a daemon that lost the lease is refused."""
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import AsyncIterator
 
 import pytest
 
-from eventstreamd.config import Config, LimitsConfig
+from eventstreamd.config import Config
 from eventstreamd.model import Integration, LogEntry
-from eventstreamd.sinks.registry import SINK_TYPES
-from eventstreamd.storage.factory import open_store
 from eventstreamd.storage.jetstream.store import JetStreamStore
 from eventstreamd.storage.leases import LeaseBook, LeaseSeen
-from tests.helpers.store import held
-from tests.test_store_contract import LOG, hook, rejected
+from tests.helpers.backends import JETSTREAM_ONLY
+from tests.helpers.store import CREATED, limited, rejected_n, stored_hook
 
-BACKENDS = ("jetstream",)
+BACKENDS = JETSTREAM_ONLY
 
 
 @pytest.fixture
 async def store(store_config: Config) -> AsyncIterator[JetStreamStore]:
-    config = dataclasses.replace(store_config,
-                                 limits=LimitsConfig(log_entries=5, rejected_events=2))
-    async with held(open_store(config, SINK_TYPES)) as s:
+    async with limited(store_config, log_entries=5, rejected_events=2) as s:
         assert isinstance(s, JetStreamStore)
         yield s
 
@@ -40,15 +35,15 @@ async def fenced_writes(store: JetStreamStore, integration: Integration,
     return [await store.set_cursor(fence, 7),
             await store.put_sink_state(fence, {"k": lease}),
             await store.add_log(fence, LogEntry("t", "x", "y")),
-            await store.add_rejected(fence, rejected(lease % 50), LOG),
-            await store.resolve_rejected(fence, None, LOG)]
+            await store.add_rejected(fence, rejected_n(lease % 50), CREATED),
+            await store.resolve_rejected(fence, None, CREATED)]
 
 
 async def test_claim_renew_release_and_the_fence_of_a_lost_lease(
         store: JetStreamStore) -> None:
     book = store.leases
-    integration = hook()
-    await store.create_integration(integration, cursor=1, limit=10, log=LOG)
+    integration = stored_hook()
+    await store.create_integration(integration, cursor=1, limit=10, log=CREATED)
     first = await seen(book, "a")
     a = await book.claim(first, "d0", integration.incarnation, "tok-0")
     assert a is not None
@@ -80,15 +75,16 @@ async def test_claim_renew_release_and_the_fence_of_a_lost_lease(
 
 async def test_a_delete_ends_the_lease(store: JetStreamStore) -> None:
     book = store.leases
-    integration = hook()
-    await store.create_integration(integration, cursor=1, limit=10, log=LOG)
+    integration = stored_hook()
+    await store.create_integration(integration, cursor=1, limit=10, log=CREATED)
     claim = await book.claim(await seen(book, "a"), "d0", integration.incarnation)
     assert claim is not None
     assert await store.delete_integration("a")
     assert not await book.renew("a", claim, "d0")
     # Re-created under the same id: the old claim fences nothing of the new one.
-    await store.create_integration(hook(incarnation="inc-2"), cursor=1, limit=10, log=LOG)
-    assert await fenced_writes(store, hook(incarnation="inc-2"), claim) == [False] * 5
+    await store.create_integration(stored_hook(incarnation="inc-2"), cursor=1, limit=10,
+                                   log=CREATED)
+    assert await fenced_writes(store, stored_hook(incarnation="inc-2"), claim) == [False] * 5
     assert await store.get_cursor("a") == 1
 
 

@@ -17,12 +17,14 @@ import aiohttp
 import anyio
 import pytest
 
-from tests.conftest import new_prefix
 from tests.helpers.api import ApiClient
+from tests.helpers.backends import new_prefix
+from tests.helpers.cluster import Cluster, batch, sigkill_failover
 from tests.helpers.daemon import DaemonProcess
 from tests.helpers.nats_server import NatsCluster
+from tests.helpers.receiver import Receiver
 from tests.helpers.s3 import MotoServer
-from tests.test_multi import Cluster, Recorder, _sigkill_failover, batch, until
+from tests.helpers.wait import eventually
 
 
 @pytest.fixture
@@ -71,9 +73,9 @@ async def test_a_nats_node_dies_under_load(tmp_path: Path, nats_cluster: NatsClu
         for daemon in ds:
             daemon.start()
         names = [f"n{i}" for i in range(4)]
-        async with Recorder() as hooks, ApiClient(ds[0]) as api, aiohttp.ClientSession() as s:
+        async with Receiver() as hooks, ApiClient(ds[0]) as api, aiohttp.ClientSession() as s:
             for name in names:
-                await api.webhook(name, hooks.url(name))
+                await api.webhook(name, hooks.hook_url(name))
             acked: set[str] = set()
             refused = 0
             killed_at = None
@@ -98,7 +100,8 @@ async def test_a_nats_node_dies_under_load(tmp_path: Path, nats_cluster: NatsClu
                     killed_at = time.monotonic()
                 await anyio.sleep(0.05)
             assert after_kill >= 40, (after_kill, refused)
-            await until(lambda: all(set(hooks.keys(n)) >= acked for n in names), 90, 0.25)
+            await eventually(lambda: all(set(hooks.keys(n)) >= acked for n in names), within=90,
+                             every=0.25)
     finally:
         for daemon in ds:
             daemon.kill()
@@ -110,14 +113,14 @@ async def test_sigkill_of_a_daemon_on_the_r3_cluster(tmp_path: Path,
     """The three-daemon failover of `test_multi.py`, on the three-node cluster (R3)."""
     made: list[Cluster] = []
 
-    def factory(count: int, extra: dict[str, Any] | None = None, *_: Any) -> Cluster:
+    def factory(count: int, extra: dict[str, Any] | None = None) -> Cluster:
         cluster = Cluster(tmp_path, nats_cluster.urls, count, extra, replicas=3)
         made.append(cluster)
         return cluster.start()
 
     moto = MotoServer().start()
     try:
-        await _sigkill_failover(factory, moto)
+        await sigkill_failover(factory, moto)
     finally:
         moto.stop()
         for cluster in made:

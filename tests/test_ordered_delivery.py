@@ -5,7 +5,6 @@ handover between two daemons; keyed lanes keep each key in order while keys over
 from __future__ import annotations
 
 import collections
-import re
 from typing import Any
 
 import anyio
@@ -15,6 +14,7 @@ from aiohttp import web
 from tests.helpers.api import ApiClient
 from tests.helpers.daemon import Factory
 from tests.helpers.receiver import Received, Receiver
+from tests.helpers.wait import eventually
 from tests.test_multi import cluster_factory  # noqa: F401 - the fixture
 
 BOTH = pytest.mark.parametrize("backend", ["lmdb", "jetstream"])
@@ -66,12 +66,11 @@ async def test_strict_order_through_503s_a_400_and_a_sigkill(daemon_factory: Fac
         async with ApiClient(d) as api:
             await api.webhook("strict", receiver.url, controls={"ordered": True})
             await api.publish(numbered(count))
-            await receiver.wait_for(lambda: len(receiver.delivered) >= 100)
+            await eventually(lambda: len(receiver.delivered) >= 100)
         d.kill()  # SIGKILL, mid-stream
         d.start()
         async with ApiClient(d) as api:
-            await receiver.wait_for(lambda: len(receiver.delivered_keys) == count - 1,
-                                    timeout=60)
+            await eventually(lambda: len(receiver.delivered_keys) == count - 1, within=60)
             [rejected] = await api.rejected("strict")
         assert rejected["event_id"] == REJECTED and rejected["status"] == 400
         assert_strict(receiver, count)
@@ -102,8 +101,7 @@ async def test_keyed_lanes_keep_each_key_in_order_while_keys_overlap(
             await api.webhook("keyed", receiver.url,
                               controls={"ordered": True, "ordering_key": "order_id"})
             await api.publish(numbered(count, keys))
-            await receiver.wait_for(lambda: len(receiver.delivered_keys) == count - 1,
-                                    timeout=60)
+            await eventually(lambda: len(receiver.delivered_keys) == count - 1, within=60)
         assert max(most.values()) == 1  # one request per key at a time ...
         assert receiver.max_concurrent > 1  # ... and keys in parallel
         by_key: dict[str, list[str]] = collections.defaultdict(list)
@@ -126,21 +124,16 @@ async def test_strict_order_survives_a_jetstream_handover(cluster_factory: Any, 
         async with ApiClient(cluster.daemons[0]) as api:
             await api.webhook("handed", receiver.url, controls={"ordered": True})
             await api.publish(numbered(count))
-            await receiver.wait_for(lambda: len(receiver.delivered) >= 80)
-        owner = _instance(receiver.requests[-1])
+            await eventually(lambda: len(receiver.delivered) >= 80, within=30)
+        owner = receiver.requests[-1].instance
         daemon = cluster.daemons[int(owner.removeprefix("d"))]
         if how == "kill":
             daemon.kill()
         else:
             daemon.stop()
-        await receiver.wait_for(lambda: len(receiver.delivered_keys) == count - 1, timeout=60)
-        assert {_instance(r) for r in receiver.requests[-10:]} == {f"d{1 - int(owner[1:])}"}
+        await eventually(lambda: len(receiver.delivered_keys) == count - 1, within=60)
+        assert {r.instance for r in receiver.requests[-10:]} == {f"d{1 - int(owner[1:])}"}
         assert_strict(receiver, count)
     finally:
         await receiver.close()
 
-
-def _instance(received: Received) -> str:
-    found = re.search(r"\(instance (\w+)\)", received.headers.get("User-Agent", ""))
-    assert found is not None, received.headers
-    return found.group(1)

@@ -16,7 +16,6 @@ import time
 from urllib.parse import urlsplit
 
 import aiohttp
-import anyio
 import pytest
 
 from eventstreamd.daemon.http_server import connection_cap
@@ -24,6 +23,7 @@ from tests.helpers.api import BASE, events
 from tests.helpers.control import Line, control_path
 from tests.helpers.daemon import DaemonProcess, Factory
 from tests.helpers.store import read_all
+from tests.helpers.wait import eventually
 
 WAIT = 20.0  # seconds: the bound on every wait for something the daemon should do
 TRICKLE = 0.3  # seconds between the bytes of a slow client
@@ -89,6 +89,14 @@ def trickle(sock: socket.socket, data: bytes) -> bytes | None:
     return None
 
 
+async def healthz_status(d: DaemonProcess, refused: int | None = 503) -> int:
+    """The status of /healthz on a new connection; what is not 200 must be `refused`
+    (anything, when None)."""
+    async with aiohttp.ClientSession() as fresh, fresh.get(d.url + "/healthz") as r:
+        assert r.status in (200, refused) or refused is None, r.status
+        return r.status
+
+
 def assert_error_shape(headers: dict[str, str], body: bytes) -> dict[str, str]:
     parsed = json.loads(body)
     assert set(parsed) == {"error_code", "message", "request_id"}
@@ -131,13 +139,8 @@ async def test_connections_over_the_cap_get_503_and_the_others_are_served(
             for sock in held:
                 sock.close()
     # Slots free up as connections close.
-    with anyio.fail_after(WAIT):
-        while True:
-            async with aiohttp.ClientSession() as fresh, fresh.get(d.url + "/healthz") as r:
-                if r.status == 200:
-                    break
-                assert r.status == 503
-            await anyio.sleep(0.1)
+    await eventually(lambda: healthz_status(d), lambda status: status == 200, within=WAIT,
+                     every=0.1, what="/healthz served again")
     assert "connection limit reached" in d.log()
 
 
@@ -188,12 +191,8 @@ async def test_running_out_of_descriptors_degrades_and_recovers(
             for sock in idle:
                 sock.close()
         # Descriptors free up: new connections are served again.
-        with anyio.fail_after(WAIT):
-            while True:
-                async with aiohttp.ClientSession() as fresh, fresh.get(d.url + "/healthz") as r:
-                    if r.status == 200:
-                        break
-                await anyio.sleep(0.1)
+        await eventually(lambda: healthz_status(d, refused=None), lambda status: status == 200,
+                         within=WAIT, every=0.1, what="/healthz served again")
         assert await publish(kept, 10) == 200  # after
     assert d.stop() == 0
     stored = {e.seq for e in await read_all(d.data_dir)}

@@ -16,10 +16,11 @@ import orjson
 import pytest
 from multidict import CIMultiDict
 
+from tests.helpers.backends import EVERY_BACKEND
 from tests.helpers.daemon import DaemonProcess, Factory, write_config
 from tests.helpers.store import decoded, read_all
 
-BACKENDS = ("lmdb", "jetstream")
+BACKENDS = EVERY_BACKEND
 
 
 async def post(d: DaemonProcess, body: bytes, content_type: str = "application/json",
@@ -186,7 +187,7 @@ async def test_sigkill_after_ack_loses_nothing(daemon: DaemonProcess) -> None:
     async with anyio.create_task_group() as tg:
         for n in range(8):
             tg.start_soon(publisher, n)
-    daemon.proc.send_signal(signal.SIGKILL)  # type: ignore[union-attr]
+    daemon.send_signal(signal.SIGKILL)
     daemon.wait(10)
     daemon.start()
     async with aiohttp.ClientSession() as s, s.get(f"{daemon.url}/healthz") as r:

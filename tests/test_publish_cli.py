@@ -77,5 +77,5 @@ def test_publish_failure_exits_non_zero(daemon: DaemonProcess) -> None:
 
 
 def test_target_comes_from_runtime_file(daemon: DaemonProcess) -> None:
-    from eventstreamd.publisher import resolve_target
+    from eventstreamd.apiclient import resolve_target
     assert resolve_target(load_config(daemon.config_path), None) == daemon.url

@@ -17,43 +17,11 @@ from typing import Any
 
 from tests.helpers.api import ApiClient
 from tests.helpers.daemon import Factory, Listener
-from tests.helpers.wait import eventually_sync
-from tests.test_signing import RawReceiver
+from tests.helpers.readme import ROOT, blocks, json_values, section, shell_env
+from tests.helpers.receiver import Receiver
+from tests.helpers.wait import eventually, eventually_sync
 
-ROOT = Path(__file__).parents[1]
 WAIT = 20.0
-
-
-def section(title: str) -> str:
-    text = (ROOT / "README.md").read_text()
-    start = text.index(f"\n## {title}\n")
-    end = text.find("\n## ", start + 1)
-    return text[start:end if end != -1 else None]
-
-
-def blocks(text: str, language: str) -> list[str]:
-    return re.findall(rf"```{language}\n(.*?)```", text, flags=re.S)
-
-
-def json_values(text: str) -> list[Any]:
-    """Every JSON object printed, also when curl printed two without a newline between."""
-    decoder, values, index = json.JSONDecoder(), [], 0
-    while (index := text.find("{", index)) != -1:
-        try:
-            value, end = decoder.raw_decode(text, index)
-        except json.JSONDecodeError:
-            index += 1
-            continue
-        values.append(value)
-        index = end
-    return values
-
-
-def shell_env() -> dict[str, str]:
-    """The environment `. .venv/bin/activate` gives: the package's commands on PATH."""
-    bin_dir = str(Path(sys.executable).parent)
-    return dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
-                PYTHONUNBUFFERED="1", EVENTSTREAMD_CONFIG="")
 
 
 def test_quick_start_runs_as_written(tmp_path: Path) -> None:
@@ -127,14 +95,14 @@ async def test_the_five_line_receiver_verifies_a_real_delivery(
     secret = "whsec_" + base64.b64encode(os.urandom(32)).decode()
     namespace: dict[str, Any] = {}
     exec(compile(code.replace('"whsec_..."', repr(secret)), "README.md", "exec"), namespace)
-    receiver = await RawReceiver().start()
+    receiver = await Receiver().start()
     try:
         d = daemon_factory({"webhook": {"signing_secret": secret}})
         async with ApiClient(d) as api:
             await api.webhook("signed", receiver.url)
             await api.publish([{"name": "order.created", "payload": {"order_id": "A-1"}}])
-            await receiver.wait_for(lambda: len(receiver.raw) == 1)
-        body, headers = receiver.raw[0]
+            await eventually(lambda: len(receiver.requests) == 1)
+        body, headers = receiver.requests[0].raw, receiver.requests[0].headers
         assert namespace["verified"](body, headers)["payload"] == {"order_id": "A-1"}
         forged = {**headers, "webhook-signature": "v1," + base64.b64encode(b"x" * 32).decode()}
         try:

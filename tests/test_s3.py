@@ -5,44 +5,23 @@ from __future__ import annotations
 import collections
 import re
 import signal
-from collections.abc import Iterator
+import uuid
 from typing import Any
 
-import anyio
 import orjson
 import pytest
 
 from tests.helpers.api import ApiClient, events
+from tests.helpers.backends import EVERY_BACKEND
 from tests.helpers.control import Line, wait_settled
 from tests.helpers.daemon import Factory
-from tests.helpers.s3 import MotoServer, s3_params
+from tests.helpers.s3 import MotoServer, s3_params, settings
+from tests.helpers.wait import eventually
+
+BACKENDS = EVERY_BACKEND
 
 KEY = re.compile(r"^(?:(?P<prefix>.+)/)?(?P<tenant>[^/]+)/(?P<ms>\d{13})-data-(?P<rand>[0-9a-f]+)"
                  r"\.export$")
-
-BACKENDS = ("lmdb", "jetstream")
-
-
-@pytest.fixture(scope="module")
-def moto() -> Iterator[MotoServer]:
-    server = MotoServer().start()
-    yield server
-    server.stop()
-
-
-_bucket_counter = iter(range(1_000_000))
-
-
-@pytest.fixture
-async def bucket(moto: MotoServer) -> str:
-    name = f"bucket-{next(_bucket_counter)}"
-    await moto.create_bucket(name)
-    return name
-
-
-def settings(moto: MotoServer, **s3: Any) -> dict[str, Any]:
-    return {"s3": {"endpoint_url": moto.url, **s3},
-            "webhook": {"retry_initial": "100ms", "retry_max": "500ms", "timeout": "5s"}}
 
 
 def lines_of(objects: dict[str, bytes]) -> list[dict[str, Any]]:
@@ -111,7 +90,9 @@ async def test_rotation_by_size(daemon_factory: Factory, moto: MotoServer, bucke
 
 
 async def test_multipart_upload(daemon_factory: Factory, moto: MotoServer, bucket: str) -> None:
-    d = daemon_factory(settings(moto, rotate_interval="1h", rotate_size="9MiB"))
+    # Above the multipart threshold: parts of 8 MiB (a file up to it goes up in one PUT).
+    d = daemon_factory(settings(moto, rotate_interval="1h", rotate_size="9MiB",
+                                multipart_threshold="5MiB"))
     pad = "y" * 4000
     async with ApiClient(d) as api:
         await api.create(id="s1", s3_parameters=s3_params(bucket))
@@ -157,7 +138,7 @@ async def test_server_down_then_back(daemon_factory: Factory) -> None:
 async def test_missing_bucket_is_retried_and_named(
         daemon_factory: Factory, moto: MotoServer) -> None:
     d = daemon_factory(settings(moto, rotate_interval="500ms"))
-    missing = f"bucket-not-yet-{next(_bucket_counter)}"  # one per run: moto outlives tests
+    missing = f"bucket-not-yet-{uuid.uuid4().hex[:12]}"  # moto outlives the test
     async with ApiClient(d) as api:
         await api.create(id="s1", s3_parameters=s3_params(missing))
         await api.publish(events(3))
@@ -181,7 +162,8 @@ async def test_sigkill_leaves_every_event_in_exactly_one_object(
     pad = "z" * (4000 if multipart else 20)
     n = 2500 if multipart else 300
     crash_env = {} if moment == "spooling" else {"EVENTSTREAMD_CRASH_AT": moment}
-    rotate = {"rotate_interval": "1h", "rotate_size": "9MiB"} if multipart else \
+    rotate = {"rotate_interval": "1h", "rotate_size": "9MiB",
+              "multipart_threshold": "5MiB"} if multipart else \
         {"rotate_interval": "1h" if moment == "spooling" else "1s"}
     d = daemon_factory(settings(moto, **rotate), env=crash_env)
     published = 0
@@ -196,11 +178,11 @@ async def test_sigkill_leaves_every_event_in_exactly_one_object(
         if moment == "spooling":
             # Spool files are written through a buffer: ask the daemon how much it holds.
             client = await Line.connect(d.data_dir / "control.sock")
-            with anyio.fail_after(20):
-                while ((await client.call("status"))["result"]["integrations"][0]
-                       ["buffered_bytes"] or 0) < 1000:
-                    await anyio.sleep(0.05)
-            d.proc.send_signal(signal.SIGKILL)  # type: ignore[union-attr]
+            await eventually(lambda: client.call("status"),
+                             lambda answer: (answer["result"]["integrations"][0]
+                                             ["buffered_bytes"] or 0) >= 1000,
+                             within=20, what="1000 bytes buffered")
+            d.send_signal(signal.SIGKILL)
             await client.close()
     assert d.proc is not None
     # The crash point must really be reached: the daemon dies by itself (or by our kill).

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
+import msgspec
 import pytest
 
 from eventstreamd.config import Config
@@ -85,6 +86,14 @@ async def test_a_state_without_opened_at_is_read(store: Store) -> None:
     state = read_state(await saved_and_read(store, OLDEST))
     assert state.watermarks == {"acme": 4}
     assert [(m.key, m.opened_at) for m in state.pending] == [("acme/1-data-a.export", None)]
+
+
+def test_a_compressed_files_encoding_is_kept() -> None:
+    manifest = Manifest(key="acme/1-4.parquet", tenant="acme", first_seq=1, last_seq=4,
+                        lines=4, size=100, format="parquet", compression="zstd")
+    form = state_form(S3State({"acme": 4}, [manifest]))
+    assert form["pending"] == [{**msgspec.to_builtins(manifest)}]
+    assert read_state(form).pending == [manifest]
 
 
 def test_no_state_is_an_empty_one() -> None:

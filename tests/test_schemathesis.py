@@ -53,7 +53,7 @@ from eventstreamd.config import Config
 from eventstreamd.daemon.contracts import ChangeFeed
 from eventstreamd.daemon.integrations import IntegrationService
 from eventstreamd.model import RejectedEvent
-from eventstreamd.schemas.validation import SPEC_FILE, spec, spec_text
+from eventstreamd.schemas.spec import SPEC_FILE, spec, spec_text
 from tests.helpers.daemon import DaemonProcess
 from tests.helpers.store import opened, rejected_entry, seed_rejected
 

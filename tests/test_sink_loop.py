@@ -304,7 +304,7 @@ async def test_restart_window(harness: tuple[Harness, FakeClock], receiver: Rece
     await h.service.start("w1")
     await h.publish(5, start=10)
     expected = set(range(15)) if expect_old else set(range(10, 15))
-    await receiver.wait_for(lambda: len(receiver.delivered) >= len(expected))
+    await eventually(lambda: len(receiver.delivered) >= len(expected))
     # Everything sent is what was expected (the cursor is past all 15 once saved).
     await eventually(lambda: h.store.get_cursor("w1"), lambda c: c == 16)
     assert {r.body["payload"]["i"] for r in receiver.delivered} == expected
@@ -314,12 +314,13 @@ async def test_restart_window(harness: tuple[Harness, FakeClock], receiver: Rece
         logs = await h.store.list_logs("w1", 50)
         [skipped] = [e for e in logs if e.action == "events_skipped"]
         assert "skipped 10 events" in skipped.reason
-    assert (await h.store.get_integration("w1")).stopped_at_ms is None  # type: ignore[union-attr]
+    stored = await h.store.get_integration("w1")
+    assert stored is not None and stored.stopped_at_ms is None
     # A later daemon or sink restart does not apply the rule again.
     clock.now += 40 * DAY
     h.changes.notify("w1")
     await h.publish(1, start=15)
-    await receiver.wait_for(lambda: 15 in {r.body["payload"]["i"] for r in receiver.delivered})
+    await eventually(lambda: 15 in {r.body["payload"]["i"] for r in receiver.delivered})
 
 
 @BOTH
@@ -328,6 +329,7 @@ async def test_deleted_integrations_sink_never_writes_into_its_successor(
     h, _ = harness
     old = await h.add_webhook(receiver.url, cursor=1, incarnation="old")
     loop = SinkLoop(store=h.store, integration=old,
+                    # No session or target: the loop must never get as far as sending.
                     pipeline=WebhookPipeline(None, None, 8),  # type: ignore[arg-type]
                     stop_grace=1.0)
     assert await h.store.delete_integration("w1")
@@ -352,7 +354,7 @@ async def test_pruned_events_are_skipped_and_logged(harness: tuple[Harness, Fake
     assert await h.store.first_seq() == 6
     await h.add_webhook(receiver.url, cursor=1)
     await h.start_supervisor()
-    await receiver.wait_for(lambda: len(receiver.delivered) == 3)
+    await eventually(lambda: len(receiver.delivered) == 3)
     logs = await h.store.list_logs("w1", 50)
     [entry] = [e for e in logs if e.action == "events_pruned"]
     assert entry.reason.startswith("5 events were removed by retention")
@@ -374,7 +376,7 @@ async def test_a_log_pruned_past_the_cursor_moves_the_cursor_to_the_head(
     [entry] = [e for e in logs if e.action == "events_pruned"]
     assert entry.reason.startswith("5 events were removed by retention")
     await h.publish(1, start=5)
-    await receiver.wait_for(lambda: len(receiver.delivered) == 1)
+    await eventually(lambda: len(receiver.delivered) == 1)
 
 
 async def test_a_third_sink_type_runs_end_to_end(memory_sink: None,

@@ -14,7 +14,7 @@ import anyio
 import pytest
 
 from eventstreamd.daemon.retention import prune_once
-from eventstreamd.model import Change, Integration, LogEntry, NewEvent, RejectedEvent
+from eventstreamd.model import Change, ChangeView, Integration, LogEntry, NewEvent, RejectedEvent
 from eventstreamd.sinks.registry import SINK_TYPES
 from eventstreamd.sinks.webhook import WebhookTarget
 from eventstreamd.storage import lmdb_store
@@ -22,9 +22,10 @@ from eventstreamd.storage.base import (
     IntegrationExists,
     IntegrationLimitReached,
     IntegrationMissing,
+    StoreFormatError,
     StoreFull,
 )
-from eventstreamd.storage.lmdb_store import LmdbStore, StoreFormatError, now_ms
+from eventstreamd.storage.lmdb_store import LmdbStore, now_ms
 from eventstreamd.storage.records import FORMAT, u64
 from tests.helpers.store import decoded, held, new_event, seed_format1
 
@@ -197,8 +198,8 @@ async def test_transitions_are_atomic_and_may_refuse(store: LmdbStore) -> None:
 
     seen: list[tuple[int | None, int]] = []
 
-    def look(current: Integration, view: object) -> Change:
-        seen.append((view.cursor, view.head))  # type: ignore[attr-defined]
+    def look(current: Integration, view: ChangeView) -> Change:
+        seen.append((view.cursor, view.head))
         return Change(current)
 
     await store.change_integration("a", look)
@@ -208,7 +209,8 @@ async def test_transitions_are_atomic_and_may_refuse(store: LmdbStore) -> None:
                                     return_exceptions=True)
     assert sum(isinstance(o, Integration) for o in outcomes) == 1
     assert sum(isinstance(o, ValueError) for o in outcomes) == 1
-    assert (await store.get_integration("a")).status == "stopped"  # type: ignore[union-attr]
+    stopped = await store.get_integration("a")
+    assert stopped is not None and stopped.status == "stopped"
     assert await store.get_cursor("a") == 9
     with pytest.raises(IntegrationMissing):
         await store.change_integration("nope", look)
@@ -241,7 +243,9 @@ async def test_one_failing_job_does_not_fail_its_neighbours(store: LmdbStore) ->
         return_exceptions=True,
     )
     assert isinstance(results[1], ValueError)
-    assert sorted([results[0][0], results[2][0]]) == [1, 2]  # type: ignore[index]
+    first, third = results[0], results[2]
+    assert isinstance(first, tuple) and isinstance(third, tuple)
+    assert sorted([first[0], third[0]]) == [1, 2]
     assert (await store.stats()).events == 2
 
 

@@ -9,40 +9,23 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from eventstreamd.config import Config, LimitsConfig
-from eventstreamd.model import Change, ChangeView, Integration, LogEntry, RejectedEvent
-from eventstreamd.sinks.registry import SINK_TYPES
-from eventstreamd.sinks.webhook import WebhookTarget
+from eventstreamd.config import Config
+from eventstreamd.model import Change, ChangeView, Integration, LogEntry, RetryOutcome
 from eventstreamd.storage.base import (
     IntegrationExists,
     IntegrationLimitReached,
     IntegrationMissing,
     Store,
 )
-from eventstreamd.storage.factory import open_store
-from tests.helpers.store import held, new_event
+from tests.helpers.backends import EVERY_BACKEND
+from tests.helpers.store import CREATED, limited, new_event, rejected_n, stored_hook
 
-BACKENDS = ("lmdb", "jetstream")
-LOG = LogEntry("2024-01-01T00:00:00.000Z", "integration_created", "test")
-
-
-def hook(integration_id: str = "a", incarnation: str = "inc-1") -> Integration:
-    return Integration(id=integration_id, type="permanent", status="running",
-                       target=WebhookTarget("http://127.0.0.1:9/x"), incarnation=incarnation,
-                       created_at="2024-01-01T00:00:00.000Z")
-
-
-def rejected(n: int) -> RejectedEvent:
-    return RejectedEvent(id=f"r-{n}", created_at=f"2024-03-01T00:00:{n:02d}.000Z", seq=n,
-                         event_id=f"e-{n}", reason="Bad Request", status=400,
-                         body=b'{"n":%d}' % n)
+BACKENDS = EVERY_BACKEND
 
 
 @pytest.fixture
 async def store(store_config: Config) -> AsyncIterator[Store]:
-    config = dataclasses.replace(store_config,
-                                 limits=LimitsConfig(log_entries=3, rejected_events=2))
-    async with held(open_store(config, SINK_TYPES)) as s:
+    async with limited(store_config, log_entries=3, rejected_events=2) as s:
         yield s
 
 
@@ -77,8 +60,8 @@ async def test_reads_are_bounded_and_time_lookup_finds_the_first(store: Store) -
 async def test_the_integration_limit_holds_for_concurrent_creators(store: Store) -> None:
     async def create(i: int) -> str:
         try:
-            await store.create_integration(hook(f"i{i}", f"inc{i}"), cursor=1, limit=10,
-                                           log=LOG)
+            await store.create_integration(stored_hook(f"i{i}", f"inc{i}"), cursor=1, limit=10,
+                                           log=CREATED)
         except IntegrationLimitReached:
             return "limit"
         return "created"
@@ -91,8 +74,8 @@ async def test_the_integration_limit_holds_for_concurrent_creators(store: Store)
 async def test_one_id_is_created_once_by_concurrent_creators(store: Store) -> None:
     async def create(i: int) -> str:
         try:
-            await store.create_integration(hook("same", f"inc{i}"), cursor=1, limit=10,
-                                           log=LOG)
+            await store.create_integration(stored_hook("same", f"inc{i}"), cursor=1, limit=10,
+                                           log=CREATED)
         except IntegrationExists:
             return "exists"
         return "created"
@@ -105,7 +88,7 @@ async def test_one_id_is_created_once_by_concurrent_creators(store: Store) -> No
 
 
 async def test_concurrent_transitions_lose_no_update(store: Store) -> None:
-    await store.create_integration(hook(), cursor=1, limit=10, log=LOG)
+    await store.create_integration(stored_hook(), cursor=1, limit=10, log=CREATED)
     calls = 0
 
     def bump(current: Integration, view: ChangeView) -> Change:
@@ -130,7 +113,7 @@ async def test_concurrent_transitions_lose_no_update(store: Store) -> None:
 
 async def test_a_transition_sees_cursor_and_head_and_moves_the_cursor(store: Store) -> None:
     await store.append([new_event("e", {})] * 5)
-    await store.create_integration(hook(), cursor=2, limit=10, log=LOG)
+    await store.create_integration(stored_hook(), cursor=2, limit=10, log=CREATED)
     seen = []
 
     def skip(current: Integration, view: ChangeView) -> Change:
@@ -142,24 +125,24 @@ async def test_a_transition_sees_cursor_and_head_and_moves_the_cursor(store: Sto
 
 
 async def test_stale_fences_write_nothing(store: Store) -> None:
-    old = hook(incarnation="old")
-    await store.create_integration(old, cursor=1, limit=10, log=LOG)
+    old = stored_hook(incarnation="old")
+    await store.create_integration(old, cursor=1, limit=10, log=CREATED)
     fence = old.fence()
     assert await store.set_cursor(fence, 5)
     assert await store.put_sink_state(fence, {"k": 1})
-    assert await store.add_rejected(fence, rejected(1), LOG)
+    assert await store.add_rejected(fence, rejected_n(1), CREATED)
     assert await store.delete_integration("a", "someone-else") is False
     assert await store.delete_integration("a", "old")
     for write in (store.set_cursor(fence, 9), store.put_sink_state(fence, {"k": 2}),
-                  store.add_log(fence, LOG), store.add_rejected(fence, rejected(2), LOG),
-                  store.resolve_rejected(fence, None, LOG),
-                  store.update_rejected(fence, rejected(1), LOG)):
+                  store.add_log(fence, CREATED), store.add_rejected(fence, rejected_n(2), CREATED),
+                  store.resolve_rejected(fence, None, CREATED),
+                  store.update_rejected(fence, "r-1", RetryOutcome("t", True, "x"), CREATED)):
         assert await write is False
     assert await store.get_cursor("a") is None and await store.get_sink_state("a") is None
-    new = hook(incarnation="new")
-    await store.create_integration(new, cursor=3, limit=10, log=LOG)
-    for write in (store.set_cursor(fence, 9), store.add_log(fence, LOG),
-                  store.add_rejected(fence, rejected(3), LOG)):
+    new = stored_hook(incarnation="new")
+    await store.create_integration(new, cursor=3, limit=10, log=CREATED)
+    for write in (store.set_cursor(fence, 9), store.add_log(fence, CREATED),
+                  store.add_rejected(fence, rejected_n(3), CREATED)):
         assert await write is False
     # The successor starts clean: its own cursor, one log line, no rejected events.
     assert await store.get_cursor("a") == 3 and await store.get_sink_state("a") is None
@@ -169,23 +152,23 @@ async def test_stale_fences_write_nothing(store: Store) -> None:
 
 
 async def test_logs_and_rejected_events_keep_the_newest(store: Store) -> None:
-    integration = hook()
-    await store.create_integration(integration, cursor=1, limit=10, log=LOG)
+    integration = stored_hook()
+    await store.create_integration(integration, cursor=1, limit=10, log=CREATED)
     fence = integration.fence()
     for i in range(5):
         assert await store.add_log(fence, LogEntry(f"t{i}", "x", f"r{i}"))
     assert [e.reason for e in await store.list_logs("a", 50)] == ["r4", "r3", "r2"]
     assert [e.reason for e in await store.list_logs("a", 1)] == ["r4"]
     for n in range(4):
-        assert await store.add_rejected(fence, rejected(n), LogEntry("t", "event_rejected",
+        assert await store.add_rejected(fence, rejected_n(n), LogEntry("t", "event_rejected",
                                                                      f"rej {n}"))
     assert [r.id for r in await store.list_rejected("a")] == ["r-3", "r-2"]
     assert await store.count_rejected("a") == 2
     actions = [e.action for e in await store.list_logs("a", 3)]
     assert actions == ["rejected_event_dropped", "event_rejected", "rejected_event_dropped"]
     # The same id again replaces its entry (and moves it to the front).
-    assert await store.add_rejected(fence, dataclasses.replace(rejected(2), reason="again"),
-                                    LOG)
+    assert await store.add_rejected(fence, dataclasses.replace(rejected_n(2), reason="again"),
+                                    CREATED)
     assert [(r.id, r.reason) for r in await store.list_rejected("a")] == \
         [("r-2", "again"), ("r-3", "Bad Request")]
     got = await store.get_rejected("a", "r-3")
@@ -195,16 +178,18 @@ async def test_logs_and_rejected_events_keep_the_newest(store: Store) -> None:
     assert await store.delete_rejected("a", "r-3") and not await store.delete_rejected("a",
                                                                                        "r-3")
     # A failed retry updates its entry where it stands.
-    assert await store.add_rejected(fence, rejected(4), LOG)
-    assert await store.update_rejected(fence, dataclasses.replace(rejected(2), attempts=2,
-                                                                  reason="nope"),
+    assert await store.add_rejected(fence, dataclasses.replace(rejected_n(2), attempts=1),
+                                    CREATED)
+    assert await store.add_rejected(fence, rejected_n(4), CREATED)
+    assert await store.update_rejected(fence, "r-2", RetryOutcome("t", True, "nope", 400),
                                        LogEntry("t", "rejected_event_retry_failed", "nope"))
     assert [(r.id, r.attempts, r.reason) for r in await store.list_rejected("a")] == \
         [("r-4", None, "Bad Request"), ("r-2", 2, "nope")]
     assert (await store.list_logs("a", 1))[0].action == "rejected_event_retry_failed"
     assert await store.delete_rejected("a", "r-4")
     # One deleted meanwhile stays deleted; the log entry is written all the same.
-    assert await store.update_rejected(fence, rejected(4), LogEntry("t", "x", "gone"))
+    assert await store.update_rejected(fence, "r-4", RetryOutcome("t", True, "x"),
+                                       LogEntry("t", "x", "gone"))
     assert [r.id for r in await store.list_rejected("a")] == ["r-2"]
     assert await store.get_rejected("a", "r-4") is None
     assert (await store.list_logs("a", 1))[0].reason == "gone"
@@ -215,10 +200,10 @@ async def test_logs_and_rejected_events_keep_the_newest(store: Store) -> None:
 
 
 async def test_delete_takes_everything_of_the_integration(store: Store) -> None:
-    keep, doomed = hook("keep", "k"), hook("doomed", "d")
+    keep, doomed = stored_hook("keep", "k"), stored_hook("doomed", "d")
     for integration in (keep, doomed):
-        await store.create_integration(integration, cursor=1, limit=10, log=LOG)
-        assert await store.add_rejected(integration.fence(), rejected(1), LOG)
+        await store.create_integration(integration, cursor=1, limit=10, log=CREATED)
+        assert await store.add_rejected(integration.fence(), rejected_n(1), CREATED)
         assert await store.put_sink_state(integration.fence(), {"s": integration.id})
     assert await store.delete_integration("doomed")
     assert await store.get_integration("doomed") is None

@@ -5,15 +5,11 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
-from aiohttp import web
-from textual.pilot import Pilot
-from textual.widgets import DataTable
 
 from eventstreamd.tui import format as fmt
 from eventstreamd.tui.app import DashboardApp
@@ -22,143 +18,87 @@ from eventstreamd.tui.dialogs import ConfirmScreen, PayloadScreen
 from eventstreamd.tui.sample import SIZE, SNAPSHOT, SOCKET_LABEL
 from eventstreamd.tui.widgets import ConnectionBar
 from tests.helpers.api import ApiClient, events
-from tests.helpers.daemon import DaemonProcess, Factory
-from tests.helpers.receiver import Received, Receiver
-
-FAST = {"webhook": {"timeout": "1s", "retry_initial": "50ms", "retry_max": "200ms"}}
-WAIT = 20.0  # the bound on every wait in this file, in seconds
-TERMINAL = (160, 40)
-
-
-def tui_for(daemon: DaemonProcess) -> DashboardApp:
-    return DashboardApp(daemon.data_dir / "control.sock", reconnect_delay=0.2)
-
-
-async def until(pilot: Pilot[Any], condition: Callable[[], bool], what: str) -> None:
-    with anyio.fail_after(WAIT):
-        while not condition():
-            await pilot.pause(0.05)
-    assert condition(), what
-
-
-async def until_async(pilot: Pilot[Any], condition: Callable[[], Awaitable[bool]],
-                      what: str) -> None:
-    with anyio.fail_after(WAIT):
-        while not await condition():
-            await pilot.pause(0.1)
-
-
-def table(app: DashboardApp, selector: str = "#integrations") -> DataTable[Any]:
-    return app.screen.query_one(selector, DataTable)
-
-
-def cell(app: DashboardApp, row: str, column: str) -> str | None:
-    grid = table(app)
-    if row not in {key.value for key in grid.rows}:
-        return None
-    value = grid.get_cell(row, column)
-    return getattr(value, "plain", str(value))
-
-
-def row_ids(app: DashboardApp, selector: str) -> list[str]:
-    return [str(key.value) for key in table(app, selector).rows]
-
-
-def select(app: DashboardApp, row: str, selector: str = "#integrations") -> None:
-    grid = table(app, selector)
-    grid.move_cursor(row=grid.get_row_index(row))
-
+from tests.helpers.daemon import FAST, Factory
+from tests.helpers.receiver import Receiver, Switch, answer
+from tests.helpers.tui import TERMINAL, WAIT, cell, row_ids, select, shows, table, tui_for
+from tests.helpers.wait import eventually
 
 # ------------------------------------------------------------- live daemon
 
 
 async def test_table_lists_integrations_with_live_status(daemon_factory: Factory) -> None:
     daemon = daemon_factory(FAST)
-    receiver = await Receiver().start()
-    try:
-        async with ApiClient(daemon) as api:
-            await api.webhook("w1", receiver.url)
-            await api.webhook("w2", receiver.url)
-            await api.stop("w2")
-            app = tui_for(daemon)
-            async with app.run_test(size=TERMINAL) as pilot:
-                await until(pilot, lambda: app.link[0] == "connected", "connected")
-                await until(pilot, lambda: cell(app, "w2", "health") == "■ stopped",
-                            "both listed")
-                assert cell(app, "w1", "health") == "● running"
-                assert cell(app, "w1", "kind") == "webhook"
-                # Host, port and path: two receivers on one host look different.
-                port = receiver.url.split(":")[2].split("/")[0]
-                assert cell(app, "w1", "target") == f"127.0.0.1:{port}/events"
-                # Events flow: the cursor and lag move on screen without a key press.
-                await api.publish(events(5))
-                await receiver.wait_for(lambda: len(receiver.delivered) == 5)
-                await until(pilot, lambda: cell(app, "w1", "cursor") == "6", "w1 delivered")
-                assert cell(app, "w1", "lag") == "0"
-                await until(pilot, lambda: cell(app, "w2", "lag") == "5", "w2 lags by 5")
-                # The stopped one counts what it has not delivered, and has no live counters.
-                assert cell(app, "w2", "failures") == "-"
-    finally:
-        await receiver.close()
+    async with Receiver() as receiver, ApiClient(daemon) as api:
+        await api.webhook("w1", receiver.url)
+        await api.webhook("w2", receiver.url)
+        await api.stop("w2")
+        app = tui_for(daemon)
+        async with app.run_test(size=TERMINAL) as pilot:
+            await shows(pilot, lambda: app.link[0] == "connected", "connected")
+            await shows(pilot, lambda: cell(app, "w2", "health") == "■ stopped",
+                        "both listed")
+            assert cell(app, "w1", "health") == "● running"
+            assert cell(app, "w1", "kind") == "webhook"
+            # Host, port and path: two receivers on one host look different.
+            port = receiver.url.split(":")[2].split("/")[0]
+            assert cell(app, "w1", "target") == f"127.0.0.1:{port}/events"
+            # Events flow: the cursor and lag move on screen without a key press.
+            await api.publish(events(5))
+            await eventually(lambda: len(receiver.delivered) == 5)
+            await shows(pilot, lambda: cell(app, "w1", "cursor") == "6", "w1 delivered")
+            assert cell(app, "w1", "lag") == "0"
+            await shows(pilot, lambda: cell(app, "w2", "lag") == "5", "w2 lags by 5")
+            # The stopped one counts what it has not delivered, and has no live counters.
+            assert cell(app, "w2", "failures") == "-"
 
 
 async def test_stop_and_start_from_the_tui(daemon_factory: Factory) -> None:
     daemon = daemon_factory(FAST)
-    receiver = await Receiver().start()
-    try:
-        async with ApiClient(daemon) as api:
-            await api.webhook("a1", receiver.url)
-            await api.webhook("w1", receiver.url)
+    async with Receiver() as receiver, ApiClient(daemon) as api:
+        await api.webhook("a1", receiver.url)
+        await api.webhook("w1", receiver.url)
 
-            async def http_status(expected: str) -> bool:
-                return bool((await api.get("w1"))["status"] == expected)
+        async def http_status(expected: str) -> bool:
+            return bool((await api.get("w1"))["status"] == expected)
 
-            app = tui_for(daemon)
-            async with app.run_test(size=TERMINAL) as pilot:
-                await until(pilot, lambda: cell(app, "w1", "health") == "● running", "listed")
-                select(app, "w1")
-                await pilot.press("x")
-                await until_async(pilot, lambda: http_status("stopped"), "stopped via HTTP")
-                await until(pilot, lambda: cell(app, "w1", "health") == "■ stopped",
-                            "stopped on screen")
-                assert cell(app, "a1", "health") == "● running"  # only the selected one
-                assert app.last_message == "w1 stopped"
-                await pilot.press("s")
-                await until_async(pilot, lambda: http_status("running"), "running via HTTP")
-                await until(pilot, lambda: cell(app, "w1", "health") == "● running",
-                            "running on screen")
-                actions = [e["action"] for e in await api.logs("w1")]
-                assert actions[:2] == ["integration_started", "integration_stopped"]
-    finally:
-        await receiver.close()
+        app = tui_for(daemon)
+        async with app.run_test(size=TERMINAL) as pilot:
+            await shows(pilot, lambda: cell(app, "w1", "health") == "● running", "listed")
+            select(app, "w1")
+            await pilot.press("x")
+            await shows(pilot, lambda: http_status("stopped"), "stopped via HTTP")
+            await shows(pilot, lambda: cell(app, "w1", "health") == "■ stopped",
+                        "stopped on screen")
+            assert cell(app, "a1", "health") == "● running"  # only the selected one
+            assert app.last_message == "w1 stopped"
+            await pilot.press("s")
+            await shows(pilot, lambda: http_status("running"), "running via HTTP")
+            await shows(pilot, lambda: cell(app, "w1", "health") == "● running",
+                        "running on screen")
+            actions = [e["action"] for e in await api.logs("w1")]
+            assert actions[:2] == ["integration_started", "integration_stopped"]
 
 
 async def test_rejected_event_is_viewed_retried_and_deleted(daemon_factory: Factory) -> None:
     daemon = daemon_factory(FAST)
-    accept = False
-
-    def respond(received: Received, attempt: int) -> web.Response:
-        return web.Response(status=200 if accept else 400, text="no such order")
-
-    receiver = await Receiver(respond).start()
+    refusing = Switch(answer(400, "no such order"))
+    receiver = await Receiver(refusing).start()
     try:
         async with ApiClient(daemon) as api:
             await api.webhook("w1", receiver.url)
             await api.publish([{"name": "order.created", "payload": {"order": n}}
                                for n in (1, 2)])
-            with anyio.fail_after(WAIT):
-                while len(await api.rejected("w1")) < 2:
-                    await anyio.sleep(0.05)
+            await eventually(lambda: api.rejected("w1"), lambda r: len(r) >= 2, within=WAIT)
             newest = (await api.rejected("w1"))[0]["id"]
 
             app = tui_for(daemon)
             async with app.run_test(size=TERMINAL) as pilot:
-                await until(pilot, lambda: cell(app, "w1", "rejected") == "2", "2 rejected")
+                await shows(pilot, lambda: cell(app, "w1", "rejected") == "2", "2 rejected")
                 select(app, "w1")
                 await pilot.press("enter")
-                await until(pilot, lambda: isinstance(app.screen, IntegrationScreen),
+                await shows(pilot, lambda: isinstance(app.screen, IntegrationScreen),
                             "details open")
-                await until(pilot, lambda: len(row_ids(app, "#rejected")) == 2, "listed")
+                await shows(pilot, lambda: len(row_ids(app, "#rejected")) == 2, "listed")
                 assert row_ids(app, "#rejected")[0] == newest
                 # Each row says which published event it is, and the receiver's answer.
                 rejected_table = table(app, "#rejected")
@@ -167,50 +107,50 @@ async def test_rejected_event_is_viewed_retried_and_deleted(daemon_factory: Fact
                 assert shown == {"400", "1", "no such order"}
                 assert str(rejected_table.get_cell(newest, "event_id")) in \
                     {r.key for r in receiver.requests}
-                await until(pilot, lambda: "event_rejected" in [
+                await shows(pilot, lambda: "event_rejected" in [
                     str(r[1]) for r in (table(app, "#log").get_row_at(i)
                                         for i in range(table(app, "#log").row_count))],
                     "the log shows the rejection")
 
                 # The payload, as the receiver would get it.
                 await pilot.press("enter")
-                await until(pilot, lambda: isinstance(app.screen, PayloadScreen), "payload")
+                await shows(pilot, lambda: isinstance(app.screen, PayloadScreen), "payload")
                 payload = app.screen
                 assert isinstance(payload, PayloadScreen)
                 assert payload.event["name"] == "order.created"
                 assert payload.event["payload"] in ({"order": 1}, {"order": 2})
                 await pilot.press("escape")
-                await until(pilot, lambda: isinstance(app.screen, IntegrationScreen), "back")
+                await shows(pilot, lambda: isinstance(app.screen, IntegrationScreen), "back")
 
                 # Retried while the receiver still refuses: the daemon's reason, event kept.
                 await pilot.press("y")
-                await until(pilot, lambda: "failed" in app.last_message, "retry failed")
+                await shows(pilot, lambda: "failed" in app.last_message, "retry failed")
                 assert app.last_message.startswith(
                     "retry failed: the receiver rejected the event again")
                 assert len(await api.rejected("w1")) == 2
 
                 # The receiver accepts now: retried from the TUI, it disappears.
-                accept = True
+                refusing.flip()
                 select(app, newest, "#rejected")
                 await pilot.press("y")
-                await until(pilot, lambda: row_ids(app, "#rejected") != [] and
+                await shows(pilot, lambda: row_ids(app, "#rejected") != [] and
                             newest not in row_ids(app, "#rejected"), "retried away")
                 assert [r["id"] for r in await api.rejected("w1")] == row_ids(app, "#rejected")
                 assert len(receiver.delivered) == 1
 
                 # Delete asks first; "n" keeps it, "y" deletes it.
                 await pilot.press("d")
-                await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), "confirm")
+                await shows(pilot, lambda: isinstance(app.screen, ConfirmScreen), "confirm")
                 await pilot.press("n")
-                await until(pilot, lambda: isinstance(app.screen, IntegrationScreen), "kept")
+                await shows(pilot, lambda: isinstance(app.screen, IntegrationScreen), "kept")
                 assert len(await api.rejected("w1")) == 1
                 await pilot.press("d")
-                await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), "confirm")
+                await shows(pilot, lambda: isinstance(app.screen, ConfirmScreen), "confirm")
                 await pilot.press("y")
-                await until(pilot, lambda: row_ids(app, "#rejected") == [], "deleted")
+                await shows(pilot, lambda: row_ids(app, "#rejected") == [], "deleted")
                 assert await api.rejected("w1") == []
                 await pilot.press("escape")
-                await until(pilot, lambda: cell(app, "w1", "rejected") == "0", "dashboard")
+                await shows(pilot, lambda: cell(app, "w1", "rejected") == "0", "dashboard")
     finally:
         await receiver.close()
 
@@ -221,32 +161,31 @@ async def test_daemon_gone_then_back(daemon_factory: Factory) -> None:
         await api.webhook("w1", "http://127.0.0.1:9/unused")
     app = tui_for(daemon)
     async with app.run_test(size=TERMINAL) as pilot:
-        await until(pilot, lambda: cell(app, "w1", "health") is not None, "listed")
+        await shows(pilot, lambda: cell(app, "w1", "health") is not None, "listed")
         assert app.connections == 1
         bar = app.screen.query_one(ConnectionBar)
         assert bar.has_class("-connected")
 
         assert await anyio.to_thread.run_sync(daemon.stop) == 0
-        await until(pilot, lambda: app.link[0] == "disconnected", "disconnected")
+        await shows(pilot, lambda: app.link[0] == "disconnected", "disconnected")
         assert app.link[1].startswith("✖ disconnected — reconnecting every")
         assert bar.has_class("-disconnected")
         # The last status stays on screen, but no row claims a state it cannot know.
-        await until(pilot, lambda: cell(app, "w1", "health") == "? no data", "stale")
+        await shows(pilot, lambda: cell(app, "w1", "health") == "? no data", "stale")
         assert cell(app, "w1", "cursor") is not None
         await pilot.press("x")  # an action while disconnected is refused, not a crash
-        await until(pilot, lambda: "not connected" in app.last_message, "refused")
+        await shows(pilot, lambda: "not connected" in app.last_message, "refused")
 
         await anyio.to_thread.run_sync(daemon.start)
-        await until(pilot, lambda: app.link[0] == "connected", "reconnected")
+        await shows(pilot, lambda: app.link[0] == "connected", "reconnected")
         assert app.connections == 2 and bar.has_class("-connected")
         assert app.last_message == "reconnected to the daemon"
-        await until(pilot, lambda: cell(app, "w1", "health") != "? no data", "fresh")
+        await shows(pilot, lambda: cell(app, "w1", "health") != "? no data", "fresh")
         select(app, "w1")
         await pilot.press("x")
         async with ApiClient(daemon) as api:
-            with anyio.fail_after(WAIT):
-                while (await api.get("w1"))["status"] != "stopped":
-                    await anyio.sleep(0.1)
+            await eventually(lambda: api.get("w1"), lambda i: i["status"] == "stopped",
+                             within=WAIT, every=0.1)
 
 
 # ------------------------------------------------------------- the command
@@ -298,7 +237,7 @@ async def test_fixed_snapshot_shows_every_state_and_refuses_actions() -> None:
         assert cell(app, "legacy-crm", "health") == "■ auto-stop"
         assert cell(app, "s3-archive", "mode") == ""
         await pilot.press("x")
-        await until(pilot, lambda: "not connected" in app.last_message, "refused")
+        await shows(pilot, lambda: "not connected" in app.last_message, "refused")
 
 
 async def test_a_snapshot_arriving_while_screens_are_torn_down_is_ignored() -> None:
@@ -365,4 +304,4 @@ def test_the_dashboard_names_owners_and_the_daemons_of_a_cluster() -> None:
     assert str(cell) == "w3 @b"
     # Without a cluster (LMDB) nothing changes: one line, the bare id.
     assert "\n" not in summary({**snapshot, "cluster": None})
-    assert str(row_cells({"id": "w3"})[0]) == "w3"
+    assert str(row_cells({"id": "w3"})[0]) == "w3"  # a Text: never markup

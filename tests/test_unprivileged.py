@@ -24,6 +24,7 @@ import pytest
 from tests.helpers.api import ApiClient, events
 from tests.helpers.daemon import DaemonProcess
 from tests.helpers.receiver import Receiver
+from tests.helpers.wait import eventually
 
 AS_ROOT = os.geteuid() == 0
 WAIT = 20.0
@@ -124,7 +125,7 @@ async def test_publish_deliver_and_attach_as_an_unprivileged_user(
         async with ApiClient(daemon) as api:
             await api.webhook("w1", receiver.url)
             await api.publish(events(20))
-            await receiver.wait_for(lambda: len(receiver.delivered) >= 20, WAIT)
+            await eventually(lambda: len(receiver.delivered) >= 20, within=WAIT)
         # The dashboard attaches over the control socket as the same user.
         with anyio.fail_after(60):
             tui = await anyio.run_process(
@@ -137,7 +138,7 @@ async def test_publish_deliver_and_attach_as_an_unprivileged_user(
         daemon.start()
         async with ApiClient(daemon) as api:
             await api.publish(events(1, start=20))
-            await receiver.wait_for(lambda: len(receiver.delivered) >= 21, WAIT)
+            await eventually(lambda: len(receiver.delivered) >= 21, within=WAIT)
     finally:
         daemon.kill()
         await receiver.close()

@@ -11,18 +11,21 @@ import anyio
 import pytest
 from aiohttp import web
 
-from tests.helpers.api import ApiClient, events
+from tests.helpers.api import BASE, ApiClient, events
+from tests.helpers.backends import EVERY_BACKEND
 from tests.helpers.control import Line, control_path, wait_settled
-from tests.helpers.daemon import DaemonProcess, Factory
-from tests.helpers.receiver import Received, Receiver
+from tests.helpers.daemon import FAST, DaemonProcess, Factory, merge
+from tests.helpers.receiver import Received, Receiver, Switch, answer
+from tests.helpers.wait import eventually
 
-FAST = {
-    "webhook": {"timeout": "1s", "retry_initial": "50ms", "retry_max": "200ms",
-                "max_in_flight": 8, "temporary_delete_after": "1s"},
+BACKENDS = EVERY_BACKEND
+
+# A 1 s timeout (a receiver here sleeps past it), temporary integrations deleted after 1 s,
+# and short logs and rejected lists, whose limits the tests reach.
+FAST_HOOKS = merge(FAST, {
+    "webhook": {"timeout": "1s", "max_in_flight": 8, "temporary_delete_after": "1s"},
     "limits": {"log_entries": 10, "rejected_events": 3},
-}
-
-BACKENDS = ("lmdb", "jetstream")
+})
 
 
 @pytest.fixture
@@ -34,7 +37,7 @@ async def receiver() -> AsyncIterator[Receiver]:
 
 @pytest.fixture
 def fast(daemon_factory: Factory) -> DaemonProcess:
-    return daemon_factory(FAST)
+    return daemon_factory(FAST_HOOKS)
 
 
 async def test_exact_body_and_headers(fast: DaemonProcess, receiver: Receiver) -> None:
@@ -42,7 +45,7 @@ async def test_exact_body_and_headers(fast: DaemonProcess, receiver: Receiver) -
         await api.webhook("w1", receiver.url, api_key="sekrit-key-1")
         await api.publish([{"name": "order.created", "payload": {"n": 1}, "tenant": "acme",
                             "id": "evt-42", "published_at": "2024-05-01T12:00:00Z"}])
-        await receiver.wait_for(lambda: len(receiver.delivered) == 1)
+        await eventually(lambda: len(receiver.delivered) == 1)
     got = receiver.delivered[0]
     assert got.body == {"tenant": "acme", "name": "order.created",
                         "published_at": "2024-05-01T12:00:00.000Z", "payload": {"n": 1}}
@@ -56,7 +59,7 @@ async def test_no_api_key_no_authorization(fast: DaemonProcess, receiver: Receiv
     async with ApiClient(fast) as api:
         await api.webhook("w1", receiver.url)
         await api.publish(events(1))
-        await receiver.wait_for(lambda: len(receiver.delivered) == 1)
+        await eventually(lambda: len(receiver.delivered) == 1)
     assert "Authorization" not in receiver.delivered[0].headers
 
 
@@ -64,7 +67,7 @@ async def test_200_events_distinct_keys(fast: DaemonProcess, receiver: Receiver)
     async with ApiClient(fast) as api:
         await api.webhook("w1", receiver.url)
         await api.publish(events(200))
-        await receiver.wait_for(lambda: len(receiver.delivered_keys) == 200)
+        await eventually(lambda: len(receiver.delivered_keys) == 200)
     assert sorted(r.body["payload"]["i"] for r in receiver.delivered) == list(range(200))
     assert len(receiver.requests) == 200
 
@@ -91,31 +94,25 @@ async def test_filters(fast: DaemonProcess, receiver: Receiver, conditions: Any,
             marker = await Receiver().start()
             try:
                 await api.webhook("w2", marker.url, starts_at="2000-01-01T00:00:00Z")
-                await marker.wait_for(lambda: len(marker.delivered) == 6)
+                await eventually(lambda: len(marker.delivered) == 6)
             finally:
                 await marker.close()
-        await receiver.wait_for(lambda: len(receiver.delivered) >= len(expected))
+        await eventually(lambda: len(receiver.delivered) >= len(expected))
         await wait_settled(fast, ["w1"])  # every event passed w1's filter or not: no more can come
     got = {r.body["name"] for r in receiver.delivered} - {"zz.marker"}
     assert got == expected
 
 
 async def test_rejected_then_retry(fast: DaemonProcess) -> None:
-    accept = False
-
-    def respond(received: Received, attempt: int) -> web.Response:
-        return web.Response(status=200 if accept else 400, text="bad order")
-
-    receiver = await Receiver(respond).start()
+    refusing = Switch(answer(400, "bad order"))
+    receiver = await Receiver(refusing).start()
     try:
         async with ApiClient(fast) as api:
             await api.webhook("w1", receiver.url)
             await api.publish(events(2))
-            await receiver.wait_for(lambda: len(receiver.requests) == 2)
-            with anyio.fail_after(10):
-                while len(await api.rejected("w1")) < 2:
-                    await anyio.sleep(0.05)
-            rejected = await api.rejected("w1")
+            await eventually(lambda: len(receiver.requests) == 2)
+            rejected = await eventually(lambda: api.rejected("w1"), lambda r: len(r) >= 2,
+                                        within=10)
             assert all(len(r["id"]) == 36 for r in rejected)
             # Matched to what was published, with the receiver's status and answer.
             published = {r.key for r in receiver.requests}
@@ -130,7 +127,7 @@ async def test_rejected_then_retry(fast: DaemonProcess) -> None:
             failed = await api.retry("w1", rejected[0]["id"], expect=502)
             assert failed["error_code"] and failed["request_id"]
             assert len(await api.rejected("w1")) == 2
-            accept = True
+            refusing.flip()
             await api.retry("w1", rejected[0]["id"], expect=200)
             remaining = await api.rejected("w1")
             assert [r["id"] for r in remaining] == [rejected[1]["id"]]
@@ -171,7 +168,7 @@ async def test_transient_failures_are_retried_until_delivered(fast: DaemonProces
         async with ApiClient(fast) as api:
             await api.webhook("w1", receiver.url)
             await api.publish(events(8))
-            await receiver.wait_for(lambda: len(receiver.delivered_keys) == 8, timeout=30)
+            await eventually(lambda: len(receiver.delivered_keys) == 8, within=30)
             reasons = [e["reason"] for e in await api.logs("w1")
                        if e["action"] == "retry_triggered"]
     finally:
@@ -205,7 +202,7 @@ async def test_stop_publish_start(fast: DaemonProcess, receiver: Receiver) -> No
     async with ApiClient(fast) as api:
         await api.webhook("w1", receiver.url)
         await api.publish(events(5))
-        await receiver.wait_for(lambda: len(receiver.delivered) == 5)
+        await eventually(lambda: len(receiver.delivered) == 5)
         stopped = await api.stop("w1")
         assert stopped["status"] == "stopped"
         # A running integration to another receiver shows when the 20 were dispatched.
@@ -213,12 +210,12 @@ async def test_stop_publish_start(fast: DaemonProcess, receiver: Receiver) -> No
         try:
             await api.webhook("w2", marker.url)
             await api.publish(events(20, start=5))
-            await marker.wait_for(lambda: len(marker.delivered_keys) == 20)
+            await eventually(lambda: len(marker.delivered_keys) == 20)
         finally:
             await marker.close()
         assert len(receiver.delivered) == 5
         assert (await api.start("w1"))["status"] == "running"
-        await receiver.wait_for(lambda: len(receiver.delivered_keys) == 25)
+        await eventually(lambda: len(receiver.delivered_keys) == 25)
     assert sorted(r.body["payload"]["i"] for r in receiver.delivered) == list(range(25))
 
 
@@ -231,8 +228,8 @@ async def test_new_integration_gets_only_new_events_unless_starts_at(
             await api.webhook("fresh", receiver.url)
             await api.webhook("replay", replay.url, starts_at="2000-01-01T00:00:00Z")
             await api.publish(events(5, start=10))
-            await replay.wait_for(lambda: len(replay.delivered) == 15)
-            await receiver.wait_for(lambda: len(receiver.delivered) == 5)
+            await eventually(lambda: len(replay.delivered) == 15)
+            await eventually(lambda: len(receiver.delivered) == 5)
     finally:
         await replay.close()
     assert sorted(r.body["payload"]["i"] for r in receiver.delivered) == list(range(10, 15))
@@ -251,14 +248,14 @@ async def test_temporary_integration_completes_and_is_deleted(
         await api.create(id="tmp", integration_type="temporary",
                          starts_at="2000-01-01T00:00:00Z", ends_at=ends,
                          callback_parameters={"callback_url": receiver.url})
-        await receiver.wait_for(lambda: len(receiver.delivered) == 10)
+        await eventually(lambda: len(receiver.delivered) == 10)
         completed = await api.wait_logs("tmp", "integration_completed")
         assert "stopped automatically" in completed[0]["reason"]
         assert (await api.get("tmp"))["status"] == "stopped"
-        with anyio.fail_after(15):  # temporary_delete_after is 1s
-            while (await api.get("tmp", expect=None)).get("error_code") != \
-                    "integration_not_found":
-                await anyio.sleep(0.2)
+        gone = await eventually(lambda: api.answer("GET", f"{BASE}/tmp"),
+                                lambda answer: answer[0] == 404, within=15,  # deleted after 1s
+                                every=0.2, what="the temporary integration deleted")
+        assert gone[1]["error_code"] == "integration_not_found"
     assert sorted(r.body["payload"]["i"] for r in receiver.delivered) == list(range(10))
 
 
@@ -276,11 +273,11 @@ async def test_slow_receiver_does_not_delay_another(fast: DaemonProcess) -> None
             await api.webhook("slow", slow.url)
             await api.webhook("quick", quick.url)
             await api.publish(events(100))
-            await quick.wait_for(lambda: len(quick.delivered) == 100)
+            await eventually(lambda: len(quick.delivered) == 100)
             assert len(slow.delivered) == 0
             assert len(slow.requests) <= 8  # the slow one holds only its window
             release.set()
-            await slow.wait_for(lambda: len(slow.delivered_keys) == 100, timeout=60)
+            await eventually(lambda: len(slow.delivered_keys) == 100, within=60)
     finally:
         release.set()
         await slow.close()
@@ -297,7 +294,7 @@ async def test_the_cursor_is_saved_by_its_bounds_not_per_delivery(
     async with ApiClient(d) as api:
         await api.webhook("w1", receiver.url)
         await api.publish(events(50))
-        await receiver.wait_for(lambda: len(receiver.delivered_keys) == 50)
+        await eventually(lambda: len(receiver.delivered_keys) == 50)
     client = await Line.connect(control_path(d))
     try:
         [status] = (await client.call("status"))["result"]["integrations"]
@@ -326,13 +323,13 @@ async def test_sigkill_mid_delivery_redelivers_at_most_the_cursor_bound(
             await api.webhook("w1", receiver.url)
             for start in range(0, total, 1000):
                 await api.publish(events(1000, start=start))
-            await receiver.wait_for(lambda: len(receiver.delivered) >= 1500, timeout=120)
-        d.proc.send_signal(signal.SIGKILL)  # type: ignore[union-attr]
+            await eventually(lambda: len(receiver.delivered) >= 1500, within=120)
+        d.send_signal(signal.SIGKILL)
         d.wait(10)
         delivered_before = len(receiver.delivered)
         assert delivered_before < total, "delivery finished before the kill; test proves nothing"
         d.start()
-        await receiver.wait_for(lambda: len(receiver.delivered_keys) == total, timeout=120)
+        await eventually(lambda: len(receiver.delivered_keys) == total, within=120)
         await wait_settled(d, ["w1"], cursor_saved=False)  # the last requests answered
     finally:
         await receiver.close()

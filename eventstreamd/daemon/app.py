@@ -42,13 +42,15 @@ from .routes import add_routes
 
 async def healthz(request: web.Request) -> web.Response:
     """200 while the process serves; `status` is "degraded" (and `store.error` says why)
-    when the store cannot be reached (JetStream: NATS down), so a liveness probe does not
-    restart a daemon that would only fail to start again, and a look tells what is wrong.
+    when the store cannot be reached or used (JetStream: NATS down, its streams gone), so
+    a liveness probe does not restart a daemon that would only fail to start again, and a
+    look tells what is wrong.
     Public, so it names no server (the control socket's status does)."""
     store = request.app[STORE]
     health = store.health()
     shown = {"backend": health.backend, "connected": health.connected, "error": health.error}
-    return web.json_response({"status": "ok" if health.connected else "degraded",
+    healthy = health.connected and health.error is None
+    return web.json_response({"status": "ok" if healthy else "degraded",
                               "head": store.head, "store": shown})
 
 

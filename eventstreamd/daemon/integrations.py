@@ -52,17 +52,23 @@ Decisions:
   Its cursor stays; `_start` resumes there with nothing skipped (the
   restart-window rule is for stops a user made) and clears the reason.
 - A rejected event's `_retry` is one attempt through the sink type
-  (`SinkType.retry_rejected`); its outcome is written fenced by the
-  incarnation the retry started with, so a retry that finishes after the
-  integration was deleted and re-created leaves the new one alone. A retry
-  that reached the receiver and failed updates the entry in place (its
-  `attempts` grow by one, `reason` and `status` are the latest answer), so the
-  list shows what the last try got; one that could not be sent only logs.
+  (`SinkType.retry_rejected`). It first claims the entry in the store
+  (`claim_rejected`), so one retry of an event runs at a time, whatever the
+  number of concurrent requests or daemons: the others get 409
+  `retry_in_progress`, and none can send it a second time (a delete meanwhile
+  makes later ones 404). Its outcome is written fenced by the incarnation the
+  retry started with, so a retry that finishes after the integration was
+  deleted and re-created leaves the new one alone. A retry that reached the
+  receiver and failed updates the entry in place (the store adds the attempt
+  to `attempts` in the step that releases the claim, and keeps the latest
+  `reason` and `status`), so the list shows what the last try got; one that
+  could not be sent only releases the claim and logs.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import logging
 import os
@@ -86,6 +92,8 @@ from ..model import (
     IntegrationType,
     LogEntry,
     RejectedEvent,
+    RetryClaim,
+    RetryOutcome,
     TargetParams,
 )
 from ..naming import valid_integration_id
@@ -97,6 +105,7 @@ from ..storage.base import (
     IntegrationExists,
     IntegrationLimitReached,
     IntegrationMissing,
+    RetryInProgress,
     Store,
     StoreFull,
     StoreUnavailable,
@@ -563,12 +572,32 @@ class IntegrationService:
         if not await self._do(self.store.delete_rejected(integration_id, event_id)):
             raise rejected_not_found(integration_id, event_id)
 
+    def _retry_claim_seconds(self) -> float:
+        """How long a retry's claim holds: well past the longest attempt a sink type
+        makes (each is bounded by its own timeout), so only a retry whose daemon died
+        leaves a claim to lapse."""
+        return 2 * max(self.config.webhook.timeout, self.config.s3.timeout) + 60.0
+
     async def retry_rejected(self, integration_id: str, event_id: str) -> None:
         """One delivery attempt through the integration's sink type; removed when delivered.
 
-        A failed attempt keeps the event and raises 502 with the sink's reason.
+        The entry is claimed first, so one retry of it runs at a time (on any daemon
+        sharing the store); another answers 409 `retry_in_progress`. A failed attempt
+        keeps the event and raises 502 with the sink's reason.
         """
-        integration, entry = await self._rejected(integration_id, event_id)
+        integration = await self._integration(integration_id)
+        now = int(self.clock() * 1000)
+        claim = RetryClaim(uuid.uuid4().hex, now,
+                           now + int(self._retry_claim_seconds() * 1000))
+        try:
+            entry = await self._do(self.store.claim_rejected(integration_id, event_id, claim))
+        except RetryInProgress as exc:
+            raise ApiError(409, "retry_in_progress",
+                           f"rejected event '{_shown(event_id)}' is being retried already "
+                           f"(since {ms_to_iso(exc.claim.at_ms)}); try again once that "
+                           "retry has finished") from None
+        if entry is None:
+            raise rejected_not_found(integration_id, event_id)
         fence = integration.fence()
         try:
             if not entry.deliverable:
@@ -580,17 +609,22 @@ class IntegrationService:
             await sink_type(integration.kind).retry_rejected(self.env, integration, entry)
         except DeliveryFailed as exc:
             reason = str(exc) or "the delivery failed"
-            log_entry = LogEntry(now_iso(), RETRY_FAILED,
-                                 f"Retry of rejected event {event_id} failed: {reason}")
-            if exc.attempted:
-                # The entry shows the latest attempt: its answer, and one more attempt.
-                tried = dataclasses.replace(
-                    entry, reason=reason, status=exc.status,
-                    attempts=None if entry.attempts is None else entry.attempts + 1)
-                await self._do(self.store.update_rejected(fence, tried, log_entry))
-            else:
-                await self._do(self.store.resolve_rejected(fence, None, log_entry))
+            # The store counts the attempt (and keeps its answer) in the same step that
+            # releases the claim: the entry shows the latest attempt.
+            await self._do(self.store.update_rejected(
+                fence, event_id, RetryOutcome(claim.token, exc.attempted, reason, exc.status),
+                LogEntry(now_iso(), RETRY_FAILED,
+                         f"Retry of rejected event {event_id} failed: {reason}")))
             raise ApiError(502, "delivery_failed", reason) from None
+        except BaseException:
+            # Cancelled (the client went away, the daemon stops) or crashed: the claim
+            # goes now rather than when it lapses; nothing is known to have been sent.
+            with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+                await self.store.update_rejected(
+                    fence, event_id, RetryOutcome(claim.token, attempted=False),
+                    LogEntry(now_iso(), RETRY_FAILED,
+                             f"Retry of rejected event {event_id} was interrupted."))
+            raise
         await self._do(self.store.resolve_rejected(fence, event_id, LogEntry(
             now_iso(), RETRIED, f"Rejected event {event_id} delivered on retry via API.")))
         log.info("rejected event delivered on retry",

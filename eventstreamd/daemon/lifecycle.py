@@ -19,8 +19,10 @@ Decisions:
   same log; failures while starting (lock, port, store, socket) become one
   `StartupError` line and exit code 1 in the CLI: the store raises only the
   errors `storage/base.py` defines (`StoreOpenError`, `StoreUnavailable`:
-  an unreachable JetStream names its servers), so nothing here names a
-  backend (`storage/factory.py` chooses it).
+  an unreachable JetStream names its servers; `StoreReplaced`: streams this
+  data dir's daemon used are gone or were created anew, unless started with
+  `--accept-new-streams`), so nothing here names a backend
+  (`storage/factory.py` chooses it).
 - A store several daemons may share has `leases`: then an `Ownership`
   balancer decides which integrations this daemon delivers, built with
   everything it reads (the supervisor's sinks, the held-lease table the
@@ -64,7 +66,7 @@ from ..sinks.base import SinkEnv
 from ..sinks.registry import SINK_TYPES
 from ..sinks.signing import register_secrets
 from ..sinks.ssrf import guarded_connector_args
-from ..storage.base import StoreOpenError, StoreUnavailable
+from ..storage.base import StoreOpenError, StoreReplaced, StoreUnavailable
 from ..storage.factory import open_store, opening
 from .app import build_app
 from .auth import resolve_tokens
@@ -124,6 +126,8 @@ class StartupError(Exception):
 def _starting(what: str) -> Iterator[None]:
     try:
         yield
+    except StoreReplaced as exc:  # says itself what happened and what to do
+        raise StartupError(str(exc)) from exc
     except (OSError, RuntimeError, ControlSocketError, StoreOpenError,
             StoreUnavailable) as exc:
         raise StartupError(f"cannot {what}: {exc}") from exc
@@ -143,8 +147,9 @@ def http_session(config: Config, instance: str | None = None) -> aiohttp.ClientS
 
 
 class Daemon:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *, accept_new_streams: bool = False) -> None:
         self.config = config
+        self.accept_new_streams = accept_new_streams
         self._stop = anyio.Event()
         self.info: RuntimeInfo | None = None
 
@@ -161,7 +166,8 @@ class Daemon:
             with _starting(f"open the store in {config.data_dir}"):
                 stack.callback(os.close, _lock_data_dir(config.data_dir))
             with _starting(opening(config)):
-                store = await stack.enter_async_context(open_store(config, SINK_TYPES))
+                store = await stack.enter_async_context(open_store(
+                    config, SINK_TYPES, accept_new_streams=self.accept_new_streams))
             shared = store.leases  # several daemons may deliver from this store
             instance = config.jetstream.instance_name()
             with _starting("set up the API token"):

@@ -152,6 +152,10 @@ class DaemonMetrics:
                            "Events set aside as rejected (a receiver's 400, or undeliverable).")
         restarts = counter("eventstreamd_sink_restarts",
                            "Times the integration's sink crashed and was restarted.")
+        resets = counter("eventstreamd_cursor_resets",
+                         "Times the integration's cursor was found past the newest event in "
+                         "the log (the log replaced or restored from an older copy) and "
+                         "moved back to where the log has events.")
         latency = HistogramMetricFamily("eventstreamd_delivery_latency_seconds",
                                         "From ingest to delivered (S3: from when the object's "
                                         "file was opened to its upload).", labels=labels)
@@ -186,8 +190,9 @@ class DaemonMetrics:
             failed.add_metric(key, stats.failures)
             rejected.add_metric(key, stats.rejected)
             restarts.add_metric(key, sink.crashes)
+            resets.add_metric(key, stats.cursor_resets)
             _add_histogram(latency, key, stats.latency)
-        return [delivered, failed, rejected, restarts, latency, stored, lag_events,
+        return [delivered, failed, rejected, restarts, resets, latency, stored, lag_events,
                 lag_seconds, in_flight, running, auto_stopped]
 
 

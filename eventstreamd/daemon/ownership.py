@@ -17,7 +17,10 @@ Decisions:
   integration is dropped at once. One that cannot be made (NATS away) is
   retried; once the lease is past its deadline (`Holding.valid`, the last
   successful renewal's start + ttl - margin, monotonic) it is dropped too —
-  by then another daemon may have taken it.
+  by then another daemon may have taken it. A renewal that succeeds after
+  the deadline passed (nobody claimed it meanwhile: the compare-and-set says
+  so) makes the lease valid again and tells the supervisor, so the sink that
+  stopped by its own clock runs again: delivery resumes by itself.
 - The balancer runs every `min(1 s, lease_ttl / 5)`: it announces this
   daemon (with its status, for the cluster view), reads every lease and
   announcement and the integration records, and
@@ -219,7 +222,12 @@ class Ownership:
         if self.held.get(holding.integration_id) is not holding:
             return
         if ok:
+            lapsed = not holding.valid()
             holding.renewed = max(holding.renewed, started)
+            if lapsed and holding.valid():
+                # Its sink stopped by its own clock while renewals failed (NATS away);
+                # the lease is still ours, so the supervisor must look again.
+                self.changes.notify(holding.integration_id)
         else:
             self._drop(holding.integration_id, "taken, released or deleted")
 

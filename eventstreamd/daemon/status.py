@@ -141,6 +141,7 @@ class StatusSampler:
         now = self.clock()
         head = self.store.head
         store = self.store.health()
+        usable = store.connected and store.error is None  # else reads would wait for it
         integrations = sorted(await self.store.list_integrations(), key=lambda i: i.id)
         owners: dict[str, str] = {}
         remote: dict[str, OwnedFigures] = {}
@@ -154,7 +155,7 @@ class StatusSampler:
             "head": head,
             "ingest_rate": self._ingest_rate,
             "ingest_history": list(self._ingest_history),
-            "integrations": [await self._integration(i, head, now, store.connected, owners,
+            "integrations": [await self._integration(i, head, now, usable, owners,
                                                      remote) for i in integrations],
             "cluster": (cluster_section(self.ownership, now)
                         if self.ownership is not None else None),

@@ -199,6 +199,8 @@ class Supervisor:
                     except Exception as exc:
                         await self._crashed(handle, integration, exc)
                         continue
+                    if handle.loop.restart_wanted and not handle.stop_requested:
+                        continue  # the event log went back under it: start where it now is
                     if outcome == "completed":
                         try:
                             await self.on_completed(integration)

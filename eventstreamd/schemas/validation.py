@@ -34,7 +34,7 @@ import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from .spec import SPEC_FILE, spec, spec_text  # noqa: F401 - re-exported: the served document
+from .spec import spec
 
 
 def _import_jsonschema_quickly() -> None:

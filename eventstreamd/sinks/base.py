@@ -92,6 +92,7 @@ class SinkStats:
     delivered: int = 0
     rejected: int = 0
     failures: int = 0
+    cursor_resets: int = 0  # cursors found past the log's head (a replaced or restored log)
     last_error: str | None = None
     last_error_at: float | None = None
     last_cause: str | None = None  # the last failure in a few words (the dashboard's column)

@@ -20,7 +20,20 @@ Decisions:
   what moved since the last save.
 - Where delivery starts: the stored cursor (the integration service applied
   the restart-window rule to it when the integration was started), skipping
-  past events that retention pruned (logged with the count). A temporary
+  past events that retention pruned (logged with the count).
+- A cursor past the log's newest event means the log is not the one it was
+  counted in: a JetStream stream deleted and created anew, an LMDB data dir
+  restored from an older copy. Left alone, the sink would wait for the new
+  log to grow past it and silently skip everything before (`ok, lag 0`).
+  So where a sink starts, the cursor is checked against the head
+  (`_resume_past_head`): past it, the store says where to go on
+  (`Store.resume_past_head`), and the jump is a WARNING, an integration log
+  entry naming the gap (`cursor_reset`) and a counted `cursor_resets`. While
+  it runs, a head that went back below the read position (the stream
+  replaced under the daemon) ends the loop with `restart_wanted`: the
+  supervisor starts it again at once, and that start makes the check (a
+  pipeline's window and files are kept in sequence order; they are not
+  rewound in place). A temporary
   integration ends at the first event ingested after `ends_at` (or when the
   log is drained and `ends_at` has passed).
 - Every write a sink makes (cursor, logs, rejected events, its own state)
@@ -113,6 +126,7 @@ class SinkLoop:
         self._cursor_interval = cursor_interval
         self._urgent = anyio.Event()
         self.gave_up: str | None = None  # why the pipeline gave up (`give_up`)
+        self.restart_wanted = False  # the log went back under the sink: start it again
 
     # ------------------------------------------------------------ SinkContext
 
@@ -214,6 +228,7 @@ class SinkLoop:
     async def run(self) -> Outcome:
         cursor = await self.store.get_cursor(self.integration_id)
         start = cursor if cursor is not None else self.store.head + 1
+        start = await self._resume_past_head(start)
         self.read_position = self.durable_cursor = start
         outcome: Outcome = "stopped"
         try:
@@ -250,6 +265,13 @@ class SinkLoop:
                 if self.store.head >= self.read_position:
                     await self._past_a_gap()  # nothing read, yet the head is past us
                     continue
+                if (self.read_position > self.store.head + 1
+                        and await self.store.resume_past_head(self.read_position) is not None):
+                    log.info("the event log went back under the sink; it starts again",
+                             extra=kv(integration=self.integration_id, head=self.store.head,
+                                      position=self.read_position))
+                    self.restart_wanted = True
+                    return "stopped"
                 await self.store.wait_for_head(self.read_position - 1, max_wait=HEAD_POLL)
                 continue
             if batch[0].seq > self.read_position:
@@ -344,6 +366,29 @@ class SinkLoop:
             self.progressed()
             return
         await self.sleep_unless_stopping(EMPTY_READ_PAUSE)
+
+    async def _resume_past_head(self, position: int) -> int:
+        """`position`, or where to go on when it is past the log's newest event (see the
+        module docstring): reported, counted, and saved as the cursor."""
+        if position <= self.store.head + 1:
+            return position
+        resume = await self.store.resume_past_head(position)
+        if resume is None:  # the cached head was behind the log
+            return position
+        head = self.store.head
+        self._stats.cursor_resets += 1
+        log.warning("cursor past the newest event in the log; delivery goes on from where "
+                    "the log now has events", extra=kv(
+                        integration=self.integration_id, cursor=position, head=head,
+                        resume=resume))
+        await self.add_log("cursor_reset", (
+            f"The cursor (next event: seq {position:,}) was past the newest event in the log "
+            f"(seq {head:,}): the event log was replaced or restored from an older copy. "
+            f"Delivery goes on from seq {resume:,}; what the earlier log held from seq "
+            f"{position:,} on is not in this one and cannot be delivered."))
+        with contextlib.suppress(StoreFull):  # else saved with the first progress
+            await self._held(await self.store.set_cursor(self.fence, resume))
+        return resume
 
     async def _report_pruned(self, count: int) -> None:
         await self.add_log("events_pruned",

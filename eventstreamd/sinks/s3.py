@@ -69,14 +69,14 @@ import uuid
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import anyio
 import msgspec
 import orjson
 
 from ..codec import filter_from_api, filter_to_api
-from ..config import Config
+from ..config import Config, S3Config
 from ..faults import crash_point
 from ..logs import kv
 from ..model import Integration, RejectedEvent, StoredEvent, TargetParams
@@ -92,14 +92,27 @@ from .base import (
 )
 from .filters import EventFilter
 from .retry import Failure, RetryPolicy, retry_until_stopped
+from .s3_client import S3Client
+from .s3_encoders import (
+    COMPRESSIONS,
+    FORMATS,
+    PARQUET_EXTRA,
+    Compression,
+    Encoder,
+    Encoding,
+    FileFormat,
+    parquet_missing,
+)
+from .s3_keys import DEFAULT as DEFAULT_KEYS
+from .s3_keys import FileNaming, KeyTemplate, TemplateRefused
 
 log = logging.getLogger("eventstreamd.s3")
 
 PART_SIZE = 8 * 1024 * 1024
 PART_CONCURRENCY = 4  # multipart parts in flight per file: at most this many parts in memory
 MAX_QUEUED_UPLOADS = 2  # sealed files waiting for or in upload; past it, spooling waits
-SPOOL_BUFFER = 1024 * 1024  # spool files are written in writes of this size
 MAX_OPEN_FILES = 64  # per integration; one per tenant until then
+MAX_PENDING = 32 * 1024 * 1024  # taken but not yet encoded, over every open file
 REBUILD_BATCH = 1024
 
 
@@ -122,19 +135,25 @@ class S3Target(TargetParams):
     api_field: ClassVar[str] = "s3_parameters"
     secret_fields: ClassVar[tuple[str, ...]] = ("aws_secret_access_key",)
     api_fields: ClassVar[tuple[str, ...]] = (
-        "aws_access_key_id", "aws_secret_access_key", "aws_region", "bucket", "key_prefix")
+        "aws_access_key_id", "aws_secret_access_key", "aws_region", "bucket", "key_prefix",
+        "compression", "format", "key_template")
 
     aws_region: str
     bucket: str
     aws_access_key_id: str | None = None
     aws_secret_access_key: str | None = None
     key_prefix: str | None = None
+    # None where not given: shown back only when set, the defaults keep the plain objects.
+    compression: str | None = None
+    format: str | None = None
+    key_template: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = {"aws_access_key_id": self.aws_access_key_id,
                "aws_secret_access_key": self.aws_secret_access_key,
                "aws_region": self.aws_region, "bucket": self.bucket,
-               "key_prefix": self.key_prefix}
+               "key_prefix": self.key_prefix, "compression": self.compression,
+               "format": self.format, "key_template": self.key_template}
         return {k: v for k, v in out.items() if v is not None}
 
     @classmethod
@@ -142,11 +161,30 @@ class S3Target(TargetParams):
         return cls(aws_region=data["aws_region"], bucket=data["bucket"],
                    aws_access_key_id=data.get("aws_access_key_id"),
                    aws_secret_access_key=data.get("aws_secret_access_key"),
-                   key_prefix=data.get("key_prefix") or None)
+                   key_prefix=data.get("key_prefix") or None,
+                   compression=data.get("compression"), format=data.get("format"),
+                   key_template=data.get("key_template"))
+
+    @property
+    def encoding(self) -> Encoding:
+        """What its files hold (checked at registration: `check`)."""
+        file_format = self.format or "ndjson"
+        compression = self.compression or "none"
+        assert file_format in FORMATS and compression in COMPRESSIONS
+        return Encoding(cast(FileFormat, file_format), cast(Compression, compression))
+
+    @property
+    def template(self) -> KeyTemplate:
+        """How its objects are named (checked at registration: `check`)."""
+        return KeyTemplate.parse(self.key_template) if self.key_template else DEFAULT_KEYS
 
     def describe(self) -> str:
         prefix = (self.key_prefix or "").strip("/")
-        return f"s3://{self.bucket}/{prefix}" if prefix else f"s3://{self.bucket}"
+        where = f"s3://{self.bucket}/{prefix}" if prefix else f"s3://{self.bucket}"
+        settings = [] if self.encoding == Encoding() else [self.encoding.describe()]
+        if self.key_template:
+            settings.append(self.key_template)
+        return f"{where} ({', '.join(settings)})" if settings else where
 
 
 # ----------------------------------------------------------------- registration
@@ -176,25 +214,46 @@ def check(params: TargetParams, config: Config) -> None:
                 f"'{field}.key_prefix' must be segments of letters, digits, '_', '.' or '-' "
                 "separated by single '/', none of them '.' or '..', and not start or end "
                 "with '/'"))
+    if params.compression is not None and params.compression not in COMPRESSIONS:
+        raise TargetRefused("invalid_s3_parameters", (
+            f"'{field}.compression' must be one of " + ", ".join(COMPRESSIONS)))
+    if params.format is not None and params.format not in FORMATS:
+        raise TargetRefused("invalid_s3_parameters",
+                            f"'{field}.format' must be one of " + ", ".join(FORMATS))
+    if params.format == "parquet" and (missing := parquet_missing()) is not None:
+        raise TargetRefused("parquet_unavailable", (
+            f"'{field}.format' parquet needs the optional extra {PARQUET_EXTRA} on the "
+            f"daemon's host: {missing}"))
+    if params.key_template is not None:
+        try:
+            KeyTemplate.parse(params.key_template)
+        except TemplateRefused as exc:
+            raise TargetRefused("invalid_s3_parameters",
+                                f"'{field}.key_template' {exc}") from None
 
 
 # ------------------------------------------------------------------------ objects
 
 
+@dataclass(frozen=True, slots=True)
+class Sealed:
+    """A recorded file waiting for the uploader; `at` is when it was sealed (monotonic)."""
+
+    manifest: Manifest
+    path: Path
+    at: float
+
+
 @dataclass
 class OpenFile:
+    """A tenant's file being spooled; its key is decided when it is sealed."""
+
     tenant: str
-    key: str
     path: Path
-    handle: IO[bytes]
+    encoder: Encoder
     first_seq: int
     last_seq: int
     started_at: float  # wall clock seconds
-    size: int = 0
-    lines: int = 0
-
-    def __post_init__(self) -> None:
-        self.write = self.handle.write  # bound once: called twice per event
 
 
 class Manifest(msgspec.Struct, frozen=True):
@@ -205,9 +264,17 @@ class Manifest(msgspec.Struct, frozen=True):
     first_seq: int
     last_seq: int
     lines: int
-    size: int
+    size: int  # the events' NDJSON bytes (before compression or Parquet encoding)
     filter: dict[str, list[str]] | None = None  # the integration's, in the API's form
     opened_at: float | None = None  # for the latency histogram; absent in older states
+    # How the file is written (a PATCH may change the integration's before it is rebuilt);
+    # absent in older states, whose files were all plain NDJSON.
+    format: FileFormat = "ndjson"
+    compression: Compression = "none"
+
+    @property
+    def encoding(self) -> Encoding:
+        return Encoding(self.format, self.compression)
 
 
 class S3State(msgspec.Struct):
@@ -223,9 +290,18 @@ class StateUnreadable(Exception):
 
 
 def state_form(state: S3State) -> dict[str, object]:
-    """The state as the store keeps it: plain data, the form every version reads."""
-    form: dict[str, object] = msgspec.to_builtins(state)
+    """The state as the store keeps it: plain data, the form every version reads. A plain
+    NDJSON file's entry names no format or compression, exactly as versions before them
+    wrote it."""
+    form: dict[str, Any] = msgspec.to_builtins(state)
+    for entry in form["pending"]:
+        for name, default in _PLAIN_ENCODING.items():
+            if entry.get(name) == default:
+                del entry[name]
     return form
+
+
+_PLAIN_ENCODING = {"format": "ndjson", "compression": "none"}
 
 
 def read_state(form: dict[str, object] | None) -> S3State:
@@ -236,11 +312,6 @@ def read_state(form: dict[str, object] | None) -> S3State:
         return msgspec.convert(form, S3State)
     except msgspec.ValidationError as exc:
         raise StateUnreadable(f"the S3 sink's saved state cannot be read: {exc}") from None
-
-
-def object_key(prefix: str | None, tenant: str, epoch_ms: int) -> str:
-    name = f"{epoch_ms}-data-{uuid.uuid4().hex}.export"
-    return f"{prefix}/{tenant}/{name}" if prefix else f"{tenant}/{name}"
 
 
 def describe_error(exc: BaseException) -> Failure:
@@ -258,46 +329,45 @@ def describe_error(exc: BaseException) -> Failure:
     return Failure(f"{type(exc).__name__}: {exc}")
 
 
-def s3_client(target: S3Target, endpoint_url: str | None, timeout: float) -> Any:
-    """An aiobotocore S3 client (an async context manager) for an integration's target."""
-    from aiobotocore.config import AioConfig
-    from aiobotocore.session import get_session
-
-    config = AioConfig(
-        connect_timeout=timeout, read_timeout=max(timeout, 30.0),
-        retries={"max_attempts": 1, "mode": "standard"},
-        s3={"addressing_style": "path"} if endpoint_url else None,
-    )
-    return get_session().create_client(
-        "s3",
-        region_name=target.aws_region,
-        endpoint_url=endpoint_url or None,
-        aws_access_key_id=target.aws_access_key_id,
-        aws_secret_access_key=target.aws_secret_access_key,
-        config=config,
-    )
+async def s3_client(target: S3Target, endpoint_url: str | None,
+                    request_timeout: float) -> S3Client:
+    """The S3 client for an integration's target (`s3_client.py`)."""
+    return await S3Client.connect(
+        region=target.aws_region, endpoint_url=endpoint_url or None,
+        access_key_id=target.aws_access_key_id,
+        secret_access_key=target.aws_secret_access_key, request_timeout=request_timeout,
+        max_connections=PART_CONCURRENCY + 2)
 
 
 class S3Pipeline:
+    """Files per tenant, recorded before upload, uploaded exactly once.
+
+    Built from an integration's target (`build`), or by another reader of the log with
+    its own `key_template`, spool directory and saved state (a replay writing into its
+    own objects): the files, encoders and uploads are the same machinery."""
+
     def __init__(self, *, target: S3Target, endpoint_url: str, rotate_interval: float,
                  rotate_size: int, policy: RetryPolicy, timeout: float,
-                 spool_dir: Path) -> None:
+                 spool_dir: Path, multipart_threshold: int,
+                 key_template: KeyTemplate | None = None) -> None:
         self.target = target
         self.bucket = target.bucket
         self.prefix = target.key_prefix
+        self.encoding = target.encoding
+        self.key_template = key_template or target.template
         self._endpoint_url = endpoint_url or None
         self.rotate_interval = rotate_interval
         self.rotate_size = rotate_size
         self._policy = policy
         self._timeout = timeout
+        self._multipart_threshold = multipart_threshold
         self.spool_dir = spool_dir
         self.files: dict[str, OpenFile] = {}
         self.watermarks: dict[str, int] = {}
         self.pending: list[Manifest] = []
-        self._client: Any = None
-        self._stack = contextlib.AsyncExitStack()
+        self._client: S3Client | None = None
         self.uploads = 0
-        self._queue: deque[tuple[Manifest, Path]] = deque()  # sealed, not yet uploaded
+        self._queue: deque[Sealed] = deque()  # sealed, not yet uploaded
         self._queue_changed = anyio.Event()
         self._uploader_done = anyio.Event()
 
@@ -309,8 +379,7 @@ class S3Pipeline:
         # Whatever a previous run left in the spool is rebuilt from the log.
         shutil.rmtree(self.spool_dir, ignore_errors=True)
         self.spool_dir.mkdir(parents=True, exist_ok=True)
-        self._client = await self._stack.enter_async_context(
-            s3_client(self.target, self._endpoint_url, self._timeout))
+        self._client = await s3_client(self.target, self._endpoint_url, self._timeout)
         for manifest in list(self.pending):
             log.info("re-uploading a recorded file", extra=kv(
                 integration=ctx.integration.id, key=manifest.key))
@@ -324,8 +393,8 @@ class S3Pipeline:
             while True:
                 while not self._queue:
                     await self._wait_queue()
-                manifest, path = self._queue[0]
-                if not await self._upload(manifest, ctx, path):
+                sealed = self._queue[0]
+                if not await self._upload(sealed.manifest, ctx, sealed.path, sealed.at):
                     return  # stopping: it stays recorded and is rebuilt on the next start
                 self._queue.popleft()
                 self._queue_moved()
@@ -360,15 +429,23 @@ class S3Pipeline:
                     if not await self._rotate([oldest], ctx):
                         return taken
                 open_file = self._new_file(tenant, event.seq, ctx.clock())
-            body = event.body
-            open_file.write(body)
-            open_file.write(b"\n")
-            open_file.size += len(body) + 1
-            open_file.lines += 1
+            encoder = open_file.encoder
+            encoder.add(event)
             open_file.last_seq = event.seq
-            if open_file.size >= self.rotate_size and not await self._rotate([open_file], ctx):
-                return taken + 1  # recorded: it is taken, only its upload waits
+            if encoder.raw_bytes >= self.rotate_size:
+                if not await self._rotate([open_file], ctx):
+                    return taken + 1  # recorded: it is taken, only its upload waits
+            elif encoder.pending >= encoder.flush_at:
+                await _encode(encoder)
+        if len(files) > 1:
+            await self._bound_pending()
         return len(events)
+
+    async def _bound_pending(self) -> None:
+        """Many tenants' files each below their own chunk size: encode the largest until
+        what all of them hold unencoded is within `MAX_PENDING`."""
+        while sum(f.encoder.pending for f in self.files.values()) > MAX_PENDING:
+            await _encode(max(self.files.values(), key=lambda f: f.encoder.pending).encoder)
 
     @staticmethod
     async def _set_aside(event: StoredEvent, ctx: SinkContext, reason: str) -> bool:
@@ -412,14 +489,15 @@ class S3Pipeline:
 
     async def release(self) -> None:
         for open_file in self.files.values():
-            open_file.handle.close()
+            open_file.encoder.close()
         self.files.clear()
-        await self._stack.aclose()
+        if self._client is not None:
+            self._client.close()
 
     def status(self) -> PipelineStatus:
         now_files = list(self.files.values())
         return PipelineStatus(
-            buffered_bytes=sum(f.size for f in now_files),
+            buffered_bytes=sum(f.encoder.raw_bytes for f in now_files),
             buffered_since=min((f.started_at for f in now_files), default=None),
             pending_uploads=len(self.pending),
             uploads=self.uploads,
@@ -428,11 +506,8 @@ class S3Pipeline:
     # ---------------------------------------------------------------- files
 
     def _new_file(self, tenant: str, first_seq: int, now: float) -> OpenFile:
-        epoch_ms = int(now * 1000)
-        key = object_key(self.prefix, tenant, epoch_ms)
-        path = self.spool_dir / f"{uuid.uuid4().hex}.ndjson"
-        handle = open(path, "wb", buffering=SPOOL_BUFFER)  # closed when the file is sealed
-        open_file = OpenFile(tenant, key, path, handle, first_seq, first_seq, now)
+        path = self.spool_dir / f"{uuid.uuid4().hex}.spool"
+        open_file = OpenFile(tenant, path, self.encoding.open(path), first_seq, first_seq, now)
         self.files[tenant] = open_file
         return open_file
 
@@ -444,18 +519,25 @@ class S3Pipeline:
                 return False
             with anyio.move_on_after(0.2):
                 await self._wait_queue()
-        sealed: list[tuple[Manifest, Path]] = []
+        sealed: list[Sealed] = []
         for open_file in files:
-            open_file.handle.close()
             del self.files[open_file.tenant]
-            sealed.append((Manifest(
-                key=open_file.key, tenant=open_file.tenant, first_seq=open_file.first_seq,
-                last_seq=open_file.last_seq, lines=open_file.lines, size=open_file.size,
+            encoder = open_file.encoder
+            await _encode(encoder, finish=True)
+            # The key is decided now ({last_seq} is known only now) and recorded below,
+            # before anything is uploaded.
+            key = self.key_template.render(FileNaming(
+                self.prefix, open_file.tenant, open_file.started_at, open_file.first_seq,
+                open_file.last_seq), self.encoding.suffix)
+            sealed.append(Sealed(Manifest(
+                key=key, tenant=open_file.tenant, first_seq=open_file.first_seq,
+                last_seq=open_file.last_seq, lines=encoder.rows, size=encoder.raw_bytes,
                 filter=filter_to_api(ctx.integration.filter), opened_at=open_file.started_at,
-            ), open_file.path))
-        for manifest, _ in sealed:
-            self.watermarks[manifest.tenant] = manifest.last_seq
-            self.pending.append(manifest)
+                format=self.encoding.format, compression=self.encoding.compression,
+            ), open_file.path, time.monotonic()))
+        for entry in sealed:
+            self.watermarks[entry.manifest.tenant] = entry.manifest.last_seq
+            self.pending.append(entry.manifest)
         if not await self._save_state(ctx):
             return False  # deleted or replaced: upload nothing more for it
         self._queue.extend(sealed)
@@ -476,9 +558,14 @@ class S3Pipeline:
         ctx.progressed()
         return True
 
+    @property
+    def client(self) -> S3Client:
+        assert self._client is not None, "open() creates the client"
+        return self._client
+
     async def _exists(self, key: str) -> bool:
         try:
-            await self._client.head_object(Bucket=self.bucket, Key=key)
+            await self.client.call("head_object", Bucket=self.bucket, Key=key)
             return True
         except upload_errors():
             return False
@@ -486,39 +573,47 @@ class S3Pipeline:
     async def _abort_stale_multipart(self, key: str) -> None:
         """Abort multipart uploads of `key` left by a crash, so no orphaned parts stay billed."""
         with contextlib.suppress(*upload_errors()), anyio.move_on_after(self._timeout):
-            listing = await self._client.list_multipart_uploads(Bucket=self.bucket, Prefix=key)
+            listing = await self.client.call("list_multipart_uploads", Bucket=self.bucket,
+                                             Prefix=key)
             for upload in listing.get("Uploads", []):
                 if upload.get("Key") == key:
-                    await self._client.abort_multipart_upload(
-                        Bucket=self.bucket, Key=key, UploadId=upload["UploadId"])
+                    await self.client.call("abort_multipart_upload", Bucket=self.bucket,
+                                           Key=key, UploadId=upload["UploadId"])
 
     async def _rebuild(self, manifest: Manifest, ctx: SinkContext) -> tuple[Path, int]:
-        """Write the recorded file again from the log: same range, tenant and filter."""
+        """Write the recorded file again from the log: same range, tenant and filter, and
+        the encoding it was recorded with, so the same lines or rows."""
         path = self.spool_dir / f"{uuid.uuid4().hex}.rebuilt"
         event_filter = EventFilter.of(filter_from_api(manifest.filter))
-        lines = 0
+        encoder = manifest.encoding.open(path)
         position = manifest.first_seq
-        async with await anyio.open_file(path, "wb") as out:
+        try:
             while position <= manifest.last_seq:
                 batch = await ctx.read_events(position, REBUILD_BATCH, 8 * 1024 * 1024)
                 if not batch:
                     break
-                chunk = [event.body + b"\n" for event in batch
-                         if event.seq <= manifest.last_seq
-                         and event.tenant == manifest.tenant and event.problem is None
-                         and event_filter.matches(event)]
-                await out.write(b"".join(chunk))  # one write per batch, off the loop
-                lines += len(chunk)
+                for event in batch:
+                    if (event.seq <= manifest.last_seq and event.tenant == manifest.tenant
+                            and event.problem is None and event_filter.matches(event)):
+                        encoder.add(event)
+                if encoder.pending >= encoder.flush_at:
+                    await _encode(encoder)
                 position = batch[-1].seq + 1
-        if lines != manifest.lines:
+            await _encode(encoder, finish=True)
+        except BaseException:
+            encoder.close()
+            raise
+        if encoder.rows != manifest.lines:
             log.warning("rebuilt file differs from the recorded one (events pruned?)", extra=kv(
                 integration=ctx.integration.id, key=manifest.key,
-                recorded=manifest.lines, rebuilt=lines))
-        return path, lines
+                recorded=manifest.lines, rebuilt=encoder.rows))
+        return path, encoder.rows
 
     # --------------------------------------------------------------- upload
 
-    async def _upload(self, manifest: Manifest, ctx: SinkContext, path: Path | None) -> bool:
+    async def _upload(self, manifest: Manifest, ctx: SinkContext, path: Path | None,
+                      sealed_at: float | None = None) -> bool:
+        started = time.monotonic()
         if path is None or not await anyio.Path(path).exists():
             path, lines = await self._rebuild(manifest, ctx)
             if lines != manifest.lines and await self._exists(manifest.key):
@@ -531,7 +626,8 @@ class S3Pipeline:
 
         async def attempt() -> bool | Failure:
             try:
-                await self._put(key, spooled)
+                await put_file(self.client, self.bucket, key, spooled, manifest.encoding,
+                               self._multipart_threshold, self._timeout)
                 crash_point("s3_after_upload")
                 return True
             except upload_errors() as exc:
@@ -552,51 +648,75 @@ class S3Pipeline:
         ctx.stats.record_delivered(int(opened_at * 1000) if opened_at else None,
                                    manifest.lines)
         ctx.progressed()
-        log.info("uploaded", extra=kv(integration=ctx.integration.id, key=key,
-                                      events=manifest.lines, bytes=manifest.size))
+        # How long it waited for the uploader and took to go up: a catch-up's timeline.
+        timing = {"upload_s": round(time.monotonic() - started, 3)}
+        if sealed_at is not None:
+            timing["queued_s"] = round(started - sealed_at, 3)
+        log.info("uploaded", extra=kv(
+            integration=ctx.integration.id, key=key, events=manifest.lines,
+            bytes=manifest.size, encoding=manifest.encoding.describe(), **timing))
         return True
 
-    async def _put(self, key: str, path: Path) -> None:
-        size = (await anyio.Path(path).stat()).st_size
-        if size <= PART_SIZE:
-            body = await anyio.Path(path).read_bytes()
-            await self._client.put_object(Bucket=self.bucket, Key=key, Body=body)
-            return
-        upload = await self._client.create_multipart_upload(Bucket=self.bucket, Key=key)
-        upload_id = upload["UploadId"]
-        parts: dict[int, str] = {}
-        slots = anyio.Semaphore(PART_CONCURRENCY)
 
-        async def send(number: int, chunk: bytes) -> None:
-            try:
-                part = await self._client.upload_part(
-                    Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number,
-                    Body=chunk)
-                parts[number] = part["ETag"]
-                crash_point("s3_multipart_part")
-            finally:
-                slots.release()
+async def _encode(encoder: Encoder, finish: bool = False) -> None:
+    """Encode what the encoder holds (and end the file when `finish`); compression and
+    Parquet in a worker thread, off the event loop."""
+    work = encoder.finish if finish else encoder.flush
+    if encoder.offload:
+        await anyio.to_thread.run_sync(work)
+    else:
+        work()
 
-        try:
-            async with await anyio.open_file(path, "rb") as fh, anyio.create_task_group() as tg:
-                for number in range(1, size // PART_SIZE + 2):
-                    await slots.acquire()  # read a part only when it can be sent
-                    chunk = await fh.read(PART_SIZE)
-                    if not chunk:
-                        slots.release()
-                        break
-                    tg.start_soon(send, number, chunk)
-            await self._client.complete_multipart_upload(
-                Bucket=self.bucket, Key=key, UploadId=upload_id,
-                MultipartUpload={"Parts": [{"ETag": parts[n], "PartNumber": n}
-                                           for n in sorted(parts)]})
-        except BaseException:
-            # Shielded so a stop cannot skip it, bounded so it cannot hold a stop up.
-            with anyio.CancelScope(shield=True), anyio.move_on_after(self._timeout), \
-                    contextlib.suppress(Exception):
-                await self._client.abort_multipart_upload(
-                    Bucket=self.bucket, Key=key, UploadId=upload_id)
-            raise
+
+async def put_file(client: S3Client, bucket: str, key: str, path: Path, encoding: Encoding,
+                   multipart_threshold: int, abort_within: float) -> None:
+    """Upload a spool file as the object `key`, with the encoding's Content-Type and
+    Content-Encoding: one PUT streamed from the file up to `multipart_threshold`, a
+    multipart upload above it (parts read from the file when their turn comes)."""
+    metadata = {"ContentType": encoding.content_type}
+    if encoding.content_encoding is not None:
+        metadata["ContentEncoding"] = encoding.content_encoding
+    size = (await anyio.Path(path).stat()).st_size
+    if size <= multipart_threshold:
+        def put(s3: Any) -> None:
+            # A plain file: botocore reads it to sign and send, in chunks, never whole.
+            with open(path, "rb") as body:
+                s3.put_object(Bucket=bucket, Key=key, Body=body, **metadata)
+
+        await client.run(put)
+        return
+    upload = await client.call("create_multipart_upload", Bucket=bucket, Key=key, **metadata)
+    upload_id = upload["UploadId"]
+    parts: dict[int, str] = {}
+    slots = anyio.Semaphore(PART_CONCURRENCY)
+
+    async def send(number: int) -> None:
+        def part(s3: Any) -> str:
+            with open(path, "rb") as fh:
+                fh.seek((number - 1) * PART_SIZE)
+                chunk = fh.read(PART_SIZE)  # at most PART_CONCURRENCY parts in memory
+            answer = s3.upload_part(Bucket=bucket, Key=key, UploadId=upload_id,
+                                    PartNumber=number, Body=chunk)
+            return str(answer["ETag"])
+
+        async with slots:
+            parts[number] = await client.run(part)
+            crash_point("s3_multipart_part")
+
+    try:
+        async with anyio.create_task_group() as tg:
+            for number in range(1, -(-size // PART_SIZE) + 1):
+                tg.start_soon(send, number)
+        await client.call("complete_multipart_upload", Bucket=bucket, Key=key,
+                          UploadId=upload_id, MultipartUpload={"Parts": [
+                              {"ETag": parts[n], "PartNumber": n} for n in sorted(parts)]})
+    except BaseException:
+        # Shielded so a stop cannot skip it, bounded so it cannot hold a stop up.
+        with anyio.CancelScope(shield=True), anyio.move_on_after(abort_within), \
+                contextlib.suppress(Exception):
+            await client.call("abort_multipart_upload", Bucket=bucket, Key=key,
+                              UploadId=upload_id)
+        raise
 
 
 # ------------------------------------------------------------------ the sink type
@@ -609,30 +729,51 @@ def build(env: SinkEnv, integration: Integration) -> S3Pipeline:
         target=integration.target, endpoint_url=s3.endpoint_url,
         rotate_interval=s3.rotate_interval, rotate_size=s3.rotate_size,
         policy=RetryPolicy(s3.retry_initial, s3.retry_max), timeout=s3.timeout,
-        spool_dir=env.spool_root / integration.id,
+        spool_dir=env.spool_root / integration.id, multipart_threshold=s3.multipart_threshold,
     )
 
 
-async def upload_single(target: S3Target, endpoint_url: str | None, request_timeout: float,
-                        tenant: str, body: bytes) -> str:
-    """Upload one event as its own one-line object (a rejected event's retry); its key."""
-    key = object_key(target.key_prefix, tenant, int(time.time() * 1000))
-    with anyio.fail_after(request_timeout * 2):
-        async with s3_client(target, endpoint_url, request_timeout) as client:
-            await client.put_object(Bucket=target.bucket, Key=key, Body=body + b"\n")
+async def upload_single(target: S3Target, config: S3Config, event: StoredEvent,
+                        spool_dir: Path) -> str:
+    """Upload one event as its own object (a rejected event's retry), written and named as
+    the integration's files are (its range is the event's sequence number); its key."""
+    await anyio.Path(spool_dir).mkdir(parents=True, exist_ok=True)
+    path = spool_dir / f"{uuid.uuid4().hex}.single"
+    encoding = target.encoding
+    encoder = encoding.open(path)
+    try:
+        encoder.add(event)
+        await _encode(encoder, finish=True)
+        key = target.template.render(FileNaming(
+            target.key_prefix, event.tenant, time.time(), event.seq, event.seq),
+            encoding.suffix)
+        with anyio.fail_after(config.timeout * 2):
+            client = await s3_client(target, config.endpoint_url, config.timeout)
+            try:
+                await put_file(client, target.bucket, key, path, encoding,
+                               config.multipart_threshold, config.timeout)
+            finally:
+                client.close()
+    finally:
+        encoder.close()
+        with contextlib.suppress(OSError):
+            os.unlink(path)
     return key
 
 
 async def retry_rejected(env: SinkEnv, integration: Integration,
                          entry: RejectedEvent) -> None:
     assert isinstance(integration.target, S3Target)
-    tenant = str(entry.extra.get("tenant") or _tenant_of(entry.body))
+    fields = _fields_of(entry.body)
+    tenant = str(entry.extra.get("tenant") or fields.get("tenant") or "")
     if not valid_tenant(tenant):
         raise DeliveryFailed("this event cannot be delivered: its tenant cannot be part of "
                              "an S3 key", attempted=False)
+    event = StoredEvent(entry.seq, entry.event_id, tenant, str(fields.get("name") or ""), 0,
+                        entry.body)
     try:
-        await upload_single(integration.target, env.config.s3.endpoint_url,
-                            env.config.s3.timeout, tenant, entry.body)
+        await upload_single(integration.target, env.config.s3, event,
+                            env.spool_root / integration.id)
     except upload_errors() as exc:
         failure = describe_error(exc)
         code = f" (HTTP status code {failure.status})" if failure.status is not None else ""
@@ -640,17 +781,18 @@ async def retry_rejected(env: SinkEnv, integration: Integration,
                              f"{failure.cause}{code}", status=failure.status) from None
 
 
-def _tenant_of(body: bytes) -> str:
+def _fields_of(body: bytes) -> dict[str, Any]:
     try:
-        return str(orjson.loads(body).get("tenant", ""))
-    except (ValueError, AttributeError):
-        return ""
+        parsed = orjson.loads(body)
+    except ValueError:
+        return {}
+    return parsed if isinstance(parsed, dict) else {}
 
 
 SINK = SinkType(
     params=S3Target,
-    description="NDJSON files per tenant in an S3 bucket, rotated by time and size, "
-                "exactly once",
+    description="NDJSON (plain, gzip, zstd) or Parquet files per tenant in an S3 bucket, "
+                "rotated by time and size, exactly once",
     check=check,
     build=build,
     retry_rejected=retry_rejected,

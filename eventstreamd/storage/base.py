@@ -20,6 +20,13 @@ Decisions:
 - Reads are `async` even where LMDB answers at once, so a networked backend
   implements the same interface. The head is cached in memory (`head`) and
   `wait_for_head` waits for it to move: no caller polls the backend.
+- A rejected event's retry claims the entry first (`claim_rejected`, a
+  check-and-set), so one retry at a time delivers it; a retry that did not
+  deliver releases the claim and counts its attempt in one atomic step
+  (`update_rejected`), never a read-modify-write by the caller. The head
+  goes back only when the log itself was replaced (JetStream: the stream
+  deleted and created anew); a reader whose position is then past the head
+  asks `resume_past_head` where to go on.
 - `StoreFull` (nothing was stored; retry later or free space) and
   `StoreUnavailable` (the backend cannot be reached; nothing is known to be
   stored) are the only failures a caller must handle; the HTTP layer maps
@@ -54,6 +61,8 @@ from ..model import (
     LogEntry,
     NewEvent,
     RejectedEvent,
+    RetryClaim,
+    RetryOutcome,
     StoredEvent,
     TargetParams,
 )
@@ -96,9 +105,23 @@ class StoreUnavailable(Exception):
     """The store cannot be reached or is shutting down; the write was not acknowledged."""
 
 
+class StoreReplaced(StoreUnavailable):
+    """At start: what this daemon stored before is gone from the backend (JetStream's
+    streams wiped or deleted, or created anew); going on would silently begin with an
+    empty store. The message says so and how to accept it."""
+
+
 class EventTooLarge(Exception):
     """An event the backend cannot hold as one record (JetStream: over the server's
     `max_payload`); nothing of the request was stored."""
+
+
+class RetryInProgress(Exception):
+    """`claim_rejected` while another retry of that rejected event holds its claim."""
+
+    def __init__(self, claim: RetryClaim) -> None:
+        super().__init__(claim.token)
+        self.claim = claim
 
 
 class IntegrationExists(Exception):
@@ -171,6 +194,14 @@ class Store(Protocol):
 
     async def first_seq(self) -> int:
         """The oldest stored sequence number, or head + 1 when the log is empty."""
+        ...
+
+    async def resume_past_head(self, position: int) -> int | None:
+        """None while `position` (a reader's next seq) is at most one past the newest
+        event, as the backend has it now (not the cached `head`, which may lag behind
+        another writer). Beyond that the log is not the one the position was counted in
+        (replaced, or restored from an older copy): the seq where such a reader goes on
+        without missing an event the log got since."""
         ...
 
     async def seq_at_or_after(self, ingested_ms: int) -> int:
@@ -254,8 +285,18 @@ class Store(Protocol):
         """A retry's outcome: remove the entry (when delivered) and log, fenced."""
         ...
 
-    async def update_rejected(self, fence: Fence, entry: RejectedEvent, log: LogEntry) -> bool:
-        """A failed retry: replace the entry with `entry.id` where it stands in the list
-        (its attempts and reason are the retry's) and log, fenced. An entry deleted in
-        the meantime stays deleted; the log entry is written either way."""
+    async def claim_rejected(self, integration_id: str, rejected_id: str,
+                             claim: RetryClaim) -> RejectedEvent | None:
+        """Mark a kept rejected event as being retried under `claim`, in one atomic step
+        with the check that no other retry holds it; the entry (claimed). None when there
+        is no such entry; `RetryInProgress` while another claim holds it."""
+        ...
+
+    async def update_rejected(self, fence: Fence, rejected_id: str, outcome: RetryOutcome,
+                              log: LogEntry) -> bool:
+        """A retry that did not deliver: its entry, where it stands in the list, becomes
+        `entry.after_retry(outcome)` (claim released; one more attempt, the latest status
+        and reason when it reached the receiver), read and written in one atomic step so
+        concurrent retries never lose an attempt; and the log entry, fenced. An entry
+        deleted in the meantime stays deleted; the log entry is written either way."""
         ...

@@ -15,13 +15,16 @@ from .base import Store
 from .lmdb_store import LmdbStore
 
 
-def open_store(config: Config, targets: TargetTypes) -> Store:
+def open_store(config: Config, targets: TargetTypes, *,
+               accept_new_streams: bool = False) -> Store:
     """The configured store, not yet entered (`async with open_store(config, SINK_TYPES)
-    as store`); `targets` (the sink registry) reads the integrations' targets."""
+    as store`); `targets` (the sink registry) reads the integrations' targets.
+    `accept_new_streams`: JetStream may create empty streams in place of ones this data
+    dir's daemon used before (`eventstreamd run --accept-new-streams`)."""
     if config.storage.backend == "jetstream":
         from .jetstream import JetStreamStore
 
-        return JetStreamStore(config, targets)
+        return JetStreamStore(config, targets, accept_new_streams=accept_new_streams)
     return LmdbStore(
         config.data_dir,
         targets=targets,

@@ -17,10 +17,19 @@ Decisions:
 - Sequence numbers start at 1 and never repeat: `meta.last_seq` survives
   pruning. Ingest times are made non-decreasing along the log by the writer,
   so "first event at or after time T" is a binary search: O(log n) point reads.
+- A data dir restored from an older copy may hold cursors past its head;
+  `resume_past_head` sends such a reader to what came after the open.
 - A full map or disk raises `StoreFull`; the failed transaction is aborted, so
   what was stored before stays intact and later writes succeed once space is
   freed (retention, deletes) or the map is grown (restart with a larger
   `storage.map_size`).
+- Appends stop short of the map's end: they are refused (`StoreFull`) once
+  less than `reserve` (1% of the map, 256 KiB to 64 MiB) would be left, so
+  everything else — stopping, starting or deleting an integration, cursors,
+  logs, rejected events, pruning — still finds pages when publishing has
+  filled the map (LMDB needs fresh pages for any write, however small). The
+  room is counted from the databases' own page counts (`_txn_room`), which
+  pages freed by retention or deletes leave at once.
 - Format: `meta.format` is 2. A log written in format 1 (a msgpack map per
   event) is migrated when the store opens, in chunks of one transaction each
   (each record tells its own format, so an interrupted migration resumes);
@@ -29,6 +38,7 @@ Decisions:
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import logging
 import os
@@ -54,6 +64,8 @@ from ..model import (
     LogEntry,
     NewEvent,
     RejectedEvent,
+    RetryClaim,
+    RetryOutcome,
     StoredEvent,
 )
 from .base import (
@@ -61,6 +73,7 @@ from .base import (
     IntegrationExists,
     IntegrationLimitReached,
     IntegrationMissing,
+    RetryInProgress,
     StoreFormatError,
     StoreFull,
     StoreHealth,
@@ -92,6 +105,9 @@ _LAST_INGEST = b"last_ingested_at"
 _COUNTER = b"counter"
 _FORMAT = b"format"
 PRUNE_CHUNK = 5_000
+# Room appends leave for every other write (1% of the map, within these bounds).
+RESERVE_MIN = 256 * 1024
+RESERVE_MAX = 64 * 1024 * 1024
 MIGRATE_CHUNK = 10_000
 T = TypeVar("T")
 
@@ -138,6 +154,10 @@ class LmdbStore:
         self._logs = self.env.open_db(b"logs")
         self._rejected = self.env.open_db(b"rejected")
         self._sink_state = self.env.open_db(b"sink_state")
+        self._all_dbs = (self.env.open_db(None), self._events, self._meta, self._integrations,
+                         self._cursors, self._logs, self._rejected, self._sink_state)
+        self._page_size = int(self.env.stat()["psize"])
+        self.reserve = min(RESERVE_MAX, max(RESERVE_MIN, self.map_size // 100))
         self.writer = LogWriter(self.env)
         try:
             self._check_format()
@@ -146,6 +166,9 @@ class LmdbStore:
             raise
         with self.env.begin() as txn:
             self._head = self._txn_head(txn)
+        # What the log held when it was opened: a position past it was counted in a
+        # longer copy of this log (the data dir was restored from an older backup).
+        self._opened_head = self._head
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -268,11 +291,21 @@ class LmdbStore:
         return await self._write(guarded)
 
     async def append(self, events: Sequence[NewEvent]) -> tuple[int, int]:
-        first, last = await self._write(lambda txn: self._txn_append(txn, events))
+        stored = await self._write(lambda txn: self._txn_append(txn, events))
+        if isinstance(stored, StoreFull):
+            raise stored
+        first, last = stored
         self._set_head(last)
         return first, last
 
-    def _txn_append(self, txn: Txn, events: Sequence[NewEvent]) -> tuple[int, int]:
+    def _txn_append(self, txn: Txn, events: Sequence[NewEvent]) -> tuple[int, int] | StoreFull:
+        # Returned, not raised: see create_integration.
+        need = 2 * sum(len(e.body) + len(e.id) + len(e.name) + len(e.tenant) + 48
+                       for e in events) + 4 * self._page_size
+        if self._txn_room(txn) - need < self.reserve:
+            return StoreFull("the event store is full (storage.map_size reached; the last "
+                             f"{self.reserve // 1024:,} KiB are kept for integration changes, "
+                             "cursors and logs)")
         last_seq = self._txn_head(txn)
         raw_time = txn.get(_LAST_INGEST, db=self._meta)
         ingested = max(now_ms(), from_u64(raw_time) if raw_time else 0)
@@ -473,11 +506,33 @@ class LmdbStore:
 
         return await self._fenced(fence, job)
 
-    async def update_rejected(self, fence: Fence, entry: RejectedEvent, log: LogEntry) -> bool:
+    async def claim_rejected(self, integration_id: str, rejected_id: str,
+                             claim: RetryClaim) -> RejectedEvent | None:
+        def job(txn: Txn) -> RejectedEvent | RetryInProgress | None:
+            key = self._txn_find_rejected(txn, integration_id, rejected_id)
+            if key is None:
+                return None
+            entry = self._txn_rejected_at(txn, key)
+            if not entry.claimable(claim.at_ms):
+                assert entry.retry_claim is not None
+                return RetryInProgress(entry.retry_claim)  # returned: see create_integration
+            claimed = dataclasses.replace(entry, retry_claim=claim)
+            txn.put(key, pack(codec.rejected_to_store(claimed)), db=self._rejected)
+            return claimed
+
+        outcome = await self._write(job)
+        if isinstance(outcome, RetryInProgress):
+            raise outcome
+        return outcome
+
+    async def update_rejected(self, fence: Fence, rejected_id: str, outcome: RetryOutcome,
+                              log: LogEntry) -> bool:
         def job(txn: Txn) -> None:
-            key = self._txn_find_rejected(txn, fence.integration_id, entry.id)
+            key = self._txn_find_rejected(txn, fence.integration_id, rejected_id)
             if key is not None:
-                txn.put(key, pack(codec.rejected_to_store(entry)), db=self._rejected)
+                entry = self._txn_rejected_at(txn, key)
+                txn.put(key, pack(codec.rejected_to_store(entry.after_retry(outcome))),
+                        db=self._rejected)
             self._txn_add_log(txn, fence.integration_id, log)
 
         return await self._fenced(fence, job)
@@ -501,6 +556,14 @@ class LmdbStore:
     async def first_seq(self) -> int:
         with self.env.begin(db=self._events) as txn, txn.cursor() as cur:
             return from_u64(cur.key()) if cur.first() else self._head + 1
+
+    async def resume_past_head(self, position: int) -> int | None:
+        """One process writes this log, so the head is exact. A position past it comes
+        from a data dir restored from an older copy: what the copy held up to its head
+        was in the log the position was counted in; what came after the open is new."""
+        if position <= self._head + 1:
+            return None
+        return self._opened_head + 1
 
     async def last_ingested_ms(self) -> int:
         with self.env.begin(db=self._meta) as txn:
@@ -528,18 +591,28 @@ class LmdbStore:
 
     async def stats(self) -> StoreStats:
         info = self.env.info()
-        stat = self.env.stat()
         with self.env.begin() as txn:
             events = int(txn.stat(self._events)["entries"])
-        used = (info["last_pgno"] + 1) * stat["psize"]
+            room = self._txn_room(txn)
+        used = (info["last_pgno"] + 1) * self._page_size
         return StoreStats(events=events, first_seq=await self.first_seq(), head=self._head,
                           size_bytes=used, capacity_bytes=self.map_size,
-                          free_bytes=max(0, self.map_size - used))
+                          free_bytes=max(0, room - self.reserve))
 
     def health(self) -> StoreHealth:
         return StoreHealth("lmdb", not self._closed)
 
     # ------------------------------------------------------------ txn helpers
+
+    def _txn_room(self, txn: Txn) -> int:
+        """Bytes the map has left: its size less the pages every database holds (and the
+        two meta pages). Pages freed but not reusable yet count as room; the reserve is
+        far larger than those."""
+        used = 2
+        for db in self._all_dbs:
+            stat = txn.stat(db)
+            used += stat["branch_pages"] + stat["leaf_pages"] + stat["overflow_pages"]
+        return self.map_size - used * self._page_size
 
     def _txn_head(self, txn: Txn) -> int:
         raw = txn.get(_LAST_SEQ, db=self._meta)
@@ -578,6 +651,12 @@ class LmdbStore:
     def _txn_delete_rejected(self, txn: Txn, integration_id: str, rejected_id: str) -> bool:
         key = self._txn_find_rejected(txn, integration_id, rejected_id)
         return key is not None and bool(txn.delete(key, db=self._rejected))
+
+    def _txn_rejected_at(self, txn: Txn, key: bytes) -> RejectedEvent:
+        """The kept rejected event under `key` (found by `_txn_find_rejected`)."""
+        raw = txn.get(key, db=self._rejected)
+        assert raw is not None  # found in this same transaction
+        return codec.rejected_from_store(unpack(raw))
 
     def _txn_find_rejected(self, txn: Txn, integration_id: str,
                            rejected_id: str) -> bytes | None:

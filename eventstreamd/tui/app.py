@@ -31,6 +31,7 @@ from textual.screen import Screen
 
 from .client import ConnectionLost, ControlClient, ControlError, ControlUnavailable
 from .dashboard import DashboardScreen
+from .format import printable
 from .screen import SnapshotScreen
 from .widgets import LINKED
 
@@ -139,8 +140,9 @@ class DashboardApp(App[int]):
 
     def say(self, text: str, *, error: bool = False) -> None:
         self.last_message = text
-        self.notify(text, severity="error" if error else "information",
-                    timeout=6 if error else 3)
+        # Messages quote the daemon, which quotes receivers: text, never markup.
+        self.notify(printable(text), severity="error" if error else "information",
+                    timeout=6 if error else 3, markup=False)
 
     async def act(self, op: str, done: str, **fields: Any) -> bool:
         """Run one action on the daemon; report the outcome; refresh the status after it."""
@@ -184,9 +186,11 @@ class DashboardApp(App[int]):
 def store_problem(snapshot: dict[str, Any]) -> str | None:
     """What the bar says when the daemon cannot reach its store; None when it can."""
     store = snapshot.get("store") or {}
-    if store.get("connected", True):
-        return None
     where = f" at {store['server']}" if store.get("server") else ""
+    if store.get("connected", True):
+        # Reachable but unusable (JetStream: its streams are gone): the error says it all.
+        return f"✖ {store.get('backend', 'store')}{where}: {store['error']}" \
+            if store.get("error") else None
     return (f"✖ {store.get('backend', 'store')}{where} unreachable: "
             f"{store.get('error') or 'no connection'} — delivery paused, publishing "
             "answers 503")

@@ -66,11 +66,12 @@ def row_cells(item: dict[str, Any], stale: bool = False) -> list[Any]:
     rejected = item.get("rejected_events") or 0
     owner = item.get("owner")  # several daemons on one JetStream: who delivers it
     return [
-        Text.assemble(item["id"], (f" @{owner}", "dim")) if owner else Text(item["id"]),
-        Text(item.get("kind", "")),
+        Text.assemble(fmt.plain(item["id"]), fmt.plain(f" @{owner}", "dim")) if owner
+        else fmt.plain(item["id"]),
+        fmt.plain(item.get("kind", "")),
         fmt.STALE if stale else fmt.health_text(health, bool(item.get("auto_stopped"))),
-        Text(fmt.shorten(fmt.mode(item.get("max_rate"), item.get("ordering")), MODE_WIDTH)),
-        Text(fmt.shorten(item.get("target"), TARGET_WIDTH)),
+        fmt.plain(fmt.shorten(fmt.mode(item.get("max_rate"), item.get("ordering")), MODE_WIDTH)),
+        fmt.plain(fmt.shorten(item.get("target"), TARGET_WIDTH)),
         Text(fmt.count(item.get("cursor")), justify="right"),
         Text(fmt.count(item.get("lag_events")), style=alert, justify="right"),
         Text(fmt.age(item.get("lag_seconds")), style=alert, justify="right"),
@@ -79,8 +80,8 @@ def row_cells(item: dict[str, Any], stale: bool = False) -> list[Any]:
         Text(fmt.count(item.get("failures")),
              style="red" if item.get("failures") else "", justify="right"),
         Text(str(rejected), style="yellow" if rejected else "", justify="right"),
-        Text(fmt.shorten(item.get("last_error_cause") or item.get("last_error"),
-                         LAST_ERROR_WIDTH), style="red"),
+        fmt.plain(fmt.shorten(item.get("last_error_cause") or item.get("last_error"),
+                              LAST_ERROR_WIDTH), "red"),
     ]
 
 
@@ -166,7 +167,8 @@ class DashboardScreen(SnapshotScreen):
             pass
 
     def _show(self, snapshot: dict[str, Any]) -> None:
-        self.query_one("#summary", Static).update(summary(snapshot))
+        # Instance names come from other daemons' configs: text, not markup.
+        self.query_one("#summary", Static).update(fmt.plain_lines(summary(snapshot)))
         self.query_one("#ingest-spark", Sparkline).data = list(
             snapshot.get("ingest_history") or [0.0])
         table: DataTable[Any] = self.query_one("#integrations", DataTable)

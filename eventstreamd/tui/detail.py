@@ -38,14 +38,15 @@ def details_table(item: dict[str, Any] | None, integration_id: str) -> Table:
     for _ in range(4):
         grid.add_column()
     if item is None:
-        grid.add_row(Text(f"{integration_id}: not in the daemon's status (deleted?)",
-                          style="bold red"))
+        grid.add_row(fmt.plain(f"{integration_id}: not in the daemon's status (deleted?)",
+                               "bold red"))
         return grid
+    # Every value a Text: a plain str in a grid cell would be parsed as markup.
     pairs: list[tuple[str, Text | str]] = [
-        ("Integration", Text(item["id"], style="bold")),
+        ("Integration", fmt.plain(item["id"], "bold")),
         ("Status", fmt.health_text(item.get("health"), bool(item.get("auto_stopped")))),
-        ("Type", Text(f"{item.get('kind')} · {item.get('integration_type')}")),
-        ("Target", Text(str(item.get("target") or ""))),
+        ("Type", fmt.plain(f"{item.get('kind')} · {item.get('integration_type')}")),
+        ("Target", fmt.plain(item.get("target") or "")),
         ("Cursor", fmt.count(item.get("cursor"))),
         ("Lag", f"{fmt.count(item.get('lag_events'))} events · oldest "
                 f"{fmt.age(item.get('lag_seconds'))}"),
@@ -63,24 +64,25 @@ def details_table(item: dict[str, Any] | None, integration_id: str) -> Table:
     if item.get("max_rate") or item.get("ordering"):  # a webhook's delivery controls
         rate = item.get("max_rate")
         ordering = item.get("ordering")
-        pairs.append(("Max rate", Text(f"{rate:g} deliveries/s" if rate else "unlimited")))
-        pairs.append(("Order", Text(
+        pairs.append(("Max rate", fmt.plain(f"{rate:g} deliveries/s" if rate else "unlimited")))
+        pairs.append(("Order", fmt.plain(
             "strict: one request at a time" if ordering == "strict"
             else f"per value of {ordering.removeprefix('key ')}" if ordering
             else "none (up to max_in_flight at once)")))
     for index in range(0, len(pairs), 2):
-        row: list[Text | str] = []
+        row: list[Text] = []
         for label, value in pairs[index:index + 2]:
-            row += [Text(label, style="dim"), value]
+            row += [Text(label, style="dim"), fmt.plain(value) if isinstance(value, str)
+                    else value]
         grid.add_row(*row)
     if item.get("auto_stopped"):
         grid.add_row(Text("Stopped", style="dim"),
-                     Text(f"by the daemon: {item.get('stop_reason') or ''}", style="red"))
+                     fmt.plain(f"by the daemon: {item.get('stop_reason') or ''}", "red"))
     error = item.get("last_error")
     if error:
         when = fmt.age(item.get("last_error_age"))
         grid.add_row(Text("Last error", style="dim"),
-                     Text(f"{error} ({when} ago)", style="red"))
+                     fmt.plain(f"{error} ({when} ago)", "red"))
     return grid
 
 
@@ -107,6 +109,7 @@ class IntegrationScreen(SnapshotScreen):
         self.integration_id = integration_id
         self.sub_title = integration_id
         self._log_shown: list[dict[str, Any]] | None = None
+        self._rejected_shown: list[dict[str, Any]] | None = None
 
     def compose(self) -> ComposeResult:
         yield Header(show_clock=False)
@@ -165,19 +168,22 @@ class IntegrationScreen(SnapshotScreen):
             self._fill_log(entries.get("entries") or [])
 
     def _fill_rejected(self, events: list[dict[str, Any]]) -> None:
+        # Compared whole, not by id: a retry that failed again changes an entry's
+        # attempts, status and answer in place.
+        if events == self._rejected_shown:
+            return  # unchanged: keep the user's place in the table
+        self._rejected_shown = events
         table: DataTable[Any] = self.query_one("#rejected", DataTable)
         ids = [e["id"] for e in events]
-        if ids == [key.value for key in table.rows]:
-            return
         selected = self.selected_rejected()
         table.clear()
         for event in events:
-            table.add_row(event["id"], event.get("created_at", ""),
-                          fmt.shorten(event.get("event_id"), 36),
+            table.add_row(fmt.plain(event["id"]), fmt.plain(event.get("created_at", "")),
+                          fmt.plain(fmt.shorten(event.get("event_id"), 36)),
                           Text(fmt.count(event.get("seq")), justify="right"),
                           Text(str(event.get("status") or fmt.NONE), justify="right"),
                           Text(fmt.count(event.get("attempts")), justify="right"),
-                          fmt.shorten(event.get("reason"), LOG_REASON_WIDTH),
+                          fmt.plain(fmt.shorten(event.get("reason"), LOG_REASON_WIDTH)),
                           key=event["id"])
         if selected in ids:
             table.move_cursor(row=ids.index(selected))
@@ -189,8 +195,9 @@ class IntegrationScreen(SnapshotScreen):
         table: DataTable[Any] = self.query_one("#log", DataTable)
         table.clear()
         for entry in entries:
-            table.add_row(entry.get("created_at", ""), entry.get("action", ""),
-                          fmt.shorten(entry.get("reason"), LOG_REASON_WIDTH))
+            table.add_row(fmt.plain(entry.get("created_at", "")),
+                          fmt.plain(entry.get("action", "")),
+                          fmt.plain(fmt.shorten(entry.get("reason"), LOG_REASON_WIDTH)))
 
     def selected_rejected(self) -> str | None:
         table: DataTable[Any] = self.query_one("#rejected", DataTable)

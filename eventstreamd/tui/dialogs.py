@@ -19,6 +19,8 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, Footer, Label, Static
 
+from . import format as fmt
+
 
 def rejection_summary(context: dict[str, Any]) -> str:
     """Why the event was set aside and which published event it is, in three lines."""
@@ -60,9 +62,10 @@ class PayloadScreen(ModalScreen[str | None]):
         context = event.pop("rejection", None) or {}
         text = orjson.dumps(event, option=orjson.OPT_INDENT_2).decode()
         with Vertical():
-            yield Label(f"Rejected event {self.event_id} · {self.integration_id}", id="title")
+            yield Label(fmt.plain(f"Rejected event {self.event_id} · {self.integration_id}"),
+                        id="title")
             if context:
-                yield Static(rejection_summary(context), id="context")
+                yield Static(fmt.plain_lines(rejection_summary(context)), id="context")
             with VerticalScroll():
                 yield Static(Syntax(text, "json", word_wrap=True, theme="ansi_dark"),
                              id="payload")
@@ -97,7 +100,7 @@ class ConfirmScreen(ModalScreen[bool]):
 
     def compose(self) -> ComposeResult:
         with Vertical():
-            yield Label(self.question, id="question")
+            yield Label(fmt.plain_lines(self.question), id="question")
             with Horizontal():
                 yield Button("No (n)", id="no")
                 yield Button("Yes, delete (y)", id="yes", variant="error")

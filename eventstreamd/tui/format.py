@@ -9,6 +9,13 @@ Decisions:
   without colour too.
 - Rates get a text sparkline (block characters, scaled to the largest value
   shown) so a stalled integration shows a flat line next to a moving one.
+- Everything that comes from outside (ids, targets, a receiver's answer, log
+  reasons, error messages, instance names) is shown as text, never as markup:
+  Textual parses a plain `str` in a table cell, label or static as Rich
+  markup, so a receiver answering `[/]` would crash the screen and one
+  answering `[link=...]` would style it. Such values go through `plain()`
+  (a `Text`, markup never parsed) with control characters shown as `\\x1b`,
+  so an escape sequence in an answer cannot reach the terminal either.
 """
 
 from __future__ import annotations
@@ -16,6 +23,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from rich.text import Text
+
+from ..logs import escape_controls
 
 HEALTH = {
     "ok": ("● running", "green"),
@@ -109,8 +118,25 @@ def sparkline(values: Sequence[float], width: int = 10) -> str:
     return cells.rjust(width)
 
 
+def printable(text: object) -> str:
+    """`text` with control characters shown as `\\x..` (tabs and line breaks too)."""
+    return escape_controls(str(text))
+
+
+def plain(text: object, style: str = "") -> Text:
+    """Text from outside, shown as it is: never parsed as markup, controls escaped."""
+    return Text(printable("" if text is None else text), style=style)
+
+
+def plain_lines(text: str) -> Text:
+    """`plain()` for text of several lines: the line breaks stay breaks."""
+    return Text("\n").join(plain(line) for line in text.split("\n"))
+
+
 def shorten(text: str | None, limit: int) -> str:
+    """One line of at most `limit` characters (whitespace runs become one space, control
+    characters are escaped); show it with `plain()`."""
     if not text:
         return ""
-    flat = " ".join(text.split())
+    flat = printable(" ".join(text.split()))
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"

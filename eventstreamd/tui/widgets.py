@@ -11,6 +11,8 @@ from typing import Any
 
 from textual.widgets import Static
 
+from .format import plain_lines
+
 STATES = ("connected", "connecting", "disconnected", "degraded")
 # The states in which the daemon answers ("degraded": it cannot reach its store).
 LINKED = ("connected", "degraded")
@@ -32,4 +34,4 @@ class ConnectionBar(Static):
         state, text = link
         for name in STATES:
             self.set_class(state == name, f"-{name}")
-        self.update(text)
+        self.update(plain_lines(text))  # names a socket path, a store's error: not markup

@@ -14,6 +14,7 @@ from anyio.abc import SocketStream
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from tests.helpers.daemon import DaemonProcess
+from tests.helpers.wait import eventually
 
 WAIT = 20.0  # the default bound on a wait, in seconds
 
@@ -71,7 +72,7 @@ async def status(daemon: DaemonProcess) -> dict[str, Any]:
     """One status snapshot, over a connection of its own."""
     client = await Line.connect(control_path(daemon))
     try:
-        return (await client.call("status"))["result"]  # type: ignore[no-any-return]
+        return (await client.call("status"))["result"]
     finally:
         await client.close()
 
@@ -87,16 +88,20 @@ async def wait_settled(daemon: DaemonProcess, integration_ids: Iterable[str],
     which already saw the last event arrive: then nothing in flight is enough."""
     wanted = set(integration_ids)
     client = await Line.connect(control_path(daemon))
+
+    async def snapshot() -> dict[str, Any]:
+        result: dict[str, Any] = (await client.call("status"))["result"]
+        return result
+
+    def settled(snapshot: dict[str, Any]) -> bool:
+        present = {i["id"] for i in snapshot["integrations"]}
+        return wanted <= present and all(_settled(i, cursor_saved)
+                                         for i in snapshot["integrations"]
+                                         if i["id"] in wanted)
+
     try:
-        with anyio.fail_after(timeout):
-            while True:
-                snapshot = (await client.call("status"))["result"]
-                present = {i["id"] for i in snapshot["integrations"]}
-                if wanted <= present and all(_settled(i, cursor_saved)
-                                             for i in snapshot["integrations"]
-                                             if i["id"] in wanted):
-                    return snapshot
-                await anyio.sleep(0.05)
+        return await eventually(snapshot, settled, within=timeout,
+                                what=f"{sorted(wanted)} settled")
     finally:
         await client.close()
 

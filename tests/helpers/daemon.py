@@ -7,12 +7,19 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
+
+from .processes import end, output_of, until_ready
 
 STARTUP_TIMEOUT = 20.0
+
+# Settings for a test whose receiver fails on purpose: retries after milliseconds rather
+# than the shipped seconds, and a request timeout of 2 s. A test that needs other values
+# derives them: `merge(FAST, {"webhook": {"timeout": "1s"}})`.
+FAST: dict[str, Any] = {"webhook": {"timeout": "2s", "retry_initial": "50ms",
+                                    "retry_max": "200ms"}}
 
 
 def toml_value(value: Any) -> str:
@@ -80,6 +87,7 @@ class DaemonProcess:
         self.data_dir = workdir / self.settings["storage"]["data_dir"]
         self.config_path = write_config(workdir / "eventstreamd.toml", self.settings)
         self.proc: subprocess.Popen[bytes] | None = None
+        self.run_args: list[str] = []  # more arguments of `eventstreamd run`
         self.url = ""
         self.log_path = workdir / "daemon.log"
         self._log_fh: Any = None
@@ -97,7 +105,7 @@ class DaemonProcess:
         self.settings = merge(self.settings, settings)
         write_config(self.config_path, self.settings)
 
-    def start(self, wait: bool = True) -> DaemonProcess:
+    def start(self, wait: bool = True) -> Self:
         runtime = self.data_dir / "runtime.json"
         if runtime.exists():
             runtime.unlink()  # left by a killed predecessor
@@ -105,7 +113,7 @@ class DaemonProcess:
         env = dict(os.environ, PYTHONUNBUFFERED="1", **self.env)
         self.proc = self.popen(
             [*self.wrapper, sys.executable, "-m", "eventstreamd", "run",
-             "--config", str(self.config_path)],
+             "--config", str(self.config_path), *self.run_args],
             cwd=self.cwd, stdout=self._log_fh, stderr=subprocess.STDOUT, env=env,
         )
         if wait:
@@ -115,52 +123,52 @@ class DaemonProcess:
     def wait_ready(self) -> None:
         """Until runtime.json names this daemon (its pid, unless a profiler runs it)."""
         assert self.proc is not None
-        runtime = self.data_dir / "runtime.json"
-        deadline = time.monotonic() + self.startup_timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"daemon exited with {self.proc.returncode}:\n{self.log()}")
-            try:
-                info = json.loads(runtime.read_text())
-                if not self.wrapper_execs or info.get("pid") == self.proc.pid:
-                    self.url, self.pid = info["url"], int(info["pid"])
-                    return
-            except (OSError, ValueError, KeyError):
-                pass
-            time.sleep(self.poll_interval)
-        self.kill()
-        raise RuntimeError(f"daemon did not start within {self.startup_timeout}s:\n{self.log()}")
-
-    def log(self) -> str:
         try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
+            self.url, self.pid = until_ready(self.proc, self._announced, "the daemon",
+                                             self.startup_timeout, self.poll_interval, self.log)
+        except RuntimeError:
+            self.kill()
+            raise
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
-        if self.proc is None or self.proc.poll() is not None:
-            return self.wait(timeout)
-        self.proc.send_signal(sig)
-        return self.wait(timeout)
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-        self.wait(10)
-
-    def wait(self, timeout: float) -> int:
+    def _announced(self) -> tuple[str, int] | None:
         assert self.proc is not None
         try:
-            code = self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            code = self.proc.wait(10)
+            info = json.loads((self.data_dir / "runtime.json").read_text())
+            if not self.wrapper_execs or info.get("pid") == self.proc.pid:
+                return info["url"], int(info["pid"])
+        except (OSError, ValueError, KeyError):
+            pass
+        return None
+
+    def log(self) -> str:
+        return output_of(self.log_path)
+
+    def send_signal(self, sig: int) -> None:
+        """`sig` to the daemon, not waiting for what it does (SIGKILL at a bad moment)."""
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
+        """`sig` to the daemon (when it runs), SIGKILL after `timeout`; its exit code."""
+        assert self.proc is not None
+        return self._ended(end(self.proc, sig, timeout))
+
+    def wait(self, timeout: float) -> int:
+        """Until the daemon exits of itself (SIGKILL after `timeout`); its exit code."""
+        assert self.proc is not None
+        return self._ended(end(self.proc, None, timeout))
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.stop(signal.SIGKILL, 10)
+
+    def _ended(self, code: int) -> int:
         if self._log_fh is not None:
             self._log_fh.close()
             self._log_fh = None
         return code
 
-    def restart(self) -> DaemonProcess:
+    def restart(self) -> Self:
         self.stop()
         return self.start()
 
@@ -179,31 +187,24 @@ class Listener:
             [sys.executable, "-m", "eventstreamd", "listen", "--port", "0", *args],
             cwd=cwd or workdir, stdout=self._out, stderr=subprocess.STDOUT,
             env=dict(os.environ, PYTHONUNBUFFERED="1"))
-        deadline = time.monotonic() + STARTUP_TIMEOUT
-        while time.monotonic() < deadline:
-            first = self.output().split("\n", 1)[0]
-            if first.startswith("listening on "):
-                self.url = first.split()[2]
-                return
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"listen exited with {self.proc.returncode}:\n{self.output()}")
-            time.sleep(0.02)
-        self.stop()
-        raise RuntimeError(f"listen did not start:\n{self.output()}")
+        try:
+            self.url = until_ready(self.proc, self._announced, "listen", STARTUP_TIMEOUT,
+                                   output=self.output)
+        except RuntimeError:
+            self.stop()
+            raise
+
+    def _announced(self) -> str | None:
+        first = self.output().split("\n", 1)[0]
+        return first.split()[2] if first.startswith("listening on ") else None
 
     def output(self) -> str:
-        return self.out_path.read_text(errors="replace")
+        return output_of(self.out_path)
 
     def deliveries(self) -> int:
         return self.output().count("\n--- #")
 
     def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            code = self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            code = self.proc.wait(10)
+        code = end(self.proc)
         self._out.close()
         return code

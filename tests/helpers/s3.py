@@ -4,60 +4,57 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import anyio
 from aiobotocore.session import get_session
+
+from .processes import end, free_port, until_ready
+from .wait import eventually
 
 CREDENTIALS = {"aws_access_key_id": "testing-key-id", "aws_secret_access_key": "testing-secret-1",
                "aws_region": "us-east-1"}
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class MotoServer:
-    def __init__(self, port: int | None = None) -> None:
+    """`moto_server` on a free loopback port (or `port`: a restarted server on the same
+    address); `popen` lets the benchmarks spawn it through their process registry."""
+
+    def __init__(self, port: int | None = None,
+                 popen: Callable[..., subprocess.Popen[bytes]] = subprocess.Popen) -> None:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.popen = popen
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 30.0) -> MotoServer:
         exe = shutil.which("moto_server", path=str(Path(sys.executable).parent)) or "moto_server"
-        self.proc = subprocess.Popen(
+        self.proc = self.popen(
             [exe, "-H", "127.0.0.1", "-p", str(self.port)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             env={**os.environ, "MOTO_ALLOW_NONEXISTENT_REGION": "true"},
         )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(f"{self.url}/moto-api/", timeout=1):
-                    return self
-            except OSError:
-                if self.proc.poll() is not None:
-                    raise RuntimeError("moto_server exited") from None
-                time.sleep(0.1)
-        self.stop()
-        raise RuntimeError("moto_server did not start")
+        try:
+            until_ready(self.proc, self._answers, "moto_server", timeout, every=0.1)
+        except RuntimeError:
+            self.stop()
+            raise
+        return self
+
+    def _answers(self) -> bool | None:
+        try:
+            with urllib.request.urlopen(f"{self.url}/moto-api/", timeout=1):
+                return True
+        except OSError:
+            return None
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        if self.proc is not None:
+            end(self.proc)
 
     def client(self) -> Any:
         return get_session().create_client(
@@ -81,14 +78,11 @@ class MotoServer:
                         out[item["Key"]] = await body.read()
         return out
 
-    async def wait_objects(self, bucket: str, predicate: Any,
+    async def wait_objects(self, bucket: str, predicate: Callable[[dict[str, bytes]], bool],
                            timeout: float = 30.0) -> dict[str, bytes]:
-        with anyio.fail_after(timeout):
-            while True:
-                objects = await self.objects(bucket)
-                if predicate(objects):
-                    return objects
-                await anyio.sleep(0.2)
+        """The bucket's objects once `predicate(objects)` holds."""
+        return await eventually(lambda: self.objects(bucket), predicate, within=timeout,
+                                every=0.2, what=f"objects in {bucket}")
 
 
 def s3_params(bucket: str, prefix: str | None = None) -> dict[str, Any]:
@@ -96,3 +90,8 @@ def s3_params(bucket: str, prefix: str | None = None) -> dict[str, Any]:
     if prefix:
         params["key_prefix"] = prefix
     return params
+
+
+def settings(moto: MotoServer, **s3: Any) -> dict[str, Any]:
+    return {"s3": {"endpoint_url": moto.url, **s3},
+            "webhook": {"retry_initial": "100ms", "retry_max": "500ms", "timeout": "5s"}}

@@ -7,10 +7,11 @@ and seeds the same way on every backend."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import struct
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -20,9 +21,10 @@ import lmdb
 import msgpack
 import orjson
 
-from eventstreamd.config import load_config
-from eventstreamd.model import LogEntry, NewEvent, RejectedEvent, StoredEvent
+from eventstreamd.config import Config, LimitsConfig, load_config
+from eventstreamd.model import Integration, LogEntry, NewEvent, RejectedEvent, StoredEvent
 from eventstreamd.sinks.registry import SINK_TYPES
+from eventstreamd.sinks.webhook import WebhookTarget
 from eventstreamd.storage.base import Store
 from eventstreamd.storage.factory import open_store
 from eventstreamd.storage.lmdb_store import LmdbStore
@@ -47,12 +49,12 @@ async def opened(where: Path | DaemonProcess, **options: Any) -> AsyncIterator[A
 
 async def read_all(where: Path | DaemonProcess) -> list[StoredEvent]:
     async with opened(where) as store:
-        return await store.read_events(1, 1_000_000, 1 << 40)  # type: ignore[no-any-return]
+        return await store.read_events(1, 1_000_000, 1 << 40)
 
 
 def decoded(event: StoredEvent) -> dict[str, Any]:
     """The delivery body an event carries, decoded."""
-    return orjson.loads(event.body)  # type: ignore[no-any-return]
+    return orjson.loads(event.body)
 
 
 def new_event(event_id: str, payload: Any, *, tenant: str = "acme",
@@ -63,7 +65,7 @@ def new_event(event_id: str, payload: Any, *, tenant: str = "acme",
 
 
 async def seed_rejected(where: Path | DaemonProcess,
-                        entries: dict[str, Sequence[RejectedEvent]]) -> None:
+                        entries: Mapping[str, Sequence[RejectedEvent]]) -> None:
     """Store rejected events for existing integrations, as their sinks would."""
     async with opened(where) as store:
         for integration_id, items in entries.items():
@@ -86,7 +88,7 @@ def rejected_entry(n: int, tenant: str = "acme") -> RejectedEvent:
 
 def event_of(entry: RejectedEvent) -> dict[str, Any]:
     """What the API shows of a rejected event: its delivery body."""
-    return orjson.loads(entry.body)  # type: ignore[no-any-return]
+    return orjson.loads(entry.body)
 
 
 def event_part(detail: Any) -> Any:
@@ -123,6 +125,14 @@ async def held(context: AbstractAsyncContextManager[T]) -> AsyncIterator[T]:
             await task
 
 
+def limited(config: Config, *, log_entries: int,
+            rejected_events: int) -> AbstractAsyncContextManager[Store]:
+    """The store a test's config names, keeping only this many log entries and rejected
+    events per integration (so a test reaches the limits), held for a fixture."""
+    return held(open_store(dataclasses.replace(config, limits=LimitsConfig(
+        log_entries=log_entries, rejected_events=rejected_events)), SINK_TYPES))
+
+
 def seed_format1(data_dir: Path, events: Sequence[tuple[str, str, str, Any]],
                  ingested_at: int | None = None) -> None:
     """A data dir as a format-1 daemon (before stored delivery bodies) left it: one msgpack
@@ -144,3 +154,22 @@ def seed_format1(data_dir: Path, events: Sequence[tuple[str, str, str, Any]],
             txn.put(b"last_ingested_at", struct.pack(">Q", ingested_at), db=meta)
     finally:
         env.close()
+
+
+# ------------------------------------------------- records for the store contract
+
+CREATED = LogEntry("2024-01-01T00:00:00.000Z", "integration_created", "test")
+
+
+def stored_hook(integration_id: str = "a", incarnation: str = "inc-1") -> Integration:
+    """A running webhook integration as the store keeps it (its target never contacted)."""
+    return Integration(id=integration_id, type="permanent", status="running",
+                       target=WebhookTarget("http://127.0.0.1:9/x"), incarnation=incarnation,
+                       created_at="2024-01-01T00:00:00.000Z")
+
+
+def rejected_n(n: int) -> RejectedEvent:
+    """Rejected event number `n`: id r-{n}, seq n, a body that says n."""
+    return RejectedEvent(id=f"r-{n}", created_at=f"2024-03-01T00:00:{n:02d}.000Z", seq=n,
+                         event_id=f"e-{n}", reason="Bad Request", status=400,
+                         body=b'{"n":%d}' % n)

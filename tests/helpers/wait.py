@@ -9,30 +9,41 @@ from __future__ import annotations
 import inspect
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar, overload
 
 import anyio
 
 T = TypeVar("T")
+WITHIN = 30.0  # the default bound, in seconds: generous for a loaded CI machine
 
 
-async def eventually(probe: Callable[[], T | Awaitable[T]], until: Callable[[T], bool] = bool,
-                     *, within: float = 20.0, every: float = 0.05, what: str = "") -> T:
+@overload
+async def eventually(probe: Callable[[], Awaitable[T]], until: Callable[[T], object] = bool,
+                     *, within: float = WITHIN, every: float = 0.05, what: str = "") -> T: ...
+
+
+@overload
+async def eventually(probe: Callable[[], T], until: Callable[[T], object] = bool,
+                     *, within: float = WITHIN, every: float = 0.05, what: str = "") -> T: ...
+
+
+async def eventually(probe: Callable[[], Any], until: Callable[[Any], object] = bool,
+                     *, within: float = WITHIN, every: float = 0.05, what: str = "") -> Any:
     """Call `probe` until `until(result)` holds; the result. Fails after `within` seconds
     (and at most `within / every` probes), saying what it waited for and the last result."""
-    last: T | None = None
+    last = None
     with anyio.move_on_after(within):
         for _ in range(_probes(within, every)):
             result = probe()
-            last = await result if inspect.isawaitable(result) else result  # type: ignore[assignment]
-            if until(last):  # type: ignore[arg-type]
-                return last  # type: ignore[return-value]
+            last = await result if inspect.isawaitable(result) else result
+            if until(last):
+                return last
             await anyio.sleep(every)
     raise _timed_out(within, what, last)
 
 
-def eventually_sync(probe: Callable[[], T], until: Callable[[T], bool] = bool, *,
-                    within: float = 20.0, every: float = 0.05, what: str = "") -> T:
+def eventually_sync(probe: Callable[[], T], until: Callable[[T], object] = bool, *,
+                    within: float = WITHIN, every: float = 0.05, what: str = "") -> T:
     """`eventually` for synchronous code: the same bounds, sleeping the thread."""
     last: T | None = None
     deadline = time.monotonic() + within

@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import random
 import signal
+from typing import Any
 
 import aiohttp
 import anyio
@@ -18,14 +19,17 @@ import orjson
 import pytest
 
 from tests.helpers.api import ApiClient
+from tests.helpers.backends import EVERY_BACKEND
 from tests.helpers.control import wait_settled
 from tests.helpers.daemon import DaemonProcess, Factory
 from tests.helpers.receiver import Receiver
 from tests.helpers.s3 import MotoServer, s3_params
+from tests.helpers.wait import eventually
+
+BACKENDS = EVERY_BACKEND
 
 MAX_IN_FLIGHT = 8
 CURSOR_EVERY = 50
-BACKENDS = ("lmdb", "jetstream")
 
 
 async def publisher(d: DaemonProcess, rng: random.Random, name: str, acked: set[str],
@@ -34,7 +38,7 @@ async def publisher(d: DaemonProcess, rng: random.Random, name: str, acked: set[
     counter = 0
     async with aiohttp.ClientSession(headers=d.headers) as session:
         while anyio.current_time() < deadline and counter < 100_000:
-            batch = []
+            batch: list[dict[str, Any]] = []
             for _ in range(rng.randint(1, 20)):
                 counter += 1
                 batch.append({"name": "order.created", "tenant": f"t{counter % 2}",
@@ -83,16 +87,16 @@ async def test_crash_loop(daemon_factory: Factory, crashes: int) -> None:
                     tg.start_soon(publisher, d, random.Random(rng.random()), f"c{crash}p{p}",
                                   acked, deadline)
                 await anyio.sleep(run_for)
-                d.proc.send_signal(signal.SIGKILL)  # type: ignore[union-attr]
+                d.send_signal(signal.SIGKILL)
             d.wait(30)
             d.start()
         assert len(acked) > 100, "too few events published for the test to mean anything"
 
-        await receiver.wait_for(lambda: acked <= {r.body["payload"]["uid"]
-                                                  for r in receiver.delivered}, timeout=120)
-        with anyio.fail_after(120):
-            while not acked <= set(s3_uids(await moto.objects("crash-loop"))):
-                await anyio.sleep(0.5)
+        await eventually(lambda: acked <= {r.body["payload"]["uid"] for r in receiver.delivered},
+                         within=120)
+        await eventually(lambda: moto.objects("crash-loop"),
+                         lambda objects: acked <= set(s3_uids(objects)), within=120, every=0.5,
+                         what="every acknowledged event in S3")
         await wait_settled(d, ["hook", "bucket"], timeout=60)  # nothing left that could add one
         uids = s3_uids(await moto.objects("crash-loop"))
         delivered = collections.Counter(r.body["payload"]["uid"] for r in receiver.delivered)

@@ -8,32 +8,15 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
-import anyio
-import orjson
 import pytest
 
 from tests.helpers.api import ApiClient
 from tests.helpers.daemon import Factory
+from tests.helpers.fill import padded, publish_until_full
 from tests.helpers.receiver import Receiver
+from tests.helpers.wait import eventually
 
 pytestmark = pytest.mark.reliability
-
-
-def padded(n: int, start: int, size: int) -> list[dict[str, object]]:
-    return [{"name": "order.created", "payload": {"i": start + i, "pad": "x" * size}}
-            for i in range(n)]
-
-
-async def publish_until_full(api: ApiClient, size: int, limit: int = 2000) -> tuple[int, dict]:
-    acknowledged = 0
-    for _ in range(limit):  # bounded: the store fills long before
-        async with api._session.post(f"{api.daemon.url}/events",
-                                     data=orjson.dumps(padded(10, acknowledged, size))) as r:
-            body = await r.json()
-            if r.status != 200:
-                return acknowledged, {"status": r.status, **body}
-            acknowledged += 10
-    raise AssertionError("the store never filled up")
 
 
 @contextlib.contextmanager
@@ -57,14 +40,13 @@ async def test_map_full_recovers_when_retention_frees_space(daemon_factory: Fact
         assert error["status"] == 507 and error["error_code"] == "insufficient_storage"
         assert acknowledged > 0
         # No restart: retention prunes the old events and publishing works again.
-        with anyio.fail_after(30):
-            while True:
-                async with api._session.post(f"{d.url}/events",
-                                             data=orjson.dumps(padded(10, 0, 2000))) as r:
-                    if r.status == 200:
-                        break
-                    assert r.status == 507
-                await anyio.sleep(0.25)
+        async def publish() -> int:
+            status, _ = await api.answer("POST", "/events", padded(10, 0, 2000))
+            assert status in (200, 507)
+            return status
+
+        await eventually(publish, lambda status: status == 200, within=30, every=0.25,
+                         what="a publish accepted again")
         assert "pruned events past retention" in d.log()
 
 
@@ -86,7 +68,7 @@ async def test_disk_full_answers_507_keeps_data_and_resumes(daemon_factory: Fact
                 result = await api.publish(padded(10, acknowledged, 10))
                 assert result["accepted"] == 10
                 total = acknowledged + 10
-                await receiver.wait_for(lambda: len(receiver.delivered_keys) >= total, 60)
+                await eventually(lambda: len(receiver.delivered_keys) >= total, within=60)
                 got = {r.body["payload"]["i"] for r in receiver.delivered}
                 assert set(range(total)) <= got
                 assert (await api.request("GET", "/healthz"))["head"] >= total

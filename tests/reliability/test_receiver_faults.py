@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import collections
 
-import anyio
 import pytest
 
 from tests.helpers.api import ApiClient, events
 from tests.helpers.daemon import Factory
-from tests.helpers.faulty_receiver import FaultyReceiver
+from tests.helpers.receiver import RandomFaults, Receiver
+from tests.helpers.wait import eventually
 
 pytestmark = pytest.mark.reliability
 
@@ -22,23 +22,19 @@ async def test_every_event_ends_delivered_or_rejected(daemon_factory: Factory,
                     "max_in_flight": 8},
         "limits": {"rejected_events": 1000, "log_entries": 1000},
     })
-    receiver = await FaultyReceiver(seed=seed).start()
+    faults = RandomFaults(seed=seed)
+    receiver = await Receiver(faults).start()
     total = 150
     try:
         async with ApiClient(d) as api:
             await api.webhook("w1", receiver.url)
             await api.publish(events(total))
-            with anyio.fail_after(90):
-                while len(receiver.final()) < total:
-                    await anyio.sleep(0.2)
-            final = receiver.final()
+            final = await eventually(faults.final, lambda f: len(f) >= total, within=90,
+                                     every=0.2, what="a final answer to every event")
             expected_rejected = {k for k, answer in final.items() if answer == "reject"}
-            with anyio.fail_after(20):
-                while True:
-                    rejected = await api.rejected("w1")
-                    if len(rejected) >= len(expected_rejected):
-                        break
-                    await anyio.sleep(0.1)
+            rejected = await eventually(lambda: api.rejected("w1"),
+                                        lambda r: len(r) >= len(expected_rejected), within=20,
+                                        every=0.1, what="the rejected events listed")
             logs = await api.logs("w1")
     finally:
         await receiver.close()
@@ -46,12 +42,12 @@ async def test_every_event_ends_delivered_or_rejected(daemon_factory: Factory,
     assert len(final) == total
     assert all(answers[-1] in ("ok", "reject") and
                all(a not in ("ok", "reject") for a in answers[:-1])
-               for answers in receiver.answers.values())
+               for answers in faults.answers.values())
     # Rejected events are listed exactly once each.
     assert len(rejected) == len(expected_rejected)
     assert len({r["id"] for r in rejected}) == len(rejected)
     # The log says why each retry happened.
-    reasons = collections.Counter()
+    reasons: collections.Counter[str] = collections.Counter()
     for entry in logs:
         if entry["action"] == "retry_triggered":
             for cause in ("status code 500", "status code 429", "timed out",
@@ -60,8 +56,8 @@ async def test_every_event_ends_delivered_or_rejected(daemon_factory: Factory,
                           "ServerDisconnectedError", "BadStatusLine", "cannot connect"):
                 if cause in entry["reason"]:
                     reasons[cause] += 1
-    faults = collections.Counter(a for answers in receiver.answers.values() for a in answers)
-    assert sum(reasons.values()) > 0 and faults["error"] + faults["throttle"] > 0
+    answered = collections.Counter(a for answers in faults.answers.values() for a in answers)
+    assert sum(reasons.values()) > 0 and answered["error"] + answered["throttle"] > 0
     assert reasons["status code 500"] > 0 and reasons["status code 429"] > 0
     assert reasons["timed out"] > 0
     assert sum(1 for e in logs if e["action"] == "event_rejected") == len(expected_rejected)

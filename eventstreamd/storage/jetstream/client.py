@@ -54,6 +54,7 @@ log = logging.getLogger("eventstreamd.jetstream")
 
 RECONNECT_WAIT = 0.5
 PING_INTERVAL = 5
+WAIT_SLICE = 0.25  # seconds; see wait_connected
 API = "$JS.API"
 
 # Header names (NATS spells them so).
@@ -255,11 +256,23 @@ class JsClient:
         self._listeners.append(listener)
 
     async def wait_connected(self, within: float) -> bool:
-        if self.connected:
-            return True
-        with contextlib.suppress(TimeoutError, asyncio.TimeoutError):
-            await asyncio.wait_for(self._connected.wait(), within)
-        return self.connected
+        """Until the connection is up again, for at most `within` seconds.
+
+        nats-py marks the connection as reconnecting at once but calls the disconnect
+        callback (which clears `_connected`) only after closing the socket, a few ms
+        later: in between the event still says "connected". So the event is only a
+        wake-up; the connection's own state decides, checked again at least every
+        `WAIT_SLICE` seconds."""
+        deadline = asyncio.get_running_loop().time() + within
+        while not self.connected:
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                return False
+            if self._connected.is_set():
+                self._connected.clear()  # stale: the disconnect callback has not run yet
+            with contextlib.suppress(TimeoutError, asyncio.TimeoutError):
+                await asyncio.wait_for(self._connected.wait(), min(left, WAIT_SLICE))
+        return True
 
     async def _on_error(self, exc: Exception) -> None:
         self._error = _describe(exc)

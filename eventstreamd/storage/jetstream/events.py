@@ -59,7 +59,9 @@ Decisions (numbers measured on this 2-core machine, R1 file storage,
   per batch costs nothing measurable. Core NATS may lose a wake (e.g.
   during a reconnect), so the head is also polled every `POLL_EVERY`
   seconds and right after every reconnect. The head is never assumed to
-  move only by this daemon's appends.
+  move only by this daemon's appends. It goes back only when the stream was
+  replaced (deleted and created anew: another `created` time in its
+  STREAM.INFO, `adopt`); readers then find their position past the head.
 - Reads: one batched `DIRECT.GET` (`seq`, `batch`, `max_bytes`) per read,
   no consumer state on the server; any replica may answer, so in a cluster
   an empty answer below the known head is re-asked a few times (a lagging
@@ -232,6 +234,7 @@ class EventLog:
         self.commit_subject = subjects.commit
         self.wake_subject = subjects.wake
         self._head = 0
+        self.created: str | None = None  # the stream's creation time: which stream it is
         self._moved = anyio.Event()
         self._last_ingest = (0, 0)  # (seq, ms) of the newest message whose time is known
         self._queue: asyncio.Queue[_Append | None] = asyncio.Queue(maxsize=MAX_PENDING)
@@ -260,8 +263,7 @@ class EventLog:
         }
 
     async def open(self) -> None:
-        info = await self.client.ensure_stream(self.stream_config())
-        self._set_head(stream_state(info).last_seq)
+        self.adopt(await self.client.ensure_stream(self.stream_config()))
         await self.client.nc.subscribe(self.wake_subject, cb=self._on_wake)
         self.client.on_connection(self._connection_changed)
 
@@ -283,8 +285,32 @@ class EventLog:
     def _set_head(self, head: int) -> None:
         if head > self._head:
             self._head = head
-            moved, self._moved = self._moved, anyio.Event()
-            moved.set()
+            self._wake()
+
+    def _wake(self) -> None:
+        moved, self._moved = self._moved, anyio.Event()
+        moved.set()
+
+    def adopt(self, info: dict[str, Any]) -> bool:
+        """Take the head from a STREAM.INFO answer. A stream created at another time than
+        the one known is another stream (deleted and created anew): its head is taken
+        even when it is lower, and waiting readers wake to find their position past it.
+        True when the stream was replaced."""
+        created = str(info.get("created") or "") or self.created
+        last_seq = stream_state(info).last_seq
+        replaced = self.created is not None and created != self.created
+        self.created = created
+        if replaced:
+            log.warning("the event stream was replaced: another stream of that name, created "
+                        "anew, is the log from now on", extra=kv(
+                            stream=self.stream, created=created, head=last_seq,
+                            previous_head=self._head))
+            self._head = last_seq
+            self._last_ingest = (0, 0)
+            self._wake()
+        else:
+            self._set_head(last_seq)
+        return replaced
 
     async def wait_for_head(self, after: int, max_wait: float | None = None) -> int:
         with anyio.move_on_after(max_wait):
@@ -541,11 +567,13 @@ class EventLog:
         return out
 
     async def info(self) -> StreamState:
-        return stream_state(await self.client.api(f"STREAM.INFO.{self.stream}"))
+        """The stream's state (the head taken from it, see `adopt`)."""
+        info = await self.client.api(f"STREAM.INFO.{self.stream}")
+        self.adopt(info)
+        return stream_state(info)
 
     async def first_seq(self) -> int:
         state = await self.info()
-        self._set_head(state.last_seq)
         if not state.messages:
             return self._head + 1
         return state.first_seq
@@ -571,7 +599,6 @@ class EventLog:
 
     async def store_stats(self) -> StoreStats:
         state = await self.info()
-        self._set_head(state.last_seq)
         events, size = state.messages, state.bytes
         cap = self.max_bytes or None
         return StoreStats(

@@ -24,7 +24,8 @@ Decisions:
   requests cannot both pass a check: the integration limit is a CAS on the
   `index` (the list of ids) written in the same batch as the record; PATCH,
   start, stop and completion are a CAS on the record; a rejected event is
-  kept with a CAS on its integration's rejected index.
+  kept with a CAS on its integration's rejected index; a retry's claim and
+  its outcome (attempts + 1) are a CAS on the entry and the index together.
 - Fencing: `inc.<id>` holds the incarnation, written only when the
   integration is created and replaced by a tombstone when it is deleted.
   Every fenced write (cursor, sink state, log, rejected events) carries
@@ -60,6 +61,7 @@ Decisions:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -81,11 +83,14 @@ from ...model import (
     Integration,
     LogEntry,
     RejectedEvent,
+    RetryClaim,
+    RetryOutcome,
 )
 from ..base import (
     IntegrationExists,
     IntegrationLimitReached,
     IntegrationMissing,
+    RetryInProgress,
     StoreFull,
     StoreUnavailable,
     Transition,
@@ -173,6 +178,7 @@ class StateStore:
         self.log_entries = log_entries
         self.rejected_events = rejected_events
         self._markers: dict[str, tuple[str, int]] = {}  # id -> (incarnation, marker seq)
+        self.created: str | None = None  # the stream's creation time: which stream it is
         self._locks: dict[str, asyncio.Lock] = {}
 
     def stream_config(self) -> dict[str, Any]:
@@ -190,7 +196,8 @@ class StateStore:
         }
 
     async def open(self) -> None:
-        await self.client.ensure_stream(self.stream_config())
+        info = await self.client.ensure_stream(self.stream_config())
+        self.created = str(info.get("created") or "") or None
         # Deletes that stopped before their purge left tombstones: finish them.
         for msg in await self.multi_last(RECORD):
             headers = msg.headers or {}
@@ -201,6 +208,11 @@ class StateStore:
 
     def _integration(self, data: bytes) -> Integration:
         return codec.from_store(self.targets, orjson.loads(data))
+
+    def replaced(self, created: str) -> None:
+        """The stream was deleted and created anew: what was cached of the old one goes."""
+        self.created = created
+        self._markers.clear()
 
     def _subject(self, kind: str, integration_id: str) -> str:
         return self.subjects.kind(kind, integration_id)
@@ -606,21 +618,62 @@ class StateStore:
             await self._purge_rejected(integration_id, [rejected_id], ack.seq + 1)
         return True, remaining
 
-    async def update_rejected(self, fence: Fence, entry: RejectedEvent,
+    async def _kept_rejected(self, integration_id: str,
+                             rejected_id: str) -> tuple[Entry, Entry, RejectedEvent] | None:
+        """A kept rejected event as a compare-and-set reads it: (its index, its own
+        message, the entry), or None when it is not kept."""
+        index = await self._last(self._subject(REJECTED_INDEX, integration_id))
+        if index is None or rejected_id not in _ids(index):
+            return None
+        found = await self._last(self.subjects.rejected(integration_id, rejected_id))
+        if found is None or found.deleted or not found.data:
+            return None
+        return index, found, codec.rejected_from_store(msgpack.unpackb(found.data))
+
+    def _rewrite_rejected(self, integration_id: str, index: Entry, found: Entry,
+                          entry: RejectedEvent) -> list[Out]:
+        """The entry rewritten, if neither it nor the index changed since they were read
+        (the index is written back as it was: the check that no delete landed first)."""
+        return [Out(self.subjects.rejected(integration_id, entry.id),
+                    self._rejected_bytes(entry), {**ROLL, **expect(found.seq)}),
+                Out(self._subject(REJECTED_INDEX, integration_id), index.data,
+                    {**ROLL, **expect(index.seq)})]
+
+    async def claim_rejected(self, integration_id: str, rejected_id: str,
+                             claim: RetryClaim) -> RejectedEvent | None:
+        if not is_token(integration_id) or not is_token(rejected_id):
+            return None
+
+        async def attempt() -> RejectedEvent | None:
+            kept = await self._kept_rejected(integration_id, rejected_id)
+            if kept is None:
+                return None
+            index, found, entry = kept
+            if not entry.claimable(claim.at_ms):
+                assert entry.retry_claim is not None
+                raise RetryInProgress(entry.retry_claim)
+            claimed = dataclasses.replace(entry, retry_claim=claim)
+            await self.commit(self._rewrite_rejected(integration_id, index, found, claimed))
+            return claimed
+
+        return await self._cas(attempt, "too many concurrent changes of the rejected events; "
+                                        "try again")
+
+    async def update_rejected(self, fence: Fence, rejected_id: str, outcome: RetryOutcome,
                               log_entry: LogEntry) -> bool:
-        """Replace a kept entry in place (the index, which orders the list, is only
-        compared, so a delete that lands first wins) and log."""
+        """The entry re-read and rewritten on every try of the compare-and-set, so each
+        retry's attempt counts once; a delete that lands first wins."""
         integration_id = fence.integration_id
-        index_subject = self._subject(REJECTED_INDEX, integration_id)
-        payload = self._rejected_bytes(entry) if is_token(entry.id) else b""
 
         async def build(headers: dict[str, str]) -> list[Out]:
             messages = [Out(self._subject(LOG, integration_id), _log_bytes(log_entry),
                             headers)]
-            index = await self._last(index_subject)
-            if index is not None and payload and entry.id in _ids(index):
-                messages.append(Out(self.subjects.rejected(integration_id, entry.id), payload,
-                                    {**ROLL, **expect(index.seq, index_subject)}))
+            kept = (await self._kept_rejected(integration_id, rejected_id)
+                    if is_token(rejected_id) else None)
+            if kept is not None:
+                index, found, entry = kept
+                messages += self._rewrite_rejected(integration_id, index, found,
+                                                   entry.after_retry(outcome))
             return messages
 
         return await self.fenced(fence, build) is not None

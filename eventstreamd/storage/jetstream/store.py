@@ -25,10 +25,20 @@ Decisions:
     what they know; `health()` says the store is unreachable and why.
 - `prune()` removes nothing: the stream's `max_age` is `storage.retention`
   and the server expires events itself, message by message.
+- The streams are this data dir's daemon's to find again (`identity.py`): a
+  start that finds the ones it used gone or created anew is refused
+  (`StoreReplaced`, one line) unless `accept_new_streams`. While running,
+  both streams are looked at every `STREAM_CHECK_EVERY` seconds and right
+  after a reconnect (a server back from a restart may have lost its
+  storage): gone ones make `health()` say so and every API and publish
+  operation fail with that reason (not "no responders, e.g. an election");
+  streams created anew are adopted (the event log's head follows, even
+  backwards; sinks then resume at the new log's first event).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -42,10 +52,27 @@ from anyio.abc import TaskGroup
 from ...codec import TargetTypes
 from ...config import Config
 from ...logs import kv
-from ...model import Fence, Integration, LogEntry, NewEvent, RejectedEvent, StoredEvent
-from ..base import NO_TARGETS, StoreHealth, StoreStats, StoreUnavailable, Transition
-from .client import JsApiError, JsClient, NotSent, Unknown
+from ...model import (
+    Fence,
+    Integration,
+    LogEntry,
+    NewEvent,
+    RejectedEvent,
+    RetryClaim,
+    RetryOutcome,
+    StoredEvent,
+)
+from ..base import (
+    NO_TARGETS,
+    StoreHealth,
+    StoreReplaced,
+    StoreStats,
+    StoreUnavailable,
+    Transition,
+)
+from .client import STREAM_NOT_FOUND, JsApiError, JsClient, NotSent, Unknown
 from .events import EventLog
+from .identity import StreamIdentity, changes
 from .lease import JetStreamLeaseBook
 from .state import StateStore
 from .subjects import CURSOR, SINK_STATE
@@ -54,13 +81,19 @@ log = logging.getLogger("eventstreamd.jetstream")
 
 OUTAGE_PATIENCE = 600.0  # seconds a sink's write or read waits for NATS to come back
 RETRY_PAUSE = 0.25
+STREAM_CHECK_EVERY = 2.0  # seconds between looks at whether both streams are still there
 T = TypeVar("T")
 
 
 class JetStreamStore:
-    def __init__(self, config: Config, targets: TargetTypes = NO_TARGETS) -> None:
+    def __init__(self, config: Config, targets: TargetTypes = NO_TARGETS, *,
+                 accept_new_streams: bool = False) -> None:
         js = config.jetstream
         self.config = config
+        self.accept_new_streams = accept_new_streams
+        self.identity = StreamIdentity(config.data_dir)
+        self._gone: str | None = None  # why nothing can be stored: the streams are gone
+        self._recheck = anyio.Event()
         self.client = JsClient(js)
         self.events = EventLog(self.client, js.prefix, js.replicas, config.storage.retention,
                                js.max_batch, js.max_bytes)
@@ -98,6 +131,8 @@ class JetStreamStore:
         await self._tg.__aenter__()
         await self._tg.start(self.events.run_writer)
         self._tg.start_soon(self.events.watch_head)
+        self.client.on_connection(self._connection_changed)
+        self._tg.start_soon(self._watch_streams)
         return self
 
     async def _open_streams(self) -> None:
@@ -105,21 +140,118 @@ class JetStreamStore:
         just created (by this daemon or another one starting beside it) may not answer
         its first reads yet on a cluster (replicas still electing, direct-get
         responders not up): such answers, which carry no JetStream error code, are
-        retried within `connect_timeout`; a refused setting fails at once, and no
-        answer at all means JetStream is not enabled (the caller says so)."""
+        retried within `connect_timeout`, and so are requests no one answers (a
+        cluster just started, its meta leader not elected yet); a refused setting
+        fails at once, and no answer until the deadline means JetStream is not
+        enabled (the caller says so)."""
         deadline = time.monotonic() + self.client.config.connect_timeout
         while True:
             try:
+                await self._check_identity()
                 await self.events.open()
                 await self.state.open()
                 for integration in await self.state.list_integrations():
                     self._records[integration.id] = integration
+                self._remember_streams()
                 return
             except JsApiError as exc:
                 if exc.err_code != 0 or time.monotonic() >= deadline:
                     raise
                 log.info("streams not ready yet; trying again", extra=kv(error=str(exc)))
                 await anyio.sleep(RETRY_PAUSE)
+            except (NotSent, Unknown) as exc:
+                # No answer: JetStream off, or a cluster just started that has no
+                # meta leader yet. Only the deadline tells them apart.
+                if time.monotonic() >= deadline:
+                    raise
+                log.info("JetStream does not answer yet; trying again", extra=kv(
+                    error=str(exc)))
+                await anyio.sleep(RETRY_PAUSE)
+
+    async def _created(self, stream: str) -> str | None:
+        """When the stream was created, or None when there is no such stream."""
+        try:
+            info = await self.client.api(f"STREAM.INFO.{stream}")
+        except JsApiError as exc:
+            if exc.err_code == STREAM_NOT_FOUND:
+                return None
+            raise
+        return str(info.get("created") or "")
+
+    async def _check_identity(self) -> None:
+        """Refuse to create empty streams in place of ones this data dir's daemon used
+        (see identity.py), unless told to (`accept_new_streams`)."""
+        remembered = self.identity.remembered()
+        found = {name: await self._created(name) for name in self._stream_names()}
+        differences = changes(remembered, found)
+        if not differences:
+            return
+        if not self.accept_new_streams:
+            raise StoreReplaced(
+                f"the JetStream streams this daemon used are not on "
+                f"{self.client.server_url()} as they were: {'; '.join(differences)} (the "
+                "server's storage wiped, or the streams deleted or replaced). Starting would "
+                "go on without the integrations and events they held; to do that on "
+                "purpose, start once with --accept-new-streams")
+        log.warning("going on with new JetStream streams (--accept-new-streams)",
+                    extra=kv(changes="; ".join(differences)))
+
+    def _stream_names(self) -> tuple[str, str]:
+        return self.events.stream, self.state.subjects.stream
+
+    def _remember_streams(self) -> None:
+        self.identity.remember({self.events.stream: self.events.created or "",
+                                self.state.subjects.stream: self.state.created or ""})
+
+    # ------------------------------------------------------- streams watched
+
+    def _connection_changed(self, connected: bool) -> None:
+        if connected:
+            self._recheck.set()  # a server back from a restart may have lost its streams
+
+    async def _watch_streams(self) -> None:
+        while True:
+            with anyio.move_on_after(STREAM_CHECK_EVERY):
+                await self._recheck.wait()
+            self._recheck = anyio.Event()
+            if self._closing or not self.client.connected:
+                continue
+            try:
+                await self.check_streams()
+            except (StoreUnavailable, JsApiError) as exc:
+                log.debug("stream check failed", extra=kv(error=str(exc)))
+
+    async def check_streams(self) -> None:
+        """Both streams still there? A missing one makes the store unusable (said by
+        `health()` and every refused request) until it is back; one created anew (by an
+        operator, or another daemon started with --accept-new-streams) is adopted: the
+        event log's head follows it, even backwards, and the state's caches go."""
+        found = {name: await self._created(name) for name in self._stream_names()}
+        missing = [name for name, created in found.items() if created is None]
+        if missing:
+            if self._gone is None:
+                self._gone = (
+                    f"the JetStream stream{'s' if len(missing) > 1 else ''} "
+                    f"{' and '.join(missing)} {'are' if len(missing) > 1 else 'is'} gone from "
+                    f"{self.client.server_url()} (the server's storage wiped, or deleted): "
+                    "nothing can be stored or delivered; restart eventstreamd with "
+                    "--accept-new-streams to begin again with empty streams")
+                log.error("the JetStream streams are gone", extra=kv(
+                    streams=",".join(missing), server=self.client.server_url()))
+            return
+        events_created, state_created = (found[name] for name in self._stream_names())
+        if events_created != self.events.created:
+            await self.events.info()  # adopts the new stream and its head
+        if state_created and state_created != self.state.created:
+            log.warning("the state stream was replaced: integrations, cursors and logs are "
+                        "read from the new one", extra=kv(stream=self.state.subjects.stream,
+                                                         created=state_created))
+            self.state.replaced(state_created)
+        if self._gone is not None:
+            log.warning("the JetStream streams are there again", extra=kv(
+                server=self.client.server_url()))
+            self._gone = None
+        self._remember_streams()
 
     async def __aexit__(self, exc_type: type[BaseException] | None,
                         exc: BaseException | None, tb: TracebackType | None) -> None:
@@ -135,7 +267,10 @@ class JetStreamStore:
                 await self.client.close()
 
     def health(self) -> StoreHealth:
-        return self.client.health()
+        health = self.client.health()
+        if self._gone is not None and health.connected:
+            return dataclasses.replace(health, error=self._gone)
+        return health
 
     # ------------------------------------------------------------ outage rules
 
@@ -145,6 +280,8 @@ class JetStreamStore:
             raise StoreUnavailable("the store is closing")
         if not self.client.connected:
             raise StoreUnavailable(f"NATS is not reachable ({self.client.health().error})")
+        if self._gone is not None:
+            raise StoreUnavailable(self._gone)
         try:
             return await operation()
         except JsApiError as exc:
@@ -205,6 +342,8 @@ class JetStreamStore:
     async def append(self, events: Sequence[NewEvent]) -> tuple[int, int]:
         if self._closing:
             raise StoreUnavailable("the store is closing")
+        if self._gone is not None:
+            raise StoreUnavailable(self._gone)
         return await self.events.append(events)
 
     async def read_events(self, from_seq: int, limit: int,
@@ -213,6 +352,16 @@ class JetStreamStore:
 
     async def first_seq(self) -> int:
         return await self._now(self.events.first_seq)
+
+    async def resume_past_head(self, position: int) -> int | None:
+        """Asks the stream itself (the cached head may lag behind another daemon's
+        appends). The head goes back only when the stream was replaced, and nothing in
+        a new stream was delivered before: a reader past its head starts at its
+        first event."""
+        state = await self._patient(self.events.info)
+        if position <= self.events.head + 1:
+            return None
+        return (state.first_seq or 1) if state.messages else self.events.head + 1
 
     async def seq_at_or_after(self, ingested_ms: int) -> int:
         return await self._now(lambda: self.events.seq_at_or_after(ingested_ms))
@@ -343,5 +492,12 @@ class JetStreamStore:
             self._rejected[fence.integration_id] = count
         return written
 
-    async def update_rejected(self, fence: Fence, entry: RejectedEvent, log: LogEntry) -> bool:
-        return await self._now(lambda: self.state.update_rejected(fence, entry, log))
+    async def claim_rejected(self, integration_id: str, rejected_id: str,
+                             claim: RetryClaim) -> RejectedEvent | None:
+        return await self._now(
+            lambda: self.state.claim_rejected(integration_id, rejected_id, claim))
+
+    async def update_rejected(self, fence: Fence, rejected_id: str, outcome: RetryOutcome,
+                              log: LogEntry) -> bool:
+        return await self._now(
+            lambda: self.state.update_rejected(fence, rejected_id, outcome, log))
