@@ -7,27 +7,18 @@ from __future__ import annotations
 from typing import Any
 
 from ..common import STORES
-from ..context import Ctx, starts_at_now
+from ..context import Ctx
 from ..processes import ReceiverProc
 from ..rows import Row, within_row
-from .shared import bare_delivery_rate, delivered_note, delivered_row, one_daemon_catch_up
+from .shared import bare_delivery_rate, delivered_note, delivered_row, published_catch_up
 
 
 def _catch_up(ctx: Ctx, scenario: str, receiver: ReceiverProc, per: int,
               controls: dict[str, Any] | None) -> tuple[dict[str, Any], float, dict[str, float]]:
     """One integration (`controls` in its callback_parameters, `max_in_flight` 8) catches
     up on `per` stored events: the receiver's stats, seconds, busyness."""
-    daemon = ctx.daemon(scenario, {"webhook": {"max_in_flight": 8}})
-    try:
-        starts_at = starts_at_now()
-        ctx.log(f"  daemon: publishing {per:,} events, then one integration catches up "
-                f"({controls or 'unordered'})")
-        ctx.publish(daemon, per)
-        receiver.reset()
-        return one_daemon_catch_up(ctx, daemon, receiver, [("bench-0", f"{receiver.url}/hook/0")],
-                                   starts_at, per, controls)
-    finally:
-        daemon.stop()
+    return published_catch_up(ctx, scenario, receiver, [("bench-0", f"{receiver.url}/hook/0")],
+                              per, 8, controls)
 
 
 def webhook_strict(ctx: Ctx) -> list[Row]:

@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 from ..common import Meter, http, ticks
-from ..context import Ctx
+from ..context import Ctx, starts_at_now
 from ..daemon import BenchDaemon
 from ..processes import ReceiverProc
 from ..rows import Row, ratio_row
@@ -86,6 +86,25 @@ def one_daemon_catch_up(ctx: Ctx, daemon: BenchDaemon, receiver: ReceiverProc,
     return catch_up(receiver, [daemon], {"daemon": daemon.pid, "receiver": receiver.pid},
                     hooks, starts_at, total, max(60.0, total / 300) if not ctx.quick else 40.0,
                     controls)
+
+
+def published_catch_up(ctx: Ctx, scenario: str, receiver: ReceiverProc,
+                       hooks: list[tuple[str, str]], per: int, in_flight: int,
+                       controls: dict[str, Any] | None = None,
+                       ) -> tuple[dict[str, Any], float, dict[str, float]]:
+    """A daemon of its own (`max_in_flight` given): `per` events published, then the
+    webhooks (`controls` in their callback_parameters) catch up (`one_daemon_catch_up`)."""
+    daemon = ctx.daemon(scenario, {"webhook": {"max_in_flight": in_flight}})
+    try:
+        starts_at = starts_at_now()
+        ctx.log(f"  daemon: publishing {per:,} events, then {len(hooks)} integration(s) "
+                f"catch up (max_in_flight {in_flight}{f', {controls}' if controls else ''})")
+        ctx.publish(daemon, per)
+        receiver.reset()
+        return one_daemon_catch_up(ctx, daemon, receiver, hooks, starts_at,
+                                   len(hooks) * per, controls)
+    finally:
+        daemon.stop()
 
 
 def delivered_note(stats: dict[str, Any], total: int, seconds: float) -> str:
