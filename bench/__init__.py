@@ -10,6 +10,10 @@ SCENARIO_IDS = (
     "webhook-inflight-8",
     "webhook-inflight-1",
     "webhook-fanout-10",
+    # Per-integration delivery controls: strict and keyed order, and max_rate's accuracy.
+    "webhook-ordered-strict",
+    "webhook-ordered-keyed",
+    "webhook-max-rate",
     "latency-1000eps",
     "capacity",
     "s3-upload",

@@ -50,10 +50,14 @@ def published_at_now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime())
 
 
+STORES = 100  # distinct store_id values
+
+
 def _payload(i: int, pad: int) -> dict[str, Any]:
     return {
         "order_id": f"ord-{i:010d}",
         "customer_id": f"cus-{(i * 7919) % 1_000_000:06d}",
+        "store_id": f"store-{i % STORES:03d}",  # the keyed-order scenario's ordering key
         "currency": "EUR",
         "total_cents": f"{(i * 1237) % 10_000_000:07d}",
         "items": [

@@ -77,9 +77,12 @@ class BenchDaemon(DaemonProcess):
             raise RuntimeError(f"{method} {path} answered {status}: {payload}")
         return payload
 
-    def create_webhook(self, integration_id: str, url: str, starts_at: str | None) -> Any:
+    def create_webhook(self, integration_id: str, url: str, starts_at: str | None,
+                       controls: dict[str, Any] | None = None) -> Any:
+        """A webhook integration; `controls` are more callback_parameters (max_rate, ...)."""
         body: dict[str, Any] = {"id": integration_id, "integration_type": "permanent",
-                                "callback_parameters": {"callback_url": url}}
+                                "callback_parameters": {"callback_url": url,
+                                                        **(controls or {})}}
         if starts_at:
             body["starts_at"] = starts_at
         return self.api("POST", API_BASE, body)

@@ -54,5 +54,15 @@ def limit_row(scenario: str, figure: str, unit: str, value: float | None,
     return Row(scenario, figure, unit, value, None, None, target, met, note, busy or {})
 
 
+def within_row(scenario: str, figure: str, unit: str, value: float | None, wanted: float,
+               tolerance: float, note: str = "", busy: dict[str, float] | None = None) -> Row:
+    """A figure that should equal `wanted` (a configured limit) within `tolerance` (0.05 =
+    5 %) either way; the ratio is value / wanted."""
+    ratio = value / wanted if value is not None else None
+    met = abs(ratio - 1) <= tolerance if ratio is not None else None
+    return Row(scenario, figure, unit, value, wanted, ratio,
+               f"within {tolerance:.0%} of {wanted:g} {unit}", met, note, busy or {})
+
+
 def fmt_busy(busy: dict[str, float]) -> str:
     return ", ".join(f"{k} {v:.2f}" for k, v in busy.items())

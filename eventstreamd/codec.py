@@ -6,12 +6,16 @@ Decisions:
   API's own field names plus lifecycle fields: `id`, `integration_type`,
   `status`, `starts_at`, `ends_at`, `filter_conditions`, the target under its
   API field (`callback_parameters`, `s3_parameters`; secrets in clear: the
-  store is private to the daemon's user), `created_at`, `stopped_at_ms`,
-  `done`, `incarnation`. It is the form format 1 already had, so integration
-  records need no migration.
+  store is private to the daemon's user; with the target's private fields,
+  such as a signing secret's rotation state), `created_at`, `stopped_at_ms`,
+  `done`, `incarnation`, `started_at_ms`, `auto_stop`. It is the form format
+  1 already had plus optional keys, so integration records need no
+  migration (a missing key reads as its default).
 - The API form is the spec's Integration shape, secrets masked: a secret of
   at least `MASK_MIN` characters keeps its first `MASK_KEEP` (so users can tell
-  keys apart), shorter ones are masked entirely.
+  keys apart), shorter ones are masked entirely. Which fields are secret and
+  how a target shows is the target's (`TargetParams.shown`: a webhook's
+  header values are masked one by one); private fields never show.
 - Rejected events are stored with their delivery body as bytes (format 2);
   format 1 entries (the body as a decoded object under `event`) are read too.
 - Every target that enters the process passes through here (from a request
@@ -80,37 +84,31 @@ def target_for_field(targets: TargetTypes, api_field: str) -> type[TargetParams]
 
 
 def target_from_api(targets: TargetTypes, body: dict[str, Any]) -> TargetParams | None:
-    """The target a request body gives (the first registered field present), or None."""
+    """The target a request body gives (the first registered field present), or None.
+    Private fields (stored state such as a rotation's) never come from a request."""
     for kind in targets.params_types():
         params = body.get(kind.api_field)
         if params is not None:
-            return _registered(kind.from_dict(params))
+            given = {k: v for k, v in params.items() if k not in kind.private_fields}
+            return registered(kind.from_dict(given))
     return None
 
 
-def _registered(target: TargetParams) -> TargetParams:
+def registered(target: TargetParams) -> TargetParams:
+    """`target`, its secrets registered with the log redactor."""
     for secret in target.secrets():
         redactor.add(secret)
     return target
 
 
 def target_to_api(target: TargetParams) -> dict[str, Any]:
-    shown = target.to_dict()
-    for name in target.secret_fields:
-        if shown.get(name) is not None:
-            shown[name] = mask(shown[name])
-    return shown
+    return target.shown(mask)
 
 
 def keep_masked_secrets(current: TargetParams, new: TargetParams) -> TargetParams:
     """A secret sent back exactly as we showed it (masked) keeps the stored one, so
     "GET, edit the URL, PATCH it back" does not overwrite a key with its mask."""
-    if type(current) is not type(new):
-        return new
-    stored, sent = current.to_dict(), new.to_dict()
-    kept = {name: stored[name] for name in new.secret_fields
-            if stored.get(name) and sent.get(name) is not None and sent[name] == mask(stored[name])}
-    return type(new).from_dict({**sent, **kept}) if kept else new
+    return new.keeping_secrets(current, mask)
 
 
 # ------------------------------------------------------------------ filters
@@ -152,6 +150,8 @@ def to_store(integration: Integration) -> dict[str, Any]:
         "stopped_at_ms": integration.stopped_at_ms,
         "done": integration.done,
         "incarnation": integration.incarnation,
+        "started_at_ms": integration.started_at_ms,
+        "auto_stop": integration.auto_stop,
     }
 
 
@@ -165,7 +165,7 @@ def from_store(targets: TargetTypes, record: dict[str, Any]) -> Integration:
         id=record["id"],
         type=record["integration_type"],
         status=record["status"],
-        target=_registered(params_type.from_dict(record[params_type.api_field])),
+        target=registered(params_type.from_dict(record[params_type.api_field])),
         incarnation=record.get("incarnation") or "",
         created_at=record.get("created_at") or "",
         starts_at=record.get("starts_at"),
@@ -173,6 +173,8 @@ def from_store(targets: TargetTypes, record: dict[str, Any]) -> Integration:
         filter=filter_from_api(record.get("filter_conditions")),
         stopped_at_ms=record.get("stopped_at_ms"),
         done=bool(record.get("done")),
+        started_at_ms=record.get("started_at_ms"),
+        auto_stop=record.get("auto_stop"),
     )
 
 

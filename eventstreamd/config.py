@@ -195,6 +195,12 @@ class WebhookConfig:
     # During a rotation both are set and every delivery carries both signatures.
     signing_secret: str = ""
     previous_signing_secret: str = ""
+    # After POST .../_rotate_secret, the previous secret signs too for this long.
+    rotation_overlap: float = _duration("24h")
+    # An integration whose every delivery attempt failed (no 2xx, no 400) for this long
+    # is stopped (its cursor kept); 0 = never. `stop_after_failing` of an integration's
+    # callback_parameters overrides it.
+    stop_after_failing: float = _duration("5d")
 
     @property
     def signing_secrets(self) -> tuple[str, ...]:

@@ -20,6 +20,14 @@ Decisions:
   `$AWS_SECRET_ACCESS_KEY`, so they need not appear in a command line.
 - A rejected event can be named by its id or by the original event's id
   (what the publisher knows); the latter is looked up in the list.
+- A webhook's delivery controls have flags of their own (`--signing-secret`,
+  `--header NAME:VALUE` (repeatable), `--max-rate`, `--ordered` /
+  `--no-ordered`, `--ordering-key`, `--stop-after-failing`). A PATCH
+  replaces the whole target, so `patch` with webhook flags (and no
+  `--file`) starts from the integration's current `callback_parameters` and
+  changes what the flags say (as GET shows them: secrets masked, which the
+  daemon takes as "keep the stored one").
+  `rotate-secret ID` prints the new secret, the only time it is shown.
 - Ids are percent-encoded in paths (`api_path()`): whatever the user typed names
   one integration or event, never another route.
 - A `--file` is read up to `config.MAX_FILE` (1 MiB; a body is a few hundred
@@ -103,6 +111,13 @@ def filter_of(integration: dict[str, Any]) -> str:
     return " ".join(parts) or "all events"
 
 
+def ordering_of(webhook: dict[str, Any]) -> str | None:
+    if not webhook.get("ordered"):
+        return None
+    key = webhook.get("ordering_key")
+    return f"per {key} (one at a time per value)" if key else "strict (one at a time)"
+
+
 def show_integration(integration: dict[str, Any]) -> None:
     items: list[tuple[str, Any]] = [
         ("id", integration.get("id")),
@@ -112,7 +127,14 @@ def show_integration(integration: dict[str, Any]) -> None:
     ]
     webhook = integration.get("callback_parameters") or {}
     s3 = integration.get("s3_parameters") or {}
-    items += [("api_key", webhook.get("api_key")), ("region", s3.get("aws_region")),
+    headers = webhook.get("headers") or {}
+    items += [("api_key", webhook.get("api_key")),
+              ("signing_secret", webhook.get("signing_secret")),
+              ("headers", ", ".join(f"{k}: {v}" for k, v in headers.items()) or None),
+              ("max_rate", f"{webhook['max_rate']:g}/s" if webhook.get("max_rate") else None),
+              ("order", ordering_of(webhook)),
+              ("stop_after_failing", webhook.get("stop_after_failing")),
+              ("region", s3.get("aws_region")),
               ("access_key_id", s3.get("aws_access_key_id")),
               ("secret_access_key", s3.get("aws_secret_access_key")),
               ("compression", s3.get("compression")), ("format", s3.get("format")),
@@ -142,6 +164,20 @@ def _body_flags(parser: argparse.ArgumentParser, creating: bool) -> None:
     hook = parser.add_argument_group("webhook target")
     hook.add_argument("--webhook", metavar="URL", help="callback_url: one POST per event")
     hook.add_argument("--api-key", help="sent as Authorization: Bearer <api_key>")
+    hook.add_argument("--signing-secret", metavar="WHSEC",
+                      help="this integration's own Standard Webhooks secret (whsec_...), "
+                           "instead of webhook.signing_secret")
+    hook.add_argument("--header", metavar="NAME:VALUE", action="append",
+                      help="an extra request header (repeatable)")
+    hook.add_argument("--max-rate", metavar="PER_SECOND", type=float,
+                      help="at most this many deliveries per second")
+    hook.add_argument("--ordered", action=argparse.BooleanOptionalAction, default=None,
+                      help="deliver in sequence order (one at a time, or per --ordering-key)")
+    hook.add_argument("--ordering-key", metavar="PATH",
+                      help="a dot path into the payload (order_id, customer.id): events with "
+                           "the same value go in order, others in parallel; needs --ordered")
+    hook.add_argument("--stop-after-failing", metavar="DURATION",
+                      help="stop the integration after failing this long (e.g. 2d; 0 = never)")
     s3 = parser.add_argument_group("S3 target")
     s3.add_argument("--s3-bucket", metavar="BUCKET")
     s3.add_argument("--s3-region", metavar="REGION", help="aws_region (default: us-east-1)")
@@ -199,6 +235,10 @@ def add_parser(sub: Any) -> None:
     patch = leaf("patch", "change a stopped integration's target or filter", "id")
     _body_flags(patch, creating=False)
     leaf("delete", "delete an integration with its log and rejected events", "id")
+    rotate = leaf("rotate-secret", "give a webhook a new signing secret (the previous one "
+                                   "signs too for webhook.rotation_overlap)", "id")
+    rotate.add_argument("--signing-secret", metavar="WHSEC",
+                        help="the new secret (default: a generated one)")
     leaf("start", "start (resume) an integration", "id")
     leaf("stop", "stop an integration; it resumes where it stopped", "id")
     leaf("logs", "the integration's newest log entries", "id")
@@ -228,6 +268,8 @@ examples:
       --s3-compression zstd --s3-key-template '{key_prefix}/date={date}/{tenant}-{first_seq}'
   eventstreamd integrations list --json
   eventstreamd integrations rejected list orders
+  eventstreamd integrations patch orders --max-rate 50 --ordered --ordering-key order_id
+  eventstreamd integrations rotate-secret orders
 
 exit codes: 0 done, 1 refused or failed by the daemon, 2 usage or config error,
 3 daemon unreachable, 4 not found.
@@ -282,17 +324,45 @@ def _split(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
+def _headers(given: list[str] | None) -> dict[str, str]:
+    headers = {}
+    for item in given or ():
+        name, sep, value = item.partition(":")
+        if not sep or not name.strip():
+            raise ClientError(f"--header {item!r}: expected NAME:VALUE", EXIT_USAGE)
+        headers[name.strip()] = value.strip()
+    return headers
+
+
+def _controls(args: argparse.Namespace) -> dict[str, Any]:
+    """The webhook delivery controls given as flags, by their API names."""
+    controls: dict[str, Any] = {}
+    for field, value in (("signing_secret", args.signing_secret),
+                         ("max_rate", args.max_rate), ("ordered", args.ordered),
+                         ("ordering_key", args.ordering_key),
+                         ("stop_after_failing", args.stop_after_failing)):
+        if value is not None:
+            controls[field] = value
+    if args.header:
+        controls["headers"] = _headers(args.header)
+    return controls
+
+
 def build_body(args: argparse.Namespace, creating: bool) -> dict[str, Any]:
     body = _load_file(args.file) if args.file else {}
     source = args.file or "the flags"
     for key in ("callback_parameters", "s3_parameters", "filter_conditions"):
         _group(body, key, source)  # checked even where no flag adds to it
-    if args.webhook or args.api_key:
+    controls = _controls(args)
+    if args.webhook or args.api_key or controls:
         hook = _group(body, "callback_parameters", source)
         if args.webhook:
             hook["callback_url"] = args.webhook
         if args.api_key:
             hook["api_key"] = args.api_key
+        if "headers" in controls:
+            hook["headers"] = {**(hook.get("headers") or {}), **controls.pop("headers")}
+        hook.update(controls)
         body["callback_parameters"] = hook
         body.pop("s3_parameters", None)
     s3_flags = (args.s3_bucket, args.s3_region, args.s3_prefix, args.aws_access_key_id,
@@ -311,7 +381,7 @@ def build_body(args: argparse.Namespace, creating: bool) -> dict[str, Any]:
             if key not in s3 and os.environ.get(env):
                 s3[key] = os.environ[env]
         body["s3_parameters"] = s3
-        if args.webhook is None and args.api_key is None:
+        if args.webhook is None and args.api_key is None and not _controls(args):
             body.pop("callback_parameters", None)
     if args.events is not None or args.entities is not None:
         conditions = _group(body, "filter_conditions", source)
@@ -336,8 +406,9 @@ def build_body(args: argparse.Namespace, creating: bool) -> dict[str, Any]:
             raise ClientError("create needs a target: --webhook URL, or --s3-bucket BUCKET "
                               "(or callback_parameters / s3_parameters in --file)", EXIT_USAGE)
     elif not body:
-        raise ClientError("nothing to change: give --webhook, --api-key, --s3-..., --events, "
-                          "--entities or --file", EXIT_USAGE)
+        raise ClientError("nothing to change: give --webhook, --api-key, a delivery control "
+                          "(--max-rate, --ordered, ...), --s3-..., --events, --entities or "
+                          "--file", EXIT_USAGE)
     return body
 
 
@@ -413,13 +484,43 @@ def _create(client: HttpClient, args: argparse.Namespace) -> int:
 
 
 def _patch(client: HttpClient, args: argparse.Namespace) -> int:
-    result = client.call("PATCH", api_path(client, args.id), build_body(args, creating=False))
+    body = build_body(args, creating=False)
+    hook = body.get("callback_parameters")
+    if isinstance(hook, dict) and not args.file:
+        # A PATCH replaces the target: flags change the current one (its secrets come back
+        # masked, which the daemon reads as "keep the stored ones").
+        current = client.call("GET", api_path(client, args.id)) or {}
+        stored = current.get("callback_parameters")
+        if not isinstance(stored, dict):
+            if "callback_url" in hook:
+                stored = {}  # an S3 integration becoming a webhook
+            else:
+                raise ClientError(f"{args.id} is not a webhook integration: give --webhook "
+                                  "URL", EXIT_USAGE)
+        merged = {**stored, **hook}
+        if "headers" in hook:
+            merged["headers"] = {**(stored.get("headers") or {}), **hook["headers"]}
+        if hook.get("ordered") is False and "ordering_key" not in hook:
+            merged.pop("ordering_key", None)  # --no-ordered: no lanes either
+        body["callback_parameters"] = merged
+    result = client.call("PATCH", api_path(client, args.id), body)
     if args.json:
         dump(result)
     else:
         print(f"updated {result['id']}; start it again with: eventstreamd integrations start "
               f"{result['id']}" if result.get("status") == "stopped" else
               f"updated {result['id']}")
+    return 0
+
+
+def _rotate_secret(client: HttpClient, args: argparse.Namespace) -> int:
+    body = {"signing_secret": args.signing_secret} if args.signing_secret else None
+    result = client.call("POST", api_path(client, args.id, "_rotate_secret"), body)
+    if args.json:
+        dump(result)
+    else:
+        print(f"{args.id}: new signing secret (shown once; the previous one signs too for "
+              f"webhook.rotation_overlap):\n{result['signing_secret']}")
     return 0
 
 
@@ -499,6 +600,7 @@ COMMANDS: dict[str, Callable[[HttpClient, argparse.Namespace], int]] = {
     "create": _create,
     "patch": _patch,
     "delete": _delete,
+    "rotate-secret": _rotate_secret,
     "start": _one("POST", ("_start",), "{id}: {status}"),
     "stop": _one("POST", ("_stop",), "{id}: {status}"),
     "logs": _logs,

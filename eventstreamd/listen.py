@@ -18,6 +18,9 @@ Decisions:
   (`\\x1b`), so a body cannot move the cursor, retitle the window or clear the
   screen (JSON bodies are re-printed by orjson, which escapes C0 controls in
   strings; C1 ones are escaped here too).
+- The signing secrets it checks with are registered with the log redactor
+  (`register_secrets`), and every printed block is scrubbed with it, as the
+  daemon's log lines are.
 - The first line says where it listens (with `--port 0`, the port chosen),
   flushed at once so scripts can read it; SIGINT/SIGTERM end it with exit 0.
 """
@@ -33,8 +36,8 @@ from typing import IO
 import orjson
 from aiohttp import web
 
-from .logs import escape_controls
-from .sinks.signing import verify
+from .logs import escape_controls, redactor
+from .sinks.signing import register_secrets, verify
 
 
 class Listener:
@@ -61,7 +64,8 @@ class Listener:
             lines.append(f"signature: {verdict}")
         lines.append("")
         lines.append(_pretty(body))
-        print(escape_controls("\n".join(lines), keep="\n\t"), file=self.out, flush=True)
+        print(escape_controls(redactor.scrub("\n".join(lines)), keep="\n\t"), file=self.out,
+              flush=True)
         if 200 <= self.status < 300:
             return web.Response(status=self.status)
         return web.json_response({"error": f"answered {self.status} by eventstreamd listen "
@@ -99,5 +103,6 @@ async def serve(host: str, port: int, listener: Listener) -> None:
 
 
 def run_listener(host: str, port: int, status: int, secrets: tuple[str, ...]) -> None:
+    register_secrets(secrets)
     asyncio.run(serve(host, port, Listener(status, secrets)))
 

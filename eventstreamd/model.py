@@ -22,6 +22,7 @@ Decisions:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Literal
 
@@ -32,7 +33,7 @@ Status = Literal["running", "stopped"]
 # ------------------------------------------------------------------- events
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: ingest makes one per event, and a frozen init costs more
 class NewEvent:
     """An event validated by ingest, waiting for its sequence number."""
 
@@ -40,6 +41,8 @@ class NewEvent:
     tenant: str
     name: str
     body: bytes  # the delivery JSON
+    # The W3C trace context of the request that published it (`trace.py`), or None.
+    trace: bytes | None = None
 
 
 @dataclass(slots=True)  # not frozen: a frozen init costs ~2 µs per event on every sink's path
@@ -53,6 +56,7 @@ class StoredEvent:
     # Why no sink can send it, for an event an older version stored that today's
     # ingest would refuse (found when the log was migrated); None for every other.
     problem: str | None = None
+    trace: bytes | None = None  # the publishing request's trace context (`trace.py`)
 
     @property
     def entity(self) -> str:
@@ -79,9 +83,13 @@ class TargetParams:
     api_field: ClassVar[str]
     secret_fields: ClassVar[tuple[str, ...]] = ()
     api_fields: ClassVar[tuple[str, ...]] = ()  # the API's field names, in display order
+    # Kept in the store, never shown by the API nor taken from a request (a signing
+    # secret's rotation state).
+    private_fields: ClassVar[tuple[str, ...]] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        """The parameters as the API and the store spell them (secrets in clear)."""
+        """The parameters as the store spells them (secrets in clear, private fields too);
+        the API's spelling of every field but the private ones."""
         raise NotImplementedError
 
     @classmethod
@@ -93,8 +101,53 @@ class TargetParams:
         raise NotImplementedError
 
     def secrets(self) -> list[str]:
+        """Every secret value it holds, for the log redactor."""
         values = self.to_dict()
         return [values[name] for name in self.secret_fields if values.get(name)]
+
+    def shown(self, mask: Callable[[str], str]) -> dict[str, Any]:
+        """The API's view: secrets masked with `mask`, private fields left out."""
+        shown = self.to_dict()
+        for name in self.private_fields:
+            shown.pop(name, None)
+        for name in self.secret_fields:
+            if shown.get(name) is not None:
+                shown[name] = mask(shown[name])
+        return shown
+
+    def keeping_secrets(self, current: TargetParams,
+                        mask: Callable[[str], str]) -> TargetParams:
+        """These parameters (from a PATCH) with every secret that was sent back exactly as
+        the API showed it (masked) replaced by the stored one in `current`."""
+        if type(current) is not type(self):
+            return self
+        stored, sent = current.to_dict(), self.to_dict()
+        kept = {name: stored[name] for name in self.secret_fields
+                if stored.get(name) and sent.get(name) is not None
+                and sent[name] == mask(stored[name])}
+        return type(self).from_dict({**sent, **kept}) if kept else self
+
+    def sink_settings(self) -> object:
+        """What a running sink is built from: a change restarts it. Parameters a running
+        sink reads live (a rotated signing secret) are left out."""
+        return self
+
+    def controls(self) -> DeliveryControls:
+        """Its delivery controls worth showing in the status (no secrets)."""
+        return DeliveryControls()
+
+    def settled(self, now_ms: int) -> TargetParams:
+        """Without state that has expired by `now_ms` (a rotation's previous secret), or
+        itself when nothing has: the janitor writes the record when this differs."""
+        return self
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryControls:
+    """How an integration paces and orders its deliveries, for the status and dashboard."""
+
+    max_rate: float | None = None  # deliveries per second, when limited
+    ordering: str | None = None  # "strict", or "key <path>" for per-key lanes; None: unordered
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +172,10 @@ class Integration:
     filter: EventFilterSpec | None = None
     stopped_at_ms: int | None = None  # the last stop; `_start` applies the restart window with it
     done: bool = False  # a temporary integration that delivered its whole range
+    started_at_ms: int | None = None  # created or last `_start`ed (a failure streak's floor)
+    # Why the daemon stopped it by itself (deliveries failed for `stop_after_failing`):
+    # the last error. None unless the last stop was automatic; `_start` clears it.
+    auto_stop: str | None = None
 
     @property
     def kind(self) -> str:
@@ -134,7 +191,7 @@ class Integration:
     def delivery_settings(self) -> tuple[Any, ...]:
         """What a running sink was built from: a change here restarts it."""
         return (self.incarnation, self.type, self.starts_at, self.ends_at, self.filter,
-                self.target)
+                self.target.sink_settings())
 
 
 @dataclass(frozen=True, slots=True)

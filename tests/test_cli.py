@@ -132,6 +132,61 @@ def test_every_integrations_subcommand(daemon_factory: Factory, listeners: Any,
     assert wrong.returncode == 1 and "401" in wrong.stderr and "--token" in wrong.stderr
 
 
+def test_delivery_controls_from_the_command_line(daemon_factory: Factory,
+                                                 listeners: Any) -> None:
+    d = daemon_factory(SIGNED)  # a global secret: the integration's own one replaces it
+    own = "whsec_" + "T3duU2VjcmV0" * 3  # 27 bytes
+    receiver = listeners("--secret", own)
+
+    def es(*args: str, code: int = 0) -> subprocess.CompletedProcess[str]:
+        result = cli("integrations", *args, "--config", str(d.config_path))
+        assert result.returncode == code, (args, result.stdout, result.stderr)
+        return result
+
+    def params() -> Any:
+        return json.loads(es("show", "ctl", "--json").stdout)["callback_parameters"]
+
+    es("create", "ctl", "--webhook", receiver.url, "--signing-secret", own,
+       "--header", "X-Tenant: acme-tenant-token", "--header", "X-Env:prod",
+       "--max-rate", "50", "--ordered", "--ordering-key", "order_id",
+       "--stop-after-failing", "2d")
+    assert params() == {"callback_url": receiver.url, "signing_secret": "wh***",
+                        "headers": {"X-Tenant": "ac***", "X-Env": "***"}, "max_rate": 50,
+                        "ordered": True, "ordering_key": "order_id",
+                        "stop_after_failing": "2d"}
+    shown = " ".join(es("show", "ctl").stdout.split())
+    assert "max_rate: 50/s" in shown and "order: per order_id" in shown
+    assert "acme-tenant-token" not in shown
+    # A patch of one control keeps the rest, secrets included.
+    es("stop", "ctl")
+    es("patch", "ctl", "--max-rate", "5", "--no-ordered", "--header", "X-Env:staging")
+    changed = params()
+    assert changed["max_rate"] == 5 and "ordered" not in changed
+    assert changed["headers"] == {"X-Tenant": "ac***", "X-Env": "***"}
+    es("patch", "ctl", "--ordering-key", "order_id", code=1)  # needs --ordered
+    es("start", "ctl")
+    cli("publish", "--config", str(d.config_path), "-",
+        stdin='{"name": "order.created", "payload": {"order_id": "A-1"}}')
+    eventually_sync(lambda: receiver.deliveries() == 1, what="a delivery")
+    out = receiver.output()
+    assert "signature: ok" in out and "X-Tenant: acme-tenant-token" in out
+    assert "X-Env: staging" in out
+    # Rotation: the new secret is printed once; deliveries verify with it.
+    rotated = es("rotate-secret", "ctl").stdout.strip().splitlines()[-1]
+    assert rotated.startswith("whsec_") and rotated != own
+    fresh = listeners("--secret", rotated)
+    es("stop", "ctl")
+    es("patch", "ctl", "--webhook", fresh.url)
+    es("start", "ctl")
+    cli("publish", "--config", str(d.config_path), "-",
+        stdin='{"name": "order.created", "payload": {"order_id": "A-2"}}')
+    eventually_sync(lambda: fresh.deliveries() == 1, what="a delivery after the rotation")
+    assert "signature: ok" in fresh.output()
+    assert rotated not in d.log()
+    es("rotate-secret", "ctl", "--signing-secret", "nope", code=1)
+    es("create", "bad", "--webhook", receiver.url, "--header", "no-colon", code=2)
+
+
 def test_listen_answers_the_given_status_and_checks_signatures(daemon_factory: Factory,
                                                                listeners: Any) -> None:
     d = daemon_factory(SIGNED)

@@ -12,16 +12,18 @@ import pytest
 from multidict import CIMultiDict
 
 from eventstreamd.daemon import auth
-from eventstreamd.schemas.spec import spec
+from eventstreamd.schemas.spec import seed_spec, spec
 from tests.helpers.api import ApiClient, events
 from tests.helpers.daemon import DaemonProcess, Factory
 
 BASE = "/api/v1/org/integrations"
 
 
-def spec_operations() -> list[tuple[str, str]]:
+def spec_operations(document: dict[str, Any] | None = None) -> list[tuple[str, str]]:
+    """Every operation of the served spec (the seed's and the extensions'), or of
+    `document`."""
     ops = []
-    for path, item in spec()["paths"].items():
+    for path, item in (document or spec())["paths"].items():
         for method in item:
             if method in ("get", "post", "patch", "delete", "put"):
                 concrete = path.replace("{integration_id}", "some-id").replace(
@@ -34,8 +36,9 @@ ROUTES = [*spec_operations(), ("POST", "/events"), ("GET", "/openapi.yaml"), ("G
           ("GET", "/status"), ("GET", "/no/such/route"), ("DELETE", "/healthz/x")]
 
 
-def test_the_spec_has_twelve_operations() -> None:
-    assert len(spec_operations()) == 12
+def test_the_seed_spec_has_twelve_operations() -> None:
+    assert len(spec_operations(seed_spec())) == 12
+    assert len(spec_operations()) > 12  # and the extensions add theirs, each behind the token
 
 
 @pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer not-the-token"},

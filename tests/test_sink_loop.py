@@ -231,7 +231,7 @@ class Harness:
         self.changes = ChangeFeed()
         self.service = IntegrationService(store, self.config, self.changes, env, clock=clock)
         self.supervisor = Supervisor(env, store, self.changes, self.service.complete,
-                                     clock=clock)
+                                     clock=clock, on_gave_up=self.service.auto_stop)
         self.task: asyncio.Task[Any] | None = None
 
     async def start_supervisor(self) -> None:

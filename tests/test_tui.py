@@ -229,8 +229,13 @@ async def test_fixed_snapshot_shows_every_state_and_refuses_actions() -> None:
         assert cell(app, "returns-erp", "health") == "✖ failing"
         assert cell(app, "analytics", "health") == "▲ lagging"
         assert cell(app, "legacy-crm", "oldest") == "2h03m"
-        assert cell(app, "returns-erp", "last_error") == "cannot connect (Connecti…"
+        assert cell(app, "returns-erp", "last_error") == "cannot connect (Co…"
         assert cell(app, "s3-archive", "target") == "s3://acme-archive/events"
+        # Delivery controls and the daemon's own stop.
+        assert cell(app, "returns-erp", "mode") == "20/s strict"
+        assert cell(app, "orders-webhook", "mode") == "by key"
+        assert cell(app, "legacy-crm", "health") == "■ auto-stop"
+        assert cell(app, "s3-archive", "mode") == ""
         await pilot.press("x")
         await shows(pilot, lambda: "not connected" in app.last_message, "refused")
 
@@ -262,6 +267,25 @@ def test_formatting() -> None:
 @pytest.mark.parametrize("health", ["ok", "lagging", "failing", "stopped", "completed"])
 def test_every_health_has_a_colour(health: str) -> None:
     assert fmt.health_text(health).style
+    assert fmt.health_text(health, auto_stopped=True).style
+
+
+def test_text_from_outside_is_never_markup() -> None:
+    from eventstreamd.tui.dashboard import row_cells
+    from eventstreamd.tui.detail import details_table
+
+    item = {"id": "x", "kind": "[bold]webhook", "health": "stopped", "auto_stopped": True,
+            "stop_reason": "[red]boom[/red]", "target": "[link=x]host[/link]",
+            "ordering": "key [b]order[/b]", "max_rate": 2.5}
+    cells = row_cells(item)
+    assert all(not isinstance(c, str) for c in cells)  # Text objects: shown as they are
+    assert "[bold]webhook" in str(cells[1]) and "[link=x]host[/link]" in str(cells[4])
+    from rich.console import Console
+    console = Console(width=200, record=True)
+    console.print(details_table(item, "x"))
+    shown = console.export_text()
+    assert "[red]boom[/red]" in shown and "per value of [b]order[/b]" in shown
+    assert "2.5 deliveries/s" in shown
 
 
 def test_the_dashboard_names_owners_and_the_daemons_of_a_cluster() -> None:

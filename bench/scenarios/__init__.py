@@ -14,8 +14,9 @@ Decisions:
   show it was not the bottleneck.
 - Each wait is bounded in time and rounds; a scenario that fails reports a
   row with value null and the reason instead of ending the run.
-- One module per backend (`lmdb`, `jetstream`), latency and S3 apart; what twin
-  scenarios on the two backends measure alike is in `shared`.
+- One module per backend (`lmdb`, `jetstream`), latency, S3 and the webhook
+  delivery controls (`controls`) apart; what twin scenarios on the two
+  backends measure alike is in `shared`.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from collections.abc import Callable
 from .. import SCENARIO_IDS
 from ..context import Ctx
 from ..rows import Row
+from .controls import webhook_keyed, webhook_max_rate, webhook_strict
 from .jetstream import js_ingest_ndjson, js_ingest_single, js_restart, js_scaleout, js_webhook_8
 from .latency import capacity, latency
 from .lmdb import (
@@ -44,6 +46,9 @@ SCENARIOS: dict[str, Callable[[Ctx], list[Row]]] = {
     "webhook-inflight-8": webhook_8,
     "webhook-inflight-1": webhook_1,
     "webhook-fanout-10": webhook_fanout,
+    "webhook-ordered-strict": webhook_strict,
+    "webhook-ordered-keyed": webhook_keyed,
+    "webhook-max-rate": webhook_max_rate,
     "latency-1000eps": latency,
     "capacity": capacity,
     "s3-upload": s3_upload,

@@ -12,7 +12,7 @@ from typing import Any
 from tests.helpers.processes import free_port
 
 from ..common import API_BASE, Helper, Meter, ticks
-from ..context import Ctx, starts_at_now
+from ..context import Ctx
 from ..processes import ReceiverProc, import_floor
 from ..rows import Row, limit_row, ratio_row
 from .shared import (
@@ -21,7 +21,7 @@ from .shared import (
     delivered_row,
     events_per_second,
     ingest_note,
-    one_daemon_catch_up,
+    published_catch_up,
     timed_restarts,
 )
 
@@ -84,18 +84,9 @@ def _webhook(ctx: Ctx, scenario: str, in_flight: int, integrations: int, per: in
         baseline, base_busy = bare_delivery_rate(
             ctx, receiver, "webhook_baseline",
             {"urls": urls, "count": per, "concurrency": in_flight}, total)
-        daemon = ctx.daemon(scenario, {"webhook": {"max_in_flight": in_flight}})
-        try:
-            starts_at = starts_at_now()
-            ctx.log(f"  daemon: publishing {per:,} events, then {integrations} integration(s) "
-                    f"catch up (max_in_flight {in_flight})")
-            ctx.publish(daemon, per)
-            receiver.reset()
-            stats, elapsed, busy = one_daemon_catch_up(
-                ctx, daemon, receiver, [(f"bench-{k}", url) for k, url in enumerate(urls)],
-                starts_at, total)
-        finally:
-            daemon.stop()
+        stats, elapsed, busy = published_catch_up(
+            ctx, scenario, receiver, [(f"bench-{k}", url) for k, url in enumerate(urls)], per,
+            in_flight)
     finally:
         receiver.stop()
     busy.update({"baseline_client": base_busy["loadgen"],

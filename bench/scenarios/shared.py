@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 from ..common import Meter, http, ticks
-from ..context import Ctx
+from ..context import Ctx, starts_at_now
 from ..daemon import BenchDaemon
 from ..processes import ReceiverProc
 from ..rows import Row, ratio_row
@@ -62,26 +62,49 @@ def bare_delivery_rate(ctx: Ctx, receiver: ReceiverProc, command: str, args: dic
 
 def catch_up(receiver: ReceiverProc, daemons: list[BenchDaemon], pids: dict[str, int],
              hooks: list[tuple[str, str]], starts_at: str, total: int,
-             limit: float) -> tuple[dict[str, Any], float, dict[str, float]]:
-    """Webhook integrations (name, URL) created behind the stored events, one daemon after
-    another: the receiver's stats once `total` requests arrived (or at `limit`), the
-    seconds from the first creation to the last arrival, and how busy `pids` were."""
+             limit: float, controls: dict[str, Any] | None = None,
+             ) -> tuple[dict[str, Any], float, dict[str, float]]:
+    """Webhook integrations (name, URL; `controls` in their callback_parameters) created
+    behind the stored events, one daemon after another: the receiver's stats once `total`
+    requests arrived (or at `limit`), the seconds from the first creation to the last
+    arrival, and how busy `pids` were."""
     meter = Meter(pids)
     t0 = time.monotonic_ns()
     for k, (name, url) in enumerate(hooks):
-        daemons[k % len(daemons)].create_webhook(name, url, starts_at)
+        daemons[k % len(daemons)].create_webhook(name, url, starts_at, controls)
     stats = receiver.wait_count(total, limit)
     t1 = time.monotonic_ns()
     return stats, ((stats["last_ns"] or t1) - t0) / 1e9, meter.busy((t1 - t0) / 1e9)
 
 
 def one_daemon_catch_up(ctx: Ctx, daemon: BenchDaemon, receiver: ReceiverProc,
-                        hooks: list[tuple[str, str]], starts_at: str,
-                        total: int) -> tuple[dict[str, Any], float, dict[str, float]]:
+                        hooks: list[tuple[str, str]], starts_at: str, total: int,
+                        controls: dict[str, Any] | None = None,
+                        ) -> tuple[dict[str, Any], float, dict[str, float]]:
     """`catch_up` on one daemon, given as long as 300 deliveries a second would take
     (at least 60 s; 40 s in a quick run)."""
     return catch_up(receiver, [daemon], {"daemon": daemon.pid, "receiver": receiver.pid},
-                    hooks, starts_at, total, max(60.0, total / 300) if not ctx.quick else 40.0)
+                    hooks, starts_at, total, max(60.0, total / 300) if not ctx.quick else 40.0,
+                    controls)
+
+
+def published_catch_up(ctx: Ctx, scenario: str, receiver: ReceiverProc,
+                       hooks: list[tuple[str, str]], per: int, in_flight: int,
+                       controls: dict[str, Any] | None = None,
+                       ) -> tuple[dict[str, Any], float, dict[str, float]]:
+    """A daemon of its own (`max_in_flight` given): `per` events published, then the
+    webhooks (`controls` in their callback_parameters) catch up (`one_daemon_catch_up`)."""
+    daemon = ctx.daemon(scenario, {"webhook": {"max_in_flight": in_flight}})
+    try:
+        starts_at = starts_at_now()
+        ctx.log(f"  daemon: publishing {per:,} events, then {len(hooks)} integration(s) "
+                f"catch up (max_in_flight {in_flight}{f', {controls}' if controls else ''})")
+        ctx.publish(daemon, per)
+        receiver.reset()
+        return one_daemon_catch_up(ctx, daemon, receiver, hooks, starts_at,
+                                   len(hooks) * per, controls)
+    finally:
+        daemon.stop()
 
 
 def delivered_note(stats: dict[str, Any], total: int, seconds: float) -> str:

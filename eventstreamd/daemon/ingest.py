@@ -179,7 +179,7 @@ class _Now:
 
 
 def encode_event(index: int, event: EventIn, default_tenant: str, now: _Now,
-                 new_ids: Iterator[str]) -> NewEvent:
+                 new_ids: Iterator[str], trace: bytes | None = None) -> NewEvent:
     """Check one decoded event and assemble its delivery body; a 400 names the field."""
     name = _seen_names.get(event.name)
     if name is None:
@@ -212,7 +212,7 @@ def encode_event(index: int, event: EventIn, default_tenant: str, now: _Now,
     body = b"".join((b'{"tenant":"', tenant.encode(), b'","name":"', name.encode(),
                      b'","published_at":"', published_at.encode(), b'","payload":',
                      _payload_bytes(index, event.payload), b"}"))
-    return NewEvent(event_id, tenant, name, body)
+    return NewEvent(event_id, tenant, name, body, trace)
 
 
 def _ndjson_chunks(body: bytes) -> Iterator[list[tuple[int, EventIn]]]:
@@ -248,16 +248,17 @@ def _json_chunks(body: bytes) -> Iterator[list[tuple[int, EventIn]]]:
         yield list(enumerate(events[offset:offset + CHUNK_EVENTS], start=offset))
 
 
-async def validate_body(body: bytes, content_type: str,
-                        default_tenant: str) -> list[NewEvent]:
-    """Decode, check and encode every event of a body; large ones in chunks, yielding."""
+async def validate_body(body: bytes, content_type: str, default_tenant: str,
+                        trace: bytes | None = None) -> list[NewEvent]:
+    """Decode, check and encode every event of a body; large ones in chunks, yielding.
+    `trace` is the request's trace context (`trace.py`), kept with each of its events."""
     small = len(body) <= SMALL_BODY
     now = _Now()
     chunks = (_ndjson_chunks(body) if content_type in NDJSON_TYPES else _json_chunks(body))
     encoded: list[NewEvent] = []
     for chunk in chunks:
         new_ids = new_event_ids(len(chunk))
-        encoded.extend(encode_event(index, event, default_tenant, now, new_ids)
+        encoded.extend(encode_event(index, event, default_tenant, now, new_ids, trace)
                        for index, event in chunk)
         if not small:
             await asyncio.sleep(0)  # let /healthz and other publishers in

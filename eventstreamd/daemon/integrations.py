@@ -9,7 +9,9 @@ Decisions:
   `ApiError`s (status, error_code, message).
 - The service is the one writer of integration records: register, patch,
   start, stop, complete (the supervisor asks when a temporary integration has
-  delivered its range), expire (the janitor) and delete. Each is one
+  delivered its range), auto-stop (the supervisor asks when a sink gave up),
+  rotate a signing secret, expire and settle rotations (the janitor) and
+  delete. Each is one
   `Store.change_integration` transition — a pure function of the current
   record — so two racing requests cannot both pass a check (duplicate id, the
   integration limit, "stop before update"), whatever the backend.
@@ -33,6 +35,22 @@ Decisions:
 - A target nested inside another (`s3_parameters` inside
   `callback_parameters`) is refused saying where it belongs, not with the
   schema's complaint about the outer one's missing field.
+- `_rotate_secret` (a webhook's signing secret) works while the integration
+  runs: one transition writes the new secret with its rotation state (the
+  previous secret, until when: `webhook.rotation_overlap`), and before the
+  answer the sink type's `refresh` updates what the running sink signs with,
+  so every attempt this daemon starts after the answer carries the new
+  signature. With several daemons, the one delivering the integration learns
+  of it through the record, within the change-propagation delay (about a
+  second); until then its deliveries carry the previous secret's signature
+  (which still verifies during the overlap). The janitor drops a previous
+  secret from the record once its overlap has ended.
+- Auto-stop: when a sink gives up (every delivery attempt failed for the
+  integration's `stop_after_failing`), the supervisor asks `auto_stop`:
+  status `stopped`, a log entry `auto_stopped` with the last error, and the
+  reason kept in the record (`auto_stop`) for the status and the metrics.
+  Its cursor stays; `_start` resumes there with nothing skipped (the
+  restart-window rule is for stops a user made) and clears the reason.
 - A rejected event's `_retry` is one attempt through the sink type
   (`SinkType.retry_rejected`). It first claims the entry in the store
   (`claim_rejected`), so one retry of an event runs at a time, whatever the
@@ -49,9 +67,11 @@ Decisions:
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import dataclasses
 import logging
+import os
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -62,7 +82,7 @@ import anyio
 import orjson
 
 from .. import codec
-from ..config import Config
+from ..config import SIGNING_PREFIX, Config, valid_signing_secret
 from ..logs import kv
 from ..model import (
     Change,
@@ -112,6 +132,10 @@ CREATED = ("integration_created", "Created via API.")
 UPDATED = ("integration_updated", "Updated via API.")
 STARTED = ("integration_started", "Started via API.")
 STOPPED = ("integration_stopped", "Stopped via API.")
+ROTATED = "signing_secret_rotated"
+ROTATION_ENDED = "previous_signing_secret_dropped"
+AUTO_STOPPED = "auto_stopped"
+SECRET_BYTES = 32  # a generated signing secret's key
 RETRIED = "rejected_event_retried"
 RETRY_FAILED = "rejected_event_retry_failed"
 
@@ -142,6 +166,11 @@ def bad_request(error_code: str, message: str) -> ApiError:
 # ------------------------------------------------------------ body checking
 
 
+def _new_signing_secret() -> str:
+    return SIGNING_PREFIX + base64.b64encode(os.urandom(SECRET_BYTES)).decode()
+
+
+
 def _validated(operation_id: str, body: Any, config: Config) -> dict[str, Any]:
     fields = codec.target_field_names(SINK_TYPES)
     if isinstance(body, dict):
@@ -161,13 +190,6 @@ def _validated(operation_id: str, body: Any, config: Config) -> dict[str, Any]:
         raise bad_request("invalid_request", str(exc)) from None
     assert isinstance(body, dict)  # the schema says "type: object"
     return body
-
-
-def _target(body: dict[str, Any], config: Config) -> TargetParams | None:
-    target = codec.target_from_api(SINK_TYPES, body)
-    if target is not None:
-        _check_target(target, config)
-    return target
 
 
 def _check_target(target: TargetParams, config: Config) -> None:
@@ -306,6 +328,7 @@ class IntegrationService:
         integration = Integration(
             id=integration_id, type=integration_type,
             status="running",  # new integrations start automatically
+            started_at_ms=int(self.clock() * 1000),
             target=target,
             # Tells this integration apart from an earlier one with the same id, so a
             # sink still finishing for a deleted integration cannot write into it.
@@ -341,7 +364,7 @@ class IntegrationService:
                 if key in body:
                     raise bad_request("immutable_field", f"'{key}': {reason}")
         body = _validated("updateIntegration", body, self.config)
-        target = _target(body, self.config)
+        target = codec.target_from_api(SINK_TYPES, body)
         filters = body.get("filter_conditions")
         filter_spec = codec.filter_from_api(filters)
 
@@ -356,8 +379,10 @@ class IntegrationService:
                                   "its status is 'stopped', update, then _start)")
             updated = current
             if target is not None:
-                updated = dataclasses.replace(
-                    updated, target=codec.keep_masked_secrets(current.target, target))
+                # Checked once the secrets sent back masked are the stored ones again.
+                kept = codec.keep_masked_secrets(current.target, target)
+                _check_target(kept, self.config)
+                updated = dataclasses.replace(updated, target=kept)
             if filters is not None:
                 updated = dataclasses.replace(updated, filter=filter_spec)
             return Change(updated, logs=(_entry(UPDATED),))
@@ -385,16 +410,19 @@ class IntegrationService:
         def change(current: Integration, view: ChangeView) -> Change:
             if current.status == "running":
                 return Change(current)
+            # After an auto-stop nothing is skipped: its events were never given up.
+            stopped_at = None if current.auto_stop is not None else current.stopped_at_ms
             position, skipped = resume_position(
                 view.cursor if view.cursor is not None else view.head + 1, view.head,
-                current.stopped_at_ms, now, window_ms)
+                stopped_at, now, window_ms)
             logs: list[LogEntry] = []
             if skipped:
                 logs.append(LogEntry(now_iso(), "events_skipped",
                                      "Stopped for longer than the restart window; skipped "
                                      f"{skipped} events."))
             logs.append(_entry(STARTED))
-            return Change(dataclasses.replace(current, status="running", stopped_at_ms=None),
+            return Change(dataclasses.replace(current, status="running", stopped_at_ms=None,
+                                              started_at_ms=now, auto_stop=None),
                           cursor=position if skipped else None, logs=tuple(logs))
 
         integration = await self._change(integration_id, change)
@@ -413,6 +441,80 @@ class IntegrationService:
         integration = await self._change(integration_id, change)
         log.info("integration stopped", extra=kv(integration=integration_id))
         return codec.to_api(integration)
+
+    async def auto_stop(self, ran: Integration, reason: str) -> bool:
+        """Its sink gave up (every delivery attempt failed for `stop_after_failing`): stop
+        it, keeping its cursor — only if it is still the one that ran, and running. True
+        when it was stopped."""
+        now = int(self.clock() * 1000)
+
+        def change(current: Integration, view: ChangeView) -> Change:
+            if current.incarnation != ran.incarnation or current.status != "running":
+                return Change(current)  # deleted, replaced or stopped meanwhile
+            return Change(dataclasses.replace(current, status="stopped", stopped_at_ms=now,
+                                              auto_stop=reason),
+                          logs=(LogEntry(now_iso(), AUTO_STOPPED, reason),))
+
+        try:
+            changed = await self._change(ran.id, change)
+        except ApiError:
+            return False  # deleted meanwhile
+        stopped = changed.incarnation == ran.incarnation and changed.auto_stop is not None
+        if stopped:
+            log.warning("integration stopped automatically: its deliveries kept failing",
+                        extra=kv(integration=ran.id))
+        return stopped
+
+    async def rotate_secret(self, integration_id: str, body: Any) -> dict[str, str]:
+        """A new signing secret (the one given, or a generated one) for the integration,
+        while it runs or not; the answer is the only place it is shown in clear."""
+        body = _validated("rotateSigningSecret", {} if body is None else body, self.config)
+        secret = body.get("signing_secret") or _new_signing_secret()
+        if not valid_signing_secret(secret):
+            raise bad_request("invalid_signing_secret",
+                              "'signing_secret' must be \"whsec_\" followed by the base64 of "
+                              "24 to 64 random bytes")
+        now = int(self.clock() * 1000)
+        overlap = self.config.webhook.rotation_overlap
+
+        def change(current: Integration, view: ChangeView) -> Change:
+            rotate = sink_type(current.kind).rotate_secret
+            if rotate is None:
+                raise bad_request("not_signed",
+                                  f"a {current.kind} integration has no signing secret")
+            rotated = rotate(current.target, secret, now, self.config)
+            reason = "Signing secret rotated via API"
+            reason += (f"; the previous one signs too until {ms_to_iso(now + int(overlap * 1000))}."
+                       if overlap > 0 else "; the previous one no longer signs.")
+            return Change(dataclasses.replace(current, target=rotated),
+                          logs=(LogEntry(now_iso(), ROTATED, reason),))
+
+        integration = await self._change(integration_id, change)
+        codec.registered(integration.target)  # before anything could log it
+        if self.env is not None:
+            sink_type(integration.kind).refresh(self.env, integration)
+        log.info("signing secret rotated", extra=kv(integration=integration_id))
+        return {"signing_secret": secret}
+
+    async def settle_rotations(self) -> None:
+        """Drop previous signing secrets whose overlap has ended from their records."""
+        now = int(self.clock() * 1000)
+        for integration in await self._do(self.store.list_integrations()):
+            if integration.target.settled(now) is integration.target:
+                continue
+
+            def change(current: Integration, view: ChangeView) -> Change:
+                settled = current.target.settled(now)
+                if settled is current.target:
+                    return Change(current)
+                return Change(dataclasses.replace(current, target=settled), logs=(LogEntry(
+                    now_iso(), ROTATION_ENDED,
+                    "The rotation's overlap ended: only the new signing secret signs."),))
+
+            try:
+                await self._change(integration.id, change)
+            except ApiError:
+                continue  # deleted meanwhile
 
     async def complete(self, ran: Integration) -> bool:
         """A temporary integration delivered its whole range: mark it stopped and done —
@@ -458,6 +560,7 @@ class IntegrationService:
         while True:
             try:
                 await self.delete_expired()
+                await self.settle_rotations()
             except Exception:
                 log.exception("janitor round failed; trying again")
             await anyio.sleep(JANITOR_EVERY)

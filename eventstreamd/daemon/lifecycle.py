@@ -59,11 +59,12 @@ import anyio
 from aiohttp import web
 
 from .. import __version__
-from ..config import SIGNING_PREFIX, Config
-from ..logs import kv, redactor
+from ..config import Config
+from ..logs import kv
 from ..runtime import RuntimeInfo, remove_runtime, runtime_file, write_runtime
 from ..sinks.base import SinkEnv
 from ..sinks.registry import SINK_TYPES
+from ..sinks.signing import register_secrets
 from ..sinks.ssrf import guarded_connector_args
 from ..storage.base import StoreOpenError, StoreReplaced, StoreUnavailable
 from ..storage.factory import open_store, opening
@@ -159,9 +160,7 @@ class Daemon:
         config = self.config
         # Raises the open-file limit, which the HTTP connection cap is derived from.
         limits = connection_limits(config.server)
-        for secret in config.webhook.signing_secrets:
-            redactor.add(secret)
-            redactor.add(secret.removeprefix(SIGNING_PREFIX))
+        register_secrets(config.webhook.signing_secrets)
         readiness = Readiness()
         async with contextlib.AsyncExitStack() as stack:
             with _starting(f"open the store in {config.data_dir}"):
@@ -189,6 +188,7 @@ class Daemon:
             # Deliver only what we hold leases of, when others may deliver too.
             held = HeldLeases()
             supervisor = Supervisor(env, store, changes, on_completed=service.complete,
+                                    on_gave_up=service.auto_stop,
                                     leases=held if shared is not None else None)
             ownership = None
             if shared is not None:

@@ -168,10 +168,15 @@ class DaemonMetrics:
         in_flight = gauge("eventstreamd_in_flight", "Delivery requests under way.")
         running = gauge("eventstreamd_integration_running",
                         "1 while the integration is running, 0 when stopped or completed.")
+        auto_stopped = gauge("eventstreamd_integration_auto_stopped",
+                             "1 when the daemon stopped the integration because every "
+                             "delivery attempt failed for its stop_after_failing; 0 once "
+                             "started again, and for every other integration.")
         for item in items:
             key = [item["id"], item["kind"]]
             running.add_metric(key, 1 if item["status"] == "running"
                                and item["health"] != "completed" else 0)
+            auto_stopped.add_metric(key, 1 if item.get("auto_stopped") else 0)
             lag_events.add_metric(key, item["lag_events"])
             lag_seconds.add_metric(key, item["lag_seconds"] or 0.0)
             stored.add_metric(key, item["rejected_events"])
@@ -188,7 +193,7 @@ class DaemonMetrics:
             resets.add_metric(key, stats.cursor_resets)
             _add_histogram(latency, key, stats.latency)
         return [delivered, failed, rejected, restarts, resets, latency, stored, lag_events,
-                lag_seconds, in_flight, running]
+                lag_seconds, in_flight, running, auto_stopped]
 
 
 def _store_families(stats: Any) -> list[Metric]:

@@ -66,7 +66,6 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import anyio
 
@@ -145,7 +144,7 @@ class Ownership:
         # What was seen and since when (this daemon's clock): expiry by observation.
         self._leases_seen: dict[str, tuple[tuple[int, int], float]] = {}
         self._instances_seen: dict[str, tuple[int, float]] = {}
-        self._records: dict[str, tuple[Any, ...]] = {}
+        self._records: dict[str, Integration] = {}
         self.snapshot: Snapshot | None = None
         self.live: set[str] = {instance}
         self.share = 0
@@ -288,8 +287,9 @@ class Ownership:
                       "each daemon its own jetstream.instance", extra=kv(instance=self.instance))
 
     def _notice_changes(self, records: list[Integration]) -> None:
-        current = {i.id: (i.incarnation, i.status, i.done, i.delivery_settings())
-                   for i in records}
+        # The whole record: a change that restarts no sink (a rotated signing secret)
+        # must still reach the daemon delivering it.
+        current = {i.id: i for i in records}
         for integration_id in current.keys() | self._records.keys():
             if current.get(integration_id) != self._records.get(integration_id):
                 self.changes.notify(integration_id)

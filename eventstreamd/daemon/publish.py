@@ -12,6 +12,9 @@ Decisions:
   from the moment they are read until the request is answered (budget.py).
 - Counted once per request for /metrics (`IngestStats`: events, bytes, the
   batch size, the answer's status), never per event.
+- A valid W3C `traceparent` header is kept with the request's events (in the
+  stored event's header, never in the delivery body) and continued by every
+  webhook delivery of them; an invalid one is ignored (`trace.py`).
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ import orjson
 from aiohttp import web
 
 from ..storage.base import EventTooLarge, StoreFull, StoreUnavailable
+from ..trace import HEADER as TRACEPARENT
+from ..trace import parse_traceparent
 from .errors import ApiError
 from .ingest import validate_body
 from .keys import DEFAULT_TENANT, INGEST_BUDGET, INGEST_STATS, STORE
@@ -30,7 +35,8 @@ async def publish_events(request: web.Request) -> web.Response:
     try:
         async with request.app[INGEST_BUDGET].body(request) as body:
             events = await validate_body(body, request.content_type,
-                                         request.app[DEFAULT_TENANT])
+                                         request.app[DEFAULT_TENANT],
+                                         parse_traceparent(request.headers.get(TRACEPARENT)))
             try:
                 first, last = await request.app[STORE].append(events)
             except StoreFull as exc:

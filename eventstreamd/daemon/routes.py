@@ -1,4 +1,4 @@
-"""The configuration API's HTTP face: the 12 operations of the spec under `{base_path}`.
+"""The configuration API's HTTP face: the spec's operations under `{base_path}`.
 
 Handlers only parse, call `IntegrationService`, and serialize; every rule lives
 in the service so the control socket shares it.
@@ -10,6 +10,8 @@ Decisions:
 - Operations the spec documents without a response body (DELETE, `_retry`)
   answer 200 with an empty body.
 - `_start`, `_stop` and `_retry` take no body; one sent anyway is ignored.
+- Beside the seed's 12 operations, the extensions' (`schemas/extensions/`):
+  `_rotate_secret`, whose body is optional (empty: a secret is generated).
 """
 
 from __future__ import annotations
@@ -40,9 +42,12 @@ def _json(data: Any) -> web.Response:
     return web.json_response(data, dumps=lambda obj: orjson.dumps(obj).decode())
 
 
-async def _body(request: web.Request) -> Any:
+async def _body(request: web.Request, *, optional: bool = False) -> Any:
+    """The JSON body; None for an empty one when the operation's body is optional."""
     async with request.app[INGEST_BUDGET].body(request) as raw:
         if not raw.strip():
+            if optional:
+                return None
             raise ApiError(400, "invalid_json",
                            "the request body is empty; expected a JSON object")
         try:
@@ -103,6 +108,11 @@ async def retry_rejected_event(request: web.Request) -> web.Response:
     return web.Response(status=200)
 
 
+async def rotate_signing_secret(request: web.Request) -> web.Response:
+    return _json(await _service(request).rotate_secret(
+        _id(request), await _body(request, optional=True)))
+
+
 def add_routes(app: web.Application, base_path: str) -> None:
     root = f"{base_path}/eventstream"
     one = f"{root}/{{integration_id}}"
@@ -120,4 +130,5 @@ def add_routes(app: web.Application, base_path: str) -> None:
         web.get(rejected, get_rejected_event),
         web.delete(rejected, delete_rejected_event),
         web.post(f"{rejected}/_retry", retry_rejected_event),
+        web.post(f"{one}/_rotate_secret", rotate_signing_secret),
     ])

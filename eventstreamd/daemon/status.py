@@ -41,10 +41,15 @@ Decisions:
   figures of an integration another daemon delivers come from that daemon's
   announcement. With LMDB `cluster` is null and there is no `owner`.
 - Nothing here names a sink type: the target is the sink's own one-line
-  description (`TargetParams.describe`), and what a sink buffers comes from
-  its typed `PipelineStatus`. `s3_open_file_bytes` and `s3_open_file_age`
-  stay as aliases of `buffered_bytes` and `buffered_age` for protocol-1
-  clients.
+  description (`TargetParams.describe`), its delivery controls (`max_rate`,
+  `ordering`: "strict", "key <path>" or null) come from
+  `TargetParams.controls`, and what a sink buffers comes from
+  its typed `PipelineStatus`.
+- Why an integration stopped: `auto_stopped` is true when the daemon stopped
+  it because its deliveries kept failing, and `stop_reason` then says why
+  (the last error); both from the record, so every daemon says the same.
+- `s3_open_file_bytes` and `s3_open_file_age` stay as aliases of
+  `buffered_bytes` and `buffered_age` for protocol-1 clients.
 """
 
 from __future__ import annotations
@@ -186,6 +191,7 @@ class StatusSampler:
         buffered = pipeline.buffered_bytes if pipeline else None
         since = pipeline.buffered_since if pipeline else None
         buffered_age = round(max(0.0, now - since), 1) if since is not None else None
+        controls = integration.target.controls()
         return {
             "id": integration_id,
             "kind": integration.kind,
@@ -197,6 +203,10 @@ class StatusSampler:
                 lag_allowance=sink_type(integration.kind).lag_allowance(self.config),
                 crashed=bool(sink and sink.crashed)),
             "target": integration.target.describe(),
+            "max_rate": controls.max_rate,
+            "ordering": controls.ordering,
+            "auto_stopped": integration.auto_stop is not None,
+            "stop_reason": integration.auto_stop,
             "cursor": cursor,
             "lag_events": lag_events,
             "lag_seconds": lag_seconds,

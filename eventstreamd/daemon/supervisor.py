@@ -7,8 +7,14 @@ Decisions:
   the API never waits on delivery.
 - The supervisor only runs sinks. It never writes an integration record: when
   a temporary integration has delivered its range it asks the service to
-  complete it (`on_completed`). What a sink is made of comes from the sink
-  type's registry entry (`sinks/registry.py`); no sink type is named here.
+  complete it (`on_completed`); when a sink gave up (its deliveries failed
+  for the integration's `stop_after_failing`) it asks the service to stop it
+  (`on_gave_up`). What a sink is made of comes from the sink type's
+  registry entry (`sinks/registry.py`); no sink type is named here.
+- A record that changed without changing what its running sink was built
+  from (a rotated signing secret) is handed to the sink type's `refresh`,
+  which updates the per-integration state the sink reads (`SinkEnv`): no
+  restart. An integration that is gone has that state dropped.
 - A sink is restarted when its delivery settings change (target, filter,
   dates); status flips start and stop it. With several daemons on one
   JetStream (`leases` given, `ownership.py`) a sink runs only while this
@@ -83,13 +89,16 @@ class SinkHandle:
 class Supervisor:
     def __init__(self, env: SinkEnv, store: Store, changes: ChangeFeed,
                  on_completed: Callable[[Integration], Awaitable[bool]],
-                 clock: Callable[[], float] = time.time, leases: Leases | None = None) -> None:
+                 clock: Callable[[], float] = time.time, leases: Leases | None = None,
+                 on_gave_up: Callable[[Integration, str], Awaitable[bool]] | None = None,
+                 ) -> None:
         self.env = env
         self.leases = leases
         self.config = env.config
         self.store = store
         self.changes = changes
         self.on_completed = on_completed
+        self.on_gave_up = on_gave_up
         self.clock = clock
         self.handles: dict[str, SinkHandle] = {}
         delivery = self.config.delivery
@@ -148,6 +157,8 @@ class Supervisor:
         if self._shutting_down:
             return
         integration = await self.store.get_integration(integration_id)
+        if integration is None:
+            self.env.forget(integration_id)
         handle = self.handles.get(integration_id)
         lease = self._lease(integration_id)
         wanted = (integration is not None and integration.running
@@ -160,6 +171,8 @@ class Supervisor:
                     or handle.settings != _settings(integration, lease)):
                 assert self._tg is not None
                 self._tg.start_soon(self._stop_sink, handle, name=f"stop:{integration_id}")
+            else:
+                sink_type(integration.kind).refresh(self.env, integration)
             return
         if wanted:
             assert integration is not None and self._tg is not None
@@ -205,6 +218,14 @@ class Supervisor:
                             # Not marked done: the next start finds the range delivered
                             # and completes again.
                             log.exception("could not mark the integration completed",
+                                          extra=kv(integration=integration_id))
+                    elif outcome == "gave_up" and self.on_gave_up is not None:
+                        try:
+                            await self.on_gave_up(integration, handle.loop.gave_up or "")
+                        except Exception:
+                            # Still running: its next sink finds the failure streak saved
+                            # and gives up again at its first failure.
+                            log.exception("could not stop the failing integration",
                                           extra=kv(integration=integration_id))
                     log.info("sink stopped", extra=kv(integration=integration_id,
                                                       outcome=outcome))

@@ -317,6 +317,13 @@ def describe(error: ValidationError) -> tuple[str, str]:
         return field, f"{subject} must be at least {expected} character(s) long"
     if keyword == "maxLength":
         return field, f"{subject} must be at most {expected} characters long"
+    if keyword == "minimum":
+        exclusive = isinstance(error.schema, dict) and error.schema.get("exclusiveMinimum")
+        return field, f"{subject} must be {'more than' if exclusive else 'at least'} {expected}"
+    if keyword == "maximum":
+        return field, f"{subject} must be at most {expected}"
+    if keyword == "maxProperties":
+        return field, f"{subject} may hold at most {expected} entries"
     if keyword == "enum":
         return field, f"{subject} must be one of: {', '.join(map(str, expected))}"
     if keyword in ("oneOf", "anyOf"):

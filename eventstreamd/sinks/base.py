@@ -12,8 +12,19 @@ Decisions:
 - `SinkType` is everything the daemon needs to know of a kind of sink:
   its parameters type (`TargetParams`: API field, secret fields, how it
   shows), a one-line description, the registration check, the pipeline
-  builder, the rejected-event retry and the stop grace. `registry.py` lists
-  them (README "Layout" says what else names a sink type).
+  builder, the rejected-event retry and the stop grace; optionally how it
+  rotates a signing secret and how a running sink takes a changed record
+  that needs no restart (`refresh`). `registry.py` lists them (README
+  "Layout" says what else names a sink type).
+- A pipeline may give up (`SinkContext.give_up`): its deliveries have failed
+  for longer than the integration allows. The loop then ends with the
+  outcome `gave_up`, and the supervisor asks the integration service (the
+  one writer of records) to stop the integration; the sink never writes the
+  record itself.
+- `SinkEnv` also holds what belongs to an integration rather than to one
+  run of its sink, shared by every pipeline that delivers for it (a replay
+  beside the live one) and surviving a sink restart: its rate limiter and
+  its signing secrets, each keyed by integration id and incarnation.
 """
 
 from __future__ import annotations
@@ -30,8 +41,12 @@ import anyio
 from ..config import Config
 from ..histogram import Histogram
 from ..model import Integration, RejectedEvent, StoredEvent, TargetParams
+from .pacing import RateLimiter
+from .per_integration import PerIntegration
+from .signing import SigningState
 
-Outcome = Literal["stopped", "completed"]
+# "gave_up": the pipeline gave up (SinkContext.give_up); the integration is to be stopped.
+Outcome = Literal["stopped", "completed", "gave_up"]
 Clock = Callable[[], float]
 
 
@@ -157,6 +172,11 @@ class SinkContext(Protocol):
         integration's lease is no longer this daemon's to act on; always True without."""
         ...
 
+    def give_up(self, reason: str) -> None:
+        """Stop the sink, and have the integration stopped (status `stopped`, a log entry
+        `auto_stopped` with `reason`); its cursor stays where it is."""
+        ...
+
     async def add_log(self, action: str, reason: str) -> None: ...
 
     async def set_aside(self, event: StoredEvent, reason: str, *, status: int | None = None,
@@ -226,6 +246,20 @@ class SinkEnv:
     config: Config
     session: aiohttp.ClientSession  # keep-alive HTTP for every webhook sink and retry
     spool_root: Path  # where sinks that spool keep their files, one directory each
+    # Per integration, shared by every pipeline delivering for it (live and replay):
+    rates: PerIntegration[RateLimiter] = field(
+        default_factory=lambda: PerIntegration(RateLimiter))
+    signing: PerIntegration[SigningState] = field(
+        default_factory=lambda: PerIntegration(SigningState))
+
+    def forget(self, integration_id: str) -> None:
+        """The integration is gone: drop what was kept for it."""
+        self.rates.forget(integration_id)
+        self.signing.forget(integration_id)
+
+
+def _nothing_to_refresh(env: SinkEnv, integration: Integration) -> None:
+    return None
 
 
 @dataclass(frozen=True)
@@ -239,6 +273,14 @@ class SinkType:
     # How much older than usual its oldest undelivered event may be before status calls
     # it lagging: a sink that holds events by design (S3's open file) is not late.
     lag_allowance: Callable[[Config], float] = lambda config: 0.0
+    # The integration's record changed without changing its sink settings
+    # (`TargetParams.sink_settings`): the running sink takes what changed (a rotated
+    # signing secret) from the env's per-integration state instead of restarting.
+    refresh: Callable[[SinkEnv, Integration], None] = _nothing_to_refresh
+    # `POST .../_rotate_secret`: the parameters signing with `secret` from `now_ms` on
+    # (the previous secret signing too for `webhook.rotation_overlap`); None for a sink
+    # type that signs nothing.
+    rotate_secret: Callable[[TargetParams, str, int, Config], TargetParams] | None = None
 
     @property
     def kind(self) -> str:

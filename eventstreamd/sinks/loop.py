@@ -64,6 +64,10 @@ Decisions:
 - Stop: nothing new is handed on; the pipeline finishes what it can within
   the grace period (requests in flight, an open file's upload), the cursor is
   flushed, and whatever did not finish stays after the cursor for next time.
+- A pipeline that gives up (`give_up`: every delivery attempt has failed for
+  the integration's `stop_after_failing`) stops the sink like a stop request;
+  `run()` then answers `gave_up` and the supervisor has the integration
+  stopped through the integration service.
 - One event never stalls an integration: an event the pipeline can never
   send (a receiver's 400, or a reason on our side that retrying cannot cure:
   it cannot be encoded, its id cannot be a header, its tenant cannot be part
@@ -151,6 +155,7 @@ class SinkLoop:
         self._flushing = anyio.Lock()
         self.rounds = 0  # dispatch rounds run (an idle sink runs none)
         self.restart_wanted = False  # the log was replaced under the sink: start it again
+        self.gave_up: str | None = None  # why the pipeline gave up (`give_up`)
 
     @property
     def read_position(self) -> int:
@@ -213,6 +218,13 @@ class SinkLoop:
                         extra=kv(integration=self.integration_id))
             self.request_stop()
         return False
+
+    def give_up(self, reason: str) -> None:
+        if self.gave_up is None:
+            self.gave_up = reason
+            log.warning("deliveries have failed for too long; the integration stops",
+                        extra=kv(integration=self.integration_id))
+        self.request_stop()
 
     async def add_log(self, action: str, reason: str) -> None:
         """An integration log entry; one that cannot be kept because the store is full is
@@ -287,6 +299,8 @@ class SinkLoop:
             # After a crash too: the pipeline's client and open files are released.
             with anyio.CancelScope(shield=True), anyio.move_on_after(self._stop_grace):
                 await self.pipeline.release()
+        if self.gave_up is not None:
+            return "gave_up"
         if outcome == "completed" and self._stopping.is_set():
             outcome = "stopped"  # stopped before the last events were finished
         return outcome

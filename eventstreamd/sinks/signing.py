@@ -11,6 +11,18 @@ Decisions:
 - Rotation, as Svix and Outpost do it: with `webhook.previous_signing_secret`
   set, every delivery carries both signatures, space-separated; a receiver
   holding either secret accepts it.
+- An integration may have a secret of its own (`callback_parameters.
+  signing_secret`), signing its deliveries instead of the global ones, and
+  rotate it while it runs (`POST .../_rotate_secret`): the previous secret
+  signs too until the overlap ends. What signs an integration's deliveries
+  now is its `SigningState`, one per integration in `SinkEnv.signing`,
+  read by every attempt: the integration service updates it before it
+  answers a rotation, so every attempt this daemon starts after the answer
+  carries the new signature, with no sink restart. A state never goes back
+  to an older version of the secrets (every change counts the record's
+  `signing_version` up, so a sink starting from a record read before the
+  rotation cannot undo it), and the previous secret stops signing at the
+  overlap's end by the clock, whether or not its record was cleaned up yet.
 - Cost per delivery: the keys are decoded and their HMAC states prepared
   once (`hmac.new(key)`), and each attempt copies a prepared state and feeds
   it the prefix and the body: one HMAC per secret per delivery, no key
@@ -28,9 +40,17 @@ import hmac
 import time
 from collections.abc import Callable, Mapping, Sequence
 
-from ..config import signing_key
+from ..config import SIGNING_PREFIX, signing_key
+from ..logs import redactor
 
 TOLERANCE = 5 * 60  # seconds a receiver accepts a timestamp off by (the library's default)
+
+
+def register_secrets(secrets: tuple[str, ...]) -> None:
+    """Signing secrets for the log redactor, whole and by their key part."""
+    for secret in secrets:
+        redactor.add(secret)
+        redactor.add(secret.removeprefix(SIGNING_PREFIX))
 
 
 class Signer:
@@ -79,6 +99,7 @@ def verify(secret: str, headers: Mapping[str, str], body: bytes, *,
 
 
 _signers: dict[tuple[str, ...], Signer] = {}
+_SIGNERS_MAX = 256  # distinct secret sets kept; rotations add one each
 
 
 def signer_for(secrets: tuple[str, ...]) -> Signer | None:
@@ -87,5 +108,37 @@ def signer_for(secrets: tuple[str, ...]) -> Signer | None:
         return None
     signer = _signers.get(secrets)
     if signer is None:
+        if len(_signers) >= _SIGNERS_MAX:
+            _signers.clear()
         signer = _signers[secrets] = Signer(secrets)
     return signer
+
+
+class SigningState:
+    """The secrets signing one integration's deliveries now (see the module docstring)."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._version = -1  # which change of the secrets it reflects (counts up per change)
+        self._only: Signer | None = None  # the current secret(s) alone
+        self._both: Signer | None = None  # current and previous, during an overlap
+        self._until = 0.0  # epoch seconds: the end of the overlap
+
+    def update(self, current: tuple[str, ...], previous: tuple[str, ...], until_ms: int | None,
+               version: int) -> bool:
+        """Sign with `current` (and `previous` until `until_ms`) from now on; ignored (False)
+        when `version` is older than the one in effect (a record read before a rotation)."""
+        if version < self._version:
+            return False
+        self._version = version
+        previous = tuple(p for p in previous if p not in current)
+        self._only = signer_for(current)
+        self._both = signer_for(current + previous) if previous and until_ms else None
+        self._until = (until_ms or 0) / 1000
+        return True
+
+    def signer(self) -> Signer | None:
+        """The signer for an attempt starting now; None when unsigned."""
+        if self._both is not None and self._clock() < self._until:
+            return self._both
+        return self._only

@@ -20,14 +20,41 @@ Decisions:
   a port outside 1-65535, userinfo in the URL, a literal address the SSRF
   policy blocks (names are checked again at connect time, after resolution),
   control characters in the api_key (it becomes a header).
+- Per-integration delivery controls (`callback_parameters`):
+  `signing_secret` signs this integration's deliveries instead of the global
+  secret, and `_rotate_secret` rotates it while it runs (`signing.py`);
+  `headers` are sent with every delivery (values are secrets: masked on
+  read, never logged); `max_rate` paces its requests (`pacing.py`);
+  `ordered` / `ordering_key` hand events out in lanes (`lanes.py`);
+  `stop_after_failing` bounds a failure streak (`streak.py`).
+- Headers: at most `MAX_HEADERS`, names HTTP tokens, values visible ASCII
+  (single spaces inside allowed) of at most `MAX_HEADER_VALUE` characters.
+  Names the daemon sets itself are refused, case-insensitively
+  (`Authorization`, `Content-Type`, `Content-Length`, `Host`,
+  `Idempotency-Key`, `User-Agent`, `webhook-*`, `traceparent`,
+  `Eventstreamd-Replay`), and so are those that would change how the
+  request is framed or carried (`Connection`, `Transfer-Encoding`, ...).
+- The request's headers are built in one place (`RequestHeaders`): fixed ones
+  once per pipeline, then per attempt the idempotency key, the signature of
+  the secrets signing at that moment and the trace context. A second
+  pipeline for the same integration (a replay) builds its own with extra
+  headers (`Eventstreamd-Replay`) and shares the integration's signing state
+  and rate limiter (`SinkEnv`).
+- Rotation state (the previous secrets, until when, and a version counting
+  every change of the secret) is kept in the record as private fields: never
+  shown, never taken from a request. A PATCH that changes the secret ends an
+  overlap (use `_rotate_secret` for one); a PATCH that sends the masked
+  secret back keeps the secret and its rotation.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import re
 import urllib.parse
-from collections import deque
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -36,11 +63,13 @@ import anyio
 import yarl
 
 from ..codec import REASON_EXCERPT
-from ..config import BlockPolicy, Config
+from ..config import SIGNING_PREFIX, BlockPolicy, Config, parse_duration, valid_signing_secret
 from ..logs import shorten
-from ..model import Integration, RejectedEvent, StoredEvent, TargetParams
+from ..model import DeliveryControls, Integration, RejectedEvent, StoredEvent, TargetParams
 from ..naming import valid_event_id
 from ..storage.base import StoreFull
+from ..trace import HEADER as TRACEPARENT
+from ..trace import child_traceparent
 from .backoff import parse_retry_after
 from .base import (
     DeliveryFailed,
@@ -51,35 +80,151 @@ from .base import (
     StopDelivery,
     TargetRefused,
 )
-from .retry import Failure, RetryPolicy, retry_until_stopped
-from .signing import Signer, signer_for
+from .lanes import Handout, Lanes, OrderingKey, Unordered
+from .pacing import RateLimiter
+from .retry import Failure, RetryPolicy, failure_reason, retry_until_stopped
+from .signing import SigningState
 from .ssrf import BlockedTarget, check_host
+from .streak import FailureStreak
 from .window import DeliveryWindow
 
 log = logging.getLogger("eventstreamd.webhook")
 
 RESPONSE_EXCERPT = 1024
+MAX_HEADERS = 20
+MAX_HEADER_VALUE = 1024
+REPLAY_HEADER = "Eventstreamd-Replay"  # set on a replay's deliveries
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_VISIBLE = re.compile(r"(?:[!-~](?:[ !-~]*[!-~])?)?")  # visible ASCII, spaces only inside
+RESERVED_HEADERS = frozenset({
+    # set by the daemon on every delivery
+    "authorization", "content-type", "content-length", "host", "idempotency-key",
+    "user-agent", TRACEPARENT, REPLAY_HEADER.lower(),
+    # would change how the request is framed or carried
+    "connection", "transfer-encoding", "keep-alive", "te", "trailer", "upgrade", "expect",
+    "proxy-connection", "proxy-authorization",
+})
+RESERVED_PREFIXES = ("webhook-",)  # Standard Webhooks' signature headers
+_ORDERING_KEY = re.compile(r"[^.]+(?:\.[^.]+)*")
+MAX_ORDERING_KEY = 256
+# Ordered pipelines hold up to this many times `max_in_flight` events, so lanes other
+# than a blocked one find work (bounded by `delivery.cursor_every`, as every window).
+ORDERED_LOOKAHEAD = 8
+
+
+def reserved_header(name: str) -> bool:
+    lowered = name.lower()
+    return lowered in RESERVED_HEADERS or lowered.startswith(RESERVED_PREFIXES)
 
 
 @dataclass(frozen=True)
 class WebhookTarget(TargetParams):
     kind: ClassVar[str] = "webhook"
     api_field: ClassVar[str] = "callback_parameters"
-    secret_fields: ClassVar[tuple[str, ...]] = ("api_key",)
-    api_fields: ClassVar[tuple[str, ...]] = ("callback_url", "api_key")
+    secret_fields: ClassVar[tuple[str, ...]] = ("api_key", "signing_secret")
+    api_fields: ClassVar[tuple[str, ...]] = (
+        "callback_url", "api_key", "signing_secret", "headers", "max_rate", "ordered",
+        "ordering_key", "stop_after_failing")
+    private_fields: ClassVar[tuple[str, ...]] = (
+        "previous_signing_secrets", "previous_signing_until_ms", "signing_version")
 
     callback_url: str
     api_key: str | None = None
+    signing_secret: str | None = None  # None: the global webhook.signing_secret signs
+    headers: tuple[tuple[str, str], ...] = ()
+    max_rate: float | None = None  # deliveries per second
+    ordered: bool = False
+    ordering_key: str | None = None  # a dot path into the payload; only with `ordered`
+    stop_after_failing: str | None = None  # a duration; None: webhook.stop_after_failing
+    # Private: the rotation in progress, and a count of the secret's changes.
+    previous_signing_secrets: tuple[str, ...] = ()
+    previous_signing_until_ms: int | None = None
+    signing_version: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"callback_url": self.callback_url}
-        if self.api_key is not None:
-            out["api_key"] = self.api_key
+        for name, value, default in (
+                ("api_key", self.api_key, None), ("signing_secret", self.signing_secret, None),
+                ("headers", dict(self.headers), {}), ("max_rate", self.max_rate, None),
+                ("ordered", self.ordered, False), ("ordering_key", self.ordering_key, None),
+                ("stop_after_failing", self.stop_after_failing, None),
+                ("previous_signing_secrets", list(self.previous_signing_secrets), []),
+                ("previous_signing_until_ms", self.previous_signing_until_ms, None),
+                ("signing_version", self.signing_version, 0)):
+            if value != default:
+                out[name] = value
         return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> WebhookTarget:
-        return cls(callback_url=data["callback_url"], api_key=data.get("api_key"))
+        headers = data.get("headers") or {}
+        rate = data.get("max_rate")
+        return cls(callback_url=data["callback_url"], api_key=data.get("api_key"),
+                   signing_secret=data.get("signing_secret"),
+                   headers=tuple((str(k), str(v)) for k, v in headers.items()),
+                   max_rate=float(rate) if rate is not None else None,
+                   ordered=bool(data.get("ordered", False)),
+                   ordering_key=data.get("ordering_key"),
+                   stop_after_failing=data.get("stop_after_failing"),
+                   previous_signing_secrets=tuple(data.get("previous_signing_secrets") or ()),
+                   previous_signing_until_ms=data.get("previous_signing_until_ms"),
+                   signing_version=int(data.get("signing_version") or 0))
+
+    def secrets(self) -> list[str]:
+        found = [s for s in (self.api_key, self.signing_secret) if s]
+        found += self.previous_signing_secrets
+        # A Standard Webhooks secret is also known by its key part alone.
+        found += [s.removeprefix(SIGNING_PREFIX) for s in found
+                  if s.startswith(SIGNING_PREFIX)]
+        return found + [value for _, value in self.headers if value]
+
+    def shown(self, mask: Callable[[str], str]) -> dict[str, Any]:
+        shown = super().shown(mask)
+        if self.headers:
+            shown["headers"] = {name: mask(value) for name, value in self.headers}
+        return shown
+
+    def keeping_secrets(self, current: TargetParams,
+                        mask: Callable[[str], str]) -> TargetParams:
+        """Secrets sent back masked keep the stored ones: the api_key, the signing secret
+        (and then its rotation), each header's value (matched by name)."""
+        if not isinstance(current, WebhookTarget):
+            return self
+        kept = super().keeping_secrets(current, mask)
+        assert isinstance(kept, WebhookTarget)
+        stored = {name.lower(): value for name, value in current.headers}
+        headers = tuple(
+            (name, stored[name.lower()]
+             if name.lower() in stored and value == mask(stored[name.lower()]) else value)
+            for name, value in kept.headers)
+        if kept.signing_secret == current.signing_secret:
+            return dataclasses.replace(
+                kept, headers=headers,
+                previous_signing_secrets=current.previous_signing_secrets,
+                previous_signing_until_ms=current.previous_signing_until_ms,
+                signing_version=current.signing_version)
+        # A new secret (or none): the old one stops signing at once.
+        return dataclasses.replace(kept, headers=headers, previous_signing_secrets=(),
+                                   previous_signing_until_ms=None,
+                                   signing_version=current.signing_version + 1)
+
+    def sink_settings(self) -> object:
+        # The running sink reads the secrets from its SigningState, updated live.
+        return dataclasses.replace(self, signing_secret=None, previous_signing_secrets=(),
+                                   previous_signing_until_ms=None, signing_version=0)
+
+    def controls(self) -> DeliveryControls:
+        ordering = None
+        if self.ordered:
+            ordering = f"key {self.ordering_key}" if self.ordering_key else "strict"
+        return DeliveryControls(max_rate=self.max_rate, ordering=ordering)
+
+    def settled(self, now_ms: int) -> WebhookTarget:
+        """Without the previous secrets once their overlap has ended."""
+        if self.previous_signing_secrets and (self.previous_signing_until_ms or 0) <= now_ms:
+            return dataclasses.replace(self, previous_signing_secrets=(),
+                                       previous_signing_until_ms=None)
+        return self
 
     def describe(self) -> str:
         """Host, port and path: enough to tell two receivers on one host apart; never
@@ -136,6 +281,63 @@ def check(params: TargetParams, config: Config) -> None:
         raise TargetRefused("invalid_api_key",
                             f"'{WebhookTarget.api_field}.api_key' must not contain control "
                             "characters")
+    _check_controls(params)
+
+
+def _check_controls(params: WebhookTarget) -> None:
+    """The per-integration delivery controls (the spec's extension fields)."""
+    where = WebhookTarget.api_field
+    if params.signing_secret is not None and not valid_signing_secret(params.signing_secret):
+        raise TargetRefused("invalid_signing_secret",
+                            f"'{where}.signing_secret' must be \"whsec_\" followed by the "
+                            "base64 of 24 to 64 random bytes")
+    _check_headers(params.headers)
+    if params.max_rate is not None and not params.max_rate > 0:
+        raise TargetRefused("invalid_max_rate", f"'{where}.max_rate' must be more than 0")
+    if params.ordering_key is not None:
+        if not params.ordered:
+            raise TargetRefused("ordering_key_without_ordered",
+                                f"'{where}.ordering_key' needs '{where}.ordered': true")
+        if (len(params.ordering_key) > MAX_ORDERING_KEY
+                or not _ORDERING_KEY.fullmatch(params.ordering_key)):
+            raise TargetRefused("invalid_ordering_key",
+                                f"'{where}.ordering_key' must be a dot path into the payload "
+                                f"such as order_id or customer.id (at most {MAX_ORDERING_KEY} "
+                                "characters, no empty step)")
+    if params.stop_after_failing is not None:
+        try:
+            parse_duration(params.stop_after_failing)
+        except ValueError as exc:
+            raise TargetRefused("invalid_stop_after_failing",
+                                f"'{where}.stop_after_failing': {exc}") from None
+
+
+def _check_headers(headers: tuple[tuple[str, str], ...]) -> None:
+    where = f"{WebhookTarget.api_field}.headers"
+    if len(headers) > MAX_HEADERS:
+        raise TargetRefused("invalid_headers", f"'{where}' may hold at most {MAX_HEADERS} "
+                                               "headers")
+    seen: set[str] = set()
+    for name, value in headers:
+        shown = shorten(name, 64) if name.isprintable() and name.isascii() else repr(name)[:64]
+        if not _TOKEN.fullmatch(name):
+            raise TargetRefused("invalid_headers",
+                                f"'{where}': {shown} is not an HTTP header name (letters, "
+                                "digits and !#$%&'*+-.^_`|~)")
+        if reserved_header(name):
+            raise TargetRefused("reserved_header",
+                                f"'{where}': {shown} is set by the daemon itself and cannot be "
+                                "given (Authorization, Content-Type, Content-Length, Host, "
+                                "Idempotency-Key, User-Agent, webhook-*, traceparent, "
+                                f"{REPLAY_HEADER}, and headers that frame the request)")
+        if name.lower() in seen:
+            raise TargetRefused("invalid_headers", f"'{where}': {shown} is given twice")
+        seen.add(name.lower())
+        # The value is a secret: never echoed.
+        if len(value) > MAX_HEADER_VALUE or not _VISIBLE.fullmatch(value):
+            raise TargetRefused("invalid_headers",
+                                f"'{where}.{shown}' must be visible ASCII (spaces only "
+                                f"inside), at most {MAX_HEADER_VALUE} characters")
 
 
 # ---------------------------------------------------------------------- attempts
@@ -150,14 +352,50 @@ class AttemptResult:
     status: int | None = None
 
 
+class RequestHeaders:
+    """The headers of one integration's deliveries (see the module docstring)."""
+
+    def __init__(self, target: WebhookTarget, signing: SigningState | None = None,
+                 extra: Mapping[str, str] | None = None) -> None:
+        fixed = {"Content-Type": "application/json", **dict(target.headers), **(extra or {})}
+        if target.api_key:
+            fixed["Authorization"] = f"Bearer {target.api_key}"
+        self._fixed = fixed
+        self._signing = signing
+
+    def __call__(self, event_id: str, body: bytes, trace: bytes | None = None
+                 ) -> dict[str, str]:
+        headers = {**self._fixed, "Idempotency-Key": event_id}
+        signer = self._signing.signer() if self._signing is not None else None
+        if signer is not None:
+            headers.update(signer.headers(event_id, body))
+        if trace:
+            headers[TRACEPARENT] = child_traceparent(trace)
+        return headers
+
+
+def signing_secrets(target: WebhookTarget, config: Config) -> tuple[str, ...]:
+    """What signs the integration's deliveries now: its own secret, else the global ones."""
+    return (target.signing_secret,) if target.signing_secret else config.webhook.signing_secrets
+
+
+def signing_state(target: WebhookTarget, config: Config,
+                  state: SigningState | None = None) -> SigningState:
+    """`state` (a new one when None) updated to what the record says."""
+    state = state if state is not None else SigningState()
+    state.update(signing_secrets(target, config), target.previous_signing_secrets,
+                 target.previous_signing_until_ms, target.signing_version)
+    return state
+
+
 class WebhookClient:
     """Sends one event to one integration's URL and classifies the outcome."""
 
     def __init__(self, session: aiohttp.ClientSession, target: WebhookTarget,
                  timeout: float, block_policy: BlockPolicy = "none",
-                 signer: Signer | None = None) -> None:
+                 headers: RequestHeaders | None = None) -> None:
         self._session = session
-        self._signer = signer
+        self._headers = headers if headers is not None else RequestHeaders(target)
         self.url = target.callback_url
         self.shown_url = display_url(target.callback_url)
         # A literal address is judged once here; names at connect time (ssrf.py).
@@ -168,19 +406,15 @@ class WebhookClient:
             self._blocked = str(exc)
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._timeout_s = timeout
-        self._headers = {"Content-Type": "application/json"}
-        if target.api_key:
-            self._headers["Authorization"] = f"Bearer {target.api_key}"
 
-    async def attempt(self, event_id: str, body: bytes) -> AttemptResult | Failure:
+    async def attempt(self, event_id: str, body: bytes,
+                      trace: bytes | None = None) -> AttemptResult | Failure:
         if self._blocked is not None:
             return Failure(self._blocked)
         if not valid_event_id(event_id):
             return AttemptResult("unsendable", "its id cannot be sent as the Idempotency-Key "
                                                "header (visible ASCII only)")
-        headers = {**self._headers, "Idempotency-Key": event_id}
-        if self._signer is not None:
-            headers.update(self._signer.headers(event_id, body))
+        headers = self._headers(event_id, body, trace)
         try:
             async with self._session.post(
                 self.url, data=body, headers=headers, timeout=self._timeout,
@@ -221,29 +455,45 @@ class WebhookPipeline:
 
     Workers, not a task per event: spawning a task per delivery was a measurable
     share of the loop's time (bench/README.md). Events are handed over through a
-    deque that idle workers wait on (one wake-up per event at most, no stream
-    machinery); the window decides when the next may go.
+    `Handout` (a FIFO, or ordered lanes: `lanes.py`) that idle workers wait on
+    (one wake-up per event at most, no stream machinery); the window decides when
+    the next may be taken in. Every attempt first takes a slot of the
+    integration's rate limiter, when it has one; every answer feeds the failure
+    streak, which gives up (auto-stop) when it lasts too long.
     """
 
     def __init__(self, client: WebhookClient, policy: RetryPolicy, window_size: int,
-                 unsaved_limit: int | None = None) -> None:
+                 unsaved_limit: int | None = None, *, handout: Handout | None = None,
+                 limiter: RateLimiter | None = None,
+                 streak: FailureStreak | None = None) -> None:
         self.client = client
         self._policy = policy
-        self.window = DeliveryWindow(window_size, unsaved_limit)
+        hold = window_size * ORDERED_LOOKAHEAD if handout is not None else window_size
+        self.window = DeliveryWindow(window_size, unsaved_limit, hold_limit=hold)
+        self._handout: Handout = handout if handout is not None else Unordered()
+        self._pace = limiter.reserve if limiter is not None else None
+        self._streak = streak
         self._active = 0  # events handed over and not yet finished
         self._idle = anyio.Event()
         self._idle.set()
-        self._pending: deque[StoredEvent] = deque()
+        self._busy = 0  # events being delivered (requests, retries) now
+        self._quiet = anyio.Event()
+        self._quiet.set()
         self._work = anyio.Event()
+        self._draining = False  # stopping: no worker takes another event
         self._closed = False
 
     async def open(self, ctx: SinkContext) -> None:
-        return None
+        if self._streak is not None:
+            self._streak.load(await ctx.load_state(), ctx.integration.id)
 
     async def serve(self, ctx: SinkContext) -> None:
         async with anyio.create_task_group() as tg:
             for number in range(self.window.size):
                 tg.start_soon(self._worker, ctx, name=f"webhook:{ctx.integration.id}:{number}")
+            if self._streak is not None:
+                tg.start_soon(self._streak.keep_saved, ctx,
+                              name=f"webhook-streak:{ctx.integration.id}")
 
     async def tick(self, ctx: SinkContext) -> float | None:
         return None
@@ -261,7 +511,7 @@ class WebhookPipeline:
         self.window.committed(cursor)
 
     def status(self) -> PipelineStatus:
-        return PipelineStatus(in_flight=self.window.in_flight)
+        return PipelineStatus(in_flight=self._busy)
 
     async def release(self) -> None:
         # The ClientSession is the process's; only the hand-over is ours.
@@ -269,7 +519,7 @@ class WebhookPipeline:
         self._work.set()
 
     async def accept(self, events: list[StoredEvent], ctx: SinkContext) -> int:
-        window, pending = self.window, self._pending
+        window, handout = self.window, self._handout
         for taken, event in enumerate(events):
             if window.full:
                 self._work.set()
@@ -279,19 +529,30 @@ class WebhookPipeline:
             if self._active == 0:
                 self._idle = anyio.Event()
             self._active += 1
-            pending.append(event)
+            handout.add(event)
         self._work.set()
         return len(events)
 
     async def _worker(self, ctx: SinkContext) -> None:
+        handout = self._handout
         while True:
-            while not self._pending:
-                if self._closed:
+            event = None if self._draining else handout.take()
+            while event is None:
+                if self._closed or self._draining:
                     return
                 if self._work.is_set():
                     self._work = anyio.Event()
                 await self._work.wait()
-            await self._deliver_one(self._pending.popleft(), ctx)
+                event = None if self._draining else handout.take()
+            if self._busy == 0:
+                self._quiet = anyio.Event()
+            self._busy += 1
+            try:
+                await self._deliver_one(event, ctx)
+            finally:
+                self._busy -= 1
+                if self._busy == 0:
+                    self._quiet.set()
 
     async def close(self, ctx: SinkContext, outcome: str, grace: float) -> None:
         if outcome == "completed":
@@ -304,19 +565,27 @@ class WebhookPipeline:
                 tg.start_soon(until_idle)
                 await ctx.stopping.wait()
                 tg.cancel_scope.cancel()
+        # Nothing new goes out; what is under way may finish within the grace period.
+        self._draining = True
+        self._work.set()
         with anyio.move_on_after(grace):
-            await self._idle.wait()
+            await self._quiet.wait()
         self._closed = True  # idle workers end; busy ones end after their event
         self._work.set()
-        if self._active:
+        if self._busy:
             log.warning("deliveries still running at stop; abandoning them",
                         extra={"fields": {"integration": ctx.integration.id,
-                                          "active": self._active}})
+                                          "active": self._busy}})
+        if self._streak is not None:
+            await self._streak.flush(ctx)
 
     async def _deliver_one(self, event: StoredEvent, ctx: SinkContext) -> None:
         try:
             await self._deliver(event, ctx)
             self.window.finish(event.seq)
+            # Its lane's next event may go now: this worker takes it (or another) next,
+            # so no other worker needs waking.
+            self._handout.done(event)
             ctx.progressed()
         except StopDelivery:
             pass
@@ -327,12 +596,19 @@ class WebhookPipeline:
 
     async def _deliver(self, event: StoredEvent, ctx: SinkContext) -> None:
         attempts = 0
+        streak = self._streak
 
         async def attempt() -> AttemptResult | Failure:
             nonlocal attempts
             attempts += 1
-            result = await self.client.attempt(event.id, event.body)
-            if isinstance(result, Failure) or result.outcome == "delivered":
+            result = await self.client.attempt(event.id, event.body, event.trace)
+            if isinstance(result, Failure):
+                if streak is not None and streak.failed():
+                    ctx.give_up(self._gave_up(streak, result, event))
+                return result
+            if streak is not None and result.outcome != "unsendable":
+                streak.succeeded()  # the receiver answered
+            if result.outcome == "delivered":
                 return result
             try:
                 await ctx.set_aside(event, result.cause, status=result.status,
@@ -346,32 +622,83 @@ class WebhookPipeline:
 
         result = await retry_until_stopped(
             ctx, attempt, url=self.client.shown_url,
-            payload=lambda: event.body.decode(errors="replace"), policy=self._policy)
+            payload=lambda: event.body.decode(errors="replace"), policy=self._policy,
+            pace=self._pace)
         if result is None:
             raise StopDelivery
         if result.outcome == "delivered":
             ctx.stats.record_delivered(event.ingested_at)
 
+    def _gave_up(self, streak: FailureStreak, failure: Failure, event: StoredEvent) -> str:
+        last = failure_reason(self.client.shown_url, failure,
+                              event.body.decode(errors="replace"))
+        return (f"Every delivery attempt failed for {streak.describe()}; stopped "
+                f"automatically, its cursor kept (_start delivers everything it missed). "
+                f"Last error: {last}")
+
 
 # ------------------------------------------------------------------ the sink type
 
 
+def _stop_after(target: WebhookTarget, config: Config) -> float:
+    if target.stop_after_failing is not None:
+        return parse_duration(target.stop_after_failing)
+    return config.webhook.stop_after_failing
+
+
 def build(env: SinkEnv, integration: Integration) -> WebhookPipeline:
     webhook = env.config.webhook
-    assert isinstance(integration.target, WebhookTarget)
-    client = WebhookClient(env.session, integration.target, webhook.timeout,
-                           env.config.security.block_targets,
-                           signer_for(webhook.signing_secrets))
+    target = integration.target
+    assert isinstance(target, WebhookTarget)
+    signing = signing_state(target, env.config,
+                            env.signing.get(integration.id, integration.incarnation))
+    limiter = env.rates.get(integration.id, integration.incarnation)
+    limiter.configure(target.max_rate)
+    handout = None
+    if target.ordered:
+        handout = Lanes(OrderingKey(target.ordering_key) if target.ordering_key else None)
+    client = WebhookClient(env.session, target, webhook.timeout,
+                           env.config.security.block_targets, RequestHeaders(target, signing))
+    # Strict order sends one request at a time: one worker is all it can use.
+    workers = 1 if target.ordered and not target.ordering_key else webhook.max_in_flight
     return WebhookPipeline(client, RetryPolicy(webhook.retry_initial, webhook.retry_max),
-                           webhook.max_in_flight, env.config.delivery.cursor_every)
+                           workers, env.config.delivery.cursor_every,
+                           handout=handout, limiter=limiter if target.max_rate else None,
+                           streak=FailureStreak(_stop_after(target, env.config),
+                                                integration.started_at_ms))
+
+
+def refresh(env: SinkEnv, integration: Integration) -> None:
+    """A running sink's record changed without a restart: take the signing secrets."""
+    target = integration.target
+    assert isinstance(target, WebhookTarget)
+    state = env.signing.peek(integration.id, integration.incarnation)
+    if state is not None:
+        signing_state(target, env.config, state)
+
+
+def rotate_secret(params: TargetParams, secret: str, now_ms: int,
+                  config: Config) -> WebhookTarget:
+    """Sign with `secret` from now on; what signed until now signs too for
+    `webhook.rotation_overlap` (a second rotation within it replaces that previous
+    secret with the one it rotates away from)."""
+    assert isinstance(params, WebhookTarget)
+    overlap_ms = int(config.webhook.rotation_overlap * 1000)
+    previous = tuple(s for s in signing_secrets(params, config) if s != secret) \
+        if overlap_ms > 0 else ()
+    return dataclasses.replace(
+        params, signing_secret=secret, previous_signing_secrets=previous,
+        previous_signing_until_ms=now_ms + overlap_ms if previous else None,
+        signing_version=params.signing_version + 1)
 
 
 async def retry_rejected(env: SinkEnv, integration: Integration,
                          entry: RejectedEvent) -> None:
-    assert isinstance(integration.target, WebhookTarget)
-    client = WebhookClient(env.session, integration.target, env.config.webhook.timeout,
+    target = integration.target
+    assert isinstance(target, WebhookTarget)
+    client = WebhookClient(env.session, target, env.config.webhook.timeout,
                            env.config.security.block_targets,
-                           signer_for(env.config.webhook.signing_secrets))
+                           RequestHeaders(target, signing_state(target, env.config)))
     result = await client.attempt(entry.event_id, entry.body)
     if isinstance(result, Failure):
         code = f" (HTTP status code {result.status})" if result.status is not None else ""
@@ -391,4 +718,6 @@ SINK = SinkType(
     build=build,
     retry_rejected=retry_rejected,
     stop_grace=lambda config: config.webhook.timeout + 1.0,
+    refresh=refresh,
+    rotate_secret=rotate_secret,
 )

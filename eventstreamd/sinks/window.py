@@ -1,8 +1,10 @@
 """The webhook delivery window: which events are out, and how far the cursor may safely move.
 
 Decisions:
-- Two bounds, kept apart: requests in flight (`webhook.max_in_flight`), and
-  events delivered but not yet behind a durable cursor (`delivery.cursor_every`).
+- Two bounds, kept apart: events held (handed to the pipeline and not yet
+  finished: `webhook.max_in_flight`, the requests in flight, unless the
+  pipeline holds more to choose from, as ordered lanes do), and events
+  delivered but not yet behind a durable cursor (`delivery.cursor_every`).
   An event stays in the window from dispatch until a *durable* cursor write has
   moved past it, so the second bound is what a crash can deliver twice; the
   cursor is saved every `delivery.cursor_every` finished events or
@@ -23,20 +25,25 @@ from collections import deque
 
 
 class DeliveryWindow:
-    def __init__(self, in_flight_limit: int, unsaved_limit: int | None = None) -> None:
+    def __init__(self, in_flight_limit: int, unsaved_limit: int | None = None,
+                 hold_limit: int | None = None) -> None:
         self.size = in_flight_limit  # workers and requests in flight
         self.unsaved_limit = max(in_flight_limit, unsaved_limit or in_flight_limit)
+        # Events held unfinished: the requests in flight, or more for a pipeline that
+        # chooses among them (never more than may be unsaved).
+        self.hold_limit = max(in_flight_limit, min(hold_limit or in_flight_limit,
+                                                   self.unsaved_limit))
         self._dispatched: deque[int] = deque()  # seqs not yet behind a durable cursor
         self._done: set[int] = set()  # finished seqs among them, beyond the safe prefix
         self._safe = 0  # how many leading entries of _dispatched are finished
-        self._in_flight = 0
+        self._in_flight = 0  # held: dispatched and not finished
 
     def __len__(self) -> int:
         return len(self._dispatched)
 
     @property
     def full(self) -> bool:
-        return (self._in_flight >= self.size
+        return (self._in_flight >= self.hold_limit
                 or len(self._dispatched) >= self.unsaved_limit)
 
     @property

@@ -2,15 +2,20 @@
 
 Decisions:
 - A stored event is a fixed 14-byte header, the id, tenant and name, an
-  optional problem text, then the delivery body verbatim:
+  optional problem text, an optional trace context, then the delivery body
+  verbatim:
 
       tag (1) = 2 | flags (1) | ingested_at ms (u64) | len id (u8) | len tenant (u8)
-      | len name (u16) | id | tenant | name | [len problem (u16) | problem] | body
+      | len name (u16) | id | tenant | name | [len problem (u16) | problem]
+      | [trace (25)] | body
 
   Big-endian. `ingested_at` sits at a fixed offset, so retention and the time
   lookup read it without touching anything else; the body is sliced out, never
   parsed. Flag bit 0 says a problem text follows (an event an older version
-  accepted that no sink can send, found when its log was migrated).
+  accepted that no sink can send, found when its log was migrated); flag bit 1
+  that the publishing request's W3C trace context follows (`trace.py`: 25
+  bytes). Records without bit 1, every one written before it existed, read as
+  they always did: the format number stays 2.
 - Format 1 (a msgpack map with the payload as an object) is read only by the
   migration (`decode_v1`); its values start with 0x86 (a fixmap of 6 pairs),
   never with the format-2 tag, so a half-migrated log is read correctly and
@@ -27,10 +32,12 @@ import msgpack
 import orjson
 
 from ..model import NewEvent, StoredEvent
+from ..trace import TRACE_SIZE
 
 FORMAT = 2
 _TAG = 2
 _FLAG_PROBLEM = 1
+_FLAG_TRACE = 2
 _HEADER = struct.Struct(">BBQBBH")
 _INGESTED = struct.Struct(">Q")
 _U16 = struct.Struct(">H")
@@ -48,12 +55,21 @@ def from_u64(raw: bytes) -> int:
 
 def encode_event(event: NewEvent, ingested_at_ms: int, problem: str | None = None) -> bytes:
     event_id, tenant, name = event.id.encode(), event.tenant.encode(), event.name.encode()
-    head = _HEADER.pack(_TAG, _FLAG_PROBLEM if problem else 0, ingested_at_ms,
-                        len(event_id), len(tenant), len(name))
+    trace = event.trace
+    if not problem and not trace:  # nearly every event: the shortest path
+        return b"".join((_HEADER.pack(_TAG, 0, ingested_at_ms, len(event_id), len(tenant),
+                                      len(name)), event_id, tenant, name, event.body))
+    flags = (_FLAG_PROBLEM if problem else 0) | (_FLAG_TRACE if trace else 0)
+    head = _HEADER.pack(_TAG, flags, ingested_at_ms, len(event_id), len(tenant), len(name))
+    parts = [head, event_id, tenant, name]
     if problem:
         text = problem.encode()[:65535]
-        return b"".join((head, event_id, tenant, name, _U16.pack(len(text)), text, event.body))
-    return b"".join((head, event_id, tenant, name, event.body))
+        parts += (_U16.pack(len(text)), text)
+    if trace:
+        assert len(trace) == TRACE_SIZE
+        parts.append(trace)
+    parts.append(event.body)
+    return b"".join(parts)
 
 
 def decode_event(seq: int, raw: bytes) -> StoredEvent:
@@ -64,13 +80,17 @@ def decode_event(seq: int, raw: bytes) -> StoredEvent:
     b = a + id_len
     c = b + tenant_len
     d = c + name_len
-    problem = None
-    if flags & _FLAG_PROBLEM:
-        (length,) = _U16.unpack_from(raw, d)
-        problem = raw[d + 2:d + 2 + length].decode()
-        d += 2 + length
+    problem = trace = None
+    if flags:
+        if flags & _FLAG_PROBLEM:
+            (length,) = _U16.unpack_from(raw, d)
+            problem = raw[d + 2:d + 2 + length].decode()
+            d += 2 + length
+        if flags & _FLAG_TRACE:
+            trace = raw[d:d + TRACE_SIZE]
+            d += TRACE_SIZE
     return StoredEvent(seq, raw[a:b].decode(), raw[b:c].decode(), raw[c:c + name_len].decode(),
-                       ingested, raw[d:], problem)
+                       ingested, raw[d:], problem, trace)
 
 
 def ingested_at_of(raw: bytes) -> int:

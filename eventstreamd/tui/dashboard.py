@@ -17,6 +17,10 @@ Decisions:
   prefix`), wide enough to tell two receivers on one host apart; the last
   error column shows its cause (the full reason is on the details
   screen).
+- The mode column shows a webhook's delivery controls (its `max_rate`, and
+  "strict" or "by key" when ordered); an integration the daemon stopped
+  because its deliveries kept failing says "auto-stop" in the status
+  column (why, on the details screen).
 """
 
 from __future__ import annotations
@@ -36,13 +40,15 @@ from .screen import SnapshotScreen
 from .widgets import LINKED, ConnectionBar
 
 SPARK_WIDTH = 10
-TARGET_WIDTH = 28
-LAST_ERROR_WIDTH = 25  # the whole error is on the details screen
+TARGET_WIDTH = 24
+LAST_ERROR_WIDTH = 19  # the whole error is on the details screen
+MODE_WIDTH = 11
 # (key, label, width)
 COLUMNS: tuple[tuple[str, str, int | None], ...] = (
     ("id", "Integration", 16),
     ("kind", "Type", 7),
     ("health", "Status", 11),
+    ("mode", "Mode", MODE_WIDTH),
     ("target", "Target", TARGET_WIDTH),
     ("cursor", "Cursor", 8),
     ("lag", "Lag", 7),
@@ -63,7 +69,8 @@ def row_cells(item: dict[str, Any], stale: bool = False) -> list[Any]:
         Text.assemble(fmt.plain(item["id"]), fmt.plain(f" @{owner}", "dim")) if owner
         else fmt.plain(item["id"]),
         fmt.plain(item.get("kind", "")),
-        fmt.STALE if stale else fmt.health_text(health),
+        fmt.STALE if stale else fmt.health_text(health, bool(item.get("auto_stopped"))),
+        fmt.plain(fmt.shorten(fmt.mode(item.get("max_rate"), item.get("ordering")), MODE_WIDTH)),
         fmt.plain(fmt.shorten(item.get("target"), TARGET_WIDTH)),
         Text(fmt.count(item.get("cursor")), justify="right"),
         Text(fmt.count(item.get("lag_events")), style=alert, justify="right"),

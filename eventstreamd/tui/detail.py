@@ -44,7 +44,7 @@ def details_table(item: dict[str, Any] | None, integration_id: str) -> Table:
     # Every value a Text: a plain str in a grid cell would be parsed as markup.
     pairs: list[tuple[str, Text | str]] = [
         ("Integration", fmt.plain(item["id"], "bold")),
-        ("Status", fmt.health_text(item.get("health"))),
+        ("Status", fmt.health_text(item.get("health"), bool(item.get("auto_stopped")))),
         ("Type", fmt.plain(f"{item.get('kind')} · {item.get('integration_type')}")),
         ("Target", fmt.plain(item.get("target") or "")),
         ("Cursor", fmt.count(item.get("cursor"))),
@@ -61,12 +61,23 @@ def details_table(item: dict[str, Any] | None, integration_id: str) -> Table:
     if item.get("buffered_bytes") is not None:  # a sink that holds events before they go out
         pairs.append(("Buffered", f"{fmt.size(item.get('buffered_bytes'))} · age "
                                   f"{fmt.age(item.get('buffered_age'))}"))
+    if item.get("max_rate") or item.get("ordering"):  # a webhook's delivery controls
+        rate = item.get("max_rate")
+        ordering = item.get("ordering")
+        pairs.append(("Max rate", fmt.plain(f"{rate:g} deliveries/s" if rate else "unlimited")))
+        pairs.append(("Order", fmt.plain(
+            "strict: one request at a time" if ordering == "strict"
+            else f"per value of {ordering.removeprefix('key ')}" if ordering
+            else "none (up to max_in_flight at once)")))
     for index in range(0, len(pairs), 2):
         row: list[Text] = []
         for label, value in pairs[index:index + 2]:
             row += [Text(label, style="dim"), fmt.plain(value) if isinstance(value, str)
                     else value]
         grid.add_row(*row)
+    if item.get("auto_stopped"):
+        grid.add_row(Text("Stopped", style="dim"),
+                     fmt.plain(f"by the daemon: {item.get('stop_reason') or ''}", "red"))
     error = item.get("last_error")
     if error:
         when = fmt.age(item.get("last_error_age"))

@@ -33,14 +33,30 @@ HEALTH = {
     "stopped": ("■ stopped", "grey50"),
     "completed": ("✔ completed", "blue"),
 }
+# A stopped integration the daemon stopped itself: its deliveries failed too long.
+AUTO_STOPPED = ("■ auto-stop", "red")
 _BLOCKS = "▁▂▃▄▅▆▇█"
 NONE = "-"
 STALE = Text("? no data", style="grey50")  # the daemon is unreachable: no current verdict
 
 
-def health_text(health: str | None) -> Text:
-    label, style = HEALTH.get(health or "", (health or "?", "magenta"))
+def health_text(health: str | None, auto_stopped: bool = False) -> Text:
+    if auto_stopped and health == "stopped":
+        label, style = AUTO_STOPPED
+    else:
+        label, style = HEALTH.get(health or "", (health or "?", "magenta"))
     return Text(label, style=style)
+
+
+def mode(max_rate: float | None, ordering: str | None) -> str:
+    """How an integration paces and orders its deliveries, in a few characters: its rate
+    limit and "strict" (one at a time) or "by key" (per-key lanes); "" when neither."""
+    parts = []
+    if max_rate:
+        parts.append(f"{max_rate:g}/s")
+    if ordering:
+        parts.append("strict" if ordering == "strict" else "by key")
+    return " ".join(parts)
 
 
 def health_style(health: str | None) -> str:

@@ -23,7 +23,8 @@ def _integration(**values: Any) -> dict[str, Any]:
         "delivered_history": [], "failures": 0, "last_error": None, "last_error_age": None,
         "last_error_cause": None,
         "in_flight": 0, "crashes": 0, "rejected_events": 0, "buffered_bytes": None,
-        "buffered_age": None, "restart_in": None,
+        "buffered_age": None, "restart_in": None, "max_rate": None, "ordering": None,
+        "auto_stopped": False, "stop_reason": None,
     }
     return {**base, **values}
 
@@ -45,18 +46,23 @@ SNAPSHOT: dict[str, Any] = {
             id="legacy-crm", target="crm.acme.example:8443/hooks", cursor=477_096, lag_events=5_120,
             lag_seconds=7_380.0, status="stopped", health="stopped", delivered=None,
             delivered_rate=0.0, failures=None, in_flight=None, crashes=None,
-            rejected_events=3),
+            rejected_events=3, auto_stopped=True,
+            stop_reason=("Every delivery attempt failed for 5d (since "
+                         "2024-05-27T12:00:00.000Z); stopped automatically. Last error: "
+                         "Request to URL https://crm.acme.example:8443/hooks failed. Reason: "
+                         "Service Unavailable (HTTP status code 503).")),
         _integration(
             id="orders-webhook", target="hooks.example.com/orders", cursor=482_213, lag_events=3,
             lag_seconds=0.4, delivered=301_877, delivered_rate=182.5,
             delivered_history=[110.0, 131.2, 148.9, 169.5, 208.8, 258.0, 239.1, 204.4,
                                178.7, 182.5],
-            in_flight=3, rejected_events=2),
+            in_flight=1, rejected_events=2, ordering="key order_id"),
         _integration(
             id="returns-erp", target="erp.acme.internal/hooks", cursor=481_011, lag_events=1_205,
             lag_seconds=192.3, delivered=88_310, delivered_rate=0.0,
             delivered_history=[12.0, 8.5, 3.1, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0],
-            failures=37, health="failing", in_flight=8, last_error_age=0.8,
+            failures=37, health="failing", in_flight=8, last_error_age=0.8, max_rate=20.0,
+            ordering="strict",
             last_error=("Request to URL https://erp.acme.internal/hooks failed. Reason: "
                         "cannot connect (Connection refused) (HTTP status code none). "
                         "Payload: {\"tenant\":\"acme\",\"name\":\"return.processed\"}"),

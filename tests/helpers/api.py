@@ -143,8 +143,11 @@ class ApiClient:
         return created
 
     async def webhook(self, integration_id: str, url: str, api_key: str | None = None,
-                      **extra: Any) -> dict[str, Any]:
-        params = {"callback_url": url, **({"api_key": api_key} if api_key else {})}
+                      controls: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
+        """A webhook integration; `controls` are more `callback_parameters` (max_rate, ...),
+        `extra` more top-level fields."""
+        params = {"callback_url": url, **({"api_key": api_key} if api_key else {}),
+                  **(controls or {})}
         return await self.create(id=integration_id, callback_parameters=params, **extra)
 
     async def get(self, integration_id: str, *, expect: int = 200) -> Any:
@@ -194,6 +197,12 @@ class ApiClient:
     async def retry(self, integration_id: str, event_id: str, *, expect: int = 200) -> Any:
         return await self.call("retryRejectedEvent", "POST",
                                f"{BASE}/{integration_id}/rejected_events/{event_id}/_retry",
+                               expect=expect)
+
+    async def rotate_secret(self, integration_id: str, body: Any = None, *,
+                            expect: int = 200) -> Any:
+        return await self.call("rotateSigningSecret", "POST",
+                               f"{BASE}/{integration_id}/_rotate_secret", body=body,
                                expect=expect)
 
     async def wait_logs(self, integration_id: str, action: str, count: int = 1,

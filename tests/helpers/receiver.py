@@ -181,7 +181,8 @@ class RandomFaults:
 # ----------------------------------------------------------------------- receiver
 
 class Receiver:
-    """Records every request (unless `keep=False`); `responder` decides the answers."""
+    """Records every request (unless `keep=False`); `responder` decides the answers.
+    `max_concurrent` is the most requests it was handling at once (ordered delivery)."""
 
     def __init__(self, responder: Responder = ok, *, keep: bool = True) -> None:
         self.responder = responder
@@ -194,19 +195,26 @@ class Receiver:
         self._hold: Callable[[Received], bool] | None = None
         self._released = anyio.Event()
         self._waiting: collections.Counter[str] = collections.Counter()
+        self.concurrent = 0
+        self.max_concurrent = 0
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         at = time.time()
-        # Kept requests get their headers copied; counting needs no copy (it costs more
-        # than the rest of this handler).
-        headers = dict(request.headers) if self.keep else request.headers
-        received = Received(await request.read(), headers, request.path, at)
-        attempt = self.arrived(received)
-        if self._hold is not None and self._hold(received):
-            await self._held(received)
-        response = self.responder(received, attempt)
-        if not isinstance(response, web.StreamResponse):
-            response = await response
+        self.concurrent += 1
+        self.max_concurrent = max(self.max_concurrent, self.concurrent)
+        try:
+            # Kept requests get their headers copied; counting needs no copy (it costs more
+            # than the rest of this handler).
+            headers = dict(request.headers) if self.keep else request.headers
+            received = Received(await request.read(), headers, request.path, at)
+            attempt = self.arrived(received)
+            if self._hold is not None and self._hold(received):
+                await self._held(received)
+            response = self.responder(received, attempt)
+            if not isinstance(response, web.StreamResponse):
+                response = await response
+        finally:
+            self.concurrent -= 1
         if self.keep and 200 <= response.status < 300:
             self.delivered.append(received)
         return response

@@ -12,7 +12,11 @@ Decisions (numbers measured on this 2-core machine, R1 file storage,
   non-decreasing along the log, which `seq_at_or_after` relies on).
 - A message is `tag | len id | len tenant | len name | id | tenant | name |
   delivery body` (records.py's idea without the ingest time, which the
-  server stamps). Sinks get the body bytes as sliced, never re-encoded.
+  server stamps). Sinks get the body bytes as sliced, never re-encoded. Tag
+  1 is that layout; tag 2 adds the publishing request's W3C trace context
+  (`trace.py`, 25 bytes) between the name and the body. Only events published
+  with a `traceparent` use tag 2, so messages written before it existed are
+  tag 1 and read as they always were.
 - Group commit, as LMDB's writer: one task takes whatever appends are
   waiting (up to `jetstream.max_batch` events) and sends them as ONE atomic
   batch (nats-server >= 2.12, `allow_atomic`): all or nothing, one ack with
@@ -84,6 +88,7 @@ from nats.aio.msg import Msg
 from ...logs import kv
 from ...model import NewEvent, StoredEvent
 from ...timeutil import ms_to_iso
+from ...trace import TRACE_SIZE
 from ..base import EventTooLarge, StoreFull, StoreStats, StoreUnavailable
 from .client import (
     DUPLICATE_MSG_ID,
@@ -104,6 +109,7 @@ from .subjects import EventSubjects
 log = logging.getLogger("eventstreamd.jetstream")
 
 TAG = 1
+TAG_TRACED = 2  # a trace context follows the name
 _HEADER = struct.Struct(">BBBH")
 HEADROOM = 512  # bytes of max_payload kept for the message's headers
 MAX_GROUP_BYTES = 16 * 1024 * 1024  # one commit carries at most about this much
@@ -121,6 +127,11 @@ NOT_OURS = "this message was not written by eventstreamd; it cannot be delivered
 
 def encode(event: NewEvent) -> bytes:
     event_id, tenant, name = event.id.encode(), event.tenant.encode(), event.name.encode()
+    trace = event.trace
+    if trace:
+        assert len(trace) == TRACE_SIZE
+        return b"".join((_HEADER.pack(TAG_TRACED, len(event_id), len(tenant), len(name)),
+                         event_id, tenant, name, trace, event.body))
     return b"".join((_HEADER.pack(TAG, len(event_id), len(tenant), len(name)),
                      event_id, tenant, name, event.body))
 
@@ -128,14 +139,20 @@ def encode(event: NewEvent) -> bytes:
 def decode(seq: int, ingested_at: int, raw: bytes) -> StoredEvent:
     try:
         tag, id_len, tenant_len, name_len = _HEADER.unpack_from(raw)
-        if tag != TAG:
+        if tag != TAG and tag != TAG_TRACED:
             raise ValueError(tag)
         a = _HEADER.size
         b = a + id_len
         c = b + tenant_len
         d = c + name_len
+        trace, body_at = None, d
+        if tag == TAG_TRACED:
+            body_at = d + TRACE_SIZE
+            trace = raw[d:body_at]
+            if len(trace) != TRACE_SIZE:
+                raise ValueError("short trace context")
         return StoredEvent(seq, raw[a:b].decode(), raw[b:c].decode(), raw[c:d].decode(),
-                           ingested_at, raw[d:])
+                           ingested_at, raw[body_at:], None, trace)
     except (ValueError, struct.error, UnicodeDecodeError):
         return StoredEvent(seq, f"seq-{seq}", "unknown", "unknown.unknown", ingested_at,
                            b"{}", NOT_OURS)
