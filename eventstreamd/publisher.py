@@ -107,6 +107,13 @@ def _too_long(number: int, limit: int) -> PublishError:
 _BLANK = re.compile(r"[ \t\r\n]*")  # a run of JSON white space (faster than [^...])
 
 
+def _after_blank(text: str, position: int = 0) -> int:
+    """Where the run of JSON white space at `position` ends (`_BLANK` matches everywhere,
+    if only the empty run)."""
+    found = _BLANK.match(text, position)
+    return found.end() if found is not None else position
+
+
 def _array_elements(stream: IO[bytes], head: bytes,
                     limit: int) -> Iterator[tuple[str, Any]]:
     """The elements of a JSON array, parsed one at a time (the stdlib decoder's
@@ -125,7 +132,7 @@ def _array_elements(stream: IO[bytes], head: bytes,
     position = buffer.index("[") + 1
     index, want_value = 0, True
     while True:
-        position = _BLANK.match(buffer, position).end()  # type: ignore[union-attr]
+        position = _after_blank(buffer, position)
         if position == len(buffer):  # nothing but white space left in the buffer
             chunk = None if eof else more()
             if chunk is None:
@@ -180,7 +187,7 @@ def _decoded(utf8: codecs.IncrementalDecoder, data: bytes) -> str:
 def _only_blank_after(rest: str, more: Callable[[], str | None]) -> None:
     """After the array's `]` only white space may follow (read in chunks, not kept)."""
     while True:
-        if _BLANK.match(rest).end() != len(rest):  # type: ignore[union-attr]
+        if _after_blank(rest) != len(rest):
             raise PublishError("the input goes on after the JSON array's closing ']'")
         chunk = more()
         if chunk is None:
