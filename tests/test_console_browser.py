@@ -7,10 +7,8 @@ test. The browser is the system's Chromium (`chromium` on PATH, or
 saying why, unless `EVENTSTREAMD_REQUIRE_BROWSER=1` (set by `.ci/run`), where a missing
 browser fails them.
 
-Tests of operations another part of the daemon provides are marked: `needs_replays`
-(replays), `needs_delivery_controls` (per-integration secrets, headers, rates, ordering,
-auto-stop, secret rotation) and `needs_s3_formats` (compression, format, key template).
-pyproject.toml leaves them out of the default run until those operations are in.
+Tests of operations another part of the daemon provides are marked `needs_replays`
+(replays); pyproject.toml leaves them out of the default run until those operations are in.
 
 `EVENTSTREAMD_SCREENSHOTS=<dir>` makes `test_screenshots` save a picture of each page
 (docs/ holds the ones the README shows); without it that test skips.
@@ -37,7 +35,8 @@ from tests.helpers.backends import jetstream_settings
 from tests.helpers.daemon import DaemonProcess, Factory, merge
 from tests.helpers.nats_server import NatsServer
 from tests.helpers.processes import free_port
-from tests.helpers.receiver import Received, Receiver, Responder, ok
+from tests.helpers.receiver import Received, Receiver, Responder, Switch, ok
+from tests.helpers.s3 import MotoServer
 from tests.helpers.signing import library_verifies, new_secret
 from tests.helpers.wait import eventually
 
@@ -136,6 +135,16 @@ def field_error(page: Page, label: str) -> Any:
     """The error slot of the form control labelled `label`."""
     return page.locator(".field", has=page.get_by_label(label, exact=True)).locator(
         ".field-error")
+
+
+def figure(page: Page, label: str) -> Any:
+    """A live figure on an integration's page (its value, beside the sparkline if any)."""
+    return page.locator(f"dl.figures dt:text-is('{label}') + dd > span").first
+
+
+def parameter(page: Page, label: str) -> Any:
+    """A parameter on an integration's page, by the label its form gives it."""
+    return page.locator(f"dl.params dt:text-is('{label}') + dd")
 
 
 async def fill_form(page: Page, values: dict[str, str]) -> None:
@@ -513,106 +522,229 @@ async def test_a_replay_is_cancelled_from_the_console(
     assert [r["status"] for r in listed["replays"]] == ["cancelled"]
 
 
-@pytest.mark.needs_delivery_controls
 async def test_rotating_the_secret_from_the_console_signs_with_the_new_one(
+        page: Page, daemon_factory: Factory,
+        receivers: Callable[..., Awaitable[Receiver]]) -> None:
+    d = daemon_factory(FAST)
+    receiver = await receivers()
+    old = new_secret()
+    async with ApiClient(d) as api:
+        await api.create(id="orders", callback_parameters={
+            "callback_url": receiver.url, "signing_secret": old})
+    await open_console(page, d, detail("orders"))
+    await expect(parameter(page, "Signing secret")).to_have_text("wh***")
+    await page.get_by_role("button", name="Rotate signing secret").click()
+    await confirm_in_console(page, "Rotate secret")
+    shown = page.get_by_label(re.compile("New signing secret"))
+    await expect(shown).to_have_value(re.compile(r"^whsec_"))
+    new = await shown.input_value()
+    assert new != old
+    async with ApiClient(d) as api:
+        assert new not in str(await api.get("orders"))  # masked on read
+        await api.publish(events(1))
+    await eventually(lambda: len(receiver.delivered) == 1)
+    body, headers = receiver.requests[0].raw, receiver.requests[0].headers
+    assert library_verifies(new, body, headers)
+    await page.get_by_role("button", name="Done").click()  # shown once: then gone for good
+    await expect(shown).to_have_count(0)
+    assert new not in await page.content()
+    await expect(parameter(page, "Signing secret")).to_have_text("wh***")
+
+
+async def test_the_create_form_sends_the_delivery_controls_and_shows_their_errors_at_the_field(
         page: Page, daemon_factory: Factory) -> None:
     d = daemon_factory(FAST)
-    receiver = await Receiver().start()
-    old = new_secret()
-    try:
-        async with ApiClient(d) as api:
-            await api.create(id="orders", callback_parameters={
-                "callback_url": receiver.url, "signing_secret": old})
-        await open_console(page, d, detail("orders"))
-        await page.get_by_role("button", name="Rotate signing secret").click()
-        await confirm_in_console(page, "Rotate secret")
-        shown = page.get_by_label(re.compile("New signing secret"))
-        await expect(shown).to_have_value(re.compile(r"^whsec_"))
-        new = await shown.input_value()
-        assert new != old
-        async with ApiClient(d) as api:
-            assert new not in str(await api.get("orders"))  # masked on read
-            await api.publish(events(1))
-        await eventually(lambda: len(receiver.delivered) == 1)
-        body, headers = receiver.requests[0].raw, receiver.requests[0].headers
-        assert library_verifies(new, body, headers)
-    finally:
-        await receiver.close()
-
-
-@pytest.mark.needs_delivery_controls
-async def test_the_create_form_sends_the_delivery_controls(page: Page,
-                                                           daemon_factory: Factory) -> None:
-    d = daemon_factory(FAST)
     await open_console(page, d, "#/new/webhook")
-    await fill_form(page, {"Id": "orders", "Callback URL": "http://127.0.0.1:9/hooks",
-                           "Extra headers": "Authorization: mine"})
-    await page.get_by_role("button", name="Create webhook").click()
-    await expect(field_error(page, "Extra headers")).to_contain_text("headers")
+    await fill_form(page, {"Id": "orders", "Callback URL": "http://127.0.0.1:9/hooks"})
+    create = page.get_by_role("button", name="Create webhook")
+    for label, value, message in (
+            ("Extra headers", "Authorization: mine",
+             "'callback_parameters.headers': Authorization is set by the daemon"),
+            ("Extra headers", "X-Tenant: café", "'callback_parameters.headers.X-Tenant'"),
+            ("Extra headers", "no colon here", 'line 1: expected "Name: value"'),
+            ("Signing secret", "whsec_short", "'callback_parameters.signing_secret' must be"),
+            ("Max rate (deliveries/s)", "0", "'callback_parameters.max_rate' must be more than 0"),
+            ("Ordering key", "customer.id",
+             "'callback_parameters.ordering_key' needs 'callback_parameters.ordered': true"),
+            ("Stop after failing for", "soon", "'callback_parameters.stop_after_failing'")):
+        control = page.get_by_label(label, exact=True)
+        await control.fill(value)
+        await create.click()
+        await expect(field_error(page, label)).to_contain_text(message)
+        await expect(control).to_be_focused()
+        await expect(page.locator(".field-error:visible")).to_have_count(1)
+        await control.fill("")
+    async with ApiClient(d) as api:
+        assert await api.list_integrations() == []
 
     await fill_form(page, {
         "Signing secret": "whsec_bmV3LXNlY3JldC1uZXctc2VjcmV0LTEyMzQ1Njc4OTA=",
-        "Extra headers": "X-Tenant: acme\nX-Team: billing", "Max rate (deliveries/s)": "5",
-        "Ordering key": "customer.id", "Stop after failing for": "2h"})
+        "Extra headers": "X-Tenant: acme\nX-Team: billing-team-0123",
+        "Max rate (deliveries/s)": "5", "Ordering key": "customer.id",
+        "Stop after failing for": "2h"})
     await page.get_by_label("Deliver in sequence order").check()
-    await page.get_by_role("button", name="Create webhook").click()
+    await create.click()
     await expect(page).to_have_url(re.compile(r"#/integration/orders$"))
     async with ApiClient(d) as api:
         params = (await api.get("orders"))["callback_parameters"]
     assert params["max_rate"] == 5 and params["ordered"] is True
     assert params["ordering_key"] == "customer.id" and params["stop_after_failing"] == "2h"
-    assert set(params["headers"]) == {"X-Tenant", "X-Team"}
+    assert params["headers"] == {"X-Tenant": "***", "X-Team": "bi***"}  # each value masked
     assert "acme" not in str(params) and "bmV3LXNlY3JldC1" not in str(params)
+    # Its page shows the controls, the secrets as the API shows them.
+    await expect(figure(page, "Max rate")).to_have_text("5 deliveries/s at most")
+    await expect(figure(page, "Order")).to_have_text(
+        "in sequence order per value of customer.id")
+    await expect(parameter(page, "Signing secret")).to_have_text("wh***")
+    await expect(parameter(page, "Extra headers")).to_have_text("X-Tenant: ***\nX-Team: bi***")
+    await expect(parameter(page, "Stop after failing for")).to_have_text("2h")
+    await expect(page.locator("dl.params")).not_to_contain_text("billing-team")
+    await page.get_by_role("link", name="Integrations").click()
+    await expect(page.locator('tr[data-id="orders"] [data-label="Mode"]')).to_have_text(
+        "≤ 5/s, in order by key")
 
 
-@pytest.mark.needs_delivery_controls
-async def test_an_auto_stopped_integration_says_so(
+async def test_an_edit_keeps_masked_header_values_and_the_signing_secret(
         page: Page, daemon_factory: Factory,
         receivers: Callable[..., Awaitable[Receiver]]) -> None:
     d = daemon_factory(FAST)
-    receiver = await receivers(lambda _r, _n: web.Response(status=500, text="down"))
+    receiver = await receivers()
+    secret = new_secret()
+    async with ApiClient(d) as api:
+        await api.create(id="orders", callback_parameters={
+            "callback_url": receiver.url, "signing_secret": secret, "max_rate": 5,
+            "headers": {"X-Tenant-Token": "tenant-token-0123456789", "X-Team": "ops"}})
+        await api.stop("orders")
+    await open_console(page, d, detail("orders"))
+    await page.get_by_role("button", name="Edit", exact=True).click()
+    headers = page.get_by_label("Extra headers")
+    await expect(headers).to_have_value("X-Tenant-Token: te***\nX-Team: ***")
+    await expect(page.get_by_label("Signing secret")).to_have_value("wh***")
+    await page.get_by_label("Max rate (deliveries/s)").fill("50")
+    await headers.fill("X-Tenant-Token: te***\nX-Team: ***\nX-Env: prod")
+    await page.get_by_role("button", name="Save changes").click()
+    await expect(page).to_have_url(re.compile(r"#/integration/orders$"))
+    await page.get_by_role("button", name="Start", exact=True).click()
+    await expect(page.locator(".title-row .health")).to_have_text("● ok")
+    async with ApiClient(d) as api:
+        params = (await api.get("orders"))["callback_parameters"]
+        await api.publish(events(1))
+    assert params["max_rate"] == 50
+    await eventually(lambda: len(receiver.delivered) == 1)
+    sent = receiver.delivered[0]
+    assert sent.headers["X-Tenant-Token"] == "tenant-token-0123456789"  # kept, not its mask
+    assert sent.headers["X-Team"] == "ops" and sent.headers["X-Env"] == "prod"
+    assert library_verifies(secret, sent.raw, sent.headers)
+
+
+async def test_an_auto_stopped_integration_says_why_and_starts_again_from_the_console(
+        page: Page, daemon_factory: Factory,
+        receivers: Callable[..., Awaitable[Receiver]]) -> None:
+    d = daemon_factory(FAST)
+    down = Switch(lambda _r, _n: web.Response(status=503))
+    receiver = await receivers(down)
     async with ApiClient(d) as api:
         await api.create(id="orders", callback_parameters={
             "callback_url": receiver.url, "stop_after_failing": "1s"})
-        await api.publish(events(1))
+        # The reason quotes the payload of the event that failed last.
+        await api.publish([{"id": "evt-1", "name": "order.created", "payload": HOSTILE_PAYLOAD}])
         await api.wait_logs("orders", "auto_stopped")
-    await open_console(page, d, detail("orders"))
-    await expect(page.get_by_text(re.compile("Stopped automatically"))).to_be_visible()
-    await expect(page.locator(".title-row .health")).to_have_text("■ stopped")
+    await open_console(page, d)
+    row = page.locator('tr[data-id="orders"]')
+    await expect(row.locator(".health")).to_have_text("■ auto-stopped")
+    await expect(row.locator('[data-label="Status"]')).to_contain_text("stopped by the daemon")
+    reason = row.locator(".stop-reason")
+    await expect(reason).to_contain_text("Every delivery attempt failed for")
+    await expect(reason).to_contain_text("(HTTP status code 503)")
+    await expect(reason).to_contain_text(HOSTILE_PAYLOAD["html"])  # as text
+
+    await row.get_by_role("link", name="orders").click()
+    notice = page.locator(".notice", has_text="Stopped automatically by the daemon")
+    await expect(notice).to_contain_text(HOSTILE_PAYLOAD["html"])
+    await expect(page.locator(".title-row .health")).to_have_text("■ auto-stopped")
+    await expect(figure(page, "Status")).to_have_text("stopped by the daemon")
+    down.flip()  # the receiver is fixed
+    await page.get_by_role("button", name="Start", exact=True).click()
+    await expect(page.locator(".title-row .health")).to_have_text("● ok")
+    await expect(notice).to_be_hidden()
+    assert await api_status(d, "orders") == "running"
+    await eventually(lambda: receiver.delivered_keys == {"evt-1"},
+                     what="what it missed, delivered")
+    await page.get_by_role("link", name="Integrations").click()
+    await expect(row.locator(".health")).to_have_text("● ok")
+    await expect(row.locator(".stop-reason")).to_be_hidden()
+    assert await page.evaluate("window.__pwned") is None
+    assert await page.locator("main img, main script, main b").count() == 0
 
 
-@pytest.mark.needs_s3_formats
-async def test_the_s3_form_sends_compression_format_and_key_template(
+async def test_the_s3_forms_send_compression_format_and_key_template(
         page: Page, daemon_factory: Factory) -> None:
     d = daemon_factory(FAST)
     await open_console(page, d, "#/new/s3")
     await fill_form(page, {"Id": "archive", "Bucket": "acme-archive", "Region": "eu-west-1",
-                           "Access key id": "AKIDEXAMPLE", "Secret access key": "secret",
+                           "Access key id": "AKIDEXAMPLE",
+                           "Secret access key": "secret-0123456789",
                            "Key template": "{tenant}/{date}/{hour}"})
-    await page.get_by_role("button", name="Create S3 integration").click()
-    await expect(field_error(page, "Key template")).to_contain_text("key_template")
+    create = page.get_by_role("button", name="Create S3 integration")
+    await create.click()
+    await expect(field_error(page, "Key template")).to_contain_text(
+        "'s3_parameters.key_template' must hold {random} or {first_seq}")
+    await expect(page.get_by_label("Key template")).to_be_focused()
     await page.get_by_label("Compression").select_option("zstd")
     await page.get_by_label("Format").select_option("parquet")
     await page.get_by_label("Key template").fill("{tenant}/{date}/{first_seq}")
-    await page.get_by_role("button", name="Create S3 integration").click()
+    await create.click()
     await expect(page).to_have_url(re.compile(r"#/integration/archive$"))
     async with ApiClient(d) as api:
         params = (await api.get("archive"))["s3_parameters"]
     assert params["compression"] == "zstd" and params["format"] == "parquet"
     assert params["key_template"] == "{tenant}/{date}/{first_seq}"
+    await expect(parameter(page, "Format")).to_have_text("Parquet")
+    await expect(parameter(page, "Compression")).to_have_text("zstd (.zst)")
+    await expect(parameter(page, "Key template")).to_have_text("{tenant}/{date}/{first_seq}")
+    await expect(parameter(page, "Key prefix")).to_have_text("none")
+    await expect(figure(page, "Target")).to_have_text(
+        "s3://acme-archive (parquet+zstd, {tenant}/{date}/{first_seq})")
+    await expect(figure(page, "Max rate")).to_be_hidden()  # a webhook's control only
+
+    # The edit form holds them, puts its errors at the field, keeps the secret.
+    await page.get_by_role("button", name="Stop", exact=True).click()
+    await page.get_by_role("button", name="Edit", exact=True).click()
+    await expect(page.get_by_label("Compression")).to_have_value("zstd")
+    await expect(page.get_by_label("Format")).to_have_value("parquet")
+    template = page.get_by_label("Key template")
+    await expect(template).to_have_value("{tenant}/{date}/{first_seq}")
+    await template.fill("{tenant} {first_seq}")
+    save = page.get_by_role("button", name="Save changes")
+    await save.click()
+    await expect(field_error(page, "Key template")).to_contain_text("holds ' '")
+    await template.fill("")  # back to the default
+    await page.get_by_label("Compression").select_option("none")
+    await save.click()
+    await expect(page).to_have_url(re.compile(r"#/integration/archive$"))
+    async with ApiClient(d) as api:
+        params = (await api.get("archive"))["s3_parameters"]
+    assert params == {"aws_access_key_id": "AKIDEXAMPLE", "aws_secret_access_key": "se***",
+                      "aws_region": "eu-west-1", "bucket": "acme-archive",
+                      "format": "parquet"}
+    await expect(parameter(page, "Compression")).to_have_text("none (default)")
+    await expect(parameter(page, "Key template")).to_have_text(
+        "{key_prefix}/{tenant}/{timestamp}-data-{random}.export (default)")
 
 
 # --------------------------------------------------------------- screenshots
 
 
 @pytest.mark.skipif(not SCREENSHOTS, reason="set EVENTSTREAMD_SCREENSHOTS=<dir> to take them")
-async def test_screenshots(page: Page, daemon_factory: Factory,
+async def test_screenshots(page: Page, daemon_factory: Factory, moto: MotoServer,
                            receivers: Callable[..., Awaitable[Receiver]]) -> None:
     """The pictures in docs/: the token prompt, the list (wide, and at phone width in dark
-    mode), an integration's page with hostile text in its data, and the create form."""
+    mode), an integration's page with hostile text in its data, and the create form; with
+    delivery controls, an auto-stopped integration and an S3 integration writing Parquet."""
     out = Path(SCREENSHOTS)
     await anyio.Path(out).mkdir(parents=True, exist_ok=True)
-    d = daemon_factory({**FAST, "s3": {**FAST["s3"], "rotate_interval": "1s"}})
+    d = daemon_factory({**FAST, "s3": {"endpoint_url": moto.url, "rotate_interval": "1s"}})
+    await moto.create_bucket("acme-archive")
 
     def refusing(received: Received, _attempt: int) -> web.Response:
         if received.body["payload"].get("vip"):
@@ -620,27 +752,34 @@ async def test_screenshots(page: Page, daemon_factory: Factory,
         return web.Response(status=200)
 
     fine, picky = await receivers(), await receivers(refusing)
+    down = await receivers(lambda _r, _n: web.Response(status=503))
     async with ApiClient(d) as api:
         await api.create(id="erp-orders", callback_parameters={
-            "callback_url": fine.url, "api_key": "erp-key-0123456789"},
+            "callback_url": fine.url, "api_key": "erp-key-0123456789", "max_rate": 150},
             filter_conditions={"entity_filter": ["order"]})
         await api.create(id="billing-hooks", callback_parameters={
-            "callback_url": picky.url, "api_key": "billing-key-0123456789"})
+            "callback_url": picky.url, "api_key": "billing-key-0123456789",
+            "signing_secret": new_secret(), "ordered": True, "ordering_key": "customer.id",
+            "headers": {"X-Tenant-Token": "tenant-token-0123456789", "X-Team": "billing"},
+            "stop_after_failing": "2d"})
         await api.create(id="legacy-crm", callback_parameters={
-            "callback_url": "http://127.0.0.1:9/crm"})
-        await api.stop("legacy-crm")
+            "callback_url": down.url, "stop_after_failing": "1s"},
+            filter_conditions={"event_filter": ["invoice.issued"]})
         await api.create(id="archive", s3_parameters={
             "bucket": "acme-archive", "aws_region": "eu-west-1", "key_prefix": "events",
-            "aws_access_key_id": "AKIDEXAMPLE", "aws_secret_access_key": "secret-0123456789"})
+            "aws_access_key_id": "AKIDEXAMPLE", "aws_secret_access_key": "secret-0123456789",
+            "format": "parquet", "compression": "zstd",
+            "key_template": "{key_prefix}/date={date}/{tenant}-{first_seq}-{last_seq}"})
         await api.publish([{"id": HOSTILE_EVENT_ID, "name": "invoice.issued",
                             "payload": {**HOSTILE_PAYLOAD, "vip": True}}])
+        await api.wait_logs("legacy-crm", "auto_stopped")  # its reason quotes that payload
         await open_console(page, d)
         for burst in (5, 20, 40, 25, 60, 30, 80, 45, 20, 50, 35, 70):
             await api.publish(events(burst, "order.created") + events(burst // 3, "invoice.paid"))
             await anyio.sleep(1.0)
     rejected = page.locator('tr[data-id="billing-hooks"] [data-label="Rejected"]')
     await expect(rejected).to_have_text("1")
-    await expect(page.locator('tr[data-id="archive"] .health')).to_have_text("✖ failing")
+    await expect(page.locator('tr[data-id="legacy-crm"] .health')).to_have_text("■ auto-stopped")
     await page.screenshot(path=out / "console-list.png")
     await page.set_viewport_size({"width": 390, "height": 844})
     await page.emulate_media(color_scheme="dark")
@@ -653,7 +792,10 @@ async def test_screenshots(page: Page, daemon_factory: Factory,
     await expect(page.locator("pre.payload")).to_be_visible()
     await page.screenshot(path=out / "console-detail.png", full_page=True)
     await page.evaluate("location.hash = '#/new/webhook'")
-    await fill_form(page, {"Id": "crm", "Callback URL": "ftp://crm.example.com/hooks"})
+    await fill_form(page, {"Id": "crm", "Callback URL": "ftp://crm.example.com/hooks",
+                           "Extra headers": "X-Env: prod", "Max rate (deliveries/s)": "50",
+                           "Ordering key": "order_id"})
+    await page.get_by_label("Deliver in sequence order").check()
     await page.get_by_role("button", name="Create webhook").click()
     await expect(field_error(page, "Callback URL")).to_be_visible()
     await page.screenshot(path=out / "console-create.png", full_page=True)

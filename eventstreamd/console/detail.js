@@ -1,7 +1,13 @@
 // An integration's page: live figures (from the shared /status poll), its
-// parameters as the API returns them (secrets masked), log, rejected events
-// (view, retry, delete), replays, and the actions start, stop, edit, rotate
-// secret and delete.
+// parameters as the API returns them (secrets masked; parameters.js), log,
+// rejected events (view, retry, delete), replays, and the actions start, stop,
+// edit, rotate secret and delete.
+//
+// A stop the daemon made itself (its deliveries kept failing for
+// stop_after_failing) is shown with its reason from the status snapshot
+// (`auto_stopped`, `stop_reason`: the record's, so every daemon says the same)
+// until the integration runs again. A rotated signing secret is shown once, in
+// a box the user closes; it is never read back (the API shows it masked).
 //
 // The parameters, log and rejected events are read from the API when the page
 // opens, after every action, when the daemon comes back, when the snapshot's
@@ -11,14 +17,15 @@ import { api, Unreachable } from "./api.js";
 import { confirmAction } from "./dialog.js";
 import { emptyRow, fill, h, row, setText, table, whenChanged } from "./dom.js";
 import {
-  age, count, healthClass, healthLabel, NONE, ownerText, plural, rate, size, when,
+  age, autoStopped, count, healthClass, healthLabel, maxRateText, NONE, orderText, ownerText,
+  plural, rate, shownHealth, size, statusText, when,
 } from "./format.js";
+import { parameterRows } from "./parameters.js";
 import { replayPanel } from "./replay.js";
 import { go, href } from "./router.js";
 import { drawSparkline, sparkline } from "./sparkline.js";
 
 const SLOW_REFRESH = 5000; // ms between reads of the parameters, log and rejected events
-const STOP_ACTIONS = new Set(["auto_stopped", "integration_started", "integration_stopped"]);
 const LOG_COLUMNS = ["Time", "Action", "Reason"];
 const REJECTED_COLUMNS = ["Rejected", "Event", "Seq", "HTTP", "Receiver's answer", "Attempts", ""];
 
@@ -44,7 +51,10 @@ export function mountDetail(main, { route, live }) {
   };
   const editHint = h("span", { class: "muted small", text: "stop it to edit", hidden: true });
   const figures = figureList(id, live);
-  const autoStop = h("p", { class: "notice notice-error", role: "status", hidden: true });
+  const stopReason = h("span");
+  const autoStop = h("p", { class: "notice notice-error", role: "status", hidden: true },
+    h("strong", { text: "Stopped automatically by the daemon: " }), stopReason,
+    " Start delivers everything it missed, from where it stopped.");
   const secret = h("div", { class: "secret-once", hidden: true });
   const params = h("dl", { class: "params" });
   const rejected = rejectedTable(id, { say, failed, reload: () => loadRejected() });
@@ -75,7 +85,6 @@ export function mountDetail(main, { route, live }) {
   fill(main, page);
 
   let integration = null;
-  let logs = [];
   let rejectedCount = null;
   let wasUnreachable = false;
   let gone = false;
@@ -103,17 +112,14 @@ export function mountDetail(main, { route, live }) {
     showParams(integration);
     buttons.rotate.hidden = !integration.callback_parameters;
     showActions(integration.status);
-    showAutoStop();
   }
 
   async function loadLogs() {
     try {
-      logs = (await api.logs(id)).entries;
+      showLogs((await api.logs(id)).entries);
     } catch {
-      return;
+      // unreachable or gone: the page says so elsewhere; the last log stays
     }
-    showLogs(logs);
-    showAutoStop();
   }
 
   const loadRejected = () => rejected.load();
@@ -125,17 +131,6 @@ export function mountDetail(main, { route, live }) {
     buttons.stop.disabled = gone || !running;
     buttons.edit.disabled = gone || running;
     editHint.hidden = !running;
-  }
-
-  function showAutoStop() {
-    const last = logs.find((entry) => STOP_ACTIONS.has(entry.action));
-    const autoStopped = integration && integration.status === "stopped" && last &&
-      last.action === "auto_stopped";
-    autoStop.hidden = !autoStopped;
-    if (autoStopped) {
-      autoStop.textContent = `Stopped automatically (${when(last.created_at)}) after every ` +
-        `delivery failed for too long: ${last.reason} Start delivers everything it missed.`;
-    }
   }
 
   async function act(what, call, done) {
@@ -190,10 +185,12 @@ export function mountDetail(main, { route, live }) {
       wasUnreachable = !reachable;
       const item = state.snapshot && state.snapshot.integrations.find((i) => i.id === id);
       if (!item) return;
-      badge.className = healthClass(item.health);
-      setText(badge, healthLabel(item.health));
+      badge.className = healthClass(shownHealth(item));
+      setText(badge, healthLabel(shownHealth(item)));
       figures.update(item, state);
       showActions(item.status);
+      autoStop.hidden = !autoStopped(item);
+      setText(stopReason, autoStopped(item) ? item.stop_reason ?? "its deliveries kept failing." : "");
       if (rejectedCount !== null && item.rejected_events !== rejectedCount) loadRejected();
       rejectedCount = item.rejected_events;
     },
@@ -207,7 +204,7 @@ export function mountDetail(main, { route, live }) {
 function figureList(id, live) {
   const line = sparkline(`Delivery rate of ${id}`);
   const rows = [
-    ["Status", (i) => i.status],
+    ["Status", statusText],
     ["Target", (i) => i.target],
     ["Lag", (i) => plural(i.lag_events, "event")],
     ["Oldest waiting", (i) => age(i.lag_seconds)],
@@ -224,6 +221,9 @@ function figureList(id, live) {
     ["Sink crashes", (i) => (i.restart_in ? `${count(i.crashes)}, restarting in ${age(i.restart_in)}`
       : count(i.crashes))],
     ["Delivered by", (i, state) => (state.snapshot.cluster ? ownerText(i, state.snapshot) : null)],
+    // A webhook's delivery controls, when it has any (the parameters say "no limit" too).
+    ["Max rate", (i) => (i.max_rate || i.ordering ? maxRateText(i.max_rate) : null)],
+    ["Order", (i) => (i.max_rate || i.ordering ? orderText(i.ordering) : null)],
   ];
   const node = h("dl", { class: "figures" });
   const cells = rows.map(([label, , extra]) => {
@@ -247,26 +247,6 @@ function figureList(id, live) {
   };
 }
 
-/** The integration as the API returns it, one row per leaf: `callback_parameters.api_key`. */
-function parameterRows(integration) {
-  const rows = [];
-  const walk = (value, path) => {
-    if (value && typeof value === "object" && !Array.isArray(value) && path !== "callback_parameters.headers") {
-      for (const [key, inner] of Object.entries(value)) walk(inner, path ? `${path}.${key}` : key);
-      return;
-    }
-    let text = value;
-    if (Array.isArray(value)) text = value.join(", ");
-    else if (value && typeof value === "object") {
-      text = Object.entries(value).map(([name, inner]) => `${name}: ${inner}`).join("\n");
-    }
-    rows.push(h("dt", { class: "mono", text: path }),
-      h("dd", { class: "mono pre", text: text === null || text === undefined ? NONE : String(text) }));
-  };
-  walk(integration, "");
-  return rows;
-}
-
 function showSecret(container, value) {
   const id = "new-signing-secret";
   const input = h("input", { id, type: "text", readonly: true, value, class: "mono",
@@ -281,8 +261,13 @@ function showSecret(container, value) {
       copy.textContent = "Select and copy by hand";
     }
   });
+  const done = h("button", { type: "button", class: "quiet", text: "Done" });
+  done.addEventListener("click", () => {
+    fill(container);
+    container.hidden = true;
+  });
   fill(container, h("label", { for: id, text: "New signing secret (shown once: hand it to the receiver now)" }),
-    h("div", { class: "inline" }, input, copy));
+    h("div", { class: "inline" }, input, copy, done));
   container.hidden = false;
   input.select();
 }

@@ -8,6 +8,7 @@ export const HEALTH = {
   failing: ["✖", "failing"],
   stopped: ["■", "stopped"],
   completed: ["✔", "completed"],
+  "auto-stopped": ["■", "auto-stopped"],
 };
 
 export const NONE = "–";
@@ -19,6 +20,47 @@ export function healthLabel(health) {
 
 export function healthClass(health) {
   return `health health-${HEALTH[health] ? health : "unknown"}`;
+}
+
+/** Whether the daemon stopped this integration itself (its deliveries kept failing), and
+ * it has not run since. */
+export function autoStopped(item) {
+  return Boolean(item && item.auto_stopped && item.status === "stopped");
+}
+
+/** An integration's status as shown: a stop the daemon made reads apart from a user's. */
+export function statusText(item) {
+  return autoStopped(item) ? "stopped by the daemon" : item.status;
+}
+
+/** An integration's health as shown (the same distinction). */
+export function shownHealth(item) {
+  return autoStopped(item) && item.health === "stopped" ? "auto-stopped" : item?.health;
+}
+
+/** How an integration paces and orders its deliveries, in a few words (the list's Mode). */
+export function mode(item) {
+  const parts = [];
+  if (item.max_rate) parts.push(`≤ ${number(item.max_rate)}/s`);
+  if (item.ordering) parts.push(item.ordering === "strict" ? "in order" : "in order by key");
+  return parts.length ? parts.join(", ") : NONE;
+}
+
+/** The rate limit, in words (an integration's page). */
+export function maxRateText(maxRate) {
+  return maxRate ? `${number(maxRate)} deliveries/s at most` : "no limit";
+}
+
+/** The order mode, in words: the status's `ordering` is "strict", "key <path>" or null. */
+export function orderText(ordering) {
+  if (ordering === "strict") return "in sequence order, one request at a time";
+  if (ordering) return `in sequence order per value of ${ordering.replace(/^key /, "")}`;
+  return "any order (up to webhook.max_in_flight requests at once)";
+}
+
+/** A number as typed: 5, 0.5, 2.25 (no trailing zeros, no grouping). */
+function number(value) {
+  return String(Number(value));
 }
 
 /** Which daemon delivers an integration (JetStream clusters only). */

@@ -98,7 +98,9 @@ export function tryBuild(fields, formError, build) {
     return build();
   } catch (problem) {
     if (!(problem instanceof FieldProblem)) throw problem;
-    showFieldError(fields.find((f) => f.spec.name === problem.field), problem.message);
+    const target = fields.find((f) => f.spec.name === problem.field);
+    showFieldError(target, problem.message);
+    target.control.focus();
     return null;
   }
 }

@@ -1,31 +1,35 @@
 // The integrations page: the daemon's head sequence and ingest rate (and, on
 // JetStream, every daemon of the cluster) above a table of every integration
-// with its status, health, lag in events and age, delivery rate and sparkline.
+// with its status, health, lag in events and age, delivery rate and sparkline,
+// and how it paces and orders its deliveries. An integration the daemon
+// stopped itself (auto-stop) says so, with the reason, in its Status cell.
 //
 // Rows are kept by id and their cells updated in place on every poll, so focus
 // and selection survive the updates; at phone width the table reads as cards.
 
 import { h, setText } from "./dom.js";
 import {
-  age, count, healthClass, healthLabel, NONE, ownerText, plural, rate,
+  age, autoStopped, count, healthClass, healthLabel, mode, NONE, ownerText, plural, rate,
+  shownHealth, statusText,
 } from "./format.js";
 import { href } from "./router.js";
 import { drawSparkline, sparkline } from "./sparkline.js";
 
 const COLUMNS = [
-  "Integration", "Target", "Status", "Health", "Lag", "Oldest waiting", "Delivery rate",
+  "Integration", "Target", "Mode", "Status", "Health", "Lag", "Oldest waiting", "Delivery rate",
   "Delivered", "Rejected", "Delivered by",
 ];
+const OWNER = COLUMNS.length - 1; // "Delivered by": only with several daemons
 
 export function mountList(main, { live }) {
   const summary = summaryBlock();
   const body = h("tbody");
-  const ownerHeader = h("th", { scope: "col", text: COLUMNS[9], hidden: true });
+  const ownerHeader = h("th", { scope: "col", text: COLUMNS[OWNER], hidden: true });
   const empty = h("p", { class: "muted", text: "Loading…" });
   const table = h("table", { class: "integrations cards" },
     h("caption", { class: "visually-hidden", text: "Integrations" }),
     h("thead", {}, h("tr", {},
-      COLUMNS.slice(0, 9).map((text) => h("th", { scope: "col", text })), ownerHeader)),
+      COLUMNS.slice(0, OWNER).map((text) => h("th", { scope: "col", text })), ownerHeader)),
     body);
   const page = h("section", { class: "page list-page" },
     summary.node,
@@ -74,18 +78,20 @@ function integrationRow(id) {
   const health = h("span", { class: healthClass(null) });
   const line = sparkline(`Delivery rate of ${id}`);
   const kind = h("span", { class: "kind" });
+  const stopReason = h("span", { class: "stop-reason", hidden: true });
   const cells = [
     h("th", { scope: "row", "data-label": COLUMNS[0] },
       h("a", { class: "mono", href: href.detail(id), text: id }), " ", kind),
     cell(COLUMNS[1], texts[1]),
     cell(COLUMNS[2], texts[2]),
-    cell(COLUMNS[3], health),
-    cell(COLUMNS[4], texts[4]),
+    cell(COLUMNS[3], texts[3], stopReason),
+    cell(COLUMNS[4], health),
     cell(COLUMNS[5], texts[5]),
-    cell(COLUMNS[6], h("span", { class: "rate" }, texts[6], " ", line)),
-    cell(COLUMNS[7], texts[7]),
+    cell(COLUMNS[6], texts[6]),
+    cell(COLUMNS[7], h("span", { class: "rate" }, texts[7], " ", line)),
     cell(COLUMNS[8], texts[8]),
     cell(COLUMNS[9], texts[9]),
+    cell(COLUMNS[OWNER], texts[OWNER]),
   ];
   const node = h("tr", { "data-id": id }, cells);
   return {
@@ -93,17 +99,22 @@ function integrationRow(id) {
     update(item, snapshot, live, clustered) {
       setText(kind, item.kind);
       setText(texts[1], item.target ?? NONE);
-      setText(texts[2], item.status);
-      health.className = healthClass(item.health);
-      setText(health, healthLabel(item.health));
-      setText(texts[4], plural(item.lag_events, "event"));
-      setText(texts[5], age(item.lag_seconds));
-      setText(texts[6], rate(item.delivered_rate));
+      setText(texts[2], mode(item));
+      setText(texts[3], statusText(item));
+      const reason = autoStopped(item) ? item.stop_reason ?? "" : "";
+      stopReason.hidden = !reason;
+      setText(stopReason, reason);
+      stopReason.title = reason;
+      health.className = healthClass(shownHealth(item));
+      setText(health, healthLabel(shownHealth(item)));
+      setText(texts[5], plural(item.lag_events, "event"));
+      setText(texts[6], age(item.lag_seconds));
+      setText(texts[7], rate(item.delivered_rate));
       drawSparkline(line, live.history(id));
-      setText(texts[7], count(item.delivered));
-      setText(texts[8], count(item.rejected_events));
-      cells[9].hidden = !clustered;
-      if (clustered) setText(texts[9], ownerText(item, snapshot));
+      setText(texts[8], count(item.delivered));
+      setText(texts[9], count(item.rejected_events));
+      cells[OWNER].hidden = !clustered;
+      if (clustered) setText(texts[OWNER], ownerText(item, snapshot));
     },
   };
 }
