@@ -371,8 +371,13 @@ def rss_anon_mib(pid: int) -> tuple[float, float]:
 @pytest.mark.reliability
 async def test_a_200_mib_parquet_catch_up_stays_in_bounded_memory(
         daemon_factory: Factory, moto: MotoServer, bucket: str) -> None:
-    # 50 MiB files by size; the last one goes up 10 s after it started.
-    d = daemon_factory(settings(moto, rotate_interval="10s"))
+    # 50 MiB files by size; the last one goes up 10 s after it started. The shared reader's
+    # memory (the tail cache and the read budget, 32 + 64 MiB of event bytes by default) has
+    # bounds and tests of its own (tests/test_feed.py); here they are small so that what is
+    # measured is the Parquet encoder's.
+    config = settings(moto, rotate_interval="10s")
+    config["delivery"] = {"tail_cache": "4MiB", "read_budget": "8MiB"}
+    d = daemon_factory(config)
     pad = "p" * 330  # ~420-byte lines: 200 MiB in ~500,000 events
     published_count = published_bytes = 0
     async with ApiClient(d) as api:
