@@ -14,8 +14,10 @@ Decisions:
   shows), a one-line description, the registration check, the pipeline
   builder, the rejected-event retry and the stop grace; optionally how it
   rotates a signing secret and how a running sink takes a changed record
-  that needs no restart (`refresh`). `registry.py` lists them (README
-  "Layout" says what else names a sink type).
+  that needs no restart (`refresh`), and how it replays part of the log
+  (`build_replay`: a pipeline of the replay's own; `replay_ended` frees
+  what a finished replay left). `registry.py` lists them (README "Layout"
+  says what else names a sink type).
 - A pipeline may give up (`SinkContext.give_up`): its deliveries have failed
   for longer than the integration allows. The loop then ends with the
   outcome `gave_up`, and the supervisor asks the integration service (the
@@ -40,7 +42,7 @@ import anyio
 
 from ..config import Config
 from ..histogram import Histogram
-from ..model import Integration, RejectedEvent, StoredEvent, TargetParams
+from ..model import Integration, RejectedEvent, Replay, StoredEvent, TargetParams
 from .pacing import RateLimiter
 from .per_integration import PerIntegration
 from .signing import SigningState
@@ -262,6 +264,10 @@ def _nothing_to_refresh(env: SinkEnv, integration: Integration) -> None:
     return None
 
 
+def _nothing_left(env: SinkEnv, integration_id: str, replay_id: str) -> None:
+    return None
+
+
 @dataclass(frozen=True)
 class SinkType:
     params: type[TargetParams]
@@ -281,6 +287,11 @@ class SinkType:
     # (the previous secret signing too for `webhook.rotation_overlap`); None for a sink
     # type that signs nothing.
     rotate_secret: Callable[[TargetParams, str, int, Config], TargetParams] | None = None
+    # A replay's pipeline: the integration's target, delivering the replay's range beside
+    # the live pipeline (sinks/replay.py); None for a sink type that cannot replay.
+    build_replay: Callable[[SinkEnv, Integration, Replay], Pipeline] | None = None
+    # A replay completed or was cancelled: free what it keeps outside the store.
+    replay_ended: Callable[[SinkEnv, str, str], None] = _nothing_left
 
     @property
     def kind(self) -> str:

@@ -37,9 +37,18 @@ Decisions:
 - The request's headers are built in one place (`RequestHeaders`): fixed ones
   once per pipeline, then per attempt the idempotency key, the signature of
   the secrets signing at that moment and the trace context. A second
-  pipeline for the same integration (a replay) builds its own with extra
-  headers (`Eventstreamd-Replay`) and shares the integration's signing state
-  and rate limiter (`SinkEnv`).
+  pipeline for the same integration (a replay, `build_replay`) builds its own
+  with `Eventstreamd-Replay: <replay id>` as an extra header, so a replayed
+  delivery is the original request (body, Idempotency-Key, webhook-id,
+  signatures) plus that header. It shares the integration's signing state
+  and rate limiter (`SinkEnv`), giving way to live deliveries for the
+  limiter's slots, plus a limiter of its own for the replay's `max_rate`
+  (`pacing.Pace`). It has its own window and workers, so live deliveries
+  never wait behind it; it takes no part in auto-stop (the failure streak is
+  the live pipeline's). An ordered integration's replay delivers in sequence
+  order within the replay (one at a time, or per ordering key), with lanes
+  of its own: live deliveries keep their own order beside it, and a replayed
+  event may reach a receiver between two live ones of its key.
 - Rotation state (the previous secrets, until when, and a version counting
   every change of the secret) is kept in the record as private fields: never
   shown, never taken from a request. A PATCH that changes the secret ends an
@@ -65,7 +74,14 @@ import yarl
 from ..codec import REASON_EXCERPT
 from ..config import SIGNING_PREFIX, BlockPolicy, Config, parse_duration, valid_signing_secret
 from ..logs import shorten
-from ..model import DeliveryControls, Integration, RejectedEvent, StoredEvent, TargetParams
+from ..model import (
+    DeliveryControls,
+    Integration,
+    RejectedEvent,
+    Replay,
+    StoredEvent,
+    TargetParams,
+)
 from ..naming import valid_event_id
 from ..storage.base import StoreFull
 from ..trace import HEADER as TRACEPARENT
@@ -81,7 +97,7 @@ from .base import (
     TargetRefused,
 )
 from .lanes import Handout, Lanes, OrderingKey, Unordered
-from .pacing import RateLimiter
+from .pacing import Pace, RateLimiter
 from .retry import Failure, RetryPolicy, failure_reason, retry_until_stopped
 from .signing import SigningState
 from .ssrf import BlockedTarget, check_host
@@ -464,14 +480,14 @@ class WebhookPipeline:
 
     def __init__(self, client: WebhookClient, policy: RetryPolicy, window_size: int,
                  unsaved_limit: int | None = None, *, handout: Handout | None = None,
-                 limiter: RateLimiter | None = None,
+                 pace: Pace | None = None,
                  streak: FailureStreak | None = None) -> None:
         self.client = client
         self._policy = policy
         hold = window_size * ORDERED_LOOKAHEAD if handout is not None else window_size
         self.window = DeliveryWindow(window_size, unsaved_limit, hold_limit=hold)
         self._handout: Handout = handout if handout is not None else Unordered()
-        self._pace = limiter.reserve if limiter is not None else None
+        self._pace = pace
         self._streak = streak
         self._active = 0  # events handed over and not yet finished
         self._idle = anyio.Event()
@@ -620,10 +636,11 @@ class WebhookPipeline:
                                "cannot be kept yet", result.status)
             return result
 
+        pace = self._pace
         result = await retry_until_stopped(
             ctx, attempt, url=self.client.shown_url,
             payload=lambda: event.body.decode(errors="replace"), policy=self._policy,
-            pace=self._pace)
+            pace=(lambda: pace.wait(ctx.sleep_unless_stopping)) if pace is not None else None)
         if result is None:
             raise StopDelivery
         if result.outcome == "delivered":
@@ -647,25 +664,49 @@ def _stop_after(target: WebhookTarget, config: Config) -> float:
 
 
 def build(env: SinkEnv, integration: Integration) -> WebhookPipeline:
+    target = integration.target
+    assert isinstance(target, WebhookTarget)
+    limiter = env.rates.get(integration.id, integration.incarnation)
+    limiter.configure(target.max_rate)
+    return _pipeline(env, integration, Pace(limiter) if target.max_rate else None,
+                     FailureStreak(_stop_after(target, env.config), integration.started_at_ms))
+
+
+def build_replay(env: SinkEnv, integration: Integration, replay: Replay) -> WebhookPipeline:
+    """A replay's pipeline (see the module docstring): the same requests plus
+    `Eventstreamd-Replay`, its own workers, the integration's rate shared (giving way to
+    live deliveries) and the replay's own on top."""
+    target = integration.target
+    assert isinstance(target, WebhookTarget)
+    shared = env.rates.get(integration.id, integration.incarnation)
+    shared.configure(target.max_rate)
+    own = None
+    if replay.max_rate:
+        own = RateLimiter()
+        own.configure(replay.max_rate)
+    pace = Pace(shared if target.max_rate else None, gives_way=True, own=own)
+    return _pipeline(env, integration, pace, None, extra={REPLAY_HEADER: replay.id})
+
+
+def _pipeline(env: SinkEnv, integration: Integration, pace: Pace | None,
+              streak: FailureStreak | None, extra: Mapping[str, str] | None = None,
+              ) -> WebhookPipeline:
     webhook = env.config.webhook
     target = integration.target
     assert isinstance(target, WebhookTarget)
     signing = signing_state(target, env.config,
                             env.signing.get(integration.id, integration.incarnation))
-    limiter = env.rates.get(integration.id, integration.incarnation)
-    limiter.configure(target.max_rate)
     handout = None
     if target.ordered:
         handout = Lanes(OrderingKey(target.ordering_key) if target.ordering_key else None)
     client = WebhookClient(env.session, target, webhook.timeout,
-                           env.config.security.block_targets, RequestHeaders(target, signing))
+                           env.config.security.block_targets,
+                           RequestHeaders(target, signing, extra))
     # Strict order sends one request at a time: one worker is all it can use.
     workers = 1 if target.ordered and not target.ordering_key else webhook.max_in_flight
     return WebhookPipeline(client, RetryPolicy(webhook.retry_initial, webhook.retry_max),
                            workers, env.config.delivery.cursor_every,
-                           handout=handout, limiter=limiter if target.max_rate else None,
-                           streak=FailureStreak(_stop_after(target, env.config),
-                                                integration.started_at_ms))
+                           handout=handout, pace=pace, streak=streak)
 
 
 def refresh(env: SinkEnv, integration: Integration) -> None:
@@ -716,6 +757,7 @@ SINK = SinkType(
     description="one HTTP POST per event to callback_url, bearer api_key, retried with backoff",
     check=check,
     build=build,
+    build_replay=build_replay,
     retry_rejected=retry_rejected,
     stop_grace=lambda config: config.webhook.timeout + 1.0,
     refresh=refresh,
