@@ -4,16 +4,24 @@ pause and resume, the limit and the refusals, restarts and SIGKILLs, on both bac
 
 from __future__ import annotations
 
+import json
+import signal
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import anyio
 
 from tests.helpers.api import ApiClient
 from tests.helpers.backends import EVERY_BACKEND
+from tests.helpers.cluster import Cluster
+from tests.helpers.control import wait_settled
 from tests.helpers.daemon import FAST, Factory, merge
-from tests.helpers.receiver import Received, Receiver
+from tests.helpers.nats_server import NatsServer
+from tests.helpers.receiver import Received, Receiver, delayed
+from tests.helpers.s3 import MotoServer, s3_params
+from tests.helpers.s3 import settings as s3_settings
 from tests.helpers.signing import library_verifies, new_secret
 from tests.helpers.wait import eventually
 
@@ -36,6 +44,10 @@ def replayed(receiver: Receiver, replay_id: str | None = None) -> list[Received]
 
 def live(receiver: Receiver) -> list[Received]:
     return [r for r in receiver.requests if REPLAY not in r.headers]
+
+
+def count_lines(objects: dict[str, bytes]) -> int:
+    return sum(len(body.splitlines()) for body in objects.values())
 
 
 def mixed(count: int) -> list[dict[str, Any]]:
@@ -244,3 +256,88 @@ async def test_deleting_the_integration_deletes_its_replays(daemon_factory: Fact
         assert await api.replays("orders") == []
         await anyio.sleep(1.5)
         assert not [r for r in replayed(receiver, started["replay_id"]) if r.at > deleted + 1]
+
+
+# ----------------------------------------------------------- crashes, restarts
+
+
+async def test_a_replay_survives_a_sigkill_and_delivers_every_event(
+        daemon_factory: Factory) -> None:
+    d = daemon_factory(merge(FAST, {"delivery": {"cursor_every": 20}}))
+    async with Receiver(delayed(0.01)) as receiver:
+        async with ApiClient(d) as api:
+            since = await delivered_live(api, receiver, 300)
+            started = await api.replay("orders", {"starts_at": since, "max_rate": 100})
+            replay_id = started["replay_id"]
+            await eventually(lambda: len(replayed(receiver)) >= 60)
+        d.send_signal(signal.SIGKILL)
+        d.wait(20)
+        before = len(replayed(receiver))
+        async with ApiClient(d.start()) as api:
+            done = await api.wait_replay("orders", replay_id, timeout=60)
+            assert done["delivered"] == done["events"] == 300
+        keys = {r.key for r in replayed(receiver, replay_id)}
+    assert keys == {f"e{i}" for i in range(300)}  # every event at least once
+    # Again only what the crash left unsaved (the crash bound), not everything.
+    assert len(replayed(receiver)) - 300 <= 20 + 8, before
+
+
+async def test_an_s3_replay_writes_every_event_once_under_its_own_keys_across_a_crash(
+        daemon_factory: Factory, moto: MotoServer, bucket: str) -> None:
+    d = daemon_factory(s3_settings(moto, rotate_interval="1s"))
+    tenants = ("t0", "t1", "t2")
+    published = [{"id": f"e{i}", "name": "order.created", "tenant": tenants[i % 3],
+                  "payload": {"i": i}} for i in range(300)]
+    async with ApiClient(d) as api:
+        since = ago(2)
+        await api.create(id="lake", s3_parameters=s3_params(bucket, "events"))
+        await api.publish(published)
+        await moto.wait_objects(bucket, lambda o: count_lines(o) == 300)
+        await wait_settled(d, ["lake"])
+    live_objects = await moto.objects(bucket)
+    # The first upload after this start is the replay's: it kills the daemon right after.
+    d.stop()
+    d.env = {"EVENTSTREAMD_CRASH_AT": "s3_after_upload"}
+    async with ApiClient(d.start()) as api:
+        started = await api.replay("lake", {"starts_at": since})
+        replay_id = started["replay_id"]
+        assert started["events"] == 300
+    assert d.proc is not None and d.proc.wait(60) == -signal.SIGKILL
+    d.wait(1)
+    d.env = {}
+    async with ApiClient(d.start()) as api:
+        done = await api.wait_replay("lake", replay_id, timeout=60)
+        assert done["delivered"] == 300
+    objects = await moto.objects(bucket)
+    replays = {k: v for k, v in objects.items() if f"/replay-{replay_id}/" in k}
+    assert {k for k in objects if k not in replays} == set(live_objects)
+    assert all(k.startswith(("events/t0/", "events/t1/", "events/t2/")) for k in replays)
+    lines = [json.loads(line) for body in replays.values() for line in body.splitlines()]
+    assert sorted(line["payload"]["i"] for line in lines) == list(range(300))  # exactly once
+    for key, body in replays.items():
+        tenant = key.split("/")[1]
+        assert {json.loads(line)["tenant"] for line in body.splitlines()} == {tenant}
+
+
+async def test_a_replay_moves_with_the_lease_when_its_daemon_dies(
+        tmp_path: Path, nats_server: NatsServer) -> None:
+    cluster = Cluster(tmp_path, [nats_server.url], 2).start()
+    try:
+        async with Receiver(delayed(0.005)) as receiver, \
+                ApiClient(cluster.daemons[0]) as api0, ApiClient(cluster.daemons[1]) as api1:
+            since = await delivered_live(api0, receiver, 200)
+            owner = live(receiver)[-1].instance
+            survivor = api1 if owner == "d0" else api0
+            started = await survivor.replay("orders", {"starts_at": since, "max_rate": 50})
+            replay_id = started["replay_id"]
+            await eventually(lambda: len(replayed(receiver)) >= 40)
+            assert {r.instance for r in replayed(receiver)} == {owner}
+            cluster.daemons[int(owner[1:])].kill()
+            done = await survivor.wait_replay("orders", replay_id, timeout=60)
+            assert done["delivered"] == done["events"] == 200
+            senders = {r.instance for r in replayed(receiver, replay_id)}
+            keys = {r.key for r in replayed(receiver, replay_id)}
+        assert keys == {f"e{i}" for i in range(200)}
+        assert senders == {"d0", "d1"}  # it went on where the lease went
+    finally:
+        cluster.close()
