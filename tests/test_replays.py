@@ -16,7 +16,7 @@ import anyio
 from tests.helpers.api import ApiClient
 from tests.helpers.backends import EVERY_BACKEND
 from tests.helpers.cluster import Cluster
-from tests.helpers.control import wait_settled
+from tests.helpers.control import Line, control_path, wait_settled
 from tests.helpers.daemon import FAST, Factory, merge
 from tests.helpers.nats_server import NatsServer
 from tests.helpers.receiver import Received, Receiver, delayed
@@ -341,3 +341,53 @@ async def test_a_replay_moves_with_the_lease_when_its_daemon_dies(
         assert senders == {"d0", "d1"}  # it went on where the lease went
     finally:
         cluster.close()
+
+
+# ------------------------------------------------- control socket, status, metrics
+
+
+async def test_the_control_socket_starts_watches_and_cancels_replays(
+        daemon_factory: Factory) -> None:
+    d = daemon_factory(FAST)
+    async with Receiver() as receiver, ApiClient(d) as api:
+        since = await delivered_live(api, receiver, 40)
+        client = await Line.connect(control_path(d))
+        try:
+            counted = await client.call("replay", integration_id="orders",
+                                        replay={"starts_at": since, "dry_run": True})
+            assert counted["result"] == {"events": 40}
+            bad = await client.call("replay", integration_id="orders",
+                                    replay={"starts_at": "soon"})
+            assert bad["error"]["error_code"] == "invalid_request"
+            assert bad["error"]["status"] == 400
+            not_object = await client.call("replay", integration_id="orders", replay="x")
+            assert not_object["error"]["error_code"] == "invalid_request"
+            started = (await client.call("replay", integration_id="orders", replay={
+                "starts_at": since, "max_rate": 10}))["result"]
+            replay_id = started["replay_id"]
+            assert started["events"] == 40 and started["status"] == "running"
+
+            def shown(snapshot: dict[str, Any]) -> dict[str, Any]:
+                return snapshot["result"]["integrations"][0]["replays"][0]
+
+            watched = await eventually(lambda: client.call("status"),
+                                       lambda s: shown(s)["delivered"] >= 5)
+            replay = shown(watched)
+            assert replay["replay_id"] == replay_id and replay["status"] == "running"
+            assert replay["events"] == 40 and replay["in_flight"] is not None
+            metrics = await api.answer("GET", "/metrics")
+            assert 'eventstreamd_replays_running 1.0' in metrics[1]
+            assert 'eventstreamd_replayed_events_total{integration="orders",kind="webhook"}' \
+                in metrics[1]
+            listed = (await client.call("replays", integration_id="orders"))["result"]
+            assert [r["replay_id"] for r in listed["replays"]] == [replay_id]
+            cancelled = await client.call("cancel_replay", integration_id="orders",
+                                          replay_id=replay_id)
+            assert cancelled["result"]["status"] == "cancelled"
+            gone = await client.call("cancel_replay", integration_id="orders",
+                                     replay_id="unknown")
+            assert gone["error"]["error_code"] == "replay_not_found"
+            await eventually(lambda: api.answer("GET", "/metrics"),
+                             lambda m: "eventstreamd_replays_running 0.0" in m[1])
+        finally:
+            await client.close()

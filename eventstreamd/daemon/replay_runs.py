@@ -44,6 +44,7 @@ from ..sinks.registry import sink_type
 from ..sinks.replay import ReplayBook, replay_reading
 from ..storage.base import Store
 from ..timeutil import now_iso
+from .contracts import ReplayFigures
 
 log = logging.getLogger("eventstreamd.replays")
 
@@ -51,15 +52,6 @@ CRASH_BACKOFF_INITIAL = 1.0
 CRASH_BACKOFF_MAX = 60.0
 
 OnCompleted = Callable[[Integration, str], Awaitable[bool]]
-
-
-@dataclass(frozen=True)
-class ReplayFigures:
-    """A running replay's live figures (the status snapshot's)."""
-
-    delivered: int  # up to where it stands now, saved or not
-    in_flight: int | None
-    crashes: int
 
 
 @dataclass(eq=False)

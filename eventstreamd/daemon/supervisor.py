@@ -60,8 +60,8 @@ from ..sinks.loop import SinkLoop
 from ..sinks.registry import sink_type
 from ..storage.base import Store
 from ..timeutil import now_iso
-from .contracts import ChangeFeed, Leases, SinkStatus
-from .replay_runs import OnCompleted, ReplayFigures, ReplayRuns
+from .contracts import ChangeFeed, Leases, ReplayFigures, SinkStatus
+from .replay_runs import OnCompleted, ReplayRuns
 
 log = logging.getLogger("eventstreamd.supervisor")
 
