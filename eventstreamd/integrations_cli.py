@@ -49,7 +49,6 @@ import sys
 import time
 import urllib.parse
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -61,7 +60,8 @@ from .apiclient import (
     resolve_target,
     resolve_token,
 )
-from .config import Config, parse_duration, parse_toml, read_capped
+from .config import Config, parse_toml, read_capped
+from .timeutil import since
 
 # ------------------------------------------------------------------- output
 
@@ -629,20 +629,10 @@ PLAIN_EVERY = 5.0  # seconds between progress lines when stderr is not a termina
 BAR = 30
 
 
-def when(value: str, now: datetime | None = None) -> str:
-    """An RFC 3339 time as given, or a duration meaning that long before now."""
-    try:
-        seconds = parse_duration(value)
-    except ValueError:
-        return value  # the daemon says when it is no time
-    moment = (now or datetime.now(UTC)) - timedelta(seconds=seconds)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 def replay_body(args: argparse.Namespace) -> dict[str, Any]:
-    body: dict[str, Any] = {"starts_at": when(args.starts_at)}
+    body: dict[str, Any] = {"starts_at": since(args.starts_at)}
     if args.ends_at:
-        body["ends_at"] = when(args.ends_at)
+        body["ends_at"] = since(args.ends_at)
     if args.events is not None or args.entities is not None:
         body["filter_conditions"] = {
             **({"event_filter": _split(args.events)} if args.events is not None else {}),
