@@ -635,9 +635,18 @@ async def test_screenshots(page: Page, daemon_factory: Factory,
         await api.publish([{"id": HOSTILE_EVENT_ID, "name": "invoice.issued",
                             "payload": {**HOSTILE_PAYLOAD, "vip": True}}])
         await open_console(page, d)
+        since = (datetime.now(UTC) - timedelta(seconds=5)).isoformat()
         for burst in (5, 20, 40, 25, 60, 30, 80, 45, 20, 50, 35, 70):
             await api.publish(events(burst, "order.created") + events(burst // 3, "invoice.paid"))
             await anyio.sleep(1.0)
+        # The page's replay panel: one replay done, one under way at its own pace.
+        invoices = await api.request("POST", f"{BASE}/billing-hooks/_replay", {
+            "starts_at": since, "filter_conditions": {"entity_filter": ["invoice"]}}, 202)
+        await api.wait_replay("billing-hooks", invoices["replay_id"])
+        paced = await api.request("POST", f"{BASE}/billing-hooks/_replay",
+                                  {"starts_at": since, "max_rate": 20}, 202)
+        await eventually(lambda: api.replays("billing-hooks"), lambda replays: next(
+            r for r in replays if r["replay_id"] == paced["replay_id"])["delivered"] >= 40)
     rejected = page.locator('tr[data-id="billing-hooks"] [data-label="Rejected"]')
     await expect(rejected).to_have_text("1")
     await expect(page.locator('tr[data-id="archive"] .health')).to_have_text("✖ failing")

@@ -76,8 +76,13 @@ def _matches(spec: EventFilterSpec | None) -> Any:
 
 
 def _described(replay: Replay) -> str:
-    what = "events" if replay.filter is None else \
-        f"events passing {codec.filter_to_api(replay.filter)}"
+    spec = replay.filter
+    parts = []
+    if spec is not None and spec.event_filter is not None:
+        parts.append("named " + (", ".join(spec.event_filter) or "nothing"))
+    if spec is not None and spec.entity_filter is not None:
+        parts.append("of entities " + (", ".join(spec.entity_filter) or "none"))
+    what = "events" + (" " + " or ".join(parts) if parts else "")
     rate = f", at most {replay.max_rate:g}/s" if replay.max_rate else ""
     return f"{replay.events} {what} ingested {replay.starts_at} .. {replay.ends_at}{rate}"
 
@@ -213,7 +218,8 @@ class ReplayService:
             ended = dataclasses.replace(replay, status="completed", finished_at=now_iso())
             return Change(_with(current, ended), logs=(LogEntry(
                 now_iso(), COMPLETED, f"Replay {replay_id} completed: {delivered} of "
-                                      f"{replay.events} events delivered."),))
+                                      f"{replay.events} events delivered or, refused by the "
+                                      "receiver, kept as rejected events."),))
 
         try:
             changed = await self.integrations.transition(ran.id, change)
