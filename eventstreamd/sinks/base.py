@@ -25,8 +25,9 @@ Decisions:
   record itself.
 - `SinkEnv` also holds what belongs to an integration rather than to one
   run of its sink, shared by every pipeline that delivers for it (a replay
-  beside the live one) and surviving a sink restart: its rate limiter and
-  its signing secrets, each keyed by integration id and incarnation.
+  beside the live one) and surviving a sink restart: its rate limiter, its
+  signing secrets and when its live deliveries last ran, each keyed by
+  integration id and incarnation.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ import anyio
 from ..config import Config
 from ..histogram import Histogram
 from ..model import Integration, RejectedEvent, Replay, StoredEvent, TargetParams
-from .pacing import RateLimiter
+from .pacing import LiveActivity, RateLimiter
 from .per_integration import PerIntegration
 from .signing import SigningState
 
@@ -253,11 +254,14 @@ class SinkEnv:
         default_factory=lambda: PerIntegration(RateLimiter))
     signing: PerIntegration[SigningState] = field(
         default_factory=lambda: PerIntegration(SigningState))
+    live: PerIntegration[LiveActivity] = field(
+        default_factory=lambda: PerIntegration(LiveActivity))
 
     def forget(self, integration_id: str) -> None:
         """The integration is gone: drop what was kept for it."""
         self.rates.forget(integration_id)
         self.signing.forget(integration_id)
+        self.live.forget(integration_id)
 
 
 def _nothing_to_refresh(env: SinkEnv, integration: Integration) -> None:

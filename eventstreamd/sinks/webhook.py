@@ -44,7 +44,9 @@ Decisions:
   and rate limiter (`SinkEnv`), giving way to live deliveries for the
   limiter's slots, plus a limiter of its own for the replay's `max_rate`
   (`pacing.Pace`). It has its own window and workers, so live deliveries
-  never wait behind it; it takes no part in auto-stop (the failure streak is
+  never wait behind it, and while live deliveries run it keeps only
+  `pacing.BESIDE_LIVE` requests in flight (`LiveActivity`); it takes no part
+  in auto-stop (the failure streak is
   the live pipeline's). An ordered integration's replay delivers in sequence
   order within the replay (one at a time, or per ordering key), with lanes
   of its own: live deliveries keep their own order beside it, and a replayed
@@ -97,7 +99,7 @@ from .base import (
     TargetRefused,
 )
 from .lanes import Handout, Lanes, OrderingKey, Unordered
-from .pacing import Pace, RateLimiter
+from .pacing import BESIDE_LIVE, LiveActivity, Pace, RateLimiter
 from .retry import Failure, RetryPolicy, failure_reason, retry_until_stopped
 from .signing import SigningState
 from .ssrf import BlockedTarget, check_host
@@ -123,6 +125,7 @@ RESERVED_HEADERS = frozenset({
 RESERVED_PREFIXES = ("webhook-",)  # Standard Webhooks' signature headers
 _ORDERING_KEY = re.compile(r"[^.]+(?:\.[^.]+)*")
 MAX_ORDERING_KEY = 256
+HOLD_BACK_POLL = 0.01  # seconds between looks of a replay held back for live traffic
 # Ordered pipelines hold up to this many times `max_in_flight` events, so lanes other
 # than a blocked one find work (bounded by `delivery.cursor_every`, as every window).
 ORDERED_LOOKAHEAD = 8
@@ -480,14 +483,17 @@ class WebhookPipeline:
 
     def __init__(self, client: WebhookClient, policy: RetryPolicy, window_size: int,
                  unsaved_limit: int | None = None, *, handout: Handout | None = None,
-                 pace: Pace | None = None,
-                 streak: FailureStreak | None = None) -> None:
+                 pace: Pace | None = None, streak: FailureStreak | None = None,
+                 live: LiveActivity | None = None, beside: LiveActivity | None = None,
+                 ) -> None:
         self.client = client
         self._policy = policy
         hold = window_size * ORDERED_LOOKAHEAD if handout is not None else window_size
         self.window = DeliveryWindow(window_size, unsaved_limit, hold_limit=hold)
         self._handout: Handout = handout if handout is not None else Unordered()
         self._pace = pace
+        self._live = live  # the live pipeline notes its attempts here ...
+        self._beside = beside  # ... which a replay's holds back for
         self._streak = streak
         self._active = 0  # events handed over and not yet finished
         self._idle = anyio.Event()
@@ -560,6 +566,8 @@ class WebhookPipeline:
                     self._work = anyio.Event()
                 await self._work.wait()
                 event = None if self._draining else handout.take()
+            if self._beside is not None and not await self._hold_back(ctx):
+                return  # stopping: the event stays after the cursor
             if self._busy == 0:
                 self._quiet = anyio.Event()
             self._busy += 1
@@ -569,6 +577,16 @@ class WebhookPipeline:
                 self._busy -= 1
                 if self._busy == 0:
                     self._quiet.set()
+
+    async def _hold_back(self, ctx: SinkContext) -> bool:
+        """A replay's worker: while the integration's live deliveries run, wait until fewer
+        than `BESIDE_LIVE` of the replay's requests are in flight; False when stopping."""
+        beside = self._beside
+        assert beside is not None
+        while self._busy >= BESIDE_LIVE and beside.running():
+            if await ctx.sleep_unless_stopping(HOLD_BACK_POLL):
+                return False
+        return True
 
     async def close(self, ctx: SinkContext, outcome: str, grace: float) -> None:
         if outcome == "completed":
@@ -617,6 +635,8 @@ class WebhookPipeline:
         async def attempt() -> AttemptResult | Failure:
             nonlocal attempts
             attempts += 1
+            if self._live is not None:
+                self._live.note()
             result = await self.client.attempt(event.id, event.body, event.trace)
             if isinstance(result, Failure):
                 if streak is not None and streak.failed():
@@ -669,7 +689,8 @@ def build(env: SinkEnv, integration: Integration) -> WebhookPipeline:
     limiter = env.rates.get(integration.id, integration.incarnation)
     limiter.configure(target.max_rate)
     return _pipeline(env, integration, Pace(limiter) if target.max_rate else None,
-                     FailureStreak(_stop_after(target, env.config), integration.started_at_ms))
+                     FailureStreak(_stop_after(target, env.config), integration.started_at_ms),
+                     live=env.live.get(integration.id, integration.incarnation))
 
 
 def build_replay(env: SinkEnv, integration: Integration, replay: Replay) -> WebhookPipeline:
@@ -685,11 +706,13 @@ def build_replay(env: SinkEnv, integration: Integration, replay: Replay) -> Webh
         own = RateLimiter()
         own.configure(replay.max_rate)
     pace = Pace(shared if target.max_rate else None, gives_way=True, own=own)
-    return _pipeline(env, integration, pace, None, extra={REPLAY_HEADER: replay.id})
+    return _pipeline(env, integration, pace, None, extra={REPLAY_HEADER: replay.id},
+                     beside=env.live.get(integration.id, integration.incarnation))
 
 
 def _pipeline(env: SinkEnv, integration: Integration, pace: Pace | None,
               streak: FailureStreak | None, extra: Mapping[str, str] | None = None,
+              live: LiveActivity | None = None, beside: LiveActivity | None = None,
               ) -> WebhookPipeline:
     webhook = env.config.webhook
     target = integration.target
@@ -706,7 +729,8 @@ def _pipeline(env: SinkEnv, integration: Integration, pace: Pace | None,
     workers = 1 if target.ordered and not target.ordering_key else webhook.max_in_flight
     return WebhookPipeline(client, RetryPolicy(webhook.retry_initial, webhook.retry_max),
                            workers, env.config.delivery.cursor_every,
-                           handout=handout, pace=pace, streak=streak)
+                           handout=handout, pace=pace, streak=streak, live=live,
+                           beside=beside)
 
 
 def refresh(env: SinkEnv, integration: Integration) -> None:
