@@ -29,7 +29,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import anyio
 from anyio.abc import TaskGroup
@@ -45,33 +45,18 @@ from ..sinks.replay import ReplayBook, replay_reading
 from ..storage.base import Store
 from ..timeutil import now_iso
 from .contracts import ReplayFigures
+from .runs import LoopRun, crash_delay, root_cause
 
 log = logging.getLogger("eventstreamd.replays")
-
-CRASH_BACKOFF_INITIAL = 1.0
-CRASH_BACKOFF_MAX = 60.0
 
 OnCompleted = Callable[[Integration, str], Awaitable[bool]]
 
 
 @dataclass(eq=False)
-class ReplayRun:
+class ReplayRun(LoopRun):
     replay_id: str
-    stop_event: anyio.Event = field(default_factory=anyio.Event)
-    finished: anyio.Event = field(default_factory=anyio.Event)
-    loop: SinkLoop | None = None
     book: ReplayBook | None = None
-    crashes: int = 0
     ended: bool = False  # stopped because the replay is over (not paused)
-
-    @property
-    def stop_requested(self) -> bool:
-        return self.stop_event.is_set()
-
-    def request_stop(self) -> None:
-        self.stop_event.set()
-        if self.loop is not None:
-            self.loop.request_stop()
 
     def figures(self) -> ReplayFigures | None:
         loop, book = self.loop, self.book
@@ -105,7 +90,7 @@ class ReplayRuns:
         if self._closed:
             return
         for replay_id in active - self.runs.keys():
-            run = self.runs[replay_id] = ReplayRun(replay_id)
+            run = self.runs[replay_id] = ReplayRun(replay_id=replay_id)
             self.group.start_soon(self._run, integration, run, lease,
                                   name=f"replay:{integration.id}:{replay_id}")
 
@@ -178,10 +163,8 @@ class ReplayRuns:
     async def _crashed(self, run: ReplayRun, integration: Integration,
                        exc: Exception) -> None:
         run.crashes += 1
-        delay = min(CRASH_BACKOFF_MAX, CRASH_BACKOFF_INITIAL * 2 ** (run.crashes - 1))
-        cause = exc
-        while isinstance(cause, BaseExceptionGroup) and cause.exceptions:
-            cause = cause.exceptions[0]  # type: ignore[assignment]
+        delay = crash_delay(run.crashes)
+        cause = root_cause(exc)
         reason = (f"Replay {run.replay_id} crashed ({type(cause).__name__}: {cause}); "
                   f"restarting in {delay:g}s.")
         self.stats.record_failure(reason, self.clock())

@@ -62,35 +62,23 @@ from ..storage.base import Store
 from ..timeutil import now_iso
 from .contracts import ChangeFeed, Leases, ReplayFigures, SinkStatus
 from .replay_runs import OnCompleted, ReplayRuns
+from .runs import LoopRun, crash_delay, root_cause
 
 log = logging.getLogger("eventstreamd.supervisor")
 
-CRASH_BACKOFF_INITIAL = 1.0
-CRASH_BACKOFF_MAX = 60.0
 
-
-@dataclass
-class SinkHandle:
+@dataclass(eq=False)
+class SinkHandle(LoopRun):
     integration_id: str
     settings: tuple[Any, ...]
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
-    loop: SinkLoop | None = None
-    stop_event: anyio.Event = field(default_factory=anyio.Event)
-    finished: anyio.Event = field(default_factory=anyio.Event)
-    crashes: int = 0
     # Outlives each run of the loop: a crash-looping sink shows its failures.
     stats: SinkStats = field(default_factory=SinkStats)
     restart_at: float | None = None  # wall clock of the next start after a crash
     replays: ReplayRuns | None = None  # while the handle runs
 
-    @property
-    def stop_requested(self) -> bool:
-        return self.stop_event.is_set()
-
     def request_stop(self) -> None:
-        self.stop_event.set()
-        if self.loop is not None:
-            self.loop.request_stop()
+        super().request_stop()
         if self.replays is not None:
             self.replays.stop_all()
 
@@ -273,8 +261,8 @@ class Supervisor:
     async def _crashed(self, handle: SinkHandle, integration: Integration,
                        exc: Exception) -> None:
         handle.crashes += 1
-        delay = min(CRASH_BACKOFF_MAX, CRASH_BACKOFF_INITIAL * 2 ** (handle.crashes - 1))
-        cause = _leaf(exc)
+        delay = crash_delay(handle.crashes)
+        cause = root_cause(exc)
         reason = (f"Delivery task crashed ({type(cause).__name__}: {cause}); "
                   f"restarting in {delay:g}s.")
         handle.stats.record_failure(reason, self.clock())
@@ -338,13 +326,6 @@ def _settings(integration: Integration, lease: LeaseHold | None) -> tuple[Any, .
     """What a running sink was built from: a change restarts it (a new claim too, so the
     sink's fences name the lease it runs under)."""
     return (*integration.delivery_settings(), lease.seq if lease is not None else None)
-
-
-def _leaf(exc: BaseException) -> BaseException:
-    """The exception that started it: task groups wrap a crash in exception groups."""
-    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
-        exc = exc.exceptions[0]
-    return exc
 
 
 def _kinds(handles: dict[str, SinkHandle]) -> set[str]:
