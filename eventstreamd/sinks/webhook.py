@@ -558,16 +558,21 @@ class WebhookPipeline:
     async def _worker(self, ctx: SinkContext) -> None:
         handout = self._handout
         while True:
-            event = None if self._draining else handout.take()
+            event = None
             while event is None:
                 if self._closed or self._draining:
                     return
-                if self._work.is_set():
-                    self._work = anyio.Event()
-                await self._work.wait()
-                event = None if self._draining else handout.take()
-            if self._beside is not None and not await self._hold_back(ctx):
-                return  # stopping: the event stays after the cursor
+                if self._held_back():
+                    if await ctx.sleep_unless_stopping(HOLD_BACK_POLL):
+                        return
+                    continue
+                # Taken only when it may go at once (no wait between the check and the
+                # take): events are taken, and so paced, in the order they were handed out.
+                event = handout.take()
+                if event is None:
+                    if self._work.is_set():
+                        self._work = anyio.Event()
+                    await self._work.wait()
             if self._busy == 0:
                 self._quiet = anyio.Event()
             self._busy += 1
@@ -578,15 +583,11 @@ class WebhookPipeline:
                 if self._busy == 0:
                     self._quiet.set()
 
-    async def _hold_back(self, ctx: SinkContext) -> bool:
-        """A replay's worker: while the integration's live deliveries run, wait until fewer
-        than `BESIDE_LIVE` of the replay's requests are in flight; False when stopping."""
+    def _held_back(self) -> bool:
+        """A replay's worker takes no event while the integration's live deliveries run and
+        `BESIDE_LIVE` of the replay's requests are in flight."""
         beside = self._beside
-        assert beside is not None
-        while self._busy >= BESIDE_LIVE and beside.running():
-            if await ctx.sleep_unless_stopping(HOLD_BACK_POLL):
-                return False
-        return True
+        return beside is not None and self._busy >= BESIDE_LIVE and beside.running()
 
     async def close(self, ctx: SinkContext, outcome: str, grace: float) -> None:
         if outcome == "completed":
