@@ -14,6 +14,8 @@ SCENARIO_IDS = (
     "webhook-ordered-strict",
     "webhook-ordered-keyed",
     "webhook-max-rate",
+    # A replay of the stored backlog beside live traffic on the same integration.
+    "replay",
     "latency-1000eps",
     "capacity",
     "s3-upload",

@@ -9,7 +9,9 @@ process.
 - `POST /<anything>` — answers 200 with an empty body; counts the request
   (in total and per path) and its arrival time (monotonic ns). When the body's
   `payload` carries `t` (a publisher's `time.monotonic_ns()`), the difference
-  is kept as a publish-to-receipt latency (at most `MAX_LATENCIES`).
+  is kept as a publish-to-receipt latency (at most `MAX_LATENCIES`). A
+  replayed delivery (header `Eventstreamd-Replay`) is counted apart as well
+  (`replayed`: count, first and last arrival) and gives no latency sample.
 - `GET /_stats?skip=N` — the counters, this process's CPU seconds, and the
   latency percentiles (the first N samples left out as warm-up).
 - `POST /_reset` — zero everything.
@@ -28,6 +30,7 @@ from tests.helpers.receiver import Received, Receiver
 from .bareserver import announce, until_signalled
 
 MAX_LATENCIES = 2_000_000
+REPLAY_HEADER = "Eventstreamd-Replay"
 
 
 class Counters:
@@ -42,6 +45,9 @@ class Counters:
         self.paths: dict[str, int] = {}
         self.latencies_ns: list[int] = []
         self.bad_bodies = 0
+        self.replayed = 0
+        self.replayed_first_ns: int | None = None
+        self.replayed_last_ns: int | None = None
 
 
 def _percentiles(values: list[int]) -> dict[str, Any]:
@@ -72,6 +78,12 @@ class CountingReceiver(Receiver):
             counters.first_ns = now
         counters.last_ns = now
         counters.paths[received.path] = counters.paths.get(received.path, 0) + 1
+        if REPLAY_HEADER in received.headers:
+            counters.replayed += 1
+            if counters.replayed_first_ns is None:
+                counters.replayed_first_ns = now
+            counters.replayed_last_ns = now
+            return 1
         try:
             sent = received.body["payload"].get("t")
         except (ValueError, KeyError, TypeError, AttributeError):
@@ -92,6 +104,8 @@ class CountingReceiver(Receiver):
             "count": counters.count, "bytes": counters.bytes,
             "first_ns": counters.first_ns, "last_ns": counters.last_ns,
             "paths": counters.paths, "bad_bodies": counters.bad_bodies,
+            "replayed": counters.replayed, "replayed_first_ns": counters.replayed_first_ns,
+            "replayed_last_ns": counters.replayed_last_ns,
             "cpu_s": time.process_time(), "latency": _percentiles(counters.latencies_ns[skip:]),
         })
 

@@ -54,6 +54,17 @@ def limit_row(scenario: str, figure: str, unit: str, value: float | None,
     return Row(scenario, figure, unit, value, None, None, target, met, note, busy or {})
 
 
+def at_most_row(scenario: str, figure: str, unit: str, value: float | None,
+                baseline: float | None, max_ratio: float, note: str = "",
+                busy: dict[str, float] | None = None) -> Row:
+    """A figure that should stay within `max_ratio` times its baseline (a latency beside
+    the same latency measured without the load in question)."""
+    ratio = value / baseline if value is not None and baseline else None
+    met = ratio <= max_ratio if ratio is not None else None
+    return Row(scenario, figure, unit, value, baseline, ratio, f"<= {max_ratio:g} x baseline",
+               met, note, busy or {})
+
+
 def within_row(scenario: str, figure: str, unit: str, value: float | None, wanted: float,
                tolerance: float, note: str = "", busy: dict[str, float] | None = None) -> Row:
     """A figure that should equal `wanted` (a configured limit) within `tolerance` (0.05 =

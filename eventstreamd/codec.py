@@ -16,6 +16,12 @@ Decisions:
   keys apart), shorter ones are masked entirely. Which fields are secret and
   how a target shows is the target's (`TargetParams.shown`: a webhook's
   header values are masked one by one); private fields never show.
+- An integration's replays are kept in its record (`replays`, a list of
+  their store form, absent while there are none) and never shown in the
+  integration's API form; `replay_to_api` is their own shape, with the
+  progress read beside the record (kept as long as the replay is: a
+  cancelled replay's last count is written when its sink has stopped) and
+  the status "paused" while the integration is stopped.
 - Rejected events are stored with their delivery body as bytes (format 2);
   format 1 entries (the body as a decoded object under `event`) are read too.
 - Every target that enters the process passes through here (from a request
@@ -41,6 +47,8 @@ from .model import (
     Integration,
     LogEntry,
     RejectedEvent,
+    Replay,
+    ReplayProgress,
     RetryClaim,
     TargetParams,
     UnknownTargetKind,
@@ -152,6 +160,8 @@ def to_store(integration: Integration) -> dict[str, Any]:
         "incarnation": integration.incarnation,
         "started_at_ms": integration.started_at_ms,
         "auto_stop": integration.auto_stop,
+        **({"replays": [replay_to_store(r) for r in integration.replays]}
+           if integration.replays else {}),
     }
 
 
@@ -175,6 +185,7 @@ def from_store(targets: TargetTypes, record: dict[str, Any]) -> Integration:
         done=bool(record.get("done")),
         started_at_ms=record.get("started_at_ms"),
         auto_stop=record.get("auto_stop"),
+        replays=tuple(replay_from_store(r) for r in record.get("replays") or ()),
     )
 
 
@@ -192,6 +203,50 @@ def to_api(integration: Integration) -> dict[str, Any]:
     if integration.filter is not None:
         view["filter_conditions"] = filter_to_api(integration.filter)
     view[integration.target.api_field] = target_to_api(integration.target)
+    return view
+
+
+# ------------------------------------------------------------------ replays
+
+
+def replay_to_store(replay: Replay) -> dict[str, Any]:
+    out = {"id": replay.id, "starts_at": replay.starts_at, "ends_at": replay.ends_at,
+           "start_seq": replay.start_seq, "end_seq": replay.end_seq, "events": replay.events,
+           "created_at": replay.created_at, "status": replay.status,
+           "filter_conditions": filter_to_api(replay.filter), "max_rate": replay.max_rate,
+           "finished_at": replay.finished_at}
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def replay_from_store(raw: dict[str, Any]) -> Replay:
+    rate = raw.get("max_rate")
+    return Replay(
+        id=raw["id"], starts_at=raw["starts_at"], ends_at=raw["ends_at"],
+        start_seq=int(raw["start_seq"]), end_seq=int(raw["end_seq"]),
+        events=int(raw["events"]), created_at=raw["created_at"],
+        filter=filter_from_api(raw.get("filter_conditions")),
+        max_rate=float(rate) if rate is not None else None,
+        status=raw.get("status", "running"), finished_at=raw.get("finished_at"))
+
+
+def replay_status(replay: Replay, integration: Integration) -> str:
+    """As shown: a running replay waits ("paused") while its integration does not run."""
+    return "paused" if replay.active and not integration.running else replay.status
+
+
+def replay_to_api(replay: Replay, integration: Integration,
+                  progress: ReplayProgress | None) -> dict[str, Any]:
+    """The contract's replay shape (plus its rate and filter when it has them)."""
+    delivered = progress.delivered if progress is not None else 0
+    view: dict[str, Any] = {
+        "replay_id": replay.id, "status": replay_status(replay, integration),
+        "starts_at": replay.starts_at, "ends_at": replay.ends_at, "events": replay.events,
+        "delivered": delivered, "created_at": replay.created_at,
+        "finished_at": replay.finished_at}
+    if replay.max_rate is not None:
+        view["max_rate"] = replay.max_rate
+    if replay.filter is not None:
+        view["filter_conditions"] = filter_to_api(replay.filter)
     return view
 
 

@@ -215,6 +215,7 @@ class DeliveryConfig:
     # bytes that reads of sinks behind them may hold at once, whatever their number.
     tail_cache: int = _size("32MiB")
     read_budget: int = _size("64MiB")
+    max_replays: int = 3  # replays per integration running (or paused) at once
 
 
 @dataclass(frozen=True)
@@ -355,6 +356,8 @@ def _check(config: Config) -> None:
                           "server.max_body")
     if config.delivery.cursor_every < 1:
         raise ConfigError("bad value for 'delivery.cursor_every': must be at least 1")
+    if config.delivery.max_replays < 0:
+        raise ConfigError("bad value for 'delivery.max_replays': must be 0 or more")
     if config.delivery.read_budget < 64 * 1024:
         raise ConfigError("bad value for 'delivery.read_budget': must be at least 64KiB")
     if config.webhook.max_in_flight < 1:

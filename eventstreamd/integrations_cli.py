@@ -28,6 +28,12 @@ Decisions:
   changes what the flags say (as GET shows them: secrets masked, which the
   daemon takes as "keep the stored one").
   `rotate-secret ID` prints the new secret, the only time it is shown.
+- Replays: `replay ID --from T [--to T] [--events ..] [--entities ..]
+  [--rate N] [--dry-run] [--wait]` (T: RFC 3339, or a duration meaning that
+  long ago: `--from 2h`), `replays ID`, `replay-cancel ID RID`. `--wait`
+  follows the replay until it ends (exit 0 completed, 1 cancelled), with a
+  progress bar on stderr when stderr is a terminal and a plain line every
+  few seconds otherwise; Ctrl-C stops following, never the replay.
 - Ids are percent-encoded in paths (`api_path()`): whatever the user typed names
   one integration or event, never another route.
 - A `--file` is read up to `config.MAX_FILE` (1 MiB; a body is a few hundred
@@ -40,6 +46,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 import urllib.parse
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -54,6 +61,7 @@ from .apiclient import (
     resolve_token,
 )
 from .config import Config, parse_toml, read_capped
+from .timeutil import since
 
 # ------------------------------------------------------------------- output
 
@@ -242,6 +250,24 @@ def add_parser(sub: Any) -> None:
     leaf("start", "start (resume) an integration", "id")
     leaf("stop", "stop an integration; it resumes where it stopped", "id")
     leaf("logs", "the integration's newest log entries", "id")
+    replay = leaf("replay", "deliver part of the log again, beside live traffic", "id")
+    replay.add_argument("--from", dest="starts_at", metavar="T", required=True,
+                        help="the events ingested from T on: RFC 3339, or a duration ago "
+                             "(2h, 30m)")
+    replay.add_argument("--to", dest="ends_at", metavar="T",
+                        help="... up to T (default: now)")
+    replay.add_argument("--events", metavar="NAMES",
+                        help="only these event names (default: the integration's filter)")
+    replay.add_argument("--entities", metavar="ENTITIES", help="only these entities")
+    replay.add_argument("--rate", metavar="PER_SECOND", type=float,
+                        help="at most this many replayed deliveries per second")
+    replay.add_argument("--dry-run", action="store_true",
+                        help="only count the events it would deliver")
+    replay.add_argument("--wait", action="store_true",
+                        help="follow it until it completes (progress on stderr)")
+    leaf("replays", "an integration's replays, newest first", "id")
+    cancel = leaf("replay-cancel", "cancel a running or paused replay", "id")
+    cancel.add_argument("replay_id", metavar="REPLAY_ID")
     rejected = commands.add_parser("rejected", help="events the receiver rejected (HTTP 400)",
                                    description="Events the receiver rejected (HTTP 400) or "
                                                "that could never be sent, kept for retry.")
@@ -270,6 +296,8 @@ examples:
   eventstreamd integrations rejected list orders
   eventstreamd integrations patch orders --max-rate 50 --ordered --ordering-key order_id
   eventstreamd integrations rotate-secret orders
+  eventstreamd integrations replay orders --from 2h --events order.created --dry-run
+  eventstreamd integrations replay orders --from 2024-06-01T00:00:00Z --rate 50 --wait
 
 exit codes: 0 done, 1 refused or failed by the daemon, 2 usage or config error,
 3 daemon unreachable, 4 not found.
@@ -594,6 +622,125 @@ def _rejected_delete(client: HttpClient, args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- replays
+
+FOLLOW_EVERY = 0.5  # seconds between looks while following a replay
+PLAIN_EVERY = 5.0  # seconds between progress lines when stderr is not a terminal
+BAR = 30
+
+
+def replay_body(args: argparse.Namespace) -> dict[str, Any]:
+    body: dict[str, Any] = {"starts_at": since(args.starts_at)}
+    if args.ends_at:
+        body["ends_at"] = since(args.ends_at)
+    if args.events is not None or args.entities is not None:
+        body["filter_conditions"] = {
+            **({"event_filter": _split(args.events)} if args.events is not None else {}),
+            **({"entity_filter": _split(args.entities)} if args.entities is not None else {})}
+    if args.rate is not None:
+        body["max_rate"] = args.rate
+    if args.dry_run:
+        body["dry_run"] = True
+    return body
+
+
+def progress_line(replay: dict[str, Any], bar: bool) -> str:
+    events, delivered = int(replay.get("events") or 0), int(replay.get("delivered") or 0)
+    share = delivered / events if events else 1.0
+    counts = f"{delivered:,}/{events:,} events ({share:.0%}) {replay.get('status')}"
+    if not bar:
+        return f"replay {replay.get('replay_id')}: {counts}"
+    filled = round(share * BAR)
+    return f"\r[{'#' * filled}{'.' * (BAR - filled)}] {counts}\x1b[K"
+
+
+def _replay(client: HttpClient, args: argparse.Namespace) -> int:
+    result = client.call("POST", api_path(client, args.id, "_replay"), replay_body(args))
+    if args.dry_run:
+        if args.json:
+            dump(result)
+        else:
+            print(f"{args.id}: {result['events']:,} events would be replayed")
+        return 0
+    if args.json and not args.wait:
+        dump(result)
+        return 0
+    replay_id = str(result["replay_id"])
+    if not args.json:
+        print(f"replay {replay_id} of {args.id} started: {result['events']:,} events "
+              f"({result['status']})")
+    if not args.wait:
+        print(f"follow it with: eventstreamd integrations replays {args.id}")
+        return 0
+    return _follow(client, args, replay_id)
+
+
+def _follow(client: HttpClient, args: argparse.Namespace, replay_id: str) -> int:
+    bar = sys.stderr.isatty()
+    last_line = 0.0
+    replay: dict[str, Any] = {}
+    try:
+        while True:
+            listed = client.call("GET", api_path(client, args.id, "replays")) or {}
+            replay = next((r for r in listed.get("replays") or []
+                           if r.get("replay_id") == replay_id), {})
+            if not replay:
+                raise ClientError(f"replay {replay_id} is gone (its integration was "
+                                  "deleted?)", 1)
+            finished = replay.get("status") in ("completed", "cancelled")
+            if bar:
+                sys.stderr.write(progress_line(replay, True))
+                sys.stderr.flush()
+            elif finished or time.monotonic() - last_line >= PLAIN_EVERY:
+                print(progress_line(replay, False), file=sys.stderr)
+                last_line = time.monotonic()
+            if finished:
+                break
+            time.sleep(FOLLOW_EVERY)
+    except KeyboardInterrupt:
+        if bar:
+            sys.stderr.write("\n")
+        print(f"stopped following; replay {replay_id} goes on (cancel it with: "
+              f"eventstreamd integrations replay-cancel {args.id} {replay_id})",
+              file=sys.stderr)
+        return 130
+    if bar:
+        sys.stderr.write("\n")
+    if args.json:
+        dump(replay)
+    else:
+        print(f"replay {replay_id} {replay['status']}: {replay.get('delivered', 0):,} of "
+              f"{replay.get('events', 0):,} events delivered")
+    return 0 if replay.get("status") == "completed" else 1
+
+
+def _replays(client: HttpClient, args: argparse.Namespace) -> int:
+    result = client.call("GET", api_path(client, args.id, "replays"))
+    if args.json:
+        dump(result)
+        return 0
+    replays = result.get("replays") or []
+    if not replays:
+        print(f"{args.id}: no replays")
+        return 0
+    table(["REPLAY", "STATUS", "PROGRESS", "CREATED", "FINISHED", "RANGE"],
+          [[r.get("replay_id"), r.get("status"),
+            f"{r.get('delivered', 0):,}/{r.get('events', 0):,}", r.get("created_at"),
+            r.get("finished_at"), f"{r.get('starts_at')} .. {r.get('ends_at')}"]
+           for r in replays])
+    return 0
+
+
+def _replay_cancel(client: HttpClient, args: argparse.Namespace) -> int:
+    result = client.call("DELETE", api_path(client, args.id, "replays", args.replay_id))
+    if args.json:
+        dump(result)
+    else:
+        print(f"replay {args.replay_id} {result['status']} after {result['delivered']:,} of "
+              f"{result['events']:,} events")
+    return 0
+
+
 COMMANDS: dict[str, Callable[[HttpClient, argparse.Namespace], int]] = {
     "list": _list,
     "show": _one("GET", (), ""),
@@ -608,4 +755,7 @@ COMMANDS: dict[str, Callable[[HttpClient, argparse.Namespace], int]] = {
     "rejected-show": _rejected_show,
     "rejected-retry": _rejected_retry,
     "rejected-delete": _rejected_delete,
+    "replay": _replay,
+    "replays": _replays,
+    "replay-cancel": _replay_cancel,
 }

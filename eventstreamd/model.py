@@ -18,6 +18,12 @@ Decisions:
   one, and the store refuses a write whose fence no longer holds, so a sink
   finishing for a deleted (or re-created, or re-owned) integration writes
   nothing into its successor.
+- A `Replay` (part of the log delivered again beside the live traffic) is
+  kept in its integration's record: created, cancelled and completed by
+  transitions of the record, so the per-integration limit is checked in the
+  same atomic step, every daemon sees it where it sees the record, and a
+  deleted integration takes its replays with it. Its progress (cursor and
+  count, `ReplayProgress`) is written often and fenced, apart from the record.
 """
 
 from __future__ import annotations
@@ -28,6 +34,8 @@ from typing import Any, ClassVar, Literal
 
 IntegrationType = Literal["permanent", "temporary"]
 Status = Literal["running", "stopped"]
+# As stored: "running" until it ends. Shown "paused" while its integration is stopped.
+ReplayStatus = Literal["running", "completed", "cancelled"]
 
 
 # ------------------------------------------------------------------- events
@@ -160,6 +168,39 @@ class EventFilterSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class Replay:
+    """A part of the log delivered again to an integration: the events ingested from
+    `starts_at` to `ends_at` (fixed at creation as the sequence range `start_seq` ..
+    `end_seq - 1`) that pass `filter`, `events` of them."""
+
+    id: str  # a subject token and S3 key segment (hex)
+    starts_at: str  # RFC 3339, as asked
+    ends_at: str
+    start_seq: int
+    end_seq: int  # exclusive
+    events: int  # how many events of the range pass the filter
+    created_at: str
+    filter: EventFilterSpec | None = None  # the replay's own, or its integration's
+    max_rate: float | None = None  # deliveries per second, on top of the integration's
+    status: ReplayStatus = "running"
+    finished_at: str | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.status == "running"
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayProgress:
+    """How far a replay got, written with its cursor: `cursor` is the next seq to read;
+    `delivered` counts the events of its range before it that were finished (delivered,
+    or rejected by the receiver and kept as rejected events)."""
+
+    cursor: int
+    delivered: int
+
+
+@dataclass(frozen=True, slots=True)
 class Integration:
     id: str
     type: IntegrationType
@@ -176,6 +217,10 @@ class Integration:
     # Why the daemon stopped it by itself (deliveries failed for `stop_after_failing`):
     # the last error. None unless the last stop was automatic; `_start` clears it.
     auto_stop: str | None = None
+    replays: tuple[Replay, ...] = ()  # oldest first; finished ones are kept a while
+
+    def replay(self, replay_id: str) -> Replay | None:
+        return next((r for r in self.replays if r.id == replay_id), None)
 
     @property
     def kind(self) -> str:
@@ -279,6 +324,8 @@ class Change:
     integration: Integration
     cursor: int | None = None  # a new cursor (the restart-window skip), or unchanged
     logs: tuple[LogEntry, ...] = ()
+    # Replays dropped from the record: their progress and saved state go with them.
+    dropped_replays: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import subprocess
 import sys
 from pathlib import Path
@@ -265,3 +266,66 @@ def test_help() -> None:
     for words in ("$EVENTSTREAMD_CONFIG", "SIGTERM", "exit codes", "relative to the file"):
         assert words in run_help
     assert "exit codes" in cli("integrations", "--help").stdout
+
+
+def test_replay_commands_count_start_follow_and_cancel(daemon_factory: Factory,
+                                                       listeners: Any) -> None:
+    d = daemon_factory(FAST)
+    listener = listeners()
+
+    def es(*args: str, code: int = 0) -> subprocess.CompletedProcess[str]:
+        result = cli("integrations", *args, "--config", str(d.config_path))
+        assert result.returncode == code, (args, result.stdout, result.stderr)
+        return result
+
+    es("create", "shop", "--webhook", f"{listener.url}hooks")
+    events = "\n".join(json.dumps({"name": name, "payload": {"i": i}})
+                       for i, name in enumerate(["order.created", "order.paid"] * 10))
+    assert cli("publish", "--config", str(d.config_path), stdin=events).returncode == 0
+    eventually_sync(lambda: listener.deliveries() >= 20)
+    out = es("replay", "shop", "--from", "5m", "--dry-run").stdout
+    assert "20 events would be replayed" in out
+    counted = json.loads(es("replay", "shop", "--from", "5m", "--events", "order.paid",
+                            "--dry-run", "--json").stdout)
+    assert counted == {"events": 10}
+    # Followed to the end; stderr is no terminal here: plain progress lines, no bar.
+    done = es("replay", "shop", "--from", "5m", "--entities", "order", "--wait")
+    assert "completed: 20 of 20 events delivered" in done.stdout
+    assert "replay " in done.stderr and "20/20 events (100%) completed" in done.stderr
+    assert "\r" not in done.stderr
+    eventually_sync(lambda: listener.deliveries() >= 40)
+    # On a terminal: a bar, redrawn in place.
+    primary, secondary = pty.openpty()
+    try:
+        followed = subprocess.run(
+            [sys.executable, "-m", "eventstreamd", "integrations", "replay", "shop", "--from",
+             "5m", "--rate", "20", "--wait", "--config", str(d.config_path)],
+            stdout=subprocess.PIPE, stderr=secondary, text=True, timeout=60)
+        os.close(secondary)
+        drawn = b""
+        while chunk := _read_pty(primary):
+            drawn += chunk
+    finally:
+        os.close(primary)
+    assert followed.returncode == 0 and "completed: 20 of 20" in followed.stdout
+    assert b"\r[" in drawn and b"20/20 events (100%) completed" in drawn
+    assert b"[" + b"#" * 30 + b"]" in drawn
+    slow = json.loads(es("replay", "shop", "--from", "5m", "--rate", "1", "--json").stdout)
+    assert slow["events"] == 20 and slow["status"] == "running"
+    listed = es("replays", "shop").stdout.splitlines()
+    assert listed[0].split()[:3] == ["REPLAY", "STATUS", "PROGRESS"]
+    assert listed[1].split()[:2] == [slow["replay_id"], "running"]
+    assert listed[2].split()[1] == "completed"
+    out = es("replay-cancel", "shop", slow["replay_id"]).stdout
+    assert f"replay {slow['replay_id']} cancelled after" in out
+    es("replay-cancel", "shop", "nope", code=4)
+    assert "starts_at" in es("replay", "shop", "--from", "soon", code=1).stderr
+    es("replays", "nobody", code=4)
+
+
+def _read_pty(fd: int) -> bytes:
+    """What a pseudo-terminal holds; b"" once its other end is closed and it is drained."""
+    try:
+        return os.read(fd, 65536)
+    except OSError:  # EIO: the writer closed it
+        return b""

@@ -7,9 +7,6 @@ test. The browser is the system's Chromium (`chromium` on PATH, or
 saying why, unless `EVENTSTREAMD_REQUIRE_BROWSER=1` (set by `.ci/run`), where a missing
 browser fails them.
 
-Tests of operations another part of the daemon provides are marked `needs_replays`
-(replays); pyproject.toml leaves them out of the default run until those operations are in.
-
 `EVENTSTREAMD_SCREENSHOTS=<dir>` makes `test_screenshots` save a picture of each page
 (docs/ holds the ones the README shows); without it that test skips.
 """
@@ -486,7 +483,6 @@ async def delivered_then_replay_form(page: Page, d: DaemonProcess, receiver: Rec
     await page.get_by_label("From (your local time)").fill(utc_input(since))
 
 
-@pytest.mark.needs_replays
 async def test_a_replay_started_from_the_console_completes(
         page: Page, daemon_factory: Factory,
         receivers: Callable[..., Awaitable[Receiver]]) -> None:
@@ -503,7 +499,6 @@ async def test_a_replay_started_from_the_console_completes(
     assert {r.key for r in replayed} == {r.key for r in receiver.delivered[:5]}
 
 
-@pytest.mark.needs_replays
 async def test_a_replay_is_cancelled_from_the_console(
         page: Page, daemon_factory: Factory,
         receivers: Callable[..., Awaitable[Receiver]]) -> None:
@@ -774,9 +769,18 @@ async def test_screenshots(page: Page, daemon_factory: Factory, moto: MotoServer
                             "payload": {**HOSTILE_PAYLOAD, "vip": True}}])
         await api.wait_logs("legacy-crm", "auto_stopped")  # its reason quotes that payload
         await open_console(page, d)
+        since = (datetime.now(UTC) - timedelta(seconds=5)).isoformat()
         for burst in (5, 20, 40, 25, 60, 30, 80, 45, 20, 50, 35, 70):
             await api.publish(events(burst, "order.created") + events(burst // 3, "invoice.paid"))
             await anyio.sleep(1.0)
+        # The page's replay panel: one replay done, one under way at its own pace.
+        invoices = await api.request("POST", f"{BASE}/billing-hooks/_replay", {
+            "starts_at": since, "filter_conditions": {"entity_filter": ["invoice"]}}, 202)
+        await api.wait_replay("billing-hooks", invoices["replay_id"])
+        paced = await api.request("POST", f"{BASE}/billing-hooks/_replay",
+                                  {"starts_at": since, "max_rate": 20}, 202)
+        await eventually(lambda: api.replays("billing-hooks"), lambda replays: next(
+            r for r in replays if r["replay_id"] == paced["replay_id"])["delivered"] >= 40)
     rejected = page.locator('tr[data-id="billing-hooks"] [data-label="Rejected"]')
     await expect(rejected).to_have_text("1")
     await expect(page.locator('tr[data-id="legacy-crm"] .health')).to_have_text("■ auto-stopped")

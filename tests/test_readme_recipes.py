@@ -124,3 +124,19 @@ def test_signing_secret_lives_outside_the_clone(clone: Path, tmp_path: Path) -> 
     assert valid_signing_secret(config.webhook.signing_secret)
     assert config.data_dir == clone / "data"
     assert os.listdir(clone) == []
+
+
+def test_replays(clone: Path, tmp_path: Path) -> None:
+    script = recipe("Replays", ("8082", "9200"))
+    result = run(script, clone, tmp_path)
+    assert result.returncode == 0, (result.stdout[-3000:], result.stderr[-3000:])
+    out = result.stdout
+    assert '{"events":3}' in out
+    assert re.search(r'"events":4,"status":"running"', out), out
+    assert "erp: 3 events would be replayed" in out
+    assert re.search(r"replay [0-9a-f]{16} completed: 3 of 3 events delivered", out), out
+    assert re.search(r"replay [0-9a-f]{16} cancelled after", out), out
+    replayed = int(out.strip().splitlines()[-1])
+    assert 3 <= replayed < 3 + 4  # the CLI's three, and what the paced one sent meanwhile
+    assert os.listdir(clone) == []
+    assert os.listdir(tmp_path / "tmp") == []

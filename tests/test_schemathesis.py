@@ -31,6 +31,7 @@ import os
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,7 @@ from schemathesis.specs.openapi.checks import (
 from eventstreamd.config import Config
 from eventstreamd.daemon.contracts import ChangeFeed
 from eventstreamd.daemon.integrations import IntegrationService
+from eventstreamd.daemon.replays import ReplayService
 from eventstreamd.model import RejectedEvent
 from eventstreamd.schemas.spec import SPEC_FILE, spec, spec_text
 from tests.helpers.daemon import DaemonProcess
@@ -115,6 +117,7 @@ def _rejected_plan() -> dict[str, list[RejectedEvent]]:
 
 
 REJECTED = _rejected_plan()
+SEEDED_REPLAYS: list[str] = []  # a replay of seed-webhook (no events: it completes at once)
 
 
 async def _seed(data_dir: Path) -> None:
@@ -125,7 +128,14 @@ async def _seed(data_dir: Path) -> None:
             await service.create(body)
         for integration_id in STOPPED:
             await service.stop(integration_id)
+        _, started = await ReplayService(service).replay(
+            "seed-webhook", {"starts_at": _an_hour_ago()})
+        SEEDED_REPLAYS.append(started["replay_id"])
     await seed_rejected(data_dir, REJECTED)
+
+
+def _an_hour_ago() -> str:
+    return (datetime.now(UTC) - timedelta(hours=1)).isoformat()
 
 
 @pytest.fixture(scope="module")
@@ -160,7 +170,8 @@ def before_generate_path_parameters(context: Any, strategy: Any) -> Any:
     # A seeded rejected event of any of those integrations: sometimes it belongs
     # to the chosen one (200), sometimes not (404).
     choices = {"integration_id": st.sampled_from(owners),
-               "event_id": st.sampled_from(_ids(owners))}
+               "event_id": st.sampled_from(_ids(owners)),
+               "replay_id": st.sampled_from([*SEEDED_REPLAYS, "0123456789abcdef"])}
     seeded = st.fixed_dictionaries({k: v for k, v in choices.items() if k in names})
     return st.one_of(strategy, seeded)
 

@@ -25,6 +25,7 @@ from eventstreamd.storage.base import (
     StoreFormatError,
     StoreFull,
 )
+from eventstreamd.storage.counts import BUCKET
 from eventstreamd.storage.lmdb_store import LmdbStore, now_ms
 from eventstreamd.storage.records import FORMAT, u64
 from tests.helpers.store import decoded, held, new_event, seed_format1
@@ -280,3 +281,37 @@ async def test_a_newer_format_is_refused_with_what_to_do(tmp_path: Path) -> None
                                                       db=store._meta))
     with pytest.raises(StoreFormatError, match="newer eventstreamd"):
         LmdbStore(data, map_size=1024 * 1024)
+
+
+async def test_name_counts_follow_retention_and_an_upgraded_data_dir(tmp_path: Path) -> None:
+    path = tmp_path / "data"
+    names = ("order.created", "order.paid")
+
+    def named(i: int) -> NewEvent:
+        return new_event(f"id-{i}", {}, name=names[i % 2])
+
+    def paid(name: str) -> bool:
+        return name == "order.paid"
+
+    async with held(LmdbStore(path, map_size=64 * 1024 * 1024)) as store:
+        await store.append([named(i) for i in range(3 * BUCKET)])
+        await anyio.sleep(0.01)
+        cutoff = now_ms()
+        await anyio.sleep(0.01)
+        await store.append([named(i) for i in range(3 * BUCKET, 3 * BUCKET + 100)])
+        assert await store.count_events(1, store.head + 1, paid) == (3 * BUCKET + 100) // 2
+        await store.prune(cutoff)  # the first three buckets go, and their counts
+        with store.env.begin(db=store._name_counts) as txn:
+            assert {key[:8] for key, _ in txn.cursor()} == {u64(3)}
+        assert await store.count_events(1, store.head + 1, paid) == 50
+        assert await store.count_events(1, store.head + 1) == 100
+    # A data dir from before the counts: its events are read (names only) when counted.
+    async with held(LmdbStore(path, map_size=64 * 1024 * 1024)) as store:
+        with store.env.begin(write=True) as txn:
+            txn.drop(store._name_counts, delete=False)
+            txn.delete(b"counted_from", db=store._meta)
+    async with held(LmdbStore(path, map_size=64 * 1024 * 1024)) as store:
+        head = store.head
+        await store.append([named(i) for i in range(2 * BUCKET)])
+        assert await store.count_events(1, store.head + 1, paid) == 50 + BUCKET
+        assert await store.count_events(head + 1, store.head + 1, paid) == BUCKET

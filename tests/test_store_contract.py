@@ -5,18 +5,27 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 
 from eventstreamd.config import Config
-from eventstreamd.model import Change, ChangeView, Integration, LogEntry, RetryOutcome
+from eventstreamd.model import (
+    Change,
+    ChangeView,
+    Integration,
+    LogEntry,
+    Replay,
+    ReplayProgress,
+    RetryOutcome,
+)
 from eventstreamd.storage.base import (
     IntegrationExists,
     IntegrationLimitReached,
     IntegrationMissing,
     Store,
 )
+from eventstreamd.storage.counts import BUCKET
 from tests.helpers.backends import EVERY_BACKEND
 from tests.helpers.store import CREATED, limited, new_event, rejected_n, stored_hook
 
@@ -213,3 +222,80 @@ async def test_delete_takes_everything_of_the_integration(store: Store) -> None:
     assert [i.id for i in await store.list_integrations()] == ["keep"]
     assert await store.get_sink_state("keep") == {"s": "keep"}
     assert len(await store.list_rejected("keep")) == 1
+
+
+# ------------------------------------------------------------------- replays
+
+
+def _replay(replay_id: str, **fields: object) -> Replay:
+    return Replay(id=replay_id, starts_at="2024-01-01T00:00:00.000Z",
+                  ends_at="2024-01-02T00:00:00.000Z", start_seq=1, end_seq=10, events=9,
+                  created_at="2024-01-02T00:00:00.000Z", **fields)  # type: ignore[arg-type]
+
+
+async def test_counts_by_name_match_the_log_across_buckets(store: Store) -> None:
+    names = ("order.created", "order.paid", "return.opened", "refund.made")
+    total = 2 * BUCKET + 300
+    for start in range(0, total, 1000):  # requests of 1,000 cross bucket bounds
+        await store.append([new_event(f"e{i}", {}, name=names[(i * i) % 4])
+                            for i in range(start, min(total, start + 1000))])
+    events = await store.read_events(1, total, 1 << 30)
+
+    def brute(low: int, high: int, matches: Callable[[str], bool] | None) -> int:
+        return sum(1 for e in events if low <= e.seq < high
+                   and (matches is None or matches(e.name)))
+
+    orders = {"order.created", "order.paid"}
+    predicates: list[Callable[[str], bool] | None] = [
+        None, orders.__contains__, lambda name: name.startswith("return."),
+        lambda name: False]
+    ranges = [(1, total + 1), (1, BUCKET + 1), (BUCKET + 1, 2 * BUCKET + 1),
+              (17, 2 * BUCKET + 5), (BUCKET - 3, BUCKET + 3), (500, 501), (9, 9),
+              (total - 10, total + 500), (total + 5, total + 9)]
+    for low, high in ranges:
+        for matches in predicates:
+            assert await store.count_events(low, high, matches) == brute(low, high, matches), \
+                (low, high)
+    # Asked again (JetStream: from what the first counts kept), the same answers.
+    assert await store.count_events(1, total + 1, orders.__contains__) == \
+        brute(1, total + 1, orders.__contains__)
+
+
+async def test_replay_progress_and_state_are_fenced_and_go_with_their_replay(
+        store: Store) -> None:
+    integration = dataclasses.replace(stored_hook(), replays=(_replay("r1"), _replay("r2")))
+    await store.create_integration(integration, cursor=1, limit=10, log=CREATED)
+    fence = integration.fence()
+    assert await store.get_replay_progress("a", "r1") is None
+    assert await store.list_replay_progress("a") == {}
+    assert await store.set_replay_progress(fence, "r1", ReplayProgress(5, 3))
+    assert await store.set_replay_progress(fence, "r1", ReplayProgress(7, 4))
+    assert await store.set_replay_progress(fence, "r2", ReplayProgress(2, 1))
+    assert await store.put_replay_state(fence, "r1", {"pending": [1, 2]})
+    assert await store.get_replay_progress("a", "r1") == ReplayProgress(7, 4)
+    assert await store.list_replay_progress("a") == {"r1": ReplayProgress(7, 4),
+                                                     "r2": ReplayProgress(2, 1)}
+    assert await store.get_replay_state("a", "r1") == {"pending": [1, 2]}
+    assert await store.get_replay_state("a", "r2") is None
+    got = await store.get_integration("a")
+    assert got is not None and got.replays == integration.replays
+
+    def drop_first(current: Integration, view: ChangeView) -> Change:
+        return Change(dataclasses.replace(current, replays=current.replays[1:]),
+                      dropped_replays=("r1",))
+
+    changed = await store.change_integration("a", drop_first)
+    assert [r.id for r in changed.replays] == ["r2"]
+    assert await store.get_replay_progress("a", "r1") is None
+    assert await store.get_replay_state("a", "r1") is None
+    assert await store.list_replay_progress("a") == {"r2": ReplayProgress(2, 1)}
+    stale = dataclasses.replace(fence, incarnation="someone-else")
+    assert await store.set_replay_progress(stale, "r2", ReplayProgress(9, 9)) is False
+    assert await store.put_replay_state(stale, "r2", {"x": 1}) is False
+    assert await store.get_replay_progress("a", "r2") == ReplayProgress(2, 1)
+    assert await store.delete_integration("a")
+    assert await store.get_replay_progress("a", "r2") is None
+    await store.create_integration(stored_hook(incarnation="new"), cursor=1, limit=10,
+                                   log=CREATED)
+    assert await store.list_replay_progress("a") == {}
+    assert await store.set_replay_progress(fence, "r2", ReplayProgress(3, 3)) is False

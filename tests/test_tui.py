@@ -10,11 +10,13 @@ from typing import Any
 
 import anyio
 import pytest
+from textual.widgets import Button, Input, Static
 
 from eventstreamd.tui import format as fmt
 from eventstreamd.tui.app import DashboardApp
 from eventstreamd.tui.detail import IntegrationScreen
 from eventstreamd.tui.dialogs import ConfirmScreen, PayloadScreen
+from eventstreamd.tui.replay import ReplayScreen
 from eventstreamd.tui.sample import SIZE, SNAPSHOT, SOCKET_LABEL
 from eventstreamd.tui.widgets import ConnectionBar
 from tests.helpers.api import ApiClient, events
@@ -153,6 +155,57 @@ async def test_rejected_event_is_viewed_retried_and_deleted(daemon_factory: Fact
                 await shows(pilot, lambda: cell(app, "w1", "rejected") == "0", "dashboard")
     finally:
         await receiver.close()
+
+
+async def test_a_replay_is_counted_started_watched_and_cancelled(
+        daemon_factory: Factory) -> None:
+    daemon = daemon_factory(FAST)
+    async with Receiver() as receiver, ApiClient(daemon) as api:
+        await api.webhook("w1", receiver.url)
+        await api.publish(events(30) + events(10, name="return.opened"))
+        await eventually(lambda: len(receiver.delivered) == 40, within=WAIT)
+        app = tui_for(daemon)
+        async with app.run_test(size=TERMINAL) as pilot:
+            await shows(pilot, lambda: "w1" in row_ids(app, "#integrations"), "listed")
+            select(app, "w1")
+            await pilot.press("enter")
+            await shows(pilot, lambda: isinstance(app.screen, IntegrationScreen), "details")
+            await pilot.press("p")
+            await shows(pilot, lambda: isinstance(app.screen, ReplayScreen), "the dialog")
+            dialog = app.screen
+            assert isinstance(dialog, ReplayScreen)
+            dialog.query_one("#from", Input).value = "5m"
+            dialog.query_one("#entities", Input).value = "order"
+            dialog.query_one("#rate", Input).value = "5"
+            start = dialog.query_one("#start", Button)
+            assert start.disabled  # nothing can start before it was counted
+            await pilot.click("#count")
+            await shows(pilot, lambda: not start.disabled, "counted")
+            assert str(start.label) == "Start replay of 30 events"
+            assert "30 events would be replayed" in str(
+                dialog.query_one("#counted", Static).render())
+            dialog.query_one("#rate", Input).value = "4"  # a change forgets the count
+            await shows(pilot, lambda: start.disabled, "forgotten")
+            await pilot.click("#count")
+            await shows(pilot, lambda: not start.disabled, "counted again")
+            await pilot.click("#start")
+            await shows(pilot, lambda: isinstance(app.screen, IntegrationScreen), "started")
+            await shows(pilot, lambda: len(row_ids(app, "#replays")) == 1, "listed")
+            replay_id = row_ids(app, "#replays")[0]
+            await shows(pilot, lambda: str(table(app, "#replays").get_cell(
+                replay_id, "progress")).endswith(("/30",)) and "0/30" not in str(
+                table(app, "#replays").get_cell(replay_id, "progress")), "progress")
+            assert str(table(app, "#replays").get_cell(replay_id, "status")) == "running"
+            await pilot.press("c")
+            await shows(pilot, lambda: isinstance(app.screen, ConfirmScreen), "confirm")
+            await pilot.press("y")
+            await shows(pilot, lambda: str(table(app, "#replays").get_cell(
+                replay_id, "status")) == "cancelled", "cancelled")
+            listed = await api.replays("w1")
+            assert [(r["replay_id"], r["status"], r["events"]) for r in listed] == \
+                [(replay_id, "cancelled", 30)]
+            await pilot.press("c")  # nothing running to cancel now
+            await shows(pilot, lambda: "no running" in app.last_message, "refused")
 
 
 async def test_daemon_gone_then_back(daemon_factory: Factory) -> None:

@@ -38,6 +38,7 @@ from .lmdb import (
     webhook_8,
     webhook_fanout,
 )
+from .replay import replay
 from .s3 import s3_gzip, s3_parquet, s3_upload, s3_zstd
 
 SCENARIOS: dict[str, Callable[[Ctx], list[Row]]] = {
@@ -49,6 +50,7 @@ SCENARIOS: dict[str, Callable[[Ctx], list[Row]]] = {
     "webhook-ordered-strict": webhook_strict,
     "webhook-ordered-keyed": webhook_keyed,
     "webhook-max-rate": webhook_max_rate,
+    "replay": replay,
     "latency-1000eps": latency,
     "capacity": capacity,
     "s3-upload": s3_upload,

@@ -32,11 +32,13 @@ from .keys import (
     INGEST_BUDGET,
     INGEST_STATS,
     INTEGRATIONS,
+    REPLAYS,
     STORE,
     TOKENS,
 )
 from .metrics import DaemonMetrics, IngestStats, metrics_handler, readyz_handler
 from .publish import publish_events
+from .replays import ReplayService
 from .routes import add_routes
 
 
@@ -69,6 +71,7 @@ def build_app(config: Config, store: Store, tokens: tuple[str, ...],
     app[STORE] = store
     app[TOKENS] = tokens
     app[INTEGRATIONS] = service
+    app[REPLAYS] = ReplayService(service)
     app[DEFAULT_TENANT] = config.tenant
     app[INGEST_BUDGET] = BodyBudget(config.server.max_inflight_bytes, config.server.max_body)
     app[INGEST_STATS] = metrics.ingest if metrics is not None else IngestStats()

@@ -17,7 +17,7 @@ ownership balancer read the supervisor's sinks (`SinkStatusSource`,
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import anyio
 
@@ -64,6 +64,22 @@ class SinkStatus:
 
 class SinkStatusSource(Protocol):
     def sink_status(self, integration_id: str) -> SinkStatus | None: ...
+
+
+@dataclass(frozen=True)
+class ReplayFigures:
+    """A running replay's live figures (the status snapshot's)."""
+
+    delivered: int  # up to where it stands now, saved or not
+    in_flight: int | None
+    crashes: int
+
+
+@runtime_checkable
+class ReplayFiguresSource(Protocol):
+    """The supervisor's replays, by integration (replay_runs.py)."""
+
+    def replay_figures(self, integration_id: str) -> dict[str, ReplayFigures]: ...
 
 
 class SinkActivity(SinkStatusSource, Protocol):

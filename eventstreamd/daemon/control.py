@@ -29,12 +29,16 @@ Operations (fields in brackets): `ping`, `status`, `subscribe`, `unsubscribe`,
 `list`, `get` [integration_id], `logs` [integration_id], `rejected`
 [integration_id], `rejected_event` [integration_id, event_id], `start`
 [integration_id], `stop` [integration_id], `retry_rejected` [integration_id,
-event_id], `delete_rejected` [integration_id, event_id].
+event_id], `delete_rejected` [integration_id, event_id], `replays`
+[integration_id], `replay` [integration_id, replay: the `_replay` body],
+`cancel_replay` [integration_id, replay_id].
 
 Decisions:
-- Every operation calls `IntegrationService` (the HTTP API's service) or the
-  `StatusSampler`; there is no second implementation of any rule, and an
-  `ApiError` becomes the error response field for field.
+- Every operation calls `IntegrationService` (the HTTP API's service), the
+  `ReplayService` or the `StatusSampler`; there is no second implementation
+  of any rule, and an `ApiError` becomes the error response field for field.
+  A field is a string, except `replay`'s body (an object, checked by the
+  replay service as the HTTP API checks it).
 - Bounded everywhere. Each client has one outgoing queue of `queue_size`
   lines, written by one writer task. Responses and pushes are offered to it
   without waiting: a full queue means the client stopped reading (its kernel
@@ -101,6 +105,7 @@ from ..config import ControlConfig
 from ..logs import Throttle, kv
 from .errors import ApiError
 from .integrations import IntegrationService
+from .replays import ReplayService
 from .status import StatusSampler
 
 log = logging.getLogger("eventstreamd.control")
@@ -115,6 +120,7 @@ DRAIN_TIMEOUT = 30.0  # seconds a half-closed client's pending requests may take
 STOP_TIMEOUT = 5.0
 BACKLOG = 64
 ACCEPT_BACKOFF = (0.1, 1.0)  # first and longest pause after a failed accept
+OBJECT = "*"  # marks an operation's field that is an object, not a string
 
 
 class ControlSocketError(Exception):
@@ -170,6 +176,7 @@ class ControlServer:
     ) -> None:
         self.path = Path(path)
         self.service = service
+        self.replays = ReplayService(service)
         self.sampler = sampler
         self.queue_size = queue_size
         self.push_interval = push_interval
@@ -200,6 +207,9 @@ class ControlServer:
             "stop": (("integration_id",), self._stop),
             "retry_rejected": (("integration_id", "event_id"), self._retry_rejected),
             "delete_rejected": (("integration_id", "event_id"), self._delete_rejected),
+            "replays": (("integration_id",), self._replays),
+            "replay": (("integration_id", OBJECT + "replay"), self._replay),
+            "cancel_replay": (("integration_id", "replay_id"), self._cancel_replay),
         }
 
     # ---------------------------------------------------------------- lifecycle
@@ -440,12 +450,17 @@ class ControlServer:
                                  f"unknown op {str(op)[:64]!r}; known: {', '.join(self._ops)}")
         fields, handler = spec
         args = []
-        for name in fields:
+        for field_spec in fields:
+            name = field_spec.removeprefix(OBJECT)
             value = request.get(name)
             if value is None:
                 return error_message(request_id, "missing_field",
                                      f"op '{op}' needs '{name}'")
-            if not isinstance(value, str):
+            if name != field_spec:
+                if not isinstance(value, dict):
+                    return error_message(request_id, "invalid_request",
+                                         f"'{name}' must be an object")
+            elif not isinstance(value, str):
                 return error_message(request_id, "invalid_request", f"'{name}' must be a string")
             args.append(value)
         try:
@@ -502,6 +517,17 @@ class ControlServer:
                                event_id: str) -> dict[str, Any]:
         await self.service.delete_rejected(integration_id, event_id)
         return {}
+
+    async def _replays(self, client: _Client, integration_id: str) -> dict[str, Any]:
+        return await self.replays.list(integration_id)
+
+    async def _replay(self, client: _Client, integration_id: str,
+                      body: dict[str, Any]) -> dict[str, Any]:
+        return (await self.replays.replay(integration_id, body))[1]
+
+    async def _cancel_replay(self, client: _Client, integration_id: str,
+                             replay_id: str) -> dict[str, Any]:
+        return await self.replays.cancel(integration_id, replay_id)
 
     # -------------------------------------------------------------------- push
 

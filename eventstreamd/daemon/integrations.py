@@ -273,6 +273,12 @@ class IntegrationService:
         self.changes.notify(integration_id)
         return changed
 
+    # What the replay service (replays.py) writes and reads through: the same rules for
+    # store failures, unknown ids and change notification as every operation here.
+    stored = _do
+    record = _integration
+    transition = _change
+
     # ------------------------------------------------------------------ reads
 
     async def list_integrations(self) -> list[dict[str, Any]]:

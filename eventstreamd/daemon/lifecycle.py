@@ -77,6 +77,7 @@ from .http_server import DaemonRunner, connection_limits
 from .integrations import IntegrationService
 from .metrics import DaemonMetrics, IngestStats, Readiness
 from .ownership import HeldLeases, Ownership
+from .replays import ReplayService
 from .retention import retention_loop
 from .status import StatusSampler
 from .supervisor import Supervisor
@@ -189,6 +190,7 @@ class Daemon:
             held = HeldLeases()
             supervisor = Supervisor(env, store, changes, on_completed=service.complete,
                                     on_gave_up=service.auto_stop,
+                                    on_replay_completed=ReplayService(service).complete,
                                     leases=held if shared is not None else None)
             ownership = None
             if shared is not None:

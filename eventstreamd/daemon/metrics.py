@@ -10,6 +10,10 @@ Decisions:
   store figures from `Store.stats()`. prometheus-client only renders them
   (custom metric families in a registry built per scrape), so no library
   lock sits on the ingest or delivery paths.
+- Replays: `eventstreamd_replayed_events_total{integration}` counts what the
+  integration's replays delivered (their shared `SinkStats`, living as long as
+  the integration's sink, like its other counters), and
+  `eventstreamd_replays_running` the replays this daemon runs now.
 - Sink counters live as long as the sink is wanted: a stopped integration
   has lag but no counters, and a sink started anew counts from zero again
   (Prometheus' `rate()` and `increase()` treat that as a counter reset).
@@ -111,7 +115,22 @@ class DaemonMetrics:
         out += self._ingest_families(snapshot["head"])
         out += _store_families(stats)
         out += self._integration_families(snapshot["integrations"])
+        out += self._replay_families(snapshot["integrations"])
         return out
+
+    def _replay_families(self, items: Iterable[dict[str, Any]]) -> list[Metric]:
+        replayed = CounterMetricFamily(
+            "eventstreamd_replayed_events",
+            "Events the integration's replays delivered (2xx, or uploaded in a replay's "
+            "S3 object).", labels=["integration", "kind"])
+        running = 0
+        for item in items:
+            running += len(self.supervisor.replay_figures(item["id"]))
+            stats = self.supervisor.replay_stats(item["id"])
+            if stats is not None:
+                replayed.add_metric([item["id"], item["kind"]], stats.delivered)
+        return [replayed, GaugeMetricFamily("eventstreamd_replays_running",
+                                            "Replays this daemon runs now.", value=running)]
 
     def _ingest_families(self, head: int) -> list[Metric]:
         ingest = self.ingest

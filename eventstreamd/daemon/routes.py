@@ -11,7 +11,8 @@ Decisions:
   answer 200 with an empty body.
 - `_start`, `_stop` and `_retry` take no body; one sent anyway is ignored.
 - Beside the seed's 12 operations, the extensions' (`schemas/extensions/`):
-  `_rotate_secret`, whose body is optional (empty: a secret is generated).
+  `_rotate_secret`, whose body is optional (empty: a secret is generated),
+  and the replays' (`_replay`, `replays`, `replays/{replay_id}`: replays.py).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from aiohttp import web
 
 from .errors import ApiError
 from .integrations import IntegrationService
-from .keys import INGEST_BUDGET, INTEGRATIONS
+from .keys import INGEST_BUDGET, INTEGRATIONS, REPLAYS
 
 
 def _service(request: web.Request) -> IntegrationService:
@@ -113,6 +114,22 @@ async def rotate_signing_secret(request: web.Request) -> web.Response:
         _id(request), await _body(request, optional=True)))
 
 
+async def replay_integration(request: web.Request) -> web.Response:
+    status, answer = await request.app[REPLAYS].replay(_id(request), await _body(request))
+    response = _json(answer)
+    response.set_status(status)
+    return response
+
+
+async def list_replays(request: web.Request) -> web.Response:
+    return _json(await request.app[REPLAYS].list(_id(request)))
+
+
+async def cancel_replay(request: web.Request) -> web.Response:
+    return _json(await request.app[REPLAYS].cancel(_id(request),
+                                                   request.match_info["replay_id"]))
+
+
 def add_routes(app: web.Application, base_path: str) -> None:
     root = f"{base_path}/eventstream"
     one = f"{root}/{{integration_id}}"
@@ -131,4 +148,7 @@ def add_routes(app: web.Application, base_path: str) -> None:
         web.delete(rejected, delete_rejected_event),
         web.post(f"{rejected}/_retry", retry_rejected_event),
         web.post(f"{one}/_rotate_secret", rotate_signing_secret),
+        web.post(f"{one}/_replay", replay_integration),
+        web.get(f"{one}/replays", list_replays),
+        web.delete(f"{one}/replays/{{replay_id}}", cancel_replay),
     ])

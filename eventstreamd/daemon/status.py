@@ -48,6 +48,10 @@ Decisions:
 - Why an integration stopped: `auto_stopped` is true when the daemon stopped
   it because its deliveries kept failing, and `stop_reason` then says why
   (the last error); both from the record, so every daemon says the same.
+- Replays: each integration lists its replays (`replays`, newest first), as
+  the API lists them, their `delivered` where they stand now when this
+  daemon runs them (else as last saved), with `in_flight`; the record and
+  the saved progress are read only for integrations that have replays.
 - `s3_open_file_bytes` and `s3_open_file_age` stay as aliases of
   `buffered_bytes` and `buffered_age` for protocol-1 clients.
 """
@@ -60,13 +64,13 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .. import __version__
+from .. import __version__, codec
 from ..config import Config
 from ..model import Integration
 from ..sinks.registry import sink_type
 from ..storage.base import Store
 from .cluster import OwnedFigures, cluster_section, counter_delta, per_second, remote_figures
-from .contracts import SinkStatusSource
+from .contracts import ReplayFiguresSource, SinkStatusSource
 
 if TYPE_CHECKING:
     from .ownership import Ownership
@@ -227,5 +231,24 @@ class StatusSampler:
             "buffered_age": buffered_age,
             "s3_open_file_bytes": buffered,
             "s3_open_file_age": buffered_age,
+            "replays": await self._replays(integration, connected),
             **({"owner": owner} if self.ownership is not None else {}),
         }
+
+    async def _replays(self, integration: Integration, connected: bool) -> list[dict[str, Any]]:
+        """Its replays as the API lists them, with the live count of those running here."""
+        if not integration.replays:
+            return []
+        live = {}
+        if isinstance(self.sinks, ReplayFiguresSource):
+            live = self.sinks.replay_figures(integration.id)
+        saved = await self.store.list_replay_progress(integration.id) if connected else {}
+        shown = []
+        for replay in reversed(integration.replays):
+            view = codec.replay_to_api(replay, integration, saved.get(replay.id))
+            figures = live.get(replay.id)
+            if figures is not None and replay.active:
+                view["delivered"] = max(view["delivered"], figures.delivered)
+            view["in_flight"] = figures.in_flight if figures is not None else None
+            shown.append(view)
+        return shown

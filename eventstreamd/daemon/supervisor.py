@@ -28,6 +28,11 @@ Decisions:
   gone.
 - `sinks_started` is set once the integrations found at start have been
   reconciled (their sinks launched): half of what `/readyz` waits for.
+- An integration's replays run beside its live sink, only while the live
+  sink is wanted here (`replay_runs.py`): each sink handle has its
+  `ReplayRuns`, told about the record whenever the integration is looked at;
+  stopping the handle pauses them. A replay that completes is marked so
+  through `on_replay_completed` (the replay service).
 - The supervisor owns the daemon's one `LogFeed` (sinks/feed.py): it runs
   the feed's reader in its task group and hands the feed to every sink loop,
   so events near the head are read once however many sinks there are.
@@ -55,35 +60,27 @@ from ..sinks.loop import SinkLoop
 from ..sinks.registry import sink_type
 from ..storage.base import Store
 from ..timeutil import now_iso
-from .contracts import ChangeFeed, Leases, SinkStatus
+from .contracts import ChangeFeed, Leases, ReplayFigures, SinkStatus
+from .replay_runs import OnCompleted, ReplayRuns
+from .runs import LoopRun, crash_delay, root_cause
 
 log = logging.getLogger("eventstreamd.supervisor")
 
-CRASH_BACKOFF_INITIAL = 1.0
-CRASH_BACKOFF_MAX = 60.0
 
-
-@dataclass
-class SinkHandle:
+@dataclass(eq=False)
+class SinkHandle(LoopRun):
     integration_id: str
     settings: tuple[Any, ...]
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
-    loop: SinkLoop | None = None
-    stop_event: anyio.Event = field(default_factory=anyio.Event)
-    finished: anyio.Event = field(default_factory=anyio.Event)
-    crashes: int = 0
     # Outlives each run of the loop: a crash-looping sink shows its failures.
     stats: SinkStats = field(default_factory=SinkStats)
     restart_at: float | None = None  # wall clock of the next start after a crash
-
-    @property
-    def stop_requested(self) -> bool:
-        return self.stop_event.is_set()
+    replays: ReplayRuns | None = None  # while the handle runs
 
     def request_stop(self) -> None:
-        self.stop_event.set()
-        if self.loop is not None:
-            self.loop.request_stop()
+        super().request_stop()
+        if self.replays is not None:
+            self.replays.stop_all()
 
 
 class Supervisor:
@@ -91,7 +88,7 @@ class Supervisor:
                  on_completed: Callable[[Integration], Awaitable[bool]],
                  clock: Callable[[], float] = time.time, leases: Leases | None = None,
                  on_gave_up: Callable[[Integration, str], Awaitable[bool]] | None = None,
-                 ) -> None:
+                 on_replay_completed: OnCompleted | None = None) -> None:
         self.env = env
         self.leases = leases
         self.config = env.config
@@ -99,6 +96,7 @@ class Supervisor:
         self.changes = changes
         self.on_completed = on_completed
         self.on_gave_up = on_gave_up
+        self.on_replay_completed = on_replay_completed
         self.clock = clock
         self.handles: dict[str, SinkHandle] = {}
         delivery = self.config.delivery
@@ -173,6 +171,8 @@ class Supervisor:
                 self._tg.start_soon(self._stop_sink, handle, name=f"stop:{integration_id}")
             else:
                 sink_type(integration.kind).refresh(self.env, integration)
+                if handle.replays is not None:
+                    handle.replays.reconcile(integration, lease)
             return
         if wanted:
             assert integration is not None and self._tg is not None
@@ -195,41 +195,16 @@ class Supervisor:
         integration_id = handle.integration_id
         try:
             with handle.scope:
-                while not handle.stop_requested:
-                    integration = await self.store.get_integration(integration_id)
-                    lease = self._lease(integration_id)
-                    if integration is None or _settings(integration, lease) != handle.settings:
-                        return  # gone, changed, or its lease lost: reconciled again below
+                async with anyio.create_task_group() as replays:
+                    handle.replays = ReplayRuns(
+                        env=self.env, store=self.store, feed=self.feed, group=replays,
+                        on_completed=self._replay_completed, clock=self.clock)
+                    if handle.stop_requested:
+                        handle.replays.stop_all()
                     try:
-                        handle.loop = self._build_loop(integration, handle.stats, lease)
-                        if handle.stop_requested:
-                            return
-                        log.info("sink started", extra=kv(integration=integration_id))
-                        outcome = await handle.loop.run()
-                    except Exception as exc:
-                        await self._crashed(handle, integration, exc)
-                        continue
-                    if handle.loop.restart_wanted and not handle.stop_requested:
-                        continue  # the event log went back under it: start where it now is
-                    if outcome == "completed":
-                        try:
-                            await self.on_completed(integration)
-                        except Exception:
-                            # Not marked done: the next start finds the range delivered
-                            # and completes again.
-                            log.exception("could not mark the integration completed",
-                                          extra=kv(integration=integration_id))
-                    elif outcome == "gave_up" and self.on_gave_up is not None:
-                        try:
-                            await self.on_gave_up(integration, handle.loop.gave_up or "")
-                        except Exception:
-                            # Still running: its next sink finds the failure streak saved
-                            # and gives up again at its first failure.
-                            log.exception("could not stop the failing integration",
-                                          extra=kv(integration=integration_id))
-                    log.info("sink stopped", extra=kv(integration=integration_id,
-                                                      outcome=outcome))
-                    return
+                        await self._deliver(handle)
+                    finally:
+                        handle.replays.stop_all()  # they end gracefully, with the group
         finally:
             if self.handles.get(integration_id) is handle:
                 del self.handles[integration_id]
@@ -237,11 +212,57 @@ class Supervisor:
             # Look again: the integration may want a sink with new settings now.
             self.changes.notify(integration_id)
 
+    async def _deliver(self, handle: SinkHandle) -> None:
+        """The live sink, started again after crashes, until stopped, changed or done."""
+        integration_id = handle.integration_id
+        assert handle.replays is not None
+        while not handle.stop_requested:
+            integration = await self.store.get_integration(integration_id)
+            lease = self._lease(integration_id)
+            if integration is None or _settings(integration, lease) != handle.settings:
+                return  # gone, changed, or its lease lost: reconciled again below
+            handle.replays.reconcile(integration, lease)
+            try:
+                handle.loop = self._build_loop(integration, handle.stats, lease)
+                if handle.stop_requested:
+                    return
+                log.info("sink started", extra=kv(integration=integration_id))
+                outcome = await handle.loop.run()
+            except Exception as exc:
+                await self._crashed(handle, integration, exc)
+                continue
+            if handle.loop.restart_wanted and not handle.stop_requested:
+                continue  # the event log went back under it: start where it now is
+            if outcome == "completed":
+                try:
+                    await self.on_completed(integration)
+                except Exception:
+                    # Not marked done: the next start finds the range delivered
+                    # and completes again.
+                    log.exception("could not mark the integration completed",
+                                  extra=kv(integration=integration_id))
+            elif outcome == "gave_up" and self.on_gave_up is not None:
+                try:
+                    await self.on_gave_up(integration, handle.loop.gave_up or "")
+                except Exception:
+                    # Still running: its next sink finds the failure streak saved
+                    # and gives up again at its first failure.
+                    log.exception("could not stop the failing integration",
+                                  extra=kv(integration=integration_id))
+            log.info("sink stopped", extra=kv(integration=integration_id,
+                                              outcome=outcome))
+            return
+
+    async def _replay_completed(self, integration: Integration, replay_id: str) -> bool:
+        if self.on_replay_completed is None:
+            return False
+        return await self.on_replay_completed(integration, replay_id)
+
     async def _crashed(self, handle: SinkHandle, integration: Integration,
                        exc: Exception) -> None:
         handle.crashes += 1
-        delay = min(CRASH_BACKOFF_MAX, CRASH_BACKOFF_INITIAL * 2 ** (handle.crashes - 1))
-        cause = _leaf(exc)
+        delay = crash_delay(handle.crashes)
+        cause = root_cause(exc)
         reason = (f"Delivery task crashed ({type(cause).__name__}: {cause}); "
                   f"restarting in {delay:g}s.")
         handle.stats.record_failure(reason, self.clock())
@@ -260,6 +281,18 @@ class Supervisor:
 
     def sink_running(self, integration_id: str) -> bool:
         return integration_id in self.handles
+
+    def replay_figures(self, integration_id: str) -> dict[str, ReplayFigures]:
+        """The live figures of the integration's replays running here, by replay id."""
+        handle = self.handles.get(integration_id)
+        if handle is None or handle.replays is None:
+            return {}
+        return handle.replays.figures()
+
+    def replay_stats(self, integration_id: str) -> SinkStats | None:
+        """The counters of the integration's replays while its sink runs here."""
+        handle = self.handles.get(integration_id)
+        return handle.replays.stats if handle is not None and handle.replays else None
 
     def _build_loop(self, integration: Integration, stats: SinkStats,
                     lease: LeaseHold | None = None) -> SinkLoop:
@@ -293,13 +326,6 @@ def _settings(integration: Integration, lease: LeaseHold | None) -> tuple[Any, .
     """What a running sink was built from: a change restarts it (a new claim too, so the
     sink's fences name the lease it runs under)."""
     return (*integration.delivery_settings(), lease.seq if lease is not None else None)
-
-
-def _leaf(exc: BaseException) -> BaseException:
-    """The exception that started it: task groups wrap a crash in exception groups."""
-    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
-        exc = exc.exceptions[0]
-    return exc
 
 
 def _kinds(handles: dict[str, SinkHandle]) -> set[str]:

@@ -14,8 +14,10 @@ Decisions:
   shows), a one-line description, the registration check, the pipeline
   builder, the rejected-event retry and the stop grace; optionally how it
   rotates a signing secret and how a running sink takes a changed record
-  that needs no restart (`refresh`). `registry.py` lists them (README
-  "Layout" says what else names a sink type).
+  that needs no restart (`refresh`), and how it replays part of the log
+  (`build_replay`: a pipeline of the replay's own; `replay_ended` frees
+  what a finished replay left). `registry.py` lists them (README "Layout"
+  says what else names a sink type).
 - A pipeline may give up (`SinkContext.give_up`): its deliveries have failed
   for longer than the integration allows. The loop then ends with the
   outcome `gave_up`, and the supervisor asks the integration service (the
@@ -23,8 +25,9 @@ Decisions:
   record itself.
 - `SinkEnv` also holds what belongs to an integration rather than to one
   run of its sink, shared by every pipeline that delivers for it (a replay
-  beside the live one) and surviving a sink restart: its rate limiter and
-  its signing secrets, each keyed by integration id and incarnation.
+  beside the live one) and surviving a sink restart: its rate limiter, its
+  signing secrets and when its live deliveries last ran, each keyed by
+  integration id and incarnation.
 """
 
 from __future__ import annotations
@@ -40,8 +43,8 @@ import anyio
 
 from ..config import Config
 from ..histogram import Histogram
-from ..model import Integration, RejectedEvent, StoredEvent, TargetParams
-from .pacing import RateLimiter
+from ..model import Integration, RejectedEvent, Replay, StoredEvent, TargetParams
+from .pacing import LiveActivity, RateLimiter
 from .per_integration import PerIntegration
 from .signing import SigningState
 
@@ -251,14 +254,21 @@ class SinkEnv:
         default_factory=lambda: PerIntegration(RateLimiter))
     signing: PerIntegration[SigningState] = field(
         default_factory=lambda: PerIntegration(SigningState))
+    live: PerIntegration[LiveActivity] = field(
+        default_factory=lambda: PerIntegration(LiveActivity))
 
     def forget(self, integration_id: str) -> None:
         """The integration is gone: drop what was kept for it."""
         self.rates.forget(integration_id)
         self.signing.forget(integration_id)
+        self.live.forget(integration_id)
 
 
 def _nothing_to_refresh(env: SinkEnv, integration: Integration) -> None:
+    return None
+
+
+def _nothing_left(env: SinkEnv, integration_id: str, replay_id: str) -> None:
     return None
 
 
@@ -281,6 +291,11 @@ class SinkType:
     # (the previous secret signing too for `webhook.rotation_overlap`); None for a sink
     # type that signs nothing.
     rotate_secret: Callable[[TargetParams, str, int, Config], TargetParams] | None = None
+    # A replay's pipeline: the integration's target, delivering the replay's range beside
+    # the live pipeline (sinks/replay.py); None for a sink type that cannot replay.
+    build_replay: Callable[[SinkEnv, Integration, Replay], Pipeline] | None = None
+    # A replay completed or was cancelled: free what it keeps outside the store.
+    replay_ended: Callable[[SinkEnv, str, str], None] = _nothing_left
 
     @property
     def kind(self) -> str:

@@ -61,6 +61,11 @@ Decisions:
   and of their read budget, and reads them again once there is room. So a
   stuck integration holds no more than its pipeline's window, and never the
   budget other integrations catching up need.
+- The same loop reads for a replay (`sinks/replay.py`): what it reads and
+  where its cursor and state are kept are parameters (`progress.py`:
+  `Reading`, `Progress`), its pipeline is the replay's own, and the end of
+  its range is the outcome "completed", as for a temporary integration. A
+  replay's writes carry its integration's fence.
 - Stop: nothing new is handed on; the pipeline finishes what it can within
   the grace period (requests in flight, an open file's upload), the cursor is
   flushed, and whatever did not finish stays after the cursor for next time.
@@ -92,6 +97,7 @@ from ..timeutil import now_iso, parse_rfc3339, to_ms
 from .base import Clock, LeaseHold, Outcome, Pipeline, SinkStats
 from .feed import LogFeed, LogReader, Step
 from .filters import EventFilter
+from .progress import LiveProgress, Progress, Reading
 
 log = logging.getLogger("eventstreamd.sink")
 
@@ -119,12 +125,21 @@ def resume_position(cursor: int, head: int, stopped_at_ms: int | None, now_ms: i
     return cursor, 0
 
 
+def live_reading(integration: Integration) -> Reading:
+    """What an integration's live sink reads: its filter, from its cursor (after the head
+    when it has none), until a temporary integration's `ends_at`."""
+    ends_ms = (to_ms(parse_rfc3339(integration.ends_at))
+               if integration.type == "temporary" and integration.ends_at else None)
+    return Reading(EventFilter.of(integration.filter), ends_ms=ends_ms)
+
+
 class SinkLoop:
     def __init__(self, *, store: Store, integration: Integration, pipeline: Pipeline,
                  stop_grace: float, clock: Clock = time.time,
                  stats: SinkStats | None = None, lease: LeaseHold | None = None,
                  cursor_every: int = 1000, cursor_interval: float = 0.2,
-                 feed: LogFeed | None = None) -> None:
+                 feed: LogFeed | None = None, reading: Reading | None = None,
+                 progress: Progress | None = None, name: str | None = None) -> None:
         self.store = store
         # A loop built alone (no daemon's feed) reads through a feed of its own.
         self._own_feed = feed is None
@@ -132,14 +147,15 @@ class SinkLoop:
         self.reader: LogReader | None = None
         self._integration = integration
         self.integration_id = integration.id
+        self.name = name or integration.id  # in task names and log lines (a replay's differs)
         self.lease = lease
         self.fence: Fence = integration.fence(lease.seq if lease is not None else None)
         self.pipeline = pipeline
         self._stop_grace = stop_grace
         self._clock = clock
-        self.filter = EventFilter.of(integration.filter)
-        self._ends_ms = (to_ms(parse_rfc3339(integration.ends_at))
-                         if integration.type == "temporary" and integration.ends_at else None)
+        self.reading = reading if reading is not None else live_reading(integration)
+        self.filter = self.reading.filter
+        self.progress = progress if progress is not None else LiveProgress(store, integration.id)
         self._stopping = anyio.Event()
         self._stats = stats if stats is not None else SinkStats(started_at=clock())
         self.durable_cursor = 0  # last cursor committed to the store
@@ -252,10 +268,10 @@ class SinkLoop:
             rejected_id=entry.id, status=status, attempts=attempts, reason=reason[:200]))
 
     async def save_state(self, state: dict[str, object]) -> bool:
-        return await self._held(await self.store.put_sink_state(self.fence, state))
+        return await self._held(await self.progress.save_state(self.fence, state))
 
     async def load_state(self) -> dict[str, object] | None:
-        return await self.store.get_sink_state(self.integration_id)
+        return await self.progress.load_state()
 
     async def read_events(self, from_seq: int, limit: int, max_bytes: int) -> list[StoredEvent]:
         return await self.store.read_events(from_seq, limit, max_bytes)
@@ -271,22 +287,24 @@ class SinkLoop:
     # --------------------------------------------------------------------- run
 
     async def run(self) -> Outcome:
-        cursor = await self.store.get_cursor(self.integration_id)
-        start = cursor if cursor is not None else self.store.head + 1
+        cursor = await self.progress.load_cursor()
+        reading = self.reading
+        start = cursor if cursor is not None else (
+            reading.first if reading.first is not None else self.store.head + 1)
         start = await self._resume_past_head(start)
         self.durable_cursor = self._handed_end = start
-        self.reader = LogReader(self.feed, start, self.filter, ends_ms=self._ends_ms,
-                                clock=self._clock)
+        self.reader = LogReader(self.feed, start, self.filter, ends_ms=reading.ends_ms,
+                                end_seq=reading.end_seq, clock=self._clock)
         if self._stopping.is_set():
             self.reader.interrupt()
         outcome: Outcome = "stopped"
         try:
             async with anyio.create_task_group() as tg:
                 if self._own_feed:
-                    tg.start_soon(self.feed.run, name=f"feed:{self.integration_id}")
+                    tg.start_soon(self.feed.run, name=f"feed:{self.name}")
                 await self.pipeline.open(self)
-                tg.start_soon(self.pipeline.serve, self, name=f"serve:{self.integration_id}")
-                tg.start_soon(self._flush_forever, name=f"cursor:{self.integration_id}")
+                tg.start_soon(self.pipeline.serve, self, name=f"serve:{self.name}")
+                tg.start_soon(self._flush_forever, name=f"cursor:{self.name}")
                 outcome = await self._dispatch()
                 await self.pipeline.close(self, outcome, self._stop_grace)
                 self.reader.close()  # takes along what waiting at the head passed
@@ -348,7 +366,14 @@ class SinkLoop:
             if step.pruned:
                 await self._report_pruned(step.pruned)
                 self._handed_end = step.end
-            stopped_at = await self._hand_on(step) if step.events else None
+            stopped_at = None
+            if step.events:
+                # Told before: the pipeline may finish them (and the cursor pass them)
+                # while they are being handed on.
+                self.progress.handed(step.events)
+                stopped_at = await self._hand_on(step)
+                if stopped_at is not None:
+                    self.progress.taken_back(stopped_at)
             reader.finish(step, stopped_at)
         finally:
             if step.reservation is not None:  # a crash while handing on
@@ -439,7 +464,7 @@ class SinkLoop:
             f"Delivery goes on from seq {resume:,}; what the earlier log held from seq "
             f"{position:,} on is not in this one and cannot be delivered."))
         with contextlib.suppress(StoreFull):  # else saved with the first progress
-            await self._held(await self.store.set_cursor(self.fence, resume))
+            await self._held(await self.progress.save_cursor(self.fence, resume))
         return resume
 
     async def _report_pruned(self, count: int) -> None:
@@ -505,8 +530,9 @@ class SinkLoop:
             cursor = self.pipeline.safe_cursor(self.reader.live_position)
             if cursor <= self.durable_cursor:
                 return
-            if not await self._held(await self.store.set_cursor(self.fence, cursor)):
+            if not await self._held(await self.progress.save_cursor(self.fence, cursor)):
                 return
             self.durable_cursor = max(self.durable_cursor, cursor)
             self.pipeline.committed(cursor)
+            self.progress.committed(cursor)
         self.progressed()

@@ -15,9 +15,9 @@ Decisions:
   sends nothing once it runs again.
 - After a run of failures, the attempt that succeeds logs one INFO line saying
   the target recovered and after how many attempts.
-- `pace`, when given, is asked before every attempt how long to wait for the
-  attempt's slot (a rate limit, `pacing.py`); the wait ends early when the
-  sink stops, and the lease is checked after it, right before sending.
+- `pace`, when given, is awaited before every attempt: it waits for the
+  attempt's slot (a rate limit, `pacing.py`) and says False when the sink
+  stopped meanwhile; the lease is checked after it, right before sending.
 """
 
 from __future__ import annotations
@@ -62,14 +62,12 @@ def failure_reason(url: str, failure: Failure, payload: str) -> str:
 async def retry_until_stopped(ctx: SinkContext, attempt: Callable[[], Awaitable[T | Failure]],
                               *, url: str, payload: Callable[[], str],
                               policy: RetryPolicy,
-                              pace: Callable[[], float] | None = None) -> T | None:
+                              pace: Callable[[], Awaitable[bool]] | None = None) -> T | None:
     """Run `attempt` until it returns something other than a Failure; None if stopped."""
     failures = 0
     while True:
-        if pace is not None:
-            wait = pace()
-            if wait > 0 and await ctx.sleep_unless_stopping(wait):
-                return None
+        if pace is not None and not await pace():
+            return None
         if not ctx.may_deliver():  # a lease lost (or past its deadline): not ours to send
             return None
         result = await attempt()

@@ -52,6 +52,11 @@ Decisions:
   refuses that today, older logs may hold it) is set aside as a rejected
   event and skipped, never retried forever. Its `_retry` uploads it alone as
   a one-line object (`upload_single`).
+- A replay (`build_replay`) is the same pipeline with a key template of its
+  own (`replay-<replay id>` as one more folder: `s3_keys.KeyTemplate.within`),
+  its own spool directory (`{integration}.replay-<replay id>`, removed when
+  the replay ends) and its own saved state: each event of its range lands in
+  exactly one of its objects, across crashes, as live events do.
 - Registration refuses what S3 never accepts: bucket names outside AWS's
   rules (plus the upper case and underscores of legacy us-east-1 names: the
   spec's own example is `sap_export`), a `key_prefix` with characters or
@@ -81,7 +86,7 @@ from ..codec import filter_from_api, filter_to_api
 from ..config import Config, S3Config
 from ..faults import crash_point
 from ..logs import kv
-from ..model import Integration, RejectedEvent, StoredEvent, TargetParams
+from ..model import Integration, RejectedEvent, Replay, StoredEvent, TargetParams
 from ..naming import valid_tenant
 from ..storage.base import StoreFull
 from .base import (
@@ -728,14 +733,36 @@ async def put_file(client: S3Client, bucket: str, key: str, path: Path, encoding
 
 
 def build(env: SinkEnv, integration: Integration) -> S3Pipeline:
+    return _pipeline(env, integration, env.spool_root / integration.id)
+
+
+def _pipeline(env: SinkEnv, integration: Integration, spool_dir: Path,
+              key_template: KeyTemplate | None = None) -> S3Pipeline:
     s3 = env.config.s3
     assert isinstance(integration.target, S3Target)
     return S3Pipeline(
         target=integration.target, endpoint_url=s3.endpoint_url,
         rotate_interval=s3.rotate_interval, rotate_size=s3.rotate_size,
         policy=RetryPolicy(s3.retry_initial, s3.retry_max), timeout=s3.timeout,
-        spool_dir=env.spool_root / integration.id, multipart_threshold=s3.multipart_threshold,
-    )
+        spool_dir=spool_dir, multipart_threshold=s3.multipart_threshold,
+        key_template=key_template)
+
+
+def replay_spool(env: SinkEnv, integration_id: str, replay_id: str) -> Path:
+    # Integration ids hold no '.': this never names another integration's directory.
+    return env.spool_root / f"{integration_id}.replay-{replay_id}"
+
+
+def build_replay(env: SinkEnv, integration: Integration, replay: Replay) -> S3Pipeline:
+    """A replay's files: the integration's encoding, its objects under `replay-<id>`."""
+    assert isinstance(integration.target, S3Target)
+    return _pipeline(env, integration, replay_spool(env, integration.id, replay.id),
+                     integration.target.template.within(f"replay-{replay.id}"))
+
+
+def replay_ended(env: SinkEnv, integration_id: str, replay_id: str) -> None:
+    """A replay completed or was cancelled: its spool files are of no further use."""
+    shutil.rmtree(replay_spool(env, integration_id, replay_id), ignore_errors=True)
 
 
 async def upload_single(target: S3Target, config: S3Config, event: StoredEvent,
@@ -800,6 +827,8 @@ SINK = SinkType(
                 "rotated by time and size, exactly once",
     check=check,
     build=build,
+    build_replay=build_replay,
+    replay_ended=replay_ended,
     retry_rejected=retry_rejected,
     stop_grace=lambda config: 20.0,  # an open file's last upload; after it, rebuilt next start
     lag_allowance=lambda config: config.s3.rotate_interval,

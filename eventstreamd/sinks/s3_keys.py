@@ -16,6 +16,9 @@ Decisions:
 - Keys are decided when a file is sealed (`{last_seq}` is known only then)
   and recorded before the upload; a rebuilt file goes up under the recorded
   key, never a newly rendered one.
+- A replay writes objects of its own: its template is the integration's with
+  one more segment, `replay-<replay id>`, before the last one (`within`), so
+  the default names `{key_prefix}/{tenant}/replay-<id>/{timestamp}-data-{random}.export`.
 - Literal text may hold only what S3 documents as safe in a key (letters,
   digits, `!-_.*'()`) plus `/` between segments and `=` (Hive-style
   partitions such as `date={date}`); no empty segment, no `.` or `..`
@@ -97,6 +100,12 @@ class KeyTemplate:
         if "" in segments:
             raise TemplateRefused("has an empty segment (a leading, trailing or doubled '/')")
         return cls(text, tuple(parts))
+
+    def within(self, segment: str) -> KeyTemplate:
+        """This template with `segment` (literal) as one more folder before its last
+        segment: a replay's objects beside, never among, the integration's own."""
+        head, slash, tail = self.text.rpartition("/")
+        return KeyTemplate.parse(f"{head}/{segment}/{tail}" if slash else f"{segment}/{tail}")
 
     @property
     def names(self) -> frozenset[str]:

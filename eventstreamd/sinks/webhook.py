@@ -37,9 +37,20 @@ Decisions:
 - The request's headers are built in one place (`RequestHeaders`): fixed ones
   once per pipeline, then per attempt the idempotency key, the signature of
   the secrets signing at that moment and the trace context. A second
-  pipeline for the same integration (a replay) builds its own with extra
-  headers (`Eventstreamd-Replay`) and shares the integration's signing state
-  and rate limiter (`SinkEnv`).
+  pipeline for the same integration (a replay, `build_replay`) builds its own
+  with `Eventstreamd-Replay: <replay id>` as an extra header, so a replayed
+  delivery is the original request (body, Idempotency-Key, webhook-id,
+  signatures) plus that header. It shares the integration's signing state
+  and rate limiter (`SinkEnv`), giving way to live deliveries for the
+  limiter's slots, plus a limiter of its own for the replay's `max_rate`
+  (`pacing.Pace`). It has its own window and workers, so live deliveries
+  never wait behind it, and while live deliveries run it keeps only
+  `pacing.BESIDE_LIVE` requests in flight (`LiveActivity`); it takes no part
+  in auto-stop (the failure streak is
+  the live pipeline's). An ordered integration's replay delivers in sequence
+  order within the replay (one at a time, or per ordering key), with lanes
+  of its own: live deliveries keep their own order beside it, and a replayed
+  event may reach a receiver between two live ones of its key.
 - Rotation state (the previous secrets, until when, and a version counting
   every change of the secret) is kept in the record as private fields: never
   shown, never taken from a request. A PATCH that changes the secret ends an
@@ -65,7 +76,14 @@ import yarl
 from ..codec import REASON_EXCERPT
 from ..config import SIGNING_PREFIX, BlockPolicy, Config, parse_duration, valid_signing_secret
 from ..logs import shorten
-from ..model import DeliveryControls, Integration, RejectedEvent, StoredEvent, TargetParams
+from ..model import (
+    DeliveryControls,
+    Integration,
+    RejectedEvent,
+    Replay,
+    StoredEvent,
+    TargetParams,
+)
 from ..naming import valid_event_id
 from ..storage.base import StoreFull
 from ..trace import HEADER as TRACEPARENT
@@ -81,7 +99,7 @@ from .base import (
     TargetRefused,
 )
 from .lanes import Handout, Lanes, OrderingKey, Unordered
-from .pacing import RateLimiter
+from .pacing import BESIDE_LIVE, LiveActivity, Pace, RateLimiter
 from .retry import Failure, RetryPolicy, failure_reason, retry_until_stopped
 from .signing import SigningState
 from .ssrf import BlockedTarget, check_host
@@ -107,6 +125,7 @@ RESERVED_HEADERS = frozenset({
 RESERVED_PREFIXES = ("webhook-",)  # Standard Webhooks' signature headers
 _ORDERING_KEY = re.compile(r"[^.]+(?:\.[^.]+)*")
 MAX_ORDERING_KEY = 256
+HOLD_BACK_POLL = 0.01  # seconds between looks of a replay held back for live traffic
 # Ordered pipelines hold up to this many times `max_in_flight` events, so lanes other
 # than a blocked one find work (bounded by `delivery.cursor_every`, as every window).
 ORDERED_LOOKAHEAD = 8
@@ -464,14 +483,17 @@ class WebhookPipeline:
 
     def __init__(self, client: WebhookClient, policy: RetryPolicy, window_size: int,
                  unsaved_limit: int | None = None, *, handout: Handout | None = None,
-                 limiter: RateLimiter | None = None,
-                 streak: FailureStreak | None = None) -> None:
+                 pace: Pace | None = None, streak: FailureStreak | None = None,
+                 live: LiveActivity | None = None, beside: LiveActivity | None = None,
+                 ) -> None:
         self.client = client
         self._policy = policy
         hold = window_size * ORDERED_LOOKAHEAD if handout is not None else window_size
         self.window = DeliveryWindow(window_size, unsaved_limit, hold_limit=hold)
         self._handout: Handout = handout if handout is not None else Unordered()
-        self._pace = limiter.reserve if limiter is not None else None
+        self._pace = pace
+        self._live = live  # the live pipeline notes its attempts here ...
+        self._beside = beside  # ... which a replay's holds back for
         self._streak = streak
         self._active = 0  # events handed over and not yet finished
         self._idle = anyio.Event()
@@ -536,14 +558,21 @@ class WebhookPipeline:
     async def _worker(self, ctx: SinkContext) -> None:
         handout = self._handout
         while True:
-            event = None if self._draining else handout.take()
+            event = None
             while event is None:
                 if self._closed or self._draining:
                     return
-                if self._work.is_set():
-                    self._work = anyio.Event()
-                await self._work.wait()
-                event = None if self._draining else handout.take()
+                if self._held_back():
+                    if await ctx.sleep_unless_stopping(HOLD_BACK_POLL):
+                        return
+                    continue
+                # Taken only when it may go at once (no wait between the check and the
+                # take): events are taken, and so paced, in the order they were handed out.
+                event = handout.take()
+                if event is None:
+                    if self._work.is_set():
+                        self._work = anyio.Event()
+                    await self._work.wait()
             if self._busy == 0:
                 self._quiet = anyio.Event()
             self._busy += 1
@@ -553,6 +582,12 @@ class WebhookPipeline:
                 self._busy -= 1
                 if self._busy == 0:
                     self._quiet.set()
+
+    def _held_back(self) -> bool:
+        """A replay's worker takes no event while the integration's live deliveries run and
+        `BESIDE_LIVE` of the replay's requests are in flight."""
+        beside = self._beside
+        return beside is not None and self._busy >= BESIDE_LIVE and beside.running()
 
     async def close(self, ctx: SinkContext, outcome: str, grace: float) -> None:
         if outcome == "completed":
@@ -601,6 +636,8 @@ class WebhookPipeline:
         async def attempt() -> AttemptResult | Failure:
             nonlocal attempts
             attempts += 1
+            if self._live is not None:
+                self._live.note()
             result = await self.client.attempt(event.id, event.body, event.trace)
             if isinstance(result, Failure):
                 if streak is not None and streak.failed():
@@ -620,10 +657,11 @@ class WebhookPipeline:
                                "cannot be kept yet", result.status)
             return result
 
+        pace = self._pace
         result = await retry_until_stopped(
             ctx, attempt, url=self.client.shown_url,
             payload=lambda: event.body.decode(errors="replace"), policy=self._policy,
-            pace=self._pace)
+            pace=(lambda: pace.wait(ctx.sleep_unless_stopping)) if pace is not None else None)
         if result is None:
             raise StopDelivery
         if result.outcome == "delivered":
@@ -647,25 +685,53 @@ def _stop_after(target: WebhookTarget, config: Config) -> float:
 
 
 def build(env: SinkEnv, integration: Integration) -> WebhookPipeline:
+    target = integration.target
+    assert isinstance(target, WebhookTarget)
+    limiter = env.rates.get(integration.id, integration.incarnation)
+    limiter.configure(target.max_rate)
+    return _pipeline(env, integration, Pace(limiter) if target.max_rate else None,
+                     FailureStreak(_stop_after(target, env.config), integration.started_at_ms),
+                     live=env.live.get(integration.id, integration.incarnation))
+
+
+def build_replay(env: SinkEnv, integration: Integration, replay: Replay) -> WebhookPipeline:
+    """A replay's pipeline (see the module docstring): the same requests plus
+    `Eventstreamd-Replay`, its own workers, the integration's rate shared (giving way to
+    live deliveries) and the replay's own on top."""
+    target = integration.target
+    assert isinstance(target, WebhookTarget)
+    shared = env.rates.get(integration.id, integration.incarnation)
+    shared.configure(target.max_rate)
+    own = None
+    if replay.max_rate:
+        own = RateLimiter()
+        own.configure(replay.max_rate)
+    pace = Pace(shared if target.max_rate else None, gives_way=True, own=own)
+    return _pipeline(env, integration, pace, None, extra={REPLAY_HEADER: replay.id},
+                     beside=env.live.get(integration.id, integration.incarnation))
+
+
+def _pipeline(env: SinkEnv, integration: Integration, pace: Pace | None,
+              streak: FailureStreak | None, extra: Mapping[str, str] | None = None,
+              live: LiveActivity | None = None, beside: LiveActivity | None = None,
+              ) -> WebhookPipeline:
     webhook = env.config.webhook
     target = integration.target
     assert isinstance(target, WebhookTarget)
     signing = signing_state(target, env.config,
                             env.signing.get(integration.id, integration.incarnation))
-    limiter = env.rates.get(integration.id, integration.incarnation)
-    limiter.configure(target.max_rate)
     handout = None
     if target.ordered:
         handout = Lanes(OrderingKey(target.ordering_key) if target.ordering_key else None)
     client = WebhookClient(env.session, target, webhook.timeout,
-                           env.config.security.block_targets, RequestHeaders(target, signing))
+                           env.config.security.block_targets,
+                           RequestHeaders(target, signing, extra))
     # Strict order sends one request at a time: one worker is all it can use.
     workers = 1 if target.ordered and not target.ordering_key else webhook.max_in_flight
     return WebhookPipeline(client, RetryPolicy(webhook.retry_initial, webhook.retry_max),
                            workers, env.config.delivery.cursor_every,
-                           handout=handout, limiter=limiter if target.max_rate else None,
-                           streak=FailureStreak(_stop_after(target, env.config),
-                                                integration.started_at_ms))
+                           handout=handout, pace=pace, streak=streak, live=live,
+                           beside=beside)
 
 
 def refresh(env: SinkEnv, integration: Integration) -> None:
@@ -716,6 +782,7 @@ SINK = SinkType(
     description="one HTTP POST per event to callback_url, bearer api_key, retried with backoff",
     check=check,
     build=build,
+    build_replay=build_replay,
     retry_rejected=retry_rejected,
     stop_grace=lambda config: config.webhook.timeout + 1.0,
     refresh=refresh,

@@ -37,6 +37,13 @@ Decisions:
   user: a data dir in a newer format is `StoreFormatError`) or
   `StoreUnavailable` (the backend cannot be reached); no backend's own
   exception leaves `storage/`, so start-up never names a backend.
+- Replays: their definitions live in the integration record (changed by
+  `change_integration`, whose `Change.dropped_replays` removes a replay's
+  progress and saved state in the same atomic step); their progress
+  (`ReplayProgress`: cursor and count) and a replay pipeline's own state
+  (an S3 replay's recorded files) are fenced writes like the live sink's
+  cursor and state, removed with the integration. `count_events` counts a
+  range by name without reading it (`counts.py`).
 - `leases` is the `LeaseBook` of a store several daemons may share
   (`leases.py`), None for one a single daemon owns.
 - A store decodes integration records with the sink registry it is opened
@@ -61,6 +68,7 @@ from ..model import (
     LogEntry,
     NewEvent,
     RejectedEvent,
+    ReplayProgress,
     RetryClaim,
     RetryOutcome,
     StoredEvent,
@@ -219,6 +227,12 @@ class Store(Protocol):
         """The ingest time stamped on the newest commit (0 before the first)."""
         ...
 
+    async def count_events(self, from_seq: int, end_seq: int,
+                           matches: Callable[[str], bool] | None = None) -> int:
+        """How many stored events of `from_seq` .. `end_seq - 1` there are (those whose
+        name `matches`, when given), without reading the whole range (`counts.py`)."""
+        ...
+
     async def prune(self, cutoff_ms: int) -> int:
         """Remove events ingested before `cutoff_ms`, in bounded steps; how many went."""
         ...
@@ -251,8 +265,9 @@ class Store(Protocol):
 
     async def delete_integration(self, integration_id: str,
                                  incarnation: str | None = None) -> bool:
-        """Remove it with its cursor, sink state, logs and rejected events; only that
-        incarnation when one is given. False when there was nothing to delete."""
+        """Remove it with its cursor, sink state, logs, rejected events and its replays'
+        progress and state; only that incarnation when one is given. False when there
+        was nothing to delete."""
         ...
 
     # ------------------------------------------- per-integration, fenced writes
@@ -266,6 +281,22 @@ class Store(Protocol):
     async def put_sink_state(self, fence: Fence, state: dict[str, object]) -> bool: ...
 
     async def add_log(self, fence: Fence, entry: LogEntry) -> bool: ...
+
+    async def get_replay_progress(self, integration_id: str,
+                                  replay_id: str) -> ReplayProgress | None: ...
+
+    async def list_replay_progress(self, integration_id: str) -> dict[str, ReplayProgress]:
+        """The progress of every replay of the integration that saved some, by replay id."""
+        ...
+
+    async def set_replay_progress(self, fence: Fence, replay_id: str,
+                                  progress: ReplayProgress) -> bool: ...
+
+    async def get_replay_state(self, integration_id: str,
+                               replay_id: str) -> dict[str, object] | None: ...
+
+    async def put_replay_state(self, fence: Fence, replay_id: str,
+                               state: dict[str, object]) -> bool: ...
 
     async def list_logs(self, integration_id: str, limit: int) -> list[LogEntry]:
         """The newest `limit` entries, newest first."""

@@ -7,7 +7,10 @@ Decisions:
   format-2 record, see records.py), `meta`, `integrations` (id -> msgpack of
   the codec's store form), `cursors` (id -> u64 next seq), `sink_state` (id ->
   msgpack), `logs` and `rejected` (id NUL u64 counter -> msgpack entry, so one
-  prefix scan yields an integration's entries oldest first).
+  prefix scan yields an integration's entries oldest first), `replay_progress`
+  and `replay_state` (id NUL replay id -> msgpack), and `name_counts` (u64
+  bucket + name -> u64: how many events of that bucket have that name,
+  written by the append that writes them; `counts.py`).
 - The store owns its writer (`LogWriter`: one thread, group commit) and opens
   and closes it as one async context, as datasette's `Database` owns its
   write thread. Every write is a job in the next group commit; reads open
@@ -64,6 +67,7 @@ from ..model import (
     LogEntry,
     NewEvent,
     RejectedEvent,
+    ReplayProgress,
     RetryClaim,
     RetryOutcome,
     StoredEvent,
@@ -84,6 +88,7 @@ from .base import (
     kept_log,
     rejected_dropped_log,
 )
+from .counts import NameMatcher, bucket_of, bucket_start, split
 from .records import (
     FORMAT,
     V1_TAG,
@@ -92,6 +97,7 @@ from .records import (
     encode_event,
     from_u64,
     ingested_at_of,
+    name_of,
     pack,
     u64,
     unpack,
@@ -104,6 +110,7 @@ _LAST_SEQ = b"last_seq"
 _LAST_INGEST = b"last_ingested_at"
 _COUNTER = b"counter"
 _FORMAT = b"format"
+_COUNTED_FROM = b"counted_from"  # the first seq the name counts hold (see counts.py)
 PRUNE_CHUNK = 5_000
 # Room appends leave for every other write (1% of the map, within these bounds).
 RESERVE_MIN = 256 * 1024
@@ -118,6 +125,14 @@ def now_ms() -> int:
 
 def _prefix(integration_id: str) -> bytes:
     return integration_id.encode() + b"\x00"
+
+
+def _replay_key(integration_id: str, replay_id: str) -> bytes:
+    return _prefix(integration_id) + replay_id.encode()
+
+
+def _progress(raw: dict[str, Any]) -> ReplayProgress:
+    return ReplayProgress(int(raw["cursor"]), int(raw["delivered"]))
 
 
 class LmdbStore:
@@ -144,7 +159,7 @@ class LmdbStore:
         os.chmod(self.data_dir, 0o700)
         (self.data_dir / "lmdb").mkdir(mode=0o700, exist_ok=True)
         self.env = lmdb.open(
-            str(self.data_dir / "lmdb"), map_size=self.map_size, max_dbs=8, subdir=True,
+            str(self.data_dir / "lmdb"), map_size=self.map_size, max_dbs=12, subdir=True,
             sync=True, metasync=True, readahead=False, max_readers=512, mode=0o600,
         )
         self._events = self.env.open_db(b"events")
@@ -154,8 +169,12 @@ class LmdbStore:
         self._logs = self.env.open_db(b"logs")
         self._rejected = self.env.open_db(b"rejected")
         self._sink_state = self.env.open_db(b"sink_state")
+        self._replay_progress = self.env.open_db(b"replay_progress")
+        self._replay_state = self.env.open_db(b"replay_state")
+        self._name_counts = self.env.open_db(b"name_counts")
         self._all_dbs = (self.env.open_db(None), self._events, self._meta, self._integrations,
-                         self._cursors, self._logs, self._rejected, self._sink_state)
+                         self._cursors, self._logs, self._rejected, self._sink_state,
+                         self._replay_progress, self._replay_state, self._name_counts)
         self._page_size = int(self.env.stat()["psize"])
         self.reserve = min(RESERVE_MAX, max(RESERVE_MIN, self.map_size // 100))
         self.writer = LogWriter(self.env)
@@ -164,8 +183,12 @@ class LmdbStore:
         except BaseException:
             self.env.close()
             raise
-        with self.env.begin() as txn:
+        with self.env.begin(write=True) as txn:
             self._head = self._txn_head(txn)
+            raw = txn.get(_COUNTED_FROM, db=self._meta)
+            if raw is None:  # new, or written before the counts existed: from here on
+                txn.put(_COUNTED_FROM, u64(self._head + 1), db=self._meta)
+            self._counted_from = from_u64(raw) if raw is not None else self._head + 1
         # What the log held when it was opened: a position past it was counted in a
         # longer copy of this log (the data dir was restored from an older backup).
         self._opened_head = self._head
@@ -318,6 +341,7 @@ class LmdbStore:
             for offset, event in enumerate(events):
                 cur.put(u64(first + offset), encode_event(event, ingested), append=True)
         last = first + len(events) - 1
+        self._txn_count_names(txn, first, events)
         txn.put(_LAST_SEQ, u64(last), db=self._meta)
         txn.put(_LAST_INGEST, u64(ingested), db=self._meta)
         return first, last
@@ -350,16 +374,88 @@ class LmdbStore:
 
     def _txn_prune(self, txn: Txn, cutoff_ms: int) -> tuple[int, bool]:
         deleted = 0
+        more = True
         with txn.cursor(db=self._events) as cur:
             if not cur.first():
                 return 0, False
             while deleted < PRUNE_CHUNK:
                 if ingested_at_of(cur.value()) >= cutoff_ms:
-                    return deleted, False
+                    more = False
+                    break
                 deleted += 1
                 if not cur.delete() or not cur.key():
-                    return deleted, False
-        return deleted, True
+                    more = False
+                    break
+            first = from_u64(cur.key()) if cur.key() else self._txn_head(txn) + 1
+        # The counts of buckets removed whole go too (a bucket partly removed is an edge
+        # of every range from now on: read, never counted from its counts).
+        limit = u64(bucket_of(first))
+        with txn.cursor(db=self._name_counts) as cur:
+            found = cur.first()
+            while found and cur.key() < limit:
+                found = cur.delete() and bool(cur.key())
+        return deleted, more
+
+    # ------------------------------------------------------------------ counts
+
+    def _txn_count_names(self, txn: Txn, first: int, events: Sequence[NewEvent]) -> None:
+        """Add the appended events to their buckets' name counts."""
+        counts: dict[bytes, int] = {}
+        bucket = bucket_of(first)
+        bucket_end = bucket_start(bucket + 1)
+        prefix = u64(bucket)
+        for seq, event in enumerate(events, first):
+            if seq >= bucket_end:
+                bucket = bucket_of(seq)
+                bucket_end, prefix = bucket_start(bucket + 1), u64(bucket)
+            key = prefix + event.name.encode()
+            counts[key] = counts.get(key, 0) + 1
+        for key, count in counts.items():
+            raw = txn.get(key, db=self._name_counts)
+            txn.put(key, u64(count + (from_u64(raw) if raw else 0)), db=self._name_counts)
+
+    async def count_events(self, from_seq: int, end_seq: int,
+                           matches: Callable[[str], bool] | None = None) -> int:
+        # In a thread: a range written before the counts existed is read name by name.
+        return await anyio.to_thread.run_sync(self._count_events, from_seq, end_seq, matches)
+
+    def _count_events(self, from_seq: int, end_seq: int,
+                      matches: Callable[[str], bool] | None) -> int:
+        with self.env.begin() as txn:
+            with txn.cursor(db=self._events) as cur:
+                first = from_u64(cur.key()) if cur.first() else self._txn_head(txn) + 1
+            start, end = max(from_seq, first), min(end_seq, self._txn_head(txn) + 1)
+            if start >= end:
+                return 0
+            if matches is None:
+                return end - start  # contiguous: retention only removes a prefix
+            matcher = NameMatcher(matches)
+            edges, whole = split(start, end)
+            total = 0
+            for bucket in whole:
+                if bucket_start(bucket) < self._counted_from:
+                    edges.append((bucket_start(bucket), bucket_start(bucket + 1)))
+                    continue
+                prefix = u64(bucket)
+                for key, value in _iter_prefix(txn, self._name_counts, prefix):
+                    if matcher(key[len(prefix):].decode()):
+                        total += from_u64(value)
+            for low, high in edges:
+                total += self._txn_count_read(txn, low, high, matcher)
+            return total
+
+    def _txn_count_read(self, txn: Txn, low: int, high: int, matcher: NameMatcher) -> int:
+        """Count `low` .. `high - 1` by reading each event's name (never its body)."""
+        count = 0
+        with txn.cursor(db=self._events) as cur:
+            if not cur.set_range(u64(low)):
+                return 0
+            limit = u64(high)
+            for key, value in cur:
+                if key >= limit:
+                    break
+                count += matcher(name_of(value))
+        return count
 
     # ------------------------------------------------------------- integrations
 
@@ -397,6 +493,10 @@ class LmdbStore:
                 txn.put(integration_id.encode(), u64(result.cursor), db=self._cursors)
             for entry in result.logs:
                 self._txn_add_log(txn, integration_id, entry)
+            for replay_id in result.dropped_replays:
+                key = _replay_key(integration_id, replay_id)
+                txn.delete(key, db=self._replay_progress)
+                txn.delete(key, db=self._replay_state)
             return result.integration
 
         outcome = await self._write(job)
@@ -416,7 +516,7 @@ class LmdbStore:
             txn.delete(key, db=self._integrations)
             txn.delete(key, db=self._cursors)
             txn.delete(key, db=self._sink_state)
-            for db in (self._logs, self._rejected):
+            for db in (self._logs, self._rejected, self._replay_progress, self._replay_state):
                 for entry_key, _ in self._scan_prefix(txn, db, _prefix(integration_id)):
                     txn.delete(entry_key, db=db)
             return True
@@ -453,6 +553,36 @@ class LmdbStore:
     async def add_log(self, fence: Fence, entry: LogEntry) -> bool:
         return await self._fenced(
             fence, lambda txn: self._txn_add_log(txn, fence.integration_id, entry))
+
+    async def get_replay_progress(self, integration_id: str,
+                                  replay_id: str) -> ReplayProgress | None:
+        with self.env.begin(db=self._replay_progress) as txn:
+            raw = txn.get(_replay_key(integration_id, replay_id))
+        return _progress(unpack(raw)) if raw is not None else None
+
+    async def list_replay_progress(self, integration_id: str) -> dict[str, ReplayProgress]:
+        prefix = _prefix(integration_id)
+        with self.env.begin() as txn:
+            found = self._scan_prefix(txn, self._replay_progress, prefix)
+        return {key[len(prefix):].decode(): _progress(unpack(value)) for key, value in found}
+
+    async def set_replay_progress(self, fence: Fence, replay_id: str,
+                                  progress: ReplayProgress) -> bool:
+        key = _replay_key(fence.integration_id, replay_id)
+        value = pack({"cursor": progress.cursor, "delivered": progress.delivered})
+        return await self._fenced(fence, lambda txn: txn.put(key, value,
+                                                              db=self._replay_progress))
+
+    async def get_replay_state(self, integration_id: str,
+                               replay_id: str) -> dict[str, object] | None:
+        with self.env.begin(db=self._replay_state) as txn:
+            raw = txn.get(_replay_key(integration_id, replay_id))
+        return unpack(raw) if raw is not None else None
+
+    async def put_replay_state(self, fence: Fence, replay_id: str,
+                               state: dict[str, object]) -> bool:
+        key, value = _replay_key(fence.integration_id, replay_id), pack(state)
+        return await self._fenced(fence, lambda txn: txn.put(key, value, db=self._replay_state))
 
     async def list_logs(self, integration_id: str, limit: int) -> list[LogEntry]:
         with self.env.begin() as txn:

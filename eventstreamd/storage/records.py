@@ -93,6 +93,17 @@ def decode_event(seq: int, raw: bytes) -> StoredEvent:
                        ingested, raw[d:], problem, trace)
 
 
+_NAME_AT = struct.Struct(">BBH")  # len id, len tenant, len name, at offset 10
+
+
+def name_of(raw: bytes) -> str:
+    """The name of a format-2 stored event without decoding the rest (its body is never
+    touched): what counting by name reads."""
+    id_len, tenant_len, name_len = _NAME_AT.unpack_from(raw, 10)
+    start = _HEADER.size + id_len + tenant_len
+    return raw[start:start + name_len].decode()
+
+
 def ingested_at_of(raw: bytes) -> int:
     """The ingest time of a stored event (either format) without decoding the rest."""
     if raw[0] == _TAG:

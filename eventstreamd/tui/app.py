@@ -37,7 +37,8 @@ from .widgets import LINKED
 
 RECONNECT_DELAY = 1.0
 # How an action reads in a message ("retry failed: ...").
-ACTIONS = {"retry_rejected": "retry", "delete_rejected": "delete"}
+ACTIONS = {"retry_rejected": "retry", "delete_rejected": "delete", "replay": "start the replay",
+           "cancel_replay": "cancel the replay"}
 
 
 class SnapshotArrived(Message):
@@ -176,6 +177,17 @@ class DashboardApp(App[int]):
             if report:
                 self.say(f"{op.replace('_', ' ')} failed: {exc}", error=True)
             return None
+
+    async def ask(self, op: str, **fields: Any) -> tuple[Any, str | None]:
+        client = self.client
+        if client is None:
+            return None, "not connected to the daemon"
+        try:
+            return await client.request(op, **fields), None
+        except ControlError as exc:
+            return None, exc.message
+        except ConnectionLost as exc:
+            return None, str(exc)
 
     async def refresh_status(self) -> None:
         snapshot = await self.fetch("status")

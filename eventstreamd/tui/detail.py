@@ -7,6 +7,9 @@ Decisions:
 - Rejected events are listed with what ties them to what was published and
   why: the original event id, sequence number, the receiver's HTTP status,
   the attempts it took and the receiver's answer.
+- Its replays come with each snapshot (live progress, no request of their
+  own): `p` opens the replay dialog (`replay.py`: count first, then start),
+  `c` cancels the selected replay after a confirmation.
 - Enter (or v) opens the selected rejected event's payload (with the same
   context); retry (y) and
   delete (d, after a confirmation) act on the selected one, here or from the
@@ -27,10 +30,22 @@ from textual.widgets import DataTable, Footer, Header, Label, Static
 
 from . import format as fmt
 from .dialogs import ConfirmScreen, PayloadScreen
+from .replay import ReplayScreen
 from .screen import SnapshotScreen
 from .widgets import ConnectionBar
 
 LOG_REASON_WIDTH = 200
+REPLAY_STYLES = {"running": "green", "paused": "yellow", "cancelled": "dim"}
+PROGRESS_BAR = 12
+
+
+def progress(replay: dict[str, Any]) -> str:
+    """`[#####.......] 1,204/3,000`: a replay's delivered share of its events."""
+    events, delivered = int(replay.get("events") or 0), int(replay.get("delivered") or 0)
+    filled = round(PROGRESS_BAR * delivered / events) if events else PROGRESS_BAR
+    filled = max(0, min(PROGRESS_BAR, filled))
+    return (f"[{'#' * filled}{'.' * (PROGRESS_BAR - filled)}] "
+            f"{fmt.count(delivered)}/{fmt.count(events)}")
 
 
 def details_table(item: dict[str, Any] | None, integration_id: str) -> Table:
@@ -91,6 +106,7 @@ class IntegrationScreen(SnapshotScreen):
     IntegrationScreen #details { height: auto; padding: 0 1; margin-bottom: 1; }
     IntegrationScreen .section { padding: 0 1; text-style: bold; background: $boost; width: 1fr; }
     IntegrationScreen #rejected { height: 9; }
+    IntegrationScreen #replays { height: 6; }
     IntegrationScreen #log { height: 1fr; }
     """
     BINDINGS: ClassVar[list[BindingType]] = [
@@ -101,6 +117,8 @@ class IntegrationScreen(SnapshotScreen):
         Binding("v", "payload", "Payload", show=False),
         Binding("y", "retry", "Retry"),
         Binding("d", "delete", "Delete"),
+        Binding("p", "replay", "Replay"),
+        Binding("c", "cancel_replay", "Cancel replay"),
         Binding("r", "refresh", "Refresh"),
     ]
 
@@ -110,6 +128,7 @@ class IntegrationScreen(SnapshotScreen):
         self.sub_title = integration_id
         self._log_shown: list[dict[str, Any]] | None = None
         self._rejected_shown: list[dict[str, Any]] | None = None
+        self._replays_shown: list[dict[str, Any]] | None = None
 
     def compose(self) -> ComposeResult:
         yield Header(show_clock=False)
@@ -126,6 +145,14 @@ class IntegrationScreen(SnapshotScreen):
         rejected.add_column("Tries", key="attempts", width=5)
         rejected.add_column("Answer", key="reason")
         yield rejected
+        yield Label("Replays (newest first) — p: new replay · c: cancel", classes="section")
+        replays: DataTable[Any] = DataTable(id="replays", cursor_type="row")
+        replays.add_column("Replay", key="id", width=16)
+        replays.add_column("Status", key="status", width=9)
+        replays.add_column("Progress", key="progress", width=34)
+        replays.add_column("Created", key="created_at", width=24)
+        replays.add_column("Range", key="range")
+        yield replays
         yield Label("Log (newest first)", classes="section")
         log: DataTable[Any] = DataTable(id="log", cursor_type="row", zebra_stripes=True)
         log.add_column("At", key="created_at", width=24)
@@ -154,6 +181,7 @@ class IntegrationScreen(SnapshotScreen):
             if candidate["id"] == self.integration_id:
                 item = candidate
         self.query_one("#details", Static).update(details_table(item, self.integration_id))
+        self._fill_replays((item or {}).get("replays") or [])
         self.action_refresh_lists()
 
     def action_refresh_lists(self) -> None:
@@ -187,6 +215,32 @@ class IntegrationScreen(SnapshotScreen):
                           key=event["id"])
         if selected in ids:
             table.move_cursor(row=ids.index(selected))
+
+    def _fill_replays(self, replays: list[dict[str, Any]]) -> None:
+        if replays == self._replays_shown:
+            return
+        self._replays_shown = replays
+        table: DataTable[Any] = self.query_one("#replays", DataTable)
+        selected = self.selected_replay()
+        ids = [r["replay_id"] for r in replays]
+        table.clear()
+        for replay in replays:
+            table.add_row(fmt.plain(replay["replay_id"]),
+                          fmt.plain(replay.get("status", ""), REPLAY_STYLES.get(
+                              replay.get("status", ""), "")),
+                          fmt.plain(progress(replay)),
+                          fmt.plain(replay.get("created_at", "")),
+                          fmt.plain(f"{replay.get('starts_at')} .. {replay.get('ends_at')}"),
+                          key=replay["replay_id"])
+        if selected in ids:
+            table.move_cursor(row=ids.index(selected))
+
+    def selected_replay(self) -> str | None:
+        table: DataTable[Any] = self.query_one("#replays", DataTable)
+        if table.row_count == 0:
+            return None
+        row_key, _ = table.coordinate_to_cell_key(table.cursor_coordinate)
+        return row_key.value
 
     def _fill_log(self, entries: list[dict[str, Any]]) -> None:
         if entries == self._log_shown:
@@ -223,6 +277,31 @@ class IntegrationScreen(SnapshotScreen):
 
     def action_stop(self) -> None:
         self._act("stop", f"{self.integration_id} stopped")
+
+    def action_replay(self) -> None:
+        def after(request: dict[str, Any] | None) -> None:
+            if request is not None:
+                self._act("replay", f"replay to {self.integration_id} started",
+                          replay=request)
+
+        self.app.push_screen(ReplayScreen(self.integration_id, self.dashboard.ask), after)
+
+    def action_cancel_replay(self) -> None:
+        replay_id = self.selected_replay()
+        replays = {r["replay_id"]: r for r in self._replays_shown or ()}
+        if replay_id is None or replays[replay_id].get("status") not in ("running", "paused"):
+            self.dashboard.say("no running or paused replay selected", error=True)
+            return
+
+        def after(confirmed: bool | None) -> None:
+            if confirmed:
+                self._act("cancel_replay", f"replay {replay_id} cancelled",
+                          replay_id=replay_id)
+
+        self.app.push_screen(ConfirmScreen(
+            f"Cancel replay {replay_id} of {self.integration_id}?\n"
+            "What it delivered stays delivered; it cannot be resumed.", "Yes, cancel (y)"),
+            after)
 
     def action_payload(self) -> None:
         event_id = self.selected_rejected()

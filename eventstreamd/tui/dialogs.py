@@ -4,7 +4,7 @@ Decisions:
 - Modals return what the user chose (`dismiss`) and the screen that opened
   them acts on it, so the actions live in one place.
 - The confirmation defaults to "no": escape, n and the No button all cancel,
-  and only y or the Yes button delete.
+  and only y or the Yes button confirm (a delete, or a replay's cancel).
 """
 
 from __future__ import annotations
@@ -94,16 +94,17 @@ class ConfirmScreen(ModalScreen[bool]):
         Binding("escape", "answer(False)", "Cancel"),
     ]
 
-    def __init__(self, question: str) -> None:
+    def __init__(self, question: str, yes: str = "Yes, delete (y)") -> None:
         super().__init__()
         self.question = question
+        self.yes = yes
 
     def compose(self) -> ComposeResult:
         with Vertical():
             yield Label(fmt.plain_lines(self.question), id="question")
             with Horizontal():
                 yield Button("No (n)", id="no")
-                yield Button("Yes, delete (y)", id="yes", variant="error")
+                yield Button(self.yes, id="yes", variant="error")
 
     def on_mount(self) -> None:
         self.query_one("#no", Button).focus()

@@ -30,6 +30,10 @@ class Dashboard(Protocol):
 
     async def fetch(self, op: str, *, report: bool = False, **fields: Any) -> Any: ...
 
+    async def ask(self, op: str, **fields: Any) -> tuple[Any, str | None]:
+        """A request whose failure the caller shows itself: (answer, None), or (None, why)."""
+        ...
+
     async def refresh_status(self) -> None: ...
 
 

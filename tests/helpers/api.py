@@ -205,6 +205,33 @@ class ApiClient:
                                f"{BASE}/{integration_id}/_rotate_secret", body=body,
                                expect=expect)
 
+    async def replay(self, integration_id: str, body: Any, *, expect: int = 202) -> Any:
+        """`POST .../_replay` (a dry run answers 200)."""
+        return await self.call("replayIntegration", "POST", f"{BASE}/{integration_id}/_replay",
+                               body=body, expect=expect)
+
+    async def replays(self, integration_id: str, *, expect: int = 200) -> Any:
+        """The replays (the error body, when `expect` is not 200)."""
+        result = await self.call("listReplays", "GET", f"{BASE}/{integration_id}/replays",
+                                 expect=expect)
+        return result["replays"] if expect == 200 else result
+
+    async def cancel_replay(self, integration_id: str, replay_id: str, *,
+                            expect: int = 200) -> Any:
+        return await self.call("cancelReplay", "DELETE",
+                               f"{BASE}/{integration_id}/replays/{replay_id}", expect=expect)
+
+    async def wait_replay(self, integration_id: str, replay_id: str, status: str = "completed",
+                          timeout: float = 30.0) -> dict[str, Any]:
+        """The replay, once its status is `status`."""
+        async def found() -> dict[str, Any]:
+            return next((r for r in await self.replays(integration_id)
+                         if r["replay_id"] == replay_id), {})
+
+        return await eventually(
+            found, lambda r: r.get("status") == status, within=timeout,
+            every=0.1, what=f"replay {replay_id} of {integration_id} {status}")
+
     async def wait_logs(self, integration_id: str, action: str, count: int = 1,
                         timeout: float = 20.0) -> list[dict[str, Any]]:
         """The integration's log entries of `action`, once there are `count` of them."""

@@ -41,6 +41,10 @@ Decisions:
   then expect that subject instead (`_fence_headers`), and a mismatch that
   the re-check confirms (the lease moved: claimed by another daemon,
   released, deleted) answers False at once instead of retrying.
+- Replays live in the record; their progress and saved state are fenced
+  single values on subjects of their own (`rpp.<id>.<replay id>`,
+  `rps.<id>.<replay id>`), tombstoned in the batch that drops the replay
+  from the record and purged with the integration.
 - Delete: one batch tombstones the record, the marker, the rejected index
   and the lease subject and drops the id from the index (CAS on record and index); then the
   integration's subjects are purged up to that batch (`seq` bound, so a new
@@ -83,6 +87,7 @@ from ...model import (
     Integration,
     LogEntry,
     RejectedEvent,
+    ReplayProgress,
     RetryClaim,
     RetryOutcome,
 )
@@ -118,6 +123,9 @@ from .subjects import (
     MARKER,
     RECORD,
     REJECTED_INDEX,
+    REPLAY_KINDS,
+    REPLAY_PROGRESS,
+    REPLAY_STATE,
     SINK_STATE,
     StateSubjects,
     is_token,
@@ -157,6 +165,10 @@ def _ids(entry: Entry | None) -> list[str]:
     if entry is None or entry.deleted or not entry.data:
         return []
     return [str(i) for i in orjson.loads(entry.data)]
+
+
+def _progress(raw: dict[str, Any]) -> ReplayProgress:
+    return ReplayProgress(int(raw["cursor"]), int(raw["delivered"]))
 
 
 def expect(seq: int, subject: str | None = None) -> dict[str, str]:
@@ -258,6 +270,7 @@ class StateStore:
         # Each kind by name: a wildcard `<base>.*.<id>` would also take `inst.<id>`, the
         # announcement of a daemon whose instance name happens to equal the id.
         subjects = [self.subjects.rejected(integration_id, "*"),
+                    *(self.subjects.replay(kind, integration_id, "*") for kind in REPLAY_KINDS),
                     *(self._subject(kind, integration_id) for kind in INTEGRATION_KINDS)]
         try:
             for subject in subjects:
@@ -354,6 +367,10 @@ class StateStore:
                                     str(result.cursor).encode(), ROLL))
             messages += [Out(self._subject(LOG, integration_id), _log_bytes(entry))
                          for entry in result.logs]
+            messages += [Out(self.subjects.replay(kind, integration_id, replay_id), b"",
+                             TOMBSTONE)
+                         for replay_id in result.dropped_replays if is_token(replay_id)
+                         for kind in REPLAY_KINDS]
             if not messages:
                 return result, None
             if result.integration == current:  # check the record without rewriting it
@@ -471,8 +488,9 @@ class StateStore:
             return await self._cas(attempt, "a delivery write kept conflicting; try again")
 
     async def write_fenced(self, fence: Fence, kind: str, data: bytes,
-                           rollup: bool = True) -> bool:
-        subject = self._subject(kind, fence.integration_id)
+                           rollup: bool = True, subject: str | None = None) -> bool:
+        """Write `data` as the integration's `kind` (or to `subject`), fenced."""
+        subject = subject or self._subject(kind, fence.integration_id)
 
         async def build(headers: dict[str, str]) -> list[Out]:
             return [Out(subject, data, {**ROLL, **headers} if rollup else headers)]
@@ -481,6 +499,54 @@ class StateStore:
 
     async def add_log(self, fence: Fence, entry: LogEntry) -> bool:
         return await self.write_fenced(fence, LOG, _log_bytes(entry), rollup=False)
+
+    # -------------------------------------------------------------- replays
+
+    async def _replay_value(self, kind: str, integration_id: str,
+                            replay_id: str) -> bytes | None:
+        if not is_token(integration_id) or not is_token(replay_id):
+            return None
+        entry = await self._last(self.subjects.replay(kind, integration_id, replay_id))
+        if entry is None or entry.deleted or not entry.data:
+            return None
+        return entry.data
+
+    async def get_replay_progress(self, integration_id: str,
+                                  replay_id: str) -> ReplayProgress | None:
+        data = await self._replay_value(REPLAY_PROGRESS, integration_id, replay_id)
+        return _progress(orjson.loads(data)) if data is not None else None
+
+    async def list_replay_progress(self, integration_id: str) -> dict[str, ReplayProgress]:
+        if not is_token(integration_id):
+            return {}
+        msgs = await self.client.direct_batch(self.subjects.stream, {"multi_last": [
+            self.subjects.replay(REPLAY_PROGRESS, integration_id, "*")]})
+        return {last_token(m.headers): _progress(orjson.loads(m.data)) for m in msgs
+                if (m.headers or {}).get(OP) != DELETED and m.data}
+
+    async def set_replay_progress(self, fence: Fence, replay_id: str,
+                                  progress: ReplayProgress) -> bool:
+        if not is_token(replay_id):
+            return False
+        data = orjson.dumps({"cursor": progress.cursor, "delivered": progress.delivered})
+        return await self.write_fenced(fence, REPLAY_PROGRESS, data, subject=self.subjects.replay(
+            REPLAY_PROGRESS, fence.integration_id, replay_id))
+
+    async def get_replay_state(self, integration_id: str,
+                               replay_id: str) -> dict[str, object] | None:
+        data = await self._replay_value(REPLAY_STATE, integration_id, replay_id)
+        if data is None:
+            return None
+        state: dict[str, object] = msgpack.unpackb(data)
+        return state
+
+    async def put_replay_state(self, fence: Fence, replay_id: str,
+                               state: dict[str, object]) -> bool:
+        if not is_token(replay_id):
+            return False
+        data: bytes = msgpack.packb(state)
+        return await self.write_fenced(fence, REPLAY_STATE, data, subject=self.subjects.replay(
+            REPLAY_STATE, fence.integration_id, replay_id))
 
     async def list_logs(self, integration_id: str, limit: int) -> list[LogEntry]:
         if not is_token(integration_id) or limit <= 0:

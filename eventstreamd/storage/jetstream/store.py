@@ -34,6 +34,10 @@ Decisions:
   operation fail with that reason (not "no responders, e.g. an election");
   streams created anew are adopted (the event log's head follows, even
   backwards; sinks then resume at the new log's first event).
+- Counting a range by name (`count_events`) uses per-bucket name counts kept
+  in memory (`storage/counts.py`'s `BucketCache`): this daemon's own appends
+  are noted as they are acknowledged; any other bucket a count needs is read
+  once and kept.
 """
 
 from __future__ import annotations
@@ -58,6 +62,7 @@ from ...model import (
     LogEntry,
     NewEvent,
     RejectedEvent,
+    ReplayProgress,
     RetryClaim,
     RetryOutcome,
     StoredEvent,
@@ -70,6 +75,7 @@ from ..base import (
     StoreUnavailable,
     Transition,
 )
+from ..counts import BUCKET, BucketCache, NameMatcher, bucket_start, split, tally
 from .client import STREAM_NOT_FOUND, JsApiError, JsClient, NotSent, Unknown
 from .events import EventLog
 from .identity import StreamIdentity, changes
@@ -79,6 +85,7 @@ from .subjects import CURSOR, SINK_STATE
 
 log = logging.getLogger("eventstreamd.jetstream")
 
+COUNT_READ = 1024  # events per read when a count reads a bucket
 OUTAGE_PATIENCE = 600.0  # seconds a sink's write or read waits for NATS to come back
 RETRY_PAUSE = 0.25
 STREAM_CHECK_EVERY = 2.0  # seconds between looks at whether both streams are still there
@@ -107,6 +114,8 @@ class JetStreamStore:
         self._records: dict[str, Integration] = {}
         self._cursors: dict[str, int] = {}
         self._rejected: dict[str, int] = {}
+        self._counts = BucketCache()
+        self._counts_epoch = 0
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -348,7 +357,11 @@ class JetStreamStore:
             raise StoreUnavailable("the store is closing")
         if self._gone is not None:
             raise StoreUnavailable(self._gone)
-        return await self.events.append(events)
+        epoch = self.events.epoch
+        first, last = await self.events.append(events)
+        if self.events.epoch == epoch == self._counts_epoch:
+            self._counts.note(first, [event.name for event in events])
+        return first, last
 
     async def read_events(self, from_seq: int, limit: int,
                           max_bytes: int = 8 * 1024 * 1024) -> list[StoredEvent]:
@@ -375,6 +388,49 @@ class JetStreamStore:
 
     async def prune(self, cutoff_ms: int) -> int:
         return 0  # the stream's max_age: JetStream expires events itself
+
+    async def count_events(self, from_seq: int, end_seq: int,
+                           matches: Callable[[str], bool] | None = None) -> int:
+        return await self._now(lambda: self._count_events(from_seq, end_seq, matches))
+
+    async def _count_events(self, from_seq: int, end_seq: int,
+                            matches: Callable[[str], bool] | None) -> int:
+        if self._counts_epoch != self.events.epoch:  # the log was replaced
+            self._counts.clear()
+            self._counts_epoch = self.events.epoch
+        start = max(from_seq, await self.events.first_seq())
+        end = min(end_seq, self.events.head + 1)
+        if start >= end:
+            return 0
+        if matches is None:
+            return end - start  # contiguous: the stream only expires a prefix
+        matcher = NameMatcher(matches)
+        edges, whole = split(start, end)
+        total = 0
+        for bucket in whole:
+            counts = self._counts.complete(bucket)
+            if counts is None:
+                counts = tally(await self._names(bucket_start(bucket),
+                                                 bucket_start(bucket + 1)))
+                if sum(counts.values()) == BUCKET:  # none expired meanwhile
+                    self._counts.put(bucket, counts)
+            total += matcher.count(counts)
+        for low, high in edges:
+            total += sum(map(matcher, await self._names(low, high)))
+        return total
+
+    async def _names(self, low: int, high: int) -> list[str]:
+        """The names of events `low` .. `high - 1`, read from the stream."""
+        names: list[str] = []
+        position = low
+        while position < high:
+            batch = await self.events.read(position, min(COUNT_READ, high - position),
+                                           8 * 1024 * 1024)
+            names += [e.name for e in batch if e.seq < high]
+            if not batch:
+                break
+            position = batch[-1].seq + 1
+        return names
 
     async def stats(self) -> StoreStats:
         return await self._now(self.events.store_stats)
@@ -453,6 +509,28 @@ class JetStreamStore:
 
     async def add_log(self, fence: Fence, entry: LogEntry) -> bool:
         return await self._patient(lambda: self.state.add_log(fence, entry))
+
+    async def get_replay_progress(self, integration_id: str,
+                                  replay_id: str) -> ReplayProgress | None:
+        return await self._patient(
+            lambda: self.state.get_replay_progress(integration_id, replay_id))
+
+    async def list_replay_progress(self, integration_id: str) -> dict[str, ReplayProgress]:
+        return await self._now(lambda: self.state.list_replay_progress(integration_id))
+
+    async def set_replay_progress(self, fence: Fence, replay_id: str,
+                                  progress: ReplayProgress) -> bool:
+        return await self._patient(
+            lambda: self.state.set_replay_progress(fence, replay_id, progress))
+
+    async def get_replay_state(self, integration_id: str,
+                               replay_id: str) -> dict[str, object] | None:
+        return await self._patient(
+            lambda: self.state.get_replay_state(integration_id, replay_id))
+
+    async def put_replay_state(self, fence: Fence, replay_id: str,
+                               state: dict[str, object]) -> bool:
+        return await self._patient(lambda: self.state.put_replay_state(fence, replay_id, state))
 
     async def list_logs(self, integration_id: str, limit: int) -> list[LogEntry]:
         return await self._now(lambda: self.state.list_logs(integration_id, limit))

@@ -6,8 +6,10 @@ Decisions:
   headers are RePublished to `{prefix}.wake`) and `{prefix}_state`
   (everything else, under `{prefix}.st.`: events.py and state.py say why).
 - In the state stream each piece of an integration is `<base>.<kind>.<id>`,
-  a rejected event `<base>.rej.<id>.<rejected id>`, the list of integration
-  ids `<base>.index`, a daemon's announcement `<base>.inst.<instance>`.
+  a rejected event `<base>.rej.<id>.<rejected id>`, a replay's progress and
+  saved state `<base>.rpp.<id>.<replay id>` and `<base>.rps.<id>.<replay id>`,
+  the list of integration ids `<base>.index`, a daemon's announcement
+  `<base>.inst.<instance>`.
 - An id names a subject only when it is a subject token
   (`naming.valid_subject_token`, up to `MAX_TOKEN` characters); every
   operation checks `is_token` first and treats any other id as absent.
@@ -33,6 +35,9 @@ RENEW = "renew"  # the holder's renewals
 INTEGRATION_KINDS = (RECORD, MARKER, CURSOR, SINK_STATE, LOG, REJECTED_INDEX, LEASE, RENEW)
 ANNOUNCEMENT = "inst"  # `<base>.inst.<instance name>`: a daemon's announcement
 REJECTED = "rej"
+REPLAY_PROGRESS = "rpp"  # `<base>.rpp.<id>.<replay id>`: cursor and count
+REPLAY_STATE = "rps"  # `<base>.rps.<id>.<replay id>`: a replay pipeline's own state
+REPLAY_KINDS = (REPLAY_PROGRESS, REPLAY_STATE)
 
 
 def is_token(value: str) -> bool:
@@ -81,3 +86,7 @@ class StateSubjects:
 
     def rejected(self, integration_id: str, rejected_id: str) -> str:
         return f"{self.base}.{REJECTED}.{integration_id}.{rejected_id}"
+
+    def replay(self, kind: str, integration_id: str, replay_id: str) -> str:
+        """A replay's subject of `kind`; `replay_id` "*" for every replay's."""
+        return f"{self.base}.{kind}.{integration_id}.{replay_id}"
