@@ -37,7 +37,7 @@ from typing import Any
 
 import orjson
 
-from .common import MIB, TOKEN, EventFactory
+from .common import MIB, TOKEN, EventFactory, run_on_daemon_loop
 from .rawhttp import RawConnection, encode_request, split_url
 
 NDJSON = "application/x-ndjson"
@@ -651,7 +651,7 @@ def main(argv: list[str]) -> int:
     job = COMMANDS[command]
     result = job(args)
     if asyncio.iscoroutine(result):
-        result = asyncio.run(result)
+        result = run_on_daemon_loop(result)
     sys.stdout.write(json.dumps(result) + "\n")
     sys.stdout.flush()
     return 0
