@@ -66,6 +66,16 @@ class SinkStatusSource(Protocol):
     def sink_status(self, integration_id: str) -> SinkStatus | None: ...
 
 
+class DeliveryFigures(SinkStatusSource, Protocol):
+    """What status reads of the supervisor beyond each sink: the delivered counters of
+    every sink at once (the rates' samples, once a second), and the ingest time of an
+    event the shared feed holds in memory (the age of the oldest undelivered one)."""
+
+    def delivered_counts(self) -> dict[str, int]: ...
+
+    def ingested_at(self, seq: int) -> int | None: ...
+
+
 class SinkActivity(SinkStatusSource, Protocol):
     """What the ownership balancer reads of the supervisor: whether a sink still runs (a
     lease given up is released once its sink has ended) and its figures."""

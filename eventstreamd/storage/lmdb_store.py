@@ -19,6 +19,11 @@ Decisions:
   so "first event at or after time T" is a binary search: O(log n) point reads.
 - A data dir restored from an older copy may hold cursors past its head;
   `resume_past_head` sends such a reader to what came after the open.
+- Status and /metrics read every integration every second: a record unchanged
+  since the last list is not decoded again (kept with its stored bytes), and
+  the rejected counts are counted once and kept, an integration counted
+  again after a write touched its rejected events (exact: one process owns
+  the data dir).
 - A full map or disk raises `StoreFull`; the failed transaction is aborted, so
   what was stored before stays intact and later writes succeed once space is
   freed (retention, deletes) or the map is grown (restart with a larger
@@ -120,6 +125,16 @@ def _prefix(integration_id: str) -> bytes:
     return integration_id.encode() + b"\x00"
 
 
+def _count_prefix(cur: lmdb.Cursor, prefix: bytes) -> int:
+    count, size = 0, len(prefix)
+    if cur.set_range(prefix):
+        for key in cur.iternext(keys=True, values=False):
+            if key[:size] != prefix:
+                break
+            count += 1
+    return count
+
+
 class LmdbStore:
     # One daemon owns the data dir (it is locked): it delivers every integration.
     leases: None = None
@@ -158,6 +173,10 @@ class LmdbStore:
                          self._cursors, self._logs, self._rejected, self._sink_state)
         self._page_size = int(self.env.stat()["psize"])
         self.reserve = min(RESERVE_MAX, max(RESERVE_MIN, self.map_size // 100))
+        # Read caches: decoded records by their stored bytes, exact rejected counts.
+        self._decoded: dict[bytes, tuple[bytes, Integration]] = {}
+        self._rejected_counts: dict[str, int] | None = None
+        self._recount: set[str] = set()
         self.writer = LogWriter(self.env)
         try:
             self._check_format()
@@ -421,11 +440,24 @@ class LmdbStore:
                     txn.delete(entry_key, db=db)
             return True
 
-        return await self._write(job)
+        try:
+            return await self._write(job)
+        finally:
+            self._rejected_changed(integration_id)
 
     async def list_integrations(self) -> list[Integration]:
+        """Every record; one unchanged since the last list is not decoded again (status
+        lists them every second)."""
+        decoded = self._decoded
+        kept: dict[bytes, tuple[bytes, Integration]] = {}
         with self.env.begin(db=self._integrations) as txn:
-            return [codec.from_store(self.targets, unpack(v)) for _, v in txn.cursor()]
+            for key, raw in txn.cursor():
+                known = decoded.get(key)
+                if known is None or known[0] != raw:
+                    known = (raw, codec.from_store(self.targets, unpack(raw)))
+                kept[key] = known
+        self._decoded = kept
+        return [integration for _, integration in kept.values()]
 
     async def get_integration(self, integration_id: str) -> Integration | None:
         with self.env.begin() as txn:
@@ -472,7 +504,10 @@ class LmdbStore:
                 self._txn_add_log(txn, integration_id, rejected_dropped_log(
                     log.created_at, unpack(dropped)["id"], self.rejected_events))
 
-        return await self._fenced(fence, job)
+        try:
+            return await self._fenced(fence, job)
+        finally:
+            self._rejected_changed(integration_id)
 
     async def list_rejected(self, integration_id: str) -> list[RejectedEvent]:
         with self.env.begin() as txn:
@@ -487,19 +522,44 @@ class LmdbStore:
         return None
 
     async def count_rejected(self, integration_id: str) -> int:
-        prefix = _prefix(integration_id)
-        count = 0
         with self.env.begin(db=self._rejected) as txn, txn.cursor() as cur:
-            if cur.set_range(prefix):
+            return _count_prefix(cur, _prefix(integration_id))
+
+    async def cursors(self) -> dict[str, int]:
+        with self.env.begin(db=self._cursors) as txn:
+            return {key.decode(): from_u64(value) for key, value in txn.cursor()}
+
+    async def rejected_counts(self) -> dict[str, int]:
+        """Counted once, then kept: an integration whose rejected events a write touched
+        is counted again (`_rejected_changed`), the others are known."""
+        counts = self._rejected_counts
+        with self.env.begin(db=self._rejected) as txn, txn.cursor() as cur:
+            if counts is None:
+                counts = {}
                 for key in cur.iternext(keys=True, values=False):
-                    if not key.startswith(prefix):
-                        break
-                    count += 1
-        return count
+                    integration_id = key.split(b"\x00", 1)[0].decode()
+                    counts[integration_id] = counts.get(integration_id, 0) + 1
+            else:
+                for integration_id in self._recount:
+                    count = _count_prefix(cur, _prefix(integration_id))
+                    if count:
+                        counts[integration_id] = count
+                    else:
+                        counts.pop(integration_id, None)
+        self._rejected_counts = counts
+        self._recount.clear()
+        return dict(counts)
+
+    def _rejected_changed(self, integration_id: str) -> None:
+        """After a write to its rejected events (committed or refused): count it again."""
+        self._recount.add(integration_id)
 
     async def delete_rejected(self, integration_id: str, rejected_id: str) -> bool:
-        return await self._write(
-            lambda txn: self._txn_delete_rejected(txn, integration_id, rejected_id))
+        try:
+            return await self._write(
+                lambda txn: self._txn_delete_rejected(txn, integration_id, rejected_id))
+        finally:
+            self._rejected_changed(integration_id)
 
     async def resolve_rejected(self, fence: Fence, rejected_id: str | None,
                                log: LogEntry) -> bool:
@@ -508,7 +568,10 @@ class LmdbStore:
                 self._txn_delete_rejected(txn, fence.integration_id, rejected_id)
             self._txn_add_log(txn, fence.integration_id, log)
 
-        return await self._fenced(fence, job)
+        try:
+            return await self._fenced(fence, job)
+        finally:
+            self._rejected_changed(fence.integration_id)
 
     async def claim_rejected(self, integration_id: str, rejected_id: str,
                              claim: RetryClaim) -> RejectedEvent | None:

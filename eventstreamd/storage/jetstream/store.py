@@ -482,6 +482,19 @@ class JetStreamStore:
         return await self._cached(read, remember,
                                   lambda: self._rejected.get(integration_id, 0))
 
+    async def cursors(self) -> dict[str, int]:
+        def remember(found: dict[str, int]) -> None:
+            self._cursors.update(found)
+
+        return await self._cached(self.state.cursors, remember, lambda: dict(self._cursors))
+
+    async def rejected_counts(self) -> dict[str, int]:
+        def remember(found: dict[str, int]) -> None:
+            self._rejected = dict(found)
+
+        return await self._cached(self.state.rejected_counts, remember,
+                                  lambda: {i: n for i, n in self._rejected.items() if n})
+
     async def delete_rejected(self, integration_id: str, rejected_id: str) -> bool:
         deleted, count = await self._now(
             lambda: self.state.delete_rejected(integration_id, rejected_id))
