@@ -10,6 +10,13 @@ Decisions:
   store figures from `Store.stats()`. prometheus-client only renders them
   (custom metric families in a registry built per scrape), so no library
   lock sits on the ingest or delivery paths.
+- A scrape must not stop the event loop: with a thousand integrations the
+  text is megabytes and building it takes tens of milliseconds. On the loop
+  only the figures are gathered (the status snapshot, the store's stats,
+  each sink's counters copied: `Scrape`); the families are built and the
+  text rendered in a worker thread, from those copies alone (nothing the
+  loop goes on changing is read there). One scrape renders at a time; a
+  scrape arriving meanwhile waits for it.
 - Sink counters live as long as the sink is wanted: a stopped integration
   has lag but no counters, and a sink started anew counts from zero again
   (Prometheus' `rate()` and `increase()` treat that as a counter reset).
@@ -27,6 +34,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import anyio
+import anyio.to_thread
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -39,7 +48,7 @@ from prometheus_client.utils import floatToGoString
 
 from .. import __version__
 from ..histogram import Histogram
-from ..storage.base import Store
+from ..storage.base import Store, StoreStats
 from .errors import ApiError
 from .status import StatusSampler
 from .supervisor import Supervisor
@@ -69,6 +78,10 @@ class IngestStats:
     def refused(self, status: int) -> None:
         self.requests[status] = self.requests.get(status, 0) + 1
 
+    def copy(self) -> IngestStats:
+        return IngestStats(self.events, self.bytes, dict(self.requests),
+                           self.batch_events.copy())
+
 
 @dataclass
 class Readiness:
@@ -86,6 +99,7 @@ class DaemonMetrics:
         self.sampler = sampler
         self.ingest = ingest
         self.readiness = readiness
+        self.rendering = anyio.CapacityLimiter(1)  # one scrape's text at a time
 
     def not_ready(self) -> str | None:
         """Why the daemon is not ready, or None."""
@@ -97,101 +111,140 @@ class DaemonMetrics:
             return "the sinks are starting"
         return None
 
-    async def families(self) -> list[Metric]:
+    async def scrape(self) -> Scrape:
+        """Everything a scrape shows, gathered on the event loop (copies only)."""
         snapshot = await self.sampler.snapshot()
         stats = await self.store.stats()
-        out: list[Metric] = []
-        info = GaugeMetricFamily("eventstreamd_info", "The running daemon's version.",
-                                 labels=["version"])
-        info.add_metric([__version__], 1)
-        out.append(info)
-        out.append(GaugeMetricFamily("eventstreamd_ready",
-                                     "1 when /readyz answers 200.",
-                                     value=0 if self.not_ready() else 1))
-        out += self._ingest_families(snapshot["head"])
-        out += _store_families(stats)
-        out += self._integration_families(snapshot["integrations"])
-        return out
-
-    def _ingest_families(self, head: int) -> list[Metric]:
-        ingest = self.ingest
-        requests = CounterMetricFamily("eventstreamd_ingest_requests",
-                                       "POST /events requests, by HTTP status.",
-                                       labels=["code"])
-        for code, count in sorted(ingest.requests.items()):
-            requests.add_metric([str(code)], count)
-        batches = HistogramMetricFamily("eventstreamd_ingest_batch_events",
-                                        "Events per accepted POST /events request.")
-        _add_histogram(batches, [], ingest.batch_events)
-        return [
-            CounterMetricFamily("eventstreamd_ingest_events",
-                                "Events accepted (durably stored) by POST /events.",
-                                value=ingest.events),
-            CounterMetricFamily("eventstreamd_ingest_bytes",
-                                "Request body bytes of accepted POST /events requests.",
-                                value=ingest.bytes),
-            requests, batches,
-            GaugeMetricFamily("eventstreamd_head_seq",
-                              "Sequence number of the newest stored event.", value=head),
-        ]
-
-    def _integration_families(self, items: Iterable[dict[str, Any]]) -> list[Metric]:
-        labels = ["integration", "kind"]
-
-        def counter(name: str, doc: str) -> CounterMetricFamily:
-            return CounterMetricFamily(name, doc, labels=labels)
-
-        def gauge(name: str, doc: str) -> GaugeMetricFamily:
-            return GaugeMetricFamily(name, doc, labels=labels)
-
-        delivered = counter("eventstreamd_delivered_events",
-                            "Events delivered (2xx, or uploaded in an S3 object).")
-        failed = counter("eventstreamd_delivery_failed_attempts",
-                         "Delivery attempts that failed and will be retried.")
-        rejected = counter("eventstreamd_rejected_events",
-                           "Events set aside as rejected (a receiver's 400, or undeliverable).")
-        restarts = counter("eventstreamd_sink_restarts",
-                           "Times the integration's sink crashed and was restarted.")
-        resets = counter("eventstreamd_cursor_resets",
-                         "Times the integration's cursor was found past the newest event in "
-                         "the log (the log replaced or restored from an older copy) and "
-                         "moved back to where the log has events.")
-        latency = HistogramMetricFamily("eventstreamd_delivery_latency_seconds",
-                                        "From ingest to delivered (S3: from when the object's "
-                                        "file was opened to its upload).", labels=labels)
-        stored = gauge("eventstreamd_rejected_events_stored",
-                       "Rejected events kept for inspection and retry.")
-        lag_events = gauge("eventstreamd_lag_events",
-                           "Events after the integration's cursor (not yet delivered).")
-        lag_seconds = gauge("eventstreamd_lag_seconds",
-                            "Age of the oldest undelivered event (0 when none waits).")
-        in_flight = gauge("eventstreamd_in_flight", "Delivery requests under way.")
-        running = gauge("eventstreamd_integration_running",
-                        "1 while the integration is running, 0 when stopped or completed.")
-        for item in items:
-            key = [item["id"], item["kind"]]
-            running.add_metric(key, 1 if item["status"] == "running"
-                               and item["health"] != "completed" else 0)
-            lag_events.add_metric(key, item["lag_events"])
-            lag_seconds.add_metric(key, item["lag_seconds"] or 0.0)
-            stored.add_metric(key, item["rejected_events"])
-            if item.get("in_flight") is not None:
-                in_flight.add_metric(key, item["in_flight"])
+        sinks = {}
+        for item in snapshot["integrations"]:
             sink = self.supervisor.sink_status(item["id"])
-            if sink is None:
-                continue
-            stats = sink.stats
-            delivered.add_metric(key, stats.delivered)
-            failed.add_metric(key, stats.failures)
-            rejected.add_metric(key, stats.rejected)
-            restarts.add_metric(key, sink.crashes)
-            resets.add_metric(key, stats.cursor_resets)
-            _add_histogram(latency, key, stats.latency)
-        return [delivered, failed, rejected, restarts, resets, latency, stored, lag_events,
-                lag_seconds, in_flight, running]
+            if sink is not None:
+                s = sink.stats
+                sinks[item["id"]] = SinkFigures(s.delivered, s.failures, s.rejected,
+                                                sink.crashes, s.cursor_resets,
+                                                s.latency.copy())
+        return Scrape(ready=self.not_ready() is None, ingest=self.ingest.copy(),
+                      head=snapshot["head"], store=stats,
+                      integrations=snapshot["integrations"], sinks=sinks)
 
 
-def _store_families(stats: Any) -> list[Metric]:
+@dataclass(frozen=True, slots=True)
+class SinkFigures:
+    """A sink's counters as they were when the scrape gathered them."""
+
+    delivered: int
+    failures: int
+    rejected: int
+    crashes: int
+    cursor_resets: int
+    latency: Histogram
+
+
+@dataclass(frozen=True, slots=True)
+class Scrape:
+    """What one scrape shows, copied on the event loop; rendered in a thread."""
+
+    ready: bool
+    ingest: IngestStats
+    head: int
+    store: StoreStats
+    integrations: list[dict[str, Any]]  # the status snapshot's rows (made for the scrape)
+    sinks: dict[str, SinkFigures]
+
+
+def families(scrape: Scrape) -> list[Metric]:
+    out: list[Metric] = []
+    info = GaugeMetricFamily("eventstreamd_info", "The running daemon's version.",
+                             labels=["version"])
+    info.add_metric([__version__], 1)
+    out.append(info)
+    out.append(GaugeMetricFamily("eventstreamd_ready",
+                                 "1 when /readyz answers 200.", value=1 if scrape.ready else 0))
+    out += _ingest_families(scrape.ingest, scrape.head)
+    out += _store_families(scrape.store)
+    out += _integration_families(scrape.integrations, scrape.sinks)
+    return out
+
+
+def _ingest_families(ingest: IngestStats, head: int) -> list[Metric]:
+    requests = CounterMetricFamily("eventstreamd_ingest_requests",
+                                   "POST /events requests, by HTTP status.",
+                                   labels=["code"])
+    for code, count in sorted(ingest.requests.items()):
+        requests.add_metric([str(code)], count)
+    batches = HistogramMetricFamily("eventstreamd_ingest_batch_events",
+                                    "Events per accepted POST /events request.")
+    _add_histogram(batches, [], ingest.batch_events)
+    return [
+        CounterMetricFamily("eventstreamd_ingest_events",
+                            "Events accepted (durably stored) by POST /events.",
+                            value=ingest.events),
+        CounterMetricFamily("eventstreamd_ingest_bytes",
+                            "Request body bytes of accepted POST /events requests.",
+                            value=ingest.bytes),
+        requests, batches,
+        GaugeMetricFamily("eventstreamd_head_seq",
+                          "Sequence number of the newest stored event.", value=head),
+    ]
+
+
+def _integration_families(items: Iterable[dict[str, Any]],
+                          sinks: dict[str, SinkFigures]) -> list[Metric]:
+    labels = ["integration", "kind"]
+
+    def counter(name: str, doc: str) -> CounterMetricFamily:
+        return CounterMetricFamily(name, doc, labels=labels)
+
+    def gauge(name: str, doc: str) -> GaugeMetricFamily:
+        return GaugeMetricFamily(name, doc, labels=labels)
+
+    delivered = counter("eventstreamd_delivered_events",
+                        "Events delivered (2xx, or uploaded in an S3 object).")
+    failed = counter("eventstreamd_delivery_failed_attempts",
+                     "Delivery attempts that failed and will be retried.")
+    rejected = counter("eventstreamd_rejected_events",
+                       "Events set aside as rejected (a receiver's 400, or undeliverable).")
+    restarts = counter("eventstreamd_sink_restarts",
+                       "Times the integration's sink crashed and was restarted.")
+    resets = counter("eventstreamd_cursor_resets",
+                     "Times the integration's cursor was found past the newest event in "
+                     "the log (the log replaced or restored from an older copy) and "
+                     "moved back to where the log has events.")
+    latency = HistogramMetricFamily("eventstreamd_delivery_latency_seconds",
+                                    "From ingest to delivered (S3: from when the object's "
+                                    "file was opened to its upload).", labels=labels)
+    stored = gauge("eventstreamd_rejected_events_stored",
+                   "Rejected events kept for inspection and retry.")
+    lag_events = gauge("eventstreamd_lag_events",
+                       "Events after the integration's cursor (not yet delivered).")
+    lag_seconds = gauge("eventstreamd_lag_seconds",
+                        "Age of the oldest undelivered event (0 when none waits).")
+    in_flight = gauge("eventstreamd_in_flight", "Delivery requests under way.")
+    running = gauge("eventstreamd_integration_running",
+                    "1 while the integration is running, 0 when stopped or completed.")
+    for item in items:
+        key = [item["id"], item["kind"]]
+        running.add_metric(key, 1 if item["status"] == "running"
+                           and item["health"] != "completed" else 0)
+        lag_events.add_metric(key, item["lag_events"])
+        lag_seconds.add_metric(key, item["lag_seconds"] or 0.0)
+        stored.add_metric(key, item["rejected_events"])
+        if item.get("in_flight") is not None:
+            in_flight.add_metric(key, item["in_flight"])
+        sink = sinks.get(item["id"])
+        if sink is None:
+            continue
+        delivered.add_metric(key, sink.delivered)
+        failed.add_metric(key, sink.failures)
+        rejected.add_metric(key, sink.rejected)
+        restarts.add_metric(key, sink.crashes)
+        resets.add_metric(key, sink.cursor_resets)
+        _add_histogram(latency, key, sink.latency)
+    return [delivered, failed, rejected, restarts, resets, latency, stored, lag_events,
+            lag_seconds, in_flight, running]
+
+
+def _store_families(stats: StoreStats) -> list[Metric]:
     out: list[Metric] = [GaugeMetricFamily("eventstreamd_store_events",
                                            "Events held in the store.", value=stats.events)]
     for name, value, doc in (
@@ -215,8 +268,7 @@ def _add_histogram(family: HistogramMetricFamily, labels: list[str],
 
 
 class _Gathered:
-    """A collector of families gathered before rendering (collectors are synchronous,
-    the store's reads are not)."""
+    """A collector of families built before rendering."""
 
     def __init__(self, families: list[Metric]) -> None:
         self._families = families
@@ -225,10 +277,16 @@ class _Gathered:
         return self._families
 
 
-async def render(metrics: DaemonMetrics) -> bytes:
+def render_text(scrape: Scrape) -> bytes:
+    """The text format of one scrape (in a worker thread: it reads only `scrape`)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Gathered(await metrics.families()))
+    registry.register(_Gathered(families(scrape)))
     return generate_latest(registry)
+
+
+async def render(metrics: DaemonMetrics) -> bytes:
+    scrape = await metrics.scrape()
+    return await anyio.to_thread.run_sync(render_text, scrape, limiter=metrics.rendering)
 
 
 def metrics_handler(source: DaemonMetrics) -> Any:
