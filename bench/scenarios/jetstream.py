@@ -125,10 +125,11 @@ def _scaleout_run(ctx: Ctx, receiver: ReceiverProc, instances: int, integrations
             daemons.append(ctx.daemon(
                 f"jetstream-scaleout-{instances}-{quiet}-{number}",
                 {**settings, "jetstream": dict(settings["jetstream"])}))
-        time.sleep(2.0)  # every daemon has announced itself: the first to look sees them all
+        time.sleep(ctx.size(2.0, 1.0))  # every daemon beat: the first to look sees them all
         if quiet:
             create(daemons[0], quiet, f"{receiver.url}/quiet", matching=0)
-            _wait_spread(daemons[0], quiet, instances, ctx.size(120.0, 30.0))
+            _wait_spread(daemons[0], quiet, instances, ctx.size(120.0, 30.0),
+                         settle=ctx.size(2.0, 0.5))
         starts_at = starts_at_now()
         ctx.publish(daemons[0], per)
         receiver.reset()
@@ -165,7 +166,8 @@ class ScaleoutRun:
         return 1000 * self.cpu_s / self.stats["count"] if self.stats["count"] else None
 
 
-def _wait_spread(daemon: BenchDaemon, count: int, instances: int, timeout: float) -> None:
+def _wait_spread(daemon: BenchDaemon, count: int, instances: int, timeout: float,
+                 settle: float) -> None:
     """Until `count` integrations are each held by a daemon, as evenly as the balancers
     share them (what `/status` of `daemon` says)."""
     share = -(-count // instances)
@@ -180,7 +182,7 @@ def _wait_spread(daemon: BenchDaemon, count: int, instances: int, timeout: float
                 owners[item["owner"]] = owners.get(item["owner"], 0) + 1
         if sum(owners.values()) >= count and len(owners) == instances \
                 and max(owners.values()) <= share:
-            time.sleep(2.0)  # every sink started and parked
+            time.sleep(settle)  # every sink started and parked
             return
     raise RuntimeError(f"{count} integrations not spread over {instances} daemons within "
                        f"{timeout:g}s: {owners}")
@@ -188,7 +190,7 @@ def _wait_spread(daemon: BenchDaemon, count: int, instances: int, timeout: float
 
 def js_scaleout(ctx: Ctx) -> list[Row]:
     scenario, integrations, per = "jetstream-scaleout", 10, ctx.size(3_000, 300)
-    quiet = ctx.size(990, 90)
+    quiet = ctx.size(990, 40)
     receiver = ReceiverProc(ctx.children)
     try:
         ctx.log(f"  1 daemon: {integrations} integrations x {per:,} events")

@@ -1,7 +1,7 @@
 """`many-integrations`: what a thousand integrations cost the daemon, measured with the
 integrations probe's measurements (bench/integrations_probe.py) against the targets.
 
-Rows (a quick run uses 50 integrations and small sizes):
+Rows (a quick run uses 50 integrations, a second of idling and small sizes):
 - idle CPU with N integrations whose filter matches nothing, no events: LMDB
   (≤ 2 % of a core) and JetStream (≤ 5 %; nats-server's share in the note);
 - a /metrics scrape with N integrations (median of several, ≤ 100 ms) and the
@@ -47,11 +47,11 @@ def _daemon(ctx: Ctx, part: str, n: int, extra: dict[str, Any] | None = None) ->
 
 def _settle(ctx: Ctx) -> None:
     """Every sink started and waiting at the head (and, on JetStream, every lease taken)."""
-    time.sleep(ctx.size(10.0, 1.5))
+    time.sleep(ctx.size(10.0, 1.0))
 
 
 def _idle_and_scrape(ctx: Ctx, n: int) -> list[Row]:
-    seconds = ctx.size(30.0, 2.0)
+    seconds = ctx.size(30.0, 1.0)
     receiver = ReceiverProc(ctx.children)
     try:
         daemon = _daemon(ctx, "idle", n)
@@ -62,7 +62,7 @@ def _idle_and_scrape(ctx: Ctx, n: int) -> list[Row]:
             _settle(ctx)
             idle = idle_cpu(daemon, seconds)
             scrapes = ctx.run("scrape_while_polled", {"url": daemon.url,
-                                                      "scrapes": ctx.size(7, 3)}, timeout=120)
+                                                      "scrapes": ctx.size(7, 2)}, timeout=120)
         finally:
             daemon.stop()
     finally:
@@ -84,7 +84,7 @@ def _idle_and_scrape(ctx: Ctx, n: int) -> list[Row]:
 
 
 def _idle_jetstream(ctx: Ctx, n: int) -> list[Row]:
-    seconds = ctx.size(30.0, 2.0)
+    seconds = ctx.size(30.0, 1.0)
     receiver = ReceiverProc(ctx.children)
     try:
         daemon = _daemon(ctx, "idle-jetstream", n, ctx.jetstream())
@@ -106,7 +106,7 @@ def _idle_jetstream(ctx: Ctx, n: int) -> list[Row]:
 
 
 def _matching(ctx: Ctx, n: int) -> list[Row]:
-    events = ctx.size(10_000, 2_000)
+    events = ctx.size(10_000, 1_000)
     runs: dict[str, dict[str, Any]] = {}
     for label, total in (("alone", 10), ("among", n)):
         receiver = ReceiverProc(ctx.children)
@@ -137,7 +137,7 @@ def _matching(ctx: Ctx, n: int) -> list[Row]:
 
 
 def _rss(ctx: Ctx, n: int) -> list[Row]:
-    total = ctx.size(RSS_BYTES, 8 * 1024 * 1024)
+    total = ctx.size(RSS_BYTES, 4 * 1024 * 1024)
     receiver = ReceiverProc(ctx.children)
     try:
         daemon = _daemon(ctx, "rss", n)
@@ -160,7 +160,7 @@ def _rss(ctx: Ctx, n: int) -> list[Row]:
 
 
 def _fanout(ctx: Ctx) -> list[Row]:
-    integrations, per = 100, ctx.size(300, 20)
+    integrations, per = 100, ctx.size(300, 10)
     return webhook_catch_up(ctx, SCENARIO, 8, integrations, per, 0.8,
                             figure="fan-out to 100 matching integrations: delivered events/s",
                             settings={"limits": {"max_integrations": integrations}})
