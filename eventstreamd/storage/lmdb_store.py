@@ -12,6 +12,11 @@ Decisions:
   and closes it as one async context, as datasette's `Database` owns its
   write thread. Every write is a job in the next group commit; reads open
   their own short read transactions and are bounded (`limit`, `max_bytes`).
+  Appends are folded: every request waiting for the next commit is stored by
+  one job (`_store_appends`), which counts the map's room and reads and
+  writes the head once per commit: a thousand one-event requests a second
+  cost the writer's thread (and the GIL it shares with the event loop) a
+  put each, not a transaction's bookkeeping each.
 - Fenced writes check the integration's incarnation inside the same write
   transaction, so a sink's write and a DELETE can never interleave.
 - Sequence numbers start at 1 and never repeat: `meta.last_seq` survives
@@ -43,10 +48,12 @@ Decisions:
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import errno
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -121,6 +128,11 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+# An append waiting for its group commit: the events, and where its outcome goes (the
+# first and last seq, or the exception its caller raises).
+_Append = tuple[Sequence[NewEvent], "asyncio.Future[tuple[int, int] | Exception]"]
+
+
 def _prefix(integration_id: str) -> bytes:
     return integration_id.encode() + b"\x00"
 
@@ -150,7 +162,7 @@ class LmdbStore:
             self._open()
         except lmdb.Error as exc:
             raise StoreOpenError(str(exc)) from exc
-        self._head_moved = anyio.Event()
+        self._head_moved: anyio.Event | None = None  # made by the first waiter
         self._tg: TaskGroup | None = None
         self._closed = False
 
@@ -173,6 +185,12 @@ class LmdbStore:
                          self._cursors, self._logs, self._rejected, self._sink_state)
         self._page_size = int(self.env.stat()["psize"])
         self.reserve = min(RESERVE_MAX, max(RESERVE_MIN, self.map_size // 100))
+        # Appends waiting for the next group commit (`_store_appends`); None once closing.
+        self._appends: list[_Append] = []
+        self._appends_lock = threading.Lock()  # the writer's thread takes them
+        self._appending: anyio.Event | None = None
+        self._room_txn: Txn | None = None  # the transaction `_room_left` was counted in
+        self._room_left = 0
         # Read caches: decoded records by their stored bytes, exact rejected counts.
         self._decoded: dict[bytes, tuple[bytes, Integration]] = {}
         self._rejected_counts: dict[str, int] | None = None
@@ -195,6 +213,8 @@ class LmdbStore:
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
         await self._tg.start(self.writer.run, name="lmdb-writer")
+        self._appending = anyio.Event()
+        self._tg.start_soon(self._store_appends, name="lmdb-appends")
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None,
@@ -270,14 +290,17 @@ class LmdbStore:
     async def wait_for_head(self, after: int, max_wait: float | None = None) -> int:
         with anyio.move_on_after(max_wait):
             while self._head <= after:
+                if self._head_moved is None:
+                    self._head_moved = anyio.Event()
                 await self._head_moved.wait()
         return self._head
 
     def _set_head(self, head: int) -> None:
         if head > self._head:
             self._head = head
-            moved, self._head_moved = self._head_moved, anyio.Event()
-            moved.set()
+            moved, self._head_moved = self._head_moved, None
+            if moved is not None:
+                moved.set()
 
     # ------------------------------------------------------------------- writes
 
@@ -314,18 +337,79 @@ class LmdbStore:
         return await self._write(guarded)
 
     async def append(self, events: Sequence[NewEvent]) -> tuple[int, int]:
-        stored = await self._write(lambda txn: self._txn_append(txn, events))
-        if isinstance(stored, StoreFull):
+        """Stored by the next group commit, with every other append waiting for it (see
+        `_store_appends`)."""
+        if self._appending is None:
+            raise StoreUnavailable("the store is closing")
+        future: asyncio.Future[tuple[int, int] | Exception] = (
+            asyncio.get_running_loop().create_future())
+        with self._appends_lock:
+            self._appends.append((events, future))
+        self._appending.set()
+        stored = await future
+        if isinstance(stored, Exception):
             raise stored
-        first, last = stored
-        self._set_head(last)
-        return first, last
+        return stored
+
+    async def _store_appends(self) -> None:
+        """The one task that hands the writer the waiting appends: one job per group
+        commit takes every append waiting when it runs and stores each request's events
+        in turn (all or nothing per request; one that does not fit is refused alone), so
+        the room, the head and the ingest time are read and written once per commit, not
+        once per request. Callers are answered here, on the loop, whatever happens to any
+        one of them."""
+        try:
+            while True:
+                assert self._appending is not None
+                await self._appending.wait()
+                self._appending = anyio.Event()
+                await self._append_group()
+        finally:
+            self._appending = None
+            self._fail_appends(self._take_appends(), StoreUnavailable("the store is closing"))
+
+    async def _append_group(self) -> None:
+        taken: list[_Append] | None = None
+
+        def job(txn: Txn) -> list[tuple[int, int] | StoreFull]:
+            nonlocal taken
+            if taken is None:  # once: a job the writer runs again keeps what it took
+                taken = self._take_appends()
+            return [self._txn_append(txn, events) for events, _ in taken]
+
+        try:
+            # Shielded: a commit that started is answered, even while the store closes
+            # (it closes the writer first, so this never waits long).
+            with anyio.CancelScope(shield=True):
+                outcomes = await self._write(job)
+        except Exception as exc:
+            self._fail_appends(taken if taken is not None else self._take_appends(), exc)
+            return
+        assert taken is not None
+        stored = [o for o in outcomes if not isinstance(o, StoreFull)]
+        if stored:
+            self._set_head(max(last for _, last in stored))
+        for (_, future), outcome in zip(taken, outcomes, strict=True):
+            if not future.done():
+                future.set_result(outcome)
+
+    def _take_appends(self) -> list[_Append]:
+        with self._appends_lock:
+            taken, self._appends = self._appends, []
+        return taken
+
+    @staticmethod
+    def _fail_appends(appends: list[_Append], exc: Exception) -> None:
+        for _, future in appends:
+            if not future.done():
+                future.set_result(exc)
 
     def _txn_append(self, txn: Txn, events: Sequence[NewEvent]) -> tuple[int, int] | StoreFull:
         # Returned, not raised: see create_integration.
         need = 2 * sum(len(e.body) + len(e.id) + len(e.name) + len(e.tenant) + 48
                        for e in events) + 4 * self._page_size
-        if self._txn_room(txn) - need < self.reserve:
+        room = self._room_in(txn)
+        if room - need < self.reserve:
             return StoreFull("the event store is full (storage.map_size reached; the last "
                              f"{self.reserve // 1024:,} KiB are kept for integration changes, "
                              "cursors and logs)")
@@ -339,8 +423,16 @@ class LmdbStore:
         last = first + len(events) - 1
         txn.put(_LAST_SEQ, u64(last), db=self._meta)
         txn.put(_LAST_INGEST, u64(ingested), db=self._meta)
+        self._room_left = room - need
         return first, last
 
+    def _room_in(self, txn: Txn) -> int:
+        """`_txn_room`, counted once per transaction: a group commit holding many appends
+        (one event per request) counts the pages once and takes what each append may use
+        (`need`, twice its bytes and four pages: more than it takes) off that."""
+        if self._room_txn is not txn:
+            self._room_txn, self._room_left = txn, self._txn_room(txn)
+        return self._room_left
     async def prune(self, cutoff_ms: int) -> int:
         """Delete events ingested before `cutoff_ms`, `PRUNE_CHUNK` per transaction so
         publishers never wait long behind retention."""
