@@ -26,12 +26,16 @@ SCENARIO_IDS = (
     "s3-parquet",
     "backlog-rss",
     "restart",
+    # A thousand integrations: idle CPU (LMDB and JetStream), /metrics and /healthz, 10
+    # matching among them, memory, and a fan-out to 100.
+    "many-integrations",
     # The same on the JetStream backend, each against bare nats-py on the same server.
     "jetstream-ingest-ndjson",
     "jetstream-ingest-single",
     "jetstream-webhook-inflight-8",
     "jetstream-restart",
-    # Several daemons on one JetStream: the 10-integration fan-out with 1 and 2 daemons.
+    # Several daemons on one JetStream: the 10-integration fan-out with 1 and 2 daemons, and
+    # what a delivery costs in CPU with 2 against 1 (also with 1,000 integrations).
     "jetstream-scaleout",
 )
 

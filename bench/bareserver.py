@@ -24,6 +24,8 @@ import aiohttp
 import orjson
 from aiohttp import web
 
+from .common import run_on_daemon_loop
+
 NDJSON_TYPES = frozenset({"application/x-ndjson", "application/ndjson"})
 
 
@@ -106,9 +108,9 @@ def main() -> None:
     parser.add_argument("--in-flight", type=int, default=8)
     args = parser.parse_args()
     if args.relay:
-        asyncio.run(relay_main(args.relay, args.in_flight))
+        run_on_daemon_loop(relay_main(args.relay, args.in_flight))
     else:
-        asyncio.run(serve(build_app()))
+        run_on_daemon_loop(serve(build_app()))
 
 
 if __name__ == "__main__":

@@ -10,12 +10,17 @@ Decisions:
   CLOCK_MONOTONIC is one clock for every process, so a publisher's stamp and
   a receiver's arrival time can be subtracted.
 - CPU time and memory of other processes come from `/proc` (no psutil).
+- Every process of the benchmark that runs an event loop (load generators,
+  baselines, the bare servers, the receiver) runs on the loop the daemon
+  runs on (`run_on_daemon_loop`: uvloop where installed, as `eventstreamd
+  run` chooses it), so a ratio compares the work done, not two event loops.
 - Every child process is started through `Children`, which remembers it and
   ends exactly the processes it started (by their handles), never by name.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -27,9 +32,9 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -41,6 +46,18 @@ TOKEN = "bench-token-0123456789abcdef"
 API_BASE = "/api/v1/org/integrations/eventstream"
 MIB = 1024 * 1024
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
+T = TypeVar("T")
+
+
+def run_on_daemon_loop(main: Coroutine[Any, Any, T]) -> T:
+    """`asyncio.run(main)` on the event loop the daemon uses: uvloop where it is installed
+    (`eventstreamd run` picks it the same way), else asyncio's own."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main)
 
 
 # --------------------------------------------------------------------- events

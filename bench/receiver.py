@@ -4,7 +4,7 @@ keeping nothing and counting what arrives, in a process of its own.
 `python -m bench.receiver` prints `{"port": N}` once it listens on 127.0.0.1
 (an ephemeral port). The daemon and the bare baseline client both post to a
 receiver like this one, so both sides of a webhook ratio meet the same kind of
-process.
+process. It runs on the daemon's event loop (uvloop: `common.run_on_daemon_loop`).
 
 - `POST /<anything>` — answers 200 with an empty body; counts the request
   (in total and per path) and its arrival time (monotonic ns). When the body's
@@ -19,7 +19,6 @@ process.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any
 
@@ -28,6 +27,7 @@ from aiohttp import web
 from tests.helpers.receiver import Received, Receiver
 
 from .bareserver import announce, until_signalled
+from .common import run_on_daemon_loop
 
 MAX_LATENCIES = 2_000_000
 REPLAY_HEADER = "Eventstreamd-Replay"
@@ -122,7 +122,7 @@ async def serve() -> None:
 
 
 def main() -> None:
-    asyncio.run(serve())
+    run_on_daemon_loop(serve())
 
 
 if __name__ == "__main__":

@@ -46,6 +46,16 @@ def ratio_row(scenario: str, figure: str, unit: str, value: float | None,
                met, note, busy or {})
 
 
+def cost_row(scenario: str, figure: str, unit: str, value: float | None,
+             baseline: float | None, max_ratio: float, note: str = "",
+             busy: dict[str, float] | None = None) -> Row:
+    """A cost against a baseline's: lower is better, the target is a ratio at most."""
+    ratio = value / baseline if value is not None and baseline else None
+    met = ratio <= max_ratio if ratio is not None else None
+    return Row(scenario, figure, unit, value, baseline, ratio, f"<= {max_ratio:g} x baseline",
+               met, note, busy or {})
+
+
 def limit_row(scenario: str, figure: str, unit: str, value: float | None,
               max_value: float | None, note: str = "",
               busy: dict[str, float] | None = None) -> Row:

@@ -13,6 +13,7 @@ Commands:
 - `lmdb_baseline`     orjson parse + msgpack pack + LMDB put, one transaction per batch,
                       fsync'd like the daemon's store.
 - `webhook_baseline`  bare aiohttp client posting the webhook bodies at a concurrency.
+- `scrape_while_polled` GET /metrics a few times, /healthz polled during each scrape.
 - `fill_store`        writes N events straight into an LmdbStore (no daemon running).
 - `s3_create_bucket`, `s3_watch`, `s3_baseline`  against a moto server.
 - `js_ingest_baseline` bare nats-py publishing the same events to the same nats-server:
@@ -37,7 +38,7 @@ from typing import Any
 
 import orjson
 
-from .common import MIB, TOKEN, EventFactory
+from .common import MIB, TOKEN, EventFactory, run_on_daemon_loop
 from .rawhttp import RawConnection, encode_request, split_url
 
 NDJSON = "application/x-ndjson"
@@ -271,6 +272,47 @@ async def webhook_baseline(a: dict[str, Any]) -> dict[str, Any]:
         result = phase.result()
     return {**result, "sent": sum(statuses.values()),
             "statuses": {str(k): v for k, v in statuses.items()}}
+
+
+async def scrape_while_polled(a: dict[str, Any]) -> dict[str, Any]:
+    """`scrapes` GETs of /metrics, one after another; during each, /healthz asked again and
+    again on a connection of its own. Each scrape's milliseconds, and those of every
+    /healthz answered during one."""
+    import aiohttp
+
+    url, scrapes = a["url"], int(a.get("scrapes", 5))
+    headers = {"Authorization": f"Bearer {a.get('token', TOKEN)}"}
+    scrape_ms: list[float] = []
+    healthz_ms: list[float] = []
+    size = 0
+    async with aiohttp.ClientSession() as scraper, aiohttp.ClientSession() as poller:
+        async with poller.get(f"{url}/healthz") as response:  # both connections open
+            await response.read()
+        async with scraper.get(f"{url}/metrics", headers=headers) as response:
+            await response.read()
+        phase = Phase()
+        for _ in range(scrapes):
+            scraping = asyncio.Event()
+            scraping.set()
+
+            async def poll(scraping: asyncio.Event = scraping) -> None:
+                while scraping.is_set():
+                    t0 = time.perf_counter()
+                    async with poller.get(f"{url}/healthz") as response:
+                        await response.read()
+                    healthz_ms.append(1000 * (time.perf_counter() - t0))
+                    await asyncio.sleep(0.002)
+
+            polling = asyncio.create_task(poll())
+            t0 = time.perf_counter()
+            async with scraper.get(f"{url}/metrics", headers=headers) as response:
+                size = len(await response.read())
+            scrape_ms.append(1000 * (time.perf_counter() - t0))
+            scraping.clear()
+            await polling
+            await asyncio.sleep(0.2)
+        result = phase.result()
+    return {**result, "scrape_ms": scrape_ms, "healthz_ms": healthz_ms, "bytes": size}
 
 
 # ------------------------------------------------------------------ store fill
@@ -636,6 +678,7 @@ COMMANDS: dict[str, Callable[[dict[str, Any]], Any]] = {
     "publish_all": publish_all,
     "lmdb_baseline": lmdb_baseline,
     "webhook_baseline": webhook_baseline,
+    "scrape_while_polled": scrape_while_polled,
     "fill_store": fill_store,
     "s3_create_bucket": s3_create_bucket,
     "s3_watch": s3_watch,
@@ -651,7 +694,7 @@ def main(argv: list[str]) -> int:
     job = COMMANDS[command]
     result = job(args)
     if asyncio.iscoroutine(result):
-        result = asyncio.run(result)
+        result = run_on_daemon_loop(result)
     sys.stdout.write(json.dumps(result) + "\n")
     sys.stdout.flush()
     return 0

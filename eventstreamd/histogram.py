@@ -30,6 +30,10 @@ class Histogram:
         self.counts[bisect.bisect_left(self.bounds, value)] += count
         self.sum += value * count
 
+    def copy(self) -> Histogram:
+        """A copy that the owner's further observations leave alone (rendered elsewhere)."""
+        return Histogram(self.bounds, list(self.counts), self.sum)
+
     def cumulative(self) -> list[tuple[float, int]]:
         """(upper bound, observations at or below it) per bucket, +Inf last."""
         out, total = [], 0

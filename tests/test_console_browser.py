@@ -248,6 +248,39 @@ async def test_on_jetstream_the_list_names_every_daemon_and_the_deliverer(
     await expect(page.locator(".summary")).to_contain_text("jetstream")
 
 
+async def test_hundreds_of_integrations_are_shown_a_page_at_a_time(
+        page: Page, daemon_factory: Factory) -> None:
+    """230 integrations: the list draws one page of 100 rows, pages on, and the filter
+    finds one by id; the page stays while the list updates."""
+    d = daemon_factory(merge(FAST, {"limits": {"max_integrations": 230}}))
+    async with ApiClient(d) as api:
+        async def one(k: int) -> None:
+            await api.webhook(f"hook-{k:03d}", "http://127.0.0.1:9/x",
+                              filter_conditions={"event_filter": ["return.processed"]})
+        async with anyio.create_task_group() as tg:
+            for k in range(230):
+                tg.start_soon(one, k)
+    await open_console(page, d)
+    rows = page.locator("table.integrations tbody tr")
+    position = page.locator(".pager-position")
+    await expect(position).to_have_text("1–100 of 230")
+    await expect(rows).to_have_count(100)
+    await expect(rows.first).to_have_attribute("data-id", "hook-000")
+    await page.get_by_role("button", name="Next").click()
+    await expect(position).to_have_text("101–200 of 230")
+    await expect(rows.first).to_have_attribute("data-id", "hook-100")
+    await page.get_by_role("button", name="Next").click()
+    await expect(position).to_have_text("201–230 of 230")
+    await expect(rows).to_have_count(30)
+    await expect(page.get_by_role("button", name="Next")).to_be_disabled()
+    await page.wait_for_timeout(1500)  # a poll or two later, still there
+    await expect(position).to_have_text("201–230 of 230")
+    await page.get_by_label("Filter integrations by id or target").fill("hook-042")
+    await expect(rows).to_have_count(1)
+    await expect(rows.first).to_have_attribute("data-id", "hook-042")
+    await expect(page.locator(".pager")).to_be_hidden()
+
+
 async def test_stop_and_start_from_the_console_change_the_status_the_api_reports(
         page: Page, daemon_factory: Factory,
         receivers: Callable[..., Awaitable[Receiver]]) -> None:

@@ -405,6 +405,12 @@ class Sinks:
     def sink_status(self, integration_id: str) -> SinkStatus | None:
         return self.status.get(integration_id)
 
+    def delivered_counts(self) -> dict[str, int]:
+        return {i: status.stats.delivered for i, status in self.status.items()}
+
+    def ingested_at(self, seq: int) -> int | None:
+        return None  # no feed here: status reads the store
+
 
 def sink(delivered: int, cursor: int, pipeline: PipelineStatus | None = None,
          failures: int = 0) -> SinkStatus:

@@ -6,7 +6,6 @@ bytes and what arrived."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -16,20 +15,12 @@ import anyio
 import pytest
 from aiohttp import web
 
-from eventstreamd.config import Config, StorageConfig, WebhookConfig
-from eventstreamd.daemon.contracts import ChangeFeed
-from eventstreamd.daemon.integrations import IntegrationService
-from eventstreamd.daemon.lifecycle import http_session
-from eventstreamd.daemon.status import StatusSampler
-from eventstreamd.daemon.supervisor import Supervisor
 from eventstreamd.model import EventFilterSpec, Fence
-from eventstreamd.sinks.base import SinkEnv
-from eventstreamd.sinks.registry import SINK_TYPES
 from eventstreamd.sinks.webhook import WebhookTarget
-from eventstreamd.storage.factory import open_store
 from tests.helpers.api import ApiClient
 from tests.helpers.control import status
 from tests.helpers.daemon import Factory
+from tests.helpers.inprocess import Wired, wired
 from tests.helpers.receiver import Received, Receiver
 from tests.helpers.store import new_event, opened
 from tests.helpers.wait import eventually
@@ -177,47 +168,26 @@ async def test_ten_matching_among_many_get_everything(daemon_factory: Factory) -
 # --------------------------------------------------------------- in-process
 
 
-@dataclasses.dataclass
-class InProcess:
-    store: Any
-    service: IntegrationService
-    supervisor: Supervisor
-    sampler: StatusSampler
-    cursor_writes: dict[str, int]
-
-
 @asynccontextmanager
-async def in_process(tmp_path: Path) -> AsyncIterator[InProcess]:
-    """Store, service and supervisor as the lifecycle wires them, with the store's cursor
-    writes counted per integration."""
-    config = Config(storage=StorageConfig(data_dir=str(tmp_path / "data")),
-                    webhook=WebhookConfig(timeout=2.0, retry_initial=0.05, retry_max=0.2),
-                    limits=dataclasses.replace(Config().limits, max_integrations=100))
-    async with open_store(config, SINK_TYPES) as store, http_session(config) as session, \
-            anyio.create_task_group() as tg:
+async def in_process(tmp_path: Path) -> AsyncIterator[tuple[Wired, dict[str, int]]]:
+    """The daemon wired in-process, with the store's cursor writes counted per
+    integration."""
+    async with wired(tmp_path) as h:
         writes: dict[str, int] = {}
-        set_cursor = store.set_cursor
+        set_cursor = h.store.set_cursor
 
         async def counted(fence: Fence, next_seq: int) -> bool:
             writes[fence.integration_id] = writes.get(fence.integration_id, 0) + 1
-            return await set_cursor(fence, next_seq)
+            return bool(await set_cursor(fence, next_seq))
 
-        store.set_cursor = counted  # type: ignore[method-assign]  # counts, then writes
-        changes = ChangeFeed()
-        env = SinkEnv(config=config, session=session, spool_root=tmp_path / "spool")
-        service = IntegrationService(store, config, changes, env)
-        supervisor = Supervisor(env, store, changes, service.complete)
-        await tg.start(supervisor.run)
-        yield InProcess(store, service, supervisor, StatusSampler(store, supervisor, config),
-                        writes)
-        await supervisor.shutdown()
-        tg.cancel_scope.cancel()
+        h.store.set_cursor = counted  # counts, then writes
+        yield h, writes
 
 
 async def test_filtered_out_sinks_sleep_save_lazily_and_show_no_lag(tmp_path: Path) -> None:
     receiver = await Receiver().start()
     try:
-        async with in_process(tmp_path) as h:
+        async with in_process(tmp_path) as (h, cursor_writes):
             await h.service.register("match", "permanent", WebhookTarget(receiver.url))
             quiet_ids = [f"quiet{k}" for k in range(50)]
             for integration_id in quiet_ids:
@@ -242,7 +212,7 @@ async def test_filtered_out_sinks_sleep_save_lazily_and_show_no_lag(tmp_path: Pa
             assert feed.stats.wakeups == 20  # the matching sink, once per commit
             assert all(loop.rounds == rounds[i] for i in quiet_ids  # never woken
                        if (loop := loops[i]) is not None)
-            assert not any(h.cursor_writes.get(i) for i in quiet_ids)  # nothing saved yet
+            assert not any(cursor_writes.get(i) for i in quiet_ids)  # nothing saved yet
 
             snapshot = await h.sampler.snapshot()
             rows = {row["id"]: row for row in snapshot["integrations"]}
@@ -252,6 +222,6 @@ async def test_filtered_out_sinks_sleep_save_lazily_and_show_no_lag(tmp_path: Pa
             await h.service.stop("quiet0")  # a stop saves what skipping passed
             await eventually(lambda: h.store.get_cursor("quiet0"), lambda c: c == 21,
                              what="the skip-only cursor saved at stop")
-            assert h.cursor_writes["quiet0"] == 1
+            assert cursor_writes["quiet0"] == 1
     finally:
         await receiver.close()

@@ -160,6 +160,32 @@ async def test_stale_fences_write_nothing(store: Store) -> None:
     assert await store.set_cursor(new.fence(), 4) and await store.get_cursor("a") == 4
 
 
+async def test_every_integrations_cursor_and_rejected_count_in_one_read(
+        store: Store) -> None:
+    """What status reads of all integrations at once agrees with the reads of each, and
+    follows every write that changes it (LMDB keeps the counts between reads)."""
+    for name in ("a", "b", "c"):
+        await store.create_integration(stored_hook(name), cursor=3, limit=10, log=CREATED)
+    assert await store.cursors() == {"a": 3, "b": 3, "c": 3}
+    assert await store.rejected_counts() == {}
+    fence_a, fence_b = stored_hook("a").fence(), stored_hook("b").fence()
+    assert await store.set_cursor(fence_b, 9)
+    for n in range(3):
+        assert await store.add_rejected(fence_a, rejected_n(n), CREATED)
+    assert await store.add_rejected(fence_b, rejected_n(7), CREATED)
+    assert await store.cursors() == {"a": 3, "b": 9, "c": 3}
+    assert await store.rejected_counts() == {"a": 2, "b": 1}  # the newest 2 kept
+    assert await store.delete_rejected("a", "r-2")
+    assert await store.resolve_rejected(fence_b, "r-7", CREATED)
+    assert await store.rejected_counts() == {"a": 1}
+    assert await store.add_rejected(fence_b, rejected_n(8), CREATED)
+    assert await store.delete_integration("a")
+    assert await store.rejected_counts() == {"b": 1}
+    assert await store.cursors() == {"b": 9, "c": 3}
+    assert {i: await store.count_rejected(i) for i in ("a", "b", "c")} == {"a": 0, "b": 1,
+                                                                           "c": 0}
+
+
 async def test_logs_and_rejected_events_keep_the_newest(store: Store) -> None:
     integration = stored_hook()
     await store.create_integration(integration, cursor=1, limit=10, log=CREATED)

@@ -307,6 +307,45 @@ async def test_a_snapshot_arriving_while_screens_are_torn_down_is_ignored() -> N
         await pilot.pause()
 
 
+async def test_a_thousand_rows_redraw_only_what_changed() -> None:
+    """Each snapshot updates the cells that changed and no others; an integration that
+    comes or goes adds or removes its row (in id order), and the cursor stays on the
+    integration picked."""
+    def snapshot(count: int, busy: str = "", extra: str = "") -> dict[str, Any]:
+        items = [{**SNAPSHOT["integrations"][2], "id": f"i{k:04d}", "lag_events": 0,
+                  "delivered_rate": 0.0, "delivered_history": []} for k in range(count)]
+        items = [{**item, "lag_events": 7} if item["id"] == busy else item for item in items]
+        if extra:
+            items.append({**items[0], "id": extra})
+        return {**SNAPSHOT, "integrations": sorted(items, key=lambda i: i["id"])}
+
+    app = DashboardApp(SOCKET_LABEL, snapshot=snapshot(1000))
+    async with app.run_test(size=SIZE) as pilot:
+        grid = table(app)
+        assert grid.row_count == 1000
+        select(app, "i0500")
+        updated: list[tuple[str, str]] = []
+        update_cell = grid.update_cell
+
+        def counted(row: Any, column: Any, value: Any, **kwargs: Any) -> None:
+            updated.append((str(row), str(column)))
+            update_cell(row, column, value, **kwargs)
+
+        grid.update_cell = counted  # type: ignore[method-assign,assignment]  # counts, updates
+        app.apply_snapshot(snapshot(1000))
+        await pilot.pause()
+        assert updated == []  # nothing changed, nothing drawn
+        app.apply_snapshot(snapshot(1000, busy="i0007"))
+        await pilot.pause()
+        assert updated == [("i0007", "lag")]
+        app.apply_snapshot(snapshot(999, busy="i0007", extra="i0499x"))
+        await pilot.pause()
+        ids = row_ids(app, "#integrations")
+        assert len(ids) == 1000 and "i0999" not in ids
+        assert ids[500:502] == ["i0499x", "i0500"]
+        assert app.screen.selected_id() == "i0500"  # type: ignore[attr-defined]
+
+
 def test_formatting() -> None:
     assert fmt.age(None) == "-" and fmt.age(0.44) == "0.4s" and fmt.age(75) == "1m15s"
     assert fmt.age(7380) == "2h03m" and fmt.age(3 * 86400 + 3600) == "3d01h"

@@ -14,9 +14,9 @@ Decisions:
   show it was not the bottleneck.
 - Each wait is bounded in time and rounds; a scenario that fails reports a
   row with value null and the reason instead of ending the run.
-- One module per backend (`lmdb`, `jetstream`), latency, S3 and the webhook
-  delivery controls (`controls`) apart; what twin scenarios on the two
-  backends measure alike is in `shared`.
+- One module per backend (`lmdb`, `jetstream`), latency, S3, the webhook
+  delivery controls (`controls`), replays (`replay`) and many integrations (`many`)
+  apart; what twin scenarios on the two backends measure alike is in `shared`.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from .lmdb import (
     webhook_8,
     webhook_fanout,
 )
+from .many import many_integrations
 from .replay import replay
 from .s3 import s3_gzip, s3_parquet, s3_upload, s3_zstd
 
@@ -59,6 +60,7 @@ SCENARIOS: dict[str, Callable[[Ctx], list[Row]]] = {
     "s3-parquet": s3_parquet,
     "backlog-rss": backlog_rss,
     "restart": restart,
+    "many-integrations": many_integrations,
     "jetstream-ingest-ndjson": js_ingest_ndjson,
     "jetstream-ingest-single": js_ingest_single,
     "jetstream-webhook-inflight-8": js_webhook_8,

@@ -91,10 +91,13 @@ def one_daemon_catch_up(ctx: Ctx, daemon: BenchDaemon, receiver: ReceiverProc,
 def published_catch_up(ctx: Ctx, scenario: str, receiver: ReceiverProc,
                        hooks: list[tuple[str, str]], per: int, in_flight: int,
                        controls: dict[str, Any] | None = None,
+                       settings: dict[str, Any] | None = None,
                        ) -> tuple[dict[str, Any], float, dict[str, float]]:
-    """A daemon of its own (`max_in_flight` given): `per` events published, then the
-    webhooks (`controls` in their callback_parameters) catch up (`one_daemon_catch_up`)."""
-    daemon = ctx.daemon(scenario, {"webhook": {"max_in_flight": in_flight}})
+    """A daemon of its own (`max_in_flight` given, `settings` on top): `per` events
+    published, then the webhooks (`controls` in their callback_parameters) catch up
+    (`one_daemon_catch_up`)."""
+    daemon = ctx.daemon(scenario, {"webhook": {"max_in_flight": in_flight},
+                                   **(settings or {})})
     try:
         starts_at = starts_at_now()
         ctx.log(f"  daemon: publishing {per:,} events, then {len(hooks)} integration(s) "

@@ -6,6 +6,11 @@
 //
 // Rows are kept by id and their cells updated in place on every poll, so focus
 // and selection survive the updates; at phone width the table reads as cards.
+//
+// A page shows at most PAGE_SIZE integrations (in id order, as the daemon lists
+// them), with a pager and a filter by id or target: with a thousand
+// integrations each poll touches one page of rows, not a thousand. The page
+// and the filter stay while the list updates.
 
 import { h, setText } from "./dom.js";
 import {
@@ -14,6 +19,8 @@ import {
 } from "./format.js";
 import { href } from "./router.js";
 import { drawSparkline, sparkline } from "./sparkline.js";
+
+const PAGE_SIZE = 100;
 
 const COLUMNS = [
   "Integration", "Target", "Mode", "Status", "Health", "Lag", "Oldest waiting", "Delivery rate",
@@ -31,43 +38,94 @@ export function mountList(main, { live }) {
     h("thead", {}, h("tr", {},
       COLUMNS.slice(0, OWNER).map((text) => h("th", { scope: "col", text })), ownerHeader)),
     body);
+  const pager = pagerBlock(() => redraw());
+  const filter = h("input", {
+    type: "search", class: "filter", placeholder: "Filter by id or target",
+    "aria-label": "Filter integrations by id or target",
+    on: { input: () => { pager.view.page = 0; redraw(); } },
+  });
   const page = h("section", { class: "page list-page" },
     summary.node,
     h("div", { class: "title-row" }, h("h1", { text: "Integrations" }),
       h("div", { class: "actions" },
         h("a", { class: "button", href: href.create("webhook"), text: "New webhook" }),
         h("a", { class: "button", href: href.create("s3"), text: "New S3 integration" }))),
+    h("div", { class: "list-tools" }, filter, pager.node),
     empty, h("div", { class: "table-wrap" }, table));
   main.replaceChildren(page);
   const rows = new Map();
+  let last = null;
 
-  return {
-    update(state) {
-      page.classList.toggle("stale", Boolean(state.failure));
-      const snapshot = state.snapshot;
-      if (!snapshot) return;
-      summary.update(snapshot, live);
-      const clustered = Boolean(snapshot.cluster);
-      ownerHeader.hidden = !clustered;
-      empty.hidden = snapshot.integrations.length > 0;
-      setText(empty, "No integrations yet: create a webhook or an S3 integration.");
-      const seen = new Set();
-      snapshot.integrations.forEach((item, index) => {
-        seen.add(item.id);
-        let row = rows.get(item.id);
-        if (!row) {
-          row = integrationRow(item.id);
-          rows.set(item.id, row);
-        }
-        row.update(item, snapshot, live, clustered);
-        if (body.children[index] !== row.node) body.insertBefore(row.node, body.children[index] || null);
-      });
-      for (const [id, row] of rows) {
-        if (!seen.has(id)) {
-          row.node.remove();
-          rows.delete(id);
-        }
+  function redraw() {
+    if (last) update(last);
+  }
+
+  function update(state) {
+    last = state;
+    page.classList.toggle("stale", Boolean(state.failure));
+    const snapshot = state.snapshot;
+    if (!snapshot) return;
+    summary.update(snapshot, live);
+    const clustered = Boolean(snapshot.cluster);
+    ownerHeader.hidden = !clustered;
+    const wanted = filter.value.trim().toLowerCase();
+    const matching = wanted
+      ? snapshot.integrations.filter((item) => item.id.toLowerCase().includes(wanted)
+        || String(item.target ?? "").toLowerCase().includes(wanted))
+      : snapshot.integrations;
+    empty.hidden = matching.length > 0;
+    setText(empty, snapshot.integrations.length
+      ? "No integration matches the filter."
+      : "No integrations yet: create a webhook or an S3 integration.");
+    const shown = pager.slice(matching);
+    const seen = new Set();
+    shown.forEach((item, index) => {
+      seen.add(item.id);
+      let row = rows.get(item.id);
+      if (!row) {
+        row = integrationRow(item.id);
+        rows.set(item.id, row);
       }
+      row.update(item, snapshot, live, clustered);
+      if (body.children[index] !== row.node) body.insertBefore(row.node, body.children[index] || null);
+    });
+    for (const [id, row] of rows) {
+      if (!seen.has(id)) {
+        row.node.remove();
+        rows.delete(id);
+      }
+    }
+  }
+
+  return { update };
+}
+
+/** "Previous", "101–200 of 1,000", "Next"; hidden while everything fits on one page. */
+function pagerBlock(changed) {
+  const view = { page: 0 };
+  const position = h("span", { class: "pager-position", "aria-live": "polite" });
+  const move = (step) => () => { view.page += step; changed(); };
+  const previous = h("button", { type: "button", class: "quiet small", text: "Previous",
+    on: { click: move(-1) } });
+  const next = h("button", { type: "button", class: "quiet small", text: "Next",
+    on: { click: move(1) } });
+  const node = h("nav", { class: "pager", "aria-label": "Pages of integrations", hidden: true },
+    previous, position, next);
+  return {
+    node,
+    view,
+    slice(items) {
+      const pages = Math.max(1, Math.ceil(items.length / PAGE_SIZE));
+      view.page = Math.min(Math.max(0, view.page), pages - 1);
+      const start = view.page * PAGE_SIZE;
+      const shown = items.slice(start, start + PAGE_SIZE);
+      node.hidden = pages === 1;
+      previous.disabled = view.page === 0;
+      next.disabled = view.page === pages - 1;
+      setText(position, items.length
+        ? `${count(start + 1)}–${count(start + shown.length)} of ${count(items.length)}`
+        : "");
+      return shown;
     },
   };
 }

@@ -82,6 +82,16 @@ class ReplayFiguresSource(Protocol):
     def replay_figures(self, integration_id: str) -> dict[str, ReplayFigures]: ...
 
 
+class DeliveryFigures(SinkStatusSource, Protocol):
+    """What status reads of the supervisor beyond each sink: the delivered counters of
+    every sink at once (the rates' samples, once a second), and the ingest time of an
+    event the shared feed holds in memory (the age of the oldest undelivered one)."""
+
+    def delivered_counts(self) -> dict[str, int]: ...
+
+    def ingested_at(self, seq: int) -> int | None: ...
+
+
 class SinkActivity(SinkStatusSource, Protocol):
     """What the ownership balancer reads of the supervisor: whether a sink still runs (a
     lease given up is released once its sink has ended) and its figures."""

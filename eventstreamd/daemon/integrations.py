@@ -11,7 +11,10 @@ Decisions:
   start, stop, complete (the supervisor asks when a temporary integration has
   delivered its range), auto-stop (the supervisor asks when a sink gave up),
   rotate a signing secret, expire and settle rotations (the janitor) and
-  delete. Each is one
+  delete. The janitor reads every record only when a deletion is due (it
+  knows when the next one is), when a completion wakes it, or every
+  `JANITOR_EVERY`: never once a second whatever the number of integrations.
+  Each is one
   `Store.change_integration` transition — a pure function of the current
   record — so two racing requests cannot both pass a check (duplicate id, the
   integration limit, "stop before update"), whatever the backend.
@@ -125,7 +128,9 @@ _IMMUTABLE = {
     "ends_at": "the end date cannot be changed after creation",
     "status": "the status is changed with _start and _stop, not by an update",
 }
-JANITOR_EVERY = 1.0  # seconds between looks for completed temporaries to delete
+# Seconds between the janitor's looks for completed temporaries to delete when none is due
+# sooner (a completion here wakes it; one on another daemon is found within this).
+JANITOR_EVERY = 30.0
 
 # Log entries this service writes (the delivery layer adds its own).
 CREATED = ("integration_created", "Created via API.")
@@ -244,6 +249,8 @@ class IntegrationService:
         self.changes = changes
         self.env = env  # what a rejected event's retry delivers with
         self.clock = clock  # injectable, so the restart-window rule is testable without sleeping
+        self._next_expiry: float | None = None  # when the next completed temporary is due
+        self._completed: anyio.Event | None = None  # wakes the janitor (made by it)
 
     # ------------------------------------------------------------- plumbing
 
@@ -542,6 +549,8 @@ class IntegrationService:
             return False  # deleted meanwhile
         if changed.done and changed.incarnation == ran.incarnation:
             log.info("temporary integration completed", extra=kv(integration=ran.id))
+            if self._completed is not None:
+                self._completed.set()
             return True
         return False
 
@@ -551,25 +560,36 @@ class IntegrationService:
         now_ms = int(self.clock() * 1000)
         after_ms = int(self.config.webhook.temporary_delete_after * 1000)
         deleted = []
+        due: list[int] = []
         for integration in await self._do(self.store.list_integrations()):
             stopped = integration.stopped_at_ms
-            if integration.done and stopped is not None and now_ms - stopped >= after_ms \
-                    and await self._do(self.store.delete_integration(
-                        integration.id, integration.incarnation)):
+            if not integration.done or stopped is None:
+                continue
+            if now_ms - stopped < after_ms:
+                due.append(stopped + after_ms)
+            elif await self._do(self.store.delete_integration(integration.id,
+                                                              integration.incarnation)):
                 log.info("completed temporary integration deleted",
                          extra=kv(integration=integration.id))
                 self.changes.notify(integration.id)
                 deleted.append(integration.id)
+        self._next_expiry = min(due) / 1000 if due else None
         return deleted
 
     async def run_janitor(self) -> None:
         while True:
+            self._completed = completed = anyio.Event()
+            wait = JANITOR_EVERY
             try:
                 await self.delete_expired()
                 await self.settle_rotations()
             except Exception:
                 log.exception("janitor round failed; trying again")
-            await anyio.sleep(JANITOR_EVERY)
+                wait = 1.0
+            if self._next_expiry is not None:
+                wait = min(wait, max(0.0, self._next_expiry - self.clock()) + 0.01)
+            with anyio.move_on_after(wait):
+                await completed.wait()
 
     # -------------------------------------------------------- rejected events
 

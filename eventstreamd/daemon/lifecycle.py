@@ -40,6 +40,9 @@ Decisions:
   anything can log.
 - One `StatusSampler` serves the control socket and `/metrics`; readiness
   (`/readyz`) is set once everything has started and cleared when stopping.
+  Then the API's request validators are built in a worker thread (the
+  spec's YAML and its schemas, ~0.1-0.2 s), so the first API request does
+  not pay for them and start-up does not wait for them.
 """
 
 from __future__ import annotations
@@ -56,12 +59,14 @@ from pathlib import Path
 
 import aiohttp
 import anyio
+import anyio.to_thread
 from aiohttp import web
 
 from .. import __version__
 from ..config import Config
 from ..logs import kv
 from ..runtime import RuntimeInfo, remove_runtime, runtime_file, write_runtime
+from ..schemas.validation import warm as warm_validators
 from ..sinks.base import SinkEnv
 from ..sinks.registry import SINK_TYPES
 from ..sinks.signing import register_secrets
@@ -245,6 +250,9 @@ class Daemon:
             write_runtime(runtime_path, self.info)
             stack.callback(remove_runtime, runtime_path)
             readiness.started = True
+            # The API's validators are built now, beside the first requests, not by the
+            # first request that needs one (off the loop: it is YAML and schemas).
+            tg.start_soon(anyio.to_thread.run_sync, warm_validators, name="warm-validators")
             # What start-up made (modules, the app, clients) lives as long as the daemon:
             # out of the cyclic collector's reach, a full collection scans only what
             # requests create. Measured: full passes of 25-45 ms before, each a stall

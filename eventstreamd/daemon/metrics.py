@@ -7,13 +7,19 @@ Decisions:
   handle's crash count (sink restarts); lag (events and seconds), in-flight
   requests and health from the status sampler, which the dashboard shows too;
   ingest from `IngestStats`, counted by `POST /events` once per request;
-  store figures from `Store.stats()`. prometheus-client only renders them
-  (custom metric families in a registry built per scrape), so no library
-  lock sits on the ingest or delivery paths.
+  store figures from `Store.stats()`. They are written in the text format
+  directly (`exposition.py`), so no client library's lock sits on the
+  ingest or delivery paths.
 - Replays: `eventstreamd_replayed_events_total{integration}` counts what the
   integration's replays delivered (their shared `SinkStats`, living as long as
   the integration's sink, like its other counters), and
   `eventstreamd_replays_running` the replays this daemon runs now.
+- A scrape must not stop the event loop: with a thousand integrations the
+  text is 2.5 MB. On the loop only the figures are gathered (the status
+  snapshot, the store's stats, each sink's counters copied: `Scrape`); the
+  text is written in a worker thread, from those copies alone (nothing the
+  loop goes on changing is read there). One scrape renders at a time; a
+  scrape arriving meanwhile waits for it.
 - Sink counters live as long as the sink is wanted: a stopped integration
   has lag but no counters, and a sink started anew counts from zero again
   (Prometheus' `rate()` and `increase()` treat that as a counter reset).
@@ -27,29 +33,21 @@ Decisions:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import anyio
+import anyio.to_thread
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
-)
-from prometheus_client.utils import floatToGoString
 
 from .. import __version__
 from ..histogram import Histogram
-from ..storage.base import Store
+from ..storage.base import Store, StoreStats
 from .errors import ApiError
+from .exposition import CONTENT_TYPE, Exposition, labels
 from .status import StatusSampler
 from .supervisor import Supervisor
-
-# How the text format spells a bucket bound (prometheus-client's own, which is unannotated).
-_go_float: Callable[[float], str] = floatToGoString
 
 # Events per accepted publish request.
 BATCH_BUCKETS = (1, 2, 5, 10, 50, 100, 500, 1000, 5000, 10000, 50000)
@@ -73,6 +71,10 @@ class IngestStats:
     def refused(self, status: int) -> None:
         self.requests[status] = self.requests.get(status, 0) + 1
 
+    def copy(self) -> IngestStats:
+        return IngestStats(self.events, self.bytes, dict(self.requests),
+                           self.batch_events.copy())
+
 
 @dataclass
 class Readiness:
@@ -90,6 +92,7 @@ class DaemonMetrics:
         self.sampler = sampler
         self.ingest = ingest
         self.readiness = readiness
+        self.rendering = anyio.CapacityLimiter(1)  # one scrape's text at a time
 
     def not_ready(self) -> str | None:
         """Why the daemon is not ready, or None."""
@@ -101,124 +104,94 @@ class DaemonMetrics:
             return "the sinks are starting"
         return None
 
-    async def families(self) -> list[Metric]:
+    async def scrape(self) -> Scrape:
+        """Everything a scrape shows, gathered on the event loop (copies only)."""
         snapshot = await self.sampler.snapshot()
         stats = await self.store.stats()
-        out: list[Metric] = []
-        info = GaugeMetricFamily("eventstreamd_info", "The running daemon's version.",
-                                 labels=["version"])
-        info.add_metric([__version__], 1)
-        out.append(info)
-        out.append(GaugeMetricFamily("eventstreamd_ready",
-                                     "1 when /readyz answers 200.",
-                                     value=0 if self.not_ready() else 1))
-        out += self._ingest_families(snapshot["head"])
-        out += _store_families(stats)
-        out += self._integration_families(snapshot["integrations"])
-        out += self._replay_families(snapshot["integrations"])
-        return out
-
-    def _replay_families(self, items: Iterable[dict[str, Any]]) -> list[Metric]:
-        replayed = CounterMetricFamily(
-            "eventstreamd_replayed_events",
-            "Events the integration's replays delivered (2xx, or uploaded in a replay's "
-            "S3 object).", labels=["integration", "kind"])
-        running = 0
-        for item in items:
-            running += len(self.supervisor.replay_figures(item["id"]))
-            stats = self.supervisor.replay_stats(item["id"])
-            if stats is not None:
-                replayed.add_metric([item["id"], item["kind"]], stats.delivered)
-        return [replayed, GaugeMetricFamily("eventstreamd_replays_running",
-                                            "Replays this daemon runs now.", value=running)]
-
-    def _ingest_families(self, head: int) -> list[Metric]:
-        ingest = self.ingest
-        requests = CounterMetricFamily("eventstreamd_ingest_requests",
-                                       "POST /events requests, by HTTP status.",
-                                       labels=["code"])
-        for code, count in sorted(ingest.requests.items()):
-            requests.add_metric([str(code)], count)
-        batches = HistogramMetricFamily("eventstreamd_ingest_batch_events",
-                                        "Events per accepted POST /events request.")
-        _add_histogram(batches, [], ingest.batch_events)
-        return [
-            CounterMetricFamily("eventstreamd_ingest_events",
-                                "Events accepted (durably stored) by POST /events.",
-                                value=ingest.events),
-            CounterMetricFamily("eventstreamd_ingest_bytes",
-                                "Request body bytes of accepted POST /events requests.",
-                                value=ingest.bytes),
-            requests, batches,
-            GaugeMetricFamily("eventstreamd_head_seq",
-                              "Sequence number of the newest stored event.", value=head),
-        ]
-
-    def _integration_families(self, items: Iterable[dict[str, Any]]) -> list[Metric]:
-        labels = ["integration", "kind"]
-
-        def counter(name: str, doc: str) -> CounterMetricFamily:
-            return CounterMetricFamily(name, doc, labels=labels)
-
-        def gauge(name: str, doc: str) -> GaugeMetricFamily:
-            return GaugeMetricFamily(name, doc, labels=labels)
-
-        delivered = counter("eventstreamd_delivered_events",
-                            "Events delivered (2xx, or uploaded in an S3 object).")
-        failed = counter("eventstreamd_delivery_failed_attempts",
-                         "Delivery attempts that failed and will be retried.")
-        rejected = counter("eventstreamd_rejected_events",
-                           "Events set aside as rejected (a receiver's 400, or undeliverable).")
-        restarts = counter("eventstreamd_sink_restarts",
-                           "Times the integration's sink crashed and was restarted.")
-        resets = counter("eventstreamd_cursor_resets",
-                         "Times the integration's cursor was found past the newest event in "
-                         "the log (the log replaced or restored from an older copy) and "
-                         "moved back to where the log has events.")
-        latency = HistogramMetricFamily("eventstreamd_delivery_latency_seconds",
-                                        "From ingest to delivered (S3: from when the object's "
-                                        "file was opened to its upload).", labels=labels)
-        stored = gauge("eventstreamd_rejected_events_stored",
-                       "Rejected events kept for inspection and retry.")
-        lag_events = gauge("eventstreamd_lag_events",
-                           "Events after the integration's cursor (not yet delivered).")
-        lag_seconds = gauge("eventstreamd_lag_seconds",
-                            "Age of the oldest undelivered event (0 when none waits).")
-        in_flight = gauge("eventstreamd_in_flight", "Delivery requests under way.")
-        running = gauge("eventstreamd_integration_running",
-                        "1 while the integration is running, 0 when stopped or completed.")
-        auto_stopped = gauge("eventstreamd_integration_auto_stopped",
-                             "1 when the daemon stopped the integration because every "
-                             "delivery attempt failed for its stop_after_failing; 0 once "
-                             "started again, and for every other integration.")
-        for item in items:
-            key = [item["id"], item["kind"]]
-            running.add_metric(key, 1 if item["status"] == "running"
-                               and item["health"] != "completed" else 0)
-            auto_stopped.add_metric(key, 1 if item.get("auto_stopped") else 0)
-            lag_events.add_metric(key, item["lag_events"])
-            lag_seconds.add_metric(key, item["lag_seconds"] or 0.0)
-            stored.add_metric(key, item["rejected_events"])
-            if item.get("in_flight") is not None:
-                in_flight.add_metric(key, item["in_flight"])
+        sinks = {}
+        replayed: dict[str, int] = {}
+        replays_running = 0
+        for item in snapshot["integrations"]:
             sink = self.supervisor.sink_status(item["id"])
-            if sink is None:
-                continue
-            stats = sink.stats
-            delivered.add_metric(key, stats.delivered)
-            failed.add_metric(key, stats.failures)
-            rejected.add_metric(key, stats.rejected)
-            restarts.add_metric(key, sink.crashes)
-            resets.add_metric(key, stats.cursor_resets)
-            _add_histogram(latency, key, stats.latency)
-        return [delivered, failed, rejected, restarts, resets, latency, stored, lag_events,
-                lag_seconds, in_flight, running, auto_stopped]
+            if sink is not None:
+                s = sink.stats
+                sinks[item["id"]] = SinkFigures(s.delivered, s.failures, s.rejected,
+                                                sink.crashes, s.cursor_resets,
+                                                s.latency.copy())
+            replays_running += len(self.supervisor.replay_figures(item["id"]))
+            replay_stats = self.supervisor.replay_stats(item["id"])
+            if replay_stats is not None:
+                replayed[item["id"]] = replay_stats.delivered
+        return Scrape(ready=self.not_ready() is None, ingest=self.ingest.copy(),
+                      head=snapshot["head"], store=stats,
+                      integrations=snapshot["integrations"], sinks=sinks,
+                      replayed=replayed, replays_running=replays_running)
 
 
-def _store_families(stats: Any) -> list[Metric]:
-    out: list[Metric] = [GaugeMetricFamily("eventstreamd_store_events",
-                                           "Events held in the store.", value=stats.events)]
+@dataclass(frozen=True, slots=True)
+class SinkFigures:
+    """A sink's counters as they were when the scrape gathered them."""
+
+    delivered: int
+    failures: int
+    rejected: int
+    crashes: int
+    cursor_resets: int
+    latency: Histogram
+
+
+@dataclass(frozen=True, slots=True)
+class Scrape:
+    """What one scrape shows, copied on the event loop; rendered in a thread."""
+
+    ready: bool
+    ingest: IngestStats
+    head: int
+    store: StoreStats
+    integrations: list[dict[str, Any]]  # the status snapshot's rows (made for the scrape)
+    sinks: dict[str, SinkFigures]
+    replayed: dict[str, int]  # events delivered by replays, by integration
+    replays_running: int
+
+
+def render_text(scrape: Scrape) -> bytes:
+    """The text format of one scrape (in a worker thread: it reads only `scrape`)."""
+    out = Exposition()
+    out.family("eventstreamd_info", "gauge", "The running daemon's version.")
+    out.samples("eventstreamd_info", [(labels(version=__version__), 1)])
+    out.family("eventstreamd_ready", "gauge", "1 when /readyz answers 200.")
+    out.samples("eventstreamd_ready", [("", 1 if scrape.ready else 0)])
+    _ingest(out, scrape.ingest, scrape.head)
+    _store(out, scrape.store)
+    _integrations(out, scrape.integrations, scrape.sinks)
+    _replays(out, scrape)
+    return out.text()
+
+
+def _ingest(out: Exposition, ingest: IngestStats, head: int) -> None:
+    for name, doc, value in (
+        ("eventstreamd_ingest_events", "Events accepted (durably stored) by POST /events.",
+         ingest.events),
+        ("eventstreamd_ingest_bytes", "Request body bytes of accepted POST /events requests.",
+         ingest.bytes),
+    ):
+        out.family(name, "counter", doc)
+        out.samples(f"{name}_total", [("", value)])
+    out.family("eventstreamd_ingest_requests", "counter",
+               "POST /events requests, by HTTP status.")
+    out.samples("eventstreamd_ingest_requests_total",
+                [(labels(code=str(code)), count)
+                 for code, count in sorted(ingest.requests.items())])
+    out.family("eventstreamd_ingest_batch_events", "histogram",
+               "Events per accepted POST /events request.")
+    out.histogram("eventstreamd_ingest_batch_events", "", ingest.batch_events)
+    out.family("eventstreamd_head_seq", "gauge", "Sequence number of the newest stored event.")
+    out.samples("eventstreamd_head_seq", [("", head)])
+
+
+def _store(out: Exposition, stats: StoreStats) -> None:
     for name, value, doc in (
+        ("eventstreamd_store_events", stats.events, "Events held in the store."),
         ("eventstreamd_store_size_bytes", stats.size_bytes, "Bytes the store uses."),
         ("eventstreamd_store_capacity_bytes", stats.capacity_bytes,
          "The most the store may grow to (storage.map_size)."),
@@ -226,39 +199,83 @@ def _store_families(stats: Any) -> list[Metric]:
          "Room left before publishing answers 507."),
     ):
         if value is not None:
-            out.append(GaugeMetricFamily(name, doc, value=value))
-    return out
+            out.family(name, "gauge", doc)
+            out.samples(name, [("", value)])
 
 
-def _add_histogram(family: HistogramMetricFamily, labels: list[str],
-                   histogram: Histogram) -> None:
-    """One histogram as the text format's cumulative (le, count) buckets and its sum."""
-    family.add_metric(labels, [(_go_float(bound), float(total))
-                               for bound, total in histogram.cumulative()],
-                      sum_value=histogram.sum)
+# Per integration: (name, kind, help, what of the status row or the sink it shows).
+_ROW_GAUGES: tuple[tuple[str, str, Callable[[dict[str, Any]], float | None]], ...] = (
+    ("eventstreamd_rejected_events_stored", "Rejected events kept for inspection and retry.",
+     lambda item: item["rejected_events"]),
+    ("eventstreamd_lag_events", "Events after the integration's cursor (not yet delivered).",
+     lambda item: item["lag_events"]),
+    ("eventstreamd_lag_seconds", "Age of the oldest undelivered event (0 when none waits).",
+     lambda item: item["lag_seconds"] or 0.0),
+    ("eventstreamd_in_flight", "Delivery requests under way.",
+     lambda item: item.get("in_flight")),
+    ("eventstreamd_integration_running",
+     "1 while the integration is running, 0 when stopped or completed.",
+     lambda item: 1 if item["status"] == "running" and item["health"] != "completed" else 0),
+    ("eventstreamd_integration_auto_stopped",
+     "1 when the daemon stopped the integration because every delivery attempt failed for "
+     "its stop_after_failing; 0 once started again, and for every other integration.",
+     lambda item: 1 if item.get("auto_stopped") else 0),
+)
+_SINK_COUNTERS: tuple[tuple[str, str, Callable[[SinkFigures], int]], ...] = (
+    ("eventstreamd_delivered_events", "Events delivered (2xx, or uploaded in an S3 object).",
+     lambda sink: sink.delivered),
+    ("eventstreamd_delivery_failed_attempts",
+     "Delivery attempts that failed and will be retried.", lambda sink: sink.failures),
+    ("eventstreamd_rejected_events",
+     "Events set aside as rejected (a receiver's 400, or undeliverable).",
+     lambda sink: sink.rejected),
+    ("eventstreamd_sink_restarts", "Times the integration's sink crashed and was restarted.",
+     lambda sink: sink.crashes),
+    ("eventstreamd_cursor_resets",
+     "Times the integration's cursor was found past the newest event in the log (the log "
+     "replaced or restored from an older copy) and moved back to where the log has events.",
+     lambda sink: sink.cursor_resets),
+)
+LATENCY = "eventstreamd_delivery_latency_seconds"
 
 
-class _Gathered:
-    """A collector of families gathered before rendering (collectors are synchronous,
-    the store's reads are not)."""
+def _integrations(out: Exposition, items: list[dict[str, Any]],
+                  sinks: dict[str, SinkFigures]) -> None:
+    keyed = [(labels(integration=item["id"], kind=item["kind"]), item) for item in items]
+    with_sink = [(key, sinks[item["id"]]) for key, item in keyed if item["id"] in sinks]
+    for name, doc, counted in _SINK_COUNTERS:
+        out.family(name, "counter", doc)
+        out.samples(f"{name}_total", [(key, counted(sink)) for key, sink in with_sink])
+    out.family(LATENCY, "histogram", "From ingest to delivered (S3: from when the object's "
+               "file was opened to its upload).")
+    for key, sink in with_sink:
+        out.histogram(LATENCY, key, sink.latency)
+    for name, doc, shown in _ROW_GAUGES:
+        out.family(name, "gauge", doc)
+        out.samples(name, [(key, value) for key, item in keyed
+                           if (value := shown(item)) is not None])
 
-    def __init__(self, families: list[Metric]) -> None:
-        self._families = families
 
-    def collect(self) -> list[Metric]:
-        return self._families
+def _replays(out: Exposition, scrape: Scrape) -> None:
+    out.family("eventstreamd_replayed_events", "counter",
+               "Events the integration's replays delivered (2xx, or uploaded in a replay's "
+               "S3 object).")
+    out.samples("eventstreamd_replayed_events_total",
+                [(labels(integration=item["id"], kind=item["kind"]), scrape.replayed[item["id"]])
+                 for item in scrape.integrations if item["id"] in scrape.replayed])
+    out.family("eventstreamd_replays_running", "gauge", "Replays this daemon runs now.")
+    out.samples("eventstreamd_replays_running", [("", scrape.replays_running)])
 
 
 async def render(metrics: DaemonMetrics) -> bytes:
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Gathered(await metrics.families()))
-    return generate_latest(registry)
+    scrape = await metrics.scrape()
+    return await anyio.to_thread.run_sync(render_text, scrape, limiter=metrics.rendering)
 
 
 def metrics_handler(source: DaemonMetrics) -> Any:
     async def handle(request: web.Request) -> web.Response:
         return web.Response(body=await render(source),
-                            headers={"Content-Type": CONTENT_TYPE_LATEST})
+                            headers={"Content-Type": CONTENT_TYPE})
     return handle
 
 

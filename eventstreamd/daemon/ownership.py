@@ -10,29 +10,36 @@ Decisions:
   with the supervisor (`HeldLeases`: the supervisor only reads it), the
   supervisor's sinks (`SinkActivity`) and the report that adds their figures
   to each announcement (`cluster.LocalReport`).
-- Two tasks. The renewer renews every held lease every `lease_ttl / 3`
-  (`storage/leases.py` and `storage/jetstream/lease.py` say how a renewal,
-  a claim and expiry work).
-  A renewal refused means the lease was taken, released or deleted: the
-  integration is dropped at once. One that cannot be made (NATS away) is
-  retried; once the lease is past its deadline (`Holding.valid`, the last
-  successful renewal's start + ttl - margin, monotonic) it is dropped too —
-  by then another daemon may have taken it. A renewal that succeeds after
-  the deadline passed (nobody claimed it meanwhile: the compare-and-set says
-  so) makes the lease valid again and tells the supervisor, so the sink that
-  stopped by its own clock runs again: delivery resumes by itself.
+- Two tasks. The heartbeat (`_beat_forever`) renews every held lease at
+  once, every `lease_ttl / 3`, with one write whatever their number
+  (`storage/leases.py` and `storage/jetstream/lease.py` say how a heartbeat,
+  a claim and expiry work). An accepted heartbeat moves every holding's
+  deadline (its start + ttl - margin, monotonic); one refused because a
+  lease of ours was claimed meanwhile makes the daemon check each lease on
+  its own (`renew`) and drop the ones taken. One that cannot be made (NATS
+  away) is retried; a lease past its deadline (`Holding.valid`) is then
+  dropped — by then another daemon may have taken it. A heartbeat accepted
+  after a deadline passed (nobody claimed anything of ours meanwhile: the
+  heartbeat's compare-and-set says so) makes the lease valid again and tells
+  the supervisor, so the sink that stopped by its own clock runs again:
+  delivery resumes by itself.
 - The balancer runs every `min(1 s, lease_ttl / 5)`: it announces this
-  daemon (with its status, for the cluster view), reads every lease and
-  announcement and the integration records, and
+  daemon (with its status, for the cluster view) when what it announces
+  changed (at least every `ANNOUNCE_REFRESH`), reads every daemon's
+  heartbeat and announcement (one small message per daemon), and keeps its
+  own copy of the integration records and the leases. A plain NATS
+  subscription to the record and lease subjects says which one any daemon
+  wrote: that one is read again (`POKE_DELAY` later, and once more the
+  round after, in case its batch had not committed yet), so a stop through
+  one daemon stops delivery on another in milliseconds and a released
+  lease is taken without waiting for the period. Hints may be lost (core
+  NATS is at most once): every record and lease is read again every
+  `FULL_LOOK_EVERY`. So an idle daemon reads a few small messages a second,
+  not every record and lease. Then, on that copy, it
   - tells the `ChangeFeed` about every integration whose record changed
     since the last look, whichever daemon's API changed it (the feed is
-    otherwise local: the service notifies only its own supervisor). A plain
-    NATS subscription to the record and lease subjects makes it look again
-    at once (`POKE_DELAY`) when any daemon writes one, so a stop through
-    one daemon stops delivery on another in milliseconds, and a released
-    lease is taken without waiting for the period; the period is the
-    fallback when a hint is lost (core NATS is at most once);
-  - counts the live daemons (an announcement that changed within the TTL, by
+    otherwise local: the service notifies only its own supervisor);
+  - counts the live daemons (a heartbeat that changed within the TTL, by
     this daemon's clock, plus itself) and the running integrations; its
     fair share is ceil(running / live);
   - below its share it claims free or expired leases of running
@@ -50,12 +57,13 @@ Decisions:
   settings, so a lease lost and claimed again restarts the sink with the new
   fence.
 - Instance names must be unique: two daemons under one name would take each
-  other's leases in turn. Each announcement expects our previous one, so a
-  name written by someone else in between (twice in a row) is logged as an
-  error naming `jetstream.instance`.
+  other's leases in turn. A heartbeat carries the data dir's token, so a
+  newest heartbeat under our name with another token (in `TWIN_ROUNDS`
+  rounds), or an announcement written by someone else in between ours
+  (twice in a row), is logged as an error naming `jetstream.instance`.
 - On a clean stop the supervisor stops every sink first; then `close()`
-  releases what is still held and retires the announcement, so the others
-  take over at once instead of after a TTL.
+  releases what is still held and retires the announcement and the
+  heartbeat, so the others take over at once instead of after a TTL.
 """
 
 from __future__ import annotations
@@ -68,6 +76,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import anyio
+import msgspec
 
 from ..logs import kv
 from ..model import Integration
@@ -75,6 +84,7 @@ from ..storage.base import Store, StoreUnavailable
 from ..storage.leases import (
     STALE_ANNOUNCEMENT,
     Announcement,
+    Heartbeat,
     LeaseBook,
     LeaseSeen,
     Snapshot,
@@ -84,8 +94,14 @@ from .contracts import ChangeFeed, SinkActivity
 
 log = logging.getLogger("eventstreamd.ownership")
 
-ANNOUNCE_EVERY = 1.0  # seconds: the cluster view's refresh
+ANNOUNCE_EVERY = 1.0  # seconds: the balancer's period, and the cluster view's refresh
+ANNOUNCE_REFRESH = 30.0  # seconds: an unchanged announcement is written again this often
+FULL_LOOK_EVERY = 10.0  # seconds between reads of every record and lease (hints may be lost)
 POKE_DELAY = 0.05  # seconds between a record or lease written elsewhere and the next look
+REREADS = 2  # rounds a hinted record or lease is read in (its batch may commit late)
+FULL_LOOK_OVER = 64  # hinted ids beyond which one full look is cheaper
+RENEWS_AT_ONCE = 32  # leases checked one by one at once, after a refused heartbeat
+TWIN_ROUNDS = 3  # rounds our newest heartbeat bore another's token: two under one name
 
 
 @dataclass
@@ -94,7 +110,7 @@ class Holding:
 
     integration_id: str
     seq: int  # the claim: what the sink's fences name
-    renewed: float  # monotonic time the last successful renewal (or the claim) started
+    renewed: float  # monotonic time the last accepted heartbeat (or the claim) started
     ttl: float
     margin: float
     releasing: bool = False
@@ -143,8 +159,13 @@ class Ownership:
         self.period = min(ANNOUNCE_EVERY, ttl / 5)
         # What was seen and since when (this daemon's clock): expiry by observation.
         self._leases_seen: dict[str, tuple[tuple[int, int], float]] = {}
-        self._instances_seen: dict[str, tuple[int, float]] = {}
+        self._beats_seen: dict[str, tuple[int, float]] = {}
+        # Our copy of every record and lease, kept by hints and full looks.
         self._records: dict[str, Integration] = {}
+        self._leases: dict[str, LeaseSeen] = {}  # beat_seq 0: joined with the heartbeats
+        self._hinted_records: dict[str, int] = {}  # id -> rounds it is still read in
+        self._hinted_leases: dict[str, int] = {}
+        self._full_look_at: float | None = None
         self.snapshot: Snapshot | None = None
         self.live: set[str] = {instance}
         self.share = 0
@@ -152,7 +173,11 @@ class Ownership:
         self._poked = anyio.Event()
         self._twin_reported = False
         self._clobbered = 0
+        self._twin_beats = 0
         self._announced: int | None = None  # our last announcement's sequence
+        self._announced_content: bytes | None = None  # ... what it said, time aside
+        self._announced_at = 0.0
+        self._claims_seen: int | None = None  # the mark of claims on our leases, as known
 
     # ---------------------------------------------------------------- status
 
@@ -179,16 +204,24 @@ class Ownership:
         """Look again soon: a record or a lease was written somewhere."""
         self._poked.set()
 
+    def _record_written(self, integration_id: str) -> None:
+        self._hinted_records[integration_id] = REREADS
+        self.poke()
+
+    def _lease_written(self, integration_id: str) -> None:
+        self._hinted_leases[integration_id] = REREADS
+        self.poke()
+
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
                   ) -> None:
         try:
-            await self.book.watch(self.poke)
+            await self.book.watch(self._record_written, self._lease_written)
             await self.balance()
         except StoreUnavailable as exc:
             log.warning("cannot read the leases yet", extra=kv(error=str(exc)))
         task_status.started()
         async with anyio.create_task_group() as tg:
-            tg.start_soon(self._renew_forever, name="ownership:renew")
+            tg.start_soon(self._beat_forever, name="ownership:beat")
             while True:
                 with anyio.move_on_after(self.period):
                     await self._poked.wait()
@@ -201,33 +234,62 @@ class Ownership:
                 except StoreUnavailable as exc:
                     log.info("cannot balance the integrations now", extra=kv(error=str(exc)))
 
-    async def _renew_forever(self) -> None:
-        while True:
-            await anyio.sleep(self.renew_every / 2)
-            due = [h for h in self.held.values()
-                   if self.clock() - h.renewed >= self.renew_every]
-            if due:
-                async with anyio.create_task_group() as tg:
-                    for holding in due:
-                        tg.start_soon(self._renew, holding)
+    # ------------------------------------------------------------ heartbeat
 
-    async def _renew(self, holding: Holding) -> None:
+    async def _beat_forever(self) -> None:
+        while True:
+            await self.beat()
+            await anyio.sleep(self.renew_every)
+
+    async def beat(self) -> None:
+        """Renew every lease we hold at once (see the module docstring)."""
         started = self.clock()
         try:
-            ok = await self.book.renew(holding.integration_id, holding.seq, self.instance)
+            if self._claims_seen is None:
+                self._claims_seen = await self.book.claims_seen(self.instance)
+            accepted = await self.book.beat(self.instance, self._claims_seen, self.token)
+            if not accepted:
+                # A lease of ours was claimed since we looked (a freeze, a partition):
+                # note the mark as it is now, then check every lease on its own.
+                self._claims_seen = await self.book.claims_seen(self.instance)
         except StoreUnavailable as exc:
-            if not holding.valid() and self.held.get(holding.integration_id) is holding:
-                self._drop(holding.integration_id, f"not renewed in time ({exc})")
+            for holding in list(self.held.values()):
+                if not holding.valid():
+                    self._drop(holding.integration_id, f"not renewed in time ({exc})")
             return
+        if not accepted:
+            log.warning("a lease of this daemon was claimed by another; checking each",
+                        extra=kv(instance=self.instance, held=len(self.held)))
+            limiter = anyio.CapacityLimiter(RENEWS_AT_ONCE)
+            async with anyio.create_task_group() as tg:
+                for holding in list(self.held.values()):
+                    tg.start_soon(self._renew, holding, limiter)
+            return
+        for holding in list(self.held.values()):
+            self._renewed(holding, started)
+
+    def _renewed(self, holding: Holding, started: float) -> None:
+        lapsed = not holding.valid()
+        holding.renewed = max(holding.renewed, started)
+        if lapsed and holding.valid():
+            # Its sink stopped by its own clock while heartbeats failed (NATS away); the
+            # lease is still ours, so the supervisor must look again.
+            self.changes.notify(holding.integration_id)
+
+    async def _renew(self, holding: Holding, limiter: anyio.CapacityLimiter) -> None:
+        async with limiter:
+            started = self.clock()
+            try:
+                ok = await self.book.renew(holding.integration_id, holding.seq,
+                                           self.instance, self.token)
+            except StoreUnavailable as exc:
+                if not holding.valid() and self.held.get(holding.integration_id) is holding:
+                    self._drop(holding.integration_id, f"not renewed in time ({exc})")
+                return
         if self.held.get(holding.integration_id) is not holding:
             return
         if ok:
-            lapsed = not holding.valid()
-            holding.renewed = max(holding.renewed, started)
-            if lapsed and holding.valid():
-                # Its sink stopped by its own clock while renewals failed (NATS away);
-                # the lease is still ours, so the supervisor must look again.
-                self.changes.notify(holding.integration_id)
+            self._renewed(holding, started)
         else:
             self._drop(holding.integration_id, "taken, released or deleted")
 
@@ -237,17 +299,18 @@ class Ownership:
         if self._closed:
             return
         await self._announce()
-        records = await self.store.list_integrations()
-        snapshot = await self.book.snapshot()
-        self.snapshot = snapshot
+        await self._look()
+        beats = await self.book.beats()
+        announcements = await self.book.announcements()
+        self.snapshot = Snapshot(self._leases, announcements, beats)
+        self._check_twin(beats.get(self.instance))
         now = self.clock()
-        self._notice_changes(records)
-        stale = self._observe(snapshot, now)
+        stale = self._observe(beats, announcements, now)
         if stale:
             await self.book.forget(stale)
-        running = {i.id: i for i in records if i.running}
+        running = {i.id: i for i in self._records.values() if i.running}
         for integration_id, holding in list(self.held.items()):
-            seen = snapshot.leases.get(integration_id)
+            seen = self._leases.get(integration_id)
             # Newer than our claim: claimed by another daemon, or deleted. (Older can be a
             # replica that has not caught up with our claim yet: DIRECT.GET reads any.)
             if seen is not None and seen.lease_seq > holding.seq:
@@ -264,7 +327,31 @@ class Ownership:
                     live=len(self.live)))
                 self.changes.notify(holding.integration_id)
         elif len(active) < self.share:
-            await self._claim(running, snapshot, now, self.share - len(active))
+            await self._claim(running, beats, now, self.share - len(active))
+
+    async def _look(self) -> None:
+        """Bring our copy of the records and leases up to date: the hinted ones, or all of
+        them every `FULL_LOOK_EVERY` (and when many were hinted at once)."""
+        now = self.clock()
+        if (self._full_look_at is None or now - self._full_look_at >= FULL_LOOK_EVERY
+                or len(self._hinted_records) + len(self._hinted_leases) > FULL_LOOK_OVER):
+            self._full_look_at = now
+            self._hinted_records.clear()
+            self._hinted_leases.clear()
+            records = await self.store.list_integrations()
+            self._leases = dict(await self.book.leases())
+            self._notice_changes({i.id: i for i in records}, full=True)
+            return
+        found: dict[str, Integration | None] = {}
+        for integration_id in _take_round(self._hinted_records):
+            found[integration_id] = await self.store.get_integration(integration_id)
+        for integration_id in _take_round(self._hinted_leases):
+            seen = await self.book.lease(integration_id)
+            if seen.lease_seq:
+                self._leases[integration_id] = seen
+            else:
+                self._leases.pop(integration_id, None)
+        self._notice_changes(found, full=False)
 
     async def _announce(self) -> None:
         status = Announced(instance=self.instance, token=self.token, at=time.time(),
@@ -275,47 +362,71 @@ class Ownership:
             status = self.report(status)
         except Exception:  # the cluster view must never stop the leases
             log.exception("cannot build the status to announce")
+        # Written when it says something new: an idle daemon's figures do not move.
+        content = encode_announcement(msgspec.structs.replace(status, at=0.0, uptime=None))
+        now = self.clock()
+        if content == self._announced_content and now - self._announced_at < ANNOUNCE_REFRESH:
+            return
         self._announced, clobbered = await self.book.announce(
             self.instance, encode_announcement(status), self._announced)
+        self._announced_content, self._announced_at = content, now
         # Twice in a row, not once: one of our own writes whose answer was lost (NATS
         # away) looks the same.
         self._clobbered = self._clobbered + 1 if clobbered else 0
-        if self._clobbered >= 2 and not self._twin_reported:
+        if self._clobbered >= 2:
+            self._report_twin()
+
+    def _check_twin(self, beat: Heartbeat | None) -> None:
+        if beat is not None and beat.token and self.token and beat.token != self.token:
+            self._twin_beats += 1
+            if self._twin_beats >= TWIN_ROUNDS:
+                self._report_twin()
+
+    def _report_twin(self) -> None:
+        if not self._twin_reported:
             # Two daemons under one name would take each other's leases in turn.
             self._twin_reported = True
             log.error("another daemon announces itself under this instance name; give "
                       "each daemon its own jetstream.instance", extra=kv(instance=self.instance))
 
-    def _notice_changes(self, records: list[Integration]) -> None:
-        # The whole record: a change that restarts no sink (a rotated signing secret)
-        # must still reach the daemon delivering it.
-        current = {i.id: i for i in records}
-        for integration_id in current.keys() | self._records.keys():
-            if current.get(integration_id) != self._records.get(integration_id):
+    def _notice_changes(self, found: dict[str, Integration | None], *, full: bool) -> None:
+        """Tell the change feed about every record in `found` (all of them when `full`)
+        that differs from our copy, and keep it."""
+        ids = found.keys() | (self._records.keys() if full else set())
+        for integration_id in ids:
+            new = found.get(integration_id)
+            old = self._records.get(integration_id)
+            if new != old:
                 self.changes.notify(integration_id)
-        self._records = current
+            if new is None:
+                self._records.pop(integration_id, None)
+            else:
+                self._records[integration_id] = new
 
-    def _observe(self, snapshot: Snapshot, now: float) -> list[Announcement]:
-        """Note what changed since when; the live daemons; announcements long dead."""
-        for integration_id, seen in snapshot.leases.items():
+    def _observe(self, beats: dict[str, Heartbeat], announcements: dict[str, Announcement],
+                 now: float) -> list[Announcement]:
+        """Note what changed since when; the live daemons; what daemons long dead left."""
+        for integration_id, seen in self._leases.items():
+            beat = beats.get(seen.holder) if seen.holder else None
+            key = (seen.lease_seq, beat.seq if beat is not None else 0)
             before = self._leases_seen.get(integration_id)
-            if before is None or before[0] != seen.key:
-                self._leases_seen[integration_id] = (seen.key, now)
-        for integration_id in self._leases_seen.keys() - snapshot.leases.keys():
+            if before is None or before[0] != key:
+                self._leases_seen[integration_id] = (key, now)
+        for integration_id in self._leases_seen.keys() - self._leases.keys():
             del self._leases_seen[integration_id]
         live = {self.instance}
-        stale = []
-        newest = max((a.server_time for a in snapshot.instances.values()), default=0.0)
-        for name, entry in snapshot.instances.items():
-            noted = self._instances_seen.get(name)
-            if noted is None or noted[0] != entry.seq:
-                self._instances_seen[name] = noted = (entry.seq, now)
-            if not entry.deleted and now - noted[1] < self.ttl:
+        for name, beat in beats.items():
+            noted = self._beats_seen.get(name)
+            if noted is None or noted[0] != beat.seq:
+                self._beats_seen[name] = noted = (beat.seq, now)
+            if not beat.retired and now - noted[1] < self.ttl:
                 live.add(name)
-            elif name != self.instance and newest - entry.server_time > STALE_ANNOUNCEMENT:
-                stale.append(entry)
+        for name in self._beats_seen.keys() - beats.keys():
+            del self._beats_seen[name]
         self.live = live
-        return stale
+        newest = max((a.server_time for a in announcements.values()), default=0.0)
+        return [entry for name, entry in announcements.items()
+                if name not in live and newest - entry.server_time > STALE_ANNOUNCEMENT]
 
     def _claimable(self, seen: LeaseSeen, now: float) -> bool:
         if seen.holder in ("", self.instance) or (self.token and seen.token == self.token):
@@ -323,9 +434,9 @@ class Ownership:
         first = self._leases_seen.get(seen.integration_id)
         return first is not None and first[0] == seen.key and now - first[1] >= self.ttl
 
-    async def _claim(self, running: dict[str, Integration], snapshot: Snapshot, now: float,
-                     wanted: int) -> None:
-        candidates = [snapshot.leases.get(i) or self.book.free(i)
+    async def _claim(self, running: dict[str, Integration], beats: dict[str, Heartbeat],
+                     now: float, wanted: int) -> None:
+        candidates = [(self._leases.get(i) or self.book.free(i)).beating(beats)
                       for i in running if i not in self.held]
         candidates = [c for c in candidates if self._claimable(c, now)]
         if not candidates:
@@ -337,7 +448,7 @@ class Ownership:
             claim = await self.book.claim(seen, self.instance,
                                           running[seen.integration_id].incarnation, self.token)
             if claim is None:
-                continue  # another daemon was quicker, or the holder renewed after all
+                continue  # another daemon was quicker, or the holder beat after all
             self.held[seen.integration_id] = Holding(
                 seen.integration_id, claim, started, self.ttl, self.margin, clock=self.clock)
             log.info("lease claimed", extra=kv(
@@ -366,7 +477,8 @@ class Ownership:
                                             instance=self.instance, released=released))
 
     async def close(self) -> None:
-        """After the sinks stopped: release every lease, retire the announcement."""
+        """After the sinks stopped: release every lease, retire the announcement and the
+        heartbeat."""
         self._closed = True
         with anyio.move_on_after(5):
             for holding in list(self.held.values()):
@@ -375,3 +487,13 @@ class Ownership:
                 await self.book.retire(self.instance)
             except StoreUnavailable as exc:
                 log.info("could not retire the announcement", extra=kv(error=str(exc)))
+
+
+def _take_round(hinted: dict[str, int]) -> list[str]:
+    """The hinted ids to read this round; each is read in `REREADS` rounds."""
+    ids = list(hinted)
+    for integration_id in ids:
+        hinted[integration_id] -= 1
+        if not hinted[integration_id]:
+            del hinted[integration_id]
+    return ids

@@ -5,11 +5,21 @@ Decisions:
   records, cursors, the oldest undelivered event, stored rejected events) and
   the supervisor's `sink_status(id)` (live counters of running sinks). Nothing
   here keeps its own copy of delivery state, so the snapshot cannot drift.
+- Its cost does not grow by a store read per integration: a snapshot makes
+  one read of every record, one of the rejected counts and, only when some
+  integration has no sink here (stopped, or delivered by another daemon that
+  does not announce it), one of every saved cursor (`Store.cursors`). A
+  running sink's cursor and position are in memory; the age of the oldest
+  undelivered event comes from the feed's tail when it holds that event,
+  else from a read per distinct position, remembered (`AGES_KEPT`): an
+  event's ingest time never changes.
 - Rates come from successive counter samples: `tick()` (called once per push
   interval by the control server) records the head and every sink's
-  `delivered` counter and turns the differences into per-second rates, with a
-  short history (`HISTORY` samples) so a freshly attached TUI can draw its
-  sparklines at once. `snapshot()` never moves the rate baseline.
+  `delivered` counter (`delivered_counts`: from memory, no store read) and
+  turns the differences into per-second rates, with a short history
+  (`HISTORY` samples) so a freshly attached TUI can draw its sparklines at
+  once; an integration without a sink has no rate. `snapshot()` never moves
+  the rate baseline.
 - `last_error` is the full reason (as `retry_triggered` logs it, in the
   spec's wording); `last_error_cause` the same failure in a few words (the
   dashboard's column), both from the sink's stats.
@@ -60,7 +70,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -70,7 +80,7 @@ from ..model import Integration
 from ..sinks.registry import sink_type
 from ..storage.base import Store
 from .cluster import OwnedFigures, cluster_section, counter_delta, per_second, remote_figures
-from .contracts import ReplayFiguresSource, SinkStatusSource
+from .contracts import DeliveryFigures, ReplayFiguresSource, SinkStatus
 
 if TYPE_CHECKING:
     from .ownership import Ownership
@@ -78,6 +88,7 @@ if TYPE_CHECKING:
 HISTORY = 30  # samples kept per rate (30 s of sparkline at the default 1 s interval)
 FAILING_WINDOW = 15.0  # seconds
 LAGGING_AFTER = 30.0  # seconds
+AGES_KEPT = 4096  # ingest times of the positions status last asked about
 
 
 def health(
@@ -99,7 +110,7 @@ def health(
 
 
 class StatusSampler:
-    def __init__(self, store: Store, sinks: SinkStatusSource, config: Config, *,
+    def __init__(self, store: Store, sinks: DeliveryFigures, config: Config, *,
                  clock: Callable[[], float] = time.time, history: int = HISTORY,
                  ownership: Ownership | None = None) -> None:
         self.store = store
@@ -116,6 +127,7 @@ class StatusSampler:
         self._last_delivered: dict[str, int] = {}
         self._rates: dict[str, float] = {}
         self._histories: dict[str, deque[float]] = {}
+        self._ages: OrderedDict[tuple[int, int], int] = OrderedDict()  # (epoch, seq) -> ms
 
     # ----------------------------------------------------------------- sampling
 
@@ -123,10 +135,7 @@ class StatusSampler:
         """Take a counter sample; rates are the differences to the previous one."""
         now = self.clock()
         head = self.store.head
-        delivered = {}
-        for integration in await self.store.list_integrations():
-            sink = self.sinks.sink_status(integration.id)
-            delivered[integration.id] = sink.stats.delivered if sink else 0
+        delivered = self.sinks.delivered_counts()
         if self._last_at is not None:
             elapsed = now - self._last_at
             self._ingest_rate = per_second(head - self._last_head, elapsed)
@@ -153,6 +162,19 @@ class StatusSampler:
         remote: dict[str, OwnedFigures] = {}
         if self.ownership is not None:
             owners, remote = self.ownership.owners(), remote_figures(self.ownership)
+        rows = [_Row(i, self.sinks.sink_status(i.id), owners.get(i.id)) for i in integrations]
+        for row in rows:
+            row.remote = self._remote(row, remote)
+        stored: dict[str, int] = {}
+        if any(row.known_cursor is None for row in rows):
+            stored = await self.store.cursors()
+        rejected = await self.store.rejected_counts()
+        for row in rows:
+            row.cursor = row.known_cursor or stored.get(row.integration.id) or head + 1
+        ages = await self._ages_of({row.position for row in rows if row.position <= head},
+                                   usable)
+        # One store read per integration that has replays (none for the rest).
+        replays = {i.id: await self._replays(i, usable) for i in integrations if i.replays}
         return {
             "time": round(now, 3),
             "daemon": {"version": __version__, "pid": os.getpid(),
@@ -161,34 +183,54 @@ class StatusSampler:
             "head": head,
             "ingest_rate": self._ingest_rate,
             "ingest_history": list(self._ingest_history),
-            "integrations": [await self._integration(i, head, now, usable, owners,
-                                                     remote) for i in integrations],
+            "integrations": [self._integration(row, head, now, ages,
+                                               rejected.get(row.integration.id, 0),
+                                               replays.get(row.integration.id, []))
+                             for row in rows],
             "cluster": (cluster_section(self.ownership, now)
                         if self.ownership is not None else None),
         }
 
-    async def _integration(self, integration: Integration, head: int, now: float,
-                           connected: bool, owners: dict[str, str],
-                           figures: dict[str, OwnedFigures]) -> dict[str, Any]:
-        """One integration's entry; `owners` and `figures` (what other daemons announce)
-        are the cluster's, read once per snapshot."""
+    def _remote(self, row: _Row, figures: dict[str, OwnedFigures]) -> OwnedFigures | None:
+        """What another daemon announces of an integration it delivers (its figures
+        stand in for the sink this daemon does not run)."""
+        if (row.sink is None and self.ownership is not None and row.owner is not None
+                and row.owner != self.ownership.instance):
+            return figures.get(row.integration.id)
+        return None
+
+    async def _ages_of(self, positions: set[int], usable: bool) -> dict[int, int]:
+        """The ingest time (ms) of the first event at or after each position: from the
+        feed's tail, from what was found before, else one store read per position (none
+        while the store cannot be reached: they would wait for it)."""
+        found: dict[int, int] = {}
+        epoch = self.store.log_epoch
+        for position in sorted(positions):
+            key = (epoch, position)
+            at = self.sinks.ingested_at(position)
+            if at is None:
+                at = self._ages.get(key)
+                if at is None and usable:
+                    oldest = await self.store.read_events(position, 1, 1)
+                    at = oldest[0].ingested_at if oldest else None
+            if at is None:
+                continue
+            found[position] = at
+            self._ages[key] = at
+            self._ages.move_to_end(key)
+        while len(self._ages) > AGES_KEPT:
+            self._ages.popitem(last=False)
+        return found
+
+    def _integration(self, row: _Row, head: int, now: float, ages: dict[int, int],
+                     rejected: int, replays: list[dict[str, Any]]) -> dict[str, Any]:
+        integration, sink, remote = row.integration, row.sink, row.remote
         integration_id = integration.id
-        sink = self.sinks.sink_status(integration_id)
-        owner = owners.get(integration_id)
-        remote: OwnedFigures | None = None
-        if (sink is None and self.ownership is not None and owner is not None
-                and owner != self.ownership.instance):
-            remote = figures.get(integration_id)
-        cursor = ((sink.cursor if sink else None) or (remote.cursor if remote else None)
-                  or await self.store.get_cursor(integration_id) or head + 1)
-        position = max(cursor, (sink.position if sink else None)
-                       or (remote.position if remote else None) or cursor)
+        position = row.position
         lag_events = max(0, head - position + 1)
         lag_seconds = None
-        if lag_events and connected:
-            oldest = await self.store.read_events(position, 1, 1)
-            if oldest:
-                lag_seconds = round(max(0.0, now - oldest[0].ingested_at / 1000), 1)
+        if lag_events and position in ages:
+            lag_seconds = round(max(0.0, now - ages[position] / 1000), 1)
         stats = sink.stats if sink else None
         pipeline = sink.pipeline if sink else None
         last_error_at = stats.last_error_at if stats else None
@@ -211,7 +253,7 @@ class StatusSampler:
             "ordering": controls.ordering,
             "auto_stopped": integration.auto_stop is not None,
             "stop_reason": integration.auto_stop,
-            "cursor": cursor,
+            "cursor": row.cursor,
             "lag_events": lag_events,
             "lag_seconds": lag_seconds,
             "delivered": stats.delivered if stats else (remote.delivered if remote else None),
@@ -226,13 +268,13 @@ class StatusSampler:
                           else remote.in_flight if remote else None),
             "crashes": sink.crashes if sink else None,
             "restart_in": sink.restart_in if sink else None,
-            "rejected_events": await self.store.count_rejected(integration_id),
+            "rejected_events": rejected,
             "buffered_bytes": buffered,
             "buffered_age": buffered_age,
             "s3_open_file_bytes": buffered,
             "s3_open_file_age": buffered_age,
-            "replays": await self._replays(integration, connected),
-            **({"owner": owner} if self.ownership is not None else {}),
+            "replays": replays,
+            **({"owner": row.owner} if self.ownership is not None else {}),
         }
 
     async def _replays(self, integration: Integration, connected: bool) -> list[dict[str, Any]]:
@@ -252,3 +294,30 @@ class StatusSampler:
             view["in_flight"] = figures.in_flight if figures is not None else None
             shown.append(view)
         return shown
+
+
+class _Row:
+    """One integration while a snapshot is built: its record, its sink here (if any), its
+    owner and what the owner announces of it, and where it stands."""
+
+    __slots__ = ("cursor", "integration", "owner", "remote", "sink")
+
+    def __init__(self, integration: Integration, sink: SinkStatus | None,
+                 owner: str | None) -> None:
+        self.integration = integration
+        self.sink = sink
+        self.owner = owner
+        self.remote: OwnedFigures | None = None
+        self.cursor = 0
+
+    @property
+    def known_cursor(self) -> int | None:
+        """The cursor known without the store: the sink's, or its owner's announced one."""
+        return ((self.sink.cursor if self.sink else None)
+                or (self.remote.cursor if self.remote else None))
+
+    @property
+    def position(self) -> int:
+        """Where it stands now (everything before is delivered or filtered out)."""
+        return max(self.cursor, (self.sink.position if self.sink else None)
+                   or (self.remote.position if self.remote else None) or self.cursor)

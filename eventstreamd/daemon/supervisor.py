@@ -306,6 +306,13 @@ class Supervisor:
 
     # ---------------------------------------------------------------- status
 
+    def delivered_counts(self) -> dict[str, int]:
+        return {integration_id: handle.stats.delivered
+                for integration_id, handle in self.handles.items()}
+
+    def ingested_at(self, seq: int) -> int | None:
+        return self.feed.ingested_at(seq)
+
     def sink_status(self, integration_id: str) -> SinkStatus | None:
         handle = self.handles.get(integration_id)
         if handle is None:

@@ -187,6 +187,17 @@ def request_validator(operation_id: str) -> Validator:
     )
 
 
+def warm() -> None:
+    """Load the spec and build every request body's validator now, not on the first
+    request that needs one (the YAML alone takes ~0.1 s; the daemon calls this in a worker
+    thread once it has started)."""
+    for operation_id in _operations():
+        try:
+            request_validator(operation_id).is_valid({})  # resolves its references too
+        except KeyError:
+            continue  # no request body
+
+
 def response_schema(operation_id: str, status: int) -> dict[str, Any] | None:
     """The documented JSON schema of a response, or None when it has no body."""
     response = operation(operation_id)["responses"].get(str(status))

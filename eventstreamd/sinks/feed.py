@@ -262,6 +262,13 @@ class LogFeed:
         index = bisect.bisect_right(self._starts, position) - 1
         return self._batches[index] if index >= 0 else None
 
+    def ingested_at(self, position: int) -> int | None:
+        """When the first event at or after `position` was ingested (ms), if the tail holds
+        it (status's age of the oldest undelivered event, without a store read)."""
+        batch = self.batch_at(position)
+        events = batch.from_position(position) if batch is not None else None
+        return events[0].ingested_at if events else None
+
     def _append(self, batch: Batch) -> None:
         if batch.start != self.tail_end or self.tail_start is None:
             return  # re-anchored while this was read: not the tail's any more

@@ -19,7 +19,11 @@ Decisions:
   the integration service, never here.
 - Reads are `async` even where LMDB answers at once, so a networked backend
   implements the same interface. The head is cached in memory (`head`) and
-  `wait_for_head` waits for it to move: no caller polls the backend.
+  `wait_for_head` waits for it to move: no caller polls the backend. What
+  status and /metrics show of every integration at once (records, cursors,
+  rejected counts) has a read of its own that answers for all of them
+  (`list_integrations`, `cursors`, `rejected_counts`): their cost must not
+  be one store read per integration.
 - A rejected event's retry claims the entry first (`claim_rejected`, a
   check-and-set), so one retry at a time delivers it; a retry that did not
   deliver releases the claim and counts its attempt in one atomic step
@@ -315,6 +319,16 @@ class Store(Protocol):
         ...
 
     async def count_rejected(self, integration_id: str) -> int: ...
+
+    async def cursors(self) -> dict[str, int]:
+        """Every integration's saved cursor, in one read (status and /metrics, which must
+        not read the store once per integration)."""
+        ...
+
+    async def rejected_counts(self) -> dict[str, int]:
+        """How many rejected events each integration keeps (one without any may be
+        absent), in one read."""
+        ...
 
     async def delete_rejected(self, integration_id: str, rejected_id: str) -> bool: ...
 

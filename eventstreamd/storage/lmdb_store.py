@@ -15,6 +15,11 @@ Decisions:
   and closes it as one async context, as datasette's `Database` owns its
   write thread. Every write is a job in the next group commit; reads open
   their own short read transactions and are bounded (`limit`, `max_bytes`).
+  Appends are folded: every request waiting for the next commit is stored by
+  one job (`_store_appends`), which counts the map's room and reads and
+  writes the head once per commit: a thousand one-event requests a second
+  cost the writer's thread (and the GIL it shares with the event loop) a
+  put each, not a transaction's bookkeeping each.
 - Fenced writes check the integration's incarnation inside the same write
   transaction, so a sink's write and a DELETE can never interleave.
 - Sequence numbers start at 1 and never repeat: `meta.last_seq` survives
@@ -22,6 +27,11 @@ Decisions:
   so "first event at or after time T" is a binary search: O(log n) point reads.
 - A data dir restored from an older copy may hold cursors past its head;
   `resume_past_head` sends such a reader to what came after the open.
+- Status and /metrics read every integration every second: a record unchanged
+  since the last list is not decoded again (kept with its stored bytes), and
+  the rejected counts are counted once and kept, an integration counted
+  again after a write touched its rejected events (exact: one process owns
+  the data dir).
 - A full map or disk raises `StoreFull`; the failed transaction is aborted, so
   what was stored before stays intact and later writes succeed once space is
   freed (retention, deletes) or the map is grown (restart with a larger
@@ -41,10 +51,12 @@ Decisions:
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import errno
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -123,6 +135,11 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+# An append waiting for its group commit: the events, and where its outcome goes (the
+# first and last seq, or the exception its caller raises).
+_Append = tuple[Sequence[NewEvent], "asyncio.Future[tuple[int, int] | Exception]"]
+
+
 def _prefix(integration_id: str) -> bytes:
     return integration_id.encode() + b"\x00"
 
@@ -133,6 +150,16 @@ def _replay_key(integration_id: str, replay_id: str) -> bytes:
 
 def _progress(raw: dict[str, Any]) -> ReplayProgress:
     return ReplayProgress(int(raw["cursor"]), int(raw["delivered"]))
+
+
+def _count_prefix(cur: lmdb.Cursor, prefix: bytes) -> int:
+    count, size = 0, len(prefix)
+    if cur.set_range(prefix):
+        for key in cur.iternext(keys=True, values=False):
+            if key[:size] != prefix:
+                break
+            count += 1
+    return count
 
 
 class LmdbStore:
@@ -150,7 +177,7 @@ class LmdbStore:
             self._open()
         except lmdb.Error as exc:
             raise StoreOpenError(str(exc)) from exc
-        self._head_moved = anyio.Event()
+        self._head_moved: anyio.Event | None = None  # made by the first waiter
         self._tg: TaskGroup | None = None
         self._closed = False
 
@@ -177,6 +204,16 @@ class LmdbStore:
                          self._replay_progress, self._replay_state, self._name_counts)
         self._page_size = int(self.env.stat()["psize"])
         self.reserve = min(RESERVE_MAX, max(RESERVE_MIN, self.map_size // 100))
+        # Appends waiting for the next group commit (`_store_appends`); None once closing.
+        self._appends: list[_Append] = []
+        self._appends_lock = threading.Lock()  # the writer's thread takes them
+        self._appending: anyio.Event | None = None
+        self._room_txn: Txn | None = None  # the transaction `_room_left` was counted in
+        self._room_left = 0
+        # Read caches: decoded records by their stored bytes, exact rejected counts.
+        self._decoded: dict[bytes, tuple[bytes, Integration]] = {}
+        self._rejected_counts: dict[str, int] | None = None
+        self._recount: set[str] = set()
         self.writer = LogWriter(self.env)
         try:
             self._check_format()
@@ -199,6 +236,8 @@ class LmdbStore:
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
         await self._tg.start(self.writer.run, name="lmdb-writer")
+        self._appending = anyio.Event()
+        self._tg.start_soon(self._store_appends, name="lmdb-appends")
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None,
@@ -274,14 +313,17 @@ class LmdbStore:
     async def wait_for_head(self, after: int, max_wait: float | None = None) -> int:
         with anyio.move_on_after(max_wait):
             while self._head <= after:
+                if self._head_moved is None:
+                    self._head_moved = anyio.Event()
                 await self._head_moved.wait()
         return self._head
 
     def _set_head(self, head: int) -> None:
         if head > self._head:
             self._head = head
-            moved, self._head_moved = self._head_moved, anyio.Event()
-            moved.set()
+            moved, self._head_moved = self._head_moved, None
+            if moved is not None:
+                moved.set()
 
     # ------------------------------------------------------------------- writes
 
@@ -318,18 +360,79 @@ class LmdbStore:
         return await self._write(guarded)
 
     async def append(self, events: Sequence[NewEvent]) -> tuple[int, int]:
-        stored = await self._write(lambda txn: self._txn_append(txn, events))
-        if isinstance(stored, StoreFull):
+        """Stored by the next group commit, with every other append waiting for it (see
+        `_store_appends`)."""
+        if self._appending is None:
+            raise StoreUnavailable("the store is closing")
+        future: asyncio.Future[tuple[int, int] | Exception] = (
+            asyncio.get_running_loop().create_future())
+        with self._appends_lock:
+            self._appends.append((events, future))
+        self._appending.set()
+        stored = await future
+        if isinstance(stored, Exception):
             raise stored
-        first, last = stored
-        self._set_head(last)
-        return first, last
+        return stored
+
+    async def _store_appends(self) -> None:
+        """The one task that hands the writer the waiting appends: one job per group
+        commit takes every append waiting when it runs and stores each request's events
+        in turn (all or nothing per request; one that does not fit is refused alone), so
+        the room, the head and the ingest time are read and written once per commit, not
+        once per request. Callers are answered here, on the loop, whatever happens to any
+        one of them."""
+        try:
+            while True:
+                assert self._appending is not None
+                await self._appending.wait()
+                self._appending = anyio.Event()
+                await self._append_group()
+        finally:
+            self._appending = None
+            self._fail_appends(self._take_appends(), StoreUnavailable("the store is closing"))
+
+    async def _append_group(self) -> None:
+        taken: list[_Append] | None = None
+
+        def job(txn: Txn) -> list[tuple[int, int] | StoreFull]:
+            nonlocal taken
+            if taken is None:  # once: a job the writer runs again keeps what it took
+                taken = self._take_appends()
+            return [self._txn_append(txn, events) for events, _ in taken]
+
+        try:
+            # Shielded: a commit that started is answered, even while the store closes
+            # (it closes the writer first, so this never waits long).
+            with anyio.CancelScope(shield=True):
+                outcomes = await self._write(job)
+        except Exception as exc:
+            self._fail_appends(taken if taken is not None else self._take_appends(), exc)
+            return
+        assert taken is not None
+        stored = [o for o in outcomes if not isinstance(o, StoreFull)]
+        if stored:
+            self._set_head(max(last for _, last in stored))
+        for (_, future), outcome in zip(taken, outcomes, strict=True):
+            if not future.done():
+                future.set_result(outcome)
+
+    def _take_appends(self) -> list[_Append]:
+        with self._appends_lock:
+            taken, self._appends = self._appends, []
+        return taken
+
+    @staticmethod
+    def _fail_appends(appends: list[_Append], exc: Exception) -> None:
+        for _, future in appends:
+            if not future.done():
+                future.set_result(exc)
 
     def _txn_append(self, txn: Txn, events: Sequence[NewEvent]) -> tuple[int, int] | StoreFull:
         # Returned, not raised: see create_integration.
         need = 2 * sum(len(e.body) + len(e.id) + len(e.name) + len(e.tenant) + 48
                        for e in events) + 4 * self._page_size
-        if self._txn_room(txn) - need < self.reserve:
+        room = self._room_in(txn)
+        if room - need < self.reserve:
             return StoreFull("the event store is full (storage.map_size reached; the last "
                              f"{self.reserve // 1024:,} KiB are kept for integration changes, "
                              "cursors and logs)")
@@ -344,8 +447,16 @@ class LmdbStore:
         self._txn_count_names(txn, first, events)
         txn.put(_LAST_SEQ, u64(last), db=self._meta)
         txn.put(_LAST_INGEST, u64(ingested), db=self._meta)
+        self._room_left = room - need
         return first, last
 
+    def _room_in(self, txn: Txn) -> int:
+        """`_txn_room`, counted once per transaction: a group commit holding many appends
+        (one event per request) counts the pages once and takes what each append may use
+        (`need`, twice its bytes and four pages: more than it takes) off that."""
+        if self._room_txn is not txn:
+            self._room_txn, self._room_left = txn, self._txn_room(txn)
+        return self._room_left
     async def prune(self, cutoff_ms: int) -> int:
         """Delete events ingested before `cutoff_ms`, `PRUNE_CHUNK` per transaction so
         publishers never wait long behind retention."""
@@ -521,11 +632,24 @@ class LmdbStore:
                     txn.delete(entry_key, db=db)
             return True
 
-        return await self._write(job)
+        try:
+            return await self._write(job)
+        finally:
+            self._rejected_changed(integration_id)
 
     async def list_integrations(self) -> list[Integration]:
+        """Every record; one unchanged since the last list is not decoded again (status
+        lists them every second)."""
+        decoded = self._decoded
+        kept: dict[bytes, tuple[bytes, Integration]] = {}
         with self.env.begin(db=self._integrations) as txn:
-            return [codec.from_store(self.targets, unpack(v)) for _, v in txn.cursor()]
+            for key, raw in txn.cursor():
+                known = decoded.get(key)
+                if known is None or known[0] != raw:
+                    known = (raw, codec.from_store(self.targets, unpack(raw)))
+                kept[key] = known
+        self._decoded = kept
+        return [integration for _, integration in kept.values()]
 
     async def get_integration(self, integration_id: str) -> Integration | None:
         with self.env.begin() as txn:
@@ -602,7 +726,10 @@ class LmdbStore:
                 self._txn_add_log(txn, integration_id, rejected_dropped_log(
                     log.created_at, unpack(dropped)["id"], self.rejected_events))
 
-        return await self._fenced(fence, job)
+        try:
+            return await self._fenced(fence, job)
+        finally:
+            self._rejected_changed(integration_id)
 
     async def list_rejected(self, integration_id: str) -> list[RejectedEvent]:
         with self.env.begin() as txn:
@@ -617,19 +744,44 @@ class LmdbStore:
         return None
 
     async def count_rejected(self, integration_id: str) -> int:
-        prefix = _prefix(integration_id)
-        count = 0
         with self.env.begin(db=self._rejected) as txn, txn.cursor() as cur:
-            if cur.set_range(prefix):
+            return _count_prefix(cur, _prefix(integration_id))
+
+    async def cursors(self) -> dict[str, int]:
+        with self.env.begin(db=self._cursors) as txn:
+            return {key.decode(): from_u64(value) for key, value in txn.cursor()}
+
+    async def rejected_counts(self) -> dict[str, int]:
+        """Counted once, then kept: an integration whose rejected events a write touched
+        is counted again (`_rejected_changed`), the others are known."""
+        counts = self._rejected_counts
+        with self.env.begin(db=self._rejected) as txn, txn.cursor() as cur:
+            if counts is None:
+                counts = {}
                 for key in cur.iternext(keys=True, values=False):
-                    if not key.startswith(prefix):
-                        break
-                    count += 1
-        return count
+                    integration_id = key.split(b"\x00", 1)[0].decode()
+                    counts[integration_id] = counts.get(integration_id, 0) + 1
+            else:
+                for integration_id in self._recount:
+                    count = _count_prefix(cur, _prefix(integration_id))
+                    if count:
+                        counts[integration_id] = count
+                    else:
+                        counts.pop(integration_id, None)
+        self._rejected_counts = counts
+        self._recount.clear()
+        return dict(counts)
+
+    def _rejected_changed(self, integration_id: str) -> None:
+        """After a write to its rejected events (committed or refused): count it again."""
+        self._recount.add(integration_id)
 
     async def delete_rejected(self, integration_id: str, rejected_id: str) -> bool:
-        return await self._write(
-            lambda txn: self._txn_delete_rejected(txn, integration_id, rejected_id))
+        try:
+            return await self._write(
+                lambda txn: self._txn_delete_rejected(txn, integration_id, rejected_id))
+        finally:
+            self._rejected_changed(integration_id)
 
     async def resolve_rejected(self, fence: Fence, rejected_id: str | None,
                                log: LogEntry) -> bool:
@@ -638,7 +790,10 @@ class LmdbStore:
                 self._txn_delete_rejected(txn, fence.integration_id, rejected_id)
             self._txn_add_log(txn, fence.integration_id, log)
 
-        return await self._fenced(fence, job)
+        try:
+            return await self._fenced(fence, job)
+        finally:
+            self._rejected_changed(fence.integration_id)
 
     async def claim_rejected(self, integration_id: str, rejected_id: str,
                              claim: RetryClaim) -> RejectedEvent | None:

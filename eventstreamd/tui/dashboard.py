@@ -1,9 +1,12 @@
 """The dashboard: one live row per integration, so a glance tells healthy from stuck.
 
 Decisions:
-- Rows are keyed by integration id and updated cell by cell on every
-  snapshot, so the cursor stays on the integration the user picked; the table
-  is rebuilt (sorted by id) only when integrations come or go.
+- Rows are keyed by integration id and kept: a snapshot updates only the
+  cells that changed since the last one drawn (`_cells` remembers them), so a
+  thousand quiet integrations cost a comparison each per second, not a
+  redraw; integrations that come or go add or remove their own row (then the
+  rows are sorted by id again), and the cursor stays on the integration the
+  user picked. Textual's DataTable draws only the rows on screen.
 - Fixed column widths: the layout does not jump as numbers grow, and a fixed
   snapshot always renders the same (the SVG snapshot test depends on it).
 - The status cell carries the daemon's `health` verdict (coloured, with a
@@ -85,6 +88,14 @@ def row_cells(item: dict[str, Any], stale: bool = False) -> list[Any]:
     ]
 
 
+def _looks(cell: Any) -> Any:
+    """What a cell shows, to tell whether it needs drawing again (rich's own equality
+    leaves the style out)."""
+    if isinstance(cell, Text):
+        return (cell.plain, str(cell.style), tuple(cell.spans), cell.justify)
+    return cell
+
+
 def summary(snapshot: dict[str, Any]) -> str:
     items = snapshot.get("integrations") or []
     counts: dict[str, int] = {}
@@ -142,6 +153,7 @@ class DashboardScreen(SnapshotScreen):
         yield Footer()
 
     def on_mount(self) -> None:
+        self._cells: dict[str, list[Any]] = {}  # id -> the cells drawn last
         if self.dashboard.snapshot is not None:
             self._show(self.dashboard.snapshot)
         self.watch(self.app, "link", self._link_changed, init=False)
@@ -173,17 +185,27 @@ class DashboardScreen(SnapshotScreen):
             snapshot.get("ingest_history") or [0.0])
         table: DataTable[Any] = self.query_one("#integrations", DataTable)
         items = {item["id"]: item for item in snapshot.get("integrations") or []}
-        if set(items) != {key.value for key in table.rows}:
-            selected = self.selected_id()
-            table.clear()
-            for integration_id in sorted(items):
-                table.add_row(*row_cells(items[integration_id], self.stale), key=integration_id)
-            if selected is not None and selected in items:
-                table.move_cursor(row=table.get_row_index(selected))
-            return
+        drawn = self._cells
+        gone = [i for i in drawn if i not in items]
+        new = [i for i in items if i not in drawn]
+        selected = self.selected_id() if gone or new else None
+        for integration_id in gone:
+            table.remove_row(integration_id)
+            del drawn[integration_id]
         for integration_id, item in items.items():
-            for (key, _, _), value in zip(COLUMNS, row_cells(item, self.stale), strict=True):
-                table.update_cell(integration_id, key, value)
+            cells = row_cells(item, self.stale)
+            before = drawn.get(integration_id)
+            drawn[integration_id] = cells
+            if before is None:
+                table.add_row(*cells, key=integration_id)
+                continue
+            for (key, _, _), old, value in zip(COLUMNS, before, cells, strict=True):
+                if _looks(old) != _looks(value):
+                    table.update_cell(integration_id, key, value)
+        if new:
+            table.sort("id", key=lambda cell: cell.plain.split(" @", 1)[0])
+        if selected is not None and selected in items:
+            table.move_cursor(row=table.get_row_index(selected))
 
     def selected_id(self) -> str | None:
         table: DataTable[Any] = self.query_one("#integrations", DataTable)

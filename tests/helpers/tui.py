@@ -47,7 +47,8 @@ def cell(app: DashboardApp, row: str, column: str) -> str | None:
 
 
 def row_ids(app: DashboardApp, selector: str) -> list[str]:
-    return [str(key.value) for key in table(app, selector).rows]
+    """The rows' ids in the order they are shown."""
+    return [str(row.key.value) for row in table(app, selector).ordered_rows]
 
 
 def select(app: DashboardApp, row: str, selector: str = "#integrations") -> None:

@@ -190,6 +190,7 @@ class StateStore:
         self.log_entries = log_entries
         self.rejected_events = rejected_events
         self._markers: dict[str, tuple[str, int]] = {}  # id -> (incarnation, marker seq)
+        self._decoded: dict[str, tuple[int, Integration]] = {}  # id -> (record seq, record)
         self.created: str | None = None  # the stream's creation time: which stream it is
         self._locks: dict[str, asyncio.Lock] = {}
 
@@ -295,10 +296,32 @@ class StateStore:
     # ----------------------------------------------------------- integrations
 
     async def list_integrations(self) -> list[Integration]:
-        msgs = await self.multi_last(RECORD)
-        found = [self._integration(m.data) for m in msgs
-                 if (m.headers or {}).get(OP) != DELETED and m.data]
-        return sorted(found, key=lambda i: i.id)
+        """Every record; one whose message is unchanged since the last list is not decoded
+        again (status lists them every second)."""
+        decoded = self._decoded
+        kept: dict[str, tuple[int, Integration]] = {}
+        for m in await self.multi_last(RECORD):
+            headers = m.headers or {}
+            if headers.get(OP) == DELETED or not m.data:
+                continue
+            subject, seq = last_token(headers), int(headers[SEQUENCE])
+            known = decoded.get(subject)
+            kept[subject] = (known if known is not None and known[0] == seq
+                             else (seq, self._integration(m.data)))
+        self._decoded = kept
+        return sorted((integration for _, integration in kept.values()), key=lambda i: i.id)
+
+    async def cursors(self) -> dict[str, int]:
+        return {last_token(m.headers or {}): int(m.data) for m in await self.multi_last(CURSOR)
+                if (m.headers or {}).get(OP) != DELETED and m.data}
+
+    async def rejected_counts(self) -> dict[str, int]:
+        counts = {}
+        for m in await self.multi_last(REJECTED_INDEX):
+            headers = m.headers or {}
+            if headers.get(OP) != DELETED and m.data and m.data != b"[]":
+                counts[last_token(headers)] = len(orjson.loads(m.data))
+        return counts
 
     async def get_integration(self, integration_id: str) -> tuple[Integration, int] | None:
         if not is_token(integration_id):

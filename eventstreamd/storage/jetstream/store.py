@@ -23,6 +23,10 @@ Decisions:
     cursors, rejected counts) is answered from the last values read or
     written while NATS is unreachable, so they keep showing and supervising
     what they know; `health()` says the store is unreachable and why.
+- Status reads every integration's rejected count each second: those are
+  this daemon's own writes and reads as they happen, and every count read
+  again (one batched read) at most every `COUNTS_FRESH` seconds, for what
+  other daemons changed.
 - `prune()` removes nothing: the stream's `max_age` is `storage.retention`
   and the server expires events itself, message by message.
 - The streams are this data dir's daemon's to find again (`identity.py`): a
@@ -89,6 +93,7 @@ COUNT_READ = 1024  # events per read when a count reads a bucket
 OUTAGE_PATIENCE = 600.0  # seconds a sink's write or read waits for NATS to come back
 RETRY_PAUSE = 0.25
 STREAM_CHECK_EVERY = 2.0  # seconds between looks at whether both streams are still there
+COUNTS_FRESH = 5.0  # seconds status may show another daemon's rejected counts late
 T = TypeVar("T")
 
 
@@ -116,6 +121,7 @@ class JetStreamStore:
         self._rejected: dict[str, int] = {}
         self._counts = BucketCache()
         self._counts_epoch = 0
+        self._counts_read_at: float | None = None  # monotonic time the rejected counts were read
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -559,6 +565,24 @@ class JetStreamStore:
 
         return await self._cached(read, remember,
                                   lambda: self._rejected.get(integration_id, 0))
+
+    async def cursors(self) -> dict[str, int]:
+        def remember(found: dict[str, int]) -> None:
+            self._cursors.update(found)
+
+        return await self._cached(self.state.cursors, remember, lambda: dict(self._cursors))
+
+    async def rejected_counts(self) -> dict[str, int]:
+        """What this daemon wrote and read, and every integration's count read again at
+        most every `COUNTS_FRESH` seconds (other daemons keep rejected events too)."""
+        now = time.monotonic()
+        if self._counts_read_at is None or now - self._counts_read_at >= COUNTS_FRESH:
+            def remember(found: dict[str, int]) -> None:
+                self._rejected = dict(found)
+                self._counts_read_at = now
+
+            await self._cached(self.state.rejected_counts, remember, dict)
+        return {i: n for i, n in self._rejected.items() if n}
 
     async def delete_rejected(self, integration_id: str, rejected_id: str) -> bool:
         deleted, count = await self._now(

@@ -8,8 +8,9 @@ Decisions:
 - In the state stream each piece of an integration is `<base>.<kind>.<id>`,
   a rejected event `<base>.rej.<id>.<rejected id>`, a replay's progress and
   saved state `<base>.rpp.<id>.<replay id>` and `<base>.rps.<id>.<replay id>`,
-  the list of integration ids `<base>.index`, a daemon's announcement
-  `<base>.inst.<instance>`.
+  the list of integration ids `<base>.index`; a daemon's announcement
+  `<base>.inst.<instance>`, its heartbeat `<base>.beat.<instance>` and the
+  mark claims of its leases leave `<base>.claims.<instance>`.
 - An id names a subject only when it is a subject token
   (`naming.valid_subject_token`, up to `MAX_TOKEN` characters); every
   operation checks `is_token` first and treats any other id as absent.
@@ -31,9 +32,12 @@ SINK_STATE = "sink"
 LOG = "log"
 REJECTED_INDEX = "rejx"  # the ids of its rejected events, oldest first
 LEASE = "lease"  # who holds it (lease.py), changed by claims and releases only
-RENEW = "renew"  # the holder's renewals
+RENEW = "renew"  # renewals of its lease, as versions before the heartbeat wrote them
 INTEGRATION_KINDS = (RECORD, MARKER, CURSOR, SINK_STATE, LOG, REJECTED_INDEX, LEASE, RENEW)
-ANNOUNCEMENT = "inst"  # `<base>.inst.<instance name>`: a daemon's announcement
+# A daemon's subjects, `<base>.<kind>.<instance name>` (lease.py):
+ANNOUNCEMENT = "inst"  # its announcement
+BEAT = "beat"  # its heartbeat: renews every lease it holds
+CLAIMS = "claims"  # the mark claims of its leases leave (its heartbeat checks it)
 REJECTED = "rej"
 REPLAY_PROGRESS = "rpp"  # `<base>.rpp.<id>.<replay id>`: cursor and count
 REPLAY_STATE = "rps"  # `<base>.rps.<id>.<replay id>`: a replay pipeline's own state
