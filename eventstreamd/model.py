@@ -149,6 +149,10 @@ class TargetParams:
         itself when nothing has: the janitor writes the record when this differs."""
         return self
 
+    def settles_at_ms(self) -> int | None:
+        """When `settled` will next drop something (ms), or None."""
+        return None
+
 
 @dataclass(frozen=True, slots=True)
 class DeliveryControls:

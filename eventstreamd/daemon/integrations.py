@@ -11,8 +11,9 @@ Decisions:
   start, stop, complete (the supervisor asks when a temporary integration has
   delivered its range), auto-stop (the supervisor asks when a sink gave up),
   rotate a signing secret, expire and settle rotations (the janitor) and
-  delete. The janitor reads every record only when a deletion is due (it
-  knows when the next one is), when a completion wakes it, or every
+  delete. The janitor reads every record (once per round) only when a
+  deletion or the end of a rotation's overlap is due (it knows when the next
+  one is), when a completion or a rotation here wakes it, or every
   `JANITOR_EVERY`: never once a second whatever the number of integrations.
   Each is one
   `Store.change_integration` transition — a pure function of the current
@@ -128,8 +129,8 @@ _IMMUTABLE = {
     "ends_at": "the end date cannot be changed after creation",
     "status": "the status is changed with _start and _stop, not by an update",
 }
-# Seconds between the janitor's looks for completed temporaries to delete when none is due
-# sooner (a completion here wakes it; one on another daemon is found within this).
+# Seconds between the janitor's rounds when nothing is due sooner (a completion or rotation
+# here wakes it; one on another daemon is found within this).
 JANITOR_EVERY = 30.0
 
 # Log entries this service writes (the delivery layer adds its own).
@@ -249,8 +250,10 @@ class IntegrationService:
         self.changes = changes
         self.env = env  # what a rejected event's retry delivers with
         self.clock = clock  # injectable, so the restart-window rule is testable without sleeping
-        self._next_expiry: float | None = None  # when the next completed temporary is due
-        self._completed: anyio.Event | None = None  # wakes the janitor (made by it)
+        # When the janitor next has work (a completed temporary to delete, a rotation's
+        # overlap to end), wall clock; None: nothing is due.
+        self._next_due: float | None = None
+        self._wake: anyio.Event | None = None  # wakes the janitor (made by it)
 
     # ------------------------------------------------------------- plumbing
 
@@ -507,13 +510,19 @@ class IntegrationService:
         if self.env is not None:
             sink_type(integration.kind).refresh(self.env, integration)
         log.info("signing secret rotated", extra=kv(integration=integration_id))
+        self._wake_janitor()  # the old secret's overlap ends on its schedule
         return {"signing_secret": secret}
 
-    async def settle_rotations(self) -> None:
-        """Drop previous signing secrets whose overlap has ended from their records."""
+    async def settle_rotations(self, records: list[Integration]) -> list[int]:
+        """Drop previous signing secrets whose overlap has ended from their records; when
+        the overlaps still running end (ms)."""
         now = int(self.clock() * 1000)
-        for integration in await self._do(self.store.list_integrations()):
+        due: list[int] = []
+        for integration in records:
             if integration.target.settled(now) is integration.target:
+                ends = integration.target.settles_at_ms()
+                if ends is not None:
+                    due.append(ends)
                 continue
 
             def change(current: Integration, view: ChangeView) -> Change:
@@ -528,6 +537,7 @@ class IntegrationService:
                 await self._change(integration.id, change)
             except ApiError:
                 continue  # deleted meanwhile
+        return due
 
     async def complete(self, ran: Integration) -> bool:
         """A temporary integration delivered its whole range: mark it stopped and done —
@@ -549,19 +559,18 @@ class IntegrationService:
             return False  # deleted meanwhile
         if changed.done and changed.incarnation == ran.incarnation:
             log.info("temporary integration completed", extra=kv(integration=ran.id))
-            if self._completed is not None:
-                self._completed.set()
+            self._wake_janitor()
             return True
         return False
 
-    async def delete_expired(self) -> list[str]:
+    async def delete_expired(self, records: list[Integration]) -> list[int]:
         """Delete completed temporary integrations `webhook.temporary_delete_after` after
-        they stopped (the stored stop time, so the deletion survives a restart)."""
+        they stopped (the stored stop time, so the deletion survives a restart); when the
+        others are due (ms)."""
         now_ms = int(self.clock() * 1000)
         after_ms = int(self.config.webhook.temporary_delete_after * 1000)
-        deleted = []
         due: list[int] = []
-        for integration in await self._do(self.store.list_integrations()):
+        for integration in records:
             stopped = integration.stopped_at_ms
             if not integration.done or stopped is None:
                 continue
@@ -572,24 +581,30 @@ class IntegrationService:
                 log.info("completed temporary integration deleted",
                          extra=kv(integration=integration.id))
                 self.changes.notify(integration.id)
-                deleted.append(integration.id)
-        self._next_expiry = min(due) / 1000 if due else None
-        return deleted
+        return due
+
+    def _wake_janitor(self) -> None:
+        """Something it looks after changed (a temporary completed, a secret rotated)."""
+        if self._wake is not None:
+            self._wake.set()
 
     async def run_janitor(self) -> None:
+        """One read of every record per round: rounds run when work is due, when woken,
+        or every `JANITOR_EVERY` (for changes made by another daemon)."""
         while True:
-            self._completed = completed = anyio.Event()
+            self._wake = wake = anyio.Event()
             wait = JANITOR_EVERY
             try:
-                await self.delete_expired()
-                await self.settle_rotations()
+                records = await self._do(self.store.list_integrations())
+                due = await self.delete_expired(records) + await self.settle_rotations(records)
+                self._next_due = min(due) / 1000 if due else None
             except Exception:
                 log.exception("janitor round failed; trying again")
                 wait = 1.0
-            if self._next_expiry is not None:
-                wait = min(wait, max(0.0, self._next_expiry - self.clock()) + 0.01)
+            if self._next_due is not None:
+                wait = min(wait, max(0.0, self._next_due - self.clock()) + 0.01)
             with anyio.move_on_after(wait):
-                await completed.wait()
+                await wake.wait()
 
     # -------------------------------------------------------- rejected events
 

@@ -245,6 +245,9 @@ class WebhookTarget(TargetParams):
                                        previous_signing_until_ms=None)
         return self
 
+    def settles_at_ms(self) -> int | None:
+        return self.previous_signing_until_ms if self.previous_signing_secrets else None
+
     def describe(self) -> str:
         """Host, port and path: enough to tell two receivers on one host apart; never
         userinfo or the query (either may carry a credential)."""
