@@ -559,33 +559,33 @@ def _delete(client: HttpClient, args: argparse.Namespace) -> int:
     return 0
 
 
-def _logs(client: HttpClient, args: argparse.Namespace) -> int:
-    result = client.call("GET", api_path(client, args.id, "logs"))
+def _listing(client: HttpClient, args: argparse.Namespace, path: str, key: str,
+             what: str, headers: list[str], row: Callable[[dict[str, Any]], list[Any]]) -> int:
+    """A list of an integration's (`GET .../{path}`, the items under `key`): the answer
+    with `--json`, else a table, or "no <what>"."""
+    result = client.call("GET", api_path(client, args.id, path))
     if args.json:
         dump(result)
         return 0
-    entries = result.get("entries") or []
-    if not entries:
-        print(f"{args.id}: no log entries")
+    items = result.get(key) or []
+    if not items:
+        print(f"{args.id}: no {what}")
         return 0
-    table(["AT", "ACTION", "REASON"],
-          [[e.get("created_at"), e.get("action"), e.get("reason")] for e in entries])
+    table(headers, [row(item) for item in items])
     return 0
+
+
+def _logs(client: HttpClient, args: argparse.Namespace) -> int:
+    return _listing(client, args, "logs", "entries", "log entries", ["AT", "ACTION", "REASON"],
+                    lambda e: [e.get("created_at"), e.get("action"), e.get("reason")])
 
 
 def _rejected_list(client: HttpClient, args: argparse.Namespace) -> int:
-    result = client.call("GET", api_path(client, args.id, "rejected_events"))
-    if args.json:
-        dump(result)
-        return 0
-    entries = result.get("rejected_events") or []
-    if not entries:
-        print(f"{args.id}: no rejected events")
-        return 0
-    table(["REJECTED ID", "REJECTED AT", "EVENT ID", "SEQ", "HTTP", "ATTEMPTS", "ANSWER"],
-          [[e.get("id"), e.get("created_at"), e.get("event_id"), e.get("seq"),
-            e.get("status"), e.get("attempts"), e.get("reason")] for e in entries])
-    return 0
+    return _listing(
+        client, args, "rejected_events", "rejected_events", "rejected events",
+        ["REJECTED ID", "REJECTED AT", "EVENT ID", "SEQ", "HTTP", "ATTEMPTS", "ANSWER"],
+        lambda e: [e.get("id"), e.get("created_at"), e.get("event_id"), e.get("seq"),
+                   e.get("status"), e.get("attempts"), e.get("reason")])
 
 
 def _rejected_show(client: HttpClient, args: argparse.Namespace) -> int:
@@ -715,20 +715,12 @@ def _follow(client: HttpClient, args: argparse.Namespace, replay_id: str) -> int
 
 
 def _replays(client: HttpClient, args: argparse.Namespace) -> int:
-    result = client.call("GET", api_path(client, args.id, "replays"))
-    if args.json:
-        dump(result)
-        return 0
-    replays = result.get("replays") or []
-    if not replays:
-        print(f"{args.id}: no replays")
-        return 0
-    table(["REPLAY", "STATUS", "PROGRESS", "CREATED", "FINISHED", "RANGE"],
-          [[r.get("replay_id"), r.get("status"),
-            f"{r.get('delivered', 0):,}/{r.get('events', 0):,}", r.get("created_at"),
-            r.get("finished_at"), f"{r.get('starts_at')} .. {r.get('ends_at')}"]
-           for r in replays])
-    return 0
+    return _listing(
+        client, args, "replays", "replays", "replays",
+        ["REPLAY", "STATUS", "PROGRESS", "CREATED", "FINISHED", "RANGE"],
+        lambda r: [r.get("replay_id"), r.get("status"),
+                   f"{r.get('delivered', 0):,}/{r.get('events', 0):,}", r.get("created_at"),
+                   r.get("finished_at"), f"{r.get('starts_at')} .. {r.get('ends_at')}"])
 
 
 def _replay_cancel(client: HttpClient, args: argparse.Namespace) -> int:

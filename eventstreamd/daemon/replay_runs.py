@@ -31,21 +31,19 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-import anyio
 from anyio.abc import TaskGroup
 
 from ..config import Config
 from ..logs import kv
-from ..model import Integration, LogEntry
+from ..model import Integration
 from ..sinks.base import LeaseHold, SinkEnv, SinkStats
 from ..sinks.feed import LogFeed
 from ..sinks.loop import SinkLoop
 from ..sinks.registry import sink_type
 from ..sinks.replay import ReplayBook, replay_reading
 from ..storage.base import Store
-from ..timeutil import now_iso
 from .contracts import ReplayFigures
-from .runs import LoopRun, crash_delay, root_cause
+from .runs import LoopRun
 
 log = logging.getLogger("eventstreamd.replays")
 
@@ -162,16 +160,9 @@ class ReplayRuns:
 
     async def _crashed(self, run: ReplayRun, integration: Integration,
                        exc: Exception) -> None:
-        run.crashes += 1
-        delay = crash_delay(run.crashes)
-        cause = root_cause(exc)
-        reason = (f"Replay {run.replay_id} crashed ({type(cause).__name__}: {cause}); "
-                  f"restarting in {delay:g}s.")
-        self.stats.record_failure(reason, self.clock())
+        delay = await run.crashed(exc, what=f"Replay {run.replay_id}", action="replay_crashed",
+                                  integration=integration, store=self.store,
+                                  stats=self.stats, now=self.clock())
         log.error("replay crashed", exc_info=exc, extra=kv(
             integration=integration.id, replay=run.replay_id, restart_in=delay))
-        with contextlib.suppress(Exception):
-            fence = run.loop.fence if run.loop is not None else integration.fence()
-            await self.store.add_log(fence, LogEntry(now_iso(), "replay_crashed", reason))
-        with anyio.move_on_after(delay):
-            await run.stop_event.wait()
+        await run.pause(delay)

@@ -42,7 +42,6 @@ Decisions:
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -53,16 +52,15 @@ import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
 from ..logs import kv
-from ..model import Integration, LogEntry
+from ..model import Integration
 from ..sinks.base import LeaseHold, PipelineStatus, SinkEnv, SinkStats
 from ..sinks.feed import LogFeed
 from ..sinks.loop import SinkLoop
 from ..sinks.registry import sink_type
 from ..storage.base import Store
-from ..timeutil import now_iso
 from .contracts import ChangeFeed, Leases, ReplayFigures, SinkStatus
 from .replay_runs import OnCompleted, ReplayRuns
-from .runs import LoopRun, crash_delay, root_cause
+from .runs import LoopRun
 
 log = logging.getLogger("eventstreamd.supervisor")
 
@@ -260,20 +258,13 @@ class Supervisor:
 
     async def _crashed(self, handle: SinkHandle, integration: Integration,
                        exc: Exception) -> None:
-        handle.crashes += 1
-        delay = crash_delay(handle.crashes)
-        cause = root_cause(exc)
-        reason = (f"Delivery task crashed ({type(cause).__name__}: {cause}); "
-                  f"restarting in {delay:g}s.")
-        handle.stats.record_failure(reason, self.clock())
-        handle.restart_at = self.clock() + delay
+        delay = await handle.crashed(exc, what="Delivery task", action="sink_crashed",
+                                     integration=integration, store=self.store,
+                                     stats=handle.stats, now=self.clock())
         log.error("sink crashed", exc_info=exc, extra=kv(
             integration=integration.id, restart_in=delay))
-        with contextlib.suppress(Exception):
-            fence = handle.loop.fence if handle.loop is not None else integration.fence()
-            await self.store.add_log(fence, LogEntry(now_iso(), "sink_crashed", reason))
-        with anyio.move_on_after(delay):
-            await handle.stop_event.wait()
+        handle.restart_at = self.clock() + delay
+        await handle.pause(delay)
         handle.restart_at = None
 
     def _lease(self, integration_id: str) -> LeaseHold | None:
