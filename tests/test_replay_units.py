@@ -1,13 +1,24 @@
 """The parts of replays, in-process and clock-free: a replay giving way to live traffic
-for the integration's rate, two limiters in series, the count saved with a replay's
-cursor, its S3 key template, and how a range splits into buckets."""
+for the integration's rate and for the event loop's time, two limiters in series, the
+count saved with a replay's cursor, its S3 key template, and how a range splits into
+buckets."""
 
 from __future__ import annotations
 
 import pytest
 
 from eventstreamd.model import Fence, ReplayProgress, StoredEvent
-from eventstreamd.sinks.pacing import Pace, RateLimiter
+from eventstreamd.sinks.pacing import (
+    LIVE_RECENT,
+    LOOP_PERIOD,
+    LOOP_TARGET,
+    REPLAY_RATE_MIN,
+    REPLAY_RATE_START,
+    LiveActivity,
+    LoopShare,
+    Pace,
+    RateLimiter,
+)
 from eventstreamd.sinks.replay import ReplayBook
 from eventstreamd.sinks.s3_keys import DEFAULT, FileNaming, KeyTemplate, TemplateRefused
 from eventstreamd.storage.counts import BUCKET, BucketCache, bucket_start, split
@@ -66,6 +77,67 @@ async def test_a_replay_waits_for_its_own_rate_then_the_integrations() -> None:
         return True
 
     assert not await pace.wait(stopping)
+
+
+def test_replays_beside_live_traffic_slow_down_while_the_loop_is_busy() -> None:
+    clock, cpu = FakeClock(100.0), FakeClock(5.0)
+    share = LoopShare(clock, cpu)
+    period = LOOP_PERIOD * 1.01  # a little more: never short of a period by rounding
+    integration = LiveActivity(clock, also=share.live)
+    # No live traffic: unpaced, however busy the loop is.
+    for _ in range(10):
+        clock.now += period
+        cpu.now += period
+        assert share.reserve() == 0.0
+    assert share.rate == REPLAY_RATE_START  # nothing learned while unpaced
+    integration.note()  # an integration's live delivery is the daemon's live traffic
+    assert share.live.running()
+    assert share.reserve() == 0.0  # the first slot is free ...
+    assert share.reserve() == pytest.approx(1 / REPLAY_RATE_START)  # ... then paced
+    # The loop thread busy all the time: the rate falls with every period ...
+    rates = []
+    for _ in range(5):
+        clock.now += period
+        cpu.now += period
+        integration.note()
+        share.reserve()
+        rates.append(share.rate)
+    assert rates == sorted(rates, reverse=True) and rates[-1] < REPLAY_RATE_START / 3
+    assert share.busy == pytest.approx(1.0)
+    # ... never below the floor (a replay still moves) ...
+    for _ in range(100):
+        clock.now += period
+        cpu.now += period
+        integration.note()
+        share.reserve()
+    assert share.rate == REPLAY_RATE_MIN
+    # ... and rises again once the loop has time to spare.
+    for _ in range(10):
+        clock.now += period
+        cpu.now += period * LOOP_TARGET / 2
+        integration.note()
+        share.reserve()
+    assert share.rate > REPLAY_RATE_MIN * 2
+    # Live traffic over: unpaced again.
+    clock.now += LIVE_RECENT + LOOP_PERIOD
+    assert share.reserve() == 0.0 and share.reserve() == 0.0
+
+
+async def test_a_replay_waits_for_the_loops_share_after_its_own_rate() -> None:
+    clock, cpu = FakeClock(100.0), FakeClock(5.0)
+    share = LoopShare(clock, cpu)
+    share.live.note()
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> bool:
+        slept.append(seconds)
+        clock.now += seconds
+        return False
+
+    pace = Pace(None, gives_way=True, loop=share)
+    for _ in range(3):
+        assert await pace.wait(sleep)
+    assert slept == [pytest.approx(1 / REPLAY_RATE_START)] * 2
 
 
 # -------------------------------------------------------------- the count

@@ -48,10 +48,10 @@ def _catch_up_rate(daemon: BenchDaemon, receiver: ReceiverProc, starts_at: str,
 
 def replay(ctx: Ctx) -> list[Row]:
     scenario = "replay"
-    duration = ctx.size(20.0, 2.0)
+    duration = ctx.size(20.0, 3.0)
     settings: dict[str, Any] = {"webhook": {"max_in_flight": 8}}
     if ctx.quick:  # a small log of its own
-        data_dir, starts_at, stored = None, starts_at_now(), 3_000
+        data_dir, starts_at, stored = None, starts_at_now(), 60_000
     else:
         data_dir, info, starts_at = ctx.copy_template(scenario)
         stored = int(info["events"])
@@ -80,6 +80,7 @@ def replay(ctx: Ctx) -> list[Row]:
             ctx.log(f"  live beside a replay of {events:,} events (unpaced)")
             result, beside, busy = _live_p99(ctx, daemon, receiver, duration)
             stats = receiver.stats()
+            beside_live = (stats["replayed"], time.monotonic() - t0)
             for _ in ticks(ctx.size(1800.0, 120.0), 0.5):
                 stats = receiver.stats()
                 if stats["replayed"] >= events:
@@ -96,7 +97,8 @@ def replay(ctx: Ctx) -> list[Row]:
             f"warm-up; p50 {alone.get('p50_ms', 0):.1f} -> {beside.get('p50_ms', 0):.1f} ms, "
             f"max {alone.get('max_ms', 0):.1f} -> {beside.get('max_ms', 0):.1f} ms; live "
             f"achieved {result['achieved_rate']:.0f}/s; the replay delivered "
-            f"{replayed:,} of {events:,} meanwhile and after")
+            f"{beside_live[0]:,} beside live traffic ({beside_live[0] / beside_live[1]:,.0f}/s)"
+            f" and {replayed:,} of {events:,} in all")
     return [
         at_most_row(scenario, "live publish-to-receipt p99 while a replay runs", "ms",
                     beside.get("p99_ms"), alone.get("p99_ms"), 2.0, note, busy),

@@ -44,7 +44,7 @@ import anyio
 from ..config import Config
 from ..histogram import Histogram
 from ..model import Integration, RejectedEvent, Replay, StoredEvent, TargetParams
-from .pacing import LiveActivity, RateLimiter
+from .pacing import LiveActivity, LoopShare, RateLimiter
 from .per_integration import PerIntegration
 from .signing import SigningState
 
@@ -254,8 +254,15 @@ class SinkEnv:
         default_factory=lambda: PerIntegration(RateLimiter))
     signing: PerIntegration[SigningState] = field(
         default_factory=lambda: PerIntegration(SigningState))
-    live: PerIntegration[LiveActivity] = field(
-        default_factory=lambda: PerIntegration(LiveActivity))
+    live: PerIntegration[LiveActivity] = field(init=False)
+    # The daemon's: how fast replays may send while live traffic runs anywhere.
+    loop_share: LoopShare = field(default_factory=LoopShare)
+
+    def __post_init__(self) -> None:
+        # An integration's live activity counts as the daemon's too.
+        share = self.loop_share
+        object.__setattr__(self, "live", PerIntegration(
+            lambda: LiveActivity(also=share.live)))
 
     def forget(self, integration_id: str) -> None:
         """The integration is gone: drop what was kept for it."""

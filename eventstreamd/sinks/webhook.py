@@ -709,7 +709,8 @@ def build_replay(env: SinkEnv, integration: Integration, replay: Replay) -> Webh
     if replay.max_rate:
         own = RateLimiter()
         own.configure(replay.max_rate)
-    pace = Pace(shared if target.max_rate else None, gives_way=True, own=own)
+    pace = Pace(shared if target.max_rate else None, gives_way=True, own=own,
+                loop=env.loop_share)
     return _pipeline(env, integration, pace, None, extra={REPLAY_HEADER: replay.id},
                      beside=env.live.get(integration.id, integration.incarnation))
 
