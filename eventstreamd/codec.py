@@ -268,13 +268,15 @@ def rejected_to_store(entry: RejectedEvent) -> dict[str, Any]:
     return {"id": entry.id, "created_at": entry.created_at, "seq": entry.seq,
             "event_id": entry.event_id, "reason": entry.reason, "status": entry.status,
             "body": entry.body, "deliverable": entry.deliverable, "attempts": entry.attempts,
+            **({"trace": entry.trace} if entry.trace is not None else {}),
             **entry.extra,
             **({"retry_claim": dataclasses.asdict(entry.retry_claim)}
                if entry.retry_claim is not None else {})}
 
 
 _REJECTED_KEYS = frozenset({"id", "created_at", "seq", "event_id", "reason", "status", "body",
-                            "event", "deliverable", "attempts", "retry_claim"})
+                            "event", "deliverable", "attempts", "retry_claim",
+                            "trace"})
 
 
 def placeholder_body(tenant: str, name: str, published_at: str) -> bytes:
@@ -298,9 +300,13 @@ def rejected_from_store(raw: dict[str, Any]) -> RejectedEvent:
         id=raw["id"], created_at=raw["created_at"], seq=raw.get("seq", 0),
         event_id=raw.get("event_id", raw["id"]), reason=raw.get("reason") or "",
         body=body, status=raw.get("status"), deliverable=deliverable,
-        attempts=raw.get("attempts"),
+        attempts=raw.get("attempts"), trace=_trace(raw.get("trace")),
         extra={k: v for k, v in raw.items() if k not in _REJECTED_KEYS},
         retry_claim=_retry_claim(raw.get("retry_claim")))
+
+
+def _trace(raw: Any) -> bytes | None:
+    return raw if isinstance(raw, bytes) and raw else None
 
 
 def _retry_claim(raw: Any) -> RetryClaim | None:

@@ -303,6 +303,7 @@ class RejectedEvent:
     status: int | None = None  # the receiver's HTTP status, when it answered
     deliverable: bool = True
     attempts: int | None = None  # delivery attempts up to the rejection, when counted
+    trace: bytes | None = None  # the publishing request's trace context: a retry carries it
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
     retry_claim: RetryClaim | None = None  # a retry under way (see RetryClaim)
 

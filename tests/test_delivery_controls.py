@@ -15,7 +15,7 @@ from aiohttp import web
 from tests.helpers.api import BASE, ApiClient, events
 from tests.helpers.control import status
 from tests.helpers.daemon import DaemonProcess, Factory
-from tests.helpers.receiver import Received, Receiver
+from tests.helpers.receiver import Received, Receiver, Switch, answer
 from tests.helpers.signing import library_verifies, new_secret
 from tests.helpers.wait import eventually
 
@@ -342,11 +342,10 @@ async def test_traceparent_is_kept_with_the_events_and_continued(
                                       ("00-" + "0" * 32 + "-00f067aa0ba902b7-01", "bad.one"),
                                       ("not a traceparent", "bad.two"),
                                       (None, "plain.one")):
-                async with api._session.post(
-                        f"{d.url}/events",
-                        json=[{"name": name, "payload": {"n": n}} for n in range(2)],
-                        headers={"traceparent": traceparent} if traceparent else {}) as r:
-                    assert r.status == 200, await r.text()
+                status, answer = await api.answer(
+                    "POST", "/events", [{"name": name, "payload": {"n": n}} for n in range(2)],
+                    headers={"traceparent": traceparent} if traceparent else None)
+                assert status == 200, answer
             await eventually(lambda: len(receiver.delivered) == 8, within=30)
         by_name: dict[str, list[Received]] = {}
         for received in receiver.delivered:
@@ -362,5 +361,31 @@ async def test_traceparent_is_kept_with_the_events_and_continued(
         assert len(spans) == 2  # a span of its own per delivery
         for name in ("bad.one", "bad.two", "plain.one"):  # invalid ones are ignored
             assert all("traceparent" not in r.headers for r in by_name[name])
+    finally:
+        await receiver.close()
+
+
+async def test_a_retried_rejected_event_carries_its_trace(daemon_factory: Factory) -> None:
+    refusing = Switch(answer(400, "bad"))
+    receiver = await Receiver(refusing).start()
+    d = daemon_factory()
+    try:
+        async with ApiClient(d) as api:
+            await api.webhook("traced", receiver.url)
+            status, published = await api.answer(
+                "POST", "/events", [{"name": "traced.one", "payload": {}}],
+                headers={"traceparent": TRACEPARENT})
+            assert status == 200, published
+            [entry] = await eventually(lambda: api.rejected("traced"), lambda r: len(r) == 1)
+            refusing.flip()
+            await api.retry("traced", str(entry["id"]))
+        first, retried = receiver.requests
+        assert retried in receiver.delivered
+        spans = []
+        for received in (first, retried):
+            found = _TRACEPARENT.fullmatch(received.headers["traceparent"])
+            assert found is not None and found.group(1) == TRACE_ID, received.headers
+            spans.append(found.group(2))
+        assert spans[0] != spans[1]  # the retry is an attempt, with a span of its own
     finally:
         await receiver.close()

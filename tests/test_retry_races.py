@@ -119,8 +119,7 @@ async def one_rejected(daemon_factory: Factory, answer: int,
 
 
 async def post(api: ApiClient, path: str, method: str = "POST") -> tuple[int, Any]:
-    async with api._session.request(method, f"{api.url}{BASE}/w1/{path}") as r:
-        return r.status, (await r.json() if r.content_length else None)
+    return await api.answer(method, f"{BASE}/w1/{path}")
 
 
 async def test_concurrent_retries_deliver_once(daemon_factory: Factory) -> None:

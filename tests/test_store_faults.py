@@ -62,12 +62,11 @@ async def publish_while(api: ApiClient, running: anyio.Event, acknowledged: list
     while not running.is_set():
         batch = [{"name": "order.created", "payload": {"n": number + i}} for i in range(20)]
         try:
-            async with api._session.post(f"{api.url}/events",
-                                         json=batch) as response:
-                if response.status == 200:
-                    acknowledged.extend(range(number, number + 20))
-                else:
-                    assert response.status == 503, await response.text()
+            status, answer = await api.answer("POST", "/events", batch)
+            if status == 200:
+                acknowledged.extend(range(number, number + 20))
+            else:
+                assert status == 503, answer
         except aiohttp.ClientError:
             pass
         number += 20
@@ -221,8 +220,8 @@ def prefix_of(d: DaemonProcess) -> str:
 async def publish_retrying(api: ApiClient, batch: list[dict[str, Any]]) -> dict[str, Any]:
     """Publish, retrying 503s (the daemon may be between a stream's loss and its return)."""
     async def attempt() -> dict[str, Any] | None:
-        async with api._session.post(f"{api.url}/events", json=batch) as response:
-            return await response.json() if response.status == 200 else None
+        status, answer = await api.answer("POST", "/events", batch)
+        return answer if status == 200 else None
     result = await eventually(attempt, lambda r: r is not None, within=20, every=0.2,
                               what="publish accepted")
     assert result is not None
@@ -361,17 +360,15 @@ async def test_wiped_nats_server_is_reported_and_not_silently_started_over(
                                       and h["status"] == "degraded", within=20,
                                       what="/healthz degraded, NATS reachable")
             assert "gone" in health["store"]["error"], health
-            async with api._session.post(f"{d.url}/events", json=events(1)) as response:
-                body = await response.json()
-                assert response.status == 503
-                assert "gone" in body["message"] and "election" not in body["message"], body
-            async with api._session.post(f"{d.url}{BASE}", json={
-                    "id": "w2", "integration_type": "permanent",
-                    "callback_parameters": {"callback_url": receiver.url}}) as response:
-                body = await response.json()
-                assert response.status == 503 and "gone" in body["message"], body
-            status = await control_status(d)
-            assert "gone" in status["store"]["error"]
+            status, body = await api.answer("POST", "/events", events(1))
+            assert status == 503
+            assert "gone" in body["message"] and "election" not in body["message"], body
+            status, body = await api.answer("POST", BASE, {
+                "id": "w2", "integration_type": "permanent",
+                "callback_parameters": {"callback_url": receiver.url}})
+            assert status == 503 and "gone" in body["message"], body
+            control = await control_status(d)
+            assert "gone" in control["store"]["error"]
         d.stop()
         refused = run_daemon_once(d)
         assert refused.returncode == 1, refused
@@ -403,12 +400,12 @@ async def test_integrations_can_be_stopped_started_and_deleted_while_the_map_is_
             assert error["status"] == 507 and acknowledged > 0
             # Then to the last page: small events until not even one fits.
             for n in range(acknowledged, acknowledged + 5000):
-                async with api._session.post(f"{d.url}/events", json=[
-                        {"name": "order.created", "payload": {"i": n}}]) as response:
-                    if response.status == 507:
-                        break
-                    assert response.status == 200
-                    acknowledged += 1
+                status, answer = await api.answer(
+                    "POST", "/events", [{"name": "order.created", "payload": {"i": n}}])
+                if status == 507:
+                    break
+                assert status == 200, answer
+                acknowledged += 1
             else:
                 raise AssertionError("the map never filled up")
             # Publishing is refused, but what operators do with integrations is not.
@@ -421,8 +418,8 @@ async def test_integrations_can_be_stopped_started_and_deleted_while_the_map_is_
             # Delivery went on meanwhile: every acknowledged event reached w1.
             await eventually(lambda: {r.body["payload"]["i"] for r in receiver.delivered}
                                     >= set(range(acknowledged)), within=60)
-            async with api._session.post(f"{d.url}/events", json=events(1)) as response:
-                assert response.status == 507  # still full: the room kept is not for events
+            status, _ = await api.answer("POST", "/events", events(1))
+            assert status == 507  # still full: the room kept is not for events
         assert "integration log entry dropped" not in d.log()
     finally:
         await receiver.close()

@@ -257,7 +257,7 @@ class SinkLoop:
         entry = RejectedEvent(
             id=rejected_id(self.integration_id, event), created_at=now_iso(), seq=event.seq,
             event_id=event.id, reason=reason, body=event.body, status=status,
-            deliverable=deliverable, attempts=attempts)
+            deliverable=deliverable, attempts=attempts, trace=event.trace)
         what = f"rejected with HTTP {status}" if status is not None else "set aside"
         message = f"Event {event.id} ({event.name}) was {what}: {reason}"
         await self._held(await self.store.add_rejected(

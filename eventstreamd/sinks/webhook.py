@@ -769,7 +769,7 @@ async def retry_rejected(env: SinkEnv, integration: Integration,
     client = WebhookClient(env.session, target, env.config.webhook.timeout,
                            env.config.security.block_targets,
                            RequestHeaders(target, signing_state(target, env.config)))
-    result = await client.attempt(entry.event_id, entry.body)
+    result = await client.attempt(entry.event_id, entry.body, entry.trace)
     if isinstance(result, Failure):
         code = f" (HTTP status code {result.status})" if result.status is not None else ""
         raise DeliveryFailed(f"delivery failed: {result.cause}{code}", status=result.status)

@@ -82,9 +82,11 @@ class ApiClient:
     # ------------------------------------------------------------ unchecked
 
     async def answer(self, method: str, path: str, body: Any = None, *,
-                     raw: bytes | None = None) -> tuple[int, Any]:
-        """The status and parsed body (the text, when it is not JSON)."""
-        status, payload, _ = await self._send(method, path, body, raw)
+                     raw: bytes | None = None,
+                     headers: dict[str, str] | None = None) -> tuple[int, Any]:
+        """The status and parsed body (the text, when it is not JSON); a connection
+        failure raises `aiohttp.ClientError`."""
+        status, payload, _ = await self._send(method, path, body, raw, headers)
         try:
             return status, orjson.loads(payload) if payload else None
         except orjson.JSONDecodeError:
@@ -101,12 +103,12 @@ class ApiClient:
         answer: dict[str, Any] = await self.request("POST", "/events", events)
         return answer
 
-    async def _send(self, method: str, path: str, body: Any,
-                    raw: bytes | None) -> tuple[int, bytes, str | None]:
+    async def _send(self, method: str, path: str, body: Any, raw: bytes | None,
+                    headers: dict[str, str] | None = None) -> tuple[int, bytes, str | None]:
         data = raw if raw is not None else (orjson.dumps(body) if body is not None else None)
+        sent = {"Content-Type": "application/json"} if data is not None else {}
         async with self._session.request(
-            method, f"{self.url}{path}", data=data,
-            headers={"Content-Type": "application/json"} if data is not None else None,
+            method, f"{self.url}{path}", data=data, headers={**sent, **(headers or {})},
         ) as response:
             return response.status, await response.read(), response.headers.get("X-Request-Id")
 

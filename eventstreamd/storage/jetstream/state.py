@@ -617,7 +617,8 @@ class StateStore:
         shrunk = RejectedEvent(
             entry.id, entry.created_at, entry.seq, entry.event_id,
             f"{entry.reason[:2000]} (the event is too large to keep here: retry it by "
-            "registering a temporary integration over its time)", body, entry.status, False)
+            "registering a temporary integration over its time)", body, entry.status, False,
+            trace=entry.trace)
         packed: bytes = msgpack.packb(codec.rejected_to_store(shrunk))
         return packed
 
