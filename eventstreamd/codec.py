@@ -275,8 +275,7 @@ def rejected_to_store(entry: RejectedEvent) -> dict[str, Any]:
 
 
 _REJECTED_KEYS = frozenset({"id", "created_at", "seq", "event_id", "reason", "status", "body",
-                            "event", "deliverable", "attempts", "retry_claim",
-                            "trace"})
+                            "event", "deliverable", "attempts", "retry_claim", "trace"})
 
 
 def placeholder_body(tenant: str, name: str, published_at: str) -> bytes:

@@ -342,10 +342,10 @@ async def test_traceparent_is_kept_with_the_events_and_continued(
                                       ("00-" + "0" * 32 + "-00f067aa0ba902b7-01", "bad.one"),
                                       ("not a traceparent", "bad.two"),
                                       (None, "plain.one")):
-                status, answer = await api.answer(
+                code, body = await api.answer(
                     "POST", "/events", [{"name": name, "payload": {"n": n}} for n in range(2)],
                     headers={"traceparent": traceparent} if traceparent else None)
-                assert status == 200, answer
+                assert code == 200, body
             await eventually(lambda: len(receiver.delivered) == 8, within=30)
         by_name: dict[str, list[Received]] = {}
         for received in receiver.delivered:
@@ -372,10 +372,10 @@ async def test_a_retried_rejected_event_carries_its_trace(daemon_factory: Factor
     try:
         async with ApiClient(d) as api:
             await api.webhook("traced", receiver.url)
-            status, published = await api.answer(
+            code, published = await api.answer(
                 "POST", "/events", [{"name": "traced.one", "payload": {}}],
                 headers={"traceparent": TRACEPARENT})
-            assert status == 200, published
+            assert code == 200, published
             [entry] = await eventually(lambda: api.rejected("traced"), lambda r: len(r) == 1)
             refusing.flip()
             await api.retry("traced", str(entry["id"]))
