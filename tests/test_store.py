@@ -9,6 +9,7 @@ import os
 import stat
 from collections.abc import AsyncIterator
 from pathlib import Path
+from unittest import mock
 
 import anyio
 import pytest
@@ -300,6 +301,14 @@ async def test_name_counts_follow_retention_and_an_upgraded_data_dir(tmp_path: P
         await anyio.sleep(0.01)
         await store.append([named(i) for i in range(3 * BUCKET, 3 * BUCKET + 100)])
         assert await store.count_events(1, store.head + 1, paid) == (3 * BUCKET + 100) // 2
+        # Up to the head, the head's bucket is counted from its counts too: nothing is read.
+        with mock.patch.object(LmdbStore, "_txn_count_read",
+                               side_effect=AssertionError("events were read")):
+            assert await store.count_events(1, store.head + 1, paid) == \
+                (3 * BUCKET + 100) // 2
+            assert await store.count_events(3 * BUCKET + 1, store.head + 1, paid) == 50
+        # Short of the head, that bucket is an edge: read.
+        assert await store.count_events(3 * BUCKET + 1, store.head, paid) == 49
         await store.prune(cutoff)  # the first three buckets go, and their counts
         with store.env.begin(db=store._name_counts) as txn:
             assert {key[:8] for key, _ in txn.cursor()} == {u64(3)}

@@ -277,7 +277,8 @@ async def test_counts_by_name_match_the_log_across_buckets(store: Store) -> None
         lambda name: False]
     ranges = [(1, total + 1), (1, BUCKET + 1), (BUCKET + 1, 2 * BUCKET + 1),
               (17, 2 * BUCKET + 5), (BUCKET - 3, BUCKET + 3), (500, 501), (9, 9),
-              (total - 10, total + 500), (total + 5, total + 9)]
+              (total - 10, total + 500), (total + 5, total + 9), (2 * BUCKET + 1, total + 1),
+              (2 * BUCKET + 1, total)]
     for low, high in ranges:
         for matches in predicates:
             assert await store.count_events(low, high, matches) == brute(low, high, matches), \

@@ -6,7 +6,9 @@ a filter the count is the range's length (sequence numbers are contiguous,
 retention only removes a prefix). With one, the store keeps per-name counts
 for *buckets* of `BUCKET` consecutive sequence numbers, so a count sums a few
 small maps per bucket and reads events only at the range's two edges (at
-most two partial buckets).
+most two partial buckets). On LMDB a range that reaches the head counts the
+head's bucket from its counts as well (they hold exactly what it has so far),
+so a dry run "until now" reads at most its start edge.
 
 Decisions:
 - Bucket b holds seqs `b * BUCKET + 1` .. `(b + 1) * BUCKET`: every bucket

@@ -535,17 +535,25 @@ class LmdbStore:
         with self.env.begin() as txn:
             with txn.cursor(db=self._events) as cur:
                 first = from_u64(cur.key()) if cur.first() else self._txn_head(txn) + 1
-            start, end = max(from_seq, first), min(end_seq, self._txn_head(txn) + 1)
+            head_end = self._txn_head(txn) + 1
+            start, end = max(from_seq, first), min(end_seq, head_end)
             if start >= end:
                 return 0
             if matches is None:
                 return end - start  # contiguous: retention only removes a prefix
             matcher = NameMatcher(matches)
             edges, whole = split(start, end)
+            counted = list(whole)
+            # The head's bucket, when the range holds all of it there is so far: its
+            # counts are written with its events, so they hold exactly that (a dry run
+            # up to now reads no events at its end).
+            if edges and edges[-1][1] == head_end and edges[-1][0] == bucket_start(
+                    bucket_of(edges[-1][0])):
+                counted.append(bucket_of(edges.pop()[0]))
             total = 0
-            for bucket in whole:
+            for bucket in counted:
                 if bucket_start(bucket) < self._counted_from:
-                    edges.append((bucket_start(bucket), bucket_start(bucket + 1)))
+                    edges.append((bucket_start(bucket), min(bucket_start(bucket + 1), end)))
                     continue
                 prefix = u64(bucket)
                 for key, value in _iter_prefix(txn, self._name_counts, prefix):
