@@ -577,8 +577,8 @@ class EventLog:
 
     async def first_seq(self) -> int:
         state = await self.info()
-        if not state.messages:
-            return self._head + 1
+        if not state.messages:  # the snapshot's: what was appended since comes after it
+            return state.last_seq + 1
         return state.first_seq
 
     async def seq_at_or_after(self, ingested_ms: int) -> int:

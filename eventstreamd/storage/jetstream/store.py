@@ -384,7 +384,9 @@ class JetStreamStore:
         state = await self._patient(self.events.info)
         if position <= self.events.head + 1:
             return None
-        return (state.first_seq or 1) if state.messages else self.events.head + 1
+        # From the snapshot, not the cached head: an append acknowledged while the info
+        # was on its way (the head moved past it) must not be skipped.
+        return (state.first_seq or 1) if state.messages else state.last_seq + 1
 
     async def seq_at_or_after(self, ingested_ms: int) -> int:
         return await self._now(lambda: self.events.seq_at_or_after(ingested_ms))
