@@ -24,7 +24,7 @@ from tests.helpers.daemon import DaemonProcess
 from tests.helpers.nats_server import NatsCluster
 from tests.helpers.receiver import Receiver
 from tests.helpers.s3 import MotoServer
-from tests.helpers.wait import eventually
+from tests.helpers.wait import eventually, eventually_sync
 
 
 @pytest.fixture
@@ -105,6 +105,32 @@ async def test_a_nats_node_dies_under_load(tmp_path: Path, nats_cluster: NatsClu
     finally:
         for daemon in ds:
             daemon.kill()
+
+
+def test_a_daemon_waits_for_a_cluster_still_forming(tmp_path: Path) -> None:
+    """Two of three nodes up: JetStream answers, but "temporarily unavailable" (10008)
+    or, once a meta leader is elected, "no suitable peers for placement, peer
+    offline" (10005) for an R3 stream, until the third node reports in. A daemon
+    started then waits (within connect_timeout) and comes up once the node does,
+    instead of exiting: the README's scaling-out recipe starts the daemons right
+    after the servers, and CI once caught it exiting on 10005."""
+    cluster = NatsCluster(tmp_path / "nats")
+    late = cluster.nodes[2]
+    daemon = daemons(tmp_path, cluster, 1)[0]
+    try:
+        for node in cluster.nodes[:2]:
+            node.start()
+        daemon.start(wait=False)
+        eventually_sync(lambda: any(f"JetStream error {code}" in daemon.log()
+                                    for code in (10005, 10008)),
+                        within=20, every=0.1, what="the daemon told the cluster is forming")
+        assert daemon.proc is not None and daemon.proc.poll() is None, daemon.log()
+        late.start()
+        daemon.wait_ready()
+        assert daemon.proc.poll() is None
+    finally:
+        daemon.kill()
+        cluster.stop()
 
 
 @pytest.mark.soak

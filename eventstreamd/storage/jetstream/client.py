@@ -76,6 +76,12 @@ WRONG_LAST_SEQUENCE = 10071
 STREAM_NOT_FOUND = 10059
 MAX_BYTES = 10077
 DUPLICATE_MSG_ID = 10201
+# A cluster still forming: its meta leader is elected but not every peer has
+# reported in ("no suitable peers for placement, peer offline"), or the meta
+# layer is between leaders. Both clear by waiting; at start-up they are retried
+# within connect_timeout, and a cluster that can never place the stream (more
+# replicas than servers) fails at that deadline with the server's own words.
+CLUSTER_FORMING = frozenset({10005, 10008})
 
 _NOT_SENT = (nats.errors.OutboundBufferLimitError, nats.errors.ConnectionClosedError,
              nats.errors.ConnectionReconnectingError, nats.errors.ConnectionDrainingError,

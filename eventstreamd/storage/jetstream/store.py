@@ -80,7 +80,7 @@ from ..base import (
     Transition,
 )
 from ..counts import BUCKET, BucketCache, NameMatcher, bucket_start, split, tally
-from .client import STREAM_NOT_FOUND, JsApiError, JsClient, NotSent, Unknown
+from .client import CLUSTER_FORMING, STREAM_NOT_FOUND, JsApiError, JsClient, NotSent, Unknown
 from .events import EventLog
 from .identity import StreamIdentity, changes
 from .lease import JetStreamLeaseBook
@@ -156,9 +156,11 @@ class JetStreamStore:
         its first reads yet on a cluster (replicas still electing, direct-get
         responders not up): such answers, which carry no JetStream error code, are
         retried within `connect_timeout`, and so are requests no one answers (a
-        cluster just started, its meta leader not elected yet); a refused setting
-        fails at once, and no answer until the deadline means JetStream is not
-        enabled (the caller says so)."""
+        cluster just started, its meta leader not elected yet) and a cluster whose
+        leader is elected but whose peers have not all reported in (CLUSTER_FORMING:
+        creating a replicated stream then fails with "peer offline"); any other
+        refusal fails at once, and no answer until the deadline means JetStream is
+        not enabled (the caller says so)."""
         deadline = time.monotonic() + self.client.config.connect_timeout
         while True:
             try:
@@ -170,7 +172,8 @@ class JetStreamStore:
                 self._remember_streams()
                 return
             except JsApiError as exc:
-                if exc.err_code != 0 or time.monotonic() >= deadline:
+                retryable = exc.err_code == 0 or exc.err_code in CLUSTER_FORMING
+                if not retryable or time.monotonic() >= deadline:
                     raise
                 log.info("streams not ready yet; trying again", extra=kv(error=str(exc)))
                 await anyio.sleep(RETRY_PAUSE)
