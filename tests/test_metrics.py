@@ -7,9 +7,11 @@ from typing import Any
 
 import aiohttp
 import anyio
+import anyio.lowlevel
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
+from eventstreamd.daemon.slices import in_slices
 from tests.helpers.api import ApiClient
 from tests.helpers.daemon import FAST, DaemonProcess, Factory
 from tests.helpers.receiver import Received, Receiver
@@ -151,3 +153,25 @@ async def test_readyz(daemon_factory: Factory) -> None:
                     raise AssertionError(f"a stopped daemon answered {r.status}")
             except aiohttp.ClientConnectionError:
                 pass
+
+
+async def test_long_walks_hand_the_event_loop_back_between_slices() -> None:
+    """A scrape or a snapshot walks every integration; `in_slices` lets other tasks (a
+    /healthz, a publish) run every `size` items instead of after the whole walk."""
+    turns: list[int] = []
+    walked: list[int] = []
+
+    async def other_task() -> None:
+        while len(walked) < 1000:
+            turns.append(len(walked))
+            await anyio.lowlevel.checkpoint()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(other_task)
+        await anyio.lowlevel.checkpoint()  # it has started and is waiting for its turn
+        async for item in in_slices(range(1000), size=100):
+            walked.append(item)
+    assert walked == list(range(1000))
+    # It ran between slices (after 100, 200, ... items), never inside one.
+    inside = sorted(set(turns) - {0})
+    assert inside == list(range(100, 1000, 100)), inside

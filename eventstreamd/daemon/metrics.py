@@ -16,10 +16,12 @@ Decisions:
   `eventstreamd_replays_running` the replays this daemon runs now.
 - A scrape must not stop the event loop: with a thousand integrations the
   text is 2.5 MB. On the loop only the figures are gathered (the status
-  snapshot, the store's stats, each sink's counters copied: `Scrape`); the
-  text is written in a worker thread, from those copies alone (nothing the
-  loop goes on changing is read there). One scrape renders at a time; a
-  scrape arriving meanwhile waits for it.
+  snapshot, the store's stats, each sink's counters copied: `Scrape`), in
+  slices of a hundred integrations with other requests served between them
+  (`slices.py`: the slowest `/healthz` during a scrape of a thousand went
+  from 27 to 14 ms); the text is written in a worker thread, from those
+  copies alone (nothing the loop goes on changing is read there). One scrape
+  renders at a time; a scrape arriving meanwhile waits for it.
 - Sink counters live as long as the sink is wanted: a stopped integration
   has lag but no counters, and a sink started anew counts from zero again
   (Prometheus' `rate()` and `increase()` treat that as a counter reset).
@@ -46,6 +48,7 @@ from ..histogram import Histogram
 from ..storage.base import Store, StoreStats
 from .errors import ApiError
 from .exposition import CONTENT_TYPE, Exposition, labels
+from .slices import in_slices
 from .status import StatusSampler
 from .supervisor import Supervisor
 
@@ -111,7 +114,7 @@ class DaemonMetrics:
         sinks = {}
         replayed: dict[str, int] = {}
         replays_running = 0
-        for item in snapshot["integrations"]:
+        async for item in in_slices(snapshot["integrations"]):
             sink = self.supervisor.sink_status(item["id"])
             if sink is not None:
                 s = sink.stats
