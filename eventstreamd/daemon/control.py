@@ -103,6 +103,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from .. import __version__
 from ..config import ControlConfig
 from ..logs import Throttle, kv
+from ..timeouts import move_on_after
 from .errors import ApiError
 from .integrations import IntegrationService
 from .replays import ReplayService
@@ -231,7 +232,7 @@ class ControlServer:
     async def stop(self) -> None:
         """Close every client and the socket, and remove the socket file. Safe to call twice."""
         self._scope.cancel()
-        with anyio.move_on_after(STOP_TIMEOUT):
+        with move_on_after(STOP_TIMEOUT):
             await self._finished.wait()
         self._remove_socket()
 
@@ -313,7 +314,7 @@ class ControlServer:
                         # The client half-closed (or broke a rule that ends the
                         # connection): answer what it asked, flush, then close.
                         client.subscribed = False
-                        with anyio.move_on_after(DRAIN_TIMEOUT):
+                        with move_on_after(DRAIN_TIMEOUT):
                             for _ in range(REQUESTS_PER_CLIENT):
                                 await client.requests.acquire()
                             send.close()

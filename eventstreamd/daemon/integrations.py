@@ -114,6 +114,7 @@ from ..storage.base import (
     StoreFull,
     StoreUnavailable,
 )
+from ..timeouts import move_on_after
 from ..timeutil import format_utc, ms_to_iso, now_iso, now_utc, parse_rfc3339, to_ms
 from .contracts import ChangeFeed
 from .errors import ApiError
@@ -603,7 +604,7 @@ class IntegrationService:
                 wait = 1.0
             if self._next_due is not None:
                 wait = min(wait, max(0.0, self._next_due - self.clock()) + 0.01)
-            with anyio.move_on_after(wait):
+            with move_on_after(wait):
                 await wake.wait()
 
     # -------------------------------------------------------- rejected events

@@ -89,6 +89,7 @@ from ..storage.leases import (
     LeaseSeen,
     Snapshot,
 )
+from ..timeouts import move_on_after
 from .cluster import Announced, OwnedFigures, encode_announcement
 from .contracts import ChangeFeed, SinkActivity
 
@@ -223,7 +224,7 @@ class Ownership:
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._beat_forever, name="ownership:beat")
             while True:
-                with anyio.move_on_after(self.period):
+                with move_on_after(self.period):
                     await self._poked.wait()
                 if self._poked.is_set():
                     # Let the batch that poked commit, and fold a burst into one look.
@@ -480,7 +481,7 @@ class Ownership:
         """After the sinks stopped: release every lease, retire the announcement and the
         heartbeat."""
         self._closed = True
-        with anyio.move_on_after(5):
+        with move_on_after(5):
             for holding in list(self.held.values()):
                 await self._release(holding)
             try:

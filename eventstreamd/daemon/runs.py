@@ -20,6 +20,7 @@ from ..model import Integration, LogEntry
 from ..sinks.base import SinkStats
 from ..sinks.loop import SinkLoop
 from ..storage.base import Store
+from ..timeouts import move_on_after
 from ..timeutil import now_iso
 
 CRASH_BACKOFF_INITIAL = 1.0
@@ -74,5 +75,5 @@ class LoopRun:
 
     async def pause(self, delay: float) -> None:
         """Until the restart after a crash, or a stop."""
-        with anyio.move_on_after(delay):
+        with move_on_after(delay):
             await self.stop_event.wait()

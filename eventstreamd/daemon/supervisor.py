@@ -58,6 +58,7 @@ from ..sinks.feed import LogFeed
 from ..sinks.loop import SinkLoop
 from ..sinks.registry import sink_type
 from ..storage.base import Store
+from ..timeouts import move_on_after
 from .contracts import ChangeFeed, Leases, ReplayFigures, SinkStatus
 from .replay_runs import OnCompleted, ReplayRuns
 from .runs import LoopRun
@@ -128,7 +129,7 @@ class Supervisor:
         for handle in list(self.handles.values()):
             handle.request_stop()
         grace = max((self._grace(kind) for kind in _kinds(self.handles)), default=0.0)
-        with anyio.move_on_after(grace):
+        with move_on_after(grace):
             for handle in list(self.handles.values()):
                 await handle.finished.wait()
         for handle in list(self.handles.values()):
@@ -182,7 +183,7 @@ class Supervisor:
         """Graceful stop, bounded: cancelled outright when the grace period runs out."""
         handle.request_stop()
         kind = handle.loop.integration.kind if handle.loop is not None else None
-        with anyio.move_on_after(self._grace(kind) if kind else 1.0):
+        with move_on_after(self._grace(kind) if kind else 1.0):
             await handle.finished.wait()
         if not handle.finished.is_set():
             log.warning("sink did not stop in time; cancelling it",

@@ -70,6 +70,7 @@ import anyio.lowlevel
 from ..logs import kv
 from ..model import StoredEvent
 from ..storage.base import Store
+from ..timeouts import move_on_after
 from .filters import EventFilter
 
 log = logging.getLogger("eventstreamd.feed")
@@ -579,7 +580,7 @@ class LogReader:
         self._parked = parked
         self.feed._park(parked)
         delay = None if until is None else max(0.0, until - self._clock())
-        with anyio.move_on_after(delay):
+        with move_on_after(delay):
             await parked.wake.wait()
         return not parked.parked and not self._interrupted
 

@@ -93,6 +93,7 @@ import anyio.lowlevel
 from ..logs import kv
 from ..model import Fence, Integration, LogEntry, RejectedEvent, StoredEvent
 from ..storage.base import Store, StoreFull
+from ..timeouts import move_on_after
 from ..timeutil import now_iso, parse_rfc3339, to_ms
 from .base import Clock, LeaseHold, Outcome, Pipeline, SinkStats
 from .feed import LogFeed, LogReader, Step
@@ -222,7 +223,7 @@ class SinkLoop:
         self._stats.record_failure(reason, self._clock(), cause)
 
     async def sleep_unless_stopping(self, delay: float) -> bool:
-        with anyio.move_on_after(delay):
+        with move_on_after(delay):
             await self._stopping.wait()
         return self._stopping.is_set()
 
@@ -315,7 +316,7 @@ class SinkLoop:
             self.reader.close()
             self.feed.forget_moved(self)
             # After a crash too: the pipeline's client and open files are released.
-            with anyio.CancelScope(shield=True), anyio.move_on_after(self._stop_grace):
+            with anyio.CancelScope(shield=True), move_on_after(self._stop_grace):
                 await self.pipeline.release()
         if self.gave_up is not None:
             return "gave_up"
@@ -437,7 +438,7 @@ class SinkLoop:
     async def _wait_room_once(self, within: float | None) -> None:
         if self.pipeline.waits_for_cursor():
             self._flush_soon()
-        with anyio.move_on_after(within):
+        with move_on_after(within):
             await self.wait_progress()
 
     def _delay_until(self, at: float | None) -> float | None:
@@ -505,11 +506,11 @@ class SinkLoop:
                 skipping_since = skipping_since if skipping_since is not None else now
                 left = skipping_since + SKIP_SAVE_INTERVAL - now
                 if left > 0:
-                    with anyio.move_on_after(left):
+                    with move_on_after(left):
                         await self._nudge.wait()
                     continue  # look again: deliveries may have joined in
             elif not self._urgent.is_set():
-                with anyio.move_on_after(self._cursor_interval):
+                with move_on_after(self._cursor_interval):
                     await self._urgent.wait()
             skipping_since = None
             self._urgent = anyio.Event()

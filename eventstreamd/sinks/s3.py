@@ -89,6 +89,7 @@ from ..logs import kv
 from ..model import Integration, RejectedEvent, Replay, StoredEvent, TargetParams
 from ..naming import valid_tenant
 from ..storage.base import StoreFull
+from ..timeouts import fail_after, move_on_after
 from .base import (
     DeliveryFailed,
     PipelineStatus,
@@ -491,7 +492,7 @@ class S3Pipeline:
     async def close(self, ctx: SinkContext, outcome: str, grace: float) -> None:
         """Seal what is open and wait for the uploader to drain, within `grace` when stopped
         (a completed temporary integration waits until every file is up, or a stop)."""
-        with anyio.move_on_after(grace if outcome == "stopped" else None):
+        with move_on_after(grace if outcome == "stopped" else None):
             if self.files:
                 await self._rotate(list(self.files.values()), ctx)
             while self._queue and not self._uploader_done.is_set():
@@ -527,7 +528,7 @@ class S3Pipeline:
         while len(self._queue) >= MAX_QUEUED_UPLOADS:
             if ctx.stopping.is_set():
                 return False
-            with anyio.move_on_after(0.2):
+            with move_on_after(0.2):
                 await self._wait_queue()
         sealed: list[Sealed] = []
         for open_file in files:
@@ -582,7 +583,7 @@ class S3Pipeline:
 
     async def _abort_stale_multipart(self, key: str) -> None:
         """Abort multipart uploads of `key` left by a crash, so no orphaned parts stay billed."""
-        with contextlib.suppress(*upload_errors()), anyio.move_on_after(self._timeout):
+        with contextlib.suppress(*upload_errors()), move_on_after(self._timeout):
             listing = await self.client.call("list_multipart_uploads", Bucket=self.bucket,
                                              Prefix=key)
             for upload in listing.get("Uploads", []):
@@ -722,7 +723,7 @@ async def put_file(client: S3Client, bucket: str, key: str, path: Path, encoding
                               {"ETag": parts[n], "PartNumber": n} for n in sorted(parts)]})
     except BaseException:
         # Shielded so a stop cannot skip it, bounded so it cannot hold a stop up.
-        with anyio.CancelScope(shield=True), anyio.move_on_after(abort_within), \
+        with anyio.CancelScope(shield=True), move_on_after(abort_within), \
                 contextlib.suppress(Exception):
             await client.call("abort_multipart_upload", Bucket=bucket, Key=key,
                               UploadId=upload_id)
@@ -779,7 +780,7 @@ async def upload_single(target: S3Target, config: S3Config, event: StoredEvent,
         key = target.template.render(FileNaming(
             target.key_prefix, event.tenant, time.time(), event.seq, event.seq),
             encoding.suffix)
-        with anyio.fail_after(config.timeout * 2):
+        with fail_after(config.timeout * 2):
             client = await s3_client(target, config.endpoint_url, config.timeout)
             try:
                 await put_file(client, target.bucket, key, path, encoding,

@@ -86,6 +86,7 @@ from ..model import (
 )
 from ..naming import valid_event_id
 from ..storage.base import StoreFull
+from ..timeouts import move_on_after
 from ..trace import HEADER as TRACEPARENT
 from ..trace import child_traceparent
 from .backoff import parse_retry_after
@@ -606,7 +607,7 @@ class WebhookPipeline:
         # Nothing new goes out; what is under way may finish within the grace period.
         self._draining = True
         self._work.set()
-        with anyio.move_on_after(grace):
+        with move_on_after(grace):
             await self._quiet.wait()
         self._closed = True  # idle workers end; busy ones end after their event
         self._work.set()

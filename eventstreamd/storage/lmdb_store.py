@@ -84,6 +84,7 @@ from ..model import (
     RetryOutcome,
     StoredEvent,
 )
+from ..timeouts import move_on_after
 from .base import (
     NO_TARGETS,
     IntegrationExists,
@@ -311,7 +312,7 @@ class LmdbStore:
         return 0  # one process writes this log: it is never replaced under it
 
     async def wait_for_head(self, after: int, max_wait: float | None = None) -> int:
-        with anyio.move_on_after(max_wait):
+        with move_on_after(max_wait):
             while self._head <= after:
                 if self._head_moved is None:
                     self._head_moved = anyio.Event()

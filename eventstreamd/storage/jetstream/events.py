@@ -87,6 +87,7 @@ from nats.aio.msg import Msg
 
 from ...logs import kv
 from ...model import NewEvent, StoredEvent
+from ...timeouts import move_on_after
 from ...timeutil import ms_to_iso
 from ...trace import TRACE_SIZE
 from ..base import EventTooLarge, StoreFull, StoreStats, StoreUnavailable
@@ -316,7 +317,7 @@ class EventLog:
 
     async def wait_for_head(self, after: int, max_wait: float | None = None) -> int:
         epoch = self.epoch
-        with anyio.move_on_after(max_wait):
+        with move_on_after(max_wait):
             while self._head <= after and self.epoch == epoch:
                 await self._moved.wait()
         return self._head
@@ -346,7 +347,7 @@ class EventLog:
     async def watch_head(self) -> None:
         """Poll every POLL_EVERY seconds, and at once after a reconnect."""
         while True:
-            with anyio.move_on_after(POLL_EVERY):
+            with move_on_after(POLL_EVERY):
                 await self._poke.wait()
             self._poke.clear()
             if not self.client.connected:
@@ -416,7 +417,7 @@ class EventLog:
         """Commit what is queued (for up to `grace` seconds), then stop the writer."""
         if self._running:
             await self._queue.put(None)
-            with anyio.move_on_after(grace):
+            with move_on_after(grace):
                 await self._stopped.wait()
 
     def _fail_pending(self, error: Exception | None = None) -> None:

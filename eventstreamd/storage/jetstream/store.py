@@ -71,6 +71,7 @@ from ...model import (
     RetryOutcome,
     StoredEvent,
 )
+from ...timeouts import move_on_after
 from ..base import (
     NO_TARGETS,
     StoreHealth,
@@ -229,7 +230,7 @@ class JetStreamStore:
 
     async def _watch_streams(self) -> None:
         while True:
-            with anyio.move_on_after(STREAM_CHECK_EVERY):
+            with move_on_after(STREAM_CHECK_EVERY):
                 await self._recheck.wait()
             self._recheck = anyio.Event()
             if self._closing or not self.client.connected:
