@@ -38,14 +38,11 @@ def deadline_after(delay: float) -> float:
     return max(now, math.ceil((now + max(0.0, delay)) * 1000) / 1000 - SLACK)
 
 
-def move_on_after(delay: float | None, *, shield: bool = False) -> anyio.CancelScope:
+def move_on_after(delay: float | None) -> anyio.CancelScope:
     """`anyio.move_on_after`: a scope cancelled after `delay` seconds (None: never)."""
-    if delay is None:
-        return anyio.CancelScope(shield=shield)
-    return anyio.move_on_at(deadline_after(delay), shield=shield)
+    return anyio.move_on_at(None if delay is None else deadline_after(delay))
 
 
-def fail_after(delay: float | None, *,
-               shield: bool = False) -> AbstractContextManager[anyio.CancelScope]:
+def fail_after(delay: float | None) -> AbstractContextManager[anyio.CancelScope]:
     """`anyio.fail_after`: the same, raising TimeoutError when the deadline passes."""
-    return anyio.fail_at(None if delay is None else deadline_after(delay), shield=shield)
+    return anyio.fail_at(None if delay is None else deadline_after(delay))

@@ -53,12 +53,16 @@ def test_a_timed_out_wait_runs_its_timer_once(delay: float) -> None:
     assert shortest >= delay - timeouts.SLACK, (shortest, delay)
 
 
-def test_fail_after_raises_at_its_deadline() -> None:
+def test_fail_after_raises_at_its_deadline_and_none_means_never() -> None:
     async def waits() -> None:
         with pytest.raises(TimeoutError), timeouts.fail_after(0.002):
             await anyio.Event().wait()
-        with timeouts.fail_after(None):  # no deadline
+        with timeouts.fail_after(None) as scope:  # no deadline
             await anyio.sleep(0.001)
+        assert scope.deadline == float("inf")
+        with timeouts.move_on_after(None) as scope:
+            await anyio.sleep(0.001)
+        assert scope.deadline == float("inf") and not scope.cancelled_caught
 
     anyio.run(waits, backend="asyncio", backend_options={"use_uvloop": True})
 
